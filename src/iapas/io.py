@@ -1,0 +1,186 @@
+"""Reading images as factory cameras write them, and writing files atomically.
+
+Every reader error is an :class:`ImageReadError` whose message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Refuse images above this many pixels before decoding them (decompression bombs).
+DEFAULT_MAX_PIXELS = 200_000_000
+MIN_SIDE = 8
+
+
+class ImageReadError(ValueError):
+    """An image could not be used; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    path: Path
+    rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation applied
+    mode: str  # the file's original PIL mode, e.g. 'L', 'I;16', 'RGBA', 'P', 'CMYK'
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def to_rgb8(image: "Image.Image") -> np.ndarray:  # noqa: F821 - PIL imported lazily
+    """Any PIL image to ``(H, W, 3)`` uint8 RGB.
+
+    16-bit and 32-bit integer images are mapped linearly from [0, 65535] to [0, 255]; float
+    images from [0, 1] (or [0, 255] when their maximum is above 1). Alpha is composited on black,
+    palettes and CMYK are converted by PIL.
+    """
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        arr = np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        arr = np.nan_to_num(arr)
+        scale = 255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read one image file for the models; raise :class:`ImageReadError` on any problem."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot stat: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > max_pixels:
+                    raise ImageReadError(
+                        f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                        "(a decompression-bomb guard); raise it with --max-pixels if the image is genuine"
+                    )
+                if min(width, height) < MIN_SIDE:
+                    raise ImageReadError(f"{path}: {width}x{height} pixels is too small (each side must be >= {MIN_SIDE})")
+                im.load()
+                mode = im.mode
+                im = ImageOps.exif_transpose(im)
+                rgb = to_rgb8(im)
+    except ImageReadError:
+        raise
+    except PermissionError:
+        raise ImageReadError(f"{path}: permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file PIL can read (unknown or unsupported format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"{path}: refused as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: corrupt or truncated image: {exc}") from None
+    return LoadedImage(path=path, rgb=np.ascontiguousarray(rgb), mode=mode)
+
+
+def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (recursively) and glob patterns into image paths.
+
+    Returns ``(paths, problems)``: problems are messages for inputs that matched nothing.
+    Files named explicitly are kept whatever their suffix (so a bad one gets a clear error later).
+    """
+    import glob
+
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif p.exists() or p.is_symlink():
+            paths.append(p)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(item), recursive=True) if Path(q).is_file())
+            if not found:
+                problems.append(f"{item}: pattern matched no files")
+            paths.extend(found)
+        else:
+            problems.append(f"{p}: file not found")
+    unique: dict[str, Path] = {}
+    for q in paths:
+        unique.setdefault(str(q.resolve()), q)
+    return list(unique.values()), problems
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Save a 2-D uint8/uint16 or ``(H, W, 3)`` uint8 array as PNG, atomically."""
+    from PIL import Image
+
+    arr = np.ascontiguousarray(array)
+    if arr.dtype == np.uint16:
+        image = Image.fromarray(arr.astype("<u2"), mode=None) if arr.ndim == 2 else None
+        if image is None:
+            raise ValueError("16-bit PNGs must be 2-D")
+    else:
+        image = Image.fromarray(arr)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

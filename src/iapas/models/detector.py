@@ -1,0 +1,149 @@
+"""Grounding DINO through ``transformers``: the default open-vocabulary detector."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from iapas.models.loading import load_pretrained, resolve_device, resolve_dtype
+from iapas.ops import clip_boxes
+from iapas.types import Detections
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
+DETECTOR_CHOICES = {
+    "tiny": "IDEA-Research/grounding-dino-tiny",
+    "base": "IDEA-Research/grounding-dino-base",
+}
+
+
+class GroundingDinoDetector:
+    """Adapter for ``GroundingDinoForObjectDetection`` behind :class:`iapas.models.Detector`.
+
+    The processor's own resize (shortest side 800, longest at most 1333 for the hub models) is
+    the method's; box scores are the maximum token probability; boxes are clipped to the image.
+    The caption's tokenisation is computed once per caption and reused across batches.
+    """
+
+    def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.name = name
+        self._text_cache: dict[str, dict[str, Any]] = {}
+        self.forward_count = 0
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_DETECTOR, device: str = "auto", dtype: str = "auto") -> GroundingDinoDetector:
+        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+        name_or_path = DETECTOR_CHOICES.get(name_or_path, name_or_path)
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        what = "Grounding DINO detector"
+        processor = load_pretrained(
+            _pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("grounding-dino",)
+        )
+        model = load_pretrained(
+            GroundingDinoForObjectDetection.from_pretrained,
+            name_or_path,
+            what=what,
+            expected_model_types=("grounding-dino",),
+            dtype=torch_dtype,
+        )
+        model = model.to(dev).eval()
+        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
+        return cls(model, processor, dev, torch_dtype, name_or_path)
+
+    @staticmethod
+    def normalize_caption(caption: str) -> str:
+        """Grounding DINO expects lowercase text ending with ' .'."""
+        caption = " ".join(caption.lower().split())
+        if not caption.endswith("."):
+            caption += " ."
+        return caption
+
+    def _text_inputs(self, caption: str) -> dict[str, Any]:
+        cached = self._text_cache.get(caption)
+        if cached is None:
+            cached = dict(self.processor.tokenizer([caption], return_tensors="pt", padding="longest"))
+            cached = {k: v.to(self.device) for k, v in cached.items()}
+            self._text_cache[caption] = cached
+        return cached
+
+    def _phrase_token_mask(self, ids: np.ndarray, width: int) -> np.ndarray:
+        """Which text positions can name a phrase: real tokens that are not specials or '.'."""
+        tok = self.processor.tokenizer
+        skip = set(tok.all_special_ids) | set(tok.convert_tokens_to_ids(["."]))
+        ok = np.zeros(width, dtype=bool)
+        n = min(len(ids), width)
+        ok[:n] = [int(i) not in skip for i in ids[:n]]
+        return ok
+
+    def _phrase(self, prob: np.ndarray, ids: np.ndarray, ok: np.ndarray, text_threshold: float) -> str:
+        """The caption tokens above ``text_threshold`` for one box, decoded (as the reference
+        code does); when none passes, the phrase of the single most probable token."""
+        hit = np.flatnonzero(ok & (prob > text_threshold))
+        if hit.size == 0:
+            candidates = np.flatnonzero(ok)
+            if candidates.size == 0:
+                return ""
+            hit = candidates[[int(np.argmax(prob[candidates]))]]
+        return str(self.processor.tokenizer.decode([int(ids[i]) for i in hit])).strip()
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        caption: str,
+        *,
+        box_threshold: float = 0.1,
+        text_threshold: float = 0.1,
+    ) -> list[Detections]:
+        import torch
+
+        if not images:
+            return []
+        caption = self.normalize_caption(caption)
+        text = self._text_inputs(caption)
+        batch = len(images)
+        pixel = self.processor.image_processor(images=list(images), return_tensors="pt")
+        inputs: dict[str, Any] = {
+            "pixel_values": pixel["pixel_values"].to(self.device, self.dtype),
+            "pixel_mask": pixel["pixel_mask"].to(self.device),
+        }
+        for key, value in text.items():
+            inputs[key] = value.expand(batch, -1)
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        self.forward_count += 1
+        probs = outputs.logits.float().sigmoid().cpu().numpy()  # (B, queries, text_len)
+        boxes_cxcywh = outputs.pred_boxes.float().cpu().numpy()  # (B, queries, 4), normalised
+        ids = inputs["input_ids"][0].cpu().numpy()
+        phrase_ok = self._phrase_token_mask(ids, probs.shape[-1])
+        results = []
+        for image, prob, box in zip(images, probs, boxes_cxcywh):
+            h, w = int(image.shape[0]), int(image.shape[1])
+            scores = prob.max(axis=-1)  # a box's score is its maximum token probability
+            keep = np.flatnonzero(scores > box_threshold)
+            cx, cy, bw, bh = (box[keep, i] for i in range(4))
+            xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=-1)
+            phrases = tuple(self._phrase(prob[q], ids, phrase_ok, text_threshold) for q in keep)
+            results.append(Detections(clip_boxes(xyxy, w, h), scores[keep], phrases))
+        return results
+
+
+def _pil_processor_loader(auto_processor: Any) -> Any:
+    """Load a processor with the PIL image backend (no torchvision needed, no warning)."""
+
+    def load(name_or_path: str, **kwargs: Any) -> Any:
+        try:
+            return auto_processor.from_pretrained(name_or_path, backend="pil", **kwargs)
+        except TypeError:  # older transformers without backend selection
+            return auto_processor.from_pretrained(name_or_path, **kwargs)
+
+    return load

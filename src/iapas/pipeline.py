@@ -1,0 +1,196 @@
+"""Stage 2 of IAP-AS: detections -> size filter -> SAM masks -> anomaly map.
+
+The pipeline depends only on the :class:`~iapas.models.base.Detector` and
+:class:`~iapas.models.base.Segmenter` interfaces; :meth:`Pipeline.from_config` builds the
+default ``transformers`` adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from iapas.io import read_image, to_rgb8
+from iapas.models.base import Detector, Segmenter
+from iapas.models.detector import DEFAULT_DETECTOR
+from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.ops import apply_nms, fuse_masks, normalized_areas, size_filter
+from iapas.profile import Profile
+from iapas.prompts.caption import BASE_CAPTION
+from iapas.types import Detections, SegmentationResult
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["iapas", "base"]
+ImageInput = Any  # path, PIL image or (H, W[, C]) numpy array
+
+
+@dataclass
+class PipelineConfig:
+    """Stage 2 settings; the defaults are the paper's."""
+
+    detector: str = DEFAULT_DETECTOR
+    segmenter: str = DEFAULT_SEGMENTER
+    device: str = "auto"
+    dtype: str = "auto"
+    mode: Mode = "iapas"
+    box_threshold: float = 0.1
+    text_threshold: float = 0.1
+    nms_iou: float = 0.5
+    size_threshold: float | None = None  # None: the profile's (0.8 by default)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("iapas", "base"):
+            raise ValueError(f"mode must be 'iapas' or 'base', got {self.mode!r}")
+        for name in ("box_threshold", "text_threshold", "nms_iou"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.size_threshold is not None and not self.size_threshold > 0:
+            raise ValueError(f"size_threshold must be > 0, got {self.size_threshold}")
+
+
+def as_rgb(image: ImageInput) -> np.ndarray:
+    """A path, PIL image or numpy array as ``(H, W, 3)`` uint8 RGB."""
+    if isinstance(image, (str, Path)):
+        return read_image(image).rgb
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got shape {image.shape}")
+        if arr.dtype == np.uint16:
+            arr = (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+        elif arr.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 or uint16 array, got {arr.dtype}")
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, axis=2)
+        return np.ascontiguousarray(arr[..., :3])
+    if hasattr(image, "mode") and hasattr(image, "convert"):
+        return to_rgb8(image)
+    raise TypeError(f"cannot use {type(image).__name__} as an image")
+
+
+class Pipeline:
+    """IAP-AS stage 2.
+
+    >>> pipe = Pipeline.from_config(PipelineConfig(detector="tiny-models/grounding-dino",
+    ...                                            segmenter="tiny-models/sam", device="cpu"))
+    >>> result = pipe("image.png", Profile.load("bottle.yaml"))  # doctest: +SKIP
+    >>> result.anomaly_map.shape, result.image_score  # doctest: +SKIP
+    """
+
+    def __init__(self, detector: Detector, segmenter: Segmenter, config: PipelineConfig | None = None) -> None:
+        self.detector = detector
+        self.segmenter = segmenter
+        self.config = config or PipelineConfig()
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig | None = None, **overrides: Any) -> Pipeline:
+        """Load the Grounding DINO and SAM adapters named in ``config`` (hub ids or folders)."""
+        from iapas.models.detector import GroundingDinoDetector
+        from iapas.models.segmenter import SamSegmenter
+
+        config = config or PipelineConfig(**overrides)
+        detector = GroundingDinoDetector.from_pretrained(config.detector, device=config.device, dtype=config.dtype)
+        segmenter = SamSegmenter.from_pretrained(config.segmenter, device=config.device, dtype=config.dtype)
+        return cls(detector, segmenter, config)
+
+    def caption_for(self, profile: Profile | None) -> str:
+        if self.config.mode == "base":
+            return BASE_CAPTION
+        if profile is None:
+            raise ValueError("mode 'iapas' needs a profile (object tag and caption); use mode 'base' without one")
+        return profile.caption
+
+    def __call__(self, image: ImageInput, profile: Profile | None = None) -> SegmentationResult:
+        return self.run([image], profile)[0]
+
+    def run(self, images: Sequence[ImageInput], profile: Profile | None = None) -> list[SegmentationResult]:
+        """Segment a batch of images of one category; one detector forward per caption per batch."""
+        cfg = self.config
+        rgbs = [as_rgb(im) for im in images]
+        if not rgbs:
+            return []
+        caption = self.caption_for(profile)
+        n = len(rgbs)
+        timings: dict[str, float] = {}
+
+        # 1. object size (iapas mode only: the size filter is off in base mode)
+        object_info: list[tuple[np.ndarray | None, float | None, float, str]]
+        if cfg.mode == "iapas":
+            assert profile is not None
+            t0 = time.perf_counter()
+            object_dets = self.detector.detect(
+                rgbs, profile.object_tag, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
+            )
+            timings["object_detection"] = (time.perf_counter() - t0) / n
+            object_info = [self._object_size(rgb, dets, profile) for rgb, dets in zip(rgbs, object_dets)]
+        else:
+            object_info = [(None, None, 1.0, "default")] * n
+
+        # 2. anomaly boxes + class-agnostic NMS
+        t0 = time.perf_counter()
+        raw = self.detector.detect(rgbs, caption, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
+        timings["detection"] = (time.perf_counter() - t0) / n
+        dets = [apply_nms(d, cfg.nms_iou) for d in raw]
+
+        # 3. size filter
+        kept: list[Detections] = []
+        dropped: list[Detections] = []
+        ratio = cfg.size_threshold if cfg.size_threshold is not None else (profile.size_threshold if profile else 0.8)
+        for rgb, d, (_, _, obj_size, _) in zip(rgbs, dets, object_info):
+            if cfg.mode == "iapas":
+                k, dr = size_filter(d, rgb.shape[1], rgb.shape[0], obj_size, ratio)
+            else:
+                k, dr = d, Detections.empty()
+            kept.append(k)
+            dropped.append(dr)
+
+        # 4. SAM masks, one encoder pass per image and one decoder call per image
+        t0 = time.perf_counter()
+        masks = self.segmenter.segment(rgbs, [k.boxes for k in kept])
+        timings["segmentation"] = (time.perf_counter() - t0) / n
+
+        # 5. fusion
+        results = []
+        for rgb, k, dr, m, (obox, oscore, osize, osource) in zip(rgbs, kept, dropped, masks, object_info):
+            t0 = time.perf_counter()
+            amap = fuse_masks(m, k.scores, rgb.shape[:2])
+            t = dict(timings, fusion=time.perf_counter() - t0)
+            results.append(
+                SegmentationResult(
+                    anomaly_map=amap,
+                    kept=k,
+                    dropped=dr,
+                    masks=m,
+                    object_box=obox,
+                    object_score=oscore,
+                    object_size=osize,
+                    object_size_source=osource,
+                    timings=t,
+                )
+            )
+        return results
+
+    @staticmethod
+    def _object_size(
+        rgb: np.ndarray, dets: Detections, profile: Profile
+    ) -> tuple[np.ndarray | None, float | None, float, str]:
+        """Top object box and its normalised area, else the profile's median, else 1.0."""
+        if len(dets):
+            top = int(np.argmax(dets.scores))
+            box = dets.boxes[top]
+            area = float(normalized_areas(box[None], rgb.shape[1], rgb.shape[0])[0])
+            if area > 0:
+                return box, float(dets.scores[top]), area, "detected"
+        if profile.object_size is not None:
+            return None, None, float(profile.object_size), "profile"
+        return None, None, 1.0, "default"

@@ -1,0 +1,1 @@
+"""Stage 1: from normal reference images to the detector caption."""

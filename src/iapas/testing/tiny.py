@@ -1,0 +1,145 @@
+"""Builders for tiny Grounding DINO and SAM folders (see :mod:`iapas.testing`)."""
+
+from __future__ import annotations
+
+import logging
+import string
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Words the tiny tokenizers know as whole tokens; anything else is spelled with ##letters.
+TINY_WORDS: tuple[str, ...] = (
+    "defect", "abnormal", "anomaly", "scratch", "crack", "hole", "stain", "dent", "burn", "fray",
+    "cut", "contamination", "broken", "missing", "rust", "bottle", "capsule", "metal", "nut",
+    "tile", "leather", "wood", "carpet", "grid", "screw", "cable", "zipper", "pill", "object",
+    "surface", "magnetic", "fabric", "glass", "plastic", "blowhole", "break", "uneven",
+)
+
+
+def _bert_vocab(words: tuple[str, ...]) -> dict[str, int]:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += list(".,;:!?'\"-()/")
+    tokens += list(words)
+    chars = string.ascii_lowercase + string.digits
+    tokens += list(chars) + [f"##{c}" for c in chars]
+    seen: dict[str, int] = {}
+    for tok in tokens:
+        seen.setdefault(tok, len(seen))
+    return seen
+
+
+def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizer(vocab=_bert_vocab(TINY_WORDS), do_lower_case=True)
+    backbone = SwinConfig(
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=7,
+        out_indices=[2, 3, 4],
+    )
+    text = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+        disable_custom_kernels=True,
+    )
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(), tokenizer=tokenizer)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.info("wrote tiny Grounding DINO to %s", out)
+    return out
+
+
+def make_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 256) -> Path:
+    """Write a tiny random ``SamModel`` with its processor to ``out_dir``."""
+    import torch
+    from transformers import SamConfig, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vision = SamVisionConfig(
+        hidden_size=32,
+        output_channels=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        window_size=8,
+        global_attn_indexes=[1],
+        num_pos_feats=16,
+        mlp_dim=64,
+        image_size=image_size,
+        patch_size=16,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=16)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+    )
+    config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    torch.manual_seed(seed)
+    model = SamModel(config).eval()
+    processor = SamProcessor(
+        image_processor=SamImageProcessorPil(
+            size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size}
+        )
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.info("wrote tiny SAM to %s", out)
+    return out
+
+
+def make_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write every tiny model iapas uses under ``out_dir``; returns name -> folder."""
+    out = Path(out_dir)
+    made = {
+        "grounding-dino": make_tiny_grounding_dino(out / "grounding-dino", seed=seed),
+        "sam": make_tiny_sam(out / "sam", seed=seed),
+    }
+    try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present
+        from iapas.testing import stage1
+    except ImportError:
+        return made
+    made.update(stage1.make_tiny_stage1_models(out, seed=seed))
+    return made

@@ -1,0 +1,83 @@
+"""Plain data passed between the stages: detections in, masks and maps out.
+
+Everything here is numpy and dataclasses so that results never carry framework objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes found on one image.
+
+    ``boxes`` are ``(N, 4)`` float32 ``x0, y0, x1, y1`` in absolute pixels of the image they
+    were found on, ``scores`` are ``(N,)`` float32 in [0, 1] (for Grounding DINO: the maximum
+    token probability of the box), ``phrases`` the text each box was matched to.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    phrases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        phrases = tuple(self.phrases) if self.phrases else ("",) * len(scores)
+        if not (len(boxes) == len(scores) == len(phrases)):
+            raise ValueError(
+                f"Detections: {len(boxes)} boxes, {len(scores)} scores and {len(phrases)} phrases differ"
+            )
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "phrases", phrases)
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), ())
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def select(self, index: np.ndarray | list[int] | list[bool]) -> Detections:
+        """A subset by integer indices or a boolean mask, in the order given."""
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        return Detections(self.boxes[idx], self.scores[idx], tuple(self.phrases[i] for i in idx))
+
+    def to_records(self) -> list[dict[str, Any]]:
+        return [
+            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "phrase": p}
+            for b, s, p in zip(self.boxes, self.scores, self.phrases)
+        ]
+
+
+@dataclass
+class SegmentationResult:
+    """What stage 2 gives for one image.
+
+    ``anomaly_map`` is ``(H, W)`` float32 at the input image's own resolution:
+    ``sum_i s_i * m_i`` over the kept boxes. ``masks`` is ``(N_kept, H, W)`` bool, one per
+    kept box in the order of ``kept``.
+    """
+
+    anomaly_map: np.ndarray
+    kept: Detections
+    dropped: Detections
+    masks: np.ndarray
+    object_box: np.ndarray | None
+    object_score: float | None
+    object_size: float
+    object_size_source: str  # "detected", "profile", or "default"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def image_score(self) -> float:
+        """Image-level anomaly score: the maximum of the map (0.0 for an empty map)."""
+        return float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0
