@@ -176,11 +176,10 @@ def save_png(path: str | Path, array: np.ndarray) -> None:
     from PIL import Image
 
     arr = np.ascontiguousarray(array)
-    if arr.dtype == np.uint16:
-        image = Image.fromarray(arr.astype("<u2"), mode=None) if arr.ndim == 2 else None
-        if image is None:
-            raise ValueError("16-bit PNGs must be 2-D")
-    else:
-        image = Image.fromarray(arr)
+    if arr.dtype == np.uint16 and arr.ndim != 2:
+        raise ValueError("16-bit PNGs must be 2-D")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"save_png takes uint8 or uint16 arrays, got {arr.dtype}")
+    image = Image.fromarray(arr)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

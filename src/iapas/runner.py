@@ -1,0 +1,279 @@
+"""Running stage 2 over many files: batching, prefetching, outputs, resumable results.jsonl.
+
+``results.jsonl`` is append-only during a run, one line per finished image, flushed and synced
+before the next image; re-running the same command skips images already done. At the end of a
+run that was not interrupted, the file is rewritten (atomically) with exactly one line per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_write_text, read_image
+from iapas.outputs import MAP_SCALE, write_image_outputs
+from iapas.pipeline import Pipeline
+from iapas.profile import Profile
+from iapas.types import SegmentationResult
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+RUN_FILE = "run.json"
+
+
+class RunConflictError(RuntimeError):
+    """The output folder holds a run made with other settings."""
+
+
+class ResultsLog:
+    """An append-only JSON-lines log of per-image records, keyed by ``record['key']``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        """The last record per key; a torn last line (a killed writer) is ignored."""
+        records: dict[str, dict[str, Any]] = {}
+        if not self.path.exists():
+            return records
+        with open(self.path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    logger.warning("%s:%d: ignoring an incomplete line (an interrupted write)", self.path, number)
+                    continue
+                if isinstance(record, dict) and "key" in record:
+                    records.pop(record["key"], None)  # keep file order = order of the latest record
+                    records[record["key"]] = record
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def compact(self, order: Sequence[str] | None = None) -> None:
+        """Rewrite with one line per key (the latest), in ``order`` when given."""
+        records = self.read()
+        keys = [k for k in order if k in records] if order is not None else []
+        keys += [k for k in records if k not in set(keys)]
+        text = "".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in keys)
+        atomic_write_text(self.path, text)
+
+
+def assign_keys(paths: Sequence[Path]) -> list[str]:
+    """A unique output name per input: its path relative to the inputs' common folder, without
+    suffix (``crack/000``); inputs that would collide keep their suffix (``000.jpg``)."""
+    resolved = [p.resolve() for p in paths]
+    if not resolved:
+        return []
+    parents = [str(p.parent) for p in resolved]
+    common = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else resolved[0].parent
+    rel = [p.relative_to(common) for p in resolved]
+    keys = [r.with_suffix("").as_posix() for r in rel]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    return [r.as_posix() if counts[k] > 1 else k for k, r in zip(keys, rel)]
+
+
+@dataclass
+class RunSummary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    scores: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.interrupted
+
+
+def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]:
+    cfg = pipeline.config
+    return {
+        "mode": cfg.mode,
+        "caption": pipeline.caption_for(profile),
+        "object_tag": profile.object_tag if profile else None,
+        "size_threshold": cfg.size_threshold if cfg.size_threshold is not None else (profile.size_threshold if profile else None),
+        "object_size": profile.object_size if profile else None,
+        "box_threshold": cfg.box_threshold,
+        "text_threshold": cfg.text_threshold,
+        "nms_iou": cfg.nms_iou,
+        "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
+        "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+    }
+
+
+def _prefetch(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:
+    """Decode images in a background thread, ``ahead`` files in front of the consumer."""
+
+    def load(p: Path) -> LoadedImage | ImageReadError:
+        try:
+            return read_image(p, max_pixels=max_pixels)
+        except ImageReadError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iapas-read") as pool:
+        queue: list[tuple[Path, Future[LoadedImage | ImageReadError]]] = []
+        it = iter(paths)
+        for p in it:
+            queue.append((p, pool.submit(load, p)))
+            if len(queue) > ahead:
+                break
+        while queue:
+            p, fut = queue.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(load, nxt)))
+            yield p, fut.result()
+
+
+def run_segmentation(
+    paths: Sequence[Path],
+    pipeline: Pipeline,
+    profile: Profile | None,
+    out_dir: Path,
+    *,
+    threshold: float = 0.3,
+    batch_size: int = 1,
+    overlay: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    restart: bool = False,
+    on_image: Callable[[str, str], None] | None = None,
+) -> RunSummary:
+    """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
+
+    ``on_image(key, status)`` is called after each image ('ok', 'failed' or 'skipped').
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = ResultsLog(out_dir / RESULTS_FILE)
+    signature = run_signature(pipeline, profile)
+    run_file = out_dir / RUN_FILE
+    if restart and log.path.exists():
+        log.path.unlink()
+    if run_file.exists() and log.path.exists():
+        try:
+            previous = json.loads(run_file.read_text()).get("signature")
+        except ValueError:
+            previous = None
+        if previous is not None and previous != signature:
+            changed = sorted(k for k in signature if previous.get(k) != signature[k])
+            raise RunConflictError(
+                f"{out_dir} holds results made with other settings ({', '.join(changed)}); "
+                "use another --out folder, or --restart to discard them"
+            )
+    from iapas import __version__
+
+    atomic_write_text(
+        run_file,
+        json.dumps(
+            {"iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
+             "profile": profile.to_dict() if profile else None},
+            indent=2,
+        )
+        + "\n",
+    )
+    keys = assign_keys(paths)
+    previous_records = log.read()
+    summary = RunSummary(total=len(paths))
+    started = time.perf_counter()
+
+    todo: list[tuple[Path, str]] = []
+    for p, key in zip(paths, keys):
+        rec = previous_records.get(key)
+        if rec and rec.get("status") == "ok" and all((out_dir / f).exists() for f in rec.get("outputs", {}).values()):
+            summary.skipped += 1
+            summary.scores.append((key, float(rec.get("image_score", 0.0))))
+            if on_image:
+                on_image(key, "skipped")
+        else:
+            todo.append((p, key))
+    key_of = {p: k for p, k in todo}
+
+    def record_failure(path: Path, key: str, message: str) -> None:
+        logger.error("%s", message)
+        log.append({"key": key, "image": str(path), "status": "failed", "error": message})
+        summary.failed.append((str(path), message))
+        if on_image:
+            on_image(key, "failed")
+
+    batch: list[tuple[Path, LoadedImage]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        items = list(batch)
+        batch.clear()
+        try:
+            results = pipeline.run([im.rgb for _, im in items], profile)
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these, go on with the rest
+            for path, _ in items:
+                record_failure(path, key_of[path], f"{path}: model failure: {exc}")
+            return
+        for (path, image), result in zip(items, results):
+            key = key_of[path]
+            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay)
+            log.append(result_record(key, image, result, outputs))
+            summary.done += 1
+            summary.scores.append((key, result.image_score))
+            if on_image:
+                on_image(key, "ok")
+
+    try:
+        for path, loaded in _prefetch([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
+            if isinstance(loaded, ImageReadError):
+                record_failure(path, key_of[path], str(loaded))
+                continue
+            batch.append((path, loaded))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        logger.warning("interrupted: finished images are saved; run the same command again to resume")
+    summary.seconds = time.perf_counter() - started
+    if not summary.interrupted:
+        log.compact(order=keys)
+    return summary
+
+
+def result_record(key: str, image: LoadedImage, result: SegmentationResult, outputs: dict[str, str]) -> dict[str, Any]:
+    """The JSON line of one finished image."""
+    return {
+        "key": key,
+        "image": str(image.path),
+        "status": "ok",
+        "width": image.width,
+        "height": image.height,
+        "mode": image.mode,
+        "image_score": round(result.image_score, 6),
+        "object": {
+            "box": None if result.object_box is None else [round(float(v), 2) for v in result.object_box],
+            "score": None if result.object_score is None else round(result.object_score, 5),
+            "size": round(result.object_size, 6),
+            "source": result.object_size_source,
+        },
+        "kept": result.kept.to_records(),
+        "dropped": result.dropped.to_records(),
+        "outputs": outputs,
+        "timings": {k: round(v, 5) for k, v in result.timings.items()},
+    }

@@ -1,0 +1,32 @@
+"""Shared fixtures. Hub access is switched off before transformers is imported anywhere."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test when it is not there."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folders of every tiny model (``grounding-dino``, ``sam``, and stage 1's), built once."""
+    from iapas.testing import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
