@@ -1,0 +1,139 @@
+"""Reading images of every kind a factory camera writes, and refusing bad files clearly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iapas.io import ImageReadError, atomic_write_text, find_images, read_image
+
+
+def gradient(h: int = 24, w: int = 32) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8)
+
+
+def test_grayscale_8bit_becomes_three_equal_channels(tmp_path: Path):
+    g = gradient()
+    Image.fromarray(g).save(tmp_path / "g.png")
+    img = read_image(tmp_path / "g.png")
+    assert img.rgb.shape == (24, 32, 3) and img.mode == "L"
+    for c in range(3):
+        np.testing.assert_array_equal(img.rgb[..., c], g)
+
+
+def test_16bit_maps_full_range_linearly(tmp_path: Path):
+    values = np.array([[0, 257, 65535, 1000] * 2] * 8, np.uint16)
+    Image.fromarray(values).save(tmp_path / "d.png")
+    img = read_image(tmp_path / "d.png")
+    assert img.mode == "I;16"
+    np.testing.assert_array_equal(img.rgb[0, :, 0], [0, 1, 255, 4] * 2)  # 1000/257 = 3.89 -> 4
+
+
+def test_rgba_composites_on_black_and_palette_expands(tmp_path: Path):
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 128  # half transparent red over black -> ~100
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert abs(int(read_image(tmp_path / "a.png").rgb[0, 0, 0]) - 100) <= 1
+
+    pal = Image.new("P", (8, 8))
+    pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    pal.putpixel((1, 1), 1)
+    pal.save(tmp_path / "p.bmp")
+    img = read_image(tmp_path / "p.bmp")
+    assert img.rgb[1, 1].tolist() == [10, 20, 30] and img.rgb[0, 0].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp", ".tif"])
+def test_formats(tmp_path: Path, suffix: str):
+    rgb = np.stack([gradient()] * 3, axis=-1)
+    Image.fromarray(rgb).save(tmp_path / f"x{suffix}")
+    img = read_image(tmp_path / f"x{suffix}")
+    assert img.rgb.shape == (24, 32, 3)
+    error = np.abs(img.rgb.astype(int) - rgb)
+    if suffix == ".jpg":  # lossy: close on average
+        assert error.mean() < 6
+    else:
+        assert error.max() == 0
+
+
+def test_cmyk_jpeg_and_exif_rotation(tmp_path: Path):
+    Image.new("CMYK", (16, 10), (0, 255, 255, 0)).save(tmp_path / "c.jpg")  # red in CMYK
+    img = read_image(tmp_path / "c.jpg")
+    assert img.mode == "CMYK" and img.rgb[5, 5, 0] > 200 and img.rgb[5, 5, 1] < 60
+
+    arr = np.zeros((10, 20, 3), np.uint8)
+    arr[:, :5] = 255  # white band on the left of a 20-wide, 10-high image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    Image.fromarray(arr).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    img = read_image(tmp_path / "r.jpg")
+    assert img.rgb.shape == (20, 10, 3)  # displayed upright: 10 wide, 20 high
+    assert img.rgb[:5, :, 0].mean() > 200 and img.rgb[-5:, :, 0].mean() < 50  # band now on top
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.png", b"", "empty file (0 bytes)"),
+        ("text.png", b"this is not an image\n", "not an image file"),
+        ("trunc.png", None, "corrupt or truncated"),
+    ],
+)
+def test_bad_files_name_the_file_and_problem(tmp_path: Path, name: str, content: bytes | None, message: str):
+    path = tmp_path / name
+    if content is None:
+        Image.fromarray(np.stack([gradient(64, 64)] * 3, -1)).save(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_size_limits(tmp_path: Path):
+    Image.new("L", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(ImageReadError, match="too small"):
+        read_image(tmp_path / "dot.png")
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="over the limit of 5,000"):
+        read_image(tmp_path / "big.png", max_pixels=5000)
+
+
+def test_missing_and_directory(tmp_path: Path):
+    with pytest.raises(ImageReadError, match="file not found"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(ImageReadError, match="is a directory"):
+        read_image(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root reads any file")
+def test_unreadable_file(tmp_path: Path):
+    path = tmp_path / "locked.png"
+    Image.new("L", (16, 16)).save(path)
+    path.chmod(0)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        read_image(path)
+
+
+def test_find_images_expands_folders_globs_and_reports_misses(tmp_path: Path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ["a/1.png", "a/b/2.JPG", "a/notes.txt", "c.bmp"]:
+        (tmp_path / p).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    paths, problems = find_images([str(tmp_path / "a"), str(tmp_path / "*.bmp"), str(tmp_path / "empty"), str(tmp_path / "zz.png")])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["a/1.png", "a/b/2.JPG", "c.bmp"]
+    assert len(problems) == 2 and "no images" in problems[0] and "file not found" in problems[1]
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path):
+    path = tmp_path / "out" / "f.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["f.txt"]
