@@ -7,11 +7,28 @@ import os
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
+from rich.text import Text
 
 from iapas import __version__
 
 console = Console(stderr=True)
+
+
+_LEVEL_STYLES = {"DEBUG": "dim", "INFO": "cyan", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as single, unwrapped lines on the shared console (works under progress bars),
+    so an error line can be copied or grepped whole."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname
+            line = Text(f"{level.lower()}: ", style=_LEVEL_STYLES.get(level, ""))
+            line.append(self.format(record))
+            console.print(line, soft_wrap=True, highlight=False)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -19,7 +36,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
+    root.addHandler(ConsoleHandler())
     root.setLevel(logging.WARNING)
     logging.getLogger("iapas").setLevel(level)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -40,7 +57,7 @@ def version_callback(value: bool) -> None:
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

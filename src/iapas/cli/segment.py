@@ -68,7 +68,7 @@ def segment_cmd(
         raise fail("--profile is required in iapas mode (make one with 'iapas profile'), or use --mode base")
     paths, problems = find_images(images)
     for problem in problems:
-        console.print(f"[bold red]error:[/] {problem}", highlight=False)
+        console.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
     if not paths:
         raise fail("no images to segment")
     try:

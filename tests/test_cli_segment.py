@@ -1,0 +1,132 @@
+"""`iapas segment` end to end with tiny models: real MVTec images and every image kind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from iapas.cli import app
+from iapas.outputs import decode_map
+from tests.conftest import shared_data
+
+runner = CliRunner()
+
+
+def segment_args(tiny_models: dict[str, Path], *extra: str) -> list[str]:
+    return [
+        "segment", *extra,
+        "--detector", str(tiny_models["grounding-dino"]),
+        "--segmenter", str(tiny_models["sam"]),
+        "--device", "cpu",
+    ]
+
+
+def read_results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture()
+def profile_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bottle.yaml"
+    result = runner.invoke(app, ["profile", "--category", "bottle", "--object", "bottle", "--prompts", "scratch, crack, contamination", "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_segment_real_mvtec_bottle(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    root = shared_data("MVTecAD") / "bottle" / "test"
+    images = sorted(root.rglob("*.png"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, segment_args(tiny_models, str(root), "--profile", str(profile_file), "--out", str(out)))
+    assert result.exit_code == 0, result.output
+    records = read_results(out)
+    assert len(records) == len(images) == 28
+    assert len({r["key"] for r in records}) == 28
+    for rec in records:
+        assert rec["status"] == "ok"
+        assert set(rec["outputs"]) == {"map", "mask", "overlay"}
+        stored = np.asarray(Image.open(out / rec["outputs"]["map"]))
+        assert stored.dtype == np.uint16 and stored.shape == (900, 900)
+        assert decode_map(stored).max() == pytest.approx(min(rec["image_score"], 6.5535), abs=1e-4)
+        mask = np.asarray(Image.open(out / rec["outputs"]["mask"]))
+        assert mask.shape == (900, 900) and set(np.unique(mask)) <= {0, 255}
+        assert Image.open(out / rec["outputs"]["overlay"]).size == (900, 900)
+        for box in rec["kept"] + rec["dropped"]:
+            assert 0.1 < box["score"] <= 1 and isinstance(box["phrase"], str)
+        assert rec["object"]["source"] in ("detected", "profile", "default")
+    keys = {r["key"] for r in records}
+    assert {"good/000", "broken_small/000"} <= keys  # same file name in two folders, two outputs
+    run = json.loads((out / "run.json").read_text())
+    assert run["signature"]["caption"] == "scratch . crack . contamination . abnormal . defect . bottle ."
+
+
+def write_kinds(folder: Path) -> dict[str, tuple[int, int]]:
+    """One image of each kind a camera may give; returns name -> (height, width)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def save(name: str, image: Image.Image) -> None:
+        image.save(folder / name)
+        sizes[name] = (image.height, image.width)
+
+    save("gray8.png", Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)))
+    save("gray16.png", Image.fromarray(rng.integers(0, 65535, (64, 48), dtype=np.uint16)))
+    save("rgba.png", Image.fromarray(rng.integers(0, 255, (50, 60, 4), dtype=np.uint8), "RGBA"))
+    save("palette.bmp", Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).convert("P"))
+    save("rgb.tif", Image.fromarray(rng.integers(0, 255, (33, 45, 3), dtype=np.uint8)))
+    save("rgb.jpg", Image.fromarray(rng.integers(0, 255, (80, 30, 3), dtype=np.uint8)))
+    return sizes
+
+
+def test_segment_every_image_kind_and_resume(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    sizes = write_kinds(tmp_path / "in")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    args = segment_args(tiny_models, str(tmp_path / "in"), "--profile", str(profile_file), "--out", str(out), "--batch-size", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output  # one bad file -> non-zero, the rest done
+    assert "broken.png" in result.output and "not an image file" in result.output
+    records = {Path(r["image"]).name: r for r in read_results(out)}
+    assert records["broken.png"]["status"] == "failed" and "broken.png" in records["broken.png"]["error"]
+    assert records["rgb.jpg"]["key"] == "rgb.jpg" and records["gray8.png"]["key"] == "gray8"  # stems collide
+    for name, (h, w) in sizes.items():
+        rec = records[name]
+        assert rec["status"] == "ok", rec
+        assert (rec["height"], rec["width"]) == (h, w)
+        assert np.asarray(Image.open(out / rec["outputs"]["map"])).shape == (h, w)
+    before = {r["key"]: (out / r["outputs"]["map"]).stat().st_mtime_ns for r in records.values() if r["status"] == "ok"}
+
+    # second run with the bad file repaired: finished images are skipped, the failed one is redone
+    Image.new("L", (20, 20)).save(tmp_path / "in" / "broken.png", format="PNG")
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "already done (resumed) │ 6" in again.output
+    lines = read_results(out)
+    assert sorted(r["key"] for r in lines) == sorted(r["key"] for r in records.values())
+    assert all(r["status"] == "ok" for r in lines), "one line per image, the latest, after a finished run"
+    after = {r["key"]: (out / r["outputs"]["map"]).stat().st_mtime_ns for r in lines if r["key"] != "broken"}
+    assert after == before, "finished images were not redone"
+
+
+def test_segment_refuses_mixing_runs_and_bad_profiles(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    write_kinds(tmp_path / "in")
+    out = tmp_path / "out"
+    ok = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "in" / "gray8.png"), "--profile", str(profile_file), "--out", str(out)))
+    assert ok.exit_code == 0, ok.output
+    other = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "in" / "gray8.png"), "--mode", "base", "--out", str(out)))
+    assert other.exit_code == 2 and "other settings" in other.output and "caption" in other.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("category: x\nobject_tag: y\ncaption: ''\n")
+    res = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "in"), "--profile", str(bad), "--out", str(tmp_path / "o2")))
+    assert res.exit_code == 2 and "bad.yaml" in res.output and "caption" in res.output
+
+    res = runner.invoke(app, ["segment", str(tmp_path / "in"), "--profile", str(profile_file), "--out", str(tmp_path / "o3"),
+                              "--detector", str(tmp_path / "no-such-model"), "--device", "cpu"])
+    assert res.exit_code == 2 and "does not exist" in res.output
