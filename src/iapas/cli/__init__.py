@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from iapas.cli import profile, segment, testing
+from iapas.cli import demo, profile, segment, testing
 from iapas.cli.common import version_callback
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ def _root(
 
 profile.register(app)
 segment.register(app)
+demo.register(app)
 app.add_typer(testing.app, name="testing")
 
 # Optional command groups added by other modules (data, evaluation) register themselves here.
