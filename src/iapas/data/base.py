@@ -1,0 +1,310 @@
+"""What every dataset loader returns, and the shared logic: reference drawing and protocols.
+
+A loader only scans its layout (:meth:`DatasetBase._scan`); :meth:`DatasetBase.load` then draws
+the normal references, removes them from the test set when they had to come from it, and applies
+the evaluation protocol. So every dataset follows exactly the same rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from iapas.io import IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS: tuple[str, ...] = ("full", "paper")
+DEFAULT_REFERENCES = 10
+DEFAULT_SEED = 0
+
+
+class DatasetError(ValueError):
+    """A dataset root is missing, has an unexpected layout, or lacks a category; the message names the path."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One test image. ``label`` is 0 (normal) or 1 (anomalous).
+
+    ``mask_path`` is the ground-truth mask file, or None: normal samples never carry one (their mask
+    is all zeros), and an anomalous sample whose mask file is missing has None too (the category's
+    notes say so). Read masks with :func:`iapas.data.masks.sample_mask`.
+    """
+
+    path: Path
+    label: int
+    mask_path: Path | None
+    defect_type: str
+    category: str
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.label == 1
+
+
+@dataclass(frozen=True)
+class Category:
+    """One product category, ready for evaluation.
+
+    ``references`` are the normal images stage 1 may look at; none of them is in ``test``.
+    ``notes`` are user-facing sentences about how the category was assembled (put them in reports).
+    """
+
+    name: str
+    references: list[Path]
+    test: list[Sample]
+    notes: list[str] = field(default_factory=list)
+    dataset: str = ""
+    protocol: str = "full"
+
+    @property
+    def anomalous(self) -> int:
+        """Number of test samples that are defective (label 1)."""
+        return sum(1 for s in self.test if s.label == 1)
+
+    @property
+    def normal(self) -> int:
+        return sum(1 for s in self.test if s.label == 0)
+
+    @property
+    def with_mask(self) -> int:
+        """Number of test samples that have a mask file (only defective samples carry one).
+
+        A mask file may be empty (e.g. 4 MT_Uneven masks of MTD): it still counts here, and the
+        sample is still anomalous because its folder or label file says so.
+        """
+        return sum(1 for s in self.test if s.mask_path is not None)
+
+    @property
+    def defect_types(self) -> list[str]:
+        """The defect types of the anomalous test samples, sorted."""
+        return sorted({s.defect_type for s in self.test if s.label == 1})
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What the evaluation needs from a dataset."""
+
+    name: str
+    root: Path
+
+    def categories(self) -> list[str]: ...
+
+    def load(
+        self,
+        category: str,
+        *,
+        protocol: str = "full",
+        n_references: int = DEFAULT_REFERENCES,
+        seed: int = DEFAULT_SEED,
+    ) -> Category: ...
+
+
+@dataclass
+class Scan:
+    """What a loader found for one category, before references and protocol.
+
+    ``train_normals`` is the normal training pool; empty when the dataset has none or it is
+    missing, and then ``no_train`` says why in a sentence (``train_missing`` tells whether the
+    split should have been there, which makes it a warning).
+    """
+
+    test: list[Sample]
+    train_normals: list[Path] = field(default_factory=list)
+    no_train: str = ""
+    train_missing: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def natural_key(text: str) -> list[object]:
+    """Sort key that puts 'Class2' before 'Class10'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (not recursive), sorted by name; [] if it is not a folder."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if is_image(p)), key=lambda p: p.name)
+
+
+def subdirs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+
+
+def has_child_dir(folder: Path, name: str) -> bool:
+    """Whether ``folder`` holds a folder named exactly ``name`` (case-sensitive even where the filesystem is not).
+
+    Layout detection relies on exact names: MVTec's ``test`` versus DAGM's ``Test``.
+    """
+    if not folder.is_dir():
+        return False
+    return any(child.name == name and child.is_dir() for child in folder.iterdir())
+
+
+def draw_references(pool: Iterable[Path], k: int, seed: int, root: Path | None = None) -> list[Path]:
+    """``k`` paths drawn from ``pool`` with a fixed seed, returned sorted.
+
+    The pool is sorted first (by its path relative to ``root`` when given), so the draw depends
+    only on (seed, k) and the set of files, never on filesystem listing order or on where the
+    dataset lives. The draw is a prefix of one seeded permutation: the references for k=1 are among
+    those for k=10.
+    """
+    if k < 0:
+        raise ValueError(f"number of references must be >= 0, got {k}")
+
+    def key(p: Path) -> str:
+        if root is not None:
+            try:
+                return p.relative_to(root).as_posix()
+            except ValueError:
+                pass
+        return p.as_posix()
+
+    ordered = sorted(set(pool), key=key)
+    order = list(range(len(ordered)))
+    random.Random(seed).shuffle(order)
+    chosen = [ordered[i] for i in order[: min(k, len(ordered))]]
+    return sorted(chosen, key=key)
+
+
+def references_from_test_count(n_normal: int, n_requested: int) -> int:
+    """How many references to take when they must come from the normal TEST images.
+
+    At most half of them (rounded down, but at least one when there is any), so that at least as
+    many normal images stay in the test set as were used as references: image-level metrics need
+    normal test images. E.g. 20 normal images and N=10 give 10; 8 normal images and N=10 give 4.
+    """
+    if n_requested <= 0 or n_normal <= 0:
+        return 0
+    return min(n_requested, max(1, n_normal // 2))
+
+
+class DatasetBase:
+    """Shared :meth:`categories` and :meth:`load`; subclasses implement :meth:`_discover` and :meth:`_scan`.
+
+    Class attributes: ``name`` (registry name), ``title`` (human name), ``layout`` (one line on the
+    expected folder layout, used in errors and ``--help``), ``expected_categories`` (the official
+    list, to tell a user what a download lacks), ``paper_keeps_normals`` (whether the paper
+    protocol keeps the normal test images).
+    """
+
+    name: str = ""
+    title: str = ""
+    layout: str = ""
+    expected_categories: tuple[str, ...] = ()
+    paper_keeps_normals: bool = True
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise DatasetError(f"{self.root}: {self.title} root folder does not exist")
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: not a folder (expected the {self.title} root folder)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r})"
+
+    # -- to implement -------------------------------------------------------------------------
+    def _discover(self) -> list[str]:
+        raise NotImplementedError
+
+    def _scan(self, category: str) -> Scan:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def categories(self) -> list[str]:
+        """The categories present under the root; DatasetError when none is recognisable."""
+        found = self._discover()
+        if not found:
+            raise DatasetError(f"{self.root}: no {self.title} categories found; expected {self.layout}")
+        return found
+
+    def missing_categories(self) -> list[str]:
+        """Official categories of this dataset that are not under the root (an incomplete download)."""
+        present = set(self._discover())
+        return [c for c in self.expected_categories if c not in present]
+
+    def load(
+        self,
+        category: str,
+        *,
+        protocol: str = "full",
+        n_references: int = DEFAULT_REFERENCES,
+        seed: int = DEFAULT_SEED,
+    ) -> Category:
+        """The references and test samples of one category.
+
+        ``protocol='full'``: the whole test split, normal and defective. ``protocol='paper'``: the
+        test images the paper's reference code used (see the dataset's docstring). References come
+        from the normal training split when there is one; otherwise they are drawn (fixed ``seed``)
+        from the normal test images and removed from the test set, and ``notes`` says so.
+        """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if n_references < 0:
+            raise ValueError(f"n_references must be >= 0, got {n_references}")
+        available = self.categories()
+        if category not in available:
+            raise DatasetError(f"{self.root}: no {self.title} category {category!r}; found: {', '.join(available)}")
+        scan = self._scan(category)
+        notes = list(scan.notes)
+        test = list(scan.test)
+        if scan.train_normals:
+            references = draw_references(scan.train_normals, n_references, seed, self.root)
+            if len(references) < n_references:
+                message = f"Only {len(references)} normal training images: all of them are the references (asked for {n_references})."
+                notes.append(message)
+                logger.warning("%s: %s", category, message)
+        else:
+            pool = [s.path for s in test if s.label == 0]
+            k = references_from_test_count(len(pool), n_references)
+            references = draw_references(pool, k, seed, self.root)
+            chosen = set(references)
+            test = [s for s in test if s.path not in chosen]
+            reason = scan.no_train or f"{self.title} has no normal training images"
+            if n_references > 0 and not pool:
+                message = f"{reason}, and there are no normal test images either: no reference images."
+                notes.append(message)
+                logger.warning("%s: %s", category, message)
+            elif n_references > 0:
+                message = (
+                    f"{reason}: the {k} normal reference images were drawn (seed {seed}) from the "
+                    f"{len(pool)} normal test images and excluded from the test set."
+                )
+                notes.append(message)
+                if scan.train_missing:
+                    logger.warning("%s: %s", category, message)
+                else:
+                    logger.info("%s: %s", category, message)
+                if k < n_references:
+                    short = (
+                        f"only {k} of the {n_references} requested references were drawn, so that "
+                        f"{len(pool) - k} normal images stay in the test set."
+                    )
+                    notes.append(short[0].upper() + short[1:])
+                    logger.warning("%s: %s", category, short)
+        if protocol == "paper" and not self.paper_keeps_normals:
+            dropped = sum(1 for s in test if s.label == 0)
+            test = [s for s in test if s.label == 1]
+            notes.append(f"Paper protocol: defective test images only ({dropped} normal test images left out).")
+        return Category(
+            name=category,
+            references=references,
+            test=test,
+            notes=notes,
+            dataset=self.name,
+            protocol=protocol,
+        )
