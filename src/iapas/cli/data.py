@@ -1,0 +1,181 @@
+"""``iapas data summary``: check that a dataset download is complete before spending GPU hours."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import typer
+
+from rich.markup import escape
+
+from iapas.cli.common import QuietOption, VerboseOption, console, setup_logging
+from iapas.data.registry import DATASETS
+
+
+def _code_spans(text: str) -> str:
+    """Put path-like words of a layout sentence in markdown code spans (so <, * and _ show as typed)."""
+
+    def span(match: re.Match[str]) -> str:
+        word, tail = match.group(1), match.group(2)
+        return f"`{word}`{tail}"
+
+    return re.sub(r"(?<!\S)([^\s,;()]*[/<*][^\s,;()]*)([,;)]*)", span, text)
+
+
+def _layouts_help() -> str:
+    return "\n".join(f"- **{name}**: {_code_spans(cls.layout)}" for name, cls in DATASETS.items())
+
+
+SUMMARY_HELP = (
+    "Count, per category, the normal references and the test images (anomalous ones, masks, defect types) "
+    "of a dataset in its original layout.\n\n"
+    "Run it after a download: a missing category, split or mask folder shows up here, not hours into an "
+    "evaluation. Where there is no train split (KSDD1, MTD, or a copy without train/), the references are "
+    "drawn from the normal test images (fixed --seed) and left out of the test set.\n\n"
+    "'anomalous' counts defective test images (by folder, by label file, or for KSDD1 by a non-empty mask); "
+    "'with mask' counts test images that have a mask file (a mask file may be empty).\n\n"
+    "--protocol paper keeps the test images the paper's reference code used: MVTec AD the whole test split; "
+    "BTAD test/ko only; DAGM the labelled (defective) images; MPDD, DTD-Synthetic and VisA the defective images; "
+    "MTD and KSDD1 every image (so the same as full). The folder dataset has no paper protocol (same as full).\n\n"
+    "Expected layouts (ROOT = --root):\n\n" + _layouts_help() + "\n\n"
+    "Aliases: mvtec_ad, kolektor, dagm2007, dtd_synthetic, custom (= folder)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Benchmark datasets: check a download.", no_args_is_help=True, rich_markup_mode="markdown")
+    data_app.command("summary", help=SUMMARY_HELP)(summary_cmd)
+    app.add_typer(data_app, name="data")
+
+
+def summary_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(DATASETS)}."),
+    root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
+    categories: str = typer.Option(None, "--categories", "-c", help="Only these categories, comma separated."),
+    protocol: str = typer.Option("full", "--protocol", help="'full' (whole test split) or 'paper' (the paper's test images)."),
+    n_references: int = typer.Option(10, "--references", "-n", min=0, help="Number of normal reference images per category."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing the references."),
+    check: bool = typer.Option(
+        False, "--check", help="Also open every mask and compare its size with its image's (slower); exit 1 on a problem."
+    ),
+    normal: str = typer.Option("good", "--normal", help="folder dataset: the normal images' folder."),
+    anomalous: str = typer.Option("defect", "--anomalous", help="folder dataset: the anomalous images' folder."),
+    masks: str = typer.Option("masks", "--masks", help="folder dataset: the masks' folder."),
+    mask_pattern: str = typer.Option("{stem}_mask.png", "--mask-pattern", help="folder dataset: mask file name, e.g. '{stem}.png'."),
+    reference_dir: str = typer.Option(None, "--reference-dir", help="folder dataset: a folder of normal references."),
+    verbose: bool = VerboseOption,
+    quiet: bool = QuietOption,
+) -> None:
+    setup_logging(verbose, quiet)
+    data_logger = logging.getLogger("iapas.data")
+    level = data_logger.level
+    if not verbose:
+        # Each note printed below repeats a loader warning: say it once.
+        data_logger.setLevel(logging.ERROR)
+    try:
+        _summary(dataset, root, as_json, categories, protocol, n_references, seed, check,
+                 dict(normal=normal, anomalous=anomalous, masks=masks, mask_pattern=mask_pattern, references=reference_dir))
+    finally:
+        data_logger.setLevel(level)
+
+
+def _summary(
+    dataset: str,
+    root: Path,
+    as_json: bool,
+    categories: str | None,
+    protocol: str,
+    n_references: int,
+    seed: int,
+    check: bool,
+    folder_options: dict[str, object],
+) -> None:
+    from iapas.data import DatasetError, MaskError, canonical_name, check_mask, get_dataset
+    from iapas.data.registry import guess_datasets
+
+    if protocol not in ("full", "paper"):
+        raise _error(f"--protocol must be 'full' or 'paper', not {protocol!r}")
+    try:
+        name = canonical_name(dataset)
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    options = folder_options if name == "folder" else {}
+    summary: dict[str, dict[str, object]] = {}
+    notes: list[str] = []
+    problems: list[str] = []
+    try:
+        loader = get_dataset(name, root, **options)
+        try:
+            available = loader.categories()
+        except DatasetError as exc:
+            others = [n for n in guess_datasets(root) if n != name]
+            hint = f" (it looks like --dataset {' or '.join(others)})" if others else ""
+            raise _error(f"{exc}{hint}") from None
+        wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else available
+        unknown = [c for c in wanted if c not in available]
+        if unknown:
+            raise _error(f"{root}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
+        if not categories:
+            missing = loader.missing_categories()
+            if missing:
+                notes.append(
+                    f"{len(missing)} of the {len(loader.expected_categories)} {loader.title} categories are not here: {', '.join(missing)}"
+                )
+        for category in wanted:
+            cat = loader.load(category, protocol=protocol, n_references=n_references, seed=seed)
+            summary[category] = {
+                "references": len(cat.references),
+                "test": len(cat.test),
+                "anomalous": cat.anomalous,
+                "with_mask": cat.with_mask,
+                "defect_types": cat.defect_types,
+            }
+            notes.extend(f"{category}: {note}" for note in cat.notes)
+            if check:
+                problems.extend(p for p in (check_mask(s) for s in cat.test) if p)
+    except (DatasetError, MaskError, ValueError, OSError) as exc:
+        raise _error(str(exc)) from None
+
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    for problem in problems[:20]:
+        console.print(f"[bold red]mask problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    if len(problems) > 20:
+        console.print(f"[bold red]... and {len(problems) - 20} more mask problems[/]")
+    if as_json:
+        typer.echo(json.dumps({"dataset": name, "categories": summary}))
+    else:
+        _print_table(loader.title, str(root), protocol, summary)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _error(message: str) -> typer.Exit:
+    """One unwrapped error line on stderr; the Exit (code 2) to raise."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _print_table(title: str, root: str, protocol: str, summary: dict[str, dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{title} at {root} ({protocol} protocol)")
+    table.add_column("category")
+    for column in ("references", "test", "anomalous", "with mask"):
+        table.add_column(column, justify="right")
+    table.add_column("defect types")
+    for category, row in summary.items():
+        table.add_row(
+            category,
+            str(row["references"]),
+            str(row["test"]),
+            str(row["anomalous"]),
+            str(row["with_mask"]),
+            ", ".join(row["defect_types"]),  # type: ignore[arg-type]
+        )
+    Console().print(table)
