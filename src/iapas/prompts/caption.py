@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 # Words an LLM puts in a word list that name nothing on the object.
 FILLER_WORDS: frozenset[str] = frozenset(
@@ -51,3 +51,54 @@ def build_caption(nouns: Iterable[str], object_tag: str | None = None, include_o
 def caption_phrases(caption: str) -> list[str]:
     """The phrases of a caption: ``'scratch . crack .'`` -> ``['scratch', 'crack']``."""
     return [p.strip() for p in caption.lower().split(".") if p.strip()]
+
+
+# --- fitting a caption into the detector's text window (added for stage 1) -------------------
+
+# Grounding DINO's text window of the released models, [CLS] and [SEP] included.
+GROUNDING_DINO_MAX_TEXT_LEN = 256
+
+
+def estimate_token_count(caption: str) -> int:
+    """A conservative word-piece count of ``caption`` when no tokenizer is at hand.
+
+    Each run of letters/digits counts one token per started 3 characters (BERT splits rare words
+    into pieces of about that size; common words are one token, so this over-counts), each
+    other non-space character one token, plus [CLS] and [SEP].
+    """
+    count = 2
+    for run in re.findall(r"[a-z0-9]+|[^a-z0-9\s]", caption.lower()):
+        count += -(-len(run) // 3) if run[0].isalnum() else 1
+    return count
+
+
+def fit_caption(
+    nouns: Iterable[str],
+    object_tag: str | None,
+    include_object_tag: bool = True,
+    *,
+    count_tokens: Callable[[str], int] = estimate_token_count,
+    max_tokens: int = GROUNDING_DINO_MAX_TEXT_LEN,
+) -> tuple[str, list[str]]:
+    """:func:`build_caption`, dropping TAIL nouns until ``count_tokens(caption) <= max_tokens``.
+
+    'abnormal', 'defect' and the object tag are never dropped. Returns ``(caption, dropped)``
+    with the dropped nouns in their original order. Raises ``ValueError`` when even the
+    caption without any noun is too long.
+    """
+    keep = clean_nouns(nouns)
+    protected = set(ALWAYS_ADDED)
+    if include_object_tag and object_tag:
+        protected.update(clean_nouns([object_tag]))
+    dropped: list[str] = []
+    while True:
+        caption = build_caption(keep, object_tag, include_object_tag)
+        if count_tokens(caption) <= max_tokens:
+            return caption, dropped[::-1]
+        droppable = [i for i, w in enumerate(keep) if w not in protected]
+        if not droppable:
+            raise ValueError(
+                f"caption {caption!r} needs {count_tokens(caption)} text tokens even without anomaly "
+                f"nouns; the detector takes at most {max_tokens}"
+            )
+        dropped.append(keep.pop(droppable[-1]))
