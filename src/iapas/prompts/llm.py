@@ -1,0 +1,269 @@
+"""Asking an LLM for anomaly nouns (METHOD.md stage 1 step 4).
+
+Every chat model is behind :class:`LLM`: ``complete(messages, seed=...)`` returns the reply
+text or raises :class:`LLMError`. Backends:
+
+* :class:`TransformersLLM`: a local ``transformers`` chat model (default
+  Meta-Llama-3-8B-Instruct, bf16 on GPU, float32 on CPU) with the paper's sampling
+  (temperature 0.6, top-p 0.9, at most 512 new tokens, seeded), through the tokenizer's chat
+  template.
+* :class:`OpenAILLM`: any OpenAI-compatible chat-completions endpoint (Ollama, vLLM, llama.cpp
+  server, hosted APIs) through the ``openai`` client, with a time-out and bounded retries.
+
+The offline vocabulary (:mod:`iapas.prompts.knowledge`) is not an LLM; stage 1 uses it when
+asked to and whenever an LLM fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+DEFAULT_LLM = "meta-llama/Meta-Llama-3-8B-Instruct"
+TEMPERATURE = 0.6
+TOP_P = 0.9
+MAX_NEW_TOKENS = 512
+OPENAI_TIMEOUT_S = 60.0
+OPENAI_MAX_RETRIES = 2
+OPENAI_INSTALL_HINT = "pip install iapas[openai]"
+
+SYSTEM_MESSAGE = (
+    "You are an expert in industrial visual inspection. Reply with a single line holding a "
+    "comma-separated list of lowercase words, like: word, word, word. Write only that list: no "
+    "numbering, no explanations, no other text."
+)
+USER_TEMPLATE = (
+    "Name the anomalous parts that can appear in images of a {object}: the defects, damage and "
+    "foreign matter an inspector would mark on it. Give non-redundant nouns, not adjectives; for "
+    "leather, for example: fray, stain, scratch, hole, burn."
+)
+
+
+class LLMError(RuntimeError):
+    """An LLM call failed (error, time-out, malformed reply); stage 1 then falls back."""
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """A chat model: messages in, reply text out."""
+
+    name: str  # backend name: 'transformers', 'openai'
+    model_id: str
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, seed: int) -> str:
+        """The reply to ``messages`` (``[{'role': 'system'|'user', 'content': ...}]``).
+
+        Raises :class:`LLMError` on any failure.
+        """
+        ...
+
+
+def build_messages(object_tag: str) -> list[Message]:
+    """The system and user messages that ask for anomaly nouns of ``object_tag``."""
+    return [
+        {"role": "system", "content": SYSTEM_MESSAGE},
+        {"role": "user", "content": USER_TEMPLATE.format(object=object_tag.strip().lower())},
+    ]
+
+
+def causal_lm_model_types() -> tuple[str, ...]:
+    """``model_type`` values transformers can load as a causal LM (for clear folder errors)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return tuple(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+class TransformersLLM:
+    """A local chat model through ``transformers`` (the paper's setting by default)."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str,
+        model_id: str,
+        temperature: float = TEMPERATURE,
+        top_p: float = TOP_P,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.model_id = model_id
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_LLM,
+        device: str = "auto",
+        dtype: str = "auto",
+        **kwargs: Any,
+    ) -> TransformersLLM:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from iapas.models.loading import ModelLoadError, load_pretrained, resolve_device, resolve_dtype
+
+        dev = resolve_device(device)
+        if dtype == "auto":  # the paper's bf16 on a GPU that has it
+            if dev.startswith("cuda") and torch.cuda.is_bf16_supported():
+                torch_dtype = torch.bfloat16
+            else:
+                torch_dtype = resolve_dtype("auto", dev)
+        else:
+            torch_dtype = resolve_dtype(dtype, dev)
+        what = "LLM"
+        types = causal_lm_model_types()
+        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what=what, expected_model_types=types)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError(
+                f"{what}: the tokenizer of {name_or_path!r} has no chat template; use an instruction-tuned "
+                "chat model (e.g. meta-llama/Meta-Llama-3-8B-Instruct)"
+            )
+        model = load_pretrained(
+            AutoModelForCausalLM.from_pretrained, name_or_path, what=what, expected_model_types=types, dtype=torch_dtype
+        )
+        model = model.to(dev).eval()
+        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
+        return cls(model, tokenizer, device=dev, model_id=name_or_path, **kwargs)
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, seed: int) -> str:
+        import torch
+
+        try:
+            enc = self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            pad = self.tokenizer.pad_token_id
+            if pad is None:
+                pad = self.tokenizer.eos_token_id
+            cuda = list(range(torch.cuda.device_count())) if self.device.startswith("cuda") else []
+            with torch.random.fork_rng(devices=cuda):  # seeded sampling without touching the caller's RNG
+                torch.manual_seed(seed)
+                with torch.inference_mode():
+                    out = self.model.generate(
+                        **enc,
+                        do_sample=True,
+                        temperature=self.temperature,
+                        top_p=self.top_p,
+                        max_new_tokens=self.max_new_tokens,
+                        pad_token_id=pad,
+                    )
+            new_tokens = out[0, enc["input_ids"].shape[1] :]
+            return str(self.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
+        except Exception as exc:  # noqa: BLE001 - any model failure becomes the documented fallback
+            raise LLMError(f"{self.model_id}: generation failed: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_openai_settings(
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[str, str | None, str]:
+    """``(model, base_url, api_key)`` from the options, else the environment.
+
+    Base URL: ``IAPAS_LLM_BASE_URL``, then ``OPENAI_BASE_URL`` (None: the OpenAI API); model:
+    ``IAPAS_LLM_MODEL``; key: ``OPENAI_API_KEY``. Local servers need no key: a placeholder is
+    sent when a base URL is set without one.
+    """
+    env = os.environ if env is None else env
+    base_url = base_url or env.get("IAPAS_LLM_BASE_URL") or env.get("OPENAI_BASE_URL") or None
+    model = model or env.get("IAPAS_LLM_MODEL") or None
+    if not model:
+        raise LLMError("the openai backend needs a model name: --llm-model NAME or IAPAS_LLM_MODEL")
+    api_key = api_key or env.get("OPENAI_API_KEY") or None
+    if api_key is None:
+        if base_url is None:
+            raise LLMError(
+                "the openai backend needs OPENAI_API_KEY for the OpenAI API, or a server URL "
+                "(--llm-base-url or IAPAS_LLM_BASE_URL, e.g. http://localhost:11434/v1 for Ollama)"
+            )
+        api_key = "not-needed"
+    return model, base_url, api_key
+
+
+class OpenAILLM:
+    """An OpenAI-compatible chat-completions endpoint through the official ``openai`` client.
+
+    The client's own retries (connection errors, 408/409/429/5xx, honouring ``Retry-After``)
+    are bounded by ``max_retries``; each request by ``timeout`` seconds.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = OPENAI_TIMEOUT_S,
+        max_retries: int = OPENAI_MAX_RETRIES,
+        temperature: float = TEMPERATURE,
+        top_p: float = TOP_P,
+        max_tokens: int = MAX_NEW_TOKENS,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        try:
+            import openai
+        except ModuleNotFoundError:
+            raise LLMError(f"the openai backend needs the 'openai' package: {OPENAI_INSTALL_HINT}") from None
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.model_id, self.base_url, key = resolve_openai_settings(model, base_url, api_key, env)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_tokens = max_tokens
+        self._openai = openai
+        self.client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=max_retries)
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, seed: int) -> str:
+        openai = self._openai
+        where = self.base_url or "the OpenAI API"
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model_id,
+                messages=[dict(m) for m in messages],  # type: ignore[misc]
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_tokens=self.max_tokens,
+                seed=seed,
+            )
+        except openai.APITimeoutError:
+            raise LLMError(f"{where}: no reply within {self.timeout:g} s (after {self.max_retries} retries)") from None
+        except openai.APIStatusError as exc:
+            raise LLMError(f"{where}: HTTP {exc.status_code}: {_short(exc.message)}") from None
+        except openai.APIConnectionError as exc:
+            raise LLMError(f"{where}: cannot connect: {_short(str(exc))}") from None
+        except Exception as exc:  # noqa: BLE001 - malformed replies surface as assorted errors
+            raise LLMError(f"{where}: unusable reply: {type(exc).__name__}: {_short(str(exc))}") from None
+        try:
+            content = response.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
+            raise LLMError(f"{where}: the reply has no choices[0].message") from None
+        if not isinstance(content, str) or not content.strip():
+            raise LLMError(f"{where}: the reply's message is empty")
+        return content.strip()
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

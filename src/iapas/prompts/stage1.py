@@ -1,0 +1,452 @@
+"""Stage 1 of IAP-AS: from a few normal reference images to a category profile.
+
+:func:`build_profile` runs METHOD.md stage 1 on the interfaces only (:class:`Tagger`,
+:class:`~iapas.models.base.Detector`, :class:`LLM`):
+
+1. reference images (:func:`select_references`: N files drawn with a fixed seed);
+2. tags per image, aggregated, non-object tags dropped, joined into a tag caption;
+3. the object tag by the detector vote, and the median reference object size;
+4. anomaly nouns from the LLM (or the offline knowledge vocabulary; also the fallback when the
+   LLM fails or replies nothing usable);
+5. the caption 'w1 . w2 . ... . abnormal . defect . <object tag> .', trimmed to the detector's
+   text window by dropping tail nouns;
+6. a :class:`~iapas.profile.Profile` whose ``stage1`` mapping records all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iapas import __version__
+from iapas.io import read_image
+from iapas.profile import Profile
+from iapas.prompts.caption import (
+    ALWAYS_ADDED,
+    GROUNDING_DINO_MAX_TEXT_LEN,
+    clean_nouns,
+    estimate_token_count,
+    fit_caption,
+    join_caption,
+)
+from iapas.prompts.knowledge import Knowledge
+from iapas.prompts.llm import LLM, SYSTEM_MESSAGE, USER_TEMPLATE, LLMError, Message, build_messages
+from iapas.prompts.object_tag import (
+    BOX_THRESHOLD,
+    NMS_IOU,
+    TEXT_THRESHOLD,
+    ObjectVote,
+    detect_references,
+    median_size,
+    object_sizes,
+    vote_object_tag,
+)
+from iapas.prompts.parsing import parse_word_list
+from iapas.prompts.tagging import ScoredTags, Tagger, aggregate_tags, drop_stop_tags, load_stoplist, normalize_tag
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REFERENCES = 10
+# progress(stage, done, total): stage is 'reading', 'tagging' or 'detecting'.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class Stage1Error(ValueError):
+    """Stage 1 cannot run with what it was given; the message says what is missing."""
+
+
+# --- step 1: reference images ----------------------------------------------------------------
+
+
+def select_references(paths: Sequence[str | Path], n: int = DEFAULT_REFERENCES, seed: int = 0) -> list[Path]:
+    """``n`` of ``paths`` drawn with ``seed`` (all of them when there are at most ``n``), sorted.
+
+    The paths are sorted (as POSIX strings) and shuffled with ``random.Random(seed)``; the first
+    ``n`` are taken. So the draw ignores listing order, and the references for N=1 are among
+    those for N=10 (the paper's 10-vs-1 ablation); the rule is the same as
+    ``iapas.data``'s dataset loaders use.
+    """
+    if n < 1:
+        raise Stage1Error(f"the number of reference images must be >= 1, got {n}")
+    ordered = sorted({Path(p) for p in paths}, key=lambda p: p.as_posix())
+    if not ordered:
+        raise Stage1Error("no reference images given")
+    order = list(range(len(ordered)))
+    random.Random(seed).shuffle(order)
+    return sorted((ordered[i] for i in order[:n]), key=lambda p: p.as_posix())
+
+
+# --- step 4: anomaly nouns ---------------------------------------------------------------------
+
+
+@dataclass
+class NounResult:
+    """Where the anomaly nouns came from, and everything needed to audit them."""
+
+    backend: str  # 'transformers', 'openai', 'knowledge' or 'manual'
+    model: str | None
+    nouns: list[str]  # usable nouns: cleaned, base forms, without 'abnormal'/'defect'/the object tag
+    messages: list[Message] | None = None
+    raw_text: str | None = None  # the LLM's reply as received
+    parsed: list[str] = field(default_factory=list)  # words read from the reply, before cleaning
+    fallback_used: bool = False
+    fallback_reason: str | None = None
+    knowledge_family: str | None = None  # when the knowledge vocabulary answered
+    base_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def usable_nouns(words: Sequence[str], object_tag: str, knowledge: Knowledge) -> list[str]:
+    """Clean parsed words into anomaly nouns for the caption.
+
+    :func:`clean_nouns` (lowercase, fillers dropped, de-duplicated keeping first order), then
+    plural/-ed/-ing forms of known anomaly nouns to the noun (:meth:`Knowledge.base_form`),
+    then without 'abnormal', 'defect' and the object tag, which the caption adds itself.
+    """
+    reserved = set(ALWAYS_ADDED) | set(clean_nouns([object_tag]))
+    cleaned = clean_nouns(knowledge.base_form(w) for w in clean_nouns(words))
+    return [w for w in cleaned if w not in reserved]
+
+
+def generate_nouns(
+    object_tag: str,
+    llm: LLM | None,
+    *,
+    seed: int,
+    knowledge: Knowledge,
+    other_tags: Sequence[str] = (),
+    manual: Sequence[str] | None = None,
+) -> NounResult:
+    """Anomaly nouns for ``object_tag``: by hand, from ``llm``, or from ``knowledge``.
+
+    An LLM that raises :class:`LLMError` (or any error), or whose reply gives no usable noun,
+    is replaced by the knowledge vocabulary and the result says so (``fallback_used``,
+    ``fallback_reason``). Never raises for a failing LLM.
+    """
+    if manual is not None:
+        nouns = usable_nouns(list(manual), object_tag, knowledge)
+        return NounResult("manual", None, nouns, parsed=list(manual))
+    if llm is None:
+        answer = knowledge.answer(object_tag, other_tags)
+        return NounResult(
+            "knowledge", knowledge.source, usable_nouns(list(answer.nouns), object_tag, knowledge), knowledge_family=answer.family
+        )
+    messages = build_messages(object_tag)
+    result = NounResult(llm.name, llm.model_id, [], messages=messages, base_url=getattr(llm, "base_url", None))
+    try:
+        result.raw_text = llm.complete(messages, seed=seed)
+    except LLMError as exc:
+        result.fallback_reason = f"LLM error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a broken backend must not lose the profile
+        result.fallback_reason = f"LLM error: {type(exc).__name__}: {exc}"
+    if result.raw_text is not None:
+        result.parsed = parse_word_list(result.raw_text)
+        result.nouns = usable_nouns(result.parsed, object_tag, knowledge)
+        if not result.nouns:
+            shown = " ".join(result.raw_text.split())
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            result.fallback_reason = f"no usable anomaly noun in the LLM reply {shown!r}"
+    if not result.nouns:
+        answer = knowledge.answer(object_tag, other_tags)
+        result.nouns = usable_nouns(list(answer.nouns), object_tag, knowledge)
+        result.fallback_used = True
+        result.knowledge_family = answer.family
+        logger.warning("%s; using the knowledge vocabulary (%s) instead", result.fallback_reason, answer.family)
+    return result
+
+
+# --- the detector's text window ----------------------------------------------------------------
+
+
+def text_budget(detector: Any | None) -> tuple[Callable[[str], int], int, str]:
+    """``(count_tokens, max_tokens, how)`` for captions of ``detector``.
+
+    With a Grounding DINO adapter (``processor.tokenizer`` and ``model.config.max_text_len``) the
+    count is exact; otherwise :func:`estimate_token_count` against the released models' 256.
+    """
+    tokenizer = getattr(getattr(detector, "processor", None), "tokenizer", None)
+    config = getattr(getattr(detector, "model", None), "config", None)
+    max_len = getattr(config, "max_text_len", None)
+    max_tokens = int(max_len) if isinstance(max_len, int) and max_len > 0 else GROUNDING_DINO_MAX_TEXT_LEN
+    if tokenizer is not None:
+        return (lambda caption: len(tokenizer(caption)["input_ids"])), max_tokens, "detector tokenizer"
+    return estimate_token_count, max_tokens, "estimate"
+
+
+def fit_tag_caption(tags: Sequence[str], count_tokens: Callable[[str], int], max_tokens: int) -> tuple[str, list[str]]:
+    """The tags joined as a caption ('a . b .'), dropping tail tags until it fits."""
+    keep = list(tags)
+    dropped: list[str] = []
+    while keep and count_tokens(join_caption(keep)) > max_tokens:
+        dropped.append(keep.pop())
+    return join_caption(keep), dropped[::-1]
+
+
+# --- cache key -----------------------------------------------------------------------------------
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise Stage1Error(f"{path}: cannot read reference image: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+def _data_digest() -> str:
+    h = hashlib.sha256()
+    for name in ("tag_vocabulary.txt", "tag_stoplist.txt", "knowledge.yaml"):
+        h.update(resources.files("iapas.prompts").joinpath(name).read_bytes())
+    h.update(SYSTEM_MESSAGE.encode())
+    h.update(USER_TEMPLATE.encode())
+    return h.hexdigest()
+
+
+def input_hash(category: str, references: Sequence[Path], settings: dict[str, Any]) -> str:
+    """A digest of everything that decides a profile: the category, the reference files'
+    contents, the settings (models, seed, options) and iapas's prompt data files."""
+    payload = {
+        "category": category,
+        "references": [[Path(p).name, _file_digest(Path(p))] for p in references],
+        "settings": settings,
+        "data": _data_digest(),
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+def _read_references(paths: Sequence[Path], progress: ProgressCallback | None) -> list[np.ndarray]:
+    images = []
+    for i, path in enumerate(paths):
+        images.append(read_image(path).rgb)
+        if progress is not None:
+            progress("reading", i + 1, len(paths))
+    return images
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    """File names, or longer tails of the path where names repeat (a/good/000.png, b/good/000.png)."""
+    names = [p.name for p in paths]
+    depth = 1
+    while len(set(names)) < len(names) and depth < 8:
+        depth += 1
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+    return names
+
+
+def build_profile(
+    category: str,
+    references: Sequence[str | Path],
+    *,
+    tagger: Tagger | None = None,
+    detector: Any | None = None,
+    llm: LLM | None = None,
+    knowledge: Knowledge | None = None,
+    seed: int = 0,
+    object_tag: str | None = None,
+    nouns: Sequence[str] | None = None,
+    include_object_tag: bool = True,
+    size_threshold: float = 0.8,
+    stoplist: frozenset[str] | None = None,
+    max_tags: int | None = None,
+    box_threshold: float = BOX_THRESHOLD,
+    text_threshold: float = TEXT_THRESHOLD,
+    nms_iou: float = NMS_IOU,
+    input_digest: str | None = None,
+    models: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> Profile:
+    """Stage 1 for one category: reference images -> :class:`~iapas.profile.Profile`.
+
+    ``references`` are the image files to use (pick them with :func:`select_references`).
+    ``object_tag`` given: no tagging or vote; the detector (if given) still measures the object
+    size on the references. ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
+    no ``nouns``: the ``knowledge`` vocabulary answers. ``detector`` is any
+    :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
+    window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
+    """
+    t_start = time.perf_counter()
+    category = category.strip()
+    if not category:
+        raise Stage1Error("the category name is empty")
+    knowledge = knowledge or Knowledge.load()
+    stoplist = load_stoplist() if stoplist is None else stoplist
+    paths = [Path(p) for p in references]
+    names = _unique_names(paths)
+    given_object = normalize_tag(object_tag) if object_tag else None
+    if given_object is None and (tagger is None or detector is None):
+        raise Stage1Error("finding the object tag needs a tagger and a detector; or give the object tag (--object)")
+    if given_object is None and not paths:
+        raise Stage1Error("finding the object tag needs reference images")
+    count_tokens, max_tokens, counter = text_budget(detector)
+    timings: dict[str, float] = {}
+    record: dict[str, Any] = {
+        "source": "stage1",
+        "seed": seed,
+        "input_hash": input_digest,
+        "iapas_version": __version__,
+        "references": [str(p) for p in paths],
+        "reference_names": names,
+    }
+
+    images: list[np.ndarray] = []
+    if paths and (given_object is None or detector is not None):
+        t = time.perf_counter()
+        images = _read_references(paths, progress)
+        timings["read_s"] = time.perf_counter() - t
+    image_sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+
+    def tick(stage: str) -> Callable[[int], None]:
+        return lambda i: progress(stage, i + 1, len(images)) if progress is not None else None
+
+    # steps 2 and 3: tags and the object tag
+    aggregated: list[str] = []
+    if given_object is None:
+        assert tagger is not None and detector is not None
+        t = time.perf_counter()
+        per_image: list[ScoredTags] = []
+        for i, rgb in enumerate(images):
+            per_image.append(tagger.tag([rgb])[0])
+            tick("tagging")(i)
+        timings["tagging_s"] = time.perf_counter() - t
+        ranked, stopped = drop_stop_tags(aggregate_tags(per_image), stoplist)
+        ranked = ranked[:max_tags] if max_tags is not None else ranked
+        tag_caption, tags_cut = fit_tag_caption(ranked, count_tokens, max_tokens)
+        aggregated = [t for t in ranked if t not in tags_cut]
+        record["tagger"] = {"backend": tagger.name, "model": tagger.model_id, **_tagger_settings(tagger)}
+        record["tags"] = {
+            "per_image": [
+                {"image": name, "tags": [normalize_tag(t) for t, _ in tags], "scores": [round(float(s), 5) for _, s in tags]}
+                for name, tags in zip(names, per_image)
+            ],
+            "aggregated": aggregated,
+            "dropped_non_object": stopped,
+            "dropped_for_length": tags_cut,
+            "caption": tag_caption,
+        }
+        if not aggregated:
+            raise Stage1Error(
+                "the tagger found no object tag on the reference images (all tags were empty or non-object "
+                f"words: {', '.join(stopped) or 'none'}); give the object tag with --object or tags with --tags"
+            )
+        t = time.perf_counter()
+        detections = detect_references(
+            detector, images, tag_caption, box_threshold=box_threshold, text_threshold=text_threshold,
+            nms_iou=nms_iou, on_image=tick("detecting"),
+        )
+        timings["detection_s"] = time.perf_counter() - t
+        vote = vote_object_tag(detections, image_sizes, aggregated, names)
+        if vote.object_tag is None:
+            chosen, source = aggregated[0], "top tag (the detector found no box on any reference image)"
+            logger.warning("no detection on the reference images; using the top tag %r as the object tag", chosen)
+        else:
+            chosen, source = vote.object_tag, "detector vote"
+        object_record = {"source": source, "tag": chosen, **_vote_fields(vote)}
+    else:
+        chosen = given_object
+        vote = ObjectVote(chosen, None, None, None, None)
+        object_record = {"source": "given", "tag": chosen}
+        if detector is not None and images:
+            t = time.perf_counter()
+            caption = join_caption([chosen])
+            detections = detect_references(
+                detector, images, caption, box_threshold=box_threshold, text_threshold=text_threshold,
+                nms_iou=nms_iou, on_image=tick("detecting"),
+            )
+            timings["detection_s"] = time.perf_counter() - t
+            sizes = object_sizes(detections, image_sizes, chosen, [chosen])
+            vote.object_size = median_size(sizes)
+            vote.sizes = [s for s in sizes if s is not None]
+            object_record.update({"object_size": vote.object_size, "sizes": vote.sizes})
+    record["object"] = object_record
+
+    # step 4: anomaly nouns
+    t = time.perf_counter()
+    noun_result = generate_nouns(
+        chosen, llm, seed=seed, knowledge=knowledge, other_tags=aggregated, manual=list(nouns) if nouns is not None else None
+    )
+    timings["nouns_s"] = time.perf_counter() - t
+    record["llm"] = noun_result.to_dict()
+    record["fallback_used"] = noun_result.fallback_used
+    record["fallback_reason"] = noun_result.fallback_reason
+
+    # step 5: the caption, within the detector's text window
+    try:
+        caption, dropped = fit_caption(
+            noun_result.nouns, chosen, include_object_tag, count_tokens=count_tokens, max_tokens=max_tokens
+        )
+    except ValueError as exc:
+        raise Stage1Error(str(exc)) from None
+    if dropped:
+        logger.warning("caption over %d text tokens: dropped %d tail noun(s): %s", max_tokens, len(dropped), ", ".join(dropped))
+    kept = [w for w in noun_result.nouns if w not in dropped]
+    record["caption"] = {
+        "text": caption,
+        "nouns": kept,
+        "dropped_nouns": dropped,
+        "token_count": count_tokens(caption),
+        "max_tokens": max_tokens,
+        "token_counter": counter,
+        "include_object_tag": include_object_tag,
+    }
+    timings["total_s"] = time.perf_counter() - t_start
+    record["timings"] = {k: round(v, 3) for k, v in timings.items()}
+
+    all_models: dict[str, Any] = {}
+    if given_object is None and tagger is not None:
+        all_models["tagger"] = tagger.model_id or tagger.name
+    if detector is not None:
+        all_models["detector"] = getattr(detector, "name", type(detector).__name__)
+    if noun_result.backend in ("transformers", "openai"):
+        all_models["llm"] = noun_result.model
+    elif noun_result.backend == "knowledge":
+        all_models["llm"] = "knowledge"
+    all_models.update(models or {})
+
+    profile = Profile(
+        category=category,
+        object_tag=chosen,
+        caption=caption,
+        anomaly_nouns=kept,
+        include_object_tag=include_object_tag,
+        size_threshold=size_threshold,
+        object_size=vote.object_size,
+        models=all_models,
+        stage1=record,
+    )
+    profile.validate(f"profile of {category!r}")
+    return profile
+
+
+def _tagger_settings(tagger: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in ("top_k", "template"):
+        if hasattr(tagger, attr):
+            out[attr] = getattr(tagger, attr)
+    if hasattr(tagger, "vocabulary"):
+        out["vocabulary_size"] = len(tagger.vocabulary)
+    return out
+
+
+def _vote_fields(vote: ObjectVote) -> dict[str, Any]:
+    data = vote.to_dict()
+    data.pop("object_tag", None)
+    return data
