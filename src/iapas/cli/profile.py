@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+
+logger = logging.getLogger(__name__)
+
+TAGGERS = ("clip", "ram", "manual")
+LLMS = ("transformers", "openai", "knowledge")
 
 
 def register(app: typer.Typer) -> None:
@@ -14,51 +21,409 @@ def register(app: typer.Typer) -> None:
 
 
 def profile_cmd(
-    category: str = typer.Option(..., "--category", "-c", help="Name of the product category, e.g. 'bottle'."),
-    out: Path = typer.Option(..., "--out", "-o", help="Profile file to write (.yaml, .yml or .json)."),
-    object_tag: str = typer.Option(
-        None, "--object", help="The object tag: what the product is called, e.g. 'bottle'. Used to measure the object's size."
+    category: str = typer.Option(None, "--category", "-c", help="Name of the product category, e.g. 'bottle'."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Profile file to write (.yaml, .yml or .json); with --dataset, a folder for <category>.yaml files."
     ),
+    reference: list[str] = typer.Option(
+        None,
+        "--reference",
+        "-r",
+        help="Normal images of the product: files, folders (searched recursively) or glob patterns. Repeat the option for several.",
+    ),
+    references: int = typer.Option(10, "--references", "-n", min=1, help="How many reference images to draw (with --seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing the references and for LLM sampling."),
+    dataset: str = typer.Option(None, "--dataset", help="Make the profile of every category of a dataset (e.g. mvtec), with --root."),
+    root: Path = typer.Option(None, "--root", help="The dataset's folder (with --dataset)."),
+    categories: list[str] = typer.Option(
+        None, "--categories", help="With --dataset: only these categories (comma separated or repeated)."
+    ),
+    tagger: str = typer.Option(
+        None, "--tagger", help="Image tagger: clip (default), ram (needs recognize-anything and --tagger-model CHECKPOINT) or manual (--tags)."
+    ),
+    tagger_model: str = typer.Option(
+        None, "--tagger-model", help="CLIP hub id or folder (default openai/clip-vit-large-patch14); for ram, the checkpoint file."
+    ),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="CLIP tagger: tags kept per reference image."),
+    tags: str = typer.Option(None, "--tags", help="Tags by hand, comma separated, e.g. 'leather, fabric' (implies --tagger manual)."),
+    object_tag: str = typer.Option(
+        None, "--object", help="The object tag by hand, e.g. 'bottle': skips tagging and the detector vote."
+    ),
+    detector: str = typer.Option(
+        None, "--detector", help="Grounding DINO: 'tiny', 'base', a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
+    ),
+    llm: str = typer.Option(
+        "transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible HTTP endpoint) or knowledge (offline vocabulary)."
+    ),
+    llm_model: str = typer.Option(
+        None, "--llm-model", help="transformers: hub id or folder (default meta-llama/Meta-Llama-3-8B-Instruct); openai: model name (or IAPAS_LLM_MODEL)."
+    ),
+    llm_base_url: str = typer.Option(
+        None, "--llm-base-url", help="openai: server URL, e.g. http://localhost:11434/v1 (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL)."
+    ),
+    llm_timeout: float = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request."),
+    llm_retries: int = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs."),
+    knowledge_file: Path = typer.Option(None, "--knowledge", help="A knowledge YAML to use instead of the built-in vocabulary."),
     prompts: str = typer.Option(
         None,
         "--prompts",
-        help="Anomaly nouns by hand, comma separated, e.g. 'scratch, crack, hole'. 'abnormal' and 'defect' are always added.",
+        help="Anomaly nouns by hand, comma separated, e.g. 'scratch, crack, hole' (skips the LLM). 'abnormal' and 'defect' are always added.",
     ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16 or bfloat16 (auto: the LLM in bf16 on GPU)."),
     size_threshold: float = typer.Option(
         0.8, help="Keep a box only if its area is below this fraction of the object's area (the paper's 0.8)."
     ),
     object_in_caption: bool = typer.Option(
         True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing profile file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing profile file made from other inputs."),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Write a per-category profile: object tag, detector caption and size threshold.
+    """Write a per-category profile: object tag, detector caption and size threshold (stage 1).
 
-    By hand: iapas profile --category bottle --object bottle --prompts "scratch, crack" --out bottle.yaml
+    From reference images (tagger -> detector vote -> LLM nouns):
+    iapas profile -c bottle -r data/bottle/train/good --out bottle.yaml
 
-    The file is YAML (or JSON) meant to be read and edited; 'iapas segment' uses its caption as written.
+    Offline, no LLM: add --llm knowledge. Every category of a dataset:
+    iapas profile --dataset mvtec --root data/mvtec --out profiles/
+
+    By hand: iapas profile -c bottle --object bottle --prompts "scratch, crack" --out bottle.yaml
+
+    The file is YAML (or JSON) meant to be read and edited; 'iapas segment' uses its caption as
+    written. Re-running with the same inputs keeps the file (and your edits); other inputs need --force.
     """
     setup_logging(verbose, quiet)
+    if tags is not None and tagger in (None, "manual"):
+        tagger = "manual"
+    tagger = tagger or "clip"
+    if tagger not in TAGGERS:
+        raise fail(f"unknown --tagger {tagger!r}; choose one of {', '.join(TAGGERS)}")
+    if tagger == "manual" and not tags:
+        raise fail("--tagger manual needs --tags 'tag, tag'")
+    if llm not in LLMS:
+        raise fail(f"unknown --llm {llm!r}; choose one of {', '.join(LLMS)}")
+    opts = _Options(
+        seed=seed, references=references, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags,
+        object_tag=object_tag, detector=detector, llm=llm, llm_model=llm_model, llm_base_url=llm_base_url,
+        llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file, prompts=prompts,
+        device=device, dtype=dtype, size_threshold=size_threshold, object_in_caption=object_in_caption,
+        force=force, quiet=quiet,
+    )
+    if dataset is not None:
+        if reference:
+            raise fail("give either --dataset/--root or --reference, not both")
+        _dataset_mode(dataset, root, categories or [], out, opts)
+        return
+    if not category:
+        raise fail("give --category NAME (or --dataset NAME --root DIR for every category of a dataset)")
+    if not reference:
+        if object_tag and prompts is not None:
+            _hand_mode(category, out, opts)
+            return
+        raise fail(
+            "give --reference DIR (normal images of the product) to run stage 1, or --object TAG and "
+            "--prompts 'noun, noun' to write a profile by hand"
+        )
+    from iapas.io import find_images
+    from iapas.prompts.stage1 import Stage1Error, select_references
+
+    paths, problems = find_images(list(reference))
+    for problem in problems:
+        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    if not paths:
+        raise fail("no reference images found in " + ", ".join(reference))
+    try:
+        chosen = select_references(paths, references, seed)
+    except Stage1Error as exc:
+        raise fail(str(exc)) from None
+    models = _Models(opts)
+    status = _make_one(category, chosen, out, opts, models)
+    if status == "conflict":
+        raise typer.Exit(2)
+
+
+class _Options:
+    """The command's options, passed around as one object."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - typo guard
+        raise AttributeError(name)
+
+
+def _hand_mode(category: str, out: Path, opts: _Options) -> None:
+    """The profile from --object and --prompts alone: no model is loaded."""
+    from iapas import __version__
     from iapas.profile import Profile, ProfileError
     from iapas.prompts.caption import split_word_list
+    from iapas.prompts.stage1 import input_hash
 
-    if out.exists() and not force:
-        console.print(f"{out} exists; keeping it (use --force to overwrite)")
+    settings = {
+        "mode": "manual", "object": opts.object_tag, "prompts": opts.prompts, "size_threshold": opts.size_threshold,
+        "include_object_tag": opts.object_in_caption,
+    }
+    digest = input_hash(category, [], settings)
+    decision = _keep_existing(out, digest, opts.force)
+    if decision == "cached":
         return
-    if not object_tag or prompts is None:
-        raise fail("give --object TAG and --prompts 'noun, noun' to write a profile by hand")
+    if decision == "conflict":
+        raise typer.Exit(2)
     try:
         profile = Profile.from_prompts(
             category,
-            object_tag,
-            split_word_list(prompts),
-            include_object_tag=object_in_caption,
-            size_threshold=size_threshold,
-            stage1={"source": "manual", "prompts": prompts},
+            opts.object_tag,
+            split_word_list(opts.prompts),
+            include_object_tag=opts.object_in_caption,
+            size_threshold=opts.size_threshold,
+            stage1={"source": "manual", "prompts": opts.prompts, "input_hash": digest, "iapas_version": __version__},
         )
         profile.save(out)
     except (ProfileError, OSError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"wrote {out}: object '{profile.object_tag}', caption '{profile.caption}'")
+    console.print(f"wrote {out}: object '{profile.object_tag}', caption '{profile.caption}'", highlight=False)
+
+
+def _keep_existing(out: Path, digest: str, force: bool) -> str:
+    """'write' when ``out`` may be (over)written; 'cached' when it holds a profile of the same
+    inputs (kept, with any hand edits); 'conflict' when it holds something else and no --force."""
+    if force or not out.exists():
+        return "write"
+    from iapas.profile import Profile, ProfileError
+
+    try:
+        existing = Profile.load(out)
+    except ProfileError as exc:
+        console.print(f"[bold red]error:[/] {out} exists but is not a usable profile ({exc}); use --force to overwrite it", highlight=False)
+        return "conflict"
+    if existing.stage1.get("input_hash") == digest:
+        console.print(f"{out}: made from the same inputs; keeping it (use --force to make it again)", highlight=False)
+        return "cached"
+    console.print(
+        f"[bold red]error:[/] {out} exists and was made from other inputs (reference images, models or options "
+        "differ, or it was written by hand); use --force to overwrite it",
+        highlight=False,
+    )
+    return "conflict"
+
+
+class _Models:
+    """The models a run needs, each loaded on first use and shared across categories."""
+
+    def __init__(self, opts: _Options) -> None:
+        self.opts = opts
+        self._cache: dict[str, Any] = {}
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the result (for the cache key); resolves the openai settings."""
+        o = self.opts
+        s: dict[str, Any] = {
+            "seed": o.seed, "references": o.references, "size_threshold": o.size_threshold,
+            "include_object_tag": o.object_in_caption, "object": o.object_tag, "detector": self.detector_id(),
+        }
+        if not o.object_tag:
+            s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(), "top_k": o.top_k, "tags": o.tags})
+        if o.prompts is not None:
+            s["prompts"] = o.prompts
+        else:
+            s["llm"] = o.llm
+            if o.llm == "transformers":
+                s["llm_model"] = self.llm_id()
+            elif o.llm == "openai":
+                from iapas.prompts.llm import resolve_openai_settings
+
+                model, base_url, _ = resolve_openai_settings(o.llm_model, o.llm_base_url)
+                s.update({"llm_model": model, "llm_base_url": base_url})
+        if o.knowledge_file is not None:
+            s["knowledge"] = Path(o.knowledge_file).read_text(encoding="utf-8")
+        return s
+
+    def tagger_id(self) -> str | None:
+        from iapas.prompts.tagging import DEFAULT_CLIP
+
+        o = self.opts
+        if o.tagger == "clip":
+            return o.tagger_model or DEFAULT_CLIP
+        if o.tagger == "ram":
+            return o.tagger_model
+        return None
+
+    def detector_id(self) -> str:
+        from iapas.models.detector import DEFAULT_DETECTOR, DETECTOR_CHOICES
+
+        name = self.opts.detector or DEFAULT_DETECTOR
+        return DETECTOR_CHOICES.get(name, name)
+
+    def llm_id(self) -> str:
+        from iapas.prompts.llm import DEFAULT_LLM
+
+        return self.opts.llm_model or DEFAULT_LLM
+
+    def _get(self, key: str, build: Any) -> Any:
+        if key not in self._cache:
+            with console.status(f"loading the {key}"):
+                self._cache[key] = build()
+        return self._cache[key]
+
+    def tagger(self) -> Any:
+        from iapas.prompts.caption import split_word_list
+        from iapas.prompts.tagging import ClipTagger, ManualTagger, RamTagger
+
+        o = self.opts
+        if o.tagger == "manual":
+            return self._get("tagger", lambda: ManualTagger(split_word_list(o.tags)))
+        if o.tagger == "ram":
+            return self._get("tagger", lambda: RamTagger.from_checkpoint(o.tagger_model, device=o.device))
+        return self._get("tagger", lambda: ClipTagger.from_pretrained(self.tagger_id(), device=o.device, dtype=o.dtype, top_k=o.top_k))
+
+    def detector(self) -> Any:
+        from iapas.models.detector import GroundingDinoDetector
+
+        return self._get("detector", lambda: GroundingDinoDetector.from_pretrained(self.detector_id(), self.opts.device, self.opts.dtype))
+
+    def llm(self) -> Any:
+        o = self.opts
+        if o.prompts is not None or o.llm == "knowledge":
+            return None
+        if o.llm == "openai":
+            from iapas.prompts.llm import OpenAILLM
+
+            return self._get(
+                "LLM client",
+                lambda: OpenAILLM(o.llm_model, base_url=o.llm_base_url, timeout=o.llm_timeout, max_retries=o.llm_retries),
+            )
+        from iapas.prompts.llm import TransformersLLM
+
+        return self._get("LLM", lambda: TransformersLLM.from_pretrained(self.llm_id(), device=o.device, dtype=o.dtype))
+
+    def knowledge(self) -> Any:
+        from iapas.prompts.knowledge import Knowledge
+
+        return self._get("knowledge vocabulary", lambda: Knowledge.load(self.opts.knowledge_file))
+
+
+def _make_one(category: str, chosen: list[Path], out: Path, opts: _Options, models: _Models, extra: dict[str, Any] | None = None) -> str:
+    """Make (or keep) one category's profile; returns 'written', 'cached' or 'conflict'."""
+    from iapas.io import ImageReadError
+    from iapas.models.loading import ModelLoadError
+    from iapas.profile import ProfileError
+    from iapas.prompts.caption import split_word_list
+    from iapas.prompts.knowledge import KnowledgeError
+    from iapas.prompts.llm import LLMError
+    from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash
+    from iapas.prompts.tagging import TaggerError
+
+    errors = (ModelLoadError, TaggerError, LLMError, KnowledgeError, Stage1Error, ImageReadError, ProfileError, OSError, ValueError)
+    try:
+        digest = input_hash(category, chosen, models.settings())
+    except errors as exc:
+        raise fail(str(exc)) from None
+    decision = _keep_existing(out, digest, opts.force)
+    if decision != "write":
+        return decision
+    try:
+        knowledge = models.knowledge()
+        detector = models.detector()
+        tagger = None if opts.object_tag else models.tagger()
+        llm = models.llm()
+        with _progress(opts.quiet, category) as on_progress:
+            profile = build_profile(
+                category,
+                chosen,
+                tagger=tagger,
+                detector=detector,
+                llm=llm,
+                knowledge=knowledge,
+                seed=opts.seed,
+                object_tag=opts.object_tag,
+                nouns=split_word_list(opts.prompts) if opts.prompts is not None else None,
+                include_object_tag=opts.object_in_caption,
+                size_threshold=opts.size_threshold,
+                input_digest=digest,
+                progress=on_progress,
+            )
+        if extra:
+            profile.stage1.update(extra)
+        profile.save(out)
+    except errors as exc:
+        raise fail(str(exc)) from None
+    record = profile.stage1
+    size = f"{profile.object_size:.3f}" if profile.object_size is not None else "unknown"
+    console.print(
+        f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'", highlight=False
+    )
+    if record.get("fallback_used"):
+        console.print(f"[yellow]LLM fallback:[/] {record.get('fallback_reason')}; used the knowledge vocabulary", highlight=False)
+    dropped = record.get("caption", {}).get("dropped_nouns")
+    if dropped:
+        console.print(f"[yellow]caption too long:[/] dropped {', '.join(dropped)}", highlight=False)
+    return "written"
+
+
+class _progress:
+    """A rich progress bar per stage-1 step (reading, tagging, detecting) over the references."""
+
+    def __init__(self, quiet: bool, category: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.category = category
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, disable=quiet, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        self.progress.__enter__()
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in self.tasks:
+                self.tasks[stage] = self.progress.add_task(f"{self.category}: {stage}", total=total)
+            self.progress.update(self.tasks[stage], completed=done)
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path, opts: _Options) -> None:
+    if root is None:
+        raise fail("--dataset needs --root DIR, the dataset's folder")
+    try:
+        from iapas.data import DatasetError, get_dataset
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("iapas.data"):
+            raise fail("--dataset needs the iapas.data loaders, which this install lacks; give --reference DIR instead") from None
+        raise
+    try:
+        ds = get_dataset(name, root)
+        available = ds.categories()
+    except (DatasetError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+    wanted = [c.strip() for item in categories for c in item.split(",") if c.strip()] or list(available)
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise fail(f"{name} at {root} has no categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; it has {', '.join(available)}")
+    if out.suffix.lower() in (".yaml", ".yml", ".json"):
+        raise fail(f"with --dataset, --out is a folder for <category>.yaml files, not a file ({out})")
+    models = _Models(opts)
+    statuses: dict[str, str] = {}
+    for cat in wanted:
+        try:
+            category = ds.load(cat, n_references=opts.references, seed=opts.seed)
+        except (DatasetError, ValueError, OSError) as exc:
+            raise fail(str(exc)) from None
+        if not category.references:
+            raise fail(f"{name} category {cat}: no normal reference images")
+        for note in category.notes:
+            logger.info("%s: %s", cat, note)
+        extra = {"dataset": {"name": name, "root": str(root), "category": cat, "notes": list(category.notes)}}
+        statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, models, extra)
+    conflicts = [c for c, s in statuses.items() if s == "conflict"]
+    written = [c for c, s in statuses.items() if s == "written"]
+    console.print(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}", highlight=False)
+    if conflicts:
+        raise typer.Exit(2)
