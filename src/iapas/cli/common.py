@@ -55,9 +55,14 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+def print_error(message: str) -> None:
+    """One unwrapped error line; the message is plain text (no rich markup)."""
+    console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     return typer.Exit(code)
 
 

@@ -11,7 +11,7 @@ import typer
 
 from rich.markup import escape
 
-from iapas.cli.common import QuietOption, VerboseOption, console, setup_logging
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
 from iapas.data.registry import DATASETS
 
 
@@ -98,11 +98,11 @@ def _summary(
     from iapas.data.registry import guess_datasets
 
     if protocol not in ("full", "paper"):
-        raise _error(f"--protocol must be 'full' or 'paper', not {protocol!r}")
+        raise fail(f"--protocol must be 'full' or 'paper', not {protocol!r}")
     try:
         name = canonical_name(dataset)
     except ValueError as exc:
-        raise _error(str(exc)) from None
+        raise fail(str(exc)) from None
     options = folder_options if name == "folder" else {}
     summary: dict[str, dict[str, object]] = {}
     notes: list[str] = []
@@ -114,11 +114,11 @@ def _summary(
         except DatasetError as exc:
             others = [n for n in guess_datasets(root) if n != name]
             hint = f" (it looks like --dataset {' or '.join(others)})" if others else ""
-            raise _error(f"{exc}{hint}") from None
+            raise fail(f"{exc}{hint}") from None
         wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else available
         unknown = [c for c in wanted if c not in available]
         if unknown:
-            raise _error(f"{root}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
+            raise fail(f"{root}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
         if not categories:
             missing = loader.missing_categories()
             if missing:
@@ -138,7 +138,7 @@ def _summary(
             if check:
                 problems.extend(p for p in (check_mask(s) for s in cat.test) if p)
     except (DatasetError, MaskError, ValueError, OSError) as exc:
-        raise _error(str(exc)) from None
+        raise fail(str(exc)) from None
 
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
@@ -152,12 +152,6 @@ def _summary(
         _print_table(loader.title, str(root), protocol, summary)
     if problems:
         raise typer.Exit(1)
-
-
-def _error(message: str) -> typer.Exit:
-    """One unwrapped error line on stderr; the Exit (code 2) to raise."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def _print_table(title: str, root: str, protocol: str, summary: dict[str, dict[str, object]]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -68,7 +68,7 @@ def segment_cmd(
         raise fail("--profile is required in iapas mode (make one with 'iapas profile'), or use --mode base")
     paths, problems = find_images(images)
     for problem in problems:
-        console.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        print_error(problem)
     if not paths:
         raise fail("no images to segment")
     try:
