@@ -250,7 +250,9 @@ class OpenAILLM:
         except openai.APITimeoutError:
             raise LLMError(f"{where}: no reply within {self.timeout:g} s (after {self.max_retries} retries)") from None
         except openai.APIStatusError as exc:
-            raise LLMError(f"{where}: HTTP {exc.status_code}: {_short(exc.message)}") from None
+            body = exc.body if isinstance(exc.body, dict) else {}
+            detail = body.get("message") if isinstance(body.get("message"), str) else exc.message
+            raise LLMError(f"{where}: HTTP {exc.status_code}: {_short(detail)}") from None
         except openai.APIConnectionError as exc:
             raise LLMError(f"{where}: cannot connect: {_short(str(exc))}") from None
         except Exception as exc:  # noqa: BLE001 - malformed replies surface as assorted errors

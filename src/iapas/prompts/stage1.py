@@ -415,10 +415,10 @@ def build_profile(
         all_models["tagger"] = tagger.model_id or tagger.name
     if detector is not None:
         all_models["detector"] = getattr(detector, "name", type(detector).__name__)
-    if noun_result.backend in ("transformers", "openai"):
-        all_models["llm"] = noun_result.model
-    elif noun_result.backend == "knowledge":
+    if noun_result.backend == "knowledge":
         all_models["llm"] = "knowledge"
+    elif noun_result.backend != "manual":
+        all_models["llm"] = noun_result.model
     all_models.update(models or {})
 
     profile = Profile(
