@@ -425,3 +425,21 @@ def test_category_metrics_constant_maps() -> None:
     assert r.pixel_auroc == 0.5 and r.image_auroc == 0.5
     # One threshold: straight line from (0,0) to (1,1); its area to .3 is .045 -> .15.
     assert r.pixel_aupro == pytest.approx(0.15, abs=1e-12)
+
+
+def test_split_by_blocks_matches_boolean_indexing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics_mod, "_SELECT_BLOCK", 5)
+    rng = np.random.default_rng(12)
+    s = rng.random((4, 3, 7)).astype(np.float32)
+    y = rng.random((4, 3, 7)) < 0.4
+    pos, neg = metrics_mod._split_sorted(s, y)
+    np.testing.assert_array_equal(pos, np.sort(s[y]))
+    np.testing.assert_array_equal(neg, np.sort(s[~y]))
+    # Non-contiguous views work too.
+    pos_t, neg_t = metrics_mod._split_sorted(s.transpose(2, 0, 1), y.transpose(2, 0, 1))
+    np.testing.assert_array_equal(pos_t, pos)
+    np.testing.assert_array_equal(neg_t, neg)
+    with pytest.raises(ValueError, match="maps contain NaN"):
+        bad = s.copy()
+        bad[0, 0, 0] = np.nan
+        aupro(bad, np.zeros(bad.shape, dtype=bool) | (np.arange(7) == 3))

@@ -20,9 +20,10 @@ tied scores always move together. With ``P`` positives and, at threshold ``t``, 
   (the best F1 that any threshold actually achieves; what ``precision_recall_curve`` gives).
   Ties between thresholds are resolved towards the highest threshold (reported by
   :func:`ranking_metrics` as ``f1_threshold``).
-* **auroc**: trapezoidal area under (FPR, TPR) through (0, 0) and every distinct threshold; the
-  area is accumulated in exact int64 arithmetic (``sum dFP * (TP_k + TP_{k-1}) / (2 P N)``), so it
-  equals the Mann-Whitney U statistic with ties counted 1/2.
+* **auroc**: trapezoidal area under (FPR, TPR) through (0, 0) and every distinct threshold (what
+  scikit-learn's ``roc_auc_score`` computes). It is evaluated as the equal Mann-Whitney count
+  (each positive beats the negatives below it and ties with those at its score for 1/2) in exact
+  integer arithmetic, and divided by ``P * N`` once at the end.
 * **f1_max_at_thresholds** (the reference code's 100-threshold variant of pixel F1-max): the
   scores are min-max normalised over the *whole* input, ``s' = (s - min) / (max - min)`` computed
   in float64 (a constant input normalises to all zeros), and the best F1 over a fixed list of
@@ -42,19 +43,21 @@ Degenerate inputs (documented choices, not warnings)
 ----------------------------------------------------
 * Empty input: ``ValueError``.
 * No positive: AP, F1-max (both variants), AUROC and AUPRO are **nan** (undefined: recall has no
-  denominator). scikit-learn warns and returns 0 or -0.0 for AP here; we do not copy that.
+  denominator). scikit-learn (1.9) warns and returns 0.0 for AP here; we do not copy that.
 * No negative (everything anomalous): AP = 1.0 and F1-max = 1.0 (precision is 1 at every
   threshold, the lowest threshold reaches recall 1); AUROC and AUPRO are **nan** (FPR undefined;
   scikit-learn raises for ROC AUC).
-* Constant scores with both classes: one threshold, so AP = F1-precision = ``P / (P + N)``,
+* Constant scores with both classes: one threshold, so AP = precision = ``P / (P + N)``,
   F1-max = ``2P / (2P + N)``, AUROC = 0.5.
 
 Cost and memory
 ---------------
-The scores are split by label into two copies (total: one copy of the scores in their own dtype,
-i.e. 4 bytes per element for float32) which are sorted in place; a transient bool array of the
-input's size is used for the split. The curves are then swept in windows of at most about 2^20
-elements per class, so the int64 counts and float64 terms never exist for the whole input.
+The scores are split by label, block by block, into two copies (total: one copy of the scores in
+their own dtype, i.e. 4 bytes per element for float32) which are sorted in place; nothing else of
+the input's size is allocated (a non-C-contiguous input is first copied). The curves are then
+swept in windows of at most about 2^20 elements per class, so the int64 counts and float64 terms
+never exist for the whole input (measured on 1,725 x 400 x 400 float32 maps: 1.16 GiB above the
+inputs, see benchmarks/README.md).
 Heavily tied values (for example the many zeros of a map with no detection) are counted with
 binary searches, never expanded. :func:`aupro` additionally holds ~32 bytes per anomalous pixel
 (region weights and an argsort of the anomalous scores) and labels masks in batches of about
@@ -88,6 +91,8 @@ PAPER_N_THRESHOLDS = 100
 
 # Window of the sweep, in elements per class; bounds the per-window temporaries (~25 bytes each).
 _SWEEP_CHUNK = 1 << 20
+# Elements per block when splitting scores by label.
+_SELECT_BLOCK = 1 << 22
 # Pixels per batch when labelling connected components.
 _LABEL_BATCH_PIXELS = 1 << 22
 
@@ -177,14 +182,36 @@ def _check_no_nan(sorted_arrays: tuple[np.ndarray, ...], name: str = "scores") -
             raise ValueError(f"{name} contain NaN")
 
 
+def _select(scores: np.ndarray, labels: np.ndarray, positive: bool) -> np.ndarray:
+    """``scores[labels]`` (or ``scores[~labels]``) filled block by block.
+
+    Same result as plain boolean indexing, without the input-sized ``~labels`` temporary.
+    C-contiguous inputs are not copied.
+    """
+    flat_s, flat_l = scores.reshape(-1), labels.reshape(-1)
+    n_true = int(np.count_nonzero(flat_l))
+    out = np.empty(n_true if positive else flat_s.size - n_true, dtype=flat_s.dtype)
+    filled = 0
+    for start in range(0, flat_s.size, _SELECT_BLOCK):
+        block_l = flat_l[start : start + _SELECT_BLOCK]
+        picked = flat_s[start : start + _SELECT_BLOCK][block_l if positive else ~block_l]
+        out[filled : filled + picked.size] = picked
+        filled += picked.size
+    return out
+
+
+def _sorted_selection(
+    scores: np.ndarray, labels: np.ndarray, positive: bool, name: str = "scores"
+) -> np.ndarray:
+    out = _select(scores, labels, positive)
+    out.sort()
+    _check_no_nan((out,), name)
+    return out
+
+
 def _split_sorted(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Copies of the positive and the negative scores, each sorted ascending."""
-    pos = scores[labels]
-    neg = scores[~labels]
-    pos.sort()
-    neg.sort()
-    _check_no_nan((pos, neg))
-    return pos, neg
+    return _sorted_selection(scores, labels, True), _sorted_selection(scores, labels, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,23 +271,31 @@ def _ranking_from_sorted(pos: np.ndarray, neg: np.ndarray) -> RankingMetrics:
     if n_pos == 0:
         nan = float("nan")
         return RankingMetrics(nan, nan, nan, nan, n_pos, n_neg)
+    # Only thresholds where TP grows matter: AP's terms are (R_k - R_{k-1}) P_k; F1 = 2TP /
+    # (TP + FP + P) is, for a fixed TP, largest at the highest threshold (fewest FP); and the
+    # ROC area is the Mann-Whitney count sum_k dTP_k (2 * negatives_below_k + dFP_k), i.e. each
+    # positive beats the negatives below it and ties with those at its own score for 1/2.
     ap_sum = 0.0
-    auc2 = 0  # 2 * P * N * AUROC, exact (Python int accumulates the int64 window sums)
+    u2 = 0  # 2 * P * N * AUROC, exact (Python int accumulates the int64 window sums)
     best_f1, best_thr = -1.0, float("nan")
-    tp_prev, fp_prev = 0, 0
+    pos_below_prev, neg_below_prev = n_pos, n_neg
     for thr, pos_below, neg_below in _sweep(pos, neg):
-        tp = n_pos - pos_below
-        fp = n_neg - neg_below
-        tp_shift = np.concatenate(([tp_prev], tp[:-1]))
-        fp_shift = np.concatenate(([fp_prev], fp[:-1]))
-        ap_sum += float(np.dot((tp - tp_shift).astype(np.float64), tp / (tp + fp)))
-        auc2 += int(np.dot(fp - fp_shift, tp + tp_shift))
-        f1 = 2.0 * tp / (tp + fp + n_pos)
-        k = int(np.argmax(f1))
-        if f1[k] > best_f1:
-            best_f1, best_thr = float(f1[k]), float(thr[k])
-        tp_prev, fp_prev = int(tp[-1]), int(fp[-1])
-    roc = auc2 / (2.0 * n_pos * n_neg) if n_neg else float("nan")
+        d_pos = np.concatenate(([pos_below_prev], pos_below[:-1])) - pos_below  # dTP
+        k = np.flatnonzero(d_pos)
+        if k.size:
+            d_tp = d_pos[k]
+            nb = neg_below[k]
+            nb_prev = np.where(k > 0, neg_below[np.maximum(k - 1, 0)], neg_below_prev)
+            tp = n_pos - pos_below[k]
+            fp = n_neg - nb
+            ap_sum += float(np.dot(d_tp.astype(np.float64), tp / (tp + fp)))
+            u2 += int(np.dot(d_tp, 2 * nb + (nb_prev - nb)))
+            f1 = 2.0 * tp / (tp + fp + n_pos)
+            j = int(np.argmax(f1))
+            if f1[j] > best_f1:
+                best_f1, best_thr = float(f1[j]), float(thr[k[j]])
+        pos_below_prev, neg_below_prev = int(pos_below[-1]), int(neg_below[-1])
+    roc = u2 / (2.0 * n_pos * n_neg) if n_neg else float("nan")
     return RankingMetrics(ap_sum / n_pos, best_f1, best_thr, roc, n_pos, n_neg)
 
 
@@ -334,7 +369,7 @@ def _region_structure() -> np.ndarray:
     return structure
 
 
-def _label_components():  # type: ignore[no-untyped-def]
+def _label_components() -> Callable[..., tuple[np.ndarray, int]]:
     try:
         from scipy import ndimage
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -479,9 +514,8 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     limit = _check_fpr_limit(fpr_limit)
     maps3, masks3 = _as_image_stack(maps, masks)
     pos, pro_from, _ = _positives_with_regions(maps3, masks3)
-    neg = maps3[~masks3]
-    neg.sort()
-    _check_no_nan((pos, neg), "maps")
+    _check_no_nan((pos,), "maps")
+    neg = _sorted_selection(maps3, masks3, False, "maps")
     return _aupro_from_sorted(pos, pro_from, neg, limit)
 
 
@@ -510,9 +544,8 @@ def category_metrics(
     n_img = maps_a.shape[0]
 
     pos, pro_from, n_regions = _positives_with_regions(maps_a, masks_a)
-    neg = maps_a[~masks_a]
-    neg.sort()
-    _check_no_nan((pos, neg), "maps")
+    _check_no_nan((pos,), "maps")
+    neg = _sorted_selection(maps_a, masks_a, False, "maps")
     pixel = _ranking_from_sorted(pos, neg)
     pixel_aupro = _aupro_from_sorted(pos, pro_from, neg, limit)
     del pro_from
