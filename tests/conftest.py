@@ -26,7 +26,10 @@ def shared_data(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Folders of every tiny model (``grounding-dino``, ``sam``, and stage 1's), built once."""
+    """Folders of every tiny model (``grounding-dino``, ``sam``, and stage 1's), built once.
+
+    The detector resizes to a 320 px short side (not the real 800) to keep the suite fast.
+    """
     from iapas.testing import make_tiny_models
 
-    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"), detector_shortest_edge=320)

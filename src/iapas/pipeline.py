@@ -22,7 +22,7 @@ from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 from iapas.ops import apply_nms, fuse_masks, normalized_areas, size_filter
 from iapas.profile import Profile
-from iapas.prompts.caption import BASE_CAPTION
+from iapas.prompts.caption import BASE_CAPTION, caption_phrases
 from iapas.types import Detections, SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ class PipelineConfig:
     text_threshold: float = 0.1
     nms_iou: float = 0.5
     size_threshold: float | None = None  # None: the profile's (0.8 by default)
+    # Take the object box from the caption's forward (the caption ends with the object tag)
+    # instead of a second detector forward. Not the paper's method: see the README.
+    fuse_object_detection: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
@@ -91,6 +94,7 @@ class Pipeline:
         self.detector = detector
         self.segmenter = segmenter
         self.config = config or PipelineConfig()
+        self._warned_unfused = False
 
     @classmethod
     def from_config(cls, config: PipelineConfig | None = None, **overrides: Any) -> Pipeline:
@@ -123,23 +127,28 @@ class Pipeline:
         n = len(rgbs)
         timings: dict[str, float] = {}
 
-        # 1. object size (iapas mode only: the size filter is off in base mode)
+        # 1. object size (iapas mode only: the size filter is off in base mode), 2. anomaly boxes
         object_info: list[tuple[np.ndarray | None, float | None, float, str]]
+        t0 = time.perf_counter()
         if cfg.mode == "iapas":
             assert profile is not None
-            t0 = time.perf_counter()
-            object_dets = self.detector.detect(
-                rgbs, profile.object_tag, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
-            )
-            timings["object_detection"] = (time.perf_counter() - t0) / n
+            if self._can_fuse(caption, profile.object_tag):
+                raw, object_dets = self.detector.detect_with_object(  # type: ignore[attr-defined]
+                    rgbs, caption, profile.object_tag, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
+                )
+            else:
+                object_dets = self.detector.detect(
+                    rgbs, profile.object_tag, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
+                )
+                timings["object_detection"] = (time.perf_counter() - t0) / n
+                t0 = time.perf_counter()
+                raw = self.detector.detect(rgbs, caption, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
             object_info = [self._object_size(rgb, dets, profile) for rgb, dets in zip(rgbs, object_dets)]
         else:
+            raw = self.detector.detect(rgbs, caption, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
             object_info = [(None, None, 1.0, "default")] * n
-
-        # 2. anomaly boxes + class-agnostic NMS
-        t0 = time.perf_counter()
-        raw = self.detector.detect(rgbs, caption, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
         timings["detection"] = (time.perf_counter() - t0) / n
+        # class-agnostic NMS
         dets = [apply_nms(d, cfg.nms_iou) for d in raw]
 
         # 3. size filter
@@ -179,6 +188,20 @@ class Pipeline:
                 )
             )
         return results
+
+    def _can_fuse(self, caption: str, object_tag: str) -> bool:
+        if not self.config.fuse_object_detection:
+            return False
+        if not hasattr(self.detector, "detect_with_object"):
+            raise ValueError(f"detector {getattr(self.detector, 'name', '?')} cannot fuse object detection")
+        if object_tag.strip().lower() not in caption_phrases(caption):
+            if not self._warned_unfused:
+                logger.warning(
+                    "object tag %r is not a phrase of the caption %r: using a separate object forward", object_tag, caption
+                )
+                self._warned_unfused = True
+            return False
+        return True
 
     @staticmethod
     def _object_size(

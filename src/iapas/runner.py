@@ -118,6 +118,7 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "box_threshold": cfg.box_threshold,
         "text_threshold": cfg.text_threshold,
         "nms_iou": cfg.nms_iou,
+        "fuse_object_detection": cfg.fuse_object_detection,
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
     }

@@ -36,6 +36,11 @@ def segment_cmd(
     box_threshold: float = typer.Option(0.1, help="Detector box threshold (the paper's 0.1)."),
     text_threshold: float = typer.Option(0.1, help="Detector text threshold (the paper's 0.1)."),
     batch_size: int = typer.Option(1, min=1, help="Images per model forward. Larger batches use the GPU better."),
+    fuse_object_detection: bool = typer.Option(
+        False,
+        "--fuse-object-detection",
+        help="Take the object box from the caption's forward (the caption ends with the object tag) and save one detector forward per image. Not the paper's method: object scores come from the object tag's tokens inside the longer caption.",
+    ),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write colour overlays with the boxes."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression-bomb guard)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the results already in --out instead of resuming."),
@@ -81,6 +86,7 @@ def segment_cmd(
             box_threshold=box_threshold,
             text_threshold=text_threshold,
             size_threshold=size_threshold,
+            fuse_object_detection=fuse_object_detection,
         )
         with console.status("loading models"):
             pipeline = Pipeline.from_config(config)

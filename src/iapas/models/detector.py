@@ -96,20 +96,12 @@ class GroundingDinoDetector:
             hit = candidates[[int(np.argmax(prob[candidates]))]]
         return str(self.processor.tokenizer.decode([int(ids[i]) for i in hit])).strip()
 
-    def detect(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
-    ) -> list[Detections]:
+    def _forward(self, images: Sequence[np.ndarray], caption: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batched forward: token probabilities (B, queries, text_len), normalised cxcywh
+        boxes (B, queries, 4) and the caption's token ids."""
         import torch
 
-        if not images:
-            return []
-        caption = self.normalize_caption(caption)
-        text = self._text_inputs(caption)
+        text = self._text_inputs(self.normalize_caption(caption))
         batch = len(images)
         pixel = self.processor.image_processor(images=list(images), return_tensors="pt")
         inputs: dict[str, Any] = {
@@ -121,20 +113,79 @@ class GroundingDinoDetector:
         with torch.inference_mode():
             outputs = self.model(**inputs)
         self.forward_count += 1
-        probs = outputs.logits.float().sigmoid().cpu().numpy()  # (B, queries, text_len)
-        boxes_cxcywh = outputs.pred_boxes.float().cpu().numpy()  # (B, queries, 4), normalised
-        ids = inputs["input_ids"][0].cpu().numpy()
+        probs = outputs.logits.float().sigmoid().cpu().numpy()
+        boxes = outputs.pred_boxes.float().cpu().numpy()
+        return probs, boxes, text["input_ids"][0].cpu().numpy()
+
+    @staticmethod
+    def _boxes(box: np.ndarray, keep: np.ndarray, w: int, h: int) -> np.ndarray:
+        cx, cy, bw, bh = (box[keep, i] for i in range(4))
+        xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=-1)
+        return clip_boxes(xyxy, w, h)
+
+    def _decode(
+        self, images: Sequence[np.ndarray], probs: np.ndarray, boxes: np.ndarray, ids: np.ndarray,
+        box_threshold: float, text_threshold: float,
+    ) -> list[Detections]:
         phrase_ok = self._phrase_token_mask(ids, probs.shape[-1])
         results = []
-        for image, prob, box in zip(images, probs, boxes_cxcywh):
+        for image, prob, box in zip(images, probs, boxes):
             h, w = int(image.shape[0]), int(image.shape[1])
             scores = prob.max(axis=-1)  # a box's score is its maximum token probability
             keep = np.flatnonzero(scores > box_threshold)
-            cx, cy, bw, bh = (box[keep, i] for i in range(4))
-            xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=-1)
             phrases = tuple(self._phrase(prob[q], ids, phrase_ok, text_threshold) for q in keep)
-            results.append(Detections(clip_boxes(xyxy, w, h), scores[keep], phrases))
+            results.append(Detections(self._boxes(box, keep, w, h), scores[keep], phrases))
         return results
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        caption: str,
+        *,
+        box_threshold: float = 0.1,
+        text_threshold: float = 0.1,
+    ) -> list[Detections]:
+        if not images:
+            return []
+        probs, boxes, ids = self._forward(images, caption)
+        return self._decode(images, probs, boxes, ids, box_threshold, text_threshold)
+
+    def _phrase_positions(self, ids: np.ndarray, phrase: str) -> np.ndarray:
+        """Token positions of ``phrase`` in the caption ids (its last occurrence)."""
+        tok = self.processor.tokenizer
+        target = [int(t) for t in tok(phrase.lower().strip(), add_special_tokens=False)["input_ids"]]
+        seq = [int(t) for t in ids]
+        for start in range(len(seq) - len(target), -1, -1):
+            if target and seq[start : start + len(target)] == target:
+                return np.arange(start, start + len(target))
+        return np.zeros((0,), dtype=np.int64)
+
+    def detect_with_object(
+        self,
+        images: Sequence[np.ndarray],
+        caption: str,
+        object_phrase: str,
+        *,
+        box_threshold: float = 0.1,
+        text_threshold: float = 0.1,
+    ) -> tuple[list[Detections], list[Detections]]:
+        """One forward for both: the caption's detections, and the object's detections scored by
+        the object phrase's own tokens within the caption (so the object phrase must be in the
+        caption). This replaces the separate object forward (``--fuse-object-detection``)."""
+        if not images:
+            return [], []
+        probs, boxes, ids = self._forward(images, caption)
+        anomalies = self._decode(images, probs, boxes, ids, box_threshold, text_threshold)
+        positions = self._phrase_positions(ids, object_phrase)
+        if positions.size == 0:
+            raise ValueError(f"object tag {object_phrase!r} is not in the caption {caption!r}; cannot fuse object detection")
+        objects = []
+        for image, prob, box in zip(images, probs, boxes):
+            h, w = int(image.shape[0]), int(image.shape[1])
+            scores = prob[:, positions].max(axis=-1)
+            keep = np.flatnonzero(scores > box_threshold)
+            objects.append(Detections(self._boxes(box, keep, w, h), scores[keep], (object_phrase,) * len(keep)))
+        return anomalies, objects
 
 
 def _pil_processor_loader(auto_processor: Any) -> Any:

@@ -29,8 +29,12 @@ def _bert_vocab(words: tuple[str, ...]) -> dict[str, int]:
     return seen
 
 
-def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``."""
+def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: int = 800) -> Path:
+    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``.
+
+    ``shortest_edge`` is the processor's resize (the hub models' 800 by default; tests use less
+    to run faster, the longest edge scales with it as 1333/800).
+    """
     import torch
     from transformers import (
         BertConfig,
@@ -80,7 +84,8 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()
-    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(), tokenizer=tokenizer)
+    size = {"shortest_edge": shortest_edge, "longest_edge": round(shortest_edge * 1333 / 800)}
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size=size), tokenizer=tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     logger.info("wrote tiny Grounding DINO to %s", out)
@@ -130,11 +135,11 @@ def make_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 256) -> 
     return out
 
 
-def make_tiny_models(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge: int = 800) -> dict[str, Path]:
     """Write every tiny model iapas uses under ``out_dir``; returns name -> folder."""
     out = Path(out_dir)
     made = {
-        "grounding-dino": make_tiny_grounding_dino(out / "grounding-dino", seed=seed),
+        "grounding-dino": make_tiny_grounding_dino(out / "grounding-dino", seed=seed, shortest_edge=detector_shortest_edge),
         "sam": make_tiny_sam(out / "sam", seed=seed),
     }
     try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present

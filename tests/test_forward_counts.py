@@ -1,0 +1,97 @@
+"""Model forwards per image, counted with hooks on the real (tiny) modules.
+
+The work per image is one detector forward for the object, one for the caption, one SAM image
+encoding and one batched mask decoding; a regression to per-box or per-prompt forwards fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iapas.pipeline import Pipeline, PipelineConfig
+from iapas.profile import Profile
+
+
+class Counter:
+    def __init__(self, module) -> None:
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.calls += 1
+
+
+@pytest.fixture(scope="module")
+def counted(tiny_models: dict[str, Path]):
+    pipe = Pipeline.from_config(
+        PipelineConfig(detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam"]), device="cpu")
+    )
+    counters = {
+        "detector": Counter(pipe.detector.model),
+        "encoder": Counter(pipe.segmenter.model.vision_encoder),
+        "decoder": Counter(pipe.segmenter.model.mask_decoder),
+        "prompt": Counter(pipe.segmenter.model.prompt_encoder),
+    }
+    return pipe, counters
+
+
+def images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    return [rng.integers(0, 255, (96 + 8 * i, 128, 3), dtype=np.uint8) for i in range(n)]
+
+
+PROFILE = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "hole", "stain"], size_threshold=1000.0)
+
+
+@pytest.mark.parametrize(("n", "batch"), [(1, 1), (4, 1), (4, 4), (5, 2)])
+def test_forwards_per_image(counted, n: int, batch: int):
+    pipe, counters = counted
+    for c in counters.values():
+        c.calls = 0
+    pipe.config.fuse_object_detection = False
+    batches = [images(n)[i : i + batch] for i in range(0, n, batch)]
+    results = [r for b in batches for r in pipe.run(b, PROFILE)]
+    boxes = sum(len(r.kept) for r in results)
+    assert boxes > n, "several boxes per image, so per-box decoding would show"
+    assert counters["detector"].calls == 2 * len(batches)  # object + caption, each once per batch
+    assert counters["encoder"].calls == len(batches)  # one encoder pass per batch of images
+    assert counters["decoder"].calls == n  # one decoder call per image, all boxes at once
+    assert counters["prompt"].calls == n
+
+
+def test_fused_object_detection_saves_one_forward(counted):
+    pipe, counters = counted
+    for c in counters.values():
+        c.calls = 0
+    pipe.config.fuse_object_detection = True
+    try:
+        results = pipe.run(images(3), PROFILE)
+    finally:
+        pipe.config.fuse_object_detection = False
+    assert counters["detector"].calls == 1
+    for r in results:
+        assert r.object_size_source in ("detected", "default")
+        if r.object_box is not None:
+            assert 0 < r.object_size <= 1
+
+
+def test_fused_object_scores_come_from_the_object_tokens(counted):
+    pipe, _ = counted
+    det = pipe.detector
+    ims = images(2)
+    anomalies, objects = det.detect_with_object(ims, PROFILE.caption, "bottle", box_threshold=0.1, text_threshold=0.1)
+    probs, boxes, ids = det._forward(ims, PROFILE.caption)
+    positions = det._phrase_positions(ids, "bottle")
+    assert positions.size == 1 and ids[positions[0]] == det.processor.tokenizer.convert_tokens_to_ids("bottle")
+    for i, obj in enumerate(objects):
+        expected = probs[i][:, positions].max(axis=-1)
+        np.testing.assert_allclose(np.sort(obj.scores), np.sort(expected[expected > 0.1]), rtol=1e-5)
+    separate = det.detect(ims, PROFILE.caption, box_threshold=0.1, text_threshold=0.1)
+    for a, b in zip(anomalies, separate):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    with pytest.raises(ValueError, match="not in the caption"):
+        det.detect_with_object(ims, "scratch . defect .", "bottle")
