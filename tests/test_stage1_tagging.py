@@ -167,3 +167,30 @@ def test_custom_knowledge_file_and_its_errors(tmp_path: Path):
         Knowledge.load(path)
     with pytest.raises(KnowledgeError, match="cannot read"):
         Knowledge.load(tmp_path / "missing.yaml")
+
+
+def test_ram_tagger_reads_the_packages_tag_strings():
+    import torch
+
+    from iapas.prompts.tagging import ram_tag_lines
+
+    class FakeRam:  # what ram_plus(...).generate_tag returns: English and Chinese ' | ' strings per image
+        def __init__(self) -> None:
+            self.seen = None
+
+        def generate_tag(self, image):
+            self.seen = image
+            n = image.shape[0]
+            return ["Bottle | close-up | glass"] * n, ["瓶子"] * n
+
+    fake = FakeRam()
+    tagger = RamTagger(fake, device="cpu", model_id="ram.pth", image_size=32)
+    images = [np.zeros((20, 30, 3), np.uint8), np.full((50, 10, 3), 255, np.uint8)]
+    assert tagger.tag(images) == [[("bottle", 1.0), ("close-up", 1.0), ("glass", 1.0)]] * 2
+    assert fake.seen.shape == (2, 3, 32, 32) and fake.seen.dtype == torch.float32
+    # ImageNet normalisation: black -> -mean/std, white -> (1-mean)/std
+    assert float(fake.seen[0, 0, 0, 0]) == pytest.approx(-0.485 / 0.229, abs=1e-5)
+    assert float(fake.seen[1, 2, 0, 0]) == pytest.approx((1 - 0.406) / 0.225, abs=1e-5)
+    assert ram_tag_lines(["a | b"], 1) == [["a", "b"]]
+    with pytest.raises(TaggerError, match="unexpected form"):
+        ram_tag_lines([("bottle", 0.9), ("glass", 0.1)], 1)

@@ -378,5 +378,16 @@ class RamTagger:
             return []
         with torch.inference_mode():
             result = self.model.generate_tag(self._preprocess(images))
-        english = result[0] if isinstance(result, tuple) else result
-        return [[(normalize_tag(t), 1.0) for t in str(line).split("|") if normalize_tag(t)] for line in english]
+        return [[(t, 1.0) for t in line] for line in ram_tag_lines(result, len(images))]
+
+
+def ram_tag_lines(result: Any, batch: int) -> list[list[str]]:
+    """Tags per image from ``generate_tag``'s output: ``(english, chinese)`` lists of
+    ``'tag | tag'`` strings (RAM and RAM++), or just the English list."""
+    english = result[0] if isinstance(result, tuple) and len(result) == 2 else result
+    if not isinstance(english, (list, tuple)) or len(english) != batch or not all(isinstance(x, str) for x in english):
+        raise TaggerError(
+            f"the installed recognize-anything returned tags as {type(result).__name__} of an unexpected form "
+            f"(expected {batch} 'tag | tag' strings); install the released version: {RAM_INSTALL_HINT}"
+        )
+    return [[t for t in (normalize_tag(x) for x in line.split("|")) if t] for line in english]
