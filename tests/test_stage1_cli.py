@@ -170,3 +170,30 @@ def test_profile_errors_are_clear(tmp_path: Path, tiny_models: dict[str, Path], 
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_profile_through_an_openai_compatible_server(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+    from tests.test_stage1_llm import ChatServer
+
+    for var in ("IAPAS_LLM_MODEL", "IAPAS_LLM_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    ref = str(good_bottles() / "000.png")
+    common = ["profile", "-c", "bottle", "-r", ref, "--object", "bottle", "--llm", "openai",
+              "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu"]
+    with ChatServer() as server:
+        out = tmp_path / "ok.yaml"
+        monkeypatch.setenv("IAPAS_LLM_BASE_URL", server.url)  # base URL from the environment, model from the option
+        result = runner.invoke(app, [*common, "--llm-model", "good-model", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        profile = Profile.load(out)
+        assert profile.caption == "scratch . dent . rust . abnormal . defect . bottle ."
+        assert profile.stage1["llm"]["base_url"] == server.url and profile.models["llm"] == "good-model"
+        assert server.requests[-1]["seed"] == 0
+
+        slow = tmp_path / "slow.yaml"
+        result = runner.invoke(app, [*common, "--llm-model", "slow", "--llm-timeout", "0.3", "--llm-retries", "0", "--out", str(slow)])
+        assert result.exit_code == 0, result.output
+        assert "LLM fallback" in result.output
+        s1 = Profile.load(slow).stage1
+        assert s1["fallback_used"] is True and "no reply within 0.3 s" in s1["fallback_reason"]
+        assert Profile.load(slow).caption.startswith("crack . chip . scratch .")  # glass family of 'bottle'

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 def profile_cmd(
     category: str = typer.Option(None, "--category", "-c", help="Name of the product category, e.g. 'bottle'."),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Profile file to write (.yaml, .yml or .json); with --dataset, a folder for <category>.yaml files."
+        ..., "--out", "-o", help="Profile file to write (.yaml, .yml or .json); with --dataset, a folder for CATEGORY.yaml files."
     ),
     reference: list[str] = typer.Option(
         None,
