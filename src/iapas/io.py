@@ -84,7 +84,8 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own limit below is the one that counts; PIL's warning would only be noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 width, height = im.size
                 if width * height > max_pixels:
@@ -104,8 +105,10 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file PIL can read (unknown or unsupported format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"{path}: refused as a decompression bomb: {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"{path}: refused as a decompression bomb ({exc}); raise the limit with --max-pixels if the image is genuine"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: corrupt or truncated image: {exc}") from None
     return LoadedImage(path=path, rgb=np.ascontiguousarray(rgb), mode=mode)

@@ -193,6 +193,8 @@ def run_segmentation(
         )
         + "\n",
     )
+    for stale in out_dir.glob("*/**/.*.tmp.png"):  # half-written files of a killed run
+        stale.unlink(missing_ok=True)
     keys = assign_keys(paths)
     previous_records = log.read()
     summary = RunSummary(total=len(paths))

@@ -71,6 +71,10 @@ def segment_cmd(
             raise fail(str(exc)) from None
     elif mode == "iapas":
         raise fail("--profile is required in iapas mode (make one with 'iapas profile'), or use --mode base")
+    from PIL import Image
+
+    # PIL refuses images over twice its own limit before we can look: let ours be the one that counts
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
     paths, problems = find_images(images)
     for problem in problems:
         print_error(problem)
