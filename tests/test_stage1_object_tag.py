@@ -24,6 +24,7 @@ def dets(*rows: tuple[list[float], float, str]) -> Detections:
         ("cork board material", ["composite material", "cork board"], "cork board"),  # best overlap 2/3 vs 1/4
         ("compoite material cor boar", ["composite material", "cork board"], "composite material"),  # real decoded debris
         ("##ttle", ["screw", "bottle"], "bottle"),  # a word piece inside a tag
+        ("compositeateria coroar", ["cork board", "composite material"], "composite material"),  # spelling
         ("xyz", ["bottle"], None),
         ("", ["bottle"], None),
         ("  . ", ["bottle"], None),

@@ -13,8 +13,9 @@ be part of a tag ('bottle' from 'glass bottle'), span two tags ('metal nut' from
    ('bottle' -> 'glass bottle');
 3. else the tag sharing the most words with the phrase, by Jaccard overlap of word sets, ties
    to the earlier tag ('metal nut' -> 'metal nut' if a tag, else 'metal' before 'nut');
-4. else the first tag that contains the phrase as a substring of at least 3 characters
-   (word pieces: 'ttle' -> 'bottle');
+4. else the tag spelled most like the phrase (``difflib`` ratio of the letters, at least 0.5;
+   ties to the earlier tag): word-piece debris such as 'ttle' -> 'bottle' or
+   'compositeateria coroar' -> 'composite material';
 5. else no tag: the cleaned phrase itself is used.
 
 The reference object size is measured as stage 2 measures it on a test image: on each
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ from iapas.types import Detections
 BOX_THRESHOLD = 0.1
 TEXT_THRESHOLD = 0.1
 NMS_IOU = 0.5
+MIN_SPELLING_RATIO = 0.5  # rule 4 of match_phrase
 
 
 def _words(text: str) -> list[str]:
@@ -71,12 +74,13 @@ def match_phrase(phrase: str, tags: Sequence[str]) -> str | None:
             best, best_score = tag, score
     if best is not None:
         return best
-    joined = "".join(words)
-    if len(joined) >= 3:
-        for tag, tw in zip(tags, tag_words):
-            if joined in "".join(tw):
-                return tag
-    return None
+    joined = " ".join(words)
+    best, best_ratio = None, MIN_SPELLING_RATIO
+    for tag, tw in zip(tags, tag_words):
+        ratio = SequenceMatcher(None, joined, " ".join(tw), autojunk=False).ratio()
+        if ratio >= best_ratio and (best is None or ratio > best_ratio):
+            best, best_ratio = tag, ratio
+    return best
 
 
 @dataclass
