@@ -212,12 +212,44 @@ def run_segmentation(
             todo.append((p, key))
     key_of = {p: k for p, k in todo}
 
+    # Outputs and log lines are written by one background thread, in order, while the models
+    # work on the next batch; a log line is appended only after that image's files are in place.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iapas-write")
+    pending: list[Future[None]] = []
+
+    def submit(job: Callable[[], None]) -> None:
+        pending.append(writer.submit(job))
+        while len(pending) > 2 * batch_size + 2:  # bound the memory held by queued results
+            pending.pop(0).result()
+
     def record_failure(path: Path, key: str, message: str) -> None:
         logger.error("%s", message)
-        log.append({"key": key, "image": str(path), "status": "failed", "error": message})
-        summary.failed.append((str(path), message))
+
+        def job() -> None:
+            log.append({"key": key, "image": str(path), "status": "failed", "error": message})
+            summary.failed.append((str(path), message))
+            if on_image:
+                on_image(key, "failed")
+
+        submit(job)
+
+    def write_result(path: Path, image: LoadedImage, result: SegmentationResult) -> None:
+        key = key_of[path]
+        try:
+            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay)
+        except OSError as exc:  # e.g. disk full: this image failed, the run goes on
+            message = f"{path}: cannot write outputs: {exc}"
+            logger.error("%s", message)
+            log.append({"key": key, "image": str(path), "status": "failed", "error": message})
+            summary.failed.append((str(path), message))
+            if on_image:
+                on_image(key, "failed")
+            return
+        log.append(result_record(key, image, result, outputs))
+        summary.done += 1
+        summary.scores.append((key, result.image_score))
         if on_image:
-            on_image(key, "failed")
+            on_image(key, "ok")
 
     batch: list[tuple[Path, LoadedImage]] = []
 
@@ -233,23 +265,22 @@ def run_segmentation(
                 record_failure(path, key_of[path], f"{path}: model failure: {exc}")
             return
         for (path, image), result in zip(items, results):
-            key = key_of[path]
-            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay)
-            log.append(result_record(key, image, result, outputs))
-            summary.done += 1
-            summary.scores.append((key, result.image_score))
-            if on_image:
-                on_image(key, "ok")
+            submit(lambda path=path, image=image, result=result: write_result(path, image, result))
 
     try:
-        for path, loaded in _prefetch([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
-            if isinstance(loaded, ImageReadError):
-                record_failure(path, key_of[path], str(loaded))
-                continue
-            batch.append((path, loaded))
-            if len(batch) >= batch_size:
-                flush()
-        flush()
+        try:
+            for path, loaded in _prefetch([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
+                if isinstance(loaded, ImageReadError):
+                    record_failure(path, key_of[path], str(loaded))
+                    continue
+                batch.append((path, loaded))
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
+        finally:  # finished images are written out even when interrupted
+            writer.shutdown(wait=True)
+            for fut in pending:
+                fut.result()
     except KeyboardInterrupt:
         summary.interrupted = True
         logger.warning("interrupted: finished images are saved; run the same command again to resume")

@@ -91,13 +91,13 @@ class SamSegmenter:
                     multimask_output=False,
                 )
                 self.decoder_count += 1
-                low_res = result.pred_masks.float()  # (1, n, 1, h, w)
+                low_res = result.pred_masks.float()  # (1, n, 1, h, w), upsampled on the device
                 parts = []
                 for start in range(0, low_res.shape[1], _POSTPROCESS_CHUNK):
                     chunk = low_res[:, start : start + _POSTPROCESS_CHUNK]
                     masks = self.image_processor.post_process_masks(
-                        chunk.cpu(), original_sizes[j : j + 1], reshaped_sizes[j : j + 1]
+                        chunk, original_sizes[j : j + 1], reshaped_sizes[j : j + 1]
                     )[0]
-                    parts.append(masks[:, 0].numpy().astype(bool))
+                    parts.append(masks[:, 0].cpu().numpy().astype(bool, copy=False))
                 out[i] = np.concatenate(parts, axis=0)
         return out  # type: ignore[return-value]
