@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def profile_cmd(
 
     paths, problems = find_images(list(reference))
     for problem in problems:
-        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+        _say(f"warning: {problem}")
     if not paths:
         raise fail("no reference images found in " + ", ".join(reference))
     try:
@@ -142,6 +142,11 @@ def profile_cmd(
     status = _make_one(category, chosen, out, opts, models)
     if status == "conflict":
         raise typer.Exit(2)
+
+
+def _say(message: str) -> None:
+    """One unwrapped plain-text line (captions and LLM replies may hold '[' and must not be markup)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 class _Options:
@@ -183,7 +188,7 @@ def _hand_mode(category: str, out: Path, opts: _Options) -> None:
         profile.save(out)
     except (ProfileError, OSError) as exc:
         raise fail(str(exc)) from None
-    console.print(f"wrote {out}: object '{profile.object_tag}', caption '{profile.caption}'", highlight=False)
+    _say(f"wrote {out}: object '{profile.object_tag}', caption '{profile.caption}'")
 
 
 def _keep_existing(out: Path, digest: str, force: bool) -> str:
@@ -196,15 +201,14 @@ def _keep_existing(out: Path, digest: str, force: bool) -> str:
     try:
         existing = Profile.load(out)
     except ProfileError as exc:
-        console.print(f"[bold red]error:[/] {out} exists but is not a usable profile ({exc}); use --force to overwrite it", highlight=False)
+        print_error(f"{out} exists but is not a usable profile ({exc}); use --force to overwrite it")
         return "conflict"
     if existing.stage1.get("input_hash") == digest:
-        console.print(f"{out}: made from the same inputs; keeping it (use --force to make it again)", highlight=False)
+        _say(f"{out}: made from the same inputs; keeping it (use --force to make it again)")
         return "cached"
-    console.print(
-        f"[bold red]error:[/] {out} exists and was made from other inputs (reference images, models or options "
-        "differ, or it was written by hand); use --force to overwrite it",
-        highlight=False,
+    print_error(
+        f"{out} exists and was made from other inputs (reference images, models or options "
+        "differ, or it was written by hand); use --force to overwrite it"
     )
     return "conflict"
 
@@ -351,14 +355,12 @@ def _make_one(category: str, chosen: list[Path], out: Path, opts: _Options, mode
         raise fail(str(exc)) from None
     record = profile.stage1
     size = f"{profile.object_size:.3f}" if profile.object_size is not None else "unknown"
-    console.print(
-        f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'", highlight=False
-    )
+    _say(f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'")
     if record.get("fallback_used"):
-        console.print(f"[yellow]LLM fallback:[/] {record.get('fallback_reason')}; used the knowledge vocabulary", highlight=False)
+        _say(f"LLM fallback: {record.get('fallback_reason')}; used the knowledge vocabulary")
     dropped = record.get("caption", {}).get("dropped_nouns")
     if dropped:
-        console.print(f"[yellow]caption too long:[/] dropped {', '.join(dropped)}", highlight=False)
+        _say(f"caption too long for the detector: dropped {', '.join(dropped)}")
     return "written"
 
 
@@ -424,6 +426,6 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
         statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, models, extra)
     conflicts = [c for c, s in statuses.items() if s == "conflict"]
     written = [c for c, s in statuses.items() if s == "written"]
-    console.print(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}", highlight=False)
+    _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}")
     if conflicts:
         raise typer.Exit(2)
