@@ -1,0 +1,779 @@
+"""Evaluating stage 2 on a benchmark dataset: resumable per-image predictions, then metrics.
+
+Layout of an evaluation folder ``OUT``::
+
+    OUT/run.json                    settings, models and per-category signature (for resuming)
+    OUT/profiles/<category>.yaml    stage-1 profiles (reused when present; editable)
+    OUT/predictions/<category>.jsonl  one JSON line per test image, appended as it finishes
+    OUT/maps/<category>/<key>.npz   the 400x400 map (float32, before normalisation) and mask (bool)
+    OUT/metrics.{csv,json,md}, OUT/curves.json, OUT/report.html
+
+Resuming: each finished image is one line of ``predictions/<category>.jsonl`` (flushed and
+fsynced, written after its ``.npz``, which is written atomically), so a killed run loses at most
+the images in flight; running the same command again skips every image whose line says ``ok``
+and whose map file exists, retries failed ones, and refuses (:class:`RunConflictError`) when the
+settings that decide the predictions (mode, caption, object tag, size threshold, models,
+protocol, references, resolution) differ from the stored ones.
+
+Maps are stored as float32 in compressed ``.npz`` files: lossless, so ties and the exact AP are
+those of the computed maps (float16 or 16-bit PNG quantisation would create ties and move AP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iapas import __version__
+from iapas.data import Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
+from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
+from iapas.evaluation.protocol import EVAL_SIZE, PR_POINTS, limit_samples, normalize_stack, pr_curve, resize_map, resize_mask
+from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_path, atomic_write_text
+from iapas.metrics import CategoryMetrics, category_metrics
+from iapas.pipeline import Pipeline
+from iapas.profile import Profile
+from iapas.runner import ResultsLog, RunConflictError, _prefetch, assign_keys
+from iapas.types import SegmentationResult
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+PREDICTIONS_DIR = "predictions"
+MAPS_DIR = "maps"
+PROFILES_DIR = "profiles"
+MODES = ("iapas", "base")
+PROTOCOLS = ("paper", "full")
+
+# The columns of the tables, in the paper's order: pixel AP and F1-max first, then companions.
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("pixel_ap", "pixel AP"),
+    ("pixel_f1_max", "pixel F1-max"),
+    ("pixel_f1_max_100", "pixel F1-max (100 thr.)"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("pixel_aupro", "pixel AUPRO (30% FPR)"),
+    ("image_auroc", "image AUROC"),
+    ("image_ap", "image AP"),
+    ("image_f1_max", "image F1-max"),
+)
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "CategoryResult",
+    "DatasetResult",
+    "EvalSettings",
+    "ImageFailure",
+    "ProgressHooks",
+    "RunConflictError",
+    "evaluate_category",
+    "evaluate_dataset",
+    "metrics_from_predictions",
+]
+
+
+@dataclass
+class EvalSettings:
+    """What an evaluation does, besides the models.
+
+    ``protocol``: 'paper' (the test images the paper's reference code used) or 'full' (the whole
+    test split); both evaluate 400x400 maps (``eval_size``) normalised over each category's stack.
+    ``mode``: 'iapas' (the profile's caption and the size filter) or 'base' (the paper's baseline:
+    'defect . abnormal .' and no size filter). ``size_threshold`` overrides the profile's (None:
+    the profile's, 0.8 by default); ``size_filter=False`` keeps every box (ablation).
+    ``caption`` replaces the profile's caption in mode 'iapas' (the fixed-prompt ablation keeps
+    the object tag and the size filter). ``limit``: at most this many test images per category,
+    drawn with ``seed`` (quick checks; the report says so).
+    """
+
+    protocol: str = "paper"
+    mode: str = "iapas"
+    size_threshold: float | None = None
+    size_filter: bool = True
+    caption: str | None = None
+    n_references: int = 10
+    seed: int = 0
+    eval_size: int = EVAL_SIZE
+    limit: int | None = None
+    batch_size: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.size_threshold is not None and not self.size_threshold > 0:
+            raise ValueError(f"size_threshold must be > 0, got {self.size_threshold}")
+        if self.n_references < 0:
+            raise ValueError(f"n_references must be >= 0, got {self.n_references}")
+        if self.eval_size < 8:
+            raise ValueError(f"eval_size must be >= 8 pixels, got {self.eval_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.caption is not None and not self.caption.strip():
+            raise ValueError("caption must not be empty")
+        if self.mode == "base" and self.caption is not None:
+            raise ValueError("a fixed caption is for mode 'iapas' (mode 'base' always uses 'defect . abnormal .')")
+
+    def signature(self) -> dict[str, Any]:
+        """The settings that decide the predictions (compared when resuming)."""
+        return {
+            "protocol": self.protocol,
+            "mode": self.mode,
+            "size_filter": self.size_filter if self.mode == "iapas" else False,
+            "size_threshold_override": self.size_threshold if self.mode == "iapas" and self.size_filter else None,
+            "caption_override": self.caption,
+            "n_references": self.n_references,
+            "seed": self.seed,
+            "eval_size": self.eval_size,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProgressHooks:
+    """Optional callbacks for progress displays (the CLI's rich bars)."""
+
+    on_category: Callable[[str, int], None] | None = None  # (category, images to evaluate)
+    on_image: Callable[[str, str, str], None] | None = None  # (category, key, 'ok' | 'failed' | 'skipped')
+    on_stage1: Callable[[str, str, int, int], None] | None = None  # (category, step, done, total)
+
+
+@dataclass
+class ImageFailure:
+    key: str
+    image: str
+    error: str
+
+
+@dataclass
+class CategoryResult:
+    """One category's evaluation. ``metrics`` is None when nothing could be evaluated (``error``)."""
+
+    name: str
+    n_test: int = 0  # test images evaluated (after --limit)
+    n_done: int = 0  # of which segmented without error
+    n_new: int = 0  # segmented by this run (the rest were resumed)
+    failures: list[ImageFailure] = field(default_factory=list)
+    metrics: CategoryMetrics | None = None
+    error: str | None = None
+    profile: ProfileRecord = field(default_factory=lambda: ProfileRecord(None, "none"))
+    notes: list[str] = field(default_factory=list)
+    score_range: tuple[float, float] | None = None  # (min, max) of the raw stack: the normalisation
+    pr: dict[str, list[float]] | None = None  # thresholds, precision, recall on normalised maps
+    n_references: int = 0
+    seconds: float = 0.0
+    predictions: str = ""  # path relative to the evaluation folder
+    keys: list[str] = field(default_factory=list)  # the evaluated images' keys, in test order
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures) or self.error is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "name": self.name,
+            "n_test": self.n_test,
+            "n_done": self.n_done,
+            "n_failed": len(self.failures),
+            "n_references": self.n_references,
+            "error": self.error,
+            "metrics": self.metrics.to_dict() if self.metrics else None,
+            "score_range": list(self.score_range) if self.score_range else None,
+            "profile": self.profile.to_dict(),
+            "notes": list(self.notes),
+            "failures": [asdict(f) for f in self.failures],
+            "predictions": self.predictions,
+            "seconds": round(self.seconds, 3),
+            "n_new": self.n_new,
+        }
+        return _json_safe(data)
+
+
+@dataclass
+class DatasetResult:
+    """An evaluation of (some categories of) one dataset."""
+
+    dataset: str
+    title: str
+    root: str
+    out_dir: Path
+    settings: EvalSettings
+    categories: list[CategoryResult]
+    models: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    iapas_version: str = __version__
+    created: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return any(c.failed for c in self.categories)
+
+    @property
+    def n_failed_images(self) -> int:
+        return sum(len(c.failures) for c in self.categories)
+
+    def mean(self) -> dict[str, float]:
+        """Mean of each metric over the categories where it is defined (nan when none)."""
+        out: dict[str, float] = {}
+        for key, _ in METRIC_COLUMNS:
+            values = [getattr(c.metrics, key) for c in self.categories if c.metrics is not None]
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            out[key] = float(np.mean(finite)) if finite else float("nan")
+        return out
+
+    def undefined(self) -> dict[str, list[str]]:
+        """Per metric, the categories where it is undefined (nan) and left out of the mean."""
+        out: dict[str, list[str]] = {}
+        for key, _ in METRIC_COLUMNS:
+            names = [c.name for c in self.categories if c.metrics is not None and not math.isfinite(getattr(c.metrics, key))]
+            if names:
+                out[key] = names
+        return out
+
+    def protocol_sentence(self) -> str:
+        s = self.settings
+        which = (
+            "the paper's test images (its reference code's selection)" if s.protocol == "paper" else "the whole test split (normal and defective)"
+        )
+        return (
+            f"{s.protocol} protocol: {which}; maps resized to {s.eval_size}x{s.eval_size} (PIL bicubic), masks "
+            f"(nearest), each category's maps min-max normalised over its whole stack."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(
+            {
+                "dataset": self.dataset,
+                "title": self.title,
+                "root": self.root,
+                "protocol": self.settings.protocol,
+                "protocol_description": self.protocol_sentence(),
+                "mode": self.settings.mode,
+                "settings": self.settings.to_dict(),
+                "models": self.models,
+                "iapas_version": self.iapas_version,
+                "created": self.created,
+                "notes": list(self.notes),
+                "categories": {c.name: c.to_dict() for c in self.categories},
+                "mean": self.mean(),
+                "undefined": self.undefined(),
+                "failed": self.failed,
+            }
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    """nan/inf -> None, so the JSON files are standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --- the stage-2 pipeline an evaluation uses ------------------------------------------------------
+
+
+def stage2_pipeline(pipeline: Pipeline, settings: EvalSettings) -> Pipeline:
+    """``pipeline``'s models with the mode and size threshold of ``settings``."""
+    if settings.mode == "base":
+        size = None
+    elif not settings.size_filter:
+        size = math.inf  # area < inf * object size: every box is kept
+    else:
+        size = settings.size_threshold
+    config = replace(pipeline.config, mode=settings.mode, size_threshold=size)
+    return Pipeline(pipeline.detector, pipeline.segmenter, config)
+
+
+def stage2_profile(profile: Profile | None, settings: EvalSettings) -> Profile | None:
+    """The profile with the fixed caption of ``settings`` when there is one."""
+    if profile is None or settings.caption is None or settings.mode != "iapas":
+        return profile
+    return replace(profile, caption=settings.caption.strip())
+
+
+def effective_size_threshold(settings: EvalSettings, profile: Profile | None) -> float | None:
+    """The size threshold stage 2 applies (None: no size filter)."""
+    if settings.mode == "base" or not settings.size_filter:
+        return None
+    if settings.size_threshold is not None:
+        return settings.size_threshold
+    return profile.size_threshold if profile is not None else 0.8
+
+
+def model_names(pipeline: Pipeline) -> dict[str, Any]:
+    cfg = pipeline.config
+    return {
+        "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
+        "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+        "box_threshold": cfg.box_threshold,
+        "text_threshold": cfg.text_threshold,
+        "nms_iou": cfg.nms_iou,
+    }
+
+
+def category_signature(pipeline: Pipeline, profile: Profile | None, settings: EvalSettings) -> dict[str, Any]:
+    """What decides one category's predictions beyond the run-wide settings."""
+    used = stage2_profile(profile, settings)
+    iapas = settings.mode == "iapas"
+    return {
+        "caption": stage2_pipeline(pipeline, settings).caption_for(used),
+        "object_tag": used.object_tag if iapas and used is not None else None,
+        "object_size": used.object_size if iapas and used is not None else None,
+        "size_threshold": effective_size_threshold(settings, used),
+    }
+
+
+# --- per-image files -----------------------------------------------------------------------------------
+
+
+def predictions_path(out_dir: Path, category: str) -> Path:
+    return Path(out_dir) / PREDICTIONS_DIR / f"{category}.jsonl"
+
+
+def map_relpath(category: str, key: str) -> str:
+    return f"{MAPS_DIR}/{category}/{key}.npz"
+
+
+def save_map_file(path: Path, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
+    """Write ``map`` (float32) and ``mask`` (bool) into a compressed ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, map=anomaly_map.astype(np.float32, copy=False), mask=mask.astype(bool, copy=False))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(map, mask)`` of a stored prediction."""
+    with np.load(path) as data:
+        return np.asarray(data["map"], dtype=np.float32), np.asarray(data["mask"], dtype=bool)
+
+
+def _repair_tail(path: Path) -> None:
+    """End the log with a newline, so a line torn by a killed writer is not glued to the next one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) != b"\n":
+            fh.write(b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _is_done(record: Mapping[str, Any] | None, out_dir: Path) -> bool:
+    return bool(record) and record.get("status") == "ok" and (out_dir / str(record.get("map", ""))).is_file()  # type: ignore[union-attr]
+
+
+def prediction_record(
+    key: str, sample: Sample, image: LoadedImage, result: SegmentationResult, map_eval: np.ndarray, mask_eval: np.ndarray, map_file: str
+) -> dict[str, Any]:
+    """The JSON line of one evaluated image."""
+    return {
+        "key": key,
+        "image": str(sample.path),
+        "mask": str(sample.mask_path) if sample.mask_path is not None else None,
+        "label": int(sample.label),
+        "defect_type": sample.defect_type,
+        "status": "ok",
+        "width": image.width,
+        "height": image.height,
+        "image_score": round(result.image_score, 6),
+        "score": float(map_eval.max()),  # max of the resized map, before normalisation
+        "anomalous_pixels": int(mask_eval.sum()),
+        "object": {
+            "box": None if result.object_box is None else [round(float(v), 2) for v in result.object_box],
+            "score": None if result.object_score is None else round(result.object_score, 5),
+            "size": round(result.object_size, 6),
+            "source": result.object_size_source,
+        },
+        "kept": result.kept.to_records(),
+        "dropped": result.dropped.to_records(),
+        "map": map_file,
+        "timings": {k: round(v, 5) for k, v in result.timings.items()},
+    }
+
+
+def failure_record(key: str, sample: Sample, error: str) -> dict[str, Any]:
+    return {
+        "key": key,
+        "image": str(sample.path),
+        "mask": str(sample.mask_path) if sample.mask_path is not None else None,
+        "label": int(sample.label),
+        "defect_type": sample.defect_type,
+        "status": "failed",
+        "error": error,
+    }
+
+
+def sample_keys(category: Category) -> dict[Path, str]:
+    """A stable output name per test image of the category (before any --limit)."""
+    paths = [s.path for s in category.test]
+    return dict(zip(paths, assign_keys(paths)))
+
+
+# --- metrics from stored predictions -------------------------------------------------------------------
+
+
+def metrics_from_predictions(
+    out_dir: Path, records: Sequence[Mapping[str, Any]], *, pr_points: int = PR_POINTS
+) -> tuple[CategoryMetrics, tuple[float, float], dict[str, list[float]]]:
+    """The paper's metrics of one category from its stored 400x400 maps and masks.
+
+    ``records`` are the ``ok`` prediction lines in test order. The maps are stacked, min-max
+    normalised over the stack (:func:`~iapas.evaluation.protocol.normalize_stack`) and passed to
+    :func:`iapas.metrics.category_metrics` with the images' labels (a defective image whose mask
+    is empty, as 4 of MTD's, still counts as anomalous at image level). Returns the metrics, the
+    stack's raw ``(min, max)`` and the PR curve on the normalised maps.
+    """
+    if not records:
+        raise ValueError("no evaluated image")
+    first_map, first_mask = load_map_file(Path(out_dir) / records[0]["map"])
+    shape = first_map.shape
+    maps = np.empty((len(records), *shape), dtype=np.float32)
+    masks = np.empty((len(records), *shape), dtype=bool)
+    for i, rec in enumerate(records):
+        m, g = (first_map, first_mask) if i == 0 else load_map_file(Path(out_dir) / rec["map"])
+        if m.shape != shape or g.shape != shape:
+            raise ValueError(f"{rec['map']}: map {m.shape} / mask {g.shape} differ from the first map's {shape}")
+        maps[i] = m
+        masks[i] = g
+    labels = np.array([int(rec["label"]) for rec in records], dtype=bool)
+    maps, lo, hi = normalize_stack(maps, in_place=True)
+    metrics = category_metrics(maps, masks, image_labels=labels)
+    thresholds, precision, recall = pr_curve(maps, masks, pr_points)
+    curve = {
+        "thresholds": [round(float(t), 6) for t in thresholds],
+        "precision": [float(p) for p in precision],
+        "recall": [float(r) for r in recall],
+    }
+    return metrics, (lo, hi), curve
+
+
+# --- one category ---------------------------------------------------------------------------------------
+
+
+def evaluate_category(
+    pipeline: Pipeline,
+    category: Category,
+    profile: Profile | None,
+    out_dir: str | Path,
+    settings: EvalSettings | None = None,
+    *,
+    on_image: Callable[[str, str], None] | None = None,
+) -> CategoryResult:
+    """Segment every test image of ``category`` (resuming) and compute its metrics.
+
+    ``pipeline`` supplies the models (its mode and size threshold are replaced by ``settings``');
+    ``profile`` is the category's stage-1 profile (None in mode 'base'). Unreadable images and
+    masks that do not fit their image are recorded as failed and left out of the metrics.
+    ``on_image(key, status)`` is called per image with 'ok', 'failed' or 'skipped' (resumed).
+    A KeyboardInterrupt propagates: finished images are on disk, run again to resume.
+    """
+    settings = settings or EvalSettings()
+    out = Path(out_dir)
+    stage2 = stage2_pipeline(pipeline, settings)
+    used = stage2_profile(profile, settings)
+    if settings.mode == "iapas" and used is None:
+        raise ValueError(f"category {category.name}: mode 'iapas' needs a profile (object tag and caption)")
+    started = time.perf_counter()
+    keys = sample_keys(category)
+    samples = limit_samples(category.test, settings.limit, settings.seed)
+    result = CategoryResult(
+        name=category.name,
+        n_test=len(samples),
+        notes=list(category.notes),
+        profile=ProfileRecord.of(profile, None, "given" if profile is not None else "none"),
+        n_references=len(category.references),
+        predictions=predictions_path(Path("."), category.name).as_posix(),
+    )
+    if not samples:
+        result.error = "no test images"
+        return result
+
+    log = ResultsLog(predictions_path(out, category.name))
+    log.path.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(log.path)
+    previous = log.read()
+    todo: list[Sample] = []
+    for s in samples:
+        if _is_done(previous.get(keys[s.path]), out):
+            if on_image:
+                on_image(keys[s.path], "skipped")
+        else:
+            todo.append(s)
+    by_path = {s.path: s for s in todo}
+
+    def fail(sample: Sample, message: str) -> None:
+        logger.error("%s", message)
+        log.append(failure_record(keys[sample.path], sample, message))
+        if on_image:
+            on_image(keys[sample.path], "failed")
+
+    batch: list[tuple[Sample, LoadedImage, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        items = list(batch)
+        batch.clear()
+        try:
+            outputs = stage2.run([im.rgb for _, im, _ in items], used)
+        except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these, go on
+            for sample, _, _ in items:
+                fail(sample, f"{sample.path}: model failure: {exc}")
+            return
+        for (sample, image, mask), seg in zip(items, outputs):
+            key = keys[sample.path]
+            map_eval = resize_map(seg.anomaly_map, settings.eval_size)
+            mask_eval = resize_mask(mask, settings.eval_size)
+            rel = map_relpath(category.name, key)
+            save_map_file(out / rel, map_eval, mask_eval)
+            log.append(prediction_record(key, sample, image, seg, map_eval, mask_eval, rel))
+            result.n_new += 1
+            if on_image:
+                on_image(key, "ok")
+
+    for path, loaded in _prefetch([s.path for s in todo], settings.max_pixels, ahead=max(2, 2 * settings.batch_size)):
+        sample = by_path[path]
+        if isinstance(loaded, ImageReadError):
+            fail(sample, str(loaded))
+            continue
+        try:
+            mask = sample_mask(sample, expected_size=(loaded.height, loaded.width))
+        except MaskError as exc:
+            fail(sample, str(exc))
+            continue
+        batch.append((sample, loaded, mask))
+        if len(batch) >= settings.batch_size:
+            flush()
+    flush()
+
+    order = [keys[s.path] for s in samples]
+    result.keys = order
+    log.compact(order=order)
+    records = log.read()
+    ok = [records[k] for k in order if k in records and records[k].get("status") == "ok"]
+    result.failures = [
+        ImageFailure(k, str(records[k].get("image")), str(records[k].get("error")))
+        for k in order
+        if k in records and records[k].get("status") != "ok"
+    ]
+    missing = [k for k in order if k not in records]
+    if missing:  # cannot happen unless the log was edited while running
+        raise RuntimeError(f"{log.path}: no result for {len(missing)} image(s), e.g. {missing[0]}")
+    result.n_done = len(ok)
+    if ok:
+        metrics, score_range, curve = metrics_from_predictions(out, ok)
+        result.metrics, result.score_range, result.pr = metrics, score_range, curve
+    else:
+        result.error = "no test image could be evaluated"
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# --- a dataset ---------------------------------------------------------------------------------------------
+
+
+def _read_run(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunConflictError(f"{path}: unreadable ({exc}); use another --out folder, or --restart to discard it") from None
+    return data if isinstance(data, dict) else None
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _has_predictions(out_dir: Path, category: str | None = None) -> bool:
+    folder = out_dir / PREDICTIONS_DIR
+    if category is not None:
+        p = predictions_path(out_dir, category)
+        return p.exists() and p.stat().st_size > 0
+    return folder.is_dir() and any(p.stat().st_size > 0 for p in folder.glob("*.jsonl"))
+
+
+def discard_results(out_dir: Path) -> None:
+    """Delete the predictions, maps and tables of an evaluation folder (profiles are kept)."""
+    for name in (PREDICTIONS_DIR, MAPS_DIR):
+        folder = out_dir / name
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    for name in (RUN_FILE, "metrics.csv", "metrics.json", "metrics.md", "curves.json", "report.html"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def evaluate_dataset(
+    dataset: str | DatasetBase,
+    root: str | Path | None,
+    out_dir: str | Path,
+    pipeline: Pipeline,
+    settings: EvalSettings | None = None,
+    *,
+    stage1: Stage1Options | None = None,
+    stage1_models: Stage1Models | None = None,
+    categories: Sequence[str] | None = None,
+    profiles_dir: str | Path | None = None,
+    restart: bool = False,
+    report: bool = True,
+    progress: ProgressHooks | None = None,
+    extra_notes: Sequence[str] = (),
+) -> DatasetResult:
+    """Evaluate ``pipeline`` on the categories of a dataset; write tables (and the HTML report).
+
+    ``dataset`` is a registry name (with ``root``) or a loader. Profiles come from
+    ``profiles_dir`` (default ``OUT/profiles``) or are made by stage 1 with ``stage1`` (see
+    :func:`~iapas.evaluation.profiles.get_profile`). Every profile is resolved and every
+    signature checked before the first image is segmented, so a conflicting folder is refused
+    at once. A category that cannot be evaluated (no references for stage 1, no test image) is
+    recorded with its error and the others go on.
+    """
+    from iapas.evaluation.tables import write_tables
+    from iapas.prompts.stage1 import Stage1Error
+    from iapas.profile import ProfileError
+
+    settings = settings or EvalSettings()
+    hooks = progress or ProgressHooks()
+    loader = get_dataset(dataset, root) if isinstance(dataset, str) else dataset
+    available = loader.categories()
+    wanted = list(categories) if categories else list(available)
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        from iapas.data import DatasetError
+
+        raise DatasetError(f"{loader.root}: no {loader.title} categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; found: {', '.join(available)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = Path(profiles_dir) if profiles_dir is not None else out / PROFILES_DIR
+    if restart:
+        discard_results(out)
+
+    models = model_names(pipeline)
+    signature = {"dataset": loader.name, **settings.signature(), **models}
+    run_file = out / RUN_FILE
+    previous = _read_run(run_file) or {}
+    if previous and _has_predictions(out):
+        changed = _differences(previous.get("signature", {}), signature)
+        if changed:
+            raise RunConflictError(
+                f"{out} holds results made with other settings ({'; '.join(changed)}); use another --out folder, "
+                "or --restart to discard them"
+            )
+    category_sigs: dict[str, Any] = dict(previous.get("categories", {})) if previous else {}
+    created = previous.get("created") if previous else None
+    created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def write_run() -> None:
+        atomic_write_text(
+            run_file,
+            json.dumps(
+                _json_safe(
+                    {
+                        "iapas_version": __version__,
+                        "created": created,
+                        "dataset": loader.name,
+                        "root": str(loader.root),
+                        "signature": signature,
+                        "settings": settings.to_dict(),
+                        "stage1": asdict(stage1) if stage1 is not None else None,
+                        "profiles_dir": str(profiles),
+                        "categories": category_sigs,
+                    }
+                ),
+                indent=2,
+                default=str,
+            )
+            + "\n",
+        )
+
+    if stage1 is not None and stage1_models is None:
+        stage1_models = Stage1Models(stage1, pipeline.detector)
+
+    # pass 1: categories, profiles, signatures
+    prepared: list[tuple[Category, Profile | None, ProfileRecord] | CategoryResult] = []
+    for name in wanted:
+        category = loader.load(name, protocol=settings.protocol, n_references=settings.n_references, seed=settings.seed)
+        path = profile_path(profiles, name)
+        existed = path.exists()
+        on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
+        try:
+            profile = get_profile(category, profiles, stage1, mode=settings.mode, models=stage1_models, progress=on_stage1)
+        except (Stage1Error, ProfileError, ImageReadError, FileNotFoundError) as exc:
+            logger.error("%s: %s", name, exc)
+            prepared.append(CategoryResult(name=name, error=f"profile: {exc}", notes=list(category.notes), n_references=len(category.references)))
+            continue
+        record = ProfileRecord.of(profile, path if profile is not None else None, "none" if profile is None else ("file" if existed else "stage1"))
+        sig = category_signature(pipeline, profile, settings)
+        old = category_sigs.get(name)
+        if old is not None and old != sig and _has_predictions(out, name):
+            changed = _differences(old, sig)
+            raise RunConflictError(
+                f"{out}: category {name} has results made with another profile or setting ({'; '.join(changed)}); "
+                "use another --out folder, or --restart to discard them"
+            )
+        category_sigs[name] = sig
+        prepared.append((category, profile, record))
+    write_run()
+
+    # pass 2: stage 2 and metrics
+    results: list[CategoryResult] = []
+    for item in prepared:
+        if isinstance(item, CategoryResult):
+            results.append(item)
+            continue
+        category, profile, record = item
+        n = len(limit_samples(category.test, settings.limit, settings.seed))
+        if hooks.on_category:
+            hooks.on_category(category.name, n)
+        on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
+        result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image)
+        result.profile = record
+        results.append(result)
+
+    notes = list(extra_notes)
+    if settings.limit is not None:
+        notes.append(
+            f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}); "
+            "these are not full-benchmark numbers."
+        )
+    ds_result = DatasetResult(
+        dataset=loader.name,
+        title=loader.title,
+        root=str(loader.root),
+        out_dir=out,
+        settings=settings,
+        categories=results,
+        models={**models, "stage1": (stage1.settings(models["detector"]) if stage1 is not None else None)},
+        notes=notes,
+        created=created,
+    )
+    write_tables(ds_result, out)
+    if report:
+        from iapas.report import write_report
+
+        write_report(ds_result, out)
+    return ds_result

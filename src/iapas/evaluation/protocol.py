@@ -1,0 +1,143 @@
+"""The paper's evaluation protocol as pure functions: resizing, stack normalisation, PR curves.
+
+METHOD.md ("Evaluation protocol of the paper"): every anomaly map is resized to 400x400 with
+bicubic interpolation and every ground-truth mask with nearest-neighbour interpolation; then the
+maps of a category are min-max normalised over the category's whole stack before the metrics.
+
+Resizing uses PIL: ``Image.fromarray(float32_map)`` (mode ``F``) ``.resize((S, S), BICUBIC)``.
+The reference code resized with OpenCV/torch bicubic; PIL's bicubic is the same a = -0.5 cubic
+kernel, but when *shrinking* PIL widens the kernel by the scale factor (antialiasing) where
+``cv2.INTER_CUBIC`` samples without it, so maps larger than 400 px differ slightly at region
+edges. Bicubic interpolation overshoots: a resized map can dip slightly below 0 and rise slightly
+above its maximum next to sharp edges; constant regions stay exactly constant (0 stays 0).
+
+The stack normalisation ``(m - min) / (max - min)`` is a monotone affine map shared by every
+pixel of the category, so the exact metrics (AP, F1-max, AUROC, AUPRO, image metrics) do not
+depend on it; it matters for the reference code's 100-threshold F1-max, for the reported
+thresholds and for the PR curve's threshold grid.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import TypeVar
+
+import numpy as np
+
+EVAL_SIZE = 400  # the paper's evaluation resolution (square)
+PR_POINTS = 101  # thresholds of the stored PR curves (0, 0.01, ..., 1 on normalised maps)
+
+T = TypeVar("T")
+
+
+def resize_map(anomaly_map: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """A score map as ``(size, size)`` float32, by PIL bicubic interpolation (see the module docstring)."""
+    from PIL import Image
+
+    arr = np.ascontiguousarray(anomaly_map, dtype=np.float32)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"expected a non-empty (H, W) map, got shape {arr.shape}")
+    image = Image.fromarray(arr)  # mode 'F' (32-bit float)
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+
+
+def resize_mask(mask: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """A boolean mask as ``(size, size)`` bool, by nearest-neighbour interpolation."""
+    from PIL import Image
+
+    arr = np.asarray(mask)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"expected a non-empty (H, W) mask, got shape {arr.shape}")
+    image = Image.fromarray(np.where(arr.astype(bool), 255, 0).astype(np.uint8))
+    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)) > 127
+
+
+def stack_range(maps: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` over a whole stack of maps, as Python floats."""
+    arr = np.asarray(maps)
+    if arr.size == 0:
+        raise ValueError("cannot normalise an empty stack of maps")
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("anomaly maps contain NaN or infinite values")
+    return lo, hi
+
+
+def normalize_value(value: float, lo: float, hi: float) -> float:
+    """One score on the normalised scale of a stack with range ``(lo, hi)`` (0 when constant)."""
+    span = hi - lo
+    return (value - lo) / span if span > 0 else 0.0
+
+
+def normalize_stack(maps: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, float, float]:
+    """Min-max normalise a ``(N, H, W)`` float32 stack over the whole stack.
+
+    Returns ``(normalised, min, max)``. Arithmetic is float64 per image, the result float32; a
+    constant stack becomes all zeros. With ``in_place`` the input array is overwritten (saves one
+    copy of the stack, which matters for datasets with a thousand test images).
+    """
+    arr = np.asarray(maps)
+    if arr.ndim != 3:
+        raise ValueError(f"expected an (N, H, W) stack, got shape {arr.shape}")
+    lo, hi = stack_range(arr)
+    span = hi - lo
+    out = arr if (in_place and arr.dtype == np.float32) else np.empty(arr.shape, dtype=np.float32)
+    for i in range(arr.shape[0]):
+        if span > 0:
+            out[i] = (arr[i].astype(np.float64) - lo) / span
+        else:
+            out[i] = 0.0
+    return out, lo, hi
+
+
+def pr_curve(
+    maps: np.ndarray, masks: np.ndarray, n_points: int = PR_POINTS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel precision and recall at ``n_points`` evenly spaced thresholds of normalised maps.
+
+    ``maps`` are normalised to [0, 1]; a pixel is predicted anomalous when its score is
+    ``>= t``. Returns ``(thresholds, precision, recall)``; precision is 1 where nothing is
+    predicted, recall all nan without anomalous pixels. For plots: the exact metrics come from
+    :mod:`iapas.metrics`. Scores are binned image by image (``floor(s * (n - 1))``), so scores
+    within one float rounding of a grid threshold may fall in the neighbouring bin.
+    """
+    arr = np.asarray(maps)
+    gt = np.asarray(masks, dtype=bool)
+    if arr.shape != gt.shape:
+        raise ValueError(f"maps {arr.shape} and masks {gt.shape} differ in shape")
+    if n_points < 2:
+        raise ValueError("a PR curve needs at least 2 thresholds")
+    n = n_points
+    pos_hist = np.zeros(n, dtype=np.int64)
+    neg_hist = np.zeros(n, dtype=np.int64)
+    stack = arr.reshape(-1, *arr.shape[-2:]) if arr.ndim >= 2 else arr.reshape(1, 1, -1)
+    gts = gt.reshape(stack.shape)
+    for m, g in zip(stack, gts):
+        bins = np.clip(np.floor(m.astype(np.float64) * (n - 1)), 0, n - 1).astype(np.int64)
+        pos_hist += np.bincount(bins[g], minlength=n)
+        neg_hist += np.bincount(bins[~g], minlength=n)
+    tp = np.cumsum(pos_hist[::-1])[::-1]  # scores >= t_k
+    fp = np.cumsum(neg_hist[::-1])[::-1]
+    n_pos = int(pos_hist.sum())
+    predicted = tp + fp
+    precision = np.divide(tp, predicted, out=np.ones(n, dtype=np.float64), where=predicted > 0)
+    recall = tp / n_pos if n_pos else np.full(n, np.nan)
+    return np.linspace(0.0, 1.0, n), precision, recall
+
+
+def limit_samples(samples: Sequence[T], limit: int | None, seed: int = 0) -> list[T]:
+    """At most ``limit`` of ``samples``, drawn with ``seed``, kept in their original order.
+
+    The draw is a prefix of one seeded permutation, so a larger limit keeps every image of a
+    smaller one (a quick check can be extended and resumed). ``None``: all samples.
+    """
+    items = list(samples)
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    chosen = sorted(order[:limit])
+    return [items[i] for i in chosen]

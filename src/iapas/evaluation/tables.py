@@ -1,0 +1,218 @@
+"""Metric tables of an evaluation: CSV, JSON and Markdown in the paper's layout.
+
+Rows are the categories and their mean; the first two columns are the paper's pixel AP and pixel
+F1-max, then the companions (the reference code's 100-threshold F1-max, pixel AUROC and AUPRO,
+image AUROC, AP and F1-max). CSV and JSON hold fractions in [0, 1] at full precision; Markdown
+shows percentages with two decimals, as the paper does. Undefined values (e.g. image AUROC
+without normal test images) are empty in CSV, null in JSON, '-' in Markdown, and left out of
+the mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iapas.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from iapas.evaluation.core import DatasetResult
+
+METRICS_CSV = "metrics.csv"
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+CURVES_JSON = "curves.json"
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals; '-' when undefined."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{100.0 * value:.2f}"
+
+
+def _csv_value(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    return f"{value:.6f}"
+
+
+def metric_rows(result: DatasetResult) -> list[dict[str, Any]]:
+    """One dict per category and one for the mean: name, metrics (fractions), counts."""
+    from iapas.evaluation.core import METRIC_COLUMNS
+
+    rows: list[dict[str, Any]] = []
+    for c in result.categories:
+        row: dict[str, Any] = {"category": c.name}
+        for key, _ in METRIC_COLUMNS:
+            row[key] = getattr(c.metrics, key) if c.metrics is not None else None
+        row.update(
+            images=c.n_done,
+            anomalous_images=c.metrics.n_anomalous_images if c.metrics else None,
+            failed=len(c.failures),
+            error=c.error or "",
+        )
+        rows.append(row)
+    mean = {"category": "mean", **result.mean()}
+    mean.update(
+        images=sum(c.n_done for c in result.categories),
+        anomalous_images=sum(c.metrics.n_anomalous_images for c in result.categories if c.metrics),
+        failed=result.n_failed_images,
+        error="",
+    )
+    rows.append(mean)
+    return rows
+
+
+def metrics_csv(result: DatasetResult) -> str:
+    from iapas.evaluation.core import METRIC_COLUMNS
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    keys = [k for k, _ in METRIC_COLUMNS]
+    writer.writerow(["category", *keys, "images", "anomalous_images", "failed", "error"])
+    for row in metric_rows(result):
+        writer.writerow(
+            [row["category"], *(_csv_value(row[k]) for k in keys), row["images"], row["anomalous_images"] if row["anomalous_images"] is not None else "", row["failed"], row["error"]]
+        )
+    return buf.getvalue()
+
+
+def markdown_table(result: DatasetResult) -> str:
+    """The metrics table in the paper's layout (percentages)."""
+    from iapas.evaluation.core import METRIC_COLUMNS
+
+    header = ["category", *(label for _, label in METRIC_COLUMNS), "images", "failed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in metric_rows(result):
+        name = "**mean**" if row["category"] == "mean" and row is not None else row["category"]
+        cells = [name, *(pct(row[k]) for k, _ in METRIC_COLUMNS), str(row["images"]), str(row["failed"])]
+        if row["error"]:
+            cells[-1] = f"{row['failed']} ({row['error']})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(result: DatasetResult) -> list[str]:
+    """The sentences every report starts with: protocol, mode, models, version."""
+    s = result.settings
+    models = result.models
+    size = (
+        "no size filter"
+        if s.mode == "base" or not s.size_filter
+        else f"size threshold {s.size_threshold if s.size_threshold is not None else 'from each profile (0.8 by default)'}"
+    )
+    mode = "iapas (image-aware caption from the profile, size filter)" if s.mode == "iapas" else "base ('defect . abnormal .', no size filter)"
+    if s.caption is not None:
+        mode += f", fixed caption '{s.caption}'"
+    lines = [
+        f"Dataset: {result.title} ({result.dataset}) at {result.root}",
+        f"Protocol: {result.protocol_sentence()}",
+        f"Mode: {mode}; {size}.",
+        f"Models: detector {models.get('detector')}, segmenter {models.get('segmenter')} "
+        f"(box threshold {models.get('box_threshold')}, text threshold {models.get('text_threshold')}, NMS IoU {models.get('nms_iou')}).",
+        f"Reference images per category: {s.n_references} (seed {s.seed}).",
+        f"iapas {result.iapas_version}; run started {result.created}.",
+    ]
+    stage1 = models.get("stage1")
+    if stage1:
+        lines.insert(
+            4,
+            f"Stage 1 (for profiles it had to make): tagger {stage1.get('tagger')}"
+            f"{' ' + str(stage1.get('tagger_model')) if stage1.get('tagger_model') else ''}, LLM {stage1.get('llm')}"
+            f"{' ' + str(stage1.get('llm_model')) if stage1.get('llm_model') else ''}"
+            f"{', object tag given: ' + str(stage1.get('object_tag')) if stage1.get('object_tag') else ''}.",
+        )
+    return lines
+
+
+def all_notes(result: DatasetResult) -> list[str]:
+    """Run notes, then each category's notes, failures and undefined metrics, as sentences."""
+    from iapas.evaluation.core import METRIC_COLUMNS
+
+    notes = list(result.notes)
+    for c in result.categories:
+        notes.extend(f"{c.name}: {n}" for n in c.notes)
+        if c.failures:
+            notes.append(f"{c.name}: {len(c.failures)} test image(s) failed and are left out of the metrics.")
+        if c.error:
+            notes.append(f"{c.name}: not evaluated: {c.error}.")
+    labels = dict(METRIC_COLUMNS)
+    for key, names in result.undefined().items():
+        notes.append(f"{labels[key]} is undefined for {', '.join(names)} and left out of the mean.")
+    return notes
+
+
+def metrics_markdown(result: DatasetResult) -> str:
+    s = result.settings
+    parts = [f"# IAP-AS evaluation: {result.title}, {s.protocol} protocol, mode {s.mode}", ""]
+    parts += [f"- {line}" for line in header_lines(result)]
+    parts += ["", "Values in %. " + ("Mean over the categories." if len(result.categories) > 1 else ""), "", markdown_table(result)]
+    notes = all_notes(result)
+    if notes:
+        parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
+
+
+def write_tables(result: DatasetResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write metrics.csv, metrics.json, metrics.md and curves.json into ``out_dir``."""
+    out = Path(out_dir)
+    paths = {
+        "csv": out / METRICS_CSV,
+        "json": out / METRICS_JSON,
+        "md": out / METRICS_MD,
+        "curves": out / CURVES_JSON,
+    }
+    atomic_write_text(paths["csv"], metrics_csv(result))
+    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    atomic_write_text(paths["md"], metrics_markdown(result))
+    curves = {c.name: c.pr for c in result.categories if c.pr is not None}
+    atomic_write_text(paths["curves"], json.dumps(curves) + "\n")
+    return paths
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+
+def bench_markdown(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]], title: str, notes: Sequence[str] = ()) -> str:
+    """One row per dataset, mean pixel AP and F1-max (%) for each variant side by side.
+
+    ``rows``: ``{"dataset": title, variant_name: {"pixel_ap": .., "pixel_f1_max": ..} | None}``;
+    ``variants``: ``(name, label)`` in column order.
+    """
+    header = ["dataset"]
+    for _, label in variants:
+        header += [f"{label} AP", f"{label} F1-max"]
+    lines = [f"# {title}", "", "Mean pixel AP and pixel F1-max over each dataset's categories, in %.", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [str(row["dataset"])]
+        for name, _ in variants:
+            value = row.get(name)
+            cells += [pct(value.get("pixel_ap")) if value else "-", pct(value.get("pixel_f1_max")) if value else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def bench_csv(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "variant", "pixel_ap", "pixel_f1_max", "categories", "failed"])
+    for row in rows:
+        for name, _ in variants:
+            value = row.get(name)
+            if value is None:
+                writer.writerow([row["dataset"], name, "", "", "", ""])
+            else:
+                writer.writerow(
+                    [row["dataset"], name, _csv_value(value.get("pixel_ap")), _csv_value(value.get("pixel_f1_max")),
+                     value.get("categories", ""), value.get("failed", "")]
+                )
+    return buf.getvalue()

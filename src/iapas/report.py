@@ -1,0 +1,332 @@
+"""A self-contained HTML report of an evaluation: one file, images inlined, no scripts.
+
+``write_report(result, out_dir)`` writes ``OUT/report.html`` with the protocol, mode, models,
+notes and iapas version at the top, the metrics table in the paper's layout, a precision-recall
+curve per category (matplotlib, Agg backend), the profiles used, and per category a gallery of
+the best and worst images: the highest-scoring anomalous images (detections), the
+highest-scoring normal images (false alarms) and the lowest-scoring anomalous images (misses),
+each shown as the image, its ground truth and the anomaly map overlaid with the kept boxes (red,
+with phrase and score), the dropped boxes (grey) and the object box (green). Every picture is a
+base64 PNG inside the file; nothing is fetched from anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from iapas.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from iapas.evaluation.core import CategoryResult, DatasetResult
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+GALLERY_SIZE = 4  # images per gallery row
+THUMB = 192  # longest side of gallery pictures, in pixels
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 7px}
+td.n{text-align:right;font-variant-numeric:tabular-nums}tr.mean td{font-weight:bold;background:#f3f3f3}
+ul.meta li{margin:2px 0}.note{color:#7a4b00}.err{color:#b00020}
+.curves{display:flex;flex-wrap:wrap;gap:8px}.gallery{display:flex;flex-wrap:wrap;gap:12px}
+.item{border:1px solid #ddd;padding:6px;font-size:11px;max-width:620px}.item img{margin-right:3px;vertical-align:top}
+.item .cap{margin-top:4px;word-break:break-word}code{background:#f5f5f5;padding:0 3px}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def png_data_uri(array: np.ndarray) -> str:
+    """An ``(H, W)`` or ``(H, W, 3)`` uint8 array as a ``data:image/png;base64,...`` URI."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(array: np.ndarray, alt: str) -> str:
+    return f'<img src="{png_data_uri(array)}" alt="{_esc(alt)}" width="{array.shape[1]}" height="{array.shape[0]}">'
+
+
+# --- PR curves -----------------------------------------------------------------------------------
+
+
+def pr_figure(category: CategoryResult) -> np.ndarray | None:
+    """The category's pixel PR curve as an RGB array (None without a curve)."""
+    if category.pr is None or category.metrics is None:
+        return None
+    recall = np.asarray(category.pr["recall"], dtype=float)
+    precision = np.asarray(category.pr["precision"], dtype=float)
+    if not np.isfinite(recall).any():
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.0, 2.6), dpi=80)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    m = category.metrics
+    ax.plot(recall, precision, lw=1.5, color="#1f5fbf")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall", fontsize=8)
+    ax.set_ylabel("precision", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ap = "-" if not math.isfinite(m.pixel_ap) else f"{100 * m.pixel_ap:.1f}"
+    f1 = "-" if not math.isfinite(m.pixel_f1_max) else f"{100 * m.pixel_f1_max:.1f}"
+    ax.set_title(f"{category.name}: AP {ap}, F1-max {f1}", fontsize=8)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+# --- gallery -------------------------------------------------------------------------------------
+
+
+def _fit(width: int, height: int, size: int) -> tuple[int, int]:
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _placeholder(width: int, height: int) -> np.ndarray:
+    return np.full((height, width, 3), 200, dtype=np.uint8)
+
+
+def _scaled(records: Sequence[Mapping[str, Any]], sx: float, sy: float) -> Any:
+    from iapas.types import Detections
+
+    if not records:
+        return Detections.empty()
+    boxes = np.array([r["box"] for r in records], dtype=np.float32) * np.array([sx, sy, sx, sy], dtype=np.float32)
+    return Detections(boxes, np.array([r["score"] for r in records], dtype=np.float32), tuple(str(r.get("phrase", "")) for r in records))
+
+
+def gallery_panels(out_dir: Path, record: Mapping[str, Any], vmax: float, size: int = THUMB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, ground truth, overlay) of one prediction, fitted into ``size`` pixels."""
+    from PIL import Image
+
+    from iapas.evaluation.core import load_map_file
+    from iapas.io import ImageReadError, read_image
+    from iapas.outputs import render_overlay
+    from iapas.types import SegmentationResult
+
+    width, height = int(record.get("width", 400)), int(record.get("height", 400))
+    w, h = _fit(width, height, size)
+    try:
+        rgb = read_image(record["image"]).rgb
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
+    except (ImageReadError, OSError, KeyError) as exc:
+        logger.warning("report: %s", exc)
+        rgb = _placeholder(w, h)
+    try:
+        amap, mask = load_map_file(out_dir / record["map"])
+    except (OSError, KeyError, ValueError) as exc:
+        logger.warning("report: %s: %s", record.get("map"), exc)
+        amap, mask = np.zeros((h, w), np.float32), np.zeros((h, w), bool)
+    amap_d = np.asarray(Image.fromarray(np.clip(amap, 0, None).astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
+    mask_d = np.asarray(Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
+    sx, sy = w / width, h / height
+    obj = record.get("object") or {}
+    box = obj.get("box")
+    result = SegmentationResult(
+        anomaly_map=amap_d.astype(np.float32),
+        kept=_scaled(record.get("kept", []), sx, sy),
+        dropped=_scaled(record.get("dropped", []), sx, sy),
+        masks=np.zeros((0, h, w), bool),
+        object_box=None if box is None else np.array(box, np.float32) * np.array([sx, sy, sx, sy], np.float32),
+        object_score=obj.get("score"),
+        object_size=float(obj.get("size", 1.0)),
+        object_size_source=str(obj.get("source", "")),
+    )
+    overlay = render_overlay(rgb, result, vmax=vmax if vmax > 0 else 1.0)
+    return rgb, mask_d, overlay
+
+
+def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) -> dict[str, list[Mapping[str, Any]]]:
+    """The ``n`` highest-scoring anomalous images, highest-scoring normal ones and lowest-scoring anomalous ones.
+
+    Ties keep test order. An image can be both a detection and a miss when there are fewer
+    than ``2 n`` anomalous images.
+    """
+    ok = [r for r in records if r.get("status") == "ok"]
+    anomalous = [r for r in ok if int(r.get("label", 0)) == 1]
+    normal = [r for r in ok if int(r.get("label", 0)) == 0]
+    by_score_desc = lambda rs: sorted(rs, key=lambda r: -float(r.get("score", 0.0)))  # noqa: E731
+    return {
+        "detections": by_score_desc(anomalous)[:n],
+        "false alarms": by_score_desc(normal)[:n],
+        "misses": sorted(anomalous, key=lambda r: float(r.get("score", 0.0)))[:n],
+    }
+
+
+def _boxes_text(records: Sequence[Mapping[str, Any]]) -> str:
+    if not records:
+        return "none"
+    return ", ".join(f"{_esc(r.get('phrase', ''))} {float(r.get('score', 0.0)):.2f}" for r in records)
+
+
+def _gallery_item(out_dir: Path, record: Mapping[str, Any], lo: float, hi: float, size: int) -> str:
+    from iapas.evaluation.protocol import normalize_value
+
+    rgb, gt, overlay = gallery_panels(out_dir, record, hi, size)
+    score = normalize_value(float(record.get("score", 0.0)), lo, hi)
+    kind = "anomalous" if int(record.get("label", 0)) == 1 else "normal"
+    return (
+        '<div class="item">'
+        + _img(rgb, "image")
+        + _img(gt, "ground truth")
+        + _img(overlay, "anomaly map and boxes")
+        + '<div class="cap">'
+        + f"<b>{_esc(record.get('key'))}</b> ({kind}, {_esc(record.get('defect_type'))}), score {score:.3f} (normalised)<br>"
+        + f"kept: {_boxes_text(record.get('kept', []))}<br>dropped: {_boxes_text(record.get('dropped', []))}"
+        + "</div></div>"
+    )
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+def _metrics_table(result: DatasetResult) -> str:
+    from iapas.evaluation.core import METRIC_COLUMNS
+    from iapas.evaluation.tables import metric_rows, pct
+
+    head = "".join(f"<th>{_esc(label)}</th>" for _, label in METRIC_COLUMNS)
+    rows = []
+    for row in metric_rows(result):
+        cls = ' class="mean"' if row["category"] == "mean" else ""
+        cells = "".join(f'<td class="n">{pct(row[k])}</td>' for k, _ in METRIC_COLUMNS)
+        failed = str(row["failed"]) + (f' <span class="err">{_esc(row["error"])}</span>' if row["error"] else "")
+        rows.append(f"<tr{cls}><td>{_esc(row['category'])}</td>{cells}<td class=\"n\">{row['images']}</td><td>{failed}</td></tr>")
+    return f"<table><tr><th>category</th>{head}<th>images</th><th>failed</th></tr>{''.join(rows)}</table>"
+
+
+def _profiles_table(result: DatasetResult) -> str:
+    rows = []
+    for c in result.categories:
+        p = c.profile
+        size = "-" if p.object_size is None else f"{p.object_size:.3f}"
+        rows.append(
+            f"<tr><td>{_esc(c.name)}</td><td>{_esc(p.source)}</td><td>{_esc(p.object_tag or '-')}</td><td>{size}</td>"
+            f"<td><code>{_esc(p.caption or '-')}</code></td><td class=\"n\">{c.n_references}</td></tr>"
+        )
+    return (
+        "<table><tr><th>category</th><th>profile</th><th>object tag</th><th>object size</th><th>caption (as in the profile)</th>"
+        f"<th>references</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _failures(result: DatasetResult, limit: int = 50) -> str:
+    parts = []
+    for c in result.categories:
+        if not c.failures:
+            continue
+        items = "".join(f"<li><code>{_esc(f.image)}</code>: {_esc(f.error)}</li>" for f in c.failures[:limit])
+        more = f"<li>... and {len(c.failures) - limit} more (see {_esc(c.predictions)})</li>" if len(c.failures) > limit else ""
+        parts.append(f"<h3>{_esc(c.name)}: {len(c.failures)} failed (left out of the metrics)</h3><ul>{items}{more}</ul>")
+    return "".join(parts)
+
+
+def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB) -> str:
+    """The report's HTML text."""
+    from iapas.evaluation.tables import all_notes, header_lines
+    from iapas.runner import ResultsLog
+
+    out_dir = Path(result.out_dir)
+    s = result.settings
+    title = f"IAP-AS evaluation: {result.title}, {s.protocol} protocol, mode {s.mode}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        '<ul class="meta">' + "".join(f"<li>{_esc(line)}</li>" for line in header_lines(result)) + "</ul>",
+    ]
+    notes = all_notes(result)
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="note">{_esc(n)}</li>' for n in notes) + "</ul>")
+    parts.append("<h2>Metrics (%)</h2>" + _metrics_table(result))
+    parts.append(
+        "<p>Pixel AP and F1-max are exact (every distinct score is a threshold); 'F1-max (100 thr.)' is the "
+        "reference code's 100 thresholds in [0, 1]. AUPRO is integrated to 30% FPR. Image scores are the maxima "
+        "of the normalised maps.</p>"
+    )
+    figures = [(c, pr_figure(c)) for c in result.categories]
+    figures = [(c, f) for c, f in figures if f is not None]
+    if figures:
+        parts.append("<h2>Pixel precision-recall curves</h2><div class=\"curves\">")
+        parts += [_img(f, f"PR curve of {c.name}") for c, f in figures]
+        parts.append("</div>")
+    parts.append("<h2>Profiles</h2>" + _profiles_table(result))
+    failures = _failures(result)
+    if failures:
+        parts.append("<h2>Failed images</h2>" + failures)
+    if gallery > 0:
+        parts.append(
+            "<h2>Gallery</h2><p>Each item: the image, its ground truth, and the anomaly map over the image with "
+            "the kept boxes (red, phrase and score), the dropped boxes (grey) and the object box (green). Scores are "
+            "on the category's normalised scale.</p>"
+        )
+        for c in result.categories:
+            if c.metrics is None or c.score_range is None:
+                continue
+            records = ResultsLog(out_dir / c.predictions).read()
+            chosen = [records[k] for k in c.keys if k in records] if c.keys else list(records.values())
+            lo, hi = c.score_range
+            for label, group in select_gallery(chosen, gallery).items():
+                if not group:
+                    continue
+                parts.append(f"<h3>{_esc(c.name)}: {label}</h3><div class=\"gallery\">")
+                parts += [_gallery_item(out_dir, r, lo, hi, thumb) for r in group]
+                parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(result: DatasetResult, out_dir: str | Path | None = None, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB) -> Path:
+    """Write ``report.html`` (default into the evaluation folder) and return its path."""
+    path = Path(out_dir if out_dir is not None else result.out_dir) / REPORT_FILE
+    atomic_write_text(path, render_report(result, gallery=gallery, thumb=thumb))
+    return path
+
+
+def write_bench_report(path: str | Path, title: str, markdown: str, links: Mapping[str, str]) -> Path:
+    """A one-page HTML version of the bench table, with relative links to each run's report."""
+    rows = []
+    for line in markdown.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows.append(cells)
+    table = ""
+    if rows:
+        head = "".join(f"<th>{_esc(c)}</th>" for c in rows[0])
+        body = "".join("<tr>" + "".join(f'<td class="n">{_esc(c)}</td>' for c in r) + "</tr>" for r in rows[1:])
+        table = f"<table><tr>{head}</tr>{body}</table>"
+    notes = [line[2:] for line in markdown.splitlines() if line.startswith("- ")]
+    link_items = "".join(f'<li><a href="{_esc(href)}">{_esc(name)}</a></li>' for name, href in links.items())
+    text = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{_CSS}</style></head>'
+        f"<body><h1>{_esc(title)}</h1><p>Mean pixel AP and pixel F1-max over each dataset's categories, in %.</p>{table}"
+        + ("<h2>Notes</h2><ul>" + "".join(f'<li class="note">{_esc(n)}</li>' for n in notes) + "</ul>" if notes else "")
+        + (f"<h2>Runs</h2><ul>{link_items}</ul>" if link_items else "")
+        + "</body></html>\n"
+    )
+    out = Path(path)
+    atomic_write_text(out, text)
+    return out
+
