@@ -84,7 +84,7 @@ def test_fused_object_scores_come_from_the_object_tokens(counted):
     det = pipe.detector
     ims = images(2)
     anomalies, objects = det.detect_with_object(ims, PROFILE.caption, "bottle", box_threshold=0.1, text_threshold=0.1)
-    probs, boxes, ids = det._forward(ims, PROFILE.caption)
+    probs, boxes, ids = det._forward(det._pixels(ims), PROFILE.caption)
     positions = det._phrase_positions(ids, "bottle")
     assert positions.size == 1 and ids[positions[0]] == det.processor.tokenizer.convert_tokens_to_ids("bottle")
     for i, obj in enumerate(objects):

@@ -96,18 +96,22 @@ class GroundingDinoDetector:
             hit = candidates[[int(np.argmax(prob[candidates]))]]
         return str(self.processor.tokenizer.decode([int(ids[i]) for i in hit])).strip()
 
-    def _forward(self, images: Sequence[np.ndarray], caption: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _pixels(self, images: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The processor's resize/normalise/pad, on the device (shared by every caption)."""
+        pixel = self.processor.image_processor(images=list(images), return_tensors="pt")
+        return {
+            "pixel_values": pixel["pixel_values"].to(self.device, self.dtype),
+            "pixel_mask": pixel["pixel_mask"].to(self.device),
+        }
+
+    def _forward(self, pixels: dict[str, Any], caption: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batched forward: token probabilities (B, queries, text_len), normalised cxcywh
         boxes (B, queries, 4) and the caption's token ids."""
         import torch
 
         text = self._text_inputs(self.normalize_caption(caption))
-        batch = len(images)
-        pixel = self.processor.image_processor(images=list(images), return_tensors="pt")
-        inputs: dict[str, Any] = {
-            "pixel_values": pixel["pixel_values"].to(self.device, self.dtype),
-            "pixel_mask": pixel["pixel_mask"].to(self.device),
-        }
+        batch = pixels["pixel_values"].shape[0]
+        inputs = dict(pixels)
         for key, value in text.items():
             inputs[key] = value.expand(batch, -1)
         with torch.inference_mode():
@@ -147,8 +151,27 @@ class GroundingDinoDetector:
     ) -> list[Detections]:
         if not images:
             return []
-        probs, boxes, ids = self._forward(images, caption)
+        probs, boxes, ids = self._forward(self._pixels(images), caption)
         return self._decode(images, probs, boxes, ids, box_threshold, text_threshold)
+
+    def detect_many(
+        self,
+        images: Sequence[np.ndarray],
+        captions: Sequence[str],
+        *,
+        box_threshold: float = 0.1,
+        text_threshold: float = 0.1,
+    ) -> list[list[Detections]]:
+        """:meth:`detect` for several captions on the same images: the images are preprocessed
+        once, then one forward per caption. Returns one list of Detections per caption."""
+        if not images:
+            return [[] for _ in captions]
+        pixels = self._pixels(images)
+        out = []
+        for caption in captions:
+            probs, boxes, ids = self._forward(pixels, caption)
+            out.append(self._decode(images, probs, boxes, ids, box_threshold, text_threshold))
+        return out
 
     def _phrase_positions(self, ids: np.ndarray, phrase: str) -> np.ndarray:
         """Token positions of ``phrase`` in the caption ids (its last occurrence)."""
@@ -174,7 +197,7 @@ class GroundingDinoDetector:
         caption). This replaces the separate object forward (``--fuse-object-detection``)."""
         if not images:
             return [], []
-        probs, boxes, ids = self._forward(images, caption)
+        probs, boxes, ids = self._forward(self._pixels(images), caption)
         anomalies = self._decode(images, probs, boxes, ids, box_threshold, text_threshold)
         positions = self._phrase_positions(ids, object_phrase)
         if positions.size == 0:
