@@ -278,3 +278,251 @@ def test_size_filter_off_keeps_big_boxes_and_base_mode_needs_no_profile(tmp_path
     assert len(rec_base["kept"]) == 1 and rec_base["object"]["source"] == "default"
     assert on.metrics is not None and off.metrics is not None and base.metrics is not None
     assert on.metrics.pixel_ap < off.metrics.pixel_ap
+
+
+# --- bad inputs, resuming, conflicts ---------------------------------------------------------------
+
+
+def test_bad_image_and_misfit_mask_are_recorded_and_left_out(dataset_root: Path, tmp_path: Path):
+    bad_image = dataset_root / "alpha" / "test" / "good" / "001.png"
+    bad_image.write_bytes(b"not a png at all")
+    bad_mask = dataset_root / "alpha" / "ground_truth" / "crack" / "002_mask.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad_mask)
+    write_profiles(tmp_path / "out" / "profiles", ["alpha"])
+    result = evaluate_dataset("mvtec", dataset_root, tmp_path / "out", fake_pipeline(), EvalSettings(protocol="full"), categories=["alpha"])
+    alpha = result.categories[0]
+    assert result.failed and alpha.n_test == 6 and alpha.n_done == 4
+    errors = {f.key: f.error for f in alpha.failures}
+    assert set(errors) == {"good/001", "crack/002"}
+    assert str(bad_image) in errors["good/001"]
+    assert str(bad_mask) in errors["crack/002"] and "crack/002.png" in errors["crack/002"]  # names both files
+    assert alpha.metrics is not None and alpha.metrics.n_images == 4
+    records = {r["key"]: r for r in read_jsonl(tmp_path / "out" / "predictions" / "alpha.jsonl")}
+    assert records["good/001"]["status"] == "failed" and records["crack/002"]["status"] == "failed"
+    md = (tmp_path / "out" / "metrics.md").read_text()
+    assert "alpha: 2 test image(s) failed and are left out of the metrics." in md
+    assert "| alpha |" in md
+
+
+def test_rerun_skips_finished_images_and_refuses_other_settings(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha", "beta"])
+    first = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
+    assert [c.n_new for c in first.categories] == [6, 6]
+    second = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
+    assert [c.n_new for c in second.categories] == [0, 0]
+    assert [c.metrics for c in second.categories] == [c.metrics for c in first.categories]
+
+    with pytest.raises(RunConflictError, match="mode: 'iapas' -> 'base'"):
+        evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", mode="base"))
+    with pytest.raises(RunConflictError, match="size_threshold_override"):
+        evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", size_threshold=1.2))
+    # a hand-edited profile changes the caption: refused for that category
+    edited = Profile.from_prompts("beta", OBJECT, ["dent"])
+    edited.save(out / "profiles" / "beta.yaml")
+    with pytest.raises(RunConflictError, match="category beta .*caption"):
+        evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"))
+    # --restart discards the predictions (not the profiles) and runs with the new settings
+    third = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), restart=True, report=False)
+    assert [c.n_new for c in third.categories] == [6, 6]
+    assert third.categories[1].profile.caption == edited.caption and third.categories[1].profile.source == "file"
+
+
+def test_limit_evaluates_a_nested_subset_and_says_so(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    small = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", limit=2), categories=["alpha"], report=False)
+    assert small.categories[0].n_test == 2 and small.categories[0].n_new == 2
+    assert any("at most 2 test images" in n for n in small.notes)
+    bigger = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", limit=4), categories=["alpha"], report=False)
+    assert bigger.categories[0].n_test == 4 and bigger.categories[0].n_new == 2  # the first two were resumed
+
+
+def test_missing_profile_without_stage1_fails_that_category_only(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    result = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
+    alpha, beta = result.categories
+    assert alpha.metrics is not None and beta.metrics is None
+    assert "no profile" in (beta.error or "") and result.failed
+    assert result.mean()["pixel_ap"] == alpha.metrics.pixel_ap
+
+
+def test_stage1_builds_missing_profiles_with_the_offline_backends(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    stage1 = Stage1Options(tagger="manual", tags=[OBJECT], llm="knowledge")
+    result = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), stage1=stage1, report=False)
+    for c in result.categories:
+        assert c.profile.source == "stage1" and c.profile.object_tag == OBJECT
+        saved = Profile.load(out / "profiles" / f"{c.name}.yaml")
+        assert saved.caption == c.profile.caption and saved.caption.endswith(f"abnormal . defect . {OBJECT} .")
+        assert saved.stage1["dataset"]["category"] == c.name
+    again = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), stage1=stage1, report=False)
+    assert [c.profile.source for c in again.categories] == ["file", "file"]
+
+
+# --- kill and resume in a subprocess -----------------------------------------------------------------
+
+
+def _subprocess_main(root: str, out: str, delay: str) -> None:
+    """Entry point of the kill-and-resume test's child process."""
+    result = evaluate_dataset(
+        "mvtec", root, out, fake_pipeline(float(delay)), EvalSettings(protocol="full"), report=False,
+        stage1=Stage1Options(tagger="manual", tags=[OBJECT], llm="knowledge"),
+    )
+    sys.exit(1 if result.failed else 0)
+
+
+def _child(root: Path, out: Path, delay: float) -> subprocess.Popen:
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_evaluation as t; "
+        f"t._subprocess_main({str(root)!r}, {str(out)!r}, {str(delay)!r})"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_killed_run_resumes_without_duplicates_and_gives_the_same_metrics(tmp_path: Path):
+    root = make_mvtec(tmp_path / "data", n_good=4, n_bad=4)
+    reference = evaluate_dataset(
+        "mvtec", root, tmp_path / "reference", fake_pipeline(), EvalSettings(protocol="full"), report=False,
+        stage1=Stage1Options(tagger="manual", tags=[OBJECT], llm="knowledge"),
+    )
+    out = tmp_path / "killed"
+    log = out / "predictions" / "alpha.jsonl"
+    child = _child(root, out, delay=0.05)  # 2 detector calls per image: ~0.1 s per image
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    assert child.poll() is None, "the run finished before it could be killed: " + child.stdout.read().decode()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    done_before = len(read_jsonl(log))
+    assert 3 <= done_before < 8 and not (out / "predictions" / "beta.jsonl").exists()
+    assert not (out / "metrics.json").exists()
+
+    rerun = _child(root, out, delay=0.0)
+    output = rerun.communicate(timeout=60)[0].decode()
+    assert rerun.returncode == 0, output
+    for name in ("alpha", "beta"):
+        keys = [r["key"] for r in read_jsonl(out / "predictions" / f"{name}.jsonl")]
+        assert len(keys) == len(set(keys)) == 8  # every image once
+        assert all(r["status"] == "ok" for r in read_jsonl(out / "predictions" / f"{name}.jsonl"))
+    resumed = json.loads((out / "metrics.json").read_text())
+    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    for name in ("alpha", "beta"):
+        assert resumed["categories"][name]["metrics"] == expected["categories"][name]["metrics"]
+    assert resumed["mean"] == expected["mean"]
+    assert resumed["categories"]["alpha"]["n_new"] == 8 - done_before
+    assert reference.categories[0].metrics is not None
+
+
+def test_a_torn_last_line_is_redone_not_glued_to_the_next(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), categories=["alpha"], report=False)
+    log = out / "predictions" / "alpha.jsonl"
+    text = log.read_text()
+    log.write_text(text[: len(text) - 40])  # a writer killed in the middle of the last line
+    again = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), categories=["alpha"], report=False)
+    assert again.categories[0].n_new == 1 and again.categories[0].n_done == 6
+    keys = [r["key"] for r in read_jsonl(log)]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 6
+
+
+# --- bench ---------------------------------------------------------------------------------------------
+
+
+def make_mtd(root: Path, n_free: int = 6, n_defect: int = 3) -> Path:
+    """A small MTD tree: MT_Free and MT_Crack images (40x48) with masks beside them."""
+    for i in range(n_free):
+        _save(root / "MT_Free" / "Imgs" / f"f{i}.jpg", np.full((40, 48, 3), 60, np.uint8))
+        _save(root / "MT_Free" / "Imgs" / f"f{i}.png", np.zeros((40, 48), np.uint8))
+    for i in range(n_defect):
+        im = np.full((40, 48, 3), 60, np.uint8)
+        im[5 + 3 * i : 15 + 3 * i, 10:20] = 210
+        mask = np.zeros((40, 48), np.uint8)
+        mask[5 + 3 * i : 15 + 3 * i, 10:16] = 255
+        _save(root / "MT_Crack" / "Imgs" / f"c{i}.png", mask)
+        Image.fromarray(im).save(root / "MT_Crack" / "Imgs" / f"c{i}.bmp")
+    return root
+
+
+def test_find_datasets_by_folder_name_and_layout(tmp_path: Path):
+    from iapas.evaluation.bench import find_datasets
+
+    make_mvtec(tmp_path / "mvtec_anomaly_detection", ("alpha",), n_good=1, n_bad=1)
+    make_mtd(tmp_path / "Magnetic-tile-defect", n_free=2, n_defect=1)
+    make_mtd(tmp_path / "tiles-copy", n_free=2, n_defect=1)  # recognised by its layout, but MTD is taken
+    (tmp_path / "notes").mkdir()
+    assert find_datasets(tmp_path) == {"mvtec": tmp_path / "mvtec_anomaly_detection", "mtd": tmp_path / "Magnetic-tile-defect"}
+
+
+def test_bench_runs_datasets_and_ablations_side_by_side(tmp_path: Path):
+    from iapas.evaluation.bench import run_bench
+
+    datasets = tmp_path / "datasets"
+    make_mvtec(datasets / "MVTecAD")
+    make_mtd(datasets / "MTD")
+    out = tmp_path / "bench"
+    stage1 = Stage1Options(tagger="manual", tags=[OBJECT], llm="knowledge")
+    bench = run_bench(
+        datasets, out, fake_pipeline(), EvalSettings(protocol="full"), stage1=stage1,
+        ablations=["prompt", "size-sweep", "wrong-tag"], sizes=[0.5, 0.8], report=False,
+    )
+    names = [v.name for v in bench.variants]
+    assert names == ["default", "prompt-fixed", "size-0.5", "wrong-tag"]  # 0.8 is the default column
+    assert set(bench.results) == {"mvtec", "mtd"} and not bench.errors
+    # variants that keep the profiles share them; the wrong tags have their own
+    assert sorted(p.name for p in (out / "mvtec" / "profiles").iterdir()) == ["alpha.yaml", "beta.yaml"]
+    assert not (out / "mvtec" / "prompt-fixed" / "profiles").exists()
+    wrong = Profile.load(out / "mvtec" / "profiles-wrong-tag" / "alpha.yaml")
+    assert wrong.object_tag == "bottle" and wrong.stage1["object"]["source"] == "given"
+    fixed = bench.results["mvtec"]["prompt-fixed"]
+    assert fixed.categories[0].profile.object_tag == OBJECT
+    assert json.loads((out / "mvtec" / "prompt-fixed" / "run.json").read_text())["categories"]["alpha"]["caption"] == "defect . abnormal ."
+    # with the wrong object tag the defect itself is taken for the object and dropped by the size filter
+    default_ap = bench.results["mvtec"]["default"].mean()["pixel_ap"]
+    assert bench.results["mvtec"]["wrong-tag"].mean()["pixel_ap"] < default_ap
+    md = (out / "bench.md").read_text()
+    assert "| dataset | IAP-AS AP | IAP-AS F1-max | fixed prompt AP |" in md
+    assert "| MVTec AD | " + f"{100 * default_ap:.2f}" in md and "| MTD |" in md
+    rows = (out / "bench.csv").read_text().splitlines()
+    assert rows[0] == "dataset,variant,pixel_ap,pixel_f1_max,categories,failed" and len(rows) == 1 + 2 * 4
+    html = (out / "bench.html").read_text()
+    assert "<table>" in html and "http://" not in html
+
+
+# --- the CLI with tiny real models -------------------------------------------------------------------
+
+
+def test_cli_evaluate_with_tiny_models_writes_tables_and_exits_1_on_a_bad_image(dataset_root: Path, tmp_path: Path, tiny_models: dict[str, Path]):
+    from typer.testing import CliRunner
+
+    from iapas.cli import app
+
+    (dataset_root / "beta" / "test" / "good" / "000.png").write_bytes(b"")  # an empty file
+    out = tmp_path / "run"
+    args = [
+        "evaluate", "--dataset", "mvtec", "--root", str(dataset_root), "--out", str(out), "--protocol", "full",
+        "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]), "--device", "cpu",
+        "--tagger", "manual", "--tags", "widget", "--llm", "knowledge", "--quiet",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    for name in ("metrics.csv", "metrics.json", "metrics.md", "report.html", "run.json", "profiles/alpha.yaml"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["protocol"] == "full" and data["mode"] == "iapas"
+    assert data["categories"]["beta"]["n_failed"] == 1 and data["categories"]["beta"]["n_done"] == 5
+    assert "empty file" in data["categories"]["beta"]["failures"][0]["error"]
+    assert data["models"]["detector"] == str(tiny_models["grounding-dino"])
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("category,pixel_ap,pixel_f1_max,") and [l.split(",")[0] for l in lines[1:]] == ["alpha", "beta", "mean"]
+    # same command again: everything is resumed, nothing recomputed; other settings are refused
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and json.loads((out / "metrics.json").read_text())["categories"]["alpha"]["n_new"] == 0
+    refused = CliRunner().invoke(app, [*args, "--mode", "base"])
+    assert refused.exit_code == 2 and "other settings" in refused.output

@@ -627,6 +627,28 @@ def discard_results(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
+def run_signature(dataset: str, settings: EvalSettings, models: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-wide settings that decide the predictions: dataset, :meth:`EvalSettings.signature`
+    and the models (see :func:`model_names`)."""
+    return {"dataset": dataset, **settings.signature(), **models}
+
+
+def check_existing_run(out_dir: str | Path, signature: Mapping[str, Any]) -> None:
+    """Raise :class:`RunConflictError` when ``out_dir`` holds predictions made with another signature.
+
+    Cheap (reads ``run.json``): a command line can call it before loading any model.
+    """
+    out = Path(out_dir)
+    previous = _read_run(out / RUN_FILE) or {}
+    if previous and _has_predictions(out):
+        changed = _differences(previous.get("signature", {}), dict(signature))
+        if changed:
+            raise RunConflictError(
+                f"{out} holds results made with other settings ({'; '.join(changed)}); use another --out folder, "
+                "or --restart to discard them"
+            )
+
+
 def evaluate_dataset(
     dataset: str | DatasetBase,
     root: str | Path | None,
@@ -673,16 +695,10 @@ def evaluate_dataset(
         discard_results(out)
 
     models = model_names(pipeline)
-    signature = {"dataset": loader.name, **settings.signature(), **models}
+    signature = run_signature(loader.name, settings, models)
     run_file = out / RUN_FILE
+    check_existing_run(out, signature)
     previous = _read_run(run_file) or {}
-    if previous and _has_predictions(out):
-        changed = _differences(previous.get("signature", {}), signature)
-        if changed:
-            raise RunConflictError(
-                f"{out} holds results made with other settings ({'; '.join(changed)}); use another --out folder, "
-                "or --restart to discard them"
-            )
     category_sigs: dict[str, Any] = dict(previous.get("categories", {})) if previous else {}
     created = previous.get("created") if previous else None
     created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")

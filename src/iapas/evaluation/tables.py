@@ -116,7 +116,7 @@ def header_lines(result: DatasetResult) -> list[str]:
         f"Mode: {mode}; {size}.",
         f"Models: detector {models.get('detector')}, segmenter {models.get('segmenter')} "
         f"(box threshold {models.get('box_threshold')}, text threshold {models.get('text_threshold')}, NMS IoU {models.get('nms_iou')}).",
-        f"Reference images per category: {s.n_references} (seed {s.seed}).",
+        f"Reference images requested per category: {s.n_references} (seed {s.seed}); the numbers used are in the profiles table.",
         f"iapas {result.iapas_version}; run started {result.created}.",
     ]
     stage1 = models.get("stage1")
@@ -152,7 +152,7 @@ def metrics_markdown(result: DatasetResult) -> str:
     s = result.settings
     parts = [f"# IAP-AS evaluation: {result.title}, {s.protocol} protocol, mode {s.mode}", ""]
     parts += [f"- {line}" for line in header_lines(result)]
-    parts += ["", "Values in %. " + ("Mean over the categories." if len(result.categories) > 1 else ""), "", markdown_table(result)]
+    parts += ["", "Values in %." + (" Mean over the categories." if len(result.categories) > 1 else ""), "", markdown_table(result)]
     notes = all_notes(result)
     if notes:
         parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]

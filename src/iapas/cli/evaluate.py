@@ -1,0 +1,444 @@
+"""``iapas evaluate`` and ``iapas bench``: the paper's benchmark protocol on dataset folders.
+
+A thin layer over :mod:`iapas.evaluation`: options -> settings, rich progress bars per category,
+a summary table at the end. Exit codes: 0 all evaluated, 1 some image or category failed, 2 bad
+options or a conflicting output folder, 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.models.detector import DEFAULT_DETECTOR
+from iapas.models.segmenter import DEFAULT_SEGMENTER
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cmd)
+    app.command("bench")(bench_cmd)
+
+
+# --- options shared by both commands ----------------------------------------------------------------
+
+ProtocolOpt = typer.Option(
+    "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
+)
+ModeOpt = typer.Option("iapas", "--mode", help="iapas: profile caption + size filter; base: the paper's baseline ('defect . abnormal .', no size filter).")
+SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
+ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
+LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw; reported as such).")
+EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
+DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
+SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
+DtypeOpt = typer.Option("auto", "--dtype", help="float32, float16, bfloat16, or auto.")
+BatchOpt = typer.Option(1, "--batch-size", min=1, help="Images per model forward.")
+BoxThresholdOpt = typer.Option(0.1, "--box-threshold", help="Detector box threshold (the paper's 0.1).")
+TextThresholdOpt = typer.Option(0.1, "--text-threshold", help="Detector text threshold (the paper's 0.1).")
+TaggerOpt = typer.Option("clip", "--tagger", help="Stage 1 tagger: clip, ram (--tagger-model CHECKPOINT) or manual (--tags).")
+TaggerModelOpt = typer.Option(None, "--tagger-model", help="CLIP hub id or folder; for ram, the checkpoint file.")
+TopKOpt = typer.Option(5, "--top-k", min=1, help="CLIP tagger: tags kept per reference image.")
+TagsOpt = typer.Option(None, "--tags", help="Tags by hand for every category, comma separated (implies --tagger manual).")
+ObjectOpt = typer.Option(None, "--object", help="Object tag by hand for every category (skips tagging and the detector vote).")
+LlmOpt = typer.Option("transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible endpoint) or knowledge (offline).")
+LlmModelOpt = typer.Option(None, "--llm-model", help="transformers: hub id or folder (default Meta-Llama-3-8B-Instruct); openai: model name.")
+LlmBaseUrlOpt = typer.Option(None, "--llm-base-url", help="openai: server URL (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL).")
+LlmTimeoutOpt = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request.")
+LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs.")
+KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
+PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
+ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
+RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
+ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
+MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels (decompression-bomb guard).")
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _stage1_options(mode: str, **values: Any) -> Any:
+    """Stage1Options for mode iapas (None for base); a bad combination exits with a message."""
+    from iapas.evaluation import Stage1Options
+    from iapas.prompts.caption import split_word_list
+
+    if mode != "iapas":
+        return None
+    tags, prompts = values.pop("tags"), values.pop("prompts")
+    try:
+        return Stage1Options(
+            tags=split_word_list(tags) if tags else None,
+            nouns=split_word_list(prompts) if prompts is not None else None,
+            **values,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _settings(**values: Any) -> Any:
+    from iapas.evaluation import EvalSettings
+
+    try:
+        return EvalSettings(**values)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _pipeline(detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float) -> Any:
+    from iapas.models.loading import ModelLoadError
+    from iapas.pipeline import Pipeline, PipelineConfig
+
+    try:
+        config = PipelineConfig(
+            detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
+            box_threshold=box_threshold, text_threshold=text_threshold,
+        )
+        with console.status("loading models"):
+            return Pipeline.from_config(config)
+    except (ModelLoadError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _model_names(detector: str, segmenter: str, box_threshold: float, text_threshold: float) -> dict[str, Any]:
+    """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded."""
+    from iapas.models.detector import DETECTOR_CHOICES
+    from iapas.models.segmenter import SEGMENTER_CHOICES
+    from iapas.pipeline import PipelineConfig
+
+    return {
+        "detector": DETECTOR_CHOICES.get(detector, detector),
+        "segmenter": SEGMENTER_CHOICES.get(segmenter, segmenter),
+        "box_threshold": box_threshold,
+        "text_threshold": text_threshold,
+        "nms_iou": PipelineConfig().nms_iou,
+    }
+
+
+class _Bars:
+    """Rich progress bars: one per category (and per stage-1 step while a profile is made)."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, disable=quiet, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.prefix = ""
+
+    def hooks(self) -> Any:
+        from iapas.evaluation import ProgressHooks
+
+        return ProgressHooks(on_category=self.on_category, on_image=self.on_image, on_stage1=self.on_stage1)
+
+    def on_category(self, name: str, total: int) -> None:
+        self.tasks[name] = self.progress.add_task(escape(f"{self.prefix}{name}"), total=total)
+
+    def on_image(self, name: str, key: str, status: str) -> None:
+        if name in self.tasks:
+            self.progress.advance(self.tasks[name])
+
+    def on_stage1(self, name: str, step: str, done: int, total: int) -> None:
+        key = f"{name}:{step}"
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(escape(f"{self.prefix}{name} (stage 1: {step})"), total=total)
+        self.progress.update(self.tasks[key], completed=done)
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def print_summary(result: Any) -> None:
+    """The metrics of every category and the mean, and where the files are."""
+    from rich.table import Table
+
+    s = result.settings
+    table = Table(title=f"{result.title}: {s.protocol} protocol, mode {s.mode}" + (f", limit {s.limit}" if s.limit else ""))
+    for col in ("category", "images", "failed", "pixel AP", "pixel F1-max", "image AUROC", "s/image"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for c in result.categories:
+        m = c.metrics
+        per_image = f"{c.seconds / c.n_new:.3f}" if c.n_new else "-"
+        failed = str(len(c.failures)) + (f" ({c.error})" if c.error else "")
+        table.add_row(
+            escape(c.name), str(c.n_done), escape(failed),
+            _fmt(m.pixel_ap if m else None), _fmt(m.pixel_f1_max if m else None), _fmt(m.image_auroc if m else None), per_image,
+        )
+    mean = result.mean()
+    table.add_row("mean", str(sum(c.n_done for c in result.categories)), str(result.n_failed_images),
+                  _fmt(mean["pixel_ap"]), _fmt(mean["pixel_f1_max"]), _fmt(mean["image_auroc"]), "", style="bold")
+    console.print(table)
+    out = Path(result.out_dir)
+    files = ["metrics.md", "metrics.csv", "metrics.json", "report.html"]
+    console.print("wrote " + ", ".join(str(out / f) for f in files if (out / f).exists()), highlight=False, soft_wrap=True)
+    if result.failed:
+        console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
+
+
+def _run_guarded(fn: Any) -> Any:
+    """Run ``fn``; map the library's errors to one-line messages and exit codes."""
+    from iapas.data import DatasetError
+    from iapas.evaluation import RunConflictError
+    from iapas.models.loading import ModelLoadError
+    from iapas.profile import ProfileError
+    from iapas.prompts.knowledge import KnowledgeError
+    from iapas.prompts.llm import LLMError
+    from iapas.prompts.tagging import TaggerError
+
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished images are saved; run the same command again to resume")
+        raise typer.Exit(130) from None
+    except (RunConflictError, DatasetError, ModelLoadError, TaggerError, LLMError, KnowledgeError, ProfileError) as exc:
+        raise fail(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+# --- iapas evaluate ------------------------------------------------------------------------------------
+
+
+def evaluate_cmd(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm, visa (or folder)."),
+    root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
+    out: Path = typer.Option(..., "--out", "-o", help="Evaluation folder (created; an existing one is resumed)."),
+    categories: list[str] = typer.Option(None, "--categories", "-c", help="Only these categories (comma separated or repeated)."),
+    protocol: str = ProtocolOpt,
+    mode: str = ModeOpt,
+    size_threshold: float = SizeThresholdOpt,
+    size_filter: bool = typer.Option(True, "--size-filter/--no-size-filter", help="Drop boxes larger than the object (ablation: off)."),
+    caption: str = typer.Option(None, "--caption", help="A fixed caption for every category instead of the profiles' (mode iapas, e.g. 'defect . abnormal .')."),
+    references: int = ReferencesOpt,
+    seed: int = SeedOpt,
+    limit: int = LimitOpt,
+    eval_size: int = EvalSizeOpt,
+    profiles: Path = typer.Option(None, "--profiles", help="Folder of <category>.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
+    detector: str = DetectorOpt,
+    segmenter: str = SegmenterOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    batch_size: int = BatchOpt,
+    box_threshold: float = BoxThresholdOpt,
+    text_threshold: float = TextThresholdOpt,
+    tagger: str = TaggerOpt,
+    tagger_model: str = TaggerModelOpt,
+    top_k: int = TopKOpt,
+    tags: str = TagsOpt,
+    object_tag: str = ObjectOpt,
+    llm: str = LlmOpt,
+    llm_model: str = LlmModelOpt,
+    llm_base_url: str = LlmBaseUrlOpt,
+    llm_timeout: float = LlmTimeoutOpt,
+    llm_retries: int = LlmRetriesOpt,
+    knowledge_file: Path = KnowledgeOpt,
+    prompts: str = PromptsOpt,
+    object_in_caption: bool = ObjectInCaptionOpt,
+    restart: bool = RestartOpt,
+    report: bool = ReportOpt,
+    max_pixels: int = MaxPixelsOpt,
+    verbose: bool = VerboseOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Evaluate IAP-AS on a benchmark dataset with the paper's protocol.
+
+    Makes (or reuses) the stage-1 profile of each category in OUT/profiles, segments every test
+    image (resumable: a re-run skips finished images), resizes maps to 400x400 (bicubic) and masks
+    (nearest), normalises each category's maps over its stack, and writes metrics.csv/json/md
+    (pixel AP, pixel F1-max and companions per category and their mean), predictions/<category>.jsonl,
+    maps/ (float32 .npz) and a self-contained report.html.
+
+    Example, offline with tiny models:
+    iapas evaluate --dataset mtd --root data/MTD --out runs/mtd --detector tiny-models/grounding-dino
+    --segmenter tiny-models/sam --tagger-model tiny-models/clip --llm knowledge
+    """
+    setup_logging(verbose, quiet)
+    from iapas.evaluation import evaluate_dataset
+
+    settings = _settings(
+        protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
+        n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
+    )
+    stage1 = _stage1_options(
+        mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
+        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
+    )
+    from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
+
+    try:
+        from iapas.data import DatasetError, canonical_name, get_dataset
+
+        loader = get_dataset(canonical_name(dataset), root)
+        loader.categories()
+        if not restart:  # refuse a conflicting folder before spending time on loading models
+            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, box_threshold, text_threshold)))
+    except (DatasetError, ValueError, RunConflictError) as exc:
+        raise fail(str(exc)) from None
+    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold)
+    bars = _Bars(quiet)
+    with bars:
+        result = _run_guarded(
+            lambda: evaluate_dataset(
+                loader, None, out, pipeline, settings, stage1=stage1, categories=_split(categories) or None,
+                profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(),
+            )
+        )
+    print_summary(result)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+# --- iapas bench ---------------------------------------------------------------------------------------
+
+
+def _parse_categories(values: list[str] | None) -> dict[str, list[str]]:
+    """'mvtec:carpet,grid' (repeatable) -> {'mvtec': ['carpet', 'grid']}."""
+    from iapas.data import canonical_name
+
+    out: dict[str, list[str]] = {}
+    for item in values or []:
+        if ":" not in item:
+            raise fail(f"--categories takes DATASET:cat1,cat2 (e.g. mvtec:carpet,grid), got {item!r}")
+        name, cats = item.split(":", 1)
+        try:
+            key = canonical_name(name)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        out.setdefault(key, []).extend(c.strip() for c in cats.split(",") if c.strip())
+    return out
+
+
+def bench_cmd(
+    root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bench folder: <dataset>/<variant>/ runs and bench.md/csv/json/html."),
+    datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
+    categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; ablations on mvtec: carpet, grid, leather, tile, wood."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep or wrong-tag (repeatable)."),
+    sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
+    protocol: str = ProtocolOpt,
+    mode: str = ModeOpt,
+    size_threshold: float = SizeThresholdOpt,
+    references: int = ReferencesOpt,
+    seed: int = SeedOpt,
+    limit: int = LimitOpt,
+    eval_size: int = EvalSizeOpt,
+    detector: str = DetectorOpt,
+    segmenter: str = SegmenterOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    batch_size: int = BatchOpt,
+    box_threshold: float = BoxThresholdOpt,
+    text_threshold: float = TextThresholdOpt,
+    tagger: str = TaggerOpt,
+    tagger_model: str = TaggerModelOpt,
+    top_k: int = TopKOpt,
+    tags: str = TagsOpt,
+    llm: str = LlmOpt,
+    llm_model: str = LlmModelOpt,
+    llm_base_url: str = LlmBaseUrlOpt,
+    llm_timeout: float = LlmTimeoutOpt,
+    llm_retries: int = LlmRetriesOpt,
+    knowledge_file: Path = KnowledgeOpt,
+    object_in_caption: bool = ObjectInCaptionOpt,
+    restart: bool = RestartOpt,
+    report: bool = ReportOpt,
+    max_pixels: int = MaxPixelsOpt,
+    verbose: bool = VerboseOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Run the benchmark on every dataset found under --root-dir, and the paper's ablations.
+
+    Each dataset (and each ablation variant) is an 'iapas evaluate' run in OUT/<dataset>/<variant>/;
+    stage-1 profiles are shared by the variants that do not change them. Writes OUT/bench.md (one
+    row per dataset: mean pixel AP and F1-max of each variant side by side), bench.csv, bench.json
+    and bench.html.
+
+    Example: iapas bench --root-dir datasets --out runs/bench --datasets mvtec --ablation size-filter --ablation prompt
+    """
+    setup_logging(verbose, quiet)
+    from iapas.evaluation.bench import ABLATIONS, run_bench
+
+    ablations = _split(ablation)
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise fail(f"unknown --ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+    try:
+        size_list = [float(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise fail(f"--sizes must be comma-separated numbers, got {sizes!r}") from None
+    settings = _settings(
+        protocol=protocol, mode=mode, size_threshold=size_threshold, n_references=references, seed=seed,
+        eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
+    )
+    stage1 = _stage1_options(
+        mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
+        object_tag=None, prompts=None, include_object_tag=object_in_caption,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
+    )
+    from iapas.data import canonical_name
+
+    try:
+        wanted = [canonical_name(d) for d in _split(datasets)] or None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    per_dataset = _parse_categories(categories)
+    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold)
+    bars = _Bars(quiet)
+
+    def on_run(name: str, variant: Any) -> None:
+        bars.prefix = f"{name}/{variant.name}: "
+
+    with bars:
+        bench = _run_guarded(
+            lambda: run_bench(
+                root_dir, out, pipeline, settings, stage1=stage1, ablations=ablations, sizes=size_list, datasets=wanted,
+                categories=per_dataset, restart=restart, report=report, progress=bars.hooks(), on_run=on_run,
+            )
+        )
+    _print_bench(bench)
+    if bench.failed:
+        raise typer.Exit(1)
+
+
+def _print_bench(bench: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max (%)")
+    table.add_column("dataset")
+    labels = bench.column_labels()
+    for _, label in labels:
+        table.add_column(escape(label), justify="right")
+    for row in bench.rows():
+        cells = []
+        for name, _ in labels:
+            v = row.get(name)
+            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])}")
+        table.add_row(escape(str(row["dataset"])), *cells)
+    console.print(table)
+    for name, errs in bench.errors.items():
+        for variant, message in errs.items():
+            console.print(f"[bold red]{escape(name)} {escape(variant)}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {bench.out_dir / 'bench.md'}, bench.csv, bench.json, bench.html", highlight=False, soft_wrap=True)

@@ -1,0 +1,387 @@
+"""The benchmark: every dataset found under a folder, and the paper's ablations, side by side.
+
+``run_bench(root_dir, out_dir, pipeline, settings, stage1=..., ablations=[...])`` finds the
+paper's seven datasets under ``root_dir`` (:func:`find_datasets`), evaluates each variant of
+each dataset into ``OUT/<dataset>/<variant>/`` with :func:`~iapas.evaluation.core.evaluate_dataset`
+and writes the paper-style table (one row per dataset: mean pixel AP and F1-max of each variant)
+as ``OUT/bench.{md,csv,json,html}``.
+
+Variants (``default`` is always run, first):
+
+=============  =====================================================================================
+ablation       variants
+=============  =====================================================================================
+references     ``references-1``: stage 1 from 1 reference image instead of 10
+prompt         ``prompt-fixed``: the fixed caption 'defect . abnormal .' instead of the LLM's, with
+               the object tag and the size filter kept (only the prompt changes)
+size-filter    ``size-filter-off``: every box kept
+size-sweep     ``size-0.5`` ... ``size-1.5``: size thresholds (the default column is 0.8)
+wrong-tag      ``wrong-tag``: stage 1 run with each category's object tag replaced by another
+               category's (or an unrelated product's), to see how gracefully it fails
+=============  =====================================================================================
+
+Stage-1 profiles are shared by the variants that do not change them: ``OUT/<dataset>/profiles``
+(default, prompt, size-filter, size-sweep), ``profiles-references-1`` and ``profiles-wrong-tag``.
+On MVTec AD the ablations default to the paper's texture categories (carpet, grid, leather, tile,
+wood) when a download has them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from iapas.data import DatasetError, get_dataset
+from iapas.data.registry import guess_datasets
+from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks, evaluate_dataset
+from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
+from iapas.io import atomic_write_text
+from iapas.pipeline import Pipeline
+from iapas.prompts.caption import BASE_CAPTION
+
+logger = logging.getLogger(__name__)
+
+# The paper's seven datasets, in its order, with the folder names they are downloaded as
+# (compared lowercase, without punctuation).
+DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
+    "mvtec": ("mvtecad", "mvtec", "mvtecanomalydetection"),
+    "mpdd": ("mpdd",),
+    "btad": ("btad", "beantechanomalydetection"),
+    "ksdd1": ("ksdd1", "ksdd", "kolektorsdd", "kolektorsdd1", "kolektor"),
+    "mtd": ("mtd", "magnetictiledefect", "magnetictile", "magnetictilesurfacedefects"),
+    "dtd": ("dtdsynthetic", "dtd"),
+    "dagm": ("dagm2007", "dagm"),
+}
+BENCH_DATASETS: tuple[str, ...] = tuple(DATASET_FOLDERS)
+ABLATIONS: tuple[str, ...] = ("references", "prompt", "size-filter", "size-sweep", "wrong-tag")
+ABLATION_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "grid", "leather", "tile", "wood")}
+SIZE_SWEEP: tuple[float, ...] = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))  # 0.5, 0.6, ..., 1.5
+DEFAULT_SIZE_THRESHOLD = 0.8
+
+BENCH_MD = "bench.md"
+BENCH_CSV = "bench.csv"
+BENCH_JSON = "bench.json"
+BENCH_HTML = "bench.html"
+
+
+def _folder_key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def find_datasets(root_dir: str | Path, names: Sequence[str] = BENCH_DATASETS) -> dict[str, Path]:
+    """The datasets under ``root_dir``: ``{registry name: folder}`` in the paper's order.
+
+    A sub-folder is recognised by its name (``MVTecAD``, ``mvtec_anomaly_detection``,
+    ``KolektorSDD``, ``Magnetic-tile-defect``, ``DTD-Synthetic``, ``DAGM2007``, ...), else by its
+    layout when exactly one of ``names`` matches it. The first folder found for a dataset wins.
+    """
+    root = Path(root_dir).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder (expected a folder holding the datasets)")
+    by_folder = {alias: name for name, aliases in DATASET_FOLDERS.items() for alias in aliases}
+    found: dict[str, Path] = {}
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = by_folder.get(_folder_key(child.name))
+        if name is None:
+            guesses = [g for g in guess_datasets(child) if g in names]
+            name = guesses[0] if len(guesses) == 1 else None
+        if name is not None and name in names and name not in found:
+            found[name] = child
+    return {name: found[name] for name in names if name in found}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the bench: how it differs from the default evaluation."""
+
+    name: str  # folder name
+    label: str  # column label
+    n_references: int | None = None
+    caption: str | None = None
+    size_filter: bool = True
+    size_threshold: float | None = None
+    wrong_tag: bool = False
+
+    def settings(self, base: EvalSettings) -> EvalSettings:
+        return replace(
+            base,
+            n_references=self.n_references if self.n_references is not None else base.n_references,
+            caption=self.caption if self.caption is not None else base.caption,
+            size_filter=self.size_filter and base.size_filter,
+            size_threshold=self.size_threshold if self.size_threshold is not None else base.size_threshold,
+        )
+
+    def profiles_dir_name(self) -> str:
+        if self.wrong_tag:
+            return "profiles-wrong-tag"
+        if self.n_references is not None:
+            return f"profiles-references-{self.n_references}"
+        return "profiles"
+
+
+DEFAULT_VARIANT = Variant("default", "IAP-AS")
+
+
+def ablation_variants(ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP) -> list[Variant]:
+    """The variants of ``ablations`` (see the module docstring), the default first."""
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+    if ablations and base.mode != "iapas":
+        raise ValueError("the ablations vary IAP-AS (profiles, prompt, size filter): use mode 'iapas'")
+    variants = [DEFAULT_VARIANT]
+    default_size = base.size_threshold if base.size_threshold is not None else DEFAULT_SIZE_THRESHOLD
+    for ablation in dict.fromkeys(ablations):
+        if ablation == "references":
+            one = 1 if base.n_references != 1 else 10
+            variants.append(Variant(f"references-{one}", f"{one} reference{'s' if one > 1 else ''}", n_references=one))
+        elif ablation == "prompt":
+            variants.append(Variant("prompt-fixed", "fixed prompt", caption=BASE_CAPTION))
+        elif ablation == "size-filter":
+            variants.append(Variant("size-filter-off", "no size filter", size_filter=False))
+        elif ablation == "size-sweep":
+            for t in sizes:
+                if not t > 0:
+                    raise ValueError(f"size thresholds must be > 0, got {t}")
+                if math.isclose(t, default_size):
+                    continue  # the default column
+                variants.append(Variant(f"size-{t:g}", f"size {t:g}", size_threshold=float(t)))
+        elif ablation == "wrong-tag":
+            variants.append(Variant("wrong-tag", "wrong object tag", wrong_tag=True))
+    return variants
+
+
+@dataclass
+class BenchResult:
+    """The bench table's data: per dataset and variant, the evaluation (or the error)."""
+
+    out_dir: Path
+    variants: list[Variant]
+    datasets: dict[str, Path]
+    results: dict[str, dict[str, DatasetResult]] = field(default_factory=dict)
+    errors: dict[str, dict[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(r.failed for runs in self.results.values() for r in runs.values())
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.datasets:
+            runs = self.results.get(name, {})
+            title = next((r.title for r in runs.values()), name)
+            row: dict[str, Any] = {"dataset": title, "name": name}
+            for v in self.variants:
+                r = runs.get(v.name)
+                if r is None:
+                    row[v.name] = None
+                    continue
+                mean = r.mean()
+                row[v.name] = {
+                    "pixel_ap": mean["pixel_ap"],
+                    "pixel_f1_max": mean["pixel_f1_max"],
+                    "categories": len([c for c in r.categories if c.metrics is not None]),
+                    "failed": r.failed,
+                }
+            rows.append(row)
+        return rows
+
+    def column_labels(self) -> list[tuple[str, str]]:
+        return [(v.name, v.label) for v in self.variants]
+
+
+def _wrong_tag_profiles(
+    loader: Any,
+    categories: Sequence[str],
+    settings: EvalSettings,
+    true_dir: Path,
+    wrong_dir: Path,
+    stage1: Stage1Options,
+    models: Stage1Models,
+) -> dict[str, str]:
+    """Make the wrong-tag profiles (stage 1 with another category's object tag); returns the tags used."""
+    true_tags: dict[str, str] = {}
+    loaded = {}
+    for name in categories:
+        category = loader.load(name, protocol=settings.protocol, n_references=settings.n_references, seed=settings.seed)
+        loaded[name] = category
+        path = profile_path(true_dir, name)
+        if not path.exists():
+            continue  # the default run could not make it; that category fails there too
+        profile = get_profile(category, true_dir, stage1, models=models)
+        assert profile is not None
+        true_tags[name] = profile.object_tag
+    wrong = wrong_object_tags(true_tags)
+    for name, tag in wrong.items():
+        if not profile_path(wrong_dir, name).exists():
+            get_profile(loaded[name], wrong_dir, replace(stage1, object_tag=tag), models=models)
+    return wrong
+
+
+def run_bench(
+    root_dir: str | Path,
+    out_dir: str | Path,
+    pipeline: Pipeline,
+    settings: EvalSettings | None = None,
+    *,
+    stage1: Stage1Options | None = None,
+    ablations: Sequence[str] = (),
+    sizes: Sequence[float] = SIZE_SWEEP,
+    datasets: Sequence[str] | None = None,
+    categories: Mapping[str, Sequence[str]] | None = None,
+    restart: bool = False,
+    report: bool = True,
+    progress: ProgressHooks | None = None,
+    on_run: Callable[[str, Variant], None] | None = None,
+) -> BenchResult:
+    """Evaluate every dataset found under ``root_dir`` (or the named ``datasets``) and each
+    ablation variant; write the bench table. ``categories`` maps a dataset to the categories to
+    evaluate (default: all; with ablations on MVTec AD, the paper's textures when present).
+    """
+    settings = settings or EvalSettings()
+    variants = ablation_variants(ablations, settings, sizes)
+    if any(v.wrong_tag for v in variants) and stage1 is None:
+        raise ValueError("the wrong-tag ablation runs stage 1 with wrong object tags: it needs stage-1 options")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found = find_datasets(root_dir)
+    if datasets:
+        unknown = [d for d in datasets if d not in DATASET_FOLDERS]
+        if unknown:
+            raise ValueError(f"unknown dataset {', '.join(unknown)}; the bench knows {', '.join(BENCH_DATASETS)}")
+        missing = [d for d in datasets if d not in found]
+        if missing:
+            raise DatasetError(f"{root_dir}: no folder found for {', '.join(missing)} (found: {', '.join(found) or 'none'})")
+        found = {d: found[d] for d in datasets}
+    if not found:
+        raise DatasetError(
+            f"{root_dir}: no dataset folder found; expected sub-folders such as MVTecAD, MPDD, BTAD, KolektorSDD, "
+            "Magnetic-tile-defect, DTD-Synthetic, DAGM2007"
+        )
+    bench = BenchResult(out, variants, found)
+    models = Stage1Models(stage1, pipeline.detector) if stage1 is not None else None
+    for name, folder in found.items():
+        ds_out = out / name
+        try:
+            loader = get_dataset(name, folder)
+            available = loader.categories()
+        except DatasetError as exc:
+            logger.error("%s", exc)
+            bench.errors.setdefault(name, {})["*"] = str(exc)
+            continue
+        wanted = list((categories or {}).get(name, ()))
+        if not wanted and len(variants) > 1 and name in ABLATION_CATEGORIES:
+            wanted = [c for c in ABLATION_CATEGORIES[name] if c in available]
+            if wanted:
+                bench.notes.append(f"{loader.title}: ablations on the paper's categories {', '.join(wanted)}.")
+            else:
+                bench.notes.append(
+                    f"{loader.title}: none of the paper's ablation categories ({', '.join(ABLATION_CATEGORIES[name])}) "
+                    f"is in {folder}; the ablations use every category found ({', '.join(available)})."
+                )
+        unknown = [c for c in wanted if c not in available]
+        if unknown:
+            raise DatasetError(f"{folder}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
+        chosen = wanted or None
+        for variant in variants:
+            if on_run:
+                on_run(name, variant)
+            v_settings = variant.settings(settings)
+            profiles_dir = ds_out / variant.profiles_dir_name()
+            notes = [] if variant is DEFAULT_VARIANT else [f"Bench variant '{variant.name}': {variant.label}."]
+            if variant.n_references is not None:
+                notes.append(
+                    "Where a dataset has no normal training images the references come from the normal test images "
+                    "and are excluded from the test set, so this variant's test set differs from the default's by them."
+                )
+            try:
+                if variant.wrong_tag:
+                    assert stage1 is not None and models is not None
+                    wrong = _wrong_tag_profiles(
+                        loader, chosen or available, settings, ds_out / DEFAULT_VARIANT.profiles_dir_name(), profiles_dir, stage1, models
+                    )
+                    notes.append("Wrong object tags used: " + ", ".join(f"{c} -> {t}" for c, t in wrong.items()) + ".")
+                result = evaluate_dataset(
+                    loader,
+                    None,
+                    ds_out / variant.name,
+                    pipeline,
+                    v_settings,
+                    stage1=stage1,
+                    stage1_models=models,
+                    categories=chosen,
+                    profiles_dir=profiles_dir,
+                    restart=restart,
+                    report=report,
+                    progress=progress,
+                    extra_notes=notes,
+                )
+            except DatasetError as exc:
+                logger.error("%s %s: %s", name, variant.name, exc)
+                bench.errors.setdefault(name, {})[variant.name] = str(exc)
+                continue
+            bench.results.setdefault(name, {})[variant.name] = result
+    write_bench(bench)
+    return bench
+
+
+def write_bench(bench: BenchResult) -> dict[str, Path]:
+    """Write bench.md, bench.csv, bench.json and bench.html into the bench folder."""
+    from iapas.evaluation.tables import bench_csv, bench_markdown
+    from iapas.report import write_bench_report
+
+    out = bench.out_dir
+    rows = bench.rows()
+    labels = bench.column_labels()
+    first = next((r for runs in bench.results.values() for r in runs.values()), None)
+    notes = list(bench.notes)
+    if first is not None:
+        notes.insert(0, first.protocol_sentence())
+        s = first.settings
+        notes.insert(1, f"Mode {s.mode}; models: detector {first.models.get('detector')}, segmenter {first.models.get('segmenter')}; iapas {first.iapas_version}.")
+        if s.limit is not None:
+            notes.append(f"Quick check: at most {s.limit} test images per category; not full-benchmark numbers.")
+    for name, errs in bench.errors.items():
+        for variant, message in errs.items():
+            notes.append(f"{name} {'' if variant == '*' else variant + ' '}not evaluated: {message}")
+    for name, runs in bench.results.items():
+        for variant, r in runs.items():
+            if r.failed:
+                notes.append(f"{name} {variant}: some images or categories failed (see its report).")
+    markdown = bench_markdown(rows, labels, "IAP-AS benchmark", notes)
+    paths = {"md": out / BENCH_MD, "csv": out / BENCH_CSV, "json": out / BENCH_JSON, "html": out / BENCH_HTML}
+    atomic_write_text(paths["md"], markdown)
+    atomic_write_text(paths["csv"], bench_csv(rows, labels))
+    data = {
+        "variants": [{"name": v.name, "label": v.label} for v in bench.variants],
+        "datasets": {k: str(v) for k, v in bench.datasets.items()},
+        "rows": rows,
+        "errors": bench.errors,
+        "notes": notes,
+    }
+    atomic_write_text(paths["json"], json.dumps(_finite(data), indent=2) + "\n")
+    links = {
+        f"{name} / {variant}": f"{name}/{variant}/report.html"
+        for name, runs in bench.results.items()
+        for variant in runs
+        if (out / name / variant / "report.html").exists()
+    }
+    write_bench_report(paths["html"], "IAP-AS benchmark", markdown, links)
+    return paths
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
