@@ -119,7 +119,7 @@ def make_mvtec(root: Path, categories: Sequence[str] = ("alpha", "beta"), n_good
         for i in range(n_bad):
             im = np.full((h, w, 3), 60, np.uint8)
             y0, x0 = 10 + 2 * i, 12 + 3 * i
-            im[y0 : y0 + 8, x0 : x0 + 10] = 200 + 15 * i
+            im[y0 : y0 + 8, x0 : x0 + 10] = 200 + 10 * i
             mask = np.zeros((h, w), np.uint8)
             mask[y0 : y0 + 8, x0 : x0 + 6] = 255  # the true defect is narrower than the box
             _save(base / "test" / "crack" / f"{i:03d}.png", im)

@@ -175,10 +175,13 @@ def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) 
     }
 
 
-def _boxes_text(records: Sequence[Mapping[str, Any]]) -> str:
+def _boxes_text(records: Sequence[Mapping[str, Any]], limit: int = 8) -> str:
+    """'phrase score, ...' of at most ``limit`` boxes (highest scores first), HTML-escaped."""
     if not records:
         return "none"
-    return ", ".join(f"{_esc(r.get('phrase', ''))} {float(r.get('score', 0.0)):.2f}" for r in records)
+    ranked = sorted(records, key=lambda r: -float(r.get("score", 0.0)))
+    text = ", ".join(f"{_esc(r.get('phrase', ''))} {float(r.get('score', 0.0)):.2f}" for r in ranked[:limit])
+    return text + (f" and {len(ranked) - limit} more" if len(ranked) > limit else "")
 
 
 def _gallery_item(out_dir: Path, record: Mapping[str, Any], lo: float, hi: float, size: int) -> str:
