@@ -61,6 +61,9 @@ PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for eve
 ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
 RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
 ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
+FuseOpt = typer.Option(
+    False, "--fuse-object-detection", help="Take the object box from the caption's forward (one detector forward; not the paper's method)."
+)
 MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels (decompression-bomb guard).")
 
 
@@ -95,14 +98,16 @@ def _settings(**values: Any) -> Any:
         raise fail(str(exc)) from None
 
 
-def _pipeline(detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float) -> Any:
+def _pipeline(
+    detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float, fuse: bool
+) -> Any:
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
 
     try:
         config = PipelineConfig(
             detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
-            box_threshold=box_threshold, text_threshold=text_threshold,
+            box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse,
         )
         with console.status("loading models"):
             return Pipeline.from_config(config)
@@ -110,7 +115,7 @@ def _pipeline(detector: str, segmenter: str, device: str, dtype: str, mode: str,
         raise fail(str(exc)) from None
 
 
-def _model_names(detector: str, segmenter: str, box_threshold: float, text_threshold: float) -> dict[str, Any]:
+def _model_names(detector: str, segmenter: str, box_threshold: float, text_threshold: float, fuse: bool) -> dict[str, Any]:
     """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded."""
     from iapas.models.detector import DETECTOR_CHOICES
     from iapas.models.segmenter import SEGMENTER_CHOICES
@@ -122,6 +127,7 @@ def _model_names(detector: str, segmenter: str, box_threshold: float, text_thres
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,
+        "fuse_object_detection": fuse,
     }
 
 
@@ -241,6 +247,7 @@ def evaluate_cmd(
     batch_size: int = BatchOpt,
     box_threshold: float = BoxThresholdOpt,
     text_threshold: float = TextThresholdOpt,
+    fuse_object_detection: bool = FuseOpt,
     tagger: str = TaggerOpt,
     tagger_model: str = TaggerModelOpt,
     top_k: int = TopKOpt,
@@ -293,10 +300,10 @@ def evaluate_cmd(
         loader = get_dataset(canonical_name(dataset), root)
         loader.categories()
         if not restart:  # refuse a conflicting folder before spending time on loading models
-            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, box_threshold, text_threshold)))
+            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, box_threshold, text_threshold, fuse_object_detection)))
     except (DatasetError, ValueError, RunConflictError) as exc:
         raise fail(str(exc)) from None
-    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold)
+    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
     bars = _Bars(quiet)
     with bars:
         result = _run_guarded(
@@ -351,6 +358,7 @@ def bench_cmd(
     batch_size: int = BatchOpt,
     box_threshold: float = BoxThresholdOpt,
     text_threshold: float = TextThresholdOpt,
+    fuse_object_detection: bool = FuseOpt,
     tagger: str = TaggerOpt,
     tagger_model: str = TaggerModelOpt,
     top_k: int = TopKOpt,
@@ -405,7 +413,7 @@ def bench_cmd(
     except ValueError as exc:
         raise fail(str(exc)) from None
     per_dataset = _parse_categories(categories)
-    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold)
+    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
     bars = _Bars(quiet)
 
     def on_run(name: str, variant: Any) -> None:

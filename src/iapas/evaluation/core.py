@@ -320,6 +320,7 @@ def effective_size_threshold(settings: EvalSettings, profile: Profile | None) ->
 
 
 def model_names(pipeline: Pipeline) -> dict[str, Any]:
+    """The models and detector settings of ``pipeline`` (part of the run signature)."""
     cfg = pipeline.config
     return {
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
@@ -327,6 +328,7 @@ def model_names(pipeline: Pipeline) -> dict[str, Any]:
         "box_threshold": cfg.box_threshold,
         "text_threshold": cfg.text_threshold,
         "nms_iou": cfg.nms_iou,
+        "fuse_object_detection": bool(getattr(cfg, "fuse_object_detection", False)),
     }
 
 

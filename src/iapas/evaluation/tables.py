@@ -115,7 +115,8 @@ def header_lines(result: DatasetResult) -> list[str]:
         f"Protocol: {result.protocol_sentence()}",
         f"Mode: {mode}; {size}.",
         f"Models: detector {models.get('detector')}, segmenter {models.get('segmenter')} "
-        f"(box threshold {models.get('box_threshold')}, text threshold {models.get('text_threshold')}, NMS IoU {models.get('nms_iou')}).",
+        f"(box threshold {models.get('box_threshold')}, text threshold {models.get('text_threshold')}, NMS IoU {models.get('nms_iou')})"
+        + ("; object box taken from the caption's forward (not the paper's method)." if models.get("fuse_object_detection") else "."),
         f"Reference images requested per category: {s.n_references} (seed {s.seed}); the numbers used are in the profiles table.",
         f"iapas {result.iapas_version}; run started {result.created}.",
     ]
