@@ -130,3 +130,45 @@ def test_segment_refuses_mixing_runs_and_bad_profiles(tmp_path: Path, tiny_model
     res = runner.invoke(app, ["segment", str(tmp_path / "in"), "--profile", str(profile_file), "--out", str(tmp_path / "o3"),
                               "--detector", str(tmp_path / "no-such-model"), "--device", "cpu"])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_resume_only_reuses_the_same_file_and_settings(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    rng = np.random.default_rng(7)
+    for run in ("A", "B"):
+        (tmp_path / run).mkdir()
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / run / "000.png")
+    out = tmp_path / "out"
+
+    def run(folder: str, *extra: str) -> list[dict]:
+        res = runner.invoke(app, segment_args(tiny_models, str(tmp_path / folder), "--profile", str(profile_file), "--out", str(out), *extra))
+        assert res.exit_code == 0, res.output
+        return read_results(out)
+
+    first = run("A")
+    assert first[0]["image"] == str(tmp_path / "A" / "000.png")
+    second = run("B")  # same key '000', another file: segmented, not taken from A
+    assert [r["image"] for r in second] == [str(tmp_path / "B" / "000.png")]
+    third = run("B", "--threshold", "0.9", "--no-overlay")  # new mask threshold: redone
+    assert third[0]["threshold"] == 0.9
+    fourth = run("B", "--threshold", "0.9")  # overlays asked for again: redone, overlay written
+    assert "overlay" in fourth[0]["outputs"] and (out / fourth[0]["outputs"]["overlay"]).exists()
+
+
+def test_output_folder_inside_the_input_folder_is_not_segmented(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07")  # macOS companion file: hidden, skipped
+    args = segment_args(tiny_models, str(tmp_path), "--profile", str(profile_file), "--out", str(tmp_path / "results"))
+    for _ in range(2):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    assert [r["key"] for r in read_results(tmp_path / "results")] == ["a"]
+
+
+def test_caption_too_long_for_the_detector_fails_once_clearly(tmp_path: Path, tiny_models: dict[str, Path]):
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    long = tmp_path / "long.yaml"
+    nouns = ", ".join(f"defect{i}" for i in range(20))
+    assert runner.invoke(app, ["profile", "-c", "x", "--object", "part", "--prompts", nouns, "--out", str(long)]).exit_code == 0
+    res = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "a.png"), "--profile", str(long), "--out", str(tmp_path / "o")))
+    assert res.exit_code == 2, res.output
+    assert "tokens long" in res.output and "reads at most 32" in res.output

@@ -33,6 +33,13 @@ def test_16bit_maps_full_range_linearly(tmp_path: Path):
     np.testing.assert_array_equal(img.rgb[0, :, 0], [0, 1, 255, 4] * 2)  # 1000/257 = 3.89 -> 4
 
 
+def test_12bit_data_in_16bit_files_uses_the_12bit_range(tmp_path: Path):
+    values = np.array([[0, 4095, 2048, 16] * 2] * 8, np.uint16)
+    Image.fromarray(values).save(tmp_path / "d12.png")
+    # 4095 -> 255, 2048 -> 127.5 -> 128, 16 -> 1.0
+    np.testing.assert_array_equal(read_image(tmp_path / "d12.png").rgb[0, :4, 0], [0, 255, 128, 1])
+
+
 def test_rgba_composites_on_black_and_palette_expands(tmp_path: Path):
     rgba = np.zeros((8, 8, 4), np.uint8)
     rgba[..., 0] = 200

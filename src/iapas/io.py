@@ -40,23 +40,32 @@ class LoadedImage:
         return int(self.rgb.shape[1])
 
 
+def high_bit_depth_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Integer data of 8 to 16 bits per pixel to uint8, linearly over the smallest of 8, 10, 12,
+    14 or 16 bits that holds the maximum (so 12-bit camera data is not left nearly black)."""
+    arr = np.asarray(values, dtype=np.float64)
+    top = float(arr.max(initial=0.0))
+    bits = next((b for b in (8, 10, 12, 14) if top < 2**b), 16)
+    return np.clip(arr * (255.0 / (2**bits - 1)), 0, 255).round().astype(np.uint8)
+
+
 def to_rgb8(image: "Image.Image") -> np.ndarray:  # noqa: F821 - PIL imported lazily
     """Any PIL image to ``(H, W, 3)`` uint8 RGB.
 
-    16-bit and 32-bit integer images are mapped linearly from [0, 65535] to [0, 255]; float
-    images from [0, 1] (or [0, 255] when their maximum is above 1). Alpha is composited on black,
-    palettes and CMYK are converted by PIL.
+    16-bit and 32-bit integer images are mapped linearly from [0, 2^b - 1] to [0, 255], where b
+    is the smallest of 8, 10, 12, 14 and 16 bits that holds the image's maximum (cameras store
+    10/12-bit data in 16-bit files); float images from [0, 1] (or [0, 255] when their maximum is
+    above 1). Alpha is composited on black, palettes and CMYK are converted by PIL.
     """
     from PIL import Image
 
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        arr = np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
+        arr = high_bit_depth_to_uint8(np.asarray(image))
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(image, dtype=np.float64)
-        arr = np.nan_to_num(arr)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
         scale = 255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0
         arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
@@ -114,27 +123,45 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     return LoadedImage(path=path, rgb=np.ascontiguousarray(rgb), mode=mode)
 
 
-def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, skipping hidden files and folders (such as
+    macOS ``._name.png`` companions)."""
+    return sorted(
+        q for q in folder.rglob("*")
+        if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(q, folder)
+    )
+
+
+def find_images(inputs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
     """Expand files, folders (recursively) and glob patterns into image paths.
 
     Returns ``(paths, problems)``: problems are messages for inputs that matched nothing.
     Files named explicitly are kept whatever their suffix (so a bad one gets a clear error later).
+    Anything under ``exclude`` (e.g. the run's own output folder) is left out.
     """
     import glob
 
     paths: list[Path] = []
     problems: list[str] = []
+    excluded = os.path.abspath(exclude) if exclude is not None else None
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            found = _images_in(p)
             if not found:
                 problems.append(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
             paths.extend(found)
         elif p.exists() or p.is_symlink():
             paths.append(p)
         elif any(ch in item for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(item), recursive=True) if Path(q).is_file())
+            found = []
+            for match in sorted(glob.glob(os.path.expanduser(item), recursive=True)):
+                q = Path(match)
+                found.extend(_images_in(q) if q.is_dir() else [q] if q.is_file() else [])
             if not found:
                 problems.append(f"{item}: pattern matched no files")
             paths.extend(found)
@@ -142,6 +169,9 @@ def find_images(inputs: list[str]) -> tuple[list[Path], list[str]]:
             problems.append(f"{p}: file not found")
     unique: dict[str, Path] = {}
     for q in paths:
+        absolute = os.path.abspath(q)
+        if excluded is not None and (absolute == excluded or absolute.startswith(excluded + os.sep)):
+            continue
         unique.setdefault(str(q.resolve()), q)
     return list(unique.values()), problems
 

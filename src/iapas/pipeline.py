@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from iapas.io import read_image, to_rgb8
+from iapas.io import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -70,7 +70,7 @@ def as_rgb(image: ImageInput) -> np.ndarray:
         if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
             raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got shape {image.shape}")
         if arr.dtype == np.uint16:
-            arr = (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+            arr = high_bit_depth_to_uint8(arr)
         elif arr.dtype != np.uint8:
             raise ValueError(f"expected a uint8 or uint16 array, got {arr.dtype}")
         if arr.shape[2] == 1:
@@ -95,6 +95,7 @@ class Pipeline:
         self.segmenter = segmenter
         self.config = config or PipelineConfig()
         self._warned_unfused = False
+        self._checked: set[tuple[str, str | None]] = set()
 
     @classmethod
     def from_config(cls, config: PipelineConfig | None = None, **overrides: Any) -> Pipeline:
@@ -114,6 +115,17 @@ class Pipeline:
             raise ValueError("mode 'iapas' needs a profile (object tag and caption); use mode 'base' without one")
         return profile.caption
 
+    def check(self, profile: Profile | None) -> None:
+        """Fail early (ValueError) for a profile this pipeline cannot run: no profile in iapas mode,
+        a caption longer than the detector's text window, or fusion the detector cannot do."""
+        caption = self.caption_for(profile)
+        check = getattr(self.detector, "check_caption", None)
+        if check is not None:
+            check(caption)
+        if self.config.mode == "iapas" and self.config.fuse_object_detection:
+            if not hasattr(self.detector, "detect_with_object"):
+                raise ValueError(f"detector {getattr(self.detector, 'name', '?')} cannot fuse object detection")
+
     def __call__(self, image: ImageInput, profile: Profile | None = None) -> SegmentationResult:
         return self.run([image], profile)[0]
 
@@ -124,6 +136,10 @@ class Pipeline:
         if not rgbs:
             return []
         caption = self.caption_for(profile)
+        checked = (caption, profile.object_tag if profile else None)
+        if checked not in self._checked:
+            self.check(profile)
+            self._checked.add(checked)
         n = len(rgbs)
         timings: dict[str, float] = {}
 
@@ -192,10 +208,8 @@ class Pipeline:
         return results
 
     def _can_fuse(self, caption: str, object_tag: str) -> bool:
-        if not self.config.fuse_object_detection:
+        if not self.config.fuse_object_detection or not hasattr(self.detector, "detect_with_object"):
             return False
-        if not hasattr(self.detector, "detect_with_object"):
-            raise ValueError(f"detector {getattr(self.detector, 'name', '?')} cannot fuse object detection")
         if object_tag.strip().lower() not in caption_phrases(caption):
             if not self._warned_unfused:
                 logger.warning(

@@ -1,8 +1,10 @@
 """Running stage 2 over many files: batching, prefetching, outputs, resumable results.jsonl.
 
-``results.jsonl`` is append-only during a run, one line per finished image, flushed and synced
-before the next image; re-running the same command skips images already done. At the end of a
-run that was not interrupted, the file is rewritten (atomically) with exactly one line per image.
+``results.jsonl`` is append-only during a run: one line per finished image, flushed and synced
+as soon as that image's files are in place (a background thread writes them while the models
+work on the next batch). Re-running the same command skips images already done: same file (path,
+size, modification time), same mask threshold, and the outputs asked for still on disk. At the
+end of a run that was not interrupted, the file is rewritten (atomically) with one line per key.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class ResultsLog:
         """Rewrite with one line per key (the latest), in ``order`` when given."""
         records = self.read()
         keys = [k for k in order if k in records] if order is not None else []
-        keys += [k for k in records if k not in set(keys)]
+        seen = set(keys)
+        keys += [k for k in records if k not in seen]
         text = "".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in keys)
         atomic_write_text(self.path, text)
 
@@ -79,12 +82,12 @@ class ResultsLog:
 def assign_keys(paths: Sequence[Path]) -> list[str]:
     """A unique output name per input: its path relative to the inputs' common folder, without
     suffix (``crack/000``); inputs that would collide keep their suffix (``000.jpg``)."""
-    resolved = [p.resolve() for p in paths]
-    if not resolved:
+    absolute = [Path(os.path.abspath(p)) for p in paths]  # not resolve(): keep symlinks' own names
+    if not absolute:
         return []
-    parents = [str(p.parent) for p in resolved]
-    common = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else resolved[0].parent
-    rel = [p.relative_to(common) for p in resolved]
+    parents = [str(p.parent) for p in absolute]
+    common = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else absolute[0].parent
+    rel = [p.relative_to(common) for p in absolute]
     keys = [r.with_suffix("").as_posix() for r in rel]
     counts: dict[str, int] = {}
     for k in keys:
@@ -165,6 +168,7 @@ def run_segmentation(
 
     ``on_image(key, status)`` is called after each image ('ok', 'failed' or 'skipped').
     """
+    pipeline.check(profile)  # a caption the detector cannot read fails here, once, not per image
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ResultsLog(out_dir / RESULTS_FILE)
     signature = run_signature(pipeline, profile)
@@ -203,7 +207,7 @@ def run_segmentation(
     todo: list[tuple[Path, str]] = []
     for p, key in zip(paths, keys):
         rec = previous_records.get(key)
-        if rec and rec.get("status") == "ok" and all((out_dir / f).exists() for f in rec.get("outputs", {}).values()):
+        if rec and is_done(rec, p, out_dir, threshold, overlay):
             summary.skipped += 1
             summary.scores.append((key, float(rec.get("image_score", 0.0))))
             if on_image:
@@ -226,7 +230,7 @@ def run_segmentation(
         logger.error("%s", message)
 
         def job() -> None:
-            log.append({"key": key, "image": str(path), "status": "failed", "error": message})
+            log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
             summary.failed.append((str(path), message))
             if on_image:
                 on_image(key, "failed")
@@ -240,12 +244,12 @@ def run_segmentation(
         except OSError as exc:  # e.g. disk full: this image failed, the run goes on
             message = f"{path}: cannot write outputs: {exc}"
             logger.error("%s", message)
-            log.append({"key": key, "image": str(path), "status": "failed", "error": message})
+            log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
             summary.failed.append((str(path), message))
             if on_image:
                 on_image(key, "failed")
             return
-        log.append(result_record(key, image, result, outputs))
+        log.append(result_record(key, image, result, outputs, threshold))
         summary.done += 1
         summary.scores.append((key, result.image_score))
         if on_image:
@@ -290,12 +294,37 @@ def run_segmentation(
     return summary
 
 
-def result_record(key: str, image: LoadedImage, result: SegmentationResult, outputs: dict[str, str]) -> dict[str, Any]:
+def source_stamp(path: Path) -> dict[str, Any]:
+    """What identifies an input file across runs: absolute path, size, modification time."""
+    try:
+        st = path.stat()
+        return {"image": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"image": os.path.abspath(path)}
+
+
+def is_done(record: dict[str, Any], path: Path, out_dir: Path, threshold: float, overlay: bool) -> bool:
+    """Whether a previous record can stand for ``path`` in this run."""
+    if record.get("status") != "ok" or record.get("threshold") != threshold:
+        return False
+    stamp = source_stamp(path)
+    if any(record.get(k) != v for k, v in stamp.items()):
+        return False  # another file under the same key, or the file changed since
+    outputs = record.get("outputs", {})
+    if overlay and "overlay" not in outputs:
+        return False
+    return all((out_dir / f).exists() for f in outputs.values())
+
+
+def result_record(
+    key: str, image: LoadedImage, result: SegmentationResult, outputs: dict[str, str], threshold: float
+) -> dict[str, Any]:
     """The JSON line of one finished image."""
     return {
         "key": key,
-        "image": str(image.path),
+        **source_stamp(image.path),
         "status": "ok",
+        "threshold": threshold,
         "width": image.width,
         "height": image.height,
         "mode": image.mode,

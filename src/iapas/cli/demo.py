@@ -44,7 +44,7 @@ def demo_cmd(
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Run the whole pipeline once on generated tile images: profile, then segment.
+    """Run stage 2 once on generated tile images, with a hand-made 'tile' profile.
 
     Without --detector/--segmenter it builds tiny RANDOM models (no download), so the maps are
     noise: the demo shows that the installation works and what the outputs look like. Pass real
@@ -66,7 +66,13 @@ def demo_cmd(
             segmenter = segmenter or str(make_tiny_sam(out / "models" / "sam"))
     profile = Profile.from_prompts("tile", "tile", ["scratch", "crack", "spot"], stage1={"source": "demo"})
     profile.save(out / "tile.yaml")
-    pipeline = Pipeline.from_config(PipelineConfig(detector=detector, segmenter=segmenter, device=device))
+    from iapas.cli.common import fail
+    from iapas.models.loading import ModelLoadError
+
+    try:
+        pipeline = Pipeline.from_config(PipelineConfig(detector=detector, segmenter=segmenter, device=device))
+    except (ModelLoadError, ValueError) as exc:
+        raise fail(str(exc)) from None
     summary = run_segmentation(paths, pipeline, profile, out / "results", restart=True)
     print_summary(summary, out / "results", 0)
     console.print(f"profile: {out / 'tile.yaml'}; overlays: {out / 'results' / 'overlays'}")

@@ -71,11 +71,17 @@ def segment_cmd(
             raise fail(str(exc)) from None
     elif mode == "iapas":
         raise fail("--profile is required in iapas mode (make one with 'iapas profile'), or use --mode base")
+    if mode == "base":
+        ignored = [name for name, used in (("--profile", profile_path is not None), ("--size-threshold", size_threshold is not None),
+                                           ("--fuse-object-detection", fuse_object_detection)) if used]
+        if ignored:
+            console.print(f"note: --mode base uses the fixed caption and no size filter; ignoring {', '.join(ignored)}")
+        profile, size_threshold, fuse_object_detection = None, None, False
     from PIL import Image
 
     # PIL refuses images over twice its own limit before we can look: let ours be the one that counts
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-    paths, problems = find_images(images)
+    paths, problems = find_images(images, exclude=out)
     for problem in problems:
         print_error(problem)
     if not paths:
@@ -111,7 +117,7 @@ def segment_cmd(
                 threshold=threshold, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
                 on_image=lambda key, status: progress.advance(task),
             )
-        except (RunConflictError, OSError) as exc:
+        except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
     print_summary(summary, out, len(problems))
     failed = len(summary.failed) + len(problems)

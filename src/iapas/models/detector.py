@@ -68,6 +68,20 @@ class GroundingDinoDetector:
             caption += " ."
         return caption
 
+    @property
+    def max_text_tokens(self) -> int:
+        """How many text tokens (with [CLS] and [SEP]) the model reads: 256 for the hub models."""
+        return int(getattr(self.model.config, "max_text_len", 256))
+
+    def check_caption(self, caption: str) -> None:
+        """Raise ValueError if the caption does not fit the model's text window."""
+        n = len(self.processor.tokenizer(self.normalize_caption(caption))["input_ids"])
+        if n > self.max_text_tokens:
+            raise ValueError(
+                f"caption {caption!r} is {n} tokens long but {self.name} reads at most {self.max_text_tokens}: "
+                "remove phrases from the profile's caption"
+            )
+
     def _text_inputs(self, caption: str) -> dict[str, Any]:
         cached = self._text_cache.get(caption)
         if cached is None:

@@ -48,8 +48,12 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 
 def looks_like_local_path(name: str) -> bool:
-    """True for what cannot be a hub id ('org/name' or 'name'), so must be a folder."""
-    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+    """True for what cannot be a hub id ('org/name' or 'name'), or names a folder inside an
+    existing local folder (a mistyped 'models/gdino'), so must be a local path."""
+    if name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name:
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
 
 
 def load_pretrained(
