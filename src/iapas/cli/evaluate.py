@@ -181,7 +181,7 @@ def print_summary(result: Any) -> None:
     s = result.settings
     table = Table(title=f"{result.title}: {s.protocol} protocol, mode {s.mode}" + (f", limit {s.limit}" if s.limit else ""))
     for col in ("category", "images", "failed", "pixel AP", "pixel F1-max", "image AUROC", "s/image"):
-        table.add_column(col, justify="left" if col == "category" else "right")
+        table.add_column(col, justify="left" if col == "category" else "right", overflow="fold")
     for c in result.categories:
         m = c.metrics
         per_image = f"{c.seconds / c.n_new:.3f}" if c.n_new else "-"
@@ -239,7 +239,7 @@ def evaluate_cmd(
     seed: int = SeedOpt,
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
-    profiles: Path = typer.Option(None, "--profiles", help="Folder of <category>.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
+    profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
     device: str = DeviceOpt,
@@ -272,7 +272,7 @@ def evaluate_cmd(
     Makes (or reuses) the stage-1 profile of each category in OUT/profiles, segments every test
     image (resumable: a re-run skips finished images), resizes maps to 400x400 (bicubic) and masks
     (nearest), normalises each category's maps over its stack, and writes metrics.csv/json/md
-    (pixel AP, pixel F1-max and companions per category and their mean), predictions/<category>.jsonl,
+    (pixel AP, pixel F1-max and companions per category and their mean), predictions/CATEGORY.jsonl,
     maps/ (float32 .npz) and a self-contained report.html.
 
     Example, offline with tiny models:
@@ -339,7 +339,7 @@ def _parse_categories(values: list[str] | None) -> dict[str, list[str]]:
 
 def bench_cmd(
     root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Bench folder: <dataset>/<variant>/ runs and bench.md/csv/json/html."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; ablations on mvtec: carpet, grid, leather, tile, wood."),
     ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep or wrong-tag (repeatable)."),
@@ -378,7 +378,7 @@ def bench_cmd(
 ) -> None:
     """Run the benchmark on every dataset found under --root-dir, and the paper's ablations.
 
-    Each dataset (and each ablation variant) is an 'iapas evaluate' run in OUT/<dataset>/<variant>/;
+    Each dataset (and each ablation variant) is an 'iapas evaluate' run in OUT/DATASET/VARIANT/;
     stage-1 profiles are shared by the variants that do not change them. Writes OUT/bench.md (one
     row per dataset: mean pixel AP and F1-max of each variant side by side), bench.csv, bench.json
     and bench.html.

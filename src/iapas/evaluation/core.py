@@ -176,7 +176,8 @@ class CategoryResult:
     score_range: tuple[float, float] | None = None  # (min, max) of the raw stack: the normalisation
     pr: dict[str, list[float]] | None = None  # thresholds, precision, recall on normalised maps
     n_references: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # segmenting the images of this run (not resumed ones, not the metrics)
+    metrics_seconds: float = 0.0
     predictions: str = ""  # path relative to the evaluation folder
     keys: list[str] = field(default_factory=list)  # the evaluated images' keys, in test order
 
@@ -199,6 +200,7 @@ class CategoryResult:
             "failures": [asdict(f) for f in self.failures],
             "predictions": self.predictions,
             "seconds": round(self.seconds, 3),
+            "metrics_seconds": round(self.metrics_seconds, 3),
             "n_new": self.n_new,
         }
         return _json_safe(data)
@@ -584,12 +586,14 @@ def evaluate_category(
     if missing:  # cannot happen unless the log was edited while running
         raise RuntimeError(f"{log.path}: no result for {len(missing)} image(s), e.g. {missing[0]}")
     result.n_done = len(ok)
+    result.seconds = time.perf_counter() - started
+    started = time.perf_counter()
     if ok:
         metrics, score_range, curve = metrics_from_predictions(out, ok)
         result.metrics, result.score_range, result.pr = metrics, score_range, curve
     else:
         result.error = "no test image could be evaluated"
-    result.seconds = time.perf_counter() - started
+    result.metrics_seconds = time.perf_counter() - started
     return result
 
 
