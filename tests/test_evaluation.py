@@ -526,3 +526,19 @@ def test_cli_evaluate_with_tiny_models_writes_tables_and_exits_1_on_a_bad_image(
     assert again.exit_code == 1 and json.loads((out / "metrics.json").read_text())["categories"]["alpha"]["n_new"] == 0
     refused = CliRunner().invoke(app, [*args, "--mode", "base"])
     assert refused.exit_code == 2 and "other settings" in refused.output
+
+
+def test_a_caption_the_detector_cannot_read_fails_its_category_once(dataset_root: Path, tmp_path: Path):
+    class ShortWindowDetector(BlobDetector):
+        def check_caption(self, caption: str) -> None:
+            if len(caption.split(" . ")) > 5:  # alpha: 4 phrases, beta: 6
+                raise ValueError(f"caption {caption!r} is too long for {self.name}")
+
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    Profile.from_prompts("beta", OBJECT, ["scratch", "dent", "hole"]).save(out / "profiles" / "beta.yaml")
+    pipe = Pipeline(ShortWindowDetector(), BoxSegmenter(), PipelineConfig())
+    result = evaluate_dataset("mvtec", dataset_root, out, pipe, EvalSettings(protocol="full"), report=False)
+    alpha, beta = result.categories
+    assert alpha.metrics is not None and beta.metrics is None and result.failed
+    assert "too long" in (beta.error or "") and not (out / "predictions" / "beta.jsonl").exists()

@@ -499,6 +499,9 @@ def evaluate_category(
     used = stage2_profile(profile, settings)
     if settings.mode == "iapas" and used is None:
         raise ValueError(f"category {category.name}: mode 'iapas' needs a profile (object tag and caption)")
+    check = getattr(stage2, "check", None)
+    if check is not None:  # e.g. a caption longer than the detector's text window: fail once, here
+        check(used)
     started = time.perf_counter()
     keys = sample_keys(category)
     samples = limit_samples(category.test, settings.limit, settings.seed)
@@ -749,6 +752,14 @@ def evaluate_dataset(
             prepared.append(CategoryResult(name=name, error=f"profile: {exc}", notes=list(category.notes), n_references=len(category.references)))
             continue
         record = ProfileRecord.of(profile, path if profile is not None else None, "none" if profile is None else ("file" if existed else "stage1"))
+        check = getattr(stage2_pipeline(pipeline, settings), "check", None)
+        try:
+            if check is not None:
+                check(stage2_profile(profile, settings))
+        except ValueError as exc:
+            logger.error("%s: %s", name, exc)
+            prepared.append(CategoryResult(name=name, error=str(exc), profile=record, notes=list(category.notes), n_references=len(category.references)))
+            continue
         sig = category_signature(pipeline, profile, settings)
         old = category_sigs.get(name)
         if old is not None and old != sig and _has_predictions(out, name):
