@@ -542,3 +542,16 @@ def test_a_caption_the_detector_cannot_read_fails_its_category_once(dataset_root
     alpha, beta = result.categories
     assert alpha.metrics is not None and beta.metrics is None and result.failed
     assert "too long" in (beta.error or "") and not (out / "predictions" / "beta.jsonl").exists()
+
+
+def test_a_changed_image_file_is_segmented_again(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    settings = EvalSettings(protocol="full")
+    evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), settings, categories=["alpha"], report=False)
+    image = dataset_root / "alpha" / "test" / "good" / "000.png"
+    _save(image, np.full((48, 40, 3), 90, np.uint8))  # replaced: no decoy spot any more
+    again = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), settings, categories=["alpha"], report=False)
+    assert again.categories[0].n_new == 1
+    record = {r["key"]: r for r in read_jsonl(out / "predictions" / "alpha.jsonl")}["good/000"]
+    assert record["kept"] == [] and record["file"]["size"] == image.stat().st_size

@@ -10,10 +10,11 @@ Layout of an evaluation folder ``OUT``::
 
 Resuming: each finished image is one line of ``predictions/<category>.jsonl`` (flushed and
 fsynced, written after its ``.npz``, which is written atomically), so a killed run loses at most
-the images in flight; running the same command again skips every image whose line says ``ok``
-and whose map file exists, retries failed ones, and refuses (:class:`RunConflictError`) when the
-settings that decide the predictions (mode, caption, object tag, size threshold, models,
-protocol, references, resolution) differ from the stored ones.
+the images in flight. Running the same command again skips every image whose line says ``ok``
+for the same file (path, size and modification time) and whose map file exists, redoes the
+others, and refuses (:class:`RunConflictError`) when the settings that decide the predictions
+(mode, caption, object tag, size threshold, models, protocol, references, resolution) differ
+from the stored ones.
 
 Maps are stored as float32 in compressed ``.npz`` files: lossless, so ties and the exact AP are
 those of the computed maps (float16 or 16-bit PNG quantisation would create ties and move AP).
@@ -384,8 +385,22 @@ def _repair_tail(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def _is_done(record: Mapping[str, Any] | None, out_dir: Path) -> bool:
-    return bool(record) and record.get("status") == "ok" and (out_dir / str(record.get("map", ""))).is_file()  # type: ignore[union-attr]
+def file_stamp(path: Path) -> dict[str, int] | None:
+    """Size and modification time of a file (None when it cannot be read)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _is_done(record: Mapping[str, Any] | None, out_dir: Path, sample: Sample) -> bool:
+    """Whether ``record`` is a finished prediction of this very file (same path, size and mtime)."""
+    if not record or record.get("status") != "ok":
+        return False
+    if record.get("image") != str(sample.path) or record.get("file") != file_stamp(sample.path):
+        return False
+    return (out_dir / str(record.get("map", ""))).is_file()
 
 
 def prediction_record(
@@ -395,6 +410,7 @@ def prediction_record(
     return {
         "key": key,
         "image": str(sample.path),
+        "file": file_stamp(sample.path),
         "mask": str(sample.mask_path) if sample.mask_path is not None else None,
         "label": int(sample.label),
         "defect_type": sample.defect_type,
@@ -523,7 +539,7 @@ def evaluate_category(
     previous = log.read()
     todo: list[Sample] = []
     for s in samples:
-        if _is_done(previous.get(keys[s.path]), out):
+        if _is_done(previous.get(keys[s.path]), out, s):
             if on_image:
                 on_image(keys[s.path], "skipped")
         else:
