@@ -8,7 +8,6 @@ Most tests use a generated MVTec-layout dataset and a fake pipeline whose maps a
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
