@@ -175,3 +175,12 @@ def test_model_load_errors_say_what_to_do(tmp_path: Path, tiny_models: dict[str,
         SamSegmenter.from_pretrained(str(tmp_path), device="cpu")
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set.*local-dir"):
         SamSegmenter.from_pretrained("facebook/sam-vit-nonexistent", device="cpu")
+
+
+def test_size_filter_off_keeps_every_box():
+    image = np.zeros((100, 100, 3), np.uint8)
+    big = Detections(np.array([[0, 0, 100, 100], [0, 0, 10, 10]], np.float32), np.array([0.6, 0.2]), ("defect", "scratch"))
+    pipe, det, _ = make(big, obj=None, size_filter=False)
+    r = pipe(image, PROFILE)
+    assert len(r.kept) == 2 and len(r.dropped) == 0
+    assert r.anomaly_map[5, 5] == pytest.approx(0.8) and r.anomaly_map[50, 50] == pytest.approx(0.6)

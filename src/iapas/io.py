@@ -176,6 +176,15 @@ def find_images(inputs: list[str], exclude: Path | None = None) -> tuple[list[Pa
     return list(unique.values()), problems
 
 
+def file_stamp(path: str | Path) -> dict[str, int] | None:
+    """Size and modification time of a file, to notice a changed input (None if unreadable)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed over ``path``."""

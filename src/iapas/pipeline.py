@@ -44,6 +44,7 @@ class PipelineConfig:
     text_threshold: float = 0.1
     nms_iou: float = 0.5
     size_threshold: float | None = None  # None: the profile's (0.8 by default)
+    size_filter: bool = True  # False: keep every box (the paper's size-filter ablation); base mode never filters
     # Take the object box from the caption's forward (the caption ends with the object tag)
     # instead of a second detector forward. Not the paper's method: see the README.
     fuse_object_detection: bool = False
@@ -174,7 +175,7 @@ class Pipeline:
         dropped: list[Detections] = []
         ratio = cfg.size_threshold if cfg.size_threshold is not None else (profile.size_threshold if profile else 0.8)
         for rgb, d, (_, _, obj_size, _) in zip(rgbs, dets, object_info):
-            if cfg.mode == "iapas":
+            if cfg.mode == "iapas" and cfg.size_filter:
                 k, dr = size_filter(d, rgb.shape[1], rgb.shape[0], obj_size, ratio)
             else:
                 k, dr = d, Detections.empty()

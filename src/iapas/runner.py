@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_write_text, read_image
+from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_write_text, file_stamp, read_image
 from iapas.outputs import MAP_SCALE, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
@@ -40,6 +40,20 @@ class ResultsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._tail_checked = False
+
+    def _repair_tail(self) -> None:
+        """End the file with a newline, so that a line torn by a killed writer is not glued to
+        the next record (which would then be lost as well)."""
+        self._tail_checked = True
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def read(self) -> dict[str, dict[str, Any]]:
         """The last record per key; a torn last line (a killed writer) is ignored."""
@@ -63,6 +77,8 @@ class ResultsLog:
 
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._tail_checked:
+            self._repair_tail()
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line)
@@ -121,13 +137,14 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "box_threshold": cfg.box_threshold,
         "text_threshold": cfg.text_threshold,
         "nms_iou": cfg.nms_iou,
+        "size_filter": cfg.size_filter,
         "fuse_object_detection": cfg.fuse_object_detection,
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
     }
 
 
-def _prefetch(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:
+def prefetch_images(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:
     """Decode images in a background thread, ``ahead`` files in front of the consumer."""
 
     def load(p: Path) -> LoadedImage | ImageReadError:
@@ -273,7 +290,7 @@ def run_segmentation(
 
     try:
         try:
-            for path, loaded in _prefetch([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
+            for path, loaded in prefetch_images([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
                 if isinstance(loaded, ImageReadError):
                     record_failure(path, key_of[path], str(loaded))
                     continue
@@ -296,11 +313,7 @@ def run_segmentation(
 
 def source_stamp(path: Path) -> dict[str, Any]:
     """What identifies an input file across runs: absolute path, size, modification time."""
-    try:
-        st = path.stat()
-        return {"image": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    except OSError:
-        return {"image": os.path.abspath(path)}
+    return {"image": os.path.abspath(path), **(file_stamp(path) or {})}
 
 
 def is_done(record: dict[str, Any], path: Path, out_dir: Path, threshold: float, overlay: bool) -> bool:

@@ -44,7 +44,8 @@ from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_pat
 from iapas.metrics import CategoryMetrics, category_metrics
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
-from iapas.runner import ResultsLog, RunConflictError, _prefetch, assign_keys
+from iapas.io import file_stamp
+from iapas.runner import ResultsLog, RunConflictError, assign_keys, prefetch_images
 from iapas.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -296,13 +297,12 @@ def _json_safe(value: Any) -> Any:
 
 def stage2_pipeline(pipeline: Pipeline, settings: EvalSettings) -> Pipeline:
     """``pipeline``'s models with the mode and size threshold of ``settings``."""
-    if settings.mode == "base":
-        size = None
-    elif not settings.size_filter:
-        size = math.inf  # area < inf * object size: every box is kept
-    else:
-        size = settings.size_threshold
-    config = replace(pipeline.config, mode=settings.mode, size_threshold=size)
+    config = replace(
+        pipeline.config,
+        mode=settings.mode,
+        size_threshold=None if settings.mode == "base" else settings.size_threshold,
+        size_filter=settings.size_filter,
+    )
     return Pipeline(pipeline.detector, pipeline.segmenter, config)
 
 
@@ -371,27 +371,6 @@ def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(map, mask)`` of a stored prediction."""
     with np.load(path) as data:
         return np.asarray(data["map"], dtype=np.float32), np.asarray(data["mask"], dtype=bool)
-
-
-def _repair_tail(path: Path) -> None:
-    """End the log with a newline, so a line torn by a killed writer is not glued to the next one."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) != b"\n":
-            fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def file_stamp(path: Path) -> dict[str, int] | None:
-    """Size and modification time of a file (None when it cannot be read)."""
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return None
-    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 def _is_done(record: Mapping[str, Any] | None, out_dir: Path, sample: Sample) -> bool:
@@ -535,7 +514,6 @@ def evaluate_category(
 
     log = ResultsLog(predictions_path(out, category.name))
     log.path.parent.mkdir(parents=True, exist_ok=True)
-    _repair_tail(log.path)
     previous = log.read()
     todo: list[Sample] = []
     for s in samples:
@@ -576,7 +554,7 @@ def evaluate_category(
             if on_image:
                 on_image(key, "ok")
 
-    for path, loaded in _prefetch([s.path for s in todo], settings.max_pixels, ahead=max(2, 2 * settings.batch_size)):
+    for path, loaded in prefetch_images([s.path for s in todo], settings.max_pixels, ahead=max(2, 2 * settings.batch_size)):
         sample = by_path[path]
         if isinstance(loaded, ImageReadError):
             fail(sample, str(loaded))
