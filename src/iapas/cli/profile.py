@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.prompts.resources import LLMS, TAGGERS, Stage1Models, Stage1Options
 
 logger = logging.getLogger(__name__)
-
-TAGGERS = ("clip", "ram", "manual")
-LLMS = ("transformers", "openai", "knowledge")
 
 
 def register(app: typer.Typer) -> None:
@@ -104,23 +103,31 @@ def profile_cmd(
         raise fail("--tagger manual needs --tags 'tag, tag'")
     if llm not in LLMS:
         raise fail(f"unknown --llm {llm!r}; choose one of {', '.join(LLMS)}")
-    opts = _Options(
-        seed=seed, references=references, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags,
-        object_tag=object_tag, detector=detector, llm=llm, llm_model=llm_model, llm_base_url=llm_base_url,
-        llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file, prompts=prompts,
-        device=device, dtype=dtype, size_threshold=size_threshold, object_in_caption=object_in_caption,
-        force=force, quiet=quiet,
-    )
+    from iapas.prompts.caption import split_word_list
+
+    try:
+        opts = Stage1Options(
+            tagger=tagger, tagger_model=tagger_model, top_k=top_k,
+            tags=split_word_list(tags) if tagger == "manual" else None,
+            llm=llm, llm_model=llm_model, llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries,
+            knowledge_file=knowledge_file, object_tag=object_tag,
+            nouns=split_word_list(prompts) if prompts is not None else None,
+            include_object_tag=object_in_caption, size_threshold=size_threshold, seed=seed, device=device, dtype=dtype,
+            detector=detector,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    run = _Run(references=references, force=force, quiet=quiet)
     if dataset is not None:
         if reference:
             raise fail("give either --dataset/--root or --reference, not both")
-        _dataset_mode(dataset, root, categories or [], out, opts)
+        _dataset_mode(dataset, root, categories or [], out, opts, run)
         return
     if not category:
         raise fail("give --category NAME (or --dataset NAME --root DIR for every category of a dataset)")
     if not reference:
         if object_tag and prompts is not None:
-            _hand_mode(category, out, opts)
+            _hand_mode(category, out, opts, run)
             return
         raise fail(
             "give --reference DIR (normal images of the product) to run stage 1, or --object TAG and "
@@ -138,8 +145,8 @@ def profile_cmd(
         chosen = select_references(paths, references, seed)
     except Stage1Error as exc:
         raise fail(str(exc)) from None
-    models = _Models(opts)
-    status = _make_one(category, chosen, out, opts, models)
+    models = _models(opts)
+    status = _make_one(category, chosen, out, opts, run, models)
     if status == "conflict":
         raise typer.Exit(2)
 
@@ -149,29 +156,34 @@ def _say(message: str) -> None:
     console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-class _Options:
-    """The command's options, passed around as one object."""
+@dataclass(frozen=True)
+class _Run:
+    """What the command does besides stage 1: how many references to draw, overwrite, quiet."""
 
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)
-
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - typo guard
-        raise AttributeError(name)
+    references: int
+    force: bool
+    quiet: bool
 
 
-def _hand_mode(category: str, out: Path, opts: _Options) -> None:
+def _models(opts: Stage1Options) -> Stage1Models:
+    """The stage-1 models, shared across categories, with a spinner while each one loads."""
+    return Stage1Models(opts, loading=lambda what: console.status(f"loading the {what}"))
+
+
+def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None:
     """The profile from --object and --prompts alone: no model is loaded."""
     from iapas import __version__
     from iapas.profile import Profile, ProfileError
-    from iapas.prompts.caption import split_word_list
     from iapas.prompts.stage1 import input_hash
 
+    nouns = opts.nouns or []
+    prompts = ",".join(nouns)  # the --prompts text as typed, as Stage1Models.settings records it
     settings = {
-        "mode": "manual", "object": opts.object_tag, "prompts": opts.prompts, "size_threshold": opts.size_threshold,
-        "include_object_tag": opts.object_in_caption,
+        "mode": "manual", "object": opts.object_tag, "prompts": prompts, "size_threshold": opts.size_threshold,
+        "include_object_tag": opts.include_object_tag,
     }
     digest = input_hash(category, [], settings)
-    decision = _keep_existing(out, digest, opts.force)
+    decision = _keep_existing(out, digest, run.force)
     if decision == "cached":
         return
     if decision == "conflict":
@@ -180,10 +192,10 @@ def _hand_mode(category: str, out: Path, opts: _Options) -> None:
         profile = Profile.from_prompts(
             category,
             opts.object_tag,
-            split_word_list(opts.prompts),
-            include_object_tag=opts.object_in_caption,
+            nouns,
+            include_object_tag=opts.include_object_tag,
             size_threshold=opts.size_threshold,
-            stage1={"source": "manual", "prompts": opts.prompts, "input_hash": digest, "iapas_version": __version__},
+            stage1={"source": "manual", "prompts": prompts, "input_hash": digest, "iapas_version": __version__},
         )
         profile.save(out)
     except (ProfileError, OSError) as exc:
@@ -213,107 +225,13 @@ def _keep_existing(out: Path, digest: str, force: bool) -> str:
     return "conflict"
 
 
-class _Models:
-    """The models a run needs, each loaded on first use and shared across categories."""
-
-    def __init__(self, opts: _Options) -> None:
-        self.opts = opts
-        self._cache: dict[str, Any] = {}
-
-    def settings(self) -> dict[str, Any]:
-        """What decides the result (for the cache key); resolves the openai settings."""
-        o = self.opts
-        s: dict[str, Any] = {
-            "seed": o.seed, "references": o.references, "size_threshold": o.size_threshold,
-            "include_object_tag": o.object_in_caption, "object": o.object_tag, "detector": self.detector_id(),
-        }
-        if not o.object_tag:
-            s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(), "top_k": o.top_k, "tags": o.tags})
-        if o.prompts is not None:
-            s["prompts"] = o.prompts
-        else:
-            s["llm"] = o.llm
-            if o.llm == "transformers":
-                s["llm_model"] = self.llm_id()
-            elif o.llm == "openai":
-                from iapas.prompts.llm import resolve_openai_settings
-
-                model, base_url, _ = resolve_openai_settings(o.llm_model, o.llm_base_url)
-                s.update({"llm_model": model, "llm_base_url": base_url})
-        if o.knowledge_file is not None:
-            s["knowledge"] = Path(o.knowledge_file).read_text(encoding="utf-8")
-        return s
-
-    def tagger_id(self) -> str | None:
-        from iapas.prompts.tagging import DEFAULT_CLIP
-
-        o = self.opts
-        if o.tagger == "clip":
-            return o.tagger_model or DEFAULT_CLIP
-        if o.tagger == "ram":
-            return o.tagger_model
-        return None
-
-    def detector_id(self) -> str:
-        from iapas.models.detector import DEFAULT_DETECTOR, DETECTOR_CHOICES
-
-        name = self.opts.detector or DEFAULT_DETECTOR
-        return DETECTOR_CHOICES.get(name, name)
-
-    def llm_id(self) -> str:
-        from iapas.prompts.llm import DEFAULT_LLM
-
-        return self.opts.llm_model or DEFAULT_LLM
-
-    def _get(self, key: str, build: Any) -> Any:
-        if key not in self._cache:
-            with console.status(f"loading the {key}"):
-                self._cache[key] = build()
-        return self._cache[key]
-
-    def tagger(self) -> Any:
-        from iapas.prompts.caption import split_word_list
-        from iapas.prompts.tagging import ClipTagger, ManualTagger, RamTagger
-
-        o = self.opts
-        if o.tagger == "manual":
-            return self._get("tagger", lambda: ManualTagger(split_word_list(o.tags)))
-        if o.tagger == "ram":
-            return self._get("tagger", lambda: RamTagger.from_checkpoint(o.tagger_model, device=o.device))
-        return self._get("tagger", lambda: ClipTagger.from_pretrained(self.tagger_id(), device=o.device, dtype=o.dtype, top_k=o.top_k))
-
-    def detector(self) -> Any:
-        from iapas.models.detector import GroundingDinoDetector
-
-        return self._get("detector", lambda: GroundingDinoDetector.from_pretrained(self.detector_id(), self.opts.device, self.opts.dtype))
-
-    def llm(self) -> Any:
-        o = self.opts
-        if o.prompts is not None or o.llm == "knowledge":
-            return None
-        if o.llm == "openai":
-            from iapas.prompts.llm import OpenAILLM
-
-            return self._get(
-                "LLM client",
-                lambda: OpenAILLM(o.llm_model, base_url=o.llm_base_url, timeout=o.llm_timeout, max_retries=o.llm_retries),
-            )
-        from iapas.prompts.llm import TransformersLLM
-
-        return self._get("LLM", lambda: TransformersLLM.from_pretrained(self.llm_id(), device=o.device, dtype=o.dtype))
-
-    def knowledge(self) -> Any:
-        from iapas.prompts.knowledge import Knowledge
-
-        return self._get("knowledge vocabulary", lambda: Knowledge.load(self.opts.knowledge_file))
-
-
-def _make_one(category: str, chosen: list[Path], out: Path, opts: _Options, models: _Models, extra: dict[str, Any] | None = None) -> str:
+def _make_one(
+    category: str, chosen: list[Path], out: Path, opts: Stage1Options, run: _Run, models: Stage1Models, extra: dict[str, Any] | None = None
+) -> str:
     """Make (or keep) one category's profile; returns 'written', 'cached' or 'conflict'."""
     from iapas.io import ImageReadError
     from iapas.models.loading import ModelLoadError
     from iapas.profile import ProfileError
-    from iapas.prompts.caption import split_word_list
     from iapas.prompts.knowledge import KnowledgeError
     from iapas.prompts.llm import LLMError
     from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash
@@ -321,10 +239,10 @@ def _make_one(category: str, chosen: list[Path], out: Path, opts: _Options, mode
 
     errors = (ModelLoadError, TaggerError, LLMError, KnowledgeError, Stage1Error, ImageReadError, ProfileError, OSError, ValueError)
     try:
-        digest = input_hash(category, chosen, models.settings())
+        digest = input_hash(category, chosen, models.settings(run.references))
     except errors as exc:
         raise fail(str(exc)) from None
-    decision = _keep_existing(out, digest, opts.force)
+    decision = _keep_existing(out, digest, run.force)
     if decision != "write":
         return decision
     try:
@@ -332,7 +250,7 @@ def _make_one(category: str, chosen: list[Path], out: Path, opts: _Options, mode
         detector = models.detector()
         tagger = None if opts.object_tag else models.tagger()
         llm = models.llm()
-        with _progress(opts.quiet, category) as on_progress:
+        with _progress(run.quiet, category) as on_progress:
             profile = build_profile(
                 category,
                 chosen,
@@ -342,8 +260,8 @@ def _make_one(category: str, chosen: list[Path], out: Path, opts: _Options, mode
                 knowledge=knowledge,
                 seed=opts.seed,
                 object_tag=opts.object_tag,
-                nouns=split_word_list(opts.prompts) if opts.prompts is not None else None,
-                include_object_tag=opts.object_in_caption,
+                nouns=opts.nouns,
+                include_object_tag=opts.include_object_tag,
                 size_threshold=opts.size_threshold,
                 input_digest=digest,
                 progress=on_progress,
@@ -391,7 +309,7 @@ class _progress:
         self.progress.__exit__(*exc)
 
 
-def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path, opts: _Options) -> None:
+def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path, opts: Stage1Options, run: _Run) -> None:
     if root is None:
         raise fail("--dataset needs --root DIR, the dataset's folder")
     try:
@@ -411,11 +329,11 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
         raise fail(f"{name} at {root} has no categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; it has {', '.join(available)}")
     if out.suffix.lower() in (".yaml", ".yml", ".json"):
         raise fail(f"with --dataset, --out is a folder for <category>.yaml files, not a file ({out})")
-    models = _Models(opts)
+    models = _models(opts)
     statuses: dict[str, str] = {}
     for cat in wanted:
         try:
-            category = ds.load(cat, n_references=opts.references, seed=opts.seed)
+            category = ds.load(cat, n_references=run.references, seed=opts.seed)
         except (DatasetError, ValueError, OSError) as exc:
             raise fail(str(exc)) from None
         if not category.references:
@@ -423,7 +341,7 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
         for note in category.notes:
             logger.info("%s: %s", cat, note)
         extra = {"dataset": {"name": name, "root": str(root), "category": cat, "notes": list(category.notes)}}
-        statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, models, extra)
+        statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, run, models, extra)
     conflicts = [c for c, s in statuses.items() if s == "conflict"]
     written = [c for c, s in statuses.items() if s == "written"]
     _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}")

@@ -16,125 +16,17 @@ from typing import Any
 
 from iapas.data import Category
 from iapas.profile import Profile
+# Stage1Options and Stage1Models live in iapas.prompts.resources (iapas profile uses them too);
+# iapas.evaluation re-exports them from here.
+from iapas.prompts.resources import Stage1Models, Stage1Options
 
 logger = logging.getLogger(__name__)
-
-TAGGERS = ("clip", "ram", "manual")
-LLMS = ("transformers", "openai", "knowledge")
 
 # Object tags for the wrong-tag ablation when a dataset has one category (or every other
 # category has the same tag): unrelated products, tried in this order.
 FALLBACK_WRONG_TAGS: tuple[str, ...] = ("bottle", "carpet", "screw", "leather", "cable", "wood")
 
 ProgressCallback = Callable[[str, int, int], None]
-
-
-@dataclass
-class Stage1Options:
-    """How stage 1 makes a missing profile (the options of ``iapas profile``).
-
-    ``object_tag`` skips tagging and the detector vote (the wrong-tag ablation sets it);
-    ``nouns`` skips the LLM. ``llm='knowledge'`` answers from the offline vocabulary.
-    """
-
-    tagger: str = "clip"
-    tagger_model: str | None = None
-    top_k: int = 5
-    tags: list[str] | None = None
-    llm: str = "transformers"
-    llm_model: str | None = None
-    llm_base_url: str | None = None
-    llm_timeout: float = 60.0
-    llm_retries: int = 2
-    knowledge_file: Path | None = None
-    object_tag: str | None = None
-    nouns: list[str] | None = None
-    include_object_tag: bool = True
-    size_threshold: float = 0.8
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.tags is not None and self.tagger == "clip":
-            self.tagger = "manual"
-        if self.tagger not in TAGGERS:
-            raise ValueError(f"unknown tagger {self.tagger!r}; choose one of {', '.join(TAGGERS)}")
-        if self.tagger == "manual" and not self.tags:
-            raise ValueError("the manual tagger needs tags (e.g. --tags 'leather, fabric')")
-        if self.llm not in LLMS:
-            raise ValueError(f"unknown LLM backend {self.llm!r}; choose one of {', '.join(LLMS)}")
-
-    def settings(self, detector_name: str | None) -> dict[str, Any]:
-        """What decides a profile (recorded in it, and hashed into ``stage1.input_hash``)."""
-        data = asdict(self)
-        for key in ("device", "dtype", "llm_timeout", "llm_retries"):
-            data.pop(key)
-        data["knowledge_file"] = str(self.knowledge_file) if self.knowledge_file else None
-        data["detector"] = detector_name
-        return data
-
-
-class Stage1Models:
-    """The stage-1 models, each loaded on first use and shared by every category.
-
-    ``options`` say which models to load (tagger, LLM, knowledge file, device); the detector is
-    the stage-2 one (stage 1 uses the same Grounding DINO for the object vote). :func:`get_profile`
-    takes the build settings (object tag, seed, ...) from its own ``options``, so one set of
-    loaded models serves variants that differ only there (the wrong-tag ablation).
-    """
-
-    def __init__(self, options: Stage1Options, detector: Any) -> None:
-        self.options = options
-        self.detector = detector
-        self._tagger: Any = None
-        self._llm: Any = None
-        self._llm_loaded = False
-        self._knowledge: Any = None
-
-    def tagger(self) -> Any:
-        if self._tagger is None:
-            from iapas.prompts.tagging import ClipTagger, ManualTagger, RamTagger
-
-            o = self.options
-            if o.tagger == "manual":
-                self._tagger = ManualTagger(o.tags or [])
-            elif o.tagger == "ram":
-                self._tagger = RamTagger.from_checkpoint(o.tagger_model, device=o.device)
-            else:
-                kwargs: dict[str, Any] = {"device": o.device, "dtype": o.dtype, "top_k": o.top_k}
-                if o.tagger_model:
-                    self._tagger = ClipTagger.from_pretrained(o.tagger_model, **kwargs)
-                else:
-                    self._tagger = ClipTagger.from_pretrained(**kwargs)
-        return self._tagger
-
-    def llm(self) -> Any:
-        """The LLM, or None for the knowledge vocabulary (or hand-given nouns)."""
-        if not self._llm_loaded:
-            o = self.options
-            if o.nouns is not None or o.llm == "knowledge":
-                self._llm = None
-            elif o.llm == "openai":
-                from iapas.prompts.llm import OpenAILLM
-
-                self._llm = OpenAILLM(o.llm_model, base_url=o.llm_base_url, timeout=o.llm_timeout, max_retries=o.llm_retries)
-            else:
-                from iapas.prompts.llm import TransformersLLM
-
-                if o.llm_model:
-                    self._llm = TransformersLLM.from_pretrained(o.llm_model, device=o.device, dtype=o.dtype)
-                else:
-                    self._llm = TransformersLLM.from_pretrained(device=o.device, dtype=o.dtype)
-            self._llm_loaded = True
-        return self._llm
-
-    def knowledge(self) -> Any:
-        if self._knowledge is None:
-            from iapas.prompts.knowledge import Knowledge
-
-            self._knowledge = Knowledge.load(self.options.knowledge_file)
-        return self._knowledge
 
 
 def profile_path(profiles_dir: Path, category: str) -> Path:
@@ -156,7 +48,8 @@ def get_profile(
     1. ``PROFILES/<category>.yaml`` exists: it is loaded and used as written (cached; a person
        may have edited it). A broken file raises :class:`~iapas.profile.ProfileError`.
     2. Otherwise, mode ``iapas``: stage 1 builds it from ``category.references`` with
-       ``options`` (models from ``models``, or loaded here with ``detector``) and saves it there.
+       ``options`` (models from ``models``, or loaded here with ``detector``; without either,
+       the detector is ``options.detector``, loaded) and saves it there.
     3. Mode ``base`` needs no profile: returns None and touches no file.
 
     Raises :class:`iapas.prompts.stage1.Stage1Error` when stage 1 cannot run for this category
@@ -180,7 +73,7 @@ def get_profile(
             f"{category.dataset or 'dataset'} category {category.name}: no normal reference images to build its "
             f"profile from; write {path} by hand (iapas profile --object ... --prompts ...)"
         )
-    detector_name = getattr(models.detector, "name", None)
+    detector_name = models.detector_id()
     references = list(category.references)
     o = options
     digest = input_hash(category.name, references, o.settings(detector_name))
@@ -188,7 +81,7 @@ def get_profile(
         category.name,
         references,
         tagger=None if o.object_tag else models.tagger(),
-        detector=models.detector,
+        detector=models.detector(),
         llm=models.llm(),
         knowledge=models.knowledge(),
         seed=o.seed,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.models.loading import load_pretrained, resolve_device, resolve_dtype
+from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 from iapas.ops import clip_boxes
 from iapas.types import Detections
 
@@ -47,7 +47,7 @@ class GroundingDinoDetector:
         torch_dtype = resolve_dtype(dtype, dev)
         what = "Grounding DINO detector"
         processor = load_pretrained(
-            _pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("grounding-dino",)
+            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("grounding-dino",)
         )
         model = load_pretrained(
             GroundingDinoForObjectDetection.from_pretrained,
@@ -223,15 +223,3 @@ class GroundingDinoDetector:
             keep = np.flatnonzero(scores > box_threshold)
             objects.append(Detections(self._boxes(box, keep, w, h), scores[keep], (object_phrase,) * len(keep)))
         return anomalies, objects
-
-
-def _pil_processor_loader(auto_processor: Any) -> Any:
-    """Load a processor with the PIL image backend (no torchvision needed, no warning)."""
-
-    def load(name_or_path: str, **kwargs: Any) -> Any:
-        try:
-            return auto_processor.from_pretrained(name_or_path, backend="pil", **kwargs)
-        except TypeError:  # older transformers without backend selection
-            return auto_processor.from_pretrained(name_or_path, **kwargs)
-
-    return load

@@ -106,3 +106,17 @@ def load_pretrained(
         raise ModelLoadError(f"{what}: could not load {name_or_path!r}: {exc}. {hint}") from exc
     except (ValueError, KeyError) as exc:
         raise ModelLoadError(f"{what}: {name_or_path!r} is not a usable model: {exc}") from exc
+
+
+def pil_processor_loader(auto_processor: Any) -> Callable[..., Any]:
+    """``auto_processor.from_pretrained`` with the PIL image backend (no torchvision needed, no
+    warning about it), for :func:`load_pretrained`; falls back to the default backend on a
+    transformers that cannot choose one."""
+
+    def load(name_or_path: str, **kwargs: Any) -> Any:
+        try:
+            return auto_processor.from_pretrained(name_or_path, backend="pil", **kwargs)
+        except TypeError:  # older transformers without backend selection
+            return auto_processor.from_pretrained(name_or_path, **kwargs)
+
+    return load

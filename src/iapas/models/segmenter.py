@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.models.detector import _pil_processor_loader
-from iapas.models.loading import load_pretrained, resolve_device, resolve_dtype
+from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class SamSegmenter:
         torch_dtype = resolve_dtype(dtype, dev)
         what = "SAM segmenter"
         processor = load_pretrained(
-            _pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("sam",)
+            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("sam",)
         )
         model = load_pretrained(
             SamModel.from_pretrained, name_or_path, what=what, expected_model_types=("sam",), dtype=torch_dtype

@@ -179,13 +179,12 @@ class ClipTagger:
     ) -> ClipTagger:
         from transformers import AutoProcessor, CLIPModel
 
-        from iapas.models.detector import _pil_processor_loader
-        from iapas.models.loading import load_pretrained, resolve_device, resolve_dtype
+        from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "CLIP tagger"
-        processor = load_pretrained(_pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("clip",))
+        processor = load_pretrained(pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("clip",))
         model = load_pretrained(CLIPModel.from_pretrained, name_or_path, what=what, expected_model_types=("clip",), dtype=torch_dtype)
         model = model.to(dev).eval()
         logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)

@@ -1,0 +1,224 @@
+"""Stage-1 options and the models they name, each loaded on first use.
+
+:class:`Stage1Options` says how stage 1 makes a profile (the options of ``iapas profile``, and of
+``iapas evaluate`` in mode iapas). :class:`Stage1Models` loads what those options name (image
+tagger, Grounding DINO detector, LLM, knowledge vocabulary) when it is first asked for, and keeps
+it, so that one set of loaded models serves every category of a run::
+
+    models = Stage1Models(Stage1Options(llm="knowledge"))
+    build_profile("bottle", refs, tagger=models.tagger(), detector=models.detector(),
+                  llm=models.llm(), knowledge=models.knowledge())
+
+Nothing heavy is imported here: each model's module is imported when that model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TAGGERS = ("clip", "ram", "manual")
+LLMS = ("transformers", "openai", "knowledge")
+
+LoadingHook = Callable[[str], AbstractContextManager[Any]]
+"""Called with what is about to be loaded ('tagger', 'detector', 'LLM', 'LLM client',
+'knowledge vocabulary'); the load runs inside the returned context (e.g. a spinner)."""
+
+
+@dataclass
+class Stage1Options:
+    """How stage 1 makes a profile.
+
+    ``object_tag`` skips tagging and the detector vote (the wrong-tag ablation sets it);
+    ``nouns`` skips the LLM. ``llm='knowledge'`` answers from the offline vocabulary. ``tags``
+    without a tagger (the default 'clip') means the manual tagger. ``detector`` is the Grounding
+    DINO that :class:`Stage1Models` loads when it is given none: 'tiny', 'base', a hub id or a
+    folder (None: the default detector).
+    """
+
+    tagger: str = "clip"
+    tagger_model: str | None = None
+    top_k: int = 5
+    tags: list[str] | None = None
+    llm: str = "transformers"
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    llm_timeout: float = 60.0
+    llm_retries: int = 2
+    knowledge_file: Path | None = None
+    object_tag: str | None = None
+    nouns: list[str] | None = None
+    include_object_tag: bool = True
+    size_threshold: float = 0.8
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    detector: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tags is not None and self.tagger == "clip":
+            self.tagger = "manual"
+        if self.tagger not in TAGGERS:
+            raise ValueError(f"unknown tagger {self.tagger!r}; choose one of {', '.join(TAGGERS)}")
+        if self.tagger == "manual" and not self.tags:
+            raise ValueError("the manual tagger needs tags (e.g. --tags 'leather, fabric')")
+        if self.llm not in LLMS:
+            raise ValueError(f"unknown LLM backend {self.llm!r}; choose one of {', '.join(LLMS)}")
+
+    def settings(self, detector_name: str | None) -> dict[str, Any]:
+        """The options as an evaluation records them (in the profile and the run), with the
+        detector's name; the models' defaults are left unresolved (see
+        :meth:`Stage1Models.settings` for the resolved cache key of ``iapas profile``)."""
+        data = asdict(self)
+        for key in ("device", "dtype", "llm_timeout", "llm_retries", "detector"):
+            data.pop(key)
+        data["knowledge_file"] = str(self.knowledge_file) if self.knowledge_file else None
+        data["detector"] = detector_name
+        return data
+
+
+def _as_typed(words: list[str] | None) -> str | None:
+    """A word list as the comma-separated text it was typed as ('scratch, crack'), so cache
+    keys made from the typed text before stay the same."""
+    return None if words is None else ",".join(words)
+
+
+class Stage1Models:
+    """The models ``options`` name, each loaded on first use and kept for the next category.
+
+    ``detector`` is an already loaded Grounding DINO (an evaluation passes its stage-2 one);
+    without it, :meth:`detector` loads ``options.detector``. ``loading`` wraps each load (the CLI
+    shows a spinner). A caller may build profiles with other options than ``options`` (e.g. only
+    the object tag differs, as in the wrong-tag ablation): the models do not depend on those.
+    Loading errors (:class:`~iapas.models.loading.ModelLoadError`, the tagger's, LLM's and
+    knowledge file's errors) propagate, and the next call tries again.
+    """
+
+    def __init__(self, options: Stage1Options, detector: Any = None, *, loading: LoadingHook | None = None) -> None:
+        self.options = options
+        self._given_detector = detector
+        self._loading = loading
+        self._cache: dict[str, Any] = {}
+
+    # --- what would be loaded, without loading it ----------------------------------------------
+
+    def tagger_id(self) -> str | None:
+        """The CLIP model (default filled in) or the RAM checkpoint; None for the manual tagger."""
+        o = self.options
+        if o.tagger == "clip":
+            from iapas.prompts.tagging import DEFAULT_CLIP
+
+            return o.tagger_model or DEFAULT_CLIP
+        if o.tagger == "ram":
+            return o.tagger_model
+        return None
+
+    def detector_id(self) -> str | None:
+        """The given detector's ``name``, or the hub id or folder :meth:`detector` will load."""
+        if self._given_detector is not None:
+            return getattr(self._given_detector, "name", None)
+        from iapas.models.detector import DEFAULT_DETECTOR, DETECTOR_CHOICES
+
+        name = self.options.detector or DEFAULT_DETECTOR
+        return DETECTOR_CHOICES.get(name, name)
+
+    def llm_id(self) -> str:
+        """The transformers chat model (default filled in)."""
+        from iapas.prompts.llm import DEFAULT_LLM
+
+        return self.options.llm_model or DEFAULT_LLM
+
+    def settings(self, references: int | None = None) -> dict[str, Any]:
+        """What decides a profile, for its cache key (``stage1.input_hash``): the options with
+        the models resolved (defaults filled in, the openai model and URL from the environment,
+        the knowledge file's text), and ``references``, the number of reference images asked for.
+
+        Raises :class:`iapas.prompts.llm.LLMError` when the openai settings are incomplete and
+        ``OSError`` when the knowledge file cannot be read.
+        """
+        o = self.options
+        s: dict[str, Any] = {
+            "seed": o.seed, "size_threshold": o.size_threshold, "include_object_tag": o.include_object_tag,
+            "object": o.object_tag, "detector": self.detector_id(),
+        }
+        if references is not None:
+            s["references"] = references
+        if not o.object_tag:
+            s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(), "top_k": o.top_k, "tags": _as_typed(o.tags)})
+        if o.nouns is not None:
+            s["prompts"] = _as_typed(o.nouns)
+        else:
+            s["llm"] = o.llm
+            if o.llm == "transformers":
+                s["llm_model"] = self.llm_id()
+            elif o.llm == "openai":
+                from iapas.prompts.llm import resolve_openai_settings
+
+                model, base_url, _ = resolve_openai_settings(o.llm_model, o.llm_base_url)
+                s.update({"llm_model": model, "llm_base_url": base_url})
+        if o.knowledge_file is not None:
+            s["knowledge"] = Path(o.knowledge_file).read_text(encoding="utf-8")
+        return s
+
+    # --- the models ------------------------------------------------------------------------------
+
+    def _load(self, key: str, build: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            with self._loading(key) if self._loading is not None else nullcontext():
+                self._cache[key] = build()
+            logger.debug("stage 1: loaded the %s", key)
+        return self._cache[key]
+
+    def tagger(self) -> Any:
+        """The image tagger (:mod:`iapas.prompts.tagging`): CLIP, RAM or the given tags."""
+        o = self.options
+        if o.tagger == "manual":
+            from iapas.prompts.tagging import ManualTagger
+
+            return self._load("tagger", lambda: ManualTagger(o.tags or []))
+        if o.tagger == "ram":
+            from iapas.prompts.tagging import RamTagger
+
+            return self._load("tagger", lambda: RamTagger.from_checkpoint(o.tagger_model, device=o.device))
+        from iapas.prompts.tagging import ClipTagger
+
+        return self._load(
+            "tagger", lambda: ClipTagger.from_pretrained(self.tagger_id(), device=o.device, dtype=o.dtype, top_k=o.top_k)
+        )
+
+    def detector(self) -> Any:
+        """The detector given at construction, else ``options.detector`` loaded."""
+        if self._given_detector is not None:
+            return self._given_detector
+        from iapas.models.detector import GroundingDinoDetector
+
+        o = self.options
+        return self._load("detector", lambda: GroundingDinoDetector.from_pretrained(self.detector_id(), o.device, o.dtype))
+
+    def llm(self) -> Any:
+        """The LLM, or None when the nouns are given or come from the knowledge vocabulary."""
+        o = self.options
+        if o.nouns is not None or o.llm == "knowledge":
+            return None
+        if o.llm == "openai":
+            from iapas.prompts.llm import OpenAILLM
+
+            return self._load(
+                "LLM client",
+                lambda: OpenAILLM(o.llm_model, base_url=o.llm_base_url, timeout=o.llm_timeout, max_retries=o.llm_retries),
+            )
+        from iapas.prompts.llm import TransformersLLM
+
+        return self._load("LLM", lambda: TransformersLLM.from_pretrained(self.llm_id(), device=o.device, dtype=o.dtype))
+
+    def knowledge(self) -> Any:
+        """The knowledge vocabulary: ``options.knowledge_file``, else the built-in one."""
+        from iapas.prompts.knowledge import Knowledge
+
+        return self._load("knowledge vocabulary", lambda: Knowledge.load(self.options.knowledge_file))
