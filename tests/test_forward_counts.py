@@ -95,3 +95,20 @@ def test_fused_object_scores_come_from_the_object_tokens(counted):
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
     with pytest.raises(ValueError, match="not in the caption"):
         det.detect_with_object(ims, "scratch . defect .", "bottle")
+
+
+def test_fast_preprocessing_equals_the_processor(counted):
+    import torch
+
+    pipe, _ = counted
+    det = pipe.detector
+    assert det._fast_preprocessing()
+    rng = np.random.default_rng(5)
+    ims = [rng.integers(0, 255, shape, dtype=np.uint8) for shape in [(96, 128, 3), (300, 90, 3), (320, 320, 3)]]
+    ims.append(ims[0][::2, ::2])  # a non-contiguous, read-only view
+    ims[-1].flags.writeable = False
+    reference = det.processor.image_processor(images=ims, return_tensors="pt")
+    fast = det._pixels_fast(ims)
+    assert fast["pixel_values"].shape == reference["pixel_values"].shape
+    assert torch.equal(fast["pixel_mask"], reference["pixel_mask"])
+    assert (fast["pixel_values"] - reference["pixel_values"]).abs().max() < 1e-5

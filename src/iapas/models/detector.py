@@ -112,11 +112,55 @@ class GroundingDinoDetector:
 
     def _pixels(self, images: Sequence[np.ndarray]) -> dict[str, Any]:
         """The processor's resize/normalise/pad, on the device (shared by every caption)."""
+        if self._fast_preprocessing():
+            return self._pixels_fast(images)
         pixel = self.processor.image_processor(images=list(images), return_tensors="pt")
         return {
             "pixel_values": pixel["pixel_values"].to(self.device, self.dtype),
             "pixel_mask": pixel["pixel_mask"].to(self.device),
         }
+
+    def _fast_preprocessing(self) -> bool:
+        """Whether the processor is the standard Grounding DINO one, which :meth:`_pixels_fast`
+        reproduces (resize with PIL on uint8 as it does, then rescale/normalise on the device)."""
+        from PIL import Image
+
+        ip = self.processor.image_processor
+        size = getattr(ip, "size", None)
+        return (
+            type(ip).__name__.startswith("GroundingDinoImageProcessor")
+            and bool(getattr(size, "shortest_edge", None)) and bool(getattr(size, "longest_edge", None))
+            and ip.do_resize and ip.do_rescale and ip.do_normalize and ip.do_pad
+            and getattr(ip, "pad_size", None) is None
+            and int(ip.resample) == int(Image.Resampling.BILINEAR)
+        )
+
+    def _pixels_fast(self, images: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Same values as the processor (to float32 rounding): uint8 resize with PIL, uint8 copy
+        to the device, then rescale and normalise there, zero padding bottom/right."""
+        import torch
+        from PIL import Image
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        ip = self.processor.image_processor
+        resized = []
+        for image in images:
+            h, w = get_size_with_aspect_ratio(image.shape[:2], ip.size.shortest_edge, ip.size.longest_edge)
+            if (h, w) != image.shape[:2]:
+                image = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+            resized.append(np.require(image, requirements=["C", "W"]))
+        height = max(im.shape[0] for im in resized)
+        width = max(im.shape[1] for im in resized)
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        values = torch.zeros((len(resized), 3, height, width), dtype=torch.float32, device=self.device)
+        mask = torch.zeros((len(resized), height, width), dtype=torch.long, device=self.device)
+        for i, im in enumerate(resized):
+            h, w = im.shape[:2]
+            chw = torch.from_numpy(im).to(self.device).permute(2, 0, 1).float()
+            values[i, :, :h, :w] = (chw * float(ip.rescale_factor) - mean) / std
+            mask[i, :h, :w] = 1
+        return {"pixel_values": values.to(self.dtype), "pixel_mask": mask}
 
     def _forward(self, pixels: dict[str, Any], caption: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batched forward: token probabilities (B, queries, text_len), normalised cxcywh
