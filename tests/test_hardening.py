@@ -202,3 +202,33 @@ def test_ctrl_c_keeps_finished_images(tmp_path: Path, tiny_models: dict[str, Pat
     assert "interrupted" in output and "resume" in output
     done = [json.loads(line) for line in results.read_text().splitlines()]
     assert 2 <= len(done) < 40 and all(r["status"] == "ok" for r in done)
+
+
+@pytest.mark.parametrize(
+    ("profile_text", "model", "expected"),
+    [
+        ("category: [unclosed", None, "not valid YAML"),
+        ("category: x\nobject_tag: y\ncaption: '  '\n", None, "'caption' is empty"),
+        (None, "sam-as-detector", "holds a 'sam' model; expected grounding-dino"),
+        (None, "missing-folder", "does not exist"),
+    ],
+)
+def test_bad_profiles_and_models_exit_2_with_one_line(
+    tmp_path: Path, tiny_models: dict[str, Path], profile_text: str | None, model: str | None, expected: str
+):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    profile = tmp_path / "p.yaml"
+    if profile_text is None:
+        Profile.from_prompts("part", "object", ["scratch"]).save(profile)
+    else:
+        profile.write_text(profile_text)
+    detector = {"sam-as-detector": str(tiny_models["sam"]), "missing-folder": str(tmp_path / "nope")}.get(
+        model or "", str(tiny_models["grounding-dino"])
+    )
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--profile", str(profile), "--out", str(tmp_path / "o"),
+                                 "--detector", detector, "--segmenter", str(tiny_models["sam"]), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    if profile_text is not None:
+        assert str(profile) in errors[0]
