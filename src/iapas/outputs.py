@@ -83,5 +83,6 @@ def write_image_outputs(
     save_png(out_dir / written["mask"], binary_mask(result.anomaly_map, threshold))
     if overlay:
         written["overlay"] = f"overlays/{key}.png"
-        save_png(out_dir / written["overlay"], render_overlay(rgb, result))
+        # overlays are for looking at: fast compression (they are photographic, and the largest)
+        save_png(out_dir / written["overlay"], render_overlay(rgb, result), compress_level=1)
     return written
