@@ -554,3 +554,34 @@ def test_a_changed_image_file_is_segmented_again(dataset_root: Path, tmp_path: P
     assert again.categories[0].n_new == 1
     record = {r["key"]: r for r in read_jsonl(out / "predictions" / "alpha.jsonl")}["good/000"]
     assert record["kept"] == [] and record["file"]["size"] == image.stat().st_size
+
+
+def test_cli_evaluate_on_a_users_own_folder_dataset(tmp_path: Path, tiny_models: dict[str, Path]):
+    """Own labelled images: OK/ and NG/ folders, masks named '<stem>.png' in labels/."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from iapas.cli import app
+
+    root = tmp_path / "line3"
+    rng = np.random.default_rng(2)
+    for folder, n in (("OK", 5), ("NG", 3)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / folder / f"{folder}{i}.png")
+    (root / "labels").mkdir()
+    for i in range(3):
+        mask = np.zeros((48, 64), np.uint8)
+        mask[10:20, 10 + i : 30 + i] = 255
+        Image.fromarray(mask).save(root / "labels" / f"NG{i}.png")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--dataset", "folder", "--root", str(root), "--out", str(out), "--mode", "base",
+        "--normal", "OK", "--anomalous", "NG", "--masks", "labels", "--mask-pattern", "{stem}.png", "--references", "2",
+        "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]), "--device", "cpu", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "metrics.json").read_text())
+    (category,) = data["categories"].values()
+    assert category["n_done"] == 3 + 3  # 3 defective + 5 normal - 2 references
+    assert (out / "report.html").is_file()

@@ -51,6 +51,18 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 
 
+# The folder dataset's layout, shared by 'data summary' and 'evaluate'.
+NormalOpt = typer.Option("good", "--normal", help="folder dataset: the normal images' folder.")
+AnomalousOpt = typer.Option("defect", "--anomalous", help="folder dataset: the anomalous images' folder.")
+MasksOpt = typer.Option("masks", "--masks", help="folder dataset: the masks' folder.")
+MaskPatternOpt = typer.Option("{stem}_mask.png", "--mask-pattern", help="folder dataset: mask file name, e.g. '{stem}.png'.")
+ReferenceDirOpt = typer.Option(None, "--reference-dir", help="folder dataset: a folder of normal references.")
+
+
+def folder_options(normal: str, anomalous: str, masks: str, mask_pattern: str, reference_dir: str | None) -> dict[str, object]:
+    return dict(normal=normal, anomalous=anomalous, masks=masks, mask_pattern=mask_pattern, references=reference_dir)
+
+
 def summary_cmd(
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(DATASETS)}."),
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
@@ -62,11 +74,11 @@ def summary_cmd(
     check: bool = typer.Option(
         False, "--check", help="Also open every mask and compare its size with its image's (slower); exit 1 on a problem."
     ),
-    normal: str = typer.Option("good", "--normal", help="folder dataset: the normal images' folder."),
-    anomalous: str = typer.Option("defect", "--anomalous", help="folder dataset: the anomalous images' folder."),
-    masks: str = typer.Option("masks", "--masks", help="folder dataset: the masks' folder."),
-    mask_pattern: str = typer.Option("{stem}_mask.png", "--mask-pattern", help="folder dataset: mask file name, e.g. '{stem}.png'."),
-    reference_dir: str = typer.Option(None, "--reference-dir", help="folder dataset: a folder of normal references."),
+    normal: str = NormalOpt,
+    anomalous: str = AnomalousOpt,
+    masks: str = MasksOpt,
+    mask_pattern: str = MaskPatternOpt,
+    reference_dir: str = ReferenceDirOpt,
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -78,7 +90,7 @@ def summary_cmd(
         data_logger.setLevel(logging.ERROR)
     try:
         _summary(dataset, root, as_json, categories, protocol, n_references, seed, check,
-                 dict(normal=normal, anomalous=anomalous, masks=masks, mask_pattern=mask_pattern, references=reference_dir))
+                 folder_options(normal, anomalous, masks, mask_pattern, reference_dir))
     finally:
         data_logger.setLevel(level)
 

@@ -16,6 +16,7 @@ import typer
 from rich.markup import escape
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -238,6 +239,11 @@ def evaluate_cmd(
     references: int = ReferencesOpt,
     seed: int = SeedOpt,
     limit: int = LimitOpt,
+    normal: str = NormalOpt,
+    anomalous: str = AnomalousOpt,
+    masks: str = MasksOpt,
+    mask_pattern: str = MaskPatternOpt,
+    reference_dir: str = ReferenceDirOpt,
     eval_size: int = EvalSizeOpt,
     profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
@@ -297,7 +303,9 @@ def evaluate_cmd(
     try:
         from iapas.data import DatasetError, canonical_name, get_dataset
 
-        loader = get_dataset(canonical_name(dataset), root)
+        name = canonical_name(dataset)
+        options = folder_options(normal, anomalous, masks, mask_pattern, reference_dir) if name == "folder" else {}
+        loader = get_dataset(name, root, **options)
         loader.categories()
         if not restart:  # refuse a conflicting folder before spending time on loading models
             check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, box_threshold, text_threshold, fuse_object_detection)))
