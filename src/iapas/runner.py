@@ -341,15 +341,6 @@ def result_record(
         "width": image.width,
         "height": image.height,
         "mode": image.mode,
-        "image_score": round(result.image_score, 6),
-        "object": {
-            "box": None if result.object_box is None else [round(float(v), 2) for v in result.object_box],
-            "score": None if result.object_score is None else round(result.object_score, 5),
-            "size": round(result.object_size, 6),
-            "source": result.object_size_source,
-        },
-        "kept": result.kept.to_records(),
-        "dropped": result.dropped.to_records(),
+        **result.to_record(),
         "outputs": outputs,
-        "timings": {k: round(v, 5) for k, v in result.timings.items()},
     }

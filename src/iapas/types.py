@@ -81,3 +81,19 @@ class SegmentationResult:
     def image_score(self) -> float:
         """Image-level anomaly score: the maximum of the map (0.0 for an empty map)."""
         return float(self.anomaly_map.max()) if self.anomaly_map.size else 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready summary written per image: image score, object, boxes kept and
+        dropped, timings (maps and masks go to files, not here)."""
+        return {
+            "image_score": round(self.image_score, 6),
+            "object": {
+                "box": None if self.object_box is None else [round(float(v), 2) for v in self.object_box],
+                "score": None if self.object_score is None else round(self.object_score, 5),
+                "size": round(self.object_size, 6),
+                "source": self.object_size_source,
+            },
+            "kept": self.kept.to_records(),
+            "dropped": self.dropped.to_records(),
+            "timings": {k: round(v, 5) for k, v in self.timings.items()},
+        }

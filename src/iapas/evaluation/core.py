@@ -396,19 +396,10 @@ def prediction_record(
         "status": "ok",
         "width": image.width,
         "height": image.height,
-        "image_score": round(result.image_score, 6),
+        **result.to_record(),
         "score": float(map_eval.max()),  # max of the resized map, before normalisation
         "anomalous_pixels": int(mask_eval.sum()),
-        "object": {
-            "box": None if result.object_box is None else [round(float(v), 2) for v in result.object_box],
-            "score": None if result.object_score is None else round(result.object_score, 5),
-            "size": round(result.object_size, 6),
-            "source": result.object_size_source,
-        },
-        "kept": result.kept.to_records(),
-        "dropped": result.dropped.to_records(),
         "map": map_file,
-        "timings": {k: round(v, 5) for k, v in result.timings.items()},
     }
 
 
