@@ -126,10 +126,33 @@ def test_small_label_map_and_rgb_and_one_bit(tmp_path: Path) -> None:
     assert np.array_equal(load_mask(tmp_path / "one.bmp"), box_mask(255) > 0)
 
 
+def test_label_map_with_many_instances_is_read_as_defect(tmp_path: Path) -> None:
+    """VisA masks number their instances: 12 ids (13 distinct values) are all defect, in 8 and 16 bit."""
+    labels = np.zeros((4, 6), np.uint8)
+    labels.flat[:12] = np.arange(1, 13)
+    Image.fromarray(labels, mode="L").save(tmp_path / "instances.png")
+    mask = load_mask(tmp_path / "instances.png")
+    assert int(mask.sum()) == 12 and np.array_equal(mask, labels > 0)
+    wide = np.zeros((4, 100), np.uint16)
+    wide.flat[:300] = np.arange(1, 301)
+    Image.fromarray(wide).save(tmp_path / "instances16.png")
+    assert int(load_mask(tmp_path / "instances16.png").sum()) == 300
+    # an anti-aliased 0/255 mask (MTD) is still binarised at 128
+    aa = np.zeros((4, 6), np.uint8)
+    aa[1, 1:5] = 255
+    aa[0, 1:5] = [30, 60, 90, 127]
+    aa[2, 1:5] = [128, 150, 200, 250]
+    Image.fromarray(aa, mode="L").save(tmp_path / "aa.png")
+    assert int(load_mask(tmp_path / "aa.png").sum()) == 8
+
+
 def test_binarize_rules() -> None:
     assert np.array_equal(binarize_mask(np.array([0, 1, 1, 0])), [False, True, True, False])
     assert np.array_equal(binarize_mask(np.array([0.0, 0.4, 0.5, 1.0]), 1.0), [False, False, True, True])
-    assert np.array_equal(binarize_mask(np.array([0, 10, 20, 30, 40, 50, 60, 70, 80]), 255.0), [False] * 9)  # faint, not a label map
+    # low values: a label map however many ids (was all False with 9+ distinct values)
+    assert np.array_equal(binarize_mask(np.array([0, 10, 20, 30, 40, 50, 60, 70, 80]), 255.0), [False] + [True] * 8)
+    # 0/255 with anti-aliased edge values: max 255, binarised at 128
+    assert np.array_equal(binarize_mask(np.array([0, 40, 127, 128, 200, 255]), 255.0), [False, False, False, True, True, True])
     assert binarize_mask(np.zeros((0, 3), np.uint8)).shape == (0, 3)
 
 

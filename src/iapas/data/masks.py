@@ -5,10 +5,12 @@ indices are 0/1 (KSDD1), 1-bit images, 16-bit PNGs, or small label maps (VisA). 
 file's RAW values (palette indices, not palette colours):
 
 - values only 0 and 1 (or a 1-bit image): defect where > 0;
-- values all below half the range and at most :data:`LABEL_MAP_MAX_VALUES` distinct ones: a label
-  map (0 = background, small integers = defect ids): defect where > 0;
+- integer values all below half the range (max < 128 for 8-bit, < 32768 for 16-bit): a label map
+  (0 = background, integers = defect or instance ids; VisA masks number their instances, so they
+  can have any number of distinct values): defect where > 0;
 - otherwise: defect where the value is >= half of the largest value the format can hold
-  (>= 128 for 8-bit, >= 32768 for 16-bit), which binarises anti-aliased edges at 50%.
+  (>= 128 for 8-bit, >= 32768 for 16-bit), which binarises anti-aliased edges at 50% (a 0/255
+  mask with a few anti-aliased values in between has max 255, so it is binarised, not a label map).
 
 Colour masks use the largest channel, so a pure red mask is read as a mask.
 """
@@ -18,9 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-LABEL_MAP_MAX_VALUES = 8  # distinct values (background included) that make a low-valued mask a label map
-
 
 class MaskError(ValueError):
     """A mask file is unreadable or does not fit its image; the message names the file(s)."""
@@ -66,8 +65,8 @@ def binarize_mask(values: np.ndarray, max_value: float = 255.0) -> np.ndarray:
     if np.all((distinct == 0) | (distinct == 1)):
         return values > 0
     integral = bool(np.all(np.mod(distinct, 1) == 0))
-    if integral and float(distinct.max()) < max_value / 2 and distinct.size <= LABEL_MAP_MAX_VALUES:
-        return values > 0
+    if integral and float(distinct.max()) < max_value / 2:
+        return values > 0  # a label map, however many ids
     return values >= max_value / 2
 
 
