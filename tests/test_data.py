@@ -440,6 +440,10 @@ def test_visa_split_csv(tmp_path: Path) -> None:
     assert any("1 images listed in" in n and "999.JPG" in n for n in cat.notes)
     assert int(sample_mask(next(s for s in cat.test if s.label)).sum()) == 12  # 0/1 mask
     assert len(ds.load("candle", protocol="paper").test) == 2
+    # the same file saved with a byte-order mark (Excel's 'CSV UTF-8'): the first column is still 'object'
+    (root / "split_csv" / "1cls.csv").write_bytes(b"\xef\xbb\xbf" + ("\n".join(rows) + "\n").encode())
+    bom = get_dataset("visa", root)
+    assert bom.categories() == ["candle"] and len(bom.load("candle", n_references=2).test) == 3
 
 
 # --- folder dataset -----------------------------------------------------------------------------

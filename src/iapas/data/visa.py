@@ -40,7 +40,7 @@ class VisA(DatasetBase):
         if not path.is_file():
             return []
         try:
-            with open(path, newline="", encoding="utf-8") as fh:
+            with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM would glue to "object"
                 reader = csv.DictReader(fh)
                 header = [c.strip().lower() for c in reader.fieldnames or []]
                 missing = [c for c in COLUMNS if c not in header]
