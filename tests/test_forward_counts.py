@@ -39,9 +39,11 @@ def counted(tiny_models: dict[str, Path]):
     return pipe, counters
 
 
-def images(n: int) -> list[np.ndarray]:
+def images(n: int, shapes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+    """``n`` random images, all 96x128 (one camera) unless ``shapes`` are given."""
     rng = np.random.default_rng(n)
-    return [rng.integers(0, 255, (96 + 8 * i, 128, 3), dtype=np.uint8) for i in range(n)]
+    shapes = shapes or [(96, 128)] * n
+    return [rng.integers(0, 255, (*shapes[i], 3), dtype=np.uint8) for i in range(n)]
 
 
 PROFILE = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "hole", "stain"], size_threshold=1000.0)
@@ -112,3 +114,59 @@ def test_fast_preprocessing_equals_the_processor(counted):
     assert fast["pixel_values"].shape == reference["pixel_values"].shape
     assert torch.equal(fast["pixel_mask"], reference["pixel_mask"])
     assert (fast["pixel_values"] - reference["pixel_values"]).abs().max() < 1e-5
+
+
+def test_mixed_sizes_give_the_same_boxes_batched_as_one_by_one(counted):
+    """A padded batch would change each image's boxes (the backbone sees the padding): images
+    are grouped by resized shape, one forward per group."""
+    pipe, counters = counted
+    det = pipe.detector
+    shapes = [(96, 128), (200, 80), (96, 128), (150, 150)]
+    ims = images(4, shapes)
+    for c in counters.values():
+        c.calls = 0
+    batched = det.detect(ims, PROFILE.caption, box_threshold=0.1, text_threshold=0.1)
+    assert counters["detector"].calls == 3  # three distinct shapes
+    for image, dets in zip(ims, batched):
+        alone = det.detect([image], PROFILE.caption, box_threshold=0.1, text_threshold=0.1)[0]
+        assert len(dets) == len(alone) > 0
+        np.testing.assert_allclose(dets.scores, alone.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(dets.boxes, alone.boxes, rtol=1e-4, atol=1e-3)
+        assert dets.phrases == alone.phrases
+    fused, objects = det.detect_with_object(ims, PROFILE.caption, "bottle")
+    for a, b in zip(fused, batched):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-6)
+    assert len(objects) == 4
+
+
+def test_nan_model_outputs_fail_loudly_instead_of_an_empty_map(counted):
+    """A half-precision overflow gives NaN logits, which no threshold passes: that must be an
+    error naming the dtype, not an image 'without defects'."""
+    import torch
+
+    from iapas.models import ModelOutputError
+
+    pipe, _ = counted
+
+    def poison(module, args, output):
+        output.logits = torch.full_like(output.logits, float("nan"))
+        return output
+
+    handle = pipe.detector.model.register_forward_hook(poison)
+    try:
+        with pytest.raises(ModelOutputError, match=r"Grounding DINO .* NaN/inf logits \(float32 on cpu\)"):
+            pipe.run(images(1), PROFILE)
+    finally:
+        handle.remove()
+    assert isinstance(ModelOutputError("x"), RuntimeError)  # the runner fails the batch and goes on
+
+    def poison_masks(module, args, output):
+        output.pred_masks = torch.full_like(output.pred_masks, float("inf"))
+        return output
+
+    handle = pipe.segmenter.model.register_forward_hook(poison_masks)
+    try:
+        with pytest.raises(ModelOutputError, match=r"SAM .* NaN/inf masks"):
+            pipe.run(images(1), PROFILE)
+    finally:
+        handle.remove()

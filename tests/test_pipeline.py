@@ -157,8 +157,9 @@ def test_tiny_models_through_the_real_loading_path(tiny_models: dict[str, Path])
         for m, s in zip(r.masks, r.kept.scores):
             expected[m] += s
         np.testing.assert_allclose(r.anomaly_map, expected, rtol=1e-6)
-    # one forward per caption for the batch; one encoder pass and one decoder call per image
-    assert pipe.detector.forward_count == 2
+    # one forward per caption for each image size of the batch (two sizes here: a padded batch
+    # would change the boxes); one encoder pass and one decoder call per image
+    assert pipe.detector.forward_count == 2 * 2
     assert pipe.segmenter.encoder_count == 1 and pipe.segmenter.decoder_count == 2
 
 
@@ -184,3 +185,22 @@ def test_size_filter_off_keeps_every_box():
     r = pipe(image, PROFILE)
     assert len(r.kept) == 2 and len(r.dropped) == 0
     assert r.anomaly_map[5, 5] == pytest.approx(0.8) and r.anomaly_map[50, 50] == pytest.approx(0.6)
+
+
+def test_rgba_arrays_are_composited_like_rgba_files(tmp_path: Path):
+    """The Python API and the CLI must see the same pixels: alpha on black, not dropped."""
+    from PIL import Image
+
+    from iapas.io import read_image
+    from iapas.pipeline import as_rgb
+
+    rgba = np.zeros((16, 20, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 50
+    rgba[:, :10, 3] = 255  # left half opaque
+    rgba[:, 10:, 3] = 0  # right half transparent: black
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba).save(path)
+    from_array = as_rgb(rgba)
+    np.testing.assert_array_equal(from_array, read_image(path).rgb)
+    np.testing.assert_array_equal(from_array[0, 0], [200, 100, 50])
+    np.testing.assert_array_equal(from_array[0, 15], [0, 0, 0])

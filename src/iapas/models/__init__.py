@@ -1,5 +1,5 @@
 """Model adapters. The pipeline depends on :mod:`iapas.models.base` only."""
 
-from iapas.models.base import Detector, Segmenter
+from iapas.models.base import Detector, ModelOutputError, Segmenter
 
-__all__ = ["Detector", "Segmenter"]
+__all__ = ["Detector", "ModelOutputError", "Segmenter"]

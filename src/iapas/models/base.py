@@ -6,11 +6,27 @@ Images cross these interfaces as ``(H, W, 3)`` uint8 RGB numpy arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from iapas.types import Detections
+
+
+class ModelOutputError(RuntimeError):
+    """A model returned NaN or infinite values (e.g. a half-precision overflow)."""
+
+
+def check_finite(what: str, name: str, dtype: Any, device: str, **arrays: np.ndarray) -> None:
+    """Raise :class:`ModelOutputError` when any of ``arrays`` holds NaN or infinity, so a numeric
+    failure is reported instead of passing for an image without defects."""
+    bad = [key for key, arr in arrays.items() if not np.isfinite(arr).all()]
+    if bad:
+        precision = str(dtype).replace("torch.", "")
+        hint = " run with --dtype float32" if precision != "float32" else " check the model files"
+        raise ModelOutputError(
+            f"{what} {name} returned NaN/inf {' and '.join(bad)} ({precision} on {device}):{hint}"
+        )
 
 
 @runtime_checkable
@@ -29,7 +45,8 @@ class Detector(Protocol):
     ) -> list[Detections]:
         """Detections per image, boxes in that image's pixels and clipped to it.
 
-        One forward for the whole batch. No NMS: that is the method's business.
+        One forward for the whole batch (for images of one size; an image's boxes must not
+        depend on the other images of its batch). No NMS: that is the method's business.
         """
         ...
 

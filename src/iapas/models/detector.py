@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.models.base import check_finite
 from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 from iapas.ops import clip_boxes
 from iapas.types import Detections
@@ -140,12 +141,11 @@ class GroundingDinoDetector:
         to the device, then rescale and normalise there, zero padding bottom/right."""
         import torch
         from PIL import Image
-        from transformers.image_transforms import get_size_with_aspect_ratio
 
         ip = self.processor.image_processor
         resized = []
         for image in images:
-            h, w = get_size_with_aspect_ratio(image.shape[:2], ip.size.shortest_edge, ip.size.longest_edge)
+            h, w = self._resized_shape(image)
             if (h, w) != image.shape[:2]:
                 image = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
             resized.append(np.require(image, requirements=["C", "W"]))
@@ -177,6 +177,7 @@ class GroundingDinoDetector:
         self.forward_count += 1
         probs = outputs.logits.float().sigmoid().cpu().numpy()
         boxes = outputs.pred_boxes.float().cpu().numpy()
+        check_finite("Grounding DINO", self.name, self.dtype, self.device, logits=probs, boxes=boxes)
         return probs, boxes, text["input_ids"][0].cpu().numpy()
 
     @staticmethod
@@ -199,6 +200,43 @@ class GroundingDinoDetector:
             results.append(Detections(self._boxes(box, keep, w, h), scores[keep], phrases))
         return results
 
+    def _resized_shape(self, image: np.ndarray) -> tuple[int, int]:
+        """The (height, width) the processor resizes ``image`` to (its own shape when unknown)."""
+        size = getattr(self.processor.image_processor, "size", None)
+        shortest, longest = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
+        if not (shortest and longest):
+            return int(image.shape[0]), int(image.shape[1])
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        h, w = get_size_with_aspect_ratio(image.shape[:2], shortest, longest)
+        return int(h), int(w)
+
+    def _shape_groups(self, images: Sequence[np.ndarray]) -> list[list[int]]:
+        """Indices of ``images`` grouped by resized shape, in first-seen order.
+
+        A batch is zero-padded to its largest image, and Grounding DINO's backbone sees the
+        padding (the pixel mask does not cancel it), so an image's boxes would depend on the
+        other images of its batch. Each group is one forward without padding: a batch gives the
+        same boxes as images one by one, and same-sized images (a camera's) stay one forward.
+        """
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self._resized_shape(image), []).append(i)
+        return list(groups.values())
+
+    def _grouped(
+        self, images: Sequence[np.ndarray], run: Any, n_outputs: int
+    ) -> list[list[Detections]]:
+        """Call ``run(group_images)`` (which returns ``n_outputs`` lists of Detections) per shape
+        group and put the results back in image order."""
+        out: list[list[Detections | None]] = [[None] * len(images) for _ in range(n_outputs)]
+        for idx in self._shape_groups(images):
+            parts = run([images[i] for i in idx])
+            for k in range(n_outputs):
+                for i, det in zip(idx, parts[k]):
+                    out[k][i] = det
+        return out  # type: ignore[return-value]
+
     def detect(
         self,
         images: Sequence[np.ndarray],
@@ -207,10 +245,9 @@ class GroundingDinoDetector:
         box_threshold: float = 0.1,
         text_threshold: float = 0.1,
     ) -> list[Detections]:
-        if not images:
-            return []
-        probs, boxes, ids = self._forward(self._pixels(images), caption)
-        return self._decode(images, probs, boxes, ids, box_threshold, text_threshold)
+        """Detections per image: one forward per group of same-sized images (see
+        :meth:`_shape_groups`)."""
+        return self.detect_many(images, [caption], box_threshold=box_threshold, text_threshold=text_threshold)[0]
 
     def detect_many(
         self,
@@ -224,12 +261,16 @@ class GroundingDinoDetector:
         once, then one forward per caption. Returns one list of Detections per caption."""
         if not images:
             return [[] for _ in captions]
-        pixels = self._pixels(images)
-        out = []
-        for caption in captions:
-            probs, boxes, ids = self._forward(pixels, caption)
-            out.append(self._decode(images, probs, boxes, ids, box_threshold, text_threshold))
-        return out
+
+        def run(group: list[np.ndarray]) -> list[list[Detections]]:
+            pixels = self._pixels(group)
+            out = []
+            for caption in captions:
+                probs, boxes, ids = self._forward(pixels, caption)
+                out.append(self._decode(group, probs, boxes, ids, box_threshold, text_threshold))
+            return out
+
+        return self._grouped(images, run, len(captions))
 
     def _phrase_positions(self, ids: np.ndarray, phrase: str) -> np.ndarray:
         """Token positions of ``phrase`` in the caption ids (its last occurrence)."""
@@ -255,15 +296,22 @@ class GroundingDinoDetector:
         caption). This replaces the separate object forward (``--fuse-object-detection``)."""
         if not images:
             return [], []
-        probs, boxes, ids = self._forward(self._pixels(images), caption)
-        anomalies = self._decode(images, probs, boxes, ids, box_threshold, text_threshold)
-        positions = self._phrase_positions(ids, object_phrase)
-        if positions.size == 0:
-            raise ValueError(f"object tag {object_phrase!r} is not in the caption {caption!r}; cannot fuse object detection")
-        objects = []
-        for image, prob, box in zip(images, probs, boxes):
-            h, w = int(image.shape[0]), int(image.shape[1])
-            scores = prob[:, positions].max(axis=-1)
-            keep = np.flatnonzero(scores > box_threshold)
-            objects.append(Detections(self._boxes(box, keep, w, h), scores[keep], (object_phrase,) * len(keep)))
+
+        def run(group: list[np.ndarray]) -> list[list[Detections]]:
+            probs, boxes, ids = self._forward(self._pixels(group), caption)
+            anomalies = self._decode(group, probs, boxes, ids, box_threshold, text_threshold)
+            positions = self._phrase_positions(ids, object_phrase)
+            if positions.size == 0:
+                raise ValueError(
+                    f"object tag {object_phrase!r} is not in the caption {caption!r}; cannot fuse object detection"
+                )
+            objects = []
+            for image, prob, box in zip(group, probs, boxes):
+                h, w = int(image.shape[0]), int(image.shape[1])
+                scores = prob[:, positions].max(axis=-1)
+                keep = np.flatnonzero(scores > box_threshold)
+                objects.append(Detections(self._boxes(box, keep, w, h), scores[keep], (object_phrase,) * len(keep)))
+            return [anomalies, objects]
+
+        anomalies, objects = self._grouped(images, run, 2)
         return anomalies, objects

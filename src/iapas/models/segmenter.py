@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.models.base import check_finite
 from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class SamSegmenter:
                 )
                 self.decoder_count += 1
                 low_res = result.pred_masks.float()  # (1, n, 1, h, w), upsampled on the device
+                if not bool(torch.isfinite(low_res).all()):
+                    check_finite("SAM", self.name, self.dtype, self.device, masks=low_res.cpu().numpy())
                 parts = []
                 for start in range(0, low_res.shape[1], _POSTPROCESS_CHUNK):
                     chunk = low_res[:, start : start + _POSTPROCESS_CHUNK]
