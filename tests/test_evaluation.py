@@ -459,6 +459,23 @@ def test_find_datasets_by_folder_name_and_layout(tmp_path: Path):
     assert find_datasets(tmp_path) == {"mvtec": tmp_path / "mvtec_anomaly_detection", "mtd": tmp_path / "Magnetic-tile-defect"}
 
 
+def test_find_datasets_btad_download_name_and_layouts_settled_by_categories(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from iapas.evaluation.bench import find_datasets
+
+    # BTAD as downloaded: 'BTech_Dataset_transformed' (MVTec layout, categories 01 02 03)
+    make_mvtec(tmp_path / "BTech_Dataset_transformed", ("01", "02", "03"), n_good=1, n_bad=1)
+    assert find_datasets(tmp_path) == {"btad": tmp_path / "BTech_Dataset_transformed"}
+    # an unknown folder name: the MVTec layout fits mvtec, mpdd, btad and dtd; the categories settle it
+    (tmp_path / "BTech_Dataset_transformed").rename(tmp_path / "beans")
+    make_mvtec(tmp_path / "my-copy-of-mpdd", ("tubes", "connector"), n_good=1, n_bad=1)
+    assert find_datasets(tmp_path) == {"mpdd": tmp_path / "my-copy-of-mpdd", "btad": tmp_path / "beans"}
+    # categories of no known dataset: left out, with a warning naming the folder
+    make_mvtec(tmp_path / "mystery", ("alpha",), n_good=1, n_bad=1)
+    with caplog.at_level("WARNING", logger="iapas.evaluation.bench"):
+        assert "mystery" not in {p.name for p in find_datasets(tmp_path).values()}
+    assert any(str(tmp_path / "mystery") in r.getMessage() and "btad" in r.getMessage() for r in caplog.records)
+
+
 def test_bench_runs_datasets_and_ablations_side_by_side(tmp_path: Path):
     from iapas.evaluation.bench import run_bench
 

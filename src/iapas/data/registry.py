@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,40 @@ def get_dataset(name: str, root: str | Path, **options: Any) -> DatasetBase:
     return cls(root, **options)
 
 
-def guess_datasets(root: str | Path) -> list[str]:
-    """Names of the datasets (folder excepted) whose layout ``root`` matches; [] when none or no folder."""
-    names: list[str] = []
+def _layout_matches(root: str | Path) -> dict[str, list[str]]:
+    """``{name: categories found}`` for each dataset (folder excepted) whose layout ``root`` matches."""
+    found: dict[str, list[str]] = {}
     for name, cls in DATASETS.items():
         if cls is FolderDataset:
             continue
         try:
-            if cls(root)._discover():
-                names.append(name)
+            categories = cls(root)._discover()
         except (DatasetError, OSError):
-            return []
-    return names
+            return {}
+        if categories:
+            found[name] = list(categories)
+    return found
+
+
+def guess_datasets(root: str | Path) -> list[str]:
+    """Names of the datasets (folder excepted) whose layout ``root`` matches; [] when none or no folder."""
+    return list(_layout_matches(root))
+
+
+def guess_dataset(root: str | Path, names: Sequence[str] | None = None) -> tuple[str | None, list[str]]:
+    """The one dataset (of ``names``, default all) that ``root`` holds, judged by layout, then categories.
+
+    Several datasets share a layout (MVTec AD, MPDD, BTAD and DTD-Synthetic are all
+    ``<category>/test/...``); among the matching ones the dataset whose official categories
+    (``expected_categories``) the folder has the most of wins (``01/02/03`` -> btad). Returns
+    ``(name or None, candidates)``: None when no layout matches, or when the categories do not
+    settle it (no official category found, or a tie); ``candidates`` are the layouts that matched.
+    """
+    matches = {n: cats for n, cats in _layout_matches(root).items() if names is None or n in names}
+    candidates = list(matches)
+    if len(candidates) <= 1:
+        return (candidates[0] if candidates else None), candidates
+    overlap = {n: len(set(cats) & set(DATASETS[n].expected_categories)) for n, cats in matches.items()}
+    best = max(overlap.values())
+    winners = [n for n, k in overlap.items() if k == best]
+    return (winners[0] if best > 0 and len(winners) == 1 else None), candidates

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from iapas.data import DatasetError, get_dataset
-from iapas.data.registry import guess_datasets
+from iapas.data.registry import guess_dataset
 from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks, evaluate_dataset
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
 from iapas.io import atomic_write_text
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
     "mvtec": ("mvtecad", "mvtec", "mvtecanomalydetection"),
     "mpdd": ("mpdd",),
-    "btad": ("btad", "beantechanomalydetection"),
+    "btad": ("btad", "beantechanomalydetection", "btechdatasettransformed", "btechdataset"),
     "ksdd1": ("ksdd1", "ksdd", "kolektorsdd", "kolektorsdd1", "kolektor"),
     "mtd": ("mtd", "magnetictiledefect", "magnetictile", "magnetictilesurfacedefects"),
     "dtd": ("dtdsynthetic", "dtd"),
@@ -78,8 +78,11 @@ def find_datasets(root_dir: str | Path, names: Sequence[str] = BENCH_DATASETS) -
     """The datasets under ``root_dir``: ``{registry name: folder}`` in the paper's order.
 
     A sub-folder is recognised by its name (``MVTecAD``, ``mvtec_anomaly_detection``,
-    ``KolektorSDD``, ``Magnetic-tile-defect``, ``DTD-Synthetic``, ``DAGM2007``, ...), else by its
-    layout when exactly one of ``names`` matches it. The first folder found for a dataset wins.
+    ``KolektorSDD``, ``Magnetic-tile-defect``, ``DTD-Synthetic``, ``DAGM2007``,
+    ``BTech_Dataset_transformed``, ...), else by its layout, where the categories it holds settle
+    layouts that several datasets share (:func:`~iapas.data.registry.guess_dataset`: ``01/02/03``
+    is BTAD). The first folder found for a dataset wins. A folder left out because its layout
+    fits several datasets, or because its dataset was already found, is logged as a warning.
     """
     root = Path(root_dir).expanduser()
     if not root.is_dir():
@@ -89,10 +92,18 @@ def find_datasets(root_dir: str | Path, names: Sequence[str] = BENCH_DATASETS) -
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = by_folder.get(_folder_key(child.name))
         if name is None:
-            guesses = [g for g in guess_datasets(child) if g in names]
-            name = guesses[0] if len(guesses) == 1 else None
-        if name is not None and name in names and name not in found:
-            found[name] = child
+            name, candidates = guess_dataset(child, names)
+            if name is None and len(candidates) > 1:
+                logger.warning(
+                    "%s: its layout fits %s and its categories do not settle which; left out (rename the folder "
+                    "to the dataset's name, e.g. %s, to include it)", child, ", ".join(candidates), DATASET_FOLDERS[candidates[0]][0],
+                )
+        if name is None or name not in names:
+            continue
+        if name in found:
+            logger.warning("%s: left out, %s is already read from %s", child, name, found[name])
+            continue
+        found[name] = child
     return {name: found[name] for name in names if name in found}
 
 
