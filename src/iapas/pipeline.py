@@ -76,7 +76,11 @@ def as_rgb(image: ImageInput) -> np.ndarray:
             raise ValueError(f"expected a uint8 or uint16 array, got {arr.dtype}")
         if arr.shape[2] == 1:
             arr = np.repeat(arr, 3, axis=2)
-        return np.ascontiguousarray(arr[..., :3])
+        if arr.shape[2] == 4:  # composited on black, as RGBA files are (io.to_rgb8)
+            from PIL import Image
+
+            return to_rgb8(Image.fromarray(np.ascontiguousarray(arr)))  # (H, W, 4) uint8 is RGBA
+        return np.ascontiguousarray(arr)
     if hasattr(image, "mode") and hasattr(image, "convert"):
         return to_rgb8(image)
     raise TypeError(f"cannot use {type(image).__name__} as an image")
