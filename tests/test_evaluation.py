@@ -181,10 +181,31 @@ def test_pr_curve_counts_by_hand():
 
 def test_limit_samples_is_seeded_ordered_and_nested():
     items = list(range(20))
-    five = limit_samples(items, 5, seed=3)
-    ten = limit_samples(items, 10, seed=3)
+    odd = lambda i: i % 2  # noqa: E731
+    five = limit_samples(items, 5, seed=3, label=odd)
+    ten = limit_samples(items, 10, seed=3, label=odd)
     assert len(five) == 5 and five == sorted(five) and set(five) <= set(ten)
-    assert limit_samples(items, 5, seed=3) == five and limit_samples(items, None) == items
+    assert limit_samples(items, 5, seed=3, label=odd) == five and limit_samples(items, None) == items
+
+
+def test_limit_samples_draws_both_classes():
+    """MTD-like: 2 anomalous among 40 (a uniform draw of 3 misses both with probability ~0.85)."""
+    from iapas.data import Sample
+
+    samples = [Sample(Path(f"{i:02d}.png"), int(i in (7, 31)), None, "x", "c") for i in range(40)]
+    for seed in range(20):
+        for n in range(2, 8):
+            drawn = limit_samples(samples, n, seed)
+            labels = [s.label for s in drawn]
+            assert len(drawn) == n and labels.count(1) == min(2, (n + 1) // 2) and 0 in labels
+            assert drawn == sorted(drawn, key=lambda s: s.path)  # test order kept
+            assert set(drawn) <= set(limit_samples(samples, n + 1, seed))  # nested
+        assert [s.label for s in limit_samples(samples, 1, seed)] == [1]  # anomalous first
+    # the anomalous come first, then the normals go on once they run out: 2 anomalous + 8 normals
+    assert sum(s.label for s in limit_samples(samples, 10, 0)) == 2
+    # one class only: just a seeded draw of it
+    normals = [s for s in samples if not s.label]
+    assert len(limit_samples(normals, 3, 0)) == 3
 
 
 def test_wrong_object_tags_rotate_and_fall_back():

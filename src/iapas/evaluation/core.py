@@ -94,7 +94,8 @@ class EvalSettings:
     the profile's, 0.8 by default); ``size_filter=False`` keeps every box (ablation).
     ``caption`` replaces the profile's caption in mode 'iapas' (the fixed-prompt ablation keeps
     the object tag and the size filter). ``limit``: at most this many test images per category,
-    drawn with ``seed`` (quick checks; the report says so).
+    drawn with ``seed`` and stratified by label (quick checks; the report says so; see
+    :func:`~iapas.evaluation.protocol.limit_samples`).
     """
 
     protocol: str = "paper"
@@ -775,7 +776,8 @@ def evaluate_dataset(
     notes = list(extra_notes)
     if settings.limit is not None:
         notes.append(
-            f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}); "
+            f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}, "
+            "anomalous and normal alternately while both last); "
             "these are not full-benchmark numbers."
         )
     ds_result = DatasetResult(

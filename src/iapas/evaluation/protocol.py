@@ -20,7 +20,7 @@ thresholds and for the PR curve's threshold grid.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -126,18 +126,32 @@ def pr_curve(
     return np.linspace(0.0, 1.0, n), precision, recall
 
 
-def limit_samples(samples: Sequence[T], limit: int | None, seed: int = 0) -> list[T]:
-    """At most ``limit`` of ``samples``, drawn with ``seed``, kept in their original order.
+def limit_samples(
+    samples: Sequence[T], limit: int | None, seed: int = 0, *, label: Callable[[T], int] | None = None
+) -> list[T]:
+    """At most ``limit`` of ``samples``, drawn with ``seed`` and stratified by label, in their original order.
 
-    The draw is a prefix of one seeded permutation, so a larger limit keeps every image of a
-    smaller one (a quick check can be extended and resumed). ``None``: all samples.
+    ``label(sample)`` is the sample's image label (default: its ``label`` attribute, as on
+    :class:`~iapas.data.Sample`); non-zero is anomalous. The anomalous and the normal samples are
+    each shuffled with ``seed``, then taken alternately (anomalous first; when one class runs
+    out, the other goes on), so a draw of ``limit >= 2`` holds both classes whenever both exist
+    (a uniform draw could pick only normal images and leave every metric undefined). The draw is
+    a prefix of that one fixed sequence, so a larger limit keeps every image of a smaller one (a
+    quick check can be extended and resumed). ``None``: all samples.
     """
     items = list(samples)
     if limit is None or limit >= len(items):
         return items
     if limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
+    get = label if label is not None else (lambda item: int(getattr(item, "label")))
+    anomalous = [i for i, item in enumerate(items) if int(get(item)) != 0]
+    normal = [i for i, item in enumerate(items) if int(get(item)) == 0]
+    rng = random.Random(seed)
+    rng.shuffle(anomalous)
+    rng.shuffle(normal)
+    order: list[int] = []
+    for k in range(max(len(anomalous), len(normal))):
+        order += anomalous[k : k + 1] + normal[k : k + 1]
     chosen = sorted(order[:limit])
     return [items[i] for i in chosen]
