@@ -532,6 +532,27 @@ def test_bench_runs_datasets_and_ablations_side_by_side(tmp_path: Path):
     assert "<table>" in html and "http://" not in html
 
 
+def test_bench_default_column_covers_every_mvtec_category_and_ablations_the_textures(tmp_path: Path):
+    from iapas.evaluation.bench import run_bench
+
+    datasets = tmp_path / "datasets"
+    make_mvtec(datasets / "MVTecAD", ("bottle", "carpet", "grid"))
+    out = tmp_path / "bench"
+    stage1 = Stage1Options(tagger="manual", tags=[OBJECT], llm="knowledge")
+    bench = run_bench(datasets, out, fake_pipeline(), EvalSettings(protocol="full"), stage1=stage1, ablations=["size-filter"], report=False)
+    default, off = bench.results["mvtec"]["default"], bench.results["mvtec"]["size-filter-off"]
+    assert [c.name for c in default.categories] == ["bottle", "carpet", "grid"]  # was carpet, grid only
+    assert [c.name for c in off.categories] == ["carpet", "grid"]
+    per = {c.name: c.metrics.pixel_ap for c in default.categories}
+    assert default.mean()["pixel_ap"] == pytest.approx(sum(per.values()) / 3)
+    md = (out / "bench.md").read_text()
+    assert f"| MVTec AD | {100 * sum(per.values()) / 3:.2f} |" in md
+    textures_ap = (per["carpet"] + per["grid"]) / 2
+    assert "the IAP-AS column is the mean over every category; the ablation columns are over the paper's ablation categories only (carpet, grid)" in md
+    assert f"over those, IAP-AS has pixel AP {100 * textures_ap:.2f}" in md
+    assert json.loads((out / "bench.json").read_text())["ablation_categories"] == {"mvtec": ["carpet", "grid"]}
+
+
 # --- the CLI with tiny real models -------------------------------------------------------------------
 
 
