@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -236,25 +237,45 @@ def test_evaluate_category_applies_the_protocol_and_metrics_match_a_direct_compu
     assert result.n_test == result.n_done == 6 and not result.failures and result.error is None
 
     # recompute everything from the image files, independently of the stored predictions
-    maps, masks, labels = [], [], []
+    maps, per_image, masks, labels, scores = [], [], [], [], []
     for sample in category.test:
         image = np.asarray(Image.open(sample.path).convert("RGB"))
         gt = np.asarray(Image.open(sample.mask_path)) > 127 if sample.mask_path else np.zeros(image.shape[:2], bool)
-        expected_map = np.asarray(Image.fromarray(expected_native_map(image)).resize((400, 400), Image.BICUBIC))
+        native = expected_native_map(image)
+        expected_map = np.asarray(Image.fromarray(native).resize((400, 400), Image.BICUBIC))
+        # the reference code's order: normalise the raw map by its own range, then resize
+        span = float(native.max() - native.min())
+        unit = ((native - native.min()) / span).astype(np.float32) if span > 0 else np.zeros_like(native)
+        per_image.append(np.asarray(Image.fromarray(unit).resize((400, 400), Image.BICUBIC)))
         expected_mask = np.asarray(Image.fromarray(gt.astype(np.uint8) * 255).resize((400, 400), Image.NEAREST)) > 127
         maps.append(expected_map)
         masks.append(expected_mask)
         labels.append(sample.label)
+        scores.append(float(native.max()))  # image score: the raw full-resolution map's max
     stack = np.stack(maps)
     lo, hi = float(stack.min()), float(stack.max())
     assert lo < 0 < hi  # bicubic overshoot below zero next to the boxes
-    assert result.score_range == (lo, hi)
-    normalised = ((stack.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
-    direct = category_metrics(normalised, np.stack(masks), image_labels=np.array(labels))
-    assert result.metrics == direct  # every field identical
+    assert max(float(m.max()) for m in maps) > max(scores)  # ... and above the raw maximum
+
+    # default (the paper's protocol): per-image min-max, then the stack min-max
+    unit_stack = np.stack(per_image)
+    ulo, uhi = float(unit_stack.min()), float(unit_stack.max())
+    assert ulo < 0 and uhi > 1
+    assert result.score_range == pytest.approx((ulo, uhi), abs=1e-6)
+    normalised = ((unit_stack.astype(np.float64) - ulo) / (uhi - ulo)).astype(np.float32)
+    direct = category_metrics(normalised, np.stack(masks), image_scores=np.array(scores), image_labels=np.array(labels))
+    assert result.metrics is not None
+    # equal up to float32 rounding of the edge pixels (normalising after resizing, from the stored raw
+    # maps, rounds differently by an ulp, which can make or break exact ties between pixels)
+    assert asdict(result.metrics) == pytest.approx(asdict(direct), abs=1e-4)
     assert 0 < direct.pixel_ap < 1 and direct.image_auroc == 1.0
 
-    # the stored 400x400 maps and masks are the resized ones (float32, lossless)
+    # without it (--no-image-norm): the stack min-max of the raw resized maps only; exact
+    raw_normalised = ((stack.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+    direct_raw = category_metrics(raw_normalised, np.stack(masks), image_scores=np.array(scores), image_labels=np.array(labels))
+    assert direct_raw.pixel_ap != pytest.approx(direct.pixel_ap)  # the per-image normalisation matters
+
+    # the stored 400x400 maps and masks are the resized raw ones (float32, lossless)
     records = read_jsonl(out / "predictions" / "alpha.jsonl")
     assert [r["key"] for r in records] == ["crack/000", "crack/001", "crack/002", "good/000", "good/001", "good/002"]
     order = {s.path.relative_to(dataset_root / "alpha" / "test").with_suffix("").as_posix(): i for i, s in enumerate(category.test)}
@@ -266,6 +287,7 @@ def test_evaluate_category_applies_the_protocol_and_metrics_match_a_direct_compu
         np.testing.assert_array_equal(stored_mask, masks[i])
         assert rec["label"] == labels[i] and rec["defect_type"] in ("crack", "good")
         assert rec["score"] == pytest.approx(float(maps[i].max()))
+        assert (rec["map_min"], rec["map_max"]) == (0.0, scores[i])  # the raw range, at full precision
         assert rec["status"] == "ok" and len(rec["kept"]) == 1 and rec["dropped"] == []
     first = records[0]  # crack/000: box 12..22 x 10..18 on the 40x48 image, score 200/255
     assert first["kept"][0]["box"] == [12.0, 10.0, 22.0, 18.0]
@@ -274,8 +296,73 @@ def test_evaluate_category_applies_the_protocol_and_metrics_match_a_direct_compu
 
     # and metrics_from_predictions gives the same from the files alone
     again, rng, curve = metrics_from_predictions(out, records)
-    assert again == direct and rng == (lo, hi)
+    assert again == result.metrics and rng == result.score_range
     assert curve["recall"][0] == 1.0 and len(curve["thresholds"]) == 101
+    raw, rng_raw, _ = metrics_from_predictions(out, records, image_norm=False)
+    assert raw == direct_raw and rng_raw == (lo, hi)  # every field identical
+
+
+def test_per_image_normalisation_and_raw_image_scores_by_hand(tmp_path: Path):
+    """Three 2x2 maps with hand-computed metrics (raw range in the records, as evaluate stores it).
+
+    a: anomalous, map [[.2 (defect), .1], [0, 0]]    -> per image [[1, .5], [0, 0]]
+    b: anomalous, map [[.8, .4 (defect)], [0, 0]]    -> per image [[1, .5], [0, 0]]
+    c: normal,    map [[.5, 0], [0, 0]]              -> per image [[1, 0], [0, 0]]
+    d: normal,    all zeros (no box)                 -> stays all zeros
+    Raw pixel ranking: .8 n, .5 n, .4 p, .2 p, .1 n, 0...: AP = (1/3 + 2/4) / 2 = 5/12, F1-max 2/3 (at .2).
+    Per image: 1 {p, n, n}, .5 {n, p}, 0...: AP = .5 * 1/3 + .5 * 2/5 = 11/30, F1-max = max(.4, 4/7) = 4/7.
+    Image scores are the raw maxima .2, .8, .5, 0 (a, b anomalous): AP = (1 + 2/3) / 2 = 5/6; from the
+    normalised maps (1, 1, 1, 0) it would be 2/3. The records' 'score' field (rigged here) feeds nothing.
+    """
+    from iapas.evaluation.core import save_map_file
+
+    maps = {
+        "a": [[0.2, 0.1], [0, 0]],
+        "b": [[0.8, 0.4], [0, 0]],
+        "c": [[0.5, 0.0], [0, 0]],
+        "d": [[0.0, 0.0], [0, 0]],
+    }
+    masks = {"a": [[1, 0], [0, 0]], "b": [[0, 1], [0, 0]], "c": [[0, 0], [0, 0]], "d": [[0, 0], [0, 0]]}
+    records = []
+    for key, m in maps.items():
+        arr = np.array(m, np.float32)
+        save_map_file(tmp_path / f"{key}.npz", arr, np.array(masks[key], bool))
+        records.append({
+            "key": key, "label": int(key in "ab"), "map": f"{key}.npz", "map_min": float(arr.min()), "map_max": float(arr.max()),
+            "score": {"a": 0.9, "b": 0.1, "c": 0.95, "d": 0.0}[key],  # not an input: would give image AP 1/2
+        })
+    on, rng_on, _ = metrics_from_predictions(tmp_path, records)
+    assert on.pixel_ap == pytest.approx(11 / 30, abs=1e-12) and on.pixel_f1_max == pytest.approx(4 / 7, abs=1e-12)
+    assert rng_on == (0.0, 1.0)
+    off, rng_off, _ = metrics_from_predictions(tmp_path, records, image_norm=False)
+    assert off.pixel_ap == pytest.approx(5 / 12, abs=1e-12) and off.pixel_f1_max == pytest.approx(2 / 3, abs=1e-12)
+    assert rng_off == (0.0, pytest.approx(0.8))
+    for m in (on, off):
+        assert m.image_ap == pytest.approx(5 / 6, abs=1e-12) and m.image_auroc == pytest.approx(3 / 4, abs=1e-12)
+    # a record without the raw range (an older run) is refused, not silently mis-normalised
+    with pytest.raises(ValueError, match="raw map range"):
+        metrics_from_predictions(tmp_path, [{k: v for k, v in r.items() if k != "map_min"} for r in records])
+
+
+def test_image_norm_is_a_metric_time_option_said_in_every_table(dataset_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    on = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), categories=["alpha"])
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["image_norm"] is True and data["settings"]["image_norm"] is True
+    assert "each image's map min-max normalised with its raw full-resolution range" in data["protocol_description"]
+    assert "each image's map min-max normalised" in (out / "metrics.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "each image&#x27;s map min-max normalised" in html or "each image's map min-max normalised" in html
+    assert "maxima of the raw full-resolution maps" in html
+    # switching it off on the same folder is accepted, segments nothing, and changes the pixel metrics
+    off = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", image_norm=False), categories=["alpha"])
+    assert off.categories[0].n_new == 0
+    assert off.categories[0].metrics.pixel_ap != pytest.approx(on.categories[0].metrics.pixel_ap)
+    assert off.categories[0].metrics.image_ap == on.categories[0].metrics.image_ap  # raw maxima either way
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["image_norm"] is False and "no per-image normalisation" in data["protocol_description"]
+    assert "no per-image normalisation" in (out / "metrics.md").read_text()
 
 
 def test_size_filter_off_keeps_big_boxes_and_base_mode_needs_no_profile(tmp_path: Path):
@@ -584,6 +671,35 @@ def test_cli_evaluate_with_tiny_models_writes_tables_and_exits_1_on_a_bad_image(
     assert again.exit_code == 1 and json.loads((out / "metrics.json").read_text())["categories"]["alpha"]["n_new"] == 0
     refused = CliRunner().invoke(app, [*args, "--mode", "base"])
     assert refused.exit_code == 2 and "other settings" in refused.output
+    # --no-image-norm is a metric-time switch: accepted on the same folder, nothing segmented again
+    assert json.loads((out / "metrics.json").read_text())["image_norm"] is True
+    raw = CliRunner().invoke(app, [*args, "--no-image-norm"])
+    assert raw.exit_code == 1, raw.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["image_norm"] is False and data["categories"]["alpha"]["n_new"] == 0
+    assert "no per-image normalisation" in (out / "metrics.md").read_text()
+
+
+def test_cli_bench_passes_image_norm_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from typer.testing import CliRunner
+
+    import iapas.cli.evaluate as cli_evaluate
+    import iapas.evaluation.bench as bench_module
+    from iapas.cli import app
+    from iapas.data import DatasetError
+
+    seen = []
+
+    def fake_run_bench(root_dir, out, pipeline, settings, **kwargs):
+        seen.append(settings.image_norm)
+        raise DatasetError("stop here")
+
+    monkeypatch.setattr(cli_evaluate, "_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
+    for flag, expected in (([], True), (["--no-image-norm"], False)):
+        result = CliRunner().invoke(app, ["bench", "--root-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--mode", "base", "--quiet", *flag])
+        assert result.exit_code == 2 and "stop here" in result.output
+        assert seen[-1] is expected
 
 
 def test_a_caption_the_detector_cannot_read_fails_its_category_once(dataset_root: Path, tmp_path: Path):

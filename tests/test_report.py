@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from iapas.evaluation import EvalSettings, evaluate_dataset
-from iapas.report import _boxes_text, pr_figure, render_report, select_gallery, write_report
+from iapas.report import _boxes_text, gallery_panels, pr_figure, render_report, select_gallery, write_report
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluation import fake_pipeline, make_mvtec, write_profiles  # noqa: E402
@@ -34,6 +34,32 @@ def test_select_gallery_picks_detections_false_alarms_and_misses():
     assert [r["key"] for r in chosen["detections"]] == ["a1", "a3"]  # ties keep test order
     assert [r["key"] for r in chosen["false alarms"]] == ["n1", "n2"]
     assert [r["key"] for r in chosen["misses"]] == ["a2", "a3"]
+
+
+def test_gallery_ranks_by_the_raw_image_score_and_shows_the_per_image_normalised_map(tmp_path: Path):
+    from iapas.evaluation.core import save_map_file
+
+    # 'score' (the resized map's max) is rigged in reverse: the ranking must follow map_max
+    records = [
+        {**rec("a1", 1, 0.9), "map_min": 0.0, "map_max": 0.2},
+        {**rec("a2", 1, 0.1), "map_min": 0.0, "map_max": 0.8},
+        {**rec("n1", 0, 0.9), "map_min": 0.0, "map_max": 0.1},
+        {**rec("n2", 0, 0.1), "map_min": 0.0, "map_max": 0.6},
+    ]
+    chosen = select_gallery(records, 1)
+    assert [r["key"] for r in chosen["detections"]] == ["a2"]
+    assert [r["key"] for r in chosen["false alarms"]] == ["n2"]
+    assert [r["key"] for r in chosen["misses"]] == ["a1"]
+    # the overlay of a map of 0.2 normalised per image equals that of the same region at 1.0
+    region = np.zeros((40, 40), np.float32)
+    region[10:20, 10:30] = 1.0
+    save_map_file(tmp_path / "weak.npz", 0.2 * region, region > 0)
+    save_map_file(tmp_path / "unit.npz", region, region > 0)
+    weak = {"key": "w", "map": "weak.npz", "width": 40, "height": 40, "map_min": 0.0, "map_max": 0.2}
+    unit = {"key": "u", "map": "unit.npz", "width": 40, "height": 40, "map_min": 0.0, "map_max": 1.0}
+    normalised = gallery_panels(tmp_path, weak, 1.0, 40, image_norm=True)[2]
+    np.testing.assert_array_equal(normalised, gallery_panels(tmp_path, unit, 1.0, 40)[2])
+    assert not np.array_equal(normalised, gallery_panels(tmp_path, weak, 1.0, 40)[2])  # raw: fainter
 
 
 def test_box_list_is_escaped_sorted_and_capped():
@@ -81,6 +107,9 @@ def test_report_is_self_contained_and_holds_table_curves_and_gallery(evaluated):
     assert gallery[0].size == (53, 64)
     assert "alpha: detections" in text and "alpha: false alarms" in text and "alpha: misses" in text
     assert "kept: defect" in text
+    assert "image score 0.902 (max of the raw map)" in text  # alpha crack/004: 230/255
+    assert "Image scores are the maxima of the raw full-resolution maps" in text
+    assert "each image&#x27;s map min-max normalised" in text  # the protocol sentence
 
 
 def test_report_overlay_shows_the_map_and_the_ground_truth_panel_the_mask(evaluated):

@@ -117,11 +117,17 @@ def _scaled(records: Sequence[Mapping[str, Any]], sx: float, sy: float) -> Any:
     return Detections(boxes, np.array([r["score"] for r in records], dtype=np.float32), tuple(str(r.get("phrase", "")) for r in records))
 
 
-def gallery_panels(out_dir: Path, record: Mapping[str, Any], vmax: float, size: int = THUMB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image, ground truth, overlay) of one prediction, fitted into ``size`` pixels."""
+def gallery_panels(
+    out_dir: Path, record: Mapping[str, Any], vmax: float, size: int = THUMB, *, image_norm: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, ground truth, overlay) of one prediction, fitted into ``size`` pixels.
+
+    The overlay shows the map as the metrics saw it before the stack normalisation (per-image
+    normalised when ``image_norm``), coloured up to ``vmax``.
+    """
     from PIL import Image
 
-    from iapas.evaluation.core import load_map_file
+    from iapas.evaluation.core import evaluated_map, load_map_file
     from iapas.io import ImageReadError, read_image
     from iapas.outputs import render_overlay
     from iapas.types import SegmentationResult
@@ -136,6 +142,7 @@ def gallery_panels(out_dir: Path, record: Mapping[str, Any], vmax: float, size: 
         rgb = _placeholder(w, h)
     try:
         amap, mask = load_map_file(out_dir / record["map"])
+        amap = evaluated_map(amap, record, image_norm)
     except (OSError, KeyError, ValueError) as exc:
         logger.warning("report: %s: %s", record.get("map"), exc)
         amap, mask = np.zeros((h, w), np.float32), np.zeros((h, w), bool)
@@ -158,20 +165,29 @@ def gallery_panels(out_dir: Path, record: Mapping[str, Any], vmax: float, size: 
     return rgb, mask_d, overlay
 
 
+def image_score(record: Mapping[str, Any]) -> float:
+    """The image-level score of a prediction, as the image metrics use it: the raw
+    full-resolution map's maximum (``map_max``; older records: ``image_score``, then ``score``)."""
+    for key in ("map_max", "image_score", "score"):
+        if record.get(key) is not None:
+            return float(record[key])
+    return 0.0
+
+
 def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) -> dict[str, list[Mapping[str, Any]]]:
     """The ``n`` highest-scoring anomalous images, highest-scoring normal ones and lowest-scoring anomalous ones.
 
-    Ties keep test order. An image can be both a detection and a miss when there are fewer
-    than ``2 n`` anomalous images.
+    Ranked by :func:`image_score` (the score the image metrics use). Ties keep test order. An
+    image can be both a detection and a miss when there are fewer than ``2 n`` anomalous images.
     """
     ok = [r for r in records if r.get("status") == "ok"]
     anomalous = [r for r in ok if int(r.get("label", 0)) == 1]
     normal = [r for r in ok if int(r.get("label", 0)) == 0]
-    by_score_desc = lambda rs: sorted(rs, key=lambda r: -float(r.get("score", 0.0)))  # noqa: E731
+    by_score_desc = lambda rs: sorted(rs, key=lambda r: -image_score(r))  # noqa: E731
     return {
         "detections": by_score_desc(anomalous)[:n],
         "false alarms": by_score_desc(normal)[:n],
-        "misses": sorted(anomalous, key=lambda r: float(r.get("score", 0.0)))[:n],
+        "misses": sorted(anomalous, key=image_score)[:n],
     }
 
 
@@ -184,11 +200,9 @@ def _boxes_text(records: Sequence[Mapping[str, Any]], limit: int = 8) -> str:
     return text + (f" and {len(ranked) - limit} more" if len(ranked) > limit else "")
 
 
-def _gallery_item(out_dir: Path, record: Mapping[str, Any], lo: float, hi: float, size: int) -> str:
-    from iapas.evaluation.protocol import normalize_value
-
-    rgb, gt, overlay = gallery_panels(out_dir, record, hi, size)
-    score = normalize_value(float(record.get("score", 0.0)), lo, hi)
+def _gallery_item(out_dir: Path, record: Mapping[str, Any], hi: float, size: int, image_norm: bool) -> str:
+    rgb, gt, overlay = gallery_panels(out_dir, record, hi, size, image_norm=image_norm)
+    score = image_score(record)
     kind = "anomalous" if int(record.get("label", 0)) == 1 else "normal"
     return (
         '<div class="item">'
@@ -196,7 +210,7 @@ def _gallery_item(out_dir: Path, record: Mapping[str, Any], lo: float, hi: float
         + _img(gt, "ground truth")
         + _img(overlay, "anomaly map and boxes")
         + '<div class="cap">'
-        + f"<b>{_esc(record.get('key'))}</b> ({kind}, {_esc(record.get('defect_type'))}), score {score:.3f} (normalised)<br>"
+        + f"<b>{_esc(record.get('key'))}</b> ({kind}, {_esc(record.get('defect_type'))}), image score {score:.3f} (max of the raw map)<br>"
         + f"kept: {_boxes_text(record.get('kept', []))}<br>dropped: {_boxes_text(record.get('dropped', []))}"
         + "</div></div>"
     )
@@ -267,7 +281,7 @@ def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: 
     parts.append(
         "<p>Pixel AP and F1-max are exact (every distinct score is a threshold); 'F1-max (100 thr.)' is the "
         "reference code's 100 thresholds in [0, 1]. AUPRO is integrated to 30% FPR. Image scores are the maxima "
-        "of the normalised maps.</p>"
+        "of the raw full-resolution maps (before resizing and normalisation).</p>"
     )
     figures = [(c, pr_figure(c)) for c in result.categories]
     figures = [(c, f) for c, f in figures if f is not None]
@@ -282,20 +296,22 @@ def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: 
     if gallery > 0:
         parts.append(
             "<h2>Gallery</h2><p>Each item: the image, its ground truth, and the anomaly map over the image with "
-            "the kept boxes (red, phrase and score), the dropped boxes (grey) and the object box (green). Scores are "
-            "on the category's normalised scale.</p>"
+            "the kept boxes (red, phrase and score), the dropped boxes (grey) and the object box (green). Images are "
+            "ranked by their image score (the raw map's maximum); the map is shown "
+            + ("normalised per image, " if s.image_norm else "")
+            + "coloured up to the category's maximum.</p>"
         )
         for c in result.categories:
             if c.metrics is None or c.score_range is None:
                 continue
             records = ResultsLog(out_dir / c.predictions).read()
             chosen = [records[k] for k in c.keys if k in records] if c.keys else list(records.values())
-            lo, hi = c.score_range
+            _, hi = c.score_range
             for label, group in select_gallery(chosen, gallery).items():
                 if not group:
                     continue
                 parts.append(f"<h3>{_esc(c.name)}: {label}</h3><div class=\"gallery\">")
-                parts += [_gallery_item(out_dir, r, lo, hi, thumb) for r in group]
+                parts += [_gallery_item(out_dir, r, hi, thumb, s.image_norm) for r in group]
                 parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

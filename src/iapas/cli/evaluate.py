@@ -40,6 +40,11 @@ ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal refer
 SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw; reported as such).")
 EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
+ImageNormOpt = typer.Option(
+    True, "--image-norm/--no-image-norm",
+    help="Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
+    "reference code does. Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+)
 DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
 SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
@@ -180,7 +185,10 @@ def print_summary(result: Any) -> None:
     from rich.table import Table
 
     s = result.settings
-    table = Table(title=f"{result.title}: {s.protocol} protocol, mode {s.mode}" + (f", limit {s.limit}" if s.limit else ""))
+    table = Table(
+        title=f"{result.title}: {s.protocol} protocol, mode {s.mode}" + (f", limit {s.limit}" if s.limit else "")
+        + ("" if s.image_norm else ", no per-image normalisation")
+    )
     for col in ("category", "images", "failed", "pixel AP", "pixel F1-max", "image AUROC", "s/image"):
         table.add_column(col, justify="left" if col == "category" else "right", overflow="fold")
     for c in result.categories:
@@ -245,6 +253,7 @@ def evaluate_cmd(
     mask_pattern: str = MaskPatternOpt,
     reference_dir: str = ReferenceDirOpt,
     eval_size: int = EvalSizeOpt,
+    image_norm: bool = ImageNormOpt,
     profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
@@ -277,7 +286,8 @@ def evaluate_cmd(
 
     Makes (or reuses) the stage-1 profile of each category in OUT/profiles, segments every test
     image (resumable: a re-run skips finished images), resizes maps to 400x400 (bicubic) and masks
-    (nearest), normalises each category's maps over its stack, and writes metrics.csv/json/md
+    (nearest), min-max normalises each image's map (--no-image-norm: not) and then each category's
+    maps over its stack, and writes metrics.csv/json/md
     (pixel AP, pixel F1-max and companions per category and their mean), predictions/CATEGORY.jsonl,
     maps/ (float32 .npz) and a self-contained report.html.
 
@@ -291,6 +301,7 @@ def evaluate_cmd(
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
         n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
+        image_norm=image_norm,
     )
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
@@ -359,6 +370,7 @@ def bench_cmd(
     seed: int = SeedOpt,
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
+    image_norm: bool = ImageNormOpt,
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
     device: str = DeviceOpt,
@@ -406,7 +418,7 @@ def bench_cmd(
         raise fail(f"--sizes must be comma-separated numbers, got {sizes!r}") from None
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, n_references=references, seed=seed,
-        eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
+        eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels, image_norm=image_norm,
     )
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,

@@ -5,7 +5,7 @@ Layout of an evaluation folder ``OUT``::
     OUT/run.json                    settings, models and per-category signature (for resuming)
     OUT/profiles/<category>.yaml    stage-1 profiles (reused when present; editable)
     OUT/predictions/<category>.jsonl  one JSON line per test image, appended as it finishes
-    OUT/maps/<category>/<key>.npz   the 400x400 map (float32, before normalisation) and mask (bool)
+    OUT/maps/<category>/<key>.npz   the 400x400 map (float32, raw: before any normalisation) and mask (bool)
     OUT/metrics.{csv,json,md}, OUT/curves.json, OUT/report.html
 
 Resuming: each finished image is one line of ``predictions/<category>.jsonl`` (flushed and
@@ -14,7 +14,9 @@ the images in flight. Running the same command again skips every image whose lin
 for the same file (path, size and modification time) and whose map file exists, redoes the
 others, and refuses (:class:`RunConflictError`) when the settings that decide the predictions
 (mode, caption, object tag, size threshold, models, protocol, references, resolution) differ
-from the stored ones.
+from the stored ones. The per-image normalisation (``image_norm``) is applied when the metrics
+are computed, from the raw range each record stores, so switching it re-computes the metrics
+only (it is not part of the signature).
 
 Maps are stored as float32 in compressed ``.npz`` files: lossless, so ties and the exact AP are
 those of the computed maps (float16 or 16-bit PNG quantisation would create ties and move AP).
@@ -39,7 +41,16 @@ import numpy as np
 from iapas import __version__
 from iapas.data import Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
 from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
-from iapas.evaluation.protocol import EVAL_SIZE, PR_POINTS, limit_samples, normalize_stack, pr_curve, resize_map, resize_mask
+from iapas.evaluation.protocol import (
+    EVAL_SIZE,
+    PR_POINTS,
+    limit_samples,
+    normalize_image,
+    normalize_stack,
+    pr_curve,
+    resize_map,
+    resize_mask,
+)
 from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_path, atomic_write_text
 from iapas.metrics import CategoryMetrics, category_metrics
 from iapas.pipeline import Pipeline
@@ -89,6 +100,9 @@ class EvalSettings:
 
     ``protocol``: 'paper' (the test images the paper's reference code used) or 'full' (the whole
     test split); both evaluate 400x400 maps (``eval_size``) normalised over each category's stack.
+    ``image_norm`` (default True, the paper's protocol): min-max normalise each image's map with
+    its raw full-resolution range before the stack normalisation (see
+    :mod:`~iapas.evaluation.protocol`); a metric-time option, not part of the resume signature.
     ``mode``: 'iapas' (the profile's caption and the size filter) or 'base' (the paper's baseline:
     'defect . abnormal .' and no size filter). ``size_threshold`` overrides the profile's (None:
     the profile's, 0.8 by default); ``size_filter=False`` keeps every box (ablation).
@@ -109,6 +123,7 @@ class EvalSettings:
     limit: int | None = None
     batch_size: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
+    image_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -176,7 +191,8 @@ class CategoryResult:
     error: str | None = None
     profile: ProfileRecord = field(default_factory=lambda: ProfileRecord(None, "none"))
     notes: list[str] = field(default_factory=list)
-    score_range: tuple[float, float] | None = None  # (min, max) of the raw stack: the normalisation
+    score_range: tuple[float, float] | None = None  # (min, max) of the stack the stack normalisation used
+    # (of the per-image normalised maps when image_norm is on, else of the raw 400x400 maps)
     pr: dict[str, list[float]] | None = None  # thresholds, precision, recall on normalised maps
     n_references: int = 0
     seconds: float = 0.0  # segmenting the images of this run (not resumed ones, not the metrics)
@@ -255,9 +271,15 @@ class DatasetResult:
         which = (
             "the paper's test images (its reference code's selection)" if s.protocol == "paper" else "the whole test split (normal and defective)"
         )
+        norm = (
+            "each image's map min-max normalised with its raw full-resolution range (the reference code's), then"
+            if s.image_norm
+            else "no per-image normalisation (--no-image-norm: not the paper's protocol);"
+        )
         return (
             f"{s.protocol} protocol: {which}; maps resized to {s.eval_size}x{s.eval_size} (PIL bicubic), masks "
-            f"(nearest), each category's maps min-max normalised over its whole stack."
+            f"(nearest), {norm} each category's maps min-max normalised over its whole stack; image scores are "
+            "the maxima of the raw full-resolution maps."
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +291,7 @@ class DatasetResult:
                 "protocol": self.settings.protocol,
                 "protocol_description": self.protocol_sentence(),
                 "mode": self.settings.mode,
+                "image_norm": self.settings.image_norm,
                 "settings": self.settings.to_dict(),
                 "models": self.models,
                 "iapas_version": self.iapas_version,
@@ -380,13 +403,22 @@ def _is_done(record: Mapping[str, Any] | None, out_dir: Path, sample: Sample) ->
         return False
     if record.get("image") != str(sample.path) or record.get("file") != file_stamp(sample.path):
         return False
+    if "map_min" not in record or "map_max" not in record:  # made before the raw range was recorded
+        return False
     return (out_dir / str(record.get("map", ""))).is_file()
 
 
 def prediction_record(
     key: str, sample: Sample, image: LoadedImage, result: SegmentationResult, map_eval: np.ndarray, mask_eval: np.ndarray, map_file: str
 ) -> dict[str, Any]:
-    """The JSON line of one evaluated image."""
+    """The JSON line of one evaluated image.
+
+    ``map_min`` and ``map_max`` are the raw full-resolution map's range at full precision: the
+    per-image normalisation and the image score (``map_max``; ``image_score`` is the same,
+    rounded) come from them. ``score`` is the resized map's maximum (bicubic overshoot included),
+    kept for information: it feeds no metric.
+    """
+    raw = result.anomaly_map
     return {
         "key": key,
         "image": str(sample.path),
@@ -398,7 +430,9 @@ def prediction_record(
         "width": image.width,
         "height": image.height,
         **result.to_record(),
-        "score": float(map_eval.max()),  # max of the resized map, before normalisation
+        "map_min": float(raw.min()) if raw.size else 0.0,
+        "map_max": float(raw.max()) if raw.size else 0.0,
+        "score": float(map_eval.max()),  # max of the resized map, before normalisation: not a metric input
         "anomalous_pixels": int(mask_eval.sum()),
         "map": map_file,
     }
@@ -425,16 +459,40 @@ def sample_keys(category: Category) -> dict[Path, str]:
 # --- metrics from stored predictions -------------------------------------------------------------------
 
 
+def raw_range(record: Mapping[str, Any]) -> tuple[float, float]:
+    """The raw full-resolution map's ``(min, max)`` stored in a prediction record."""
+    try:
+        return float(record["map_min"]), float(record["map_max"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"prediction {record.get('key')!r} has no raw map range (made by an older iapas): run the evaluation "
+            "again to segment it anew"
+        ) from None
+
+
+def evaluated_map(anomaly_map: np.ndarray, record: Mapping[str, Any], image_norm: bool) -> np.ndarray:
+    """A stored 400x400 map as the metrics see it before the stack normalisation: per-image
+    normalised with the record's raw range when ``image_norm``, else as stored."""
+    if not image_norm:
+        return anomaly_map
+    lo, hi = raw_range(record)
+    return normalize_image(anomaly_map, lo, hi)
+
+
 def metrics_from_predictions(
-    out_dir: Path, records: Sequence[Mapping[str, Any]], *, pr_points: int = PR_POINTS
+    out_dir: Path, records: Sequence[Mapping[str, Any]], *, image_norm: bool = True, pr_points: int = PR_POINTS
 ) -> tuple[CategoryMetrics, tuple[float, float], dict[str, list[float]]]:
     """The paper's metrics of one category from its stored 400x400 maps and masks.
 
-    ``records`` are the ``ok`` prediction lines in test order. The maps are stacked, min-max
-    normalised over the stack (:func:`~iapas.evaluation.protocol.normalize_stack`) and passed to
+    ``records`` are the ``ok`` prediction lines in test order. With ``image_norm`` (the paper's
+    protocol) each map is first min-max normalised with its raw full-resolution range
+    (:func:`evaluated_map`); the maps are then stacked, min-max normalised over the stack
+    (:func:`~iapas.evaluation.protocol.normalize_stack`) and passed to
     :func:`iapas.metrics.category_metrics` with the images' labels (a defective image whose mask
-    is empty, as 4 of MTD's, still counts as anomalous at image level). Returns the metrics, the
-    stack's raw ``(min, max)`` and the PR curve on the normalised maps.
+    is empty, as 4 of MTD's, still counts as anomalous at image level) and the image scores: the
+    raw full-resolution maps' maxima (``map_max``), not the maxima of the resized or normalised
+    maps. Returns the metrics, the ``(min, max)`` of the stack the stack normalisation used, and
+    the PR curve on the normalised maps.
     """
     if not records:
         raise ValueError("no evaluated image")
@@ -446,11 +504,12 @@ def metrics_from_predictions(
         m, g = (first_map, first_mask) if i == 0 else load_map_file(Path(out_dir) / rec["map"])
         if m.shape != shape or g.shape != shape:
             raise ValueError(f"{rec['map']}: map {m.shape} / mask {g.shape} differ from the first map's {shape}")
-        maps[i] = m
+        maps[i] = evaluated_map(m, rec, image_norm)
         masks[i] = g
     labels = np.array([int(rec["label"]) for rec in records], dtype=bool)
+    image_scores = np.array([raw_range(rec)[1] for rec in records], dtype=np.float64)
     maps, lo, hi = normalize_stack(maps, in_place=True)
-    metrics = category_metrics(maps, masks, image_labels=labels)
+    metrics = category_metrics(maps, masks, image_scores=image_scores, image_labels=labels)
     thresholds, precision, recall = pr_curve(maps, masks, pr_points)
     curve = {
         "thresholds": [round(float(t), 6) for t in thresholds],
@@ -578,7 +637,7 @@ def evaluate_category(
     result.seconds = time.perf_counter() - started
     started = time.perf_counter()
     if ok:
-        metrics, score_range, curve = metrics_from_predictions(out, ok)
+        metrics, score_range, curve = metrics_from_predictions(out, ok, image_norm=settings.image_norm)
         result.metrics, result.score_range, result.pr = metrics, score_range, curve
     else:
         result.error = "no test image could be evaluated"
