@@ -39,10 +39,19 @@ def d(*rows):
 
 class FakeDetector:
     name = "fake-detector"
+    # with the tag caption 'bottle . glass .' (the vote); the sizes of the 'bottle' boxes here
+    # (0.25, 0.36, 0.2: median 0.25) are NOT the object size
     DETS = [
-        d(([0, 0, 100, 50], 0.7, "bottle"), ([0, 0, 99, 49], 0.65, "bottle")),  # 0.25; the second box is NMS'd away
-        d(([0, 0, 20, 20], 0.6, "glass"), ([0, 0, 120, 120], 0.5, "bottle")),  # bottle 0.36
-        d(([10, 10, 60, 50], 0.8, "bottle")),  # 0.2, the winner
+        d(([0, 0, 100, 50], 0.7, "bottle"), ([0, 0, 99, 49], 0.65, "bottle")),  # the second box is NMS'd away
+        d(([0, 0, 20, 20], 0.6, "glass"), ([0, 0, 120, 120], 0.5, "bottle")),
+        d(([10, 10, 60, 50], 0.8, "bottle")),  # the winner
+    ]
+    # with the object tag alone ('bottle'), as stage 2 runs it: the object size is the median
+    # of the top boxes' sizes, 0.8 and 0.25 (none on the third image) -> 0.525
+    OBJECT_DETS = [
+        d(([0, 0, 160, 100], 0.9, "bottle"), ([0, 0, 10, 10], 0.3, "bottle")),  # (160/200)*(100/100) = 0.8
+        d(([0, 0, 100, 100], 0.4, "bottle")),  # (100/200)*(100/200) = 0.25
+        d(),
     ]
 
     def __init__(self) -> None:
@@ -50,7 +59,8 @@ class FakeDetector:
 
     def detect(self, images, caption, *, box_threshold, text_threshold):
         self.calls.append((caption, box_threshold, text_threshold))
-        return [self.DETS[index_of(im)] for im in images]
+        table = self.OBJECT_DETS if caption == "bottle" else self.DETS
+        return [table[index_of(im)] for im in images]
 
 
 class WordTokenizer:
@@ -105,9 +115,10 @@ def test_build_profile_records_every_step(refs: list[Path], tmp_path: Path):
     assert profile.category == "bottle" and profile.object_tag == "bottle"
     assert profile.caption == "scratch . crack . contamination . abnormal . defect . bottle ."
     assert profile.anomaly_nouns == ["scratch", "crack", "contamination"]
-    assert profile.object_size == pytest.approx(0.25)  # median of 0.25, 0.36, 0.2
+    # measured as stage 2 does: the object tag alone, top box; not from the tag caption's boxes
+    assert profile.object_size == pytest.approx(0.525)
     assert profile.models == {"tagger": "fake-tagger", "detector": "fake-detector", "llm": "fake-model"}
-    assert detector.calls == [("bottle . glass .", 0.1, 0.1)] * 3
+    assert detector.calls == [("bottle . glass .", 0.1, 0.1)] * 3 + [("bottle", 0.1, 0.1)] * 3
     s1 = profile.stage1
     assert (s1["seed"], s1["input_hash"], s1["reference_names"]) == (5, "sha256:abc", ["ref0.png", "ref1.png", "ref2.png"])
     assert s1["tags"]["aggregated"] == ["bottle", "glass"]
@@ -116,7 +127,11 @@ def test_build_profile_records_every_step(refs: list[Path], tmp_path: Path):
     assert s1["tags"]["per_image"][1] == {"image": "ref1.png", "tags": ["glass", "bottle"], "scores": [0.6, 0.3]}
     obj = s1["object"]
     assert (obj["source"], obj["tag"], obj["phrase"], obj["image"]) == ("detector vote", "bottle", "bottle", "ref2.png")
-    assert obj["score"] == pytest.approx(0.8) and obj["sizes"] == pytest.approx([0.25, 0.36, 0.2])
+    assert obj["score"] == pytest.approx(0.8) and obj["sizes"] == pytest.approx([0.8, 0.25])
+    assert [(e["image"], e["size"]) for e in obj["size_per_image"]] == [
+        ("ref0.png", pytest.approx(0.8)), ("ref1.png", pytest.approx(0.25)), ("ref2.png", None)
+    ]
+    assert obj["object_size"] == profile.object_size and "as stage 2" in obj["size_method"]
     llm = s1["llm"]
     assert (llm["backend"], llm["model"], llm["raw_text"]) == ("fake", "fake-model", REPLY)
     assert llm["messages"] == build_messages("bottle")
@@ -124,8 +139,8 @@ def test_build_profile_records_every_step(refs: list[Path], tmp_path: Path):
     assert (s1["fallback_used"], s1["fallback_reason"]) == (False, None)
     assert s1["caption"]["dropped_nouns"] == [] and s1["caption"]["token_counter"] == "estimate"
     assert s1["caption"]["max_tokens"] == 256
-    assert [p[0] for p in progress] == ["reading"] * 3 + ["tagging"] * 3 + ["detecting"] * 3
-    assert progress[-1] == ("detecting", 3, 3)
+    assert [p[0] for p in progress] == ["reading"] * 3 + ["tagging"] * 3 + ["detecting"] * 3 + ["measuring"] * 3
+    assert progress[-1] == ("measuring", 3, 3)
     path = profile.save(tmp_path / "bottle.yaml")
     assert Profile.load(path) == profile
 
@@ -151,8 +166,8 @@ def test_knowledge_backend_and_given_object(refs: list[Path]):
     detector = FakeDetector()
     profile = build_profile("bottle", refs, detector=detector, object_tag="Bottle", llm=None)
     assert profile.object_tag == "bottle" and profile.models == {"detector": "fake-detector", "llm": "knowledge"}
-    assert detector.calls == [("bottle .", 0.1, 0.1)] * 3  # no tag vote: the object only, for its size
-    assert profile.object_size == pytest.approx(0.25)
+    assert detector.calls == [("bottle", 0.1, 0.1)] * 3  # no tag vote: the object only, for its size
+    assert profile.object_size == pytest.approx(0.525)  # the same measurement as after a vote
     assert profile.stage1["object"]["source"] == "given" and "tags" not in profile.stage1
     assert profile.stage1["llm"]["backend"] == "knowledge" and profile.stage1["fallback_used"] is False
 

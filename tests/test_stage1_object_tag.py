@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iapas.prompts.object_tag import match_phrase, object_sizes, vote_object_tag
+from iapas.prompts.object_tag import (
+    NMS_IOU,
+    detect_references,
+    match_phrase,
+    measure_object_size,
+    top_box_size,
+    vote_object_tag,
+)
 from iapas.types import Detections
 
 
@@ -37,55 +44,99 @@ def test_match_phrase(phrase: str, tags: list[str], expected: str | None):
 TAGS = ["glass bottle", "bottle cap", "liquid"]
 
 
-def test_vote_picks_the_highest_top_score_and_the_median_object_size():
+def test_vote_picks_the_highest_top_score():
     sizes = [(100, 200), (200, 200), (100, 100), (50, 50), (400, 100)]  # (H, W)
     detections = [
         # A: top box 'bottle' -> 'glass bottle', area (100/200)*(50/100) = 0.25
         dets(([0, 0, 100, 50], 0.6, "bottle"), ([0, 0, 10, 10], 0.2, "liquid")),
-        # B: top box 'bottle cap' 0.7; its glass bottle box (120/200)*(120/200) = 0.36
+        # B: top box 'bottle cap' 0.7, area 0.01
         dets(([0, 0, 20, 20], 0.7, "bottle cap"), ([0, 0, 120, 120], 0.5, "glass bottle")),
         # C: the winner, 'glass bottle' 0.95, area (50/100)*(40/100) = 0.2
         dets(([10, 10, 60, 50], 0.95, "glass bottle")),
         # D: no boxes at all
         dets(),
-        # E: only a box without phrase (cannot vote) and a 'liquid' box: no glass bottle here
+        # E: a box without phrase cannot vote: the 'liquid' box does
         dets(([0, 0, 100, 100], 0.99, ""), ([0, 0, 50, 50], 0.3, "liquid")),
     ]
     vote = vote_object_tag(detections, sizes, TAGS, ["a.png", "b.png", "c.png", "d.png", "e.png"])
     assert (vote.object_tag, vote.phrase, vote.image) == ("glass bottle", "glass bottle", "c.png")
     assert vote.score == pytest.approx(0.95)
-    assert vote.sizes == pytest.approx([0.25, 0.36, 0.2])
-    assert vote.object_size == pytest.approx(0.25)  # median of 0.2, 0.25, 0.36
     assert [(v.image, v.tag) for v in vote.per_image] == [
         ("a.png", "glass bottle"), ("b.png", "bottle cap"), ("c.png", "glass bottle"), ("e.png", "liquid")
     ]
     assert [v.size for v in vote.per_image] == pytest.approx([0.25, 0.01, 0.2, 0.0625])
 
 
-def test_vote_ties_go_to_the_earlier_image_and_even_counts_average():
+def test_vote_ties_go_to_the_earlier_image():
     sizes = [(100, 100), (100, 100)]
     detections = [
-        dets(([0, 0, 50, 20], 0.8, "liquid")),  # 0.1
-        dets(([0, 0, 50, 60], 0.8, "liquid"), ([0, 0, 100, 100], 0.1, "glass bottle")),  # 0.3
+        dets(([0, 0, 50, 20], 0.8, "liquid")),
+        dets(([0, 0, 50, 60], 0.8, "glass bottle"), ([0, 0, 100, 100], 0.1, "bottle cap")),
     ]
     vote = vote_object_tag(detections, sizes, TAGS)
     assert (vote.object_tag, vote.image) == ("liquid", "0")
-    assert vote.object_size == pytest.approx(0.2)  # (0.1 + 0.3) / 2
 
 
 def test_vote_without_any_box():
     vote = vote_object_tag([dets(), dets()], [(10, 10), (10, 10)], TAGS)
-    assert (vote.object_tag, vote.object_size, vote.per_image) == (None, None, [])
+    assert (vote.object_tag, vote.per_image) == (None, [])
 
 
 def test_unmapped_phrase_votes_as_itself():
     vote = vote_object_tag([dets(([0, 0, 5, 5], 0.5, "widget"))], [(10, 10)], TAGS)
-    assert (vote.object_tag, vote.object_size) == ("widget", pytest.approx(0.25))
+    assert vote.object_tag == "widget" and vote.per_image[0].size == pytest.approx(0.25)
 
 
-def test_object_sizes_skip_images_without_the_tag_and_zero_area_boxes():
-    detections = [dets(([0, 0, 0, 10], 0.9, "bottle")), dets(([0, 0, 10, 10], 0.4, "bottle"), ([0, 0, 20, 10], 0.6, "glass"))]
-    assert object_sizes(detections, [(10, 10), (10, 20)], "glass bottle", TAGS) == [None, pytest.approx(1.0)]
+class ListDetector:
+    """Returns the given detections for each image in turn, whatever the caption."""
+
+    def __init__(self, per_image: list[Detections]) -> None:
+        self.per_image = per_image
+        self.calls: list[str] = []
+
+    def detect(self, images, caption, *, box_threshold, text_threshold):
+        self.calls.append(caption)
+        return [self.per_image[len(self.calls) - 1]]
+
+
+def test_nms_at_iou_0_5_changes_the_vote():
+    """A phrase-less box cannot vote but, as METHOD.md's class-agnostic NMS at IoU 0.5 wants, it
+    suppresses the 'liquid' box it overlaps at IoU 0.8; the 'glass bottle' box at IoU 0.4 stays
+    and wins. Without NMS (or at another IoU) 'liquid' (0.8) would win."""
+    image = np.zeros((100, 100, 3), np.uint8)
+    raw = dets(
+        ([0, 0, 100, 100], 0.9, ""),  # no phrase (its tokens were under the text threshold)
+        ([0, 0, 100, 80], 0.8, "liquid"),  # IoU 0.8 with the first box: suppressed
+        ([0, 0, 40, 100], 0.7, "glass bottle"),  # IoU 0.4: kept
+    )
+    detections = detect_references(ListDetector([raw]), [image], "glass bottle . liquid .")
+    assert detections[0].phrases == ("", "glass bottle")
+    assert vote_object_tag(detections, [(100, 100)], TAGS).object_tag == "glass bottle"
+    assert vote_object_tag([raw], [(100, 100)], TAGS).object_tag == "liquid"  # the same boxes without NMS
+    at_0_9 = detect_references(ListDetector([raw]), [image], "glass bottle . liquid .", nms_iou=0.9)
+    assert vote_object_tag(at_0_9, [(100, 100)], TAGS).object_tag == "liquid"
+    assert NMS_IOU == 0.5
+
+
+def test_top_box_size_is_stage_2_s_object_size():
+    # stage 2 takes the top box of the object tag's detections, whatever its phrase
+    d = dets(([0, 0, 10, 10], 0.4, "bottle"), ([0, 0, 20, 10], 0.6, "glass"))
+    assert top_box_size(d, 20, 10) == pytest.approx(1.0)
+    assert top_box_size(dets(([0, 0, 0, 10], 0.9, "bottle")), 10, 10) is None  # no area
+    assert top_box_size(dets(), 10, 10) is None
+
+
+def test_measure_object_size_runs_the_object_tag_alone_and_takes_the_median():
+    images = [np.zeros((100, 200, 3), np.uint8), np.zeros((100, 100, 3), np.uint8), np.zeros((50, 50, 3), np.uint8)]
+    detector = ListDetector([
+        dets(([0, 0, 100, 50], 0.6, "bottle"), ([0, 0, 10, 10], 0.2, "bottle")),  # 0.25
+        dets(([0, 0, 60, 50], 0.3, "bottle")),  # 0.3
+        dets(),  # not found
+    ])
+    measured = measure_object_size(detector, images, "glass bottle")
+    assert detector.calls == ["glass bottle"] * 3  # as stage 2 passes the profile's object tag
+    assert measured.per_image == [pytest.approx(0.25), pytest.approx(0.3), None]
+    assert measured.sizes == pytest.approx([0.25, 0.3]) and measured.object_size == pytest.approx(0.275)
 
 
 def test_vote_checks_lengths():

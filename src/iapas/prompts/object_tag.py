@@ -18,9 +18,10 @@ be part of a tag ('bottle' from 'glass bottle'), span two tags ('metal nut' from
    'compositeateria coroar' -> 'composite material';
 5. else no tag: the cleaned phrase itself is used.
 
-The reference object size is measured as stage 2 measures it on a test image: on each
-reference image, the highest-scoring box whose phrase maps to the object tag, as a fraction of
-the image area ((w/W)*(h/H)); the median over the images where the object tag was found.
+The reference object size (:func:`measure_object_size`) is measured as stage 2 measures it on a
+test image: after the vote, the detector runs with the object tag alone ('bottle') on each
+reference image, and the top box's area as a fraction of the image ((w/W)*(h/H),
+:func:`top_box_size`) is that image's size; the median over the images where a box was found.
 """
 
 from __future__ import annotations
@@ -103,8 +104,6 @@ class ObjectVote:
     phrase: str | None  # the winning detector phrase
     score: float | None
     image: str | None  # the image the winning box is on
-    object_size: float | None  # median normalised area of the object tag's boxes
-    sizes: list[float] = field(default_factory=list)  # per image where the object tag was found
     per_image: list[ImageVote] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,34 +116,57 @@ def _image_top(dets: Detections) -> int | None:
     return int(np.argmax(dets.scores))  # first of equal maxima
 
 
-def object_sizes(
-    detections: Sequence[Detections],
-    image_sizes: Sequence[tuple[int, int]],
-    object_tag: str,
-    tags: Sequence[str],
-) -> list[float | None]:
-    """Per image, the normalised area of the best box whose phrase maps to ``object_tag``.
-
-    ``image_sizes`` are ``(height, width)``. None where the object tag has no box (or only
-    boxes of zero area).
-    """
-    out: list[float | None] = []
-    for dets, (h, w) in zip(detections, image_sizes):
-        mapped = np.array([(match_phrase(p, tags) or clean_phrase(p)) == object_tag for p in dets.phrases], dtype=bool)
-        areas = normalized_areas(dets.boxes, w, h) if len(dets) else np.zeros(0)
-        ok = mapped & (areas > 0)
-        if not ok.any():
-            out.append(None)
-            continue
-        idx = np.flatnonzero(ok)
-        best = idx[int(np.argmax(dets.scores[idx]))]
-        out.append(float(min(areas[best], 1.0)))
-    return out
+def top_box_size(dets: Detections, width: int, height: int) -> float | None:
+    """The normalised area ``(w/W)*(h/H)`` of the highest-scoring box (ties: the first), as
+    stage 2 takes the object's size from the object tag's detections; None without a box or
+    when that box has no area."""
+    top = _image_top(dets)
+    if top is None:
+        return None
+    area = float(normalized_areas(dets.boxes[top][None], width, height)[0])
+    return area if area > 0 else None
 
 
 def median_size(sizes: Sequence[float | None]) -> float | None:
     found = [s for s in sizes if s is not None]
     return float(np.median(found)) if found else None
+
+
+@dataclass
+class ObjectSize:
+    """The reference object size: per image (None where no box), and their median."""
+
+    caption: str  # the object tag alone, as stage 2 passes it to the detector
+    per_image: list[float | None]
+    object_size: float | None  # median over the images with a box; None when there is none
+
+    @property
+    def sizes(self) -> list[float]:
+        """The sizes of the images where the object was found."""
+        return [s for s in self.per_image if s is not None]
+
+
+def measure_object_size(
+    detector: Any,
+    images: Sequence[np.ndarray],
+    object_tag: str,
+    *,
+    box_threshold: float = BOX_THRESHOLD,
+    text_threshold: float = TEXT_THRESHOLD,
+    nms_iou: float = NMS_IOU,
+    on_image: Any = None,
+) -> ObjectSize:
+    """The median object size over ``images``, measured as stage 2 measures it on a test image:
+    the detector with the object tag alone, the top box's normalised area
+    (:func:`top_box_size`), the median over the images where a box was found. The caption is
+    ``object_tag`` as it is, as stage 2 passes it (the detector adds the final '.')."""
+    caption = object_tag
+    detections = detect_references(
+        detector, images, caption, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou,
+        on_image=on_image,
+    )
+    per_image = [top_box_size(d, int(im.shape[1]), int(im.shape[0])) for d, im in zip(detections, images)]
+    return ObjectSize(caption, per_image, median_size(per_image))
 
 
 def vote_object_tag(
@@ -155,10 +177,12 @@ def vote_object_tag(
 ) -> ObjectVote:
     """The object tag from detections of the tag caption (one :class:`Detections` per image).
 
-    Pure: give it NMS'd detections (the top box of an image is the same with or without NMS).
-    Each image votes with its highest-scoring box (ties: the first); its phrase maps to a tag
-    by :func:`match_phrase`; boxes with an empty phrase cannot vote. The highest vote wins
-    (ties: the earlier image). The object size is :func:`median_size` of :func:`object_sizes`.
+    Give it NMS'd detections, as :func:`detect_references` makes them: a box without a phrase
+    cannot vote, but it still suppresses the boxes it overlaps. Each image votes with its
+    highest-scoring box that has a phrase (ties: the first); the phrase maps to a tag by
+    :func:`match_phrase`. The highest vote wins (ties: the earlier image). ``image_sizes``
+    (``(height, width)``) give each vote's box size, for the record; the object size itself is
+    :func:`measure_object_size`'s.
     """
     if len(detections) != len(image_sizes):
         raise ValueError(f"{len(detections)} detections but {len(image_sizes)} image sizes")
@@ -182,20 +206,10 @@ def vote_object_tag(
             )
         )
     if not votes:
-        return ObjectVote(None, None, None, None, None, [], [])
+        return ObjectVote(None, None, None, None, [])
     winner = max(range(len(votes)), key=lambda i: (votes[i].score, -i))
     win = votes[winner]
-    sizes = object_sizes(detections, image_sizes, win.tag, tags)
-    found = [s for s in sizes if s is not None]
-    return ObjectVote(
-        object_tag=win.tag,
-        phrase=win.phrase,
-        score=win.score,
-        image=win.image,
-        object_size=median_size(sizes),
-        sizes=found,
-        per_image=votes,
-    )
+    return ObjectVote(object_tag=win.tag, phrase=win.phrase, score=win.score, image=win.image, per_image=votes)
 
 
 def detect_references(
@@ -208,7 +222,8 @@ def detect_references(
     nms_iou: float = NMS_IOU,
     on_image: Any = None,
 ) -> list[Detections]:
-    """Run ``detector`` with ``caption`` on each image (one at a time), then NMS.
+    """Run ``detector`` with ``caption`` on each image (one at a time), then class-agnostic NMS
+    at ``nms_iou``.
 
     ``on_image(i)`` is called after each image (for progress bars).
     """

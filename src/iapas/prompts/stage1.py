@@ -5,7 +5,8 @@
 
 1. reference images (:func:`select_references`: N files drawn with a fixed seed);
 2. tags per image, aggregated, non-object tags dropped, joined into a tag caption;
-3. the object tag by the detector vote, and the median reference object size;
+3. the object tag by the detector vote, and the median reference object size (measured as
+   stage 2 measures it: the detector with the object tag alone, the top box);
 4. anomaly nouns from the LLM (or the offline knowledge vocabulary; also the fallback when the
    LLM fails or replies nothing usable);
 5. the caption 'w1 . w2 . ... . abnormal . defect . <object tag> .', trimmed to the detector's
@@ -47,8 +48,7 @@ from iapas.prompts.object_tag import (
     TEXT_THRESHOLD,
     ObjectVote,
     detect_references,
-    median_size,
-    object_sizes,
+    measure_object_size,
     vote_object_tag,
 )
 from iapas.prompts.parsing import parse_word_list
@@ -57,7 +57,8 @@ from iapas.prompts.tagging import ScoredTags, Tagger, aggregate_tags, drop_stop_
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFERENCES = 10
-# progress(stage, done, total): stage is 'reading', 'tagging' or 'detecting'.
+# progress(stage, done, total): stage is 'reading', 'tagging', 'detecting' (the tag vote) or
+# 'measuring' (the object size).
 ProgressCallback = Callable[[str, int, int], None]
 
 
@@ -277,8 +278,8 @@ def build_profile(
     """Stage 1 for one category: reference images -> :class:`~iapas.profile.Profile`.
 
     ``references`` are the image files to use (pick them with :func:`select_references`).
-    ``object_tag`` given: no tagging or vote; the detector (if given) still measures the object
-    size on the references. ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
+    ``object_tag`` given: no tagging or vote. Either way the detector (if given) measures the
+    object size on the references as stage 2 does (:func:`~iapas.prompts.object_tag.measure_object_size`). ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
     no ``nouns``: the ``knowledge`` vocabulary answers. ``detector`` is any
     :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
     window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
@@ -359,23 +360,25 @@ def build_profile(
             logger.warning("no detection on the reference images; using the top tag %r as the object tag", chosen)
         else:
             chosen, source = vote.object_tag, "detector vote"
-        object_record = {"source": source, "tag": chosen, **_vote_fields(vote)}
+        object_record: dict[str, Any] = {"source": source, "tag": chosen, **_vote_fields(vote)}
     else:
         chosen = given_object
-        vote = ObjectVote(chosen, None, None, None, None)
         object_record = {"source": "given", "tag": chosen}
-        if detector is not None and images:
-            t = time.perf_counter()
-            caption = join_caption([chosen])
-            detections = detect_references(
-                detector, images, caption, box_threshold=box_threshold, text_threshold=text_threshold,
-                nms_iou=nms_iou, on_image=tick("detecting"),
-            )
-            timings["detection_s"] = time.perf_counter() - t
-            sizes = object_sizes(detections, image_sizes, chosen, [chosen])
-            vote.object_size = median_size(sizes)
-            vote.sizes = [s for s in sizes if s is not None]
-            object_record.update({"object_size": vote.object_size, "sizes": vote.sizes})
+    object_size = None
+    if detector is not None and images:
+        t = time.perf_counter()
+        measured = measure_object_size(
+            detector, images, chosen, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou,
+            on_image=tick("measuring"),
+        )
+        timings["object_size_s"] = time.perf_counter() - t
+        object_size = measured.object_size
+        object_record.update({
+            "object_size": object_size,
+            "sizes": measured.sizes,
+            "size_per_image": [{"image": n, "size": s} for n, s in zip(names, measured.per_image)],
+            "size_method": f"detector with the object tag alone ({measured.caption!r}), top box, median (as stage 2)",
+        })
     record["object"] = object_record
 
     # step 4: anomaly nouns
@@ -428,7 +431,7 @@ def build_profile(
         anomaly_nouns=kept,
         include_object_tag=include_object_tag,
         size_threshold=size_threshold,
-        object_size=vote.object_size,
+        object_size=object_size,
         models=all_models,
         stage1=record,
     )
