@@ -62,6 +62,21 @@ def caption_from(reply: str, object_tag: str) -> str:
         ("scratched, cracked, chipped, discolored", "bottle", "scratch . crack . chip . discolored . abnormal . defect . bottle ."),
         # semicolons, slashes, parenthesised remarks, the object tag itself repeated
         ("Anomalies: pore (small void); crack / blowhole; magnetic tile", "magnetic tile", "pore . crack . blowhole . abnormal . defect . magnetic tile ."),
+        # a numbered list on one line
+        ("1. crack 2. chip 3. scratch", "bottle", "crack . chip . scratch . abnormal . defect . bottle ."),
+        ("Anomalies: (1) crack (2) chip (3) scratch", "bottle", "crack . chip . scratch . abnormal . defect . bottle ."),
+        # a lone chat word before the list's first comma goes, the list stays
+        ("Sure, crack, chip, scratch", "bottle", "crack . chip . scratch . abnormal . defect . bottle ."),
+        ("Okay, sure, crack, chip", "bottle", "crack . chip . abnormal . defect . bottle ."),
+        # a one-per-line list whose last item ends with a period
+        ("scratch\ncrack\nforeign matter.", "bottle", "scratch . crack . foreign matter . abnormal . defect . bottle ."),
+        ("- scratch\n- foreign matter.", "bottle", "scratch . foreign matter . abnormal . defect . bottle ."),
+        # list trailers
+        ("crack, chip, scratch, and so on", "bottle", "crack . chip . scratch . abnormal . defect . bottle ."),
+        ("crack, chip, scratch etc.", "bottle", "crack . chip . scratch . abnormal . defect . bottle ."),
+        # the object tag or its plural is not an anomaly noun
+        ("bottles, crack, chip, bottle", "bottle", "crack . chip . abnormal . defect . bottle ."),
+        ("metal nuts, thread damage", "metal nut", "thread damage . abnormal . defect . metal nut ."),
     ],
 )
 def test_llm_reply_formats_give_the_exact_caption(reply: str, object_tag: str, caption: str):
@@ -87,6 +102,17 @@ def test_parse_drops_prose_lines_and_keeps_list_lines():
         ("The anomalies are scratches, dents and holes.", ["dents", "holes"]),  # a clause is not a word
         ("Sorry, I cannot do that. I hope this helps!", []),
         ("| scratch | dent |", ["scratch", "dent"]),  # a Markdown table row
+        ("1. crack 2. chip 3. scratch", ["crack", "chip", "scratch"]),
+        ("Here are the nouns: 1. crack 2. foreign matter", ["crack", "foreign matter"]),
+        ("Sure, crack, chip, scratch", ["crack", "chip", "scratch"]),
+        ("Sorry, no.", []),
+        ("scratch\ncrack\nforeign matter.", ["scratch", "crack", "foreign matter"]),
+        ("scratch, crack\nGood luck.", ["scratch", "crack"]),  # after a comma list, a short sentence is prose
+        ("crack\nchip\nThat's all.", ["crack", "chip"]),
+        ("crack, chip, etc.", ["crack", "chip"]),
+        ("crack, chip and so on", ["crack", "chip"]),
+        ("crack, chip, and more.", ["crack", "chip"]),
+        ("size 3.5 mm crack", []),  # a decimal number is not a numbered list
     ],
 )
 def test_parse_word_list(reply: str, words: list[str]):

@@ -109,14 +109,25 @@ class NounResult:
         return asdict(self)
 
 
+def _plurals(tag: str) -> set[str]:
+    """``tag`` and its English plurals ('bottle' -> 'bottles'; 'box' -> 'boxes'; 'battery' -> 'batteries')."""
+    forms = {tag, tag + "s", tag + "es"}
+    if tag.endswith("y") and len(tag) > 2:
+        forms.add(tag[:-1] + "ies")
+    return forms
+
+
 def usable_nouns(words: Sequence[str], object_tag: str, knowledge: Knowledge) -> list[str]:
     """Clean parsed words into anomaly nouns for the caption.
 
     :func:`clean_nouns` (lowercase, fillers dropped, de-duplicated keeping first order), then
     plural/-ed/-ing forms of known anomaly nouns to the noun (:meth:`Knowledge.base_form`),
-    then without 'abnormal', 'defect' and the object tag, which the caption adds itself.
+    then without 'abnormal', 'defect' and the object tag or its plural ('bottles' for
+    'bottle'): the caption adds those itself, and the object is not an anomaly on itself.
     """
-    reserved = set(ALWAYS_ADDED) | set(clean_nouns([object_tag]))
+    reserved = set(ALWAYS_ADDED)
+    for tag in clean_nouns([object_tag]):
+        reserved |= _plurals(tag)
     cleaned = clean_nouns(knowledge.base_form(w) for w in clean_nouns(words))
     return [w for w in cleaned if w not in reserved]
 
