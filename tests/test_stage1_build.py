@@ -10,7 +10,7 @@ from PIL import Image
 
 from iapas.profile import Profile
 from iapas.prompts.llm import LLMError, build_messages
-from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash, select_references
+from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash, llm_error_fallback, select_references
 from iapas.types import Detections
 
 SIZES = [(100, 200), (200, 200), (100, 100)]  # (H, W) of the three reference images
@@ -159,6 +159,8 @@ def test_failed_llm_gives_a_profile_marked_with_the_fallback(refs: list[Path], r
     profile = build_profile("bottle", refs, tagger=FakeTagger(), detector=FakeDetector(), llm=FakeLLM(reply))
     s1 = profile.stage1
     assert s1["fallback_used"] is True and s1["fallback_reason"] and s1["llm"]["knowledge_family"] == "glass"
+    assert profile.models["llm"] == "knowledge (fallback from fake-model)"  # not the LLM that failed
+    assert (llm_error_fallback(s1) is not None) == isinstance(reply, Exception)  # worth making again only then
     assert profile.caption == "crack . chip . scratch . bubble . stain . contamination . fracture . inclusion . break . spot . abnormal . defect . bottle ."
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,13 @@ def test_hand_made_profile_still_works(tmp_path: Path):
         (["-r", "REF", "--tagger", "blip"], "unknown --tagger 'blip'"),
         (["-r", "REF", "--llm", "gpt"], "unknown --llm 'gpt'"),
         (["-r", "REF", "--tagger", "manual"], "needs --tags"),
-        (["-r", "REF", "--llm-model", "./no/llm", "--object", "bottle"], "LLM: model folder ./no/llm does not exist"),
+        (["-r", "REF", "--tags", "bottle", "--tagger", "clip"], "--tags gives the tags by hand (the manual tagger); it cannot go with --tagger clip"),
+        (["-r", "REF", "--tags", "bottle", "--tagger", "ram"], "cannot go with --tagger ram"),
+        # a category folder of a dataset: its defect images and masks are not normal references
+        (["-r", "CATEGORY", "--object", "bottle", "--llm", "knowledge"], "looks like a dataset folder"),
+        (["-r", "CATEGORY", "--object", "bottle", "--llm", "knowledge"], "--dataset NAME --root"),
+        (["-r", "CATEGORY/test", "--object", "bottle", "--llm", "knowledge"], "has test/broken_large/"),
+        (["-r", "CATEGORY/ground_truth", "--object", "bottle", "--llm", "knowledge"], "e.g. -r CATEGORY/train/good"),
     ],
 )
 def test_profile_errors_are_clear(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, extra: list[str], message: str):
@@ -164,11 +171,12 @@ def test_profile_errors_are_clear(tmp_path: Path, tiny_models: dict[str, Path], 
     for var in ("IAPAS_LLM_MODEL", "IAPAS_LLM_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     ref = str(good_bottles() / "000.png")
-    extra = [ref if e == "REF" else e for e in extra]
+    category = str(good_bottles().parent.parent)
+    extra = [ref if e == "REF" else e.replace("CATEGORY", category) for e in extra]
     result = runner.invoke(app, ["profile", "-c", "bottle", *extra, "--detector", str(tiny_models["grounding-dino"]),
                                  "--device", "cpu", "--out", str(tmp_path / "p.yaml")])
     assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split())
+    assert message.replace("CATEGORY", category) in " ".join(result.output.split())
     assert not (tmp_path / "p.yaml").exists()
 
 
@@ -197,3 +205,143 @@ def test_profile_through_an_openai_compatible_server(tmp_path: Path, tiny_models
         s1 = Profile.load(slow).stage1
         assert s1["fallback_used"] is True and "no reply within 0.3 s" in s1["fallback_reason"]
         assert Profile.load(slow).caption.startswith("crack . chip . scratch .")  # glass family of 'bottle'
+
+
+def object_args(tiny: dict[str, Path]) -> list[str]:
+    """Stage 1 with the object tag given and the knowledge vocabulary: only the detector runs."""
+    return ["--object", "bottle", "--llm", "knowledge", "--detector", str(tiny["grounding-dino"]), "--device", "cpu"]
+
+
+def test_reference_masks_are_left_out_and_too_few_images_are_said(tmp_path: Path, tiny_models: dict[str, Path]):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in ("000.png", "001.png", "002.png"):
+        shutil.copy(good_bottles() / name, refs / name)
+    shutil.copy(good_bottles() / "003.png", refs / "000_mask.png")
+    out = tmp_path / "p.yaml"
+    result = runner.invoke(app, ["profile", "-c", "bottle", "-r", str(refs), "-n", "5", *object_args(tiny_models), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "left out 1 mask image(s)" in text
+    assert "--references 5 asked for, but only 3 image(s) found; using all of them" in text
+    assert Profile.load(out).stage1["reference_names"] == ["000.png", "001.png", "002.png"]
+
+
+def test_reference_mode_honours_seed_and_count(tmp_path: Path, tiny_models: dict[str, Path]):
+    from iapas.io import find_images
+    from iapas.prompts.stage1 import select_references
+
+    all_refs = find_images([str(good_bottles())])[0]
+    names = {}
+    for n, seed in ((3, 0), (3, 1), (2, 0)):
+        out = tmp_path / f"n{n}-s{seed}.yaml"
+        args = ["profile", "-c", "bottle", "-r", str(good_bottles()), "-n", str(n), "--seed", str(seed), *object_args(tiny_models)]
+        result = runner.invoke(app, [*args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        s1 = Profile.load(out).stage1
+        names[n, seed] = s1["reference_names"]
+        assert s1["reference_names"] == [p.name for p in select_references(all_refs, n, seed)]
+        assert len(s1["reference_names"]) == n and s1["seed"] == seed
+    assert names[3, 0] != names[3, 1]
+    assert set(names[2, 0]) < set(names[3, 0])
+
+
+def test_dataset_mode_honours_seed_and_count(tmp_path: Path, tiny_models: dict[str, Path]):
+    root = shared_data("MVTecAD")
+    names = {}
+    for n, seed in ((3, 0), (3, 1), (2, 0)):
+        out = tmp_path / f"n{n}-s{seed}"
+        result = runner.invoke(app, ["profile", "--dataset", "mvtec", "--root", str(root), "--categories", "bottle", "-n", str(n),
+                                     "--seed", str(seed), *object_args(tiny_models), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        s1 = Profile.load(out / "bottle.yaml").stage1
+        names[n, seed] = s1["reference_names"]
+        assert len(s1["reference_names"]) == n and s1["seed"] == seed
+    assert names[3, 0] != names[3, 1]
+    assert set(names[2, 0]) < set(names[3, 0])
+
+
+def test_an_llm_that_cannot_be_loaded_falls_back_and_is_tried_again_next_time(tmp_path: Path, tiny_models: dict[str, Path]):
+    out = tmp_path / "p.yaml"
+    args = ["profile", "-c", "bottle", "-r", str(good_bottles() / "000.png"), "--object", "bottle", "--llm-model", "./no/llm",
+            "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "could not load the LLM ./no/llm: model folder ./no/llm does not exist" in text
+    assert "To fix it:" in text and "LLM fallback" in text
+    profile = Profile.load(out)
+    assert profile.stage1["fallback_used"] is True
+    assert profile.stage1["fallback_reason"].startswith("LLM error: could not load ./no/llm")
+    assert profile.models["llm"] == "knowledge (fallback from ./no/llm)"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "after an LLM failure" in again.output and "making it again" in again.output
+
+
+def test_profile_after_a_transient_llm_error_is_made_again(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+    from tests.test_stage1_llm import ChatServer
+
+    for var in ("IAPAS_LLM_MODEL", "IAPAS_LLM_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "p.yaml"
+    with ChatServer() as server:
+        args = ["profile", "-c", "bottle", "-r", str(good_bottles() / "000.png"), "--object", "bottle", "--llm", "openai",
+                "--llm-base-url", server.url, "--llm-retries", "0", "--detector", str(tiny_models["grounding-dino"]),
+                "--device", "cpu", "--out", str(out)]
+        first = runner.invoke(app, [*args, "--llm-model", "flaky"])  # HTTP 503 once, then 'dent, rust'
+        assert first.exit_code == 0, first.output
+        failed = Profile.load(out)
+        assert failed.stage1["fallback_reason"].startswith("LLM error:") and "HTTP 503" in failed.stage1["fallback_reason"]
+        assert failed.models["llm"] == "knowledge (fallback from flaky)"
+
+        # edited by hand: kept, even so
+        edited = Profile.load(out)
+        edited.caption = "scratch . bottle ."
+        edited.save(out)
+        kept = runner.invoke(app, [*args, "--llm-model", "flaky"])
+        assert kept.exit_code == 0 and "edited by hand; keeping it" in " ".join(kept.output.split())
+        assert server.flaky_calls == 1 and Profile.load(out).caption == "scratch . bottle ."
+        failed.save(out)  # the edit undone
+
+        second = runner.invoke(app, [*args, "--llm-model", "flaky"])
+        assert second.exit_code == 0, second.output
+        assert "after an LLM failure" in second.output and "making it again" in second.output
+        remade = Profile.load(out)
+        assert remade.caption == "dent . rust . abnormal . defect . bottle ." and remade.stage1["fallback_used"] is False
+        assert remade.models["llm"] == "flaky"
+        third = runner.invoke(app, [*args, "--llm-model", "flaky"])
+        assert "same inputs; keeping it" in third.output and server.flaky_calls == 2
+
+        # a reply with no usable noun is kept, and said
+        chatty = tmp_path / "chatty.yaml"
+        runner.invoke(app, [*args[:-1], str(chatty), "--llm-model", "chatty"])
+        assert Profile.load(chatty).stage1["fallback_reason"].startswith("no usable anomaly noun")
+        again = runner.invoke(app, [*args[:-1], str(chatty), "--llm-model", "chatty"])
+        text = " ".join(again.output.split())
+        assert again.exit_code == 0 and "keeping it" in text and "replied nothing usable" in text
+        assert len([r for r in server.requests if r["model"] == "chatty"]) == 1
+
+
+def test_force_help_says_it_overwrites_hand_edits():
+    result = runner.invoke(app, ["profile", "--help"], terminal_width=200)
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "hand edits to it are lost" in text
+
+
+def test_evaluate_and_profile_share_the_cache_key(tmp_path: Path, tiny_models: dict[str, Path]):
+    from iapas.data import get_dataset
+    from iapas.evaluation.profiles import get_profile
+    from iapas.prompts.resources import Stage1Models, Stage1Options
+
+    root = shared_data("MVTecAD")
+    profiles = tmp_path / "profiles"
+    options = Stage1Options(object_tag="bottle", llm="knowledge", detector=str(tiny_models["grounding-dino"]), device="cpu")
+    category = get_dataset("mvtec", root).load("bottle", n_references=2, seed=0)
+    made = get_profile(category, profiles, options, models=Stage1Models(options))  # as iapas evaluate makes it
+    assert made is not None
+    result = runner.invoke(app, ["profile", "--dataset", "mvtec", "--root", str(root), "--categories", "bottle", "-n", "2",
+                                 *object_args(tiny_models), "--out", str(profiles)])
+    assert result.exit_code == 0, result.output
+    assert "0 profile(s) written, 1 kept" in result.output
+    assert Profile.load(profiles / "bottle.yaml").stage1["input_hash"] == made.stage1["input_hash"]

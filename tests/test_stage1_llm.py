@@ -64,6 +64,8 @@ class ChatServer:
                     return self.send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
                 if model == "null-content":
                     return self.send(200, completion(None))
+                if model == "chatty":
+                    return self.send(200, completion("I cannot help with that."))
                 return self.send(200, completion("Here you go: scratch, dent, rust"))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -203,3 +205,106 @@ def test_transformers_llm_load_errors_are_clear(tmp_path: Path, tiny_models: dic
         TransformersLLM.from_pretrained(str(tiny_models["clip"]), device="cpu")
     with pytest.raises(ModelLoadError, match="LLM: model folder ./no/such/llm does not exist"):
         TransformersLLM.from_pretrained("./no/such/llm", device="cpu")
+
+
+class RecordingTokenizer:
+    """A chat tokenizer stand-in that records how it is called."""
+
+    pad_token_id = None  # as Llama 3's: the eos id pads
+    eos_token_id = 9
+
+    def __init__(self) -> None:
+        self.template_calls: list[tuple[list[dict[str, str]], dict]] = []
+
+    def apply_chat_template(self, messages, **kwargs):
+        import torch
+
+        self.template_calls.append((messages, kwargs))
+        return {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+
+    def decode(self, tokens, skip_special_tokens=False):
+        assert skip_special_tokens
+        return " ".join(f"w{int(t)}" for t in tokens) + "  "
+
+
+class RecordingModel:
+    """A causal LM stand-in: records generate()'s arguments and the seed it runs under, and
+    answers with tokens drawn from torch's RNG (so the reply follows the seed)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def generate(self, **kwargs):
+        import torch
+
+        self.calls.append({**kwargs, "_seed": torch.initial_seed()})
+        new = torch.randint(100, 10_000, (1, 4))
+        return torch.cat([kwargs["input_ids"], new], dim=1)
+
+
+def test_transformers_llm_samples_with_the_paper_s_settings_through_the_chat_template():
+    tokenizer, model = RecordingTokenizer(), RecordingModel()
+    llm = TransformersLLM(model, tokenizer, device="cpu", model_id="m")
+    messages = build_messages("bottle")
+    reply = llm.complete(messages, seed=11)
+    assert tokenizer.template_calls == [
+        (messages, {"add_generation_prompt": True, "return_tensors": "pt", "return_dict": True})
+    ]
+    (call,) = model.calls
+    assert call["input_ids"].tolist() == [[5, 6, 7]] and call["attention_mask"].tolist() == [[1, 1, 1]]
+    assert (call["do_sample"], call["temperature"], call["top_p"], call["max_new_tokens"]) == (True, 0.6, 0.9, 512)
+    assert call["pad_token_id"] == 9  # no pad token: eos
+    assert call["_seed"] == 11  # sampling runs under the given seed
+    assert reply.startswith("w") and reply == reply.strip() and len(reply.split()) == 4  # only the new tokens
+    assert llm.complete(messages, seed=11) == reply
+    assert llm.complete(messages, seed=12) != reply and model.calls[-1]["_seed"] == 12
+
+
+def test_transformers_llm_failures_are_llm_errors():
+    class Broken(RecordingModel):
+        def generate(self, **kwargs):
+            raise RuntimeError("CUDA out of memory")
+
+    llm = TransformersLLM(Broken(), RecordingTokenizer(), device="cpu", model_id="m")
+    with pytest.raises(LLMError, match="m: generation failed: RuntimeError: CUDA out of memory"):
+        llm.complete(build_messages("bottle"), seed=0)
+
+
+def test_tiny_llama_replies_follow_the_seed(tiny_models: dict[str, Path]):
+    llm = TransformersLLM.from_pretrained(str(tiny_models["llm"]), device="cpu")
+    assert (llm.temperature, llm.top_p, llm.max_new_tokens) == (0.6, 0.9, 512)
+    messages = build_messages("bottle")
+    replies = [llm.complete(messages, seed=seed) for seed in (0, 1, 2)]
+    assert len(set(replies)) > 1  # another seed, another sample
+    assert llm.complete(messages, seed=1) == replies[1]
+
+
+def test_an_llm_that_cannot_be_loaded_falls_back_with_a_reason_and_a_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    import logging
+
+    from iapas.prompts.llm import UnloadedLLM
+    from iapas.prompts.resources import Stage1Models, Stage1Options
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    caplog.set_level(logging.WARNING)
+    # the default, gated Llama 3, not in the (offline) cache
+    models = Stage1Models(Stage1Options(llm="transformers", device="cpu"))
+    llm = models.llm()
+    assert isinstance(llm, UnloadedLLM) and llm.model_id == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert models.llm() is llm  # not tried again for the next category
+    text = " ".join(caplog.text.split())
+    assert "could not load the LLM meta-llama/Meta-Llama-3-8B-Instruct" in text
+    assert "gated" in text and "hf auth login" in text and "--llm knowledge" in text
+    result = generate_nouns("bottle", llm, seed=0, knowledge=Knowledge.load())
+    assert result.fallback_used and result.fallback_reason.startswith("LLM error: could not load meta-llama/")
+    assert result.nouns and result.knowledge_family == "glass"
+
+    # the openai client package missing
+    caplog.clear()
+    monkeypatch.setitem(sys.modules, "openai", None)
+    llm = Stage1Models(Stage1Options(llm="openai", llm_model="m", llm_base_url="http://127.0.0.1:1/v1")).llm()
+    assert isinstance(llm, UnloadedLLM)
+    assert "pip install iapas[openai]" in caplog.text
+    assert "pip install iapas[openai]" in generate_nouns("bottle", llm, seed=0, knowledge=Knowledge.load()).fallback_reason

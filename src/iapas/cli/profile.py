@@ -76,7 +76,12 @@ def profile_cmd(
     object_in_caption: bool = typer.Option(
         True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing profile file made from other inputs."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Make the profile again and overwrite the file, whether it was made from other inputs or from the same "
+        "ones (hand edits to it are lost).",
+    ),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -91,10 +96,14 @@ def profile_cmd(
     By hand: iapas profile -c bottle --object bottle --prompts "scratch, crack" --out bottle.yaml
 
     The file is YAML (or JSON) meant to be read and edited; 'iapas segment' uses its caption as
-    written. Re-running with the same inputs keeps the file (and your edits); other inputs need --force.
+    written. Re-running with the same inputs keeps the file (and your edits), unless its nouns
+    came from the knowledge vocabulary because the LLM failed: then it is made again. Other
+    inputs need --force.
     """
     setup_logging(verbose, quiet)
-    if tags is not None and tagger in (None, "manual"):
+    if tags is not None and tagger not in (None, "manual"):
+        raise fail(f"--tags gives the tags by hand (the manual tagger); it cannot go with --tagger {tagger}")
+    if tags is not None:
         tagger = "manual"
     tagger = tagger or "clip"
     if tagger not in TAGGERS:
@@ -139,8 +148,17 @@ def profile_cmd(
     paths, problems = find_images(list(reference))
     for problem in problems:
         _say(f"warning: {problem}")
+    dataset_like = _dataset_like(list(reference), paths)
+    if dataset_like:
+        raise fail(dataset_like)
+    masks = [p for p in paths if _is_mask(p)]
+    if masks:
+        _say(f"warning: left out {len(masks)} mask image(s) (*_mask.*, e.g. {masks[0]}): masks are not reference images")
+        paths = [p for p in paths if not _is_mask(p)]
     if not paths:
         raise fail("no reference images found in " + ", ".join(reference))
+    if references > len(paths):
+        _say(f"warning: --references {references} asked for, but only {len(paths)} image(s) found; using all of them")
     try:
         chosen = select_references(paths, references, seed)
     except Stage1Error as exc:
@@ -149,6 +167,45 @@ def profile_cmd(
     status = _make_one(category, chosen, out, opts, run, models)
     if status == "conflict":
         raise typer.Exit(2)
+
+
+def _is_mask(path: Path) -> bool:
+    """A ground-truth mask by its name (MVTec and most datasets: ``000_mask.png``)."""
+    return path.stem.lower().endswith("_mask")
+
+
+def _dataset_like(inputs: list[str], paths: list[Path]) -> str | None:
+    """An error message when a reference folder is a dataset's category (or root) folder, whose
+    defect images and masks would be drawn as 'normal' references; else None.
+
+    A folder given with -r that is, or holds, a ``ground_truth`` folder or a ``test`` folder with
+    a subfolder other than ``good`` (with images found there) is taken as such.
+    """
+    for item in inputs:
+        folder = Path(item).expanduser()
+        if not folder.is_dir():
+            continue
+        base = folder.absolute().parent
+        for path in paths:
+            try:
+                parts = path.absolute().relative_to(base).parts[:-1]  # starts with the folder's own name
+            except ValueError:
+                continue
+            hit = next(
+                (i for i, part in enumerate(parts)
+                 if part == "ground_truth" or (part == "test" and i + 1 < len(parts) and parts[i + 1] != "good")),
+                None,
+            )
+            if hit is None:
+                continue
+            category = base.joinpath(*parts[:hit])
+            what = "ground_truth/" if parts[hit] == "ground_truth" else f"test/{parts[hit + 1]}/"
+            return (
+                f"{folder} looks like a dataset folder ({category} has {what}): its defect images and masks are not "
+                f"normal references. Give its normal images, e.g. -r {category / 'train' / 'good'}, or use the "
+                f"dataset's own split: --dataset NAME --root {category.parent} --categories {category.name} (NAME e.g. mvtec)"
+            )
+    return None
 
 
 def _say(message: str) -> None:
@@ -209,6 +266,7 @@ def _keep_existing(out: Path, digest: str, force: bool) -> str:
     if force or not out.exists():
         return "write"
     from iapas.profile import Profile, ProfileError
+    from iapas.prompts.stage1 import llm_error_fallback
 
     try:
         existing = Profile.load(out)
@@ -216,7 +274,26 @@ def _keep_existing(out: Path, digest: str, force: bool) -> str:
         print_error(f"{out} exists but is not a usable profile ({exc}); use --force to overwrite it")
         return "conflict"
     if existing.stage1.get("input_hash") == digest:
-        _say(f"{out}: made from the same inputs; keeping it (use --force to make it again)")
+        s1 = existing.stage1
+        failed = llm_error_fallback(s1)
+        made = {
+            "caption": (s1.get("caption") or {}).get("text") if isinstance(s1.get("caption"), dict) else None,
+            "object": (s1.get("object") or {}).get("tag") if isinstance(s1.get("object"), dict) else None,
+        }
+        edited = made["caption"] not in (None, existing.caption) or made["object"] not in (None, existing.object_tag)
+        if failed and not edited:
+            _say(f"{out}: made from the same inputs, but after an LLM failure ({failed}); making it again")
+            return "write"
+        if failed:
+            _say(f"{out}: made after an LLM failure ({failed}) but edited by hand; keeping it (use --force to make it again)")
+        elif s1.get("fallback_used"):
+            _say(
+                f"{out}: made from the same inputs; keeping it. Its nouns come from the knowledge vocabulary because the "
+                f"LLM replied nothing usable ({s1.get('fallback_reason')}); the same seed samples the same reply: edit "
+                "the file, or use --force to make it again"
+            )
+        else:
+            _say(f"{out}: made from the same inputs; keeping it (use --force to make it again)")
         return "cached"
     print_error(
         f"{out} exists and was made from other inputs (reference images, models or options "
@@ -234,12 +311,12 @@ def _make_one(
     from iapas.profile import ProfileError
     from iapas.prompts.knowledge import KnowledgeError
     from iapas.prompts.llm import LLMError
-    from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash
+    from iapas.prompts.stage1 import Stage1Error, build_profile
     from iapas.prompts.tagging import TaggerError
 
     errors = (ModelLoadError, TaggerError, LLMError, KnowledgeError, Stage1Error, ImageReadError, ProfileError, OSError, ValueError)
     try:
-        digest = input_hash(category, chosen, models.settings(run.references))
+        digest = models.input_hash(category, chosen)
     except errors as exc:
         raise fail(str(exc)) from None
     decision = _keep_existing(out, digest, run.force)

@@ -64,7 +64,7 @@ def get_profile(
         return profile
     if options is None:
         raise FileNotFoundError(f"{path}: no profile, and no stage-1 options to make one")
-    from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash
+    from iapas.prompts.stage1 import Stage1Error, build_profile
 
     if models is None:
         models = Stage1Models(options, detector)
@@ -76,7 +76,7 @@ def get_profile(
     detector_name = models.detector_id()
     references = list(category.references)
     o = options
-    digest = input_hash(category.name, references, o.settings(detector_name))
+    digest = models.input_hash(category.name, references, o)  # the same key as iapas profile's
     profile = build_profile(
         category.name,
         references,
@@ -141,6 +141,7 @@ class ProfileRecord:
     object_size: float | None = None
     size_threshold: float | None = None
     models: dict[str, Any] = field(default_factory=dict)
+    llm_fallback: str | None = None  # why the knowledge vocabulary replaced the LLM, when it did
 
     @classmethod
     def of(cls, profile: Profile | None, path: Path | None, source: str) -> ProfileRecord:
@@ -154,7 +155,15 @@ class ProfileRecord:
             profile.object_size,
             profile.size_threshold,
             dict(profile.models),
+            _fallback_reason(profile),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _fallback_reason(profile: Profile) -> str | None:
+    s1 = profile.stage1 if isinstance(profile.stage1, dict) else {}
+    if not s1.get("fallback_used"):
+        return None
+    return str(s1.get("fallback_reason") or "the LLM failed")

@@ -168,6 +168,36 @@ class TransformersLLM:
             raise LLMError(f"{self.model_id}: generation failed: {type(exc).__name__}: {exc}") from exc
 
 
+class UnloadedLLM:
+    """Stands in for an LLM that could not be loaded (gated or missing model, missing package):
+    every :meth:`complete` raises :class:`LLMError` with the load error, so stage 1 falls back
+    to the knowledge vocabulary and records why, as it does for an LLM that fails to reply."""
+
+    def __init__(self, name: str, model_id: str, error: str) -> None:
+        self.name = name
+        self.model_id = model_id
+        self.error = error
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, seed: int) -> str:
+        raise LLMError(f"could not load {self.model_id}: {self.error}")
+
+
+def load_failure_hint(backend: str, model_id: str, error: str) -> str:
+    """What to do about an LLM that could not be loaded, in one sentence."""
+    text = error.lower()
+    if model_id.startswith("meta-llama/") or "gated" in text or "401" in text or "403" in text:
+        return (
+            f"{model_id} is gated on the Hugging Face hub: accept its licence on https://huggingface.co/{model_id} "
+            "and log in with 'hf auth login' (or set HF_TOKEN), or use --llm openai (e.g. a local Ollama server) "
+            "or --llm knowledge"
+        )
+    if backend == "openai":
+        if "package" in text:
+            return f"install the client ({OPENAI_INSTALL_HINT}), or use --llm knowledge"
+        return "check --llm-model, --llm-base-url and OPENAI_API_KEY, or use --llm knowledge"
+    return "give a chat model that loads (--llm-model), or use --llm openai or --llm knowledge"
+
+
 def resolve_openai_settings(
     model: str | None = None,
     base_url: str | None = None,

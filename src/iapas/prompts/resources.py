@@ -72,9 +72,9 @@ class Stage1Options:
             raise ValueError(f"unknown LLM backend {self.llm!r}; choose one of {', '.join(LLMS)}")
 
     def settings(self, detector_name: str | None) -> dict[str, Any]:
-        """The options as an evaluation records them (in the profile and the run), with the
-        detector's name; the models' defaults are left unresolved (see
-        :meth:`Stage1Models.settings` for the resolved cache key of ``iapas profile``)."""
+        """The options as an evaluation records them (in the run's records), with the detector's
+        name; the models' defaults are left unresolved. Not a cache key: profiles are keyed by
+        :meth:`Stage1Models.input_hash`, the same for ``iapas profile`` and ``iapas evaluate``."""
         data = asdict(self)
         for key in ("device", "dtype", "llm_timeout", "llm_retries", "detector"):
             data.pop(key)
@@ -96,8 +96,10 @@ class Stage1Models:
     without it, :meth:`detector` loads ``options.detector``. ``loading`` wraps each load (the CLI
     shows a spinner). A caller may build profiles with other options than ``options`` (e.g. only
     the object tag differs, as in the wrong-tag ablation): the models do not depend on those.
-    Loading errors (:class:`~iapas.models.loading.ModelLoadError`, the tagger's, LLM's and
-    knowledge file's errors) propagate, and the next call tries again.
+    Loading errors of the tagger, detector and knowledge file propagate, and the next call tries
+    again. An LLM that cannot be loaded is replaced, with a warning saying what to do, by an
+    :class:`~iapas.prompts.llm.UnloadedLLM`: stage 1 then falls back to the knowledge
+    vocabulary and records why (and ``iapas profile`` makes such a profile again next time).
     """
 
     def __init__(self, options: Stage1Options, detector: Any = None, *, loading: LoadingHook | None = None) -> None:
@@ -108,9 +110,9 @@ class Stage1Models:
 
     # --- what would be loaded, without loading it ----------------------------------------------
 
-    def tagger_id(self) -> str | None:
+    def tagger_id(self, options: Stage1Options | None = None) -> str | None:
         """The CLIP model (default filled in) or the RAM checkpoint; None for the manual tagger."""
-        o = self.options
+        o = options or self.options
         if o.tagger == "clip":
             from iapas.prompts.tagging import DEFAULT_CLIP
 
@@ -128,35 +130,33 @@ class Stage1Models:
         name = self.options.detector or DEFAULT_DETECTOR
         return DETECTOR_CHOICES.get(name, name)
 
-    def llm_id(self) -> str:
+    def llm_id(self, options: Stage1Options | None = None) -> str:
         """The transformers chat model (default filled in)."""
         from iapas.prompts.llm import DEFAULT_LLM
 
-        return self.options.llm_model or DEFAULT_LLM
+        return (options or self.options).llm_model or DEFAULT_LLM
 
-    def settings(self, references: int | None = None) -> dict[str, Any]:
-        """What decides a profile, for its cache key (``stage1.input_hash``): the options with
-        the models resolved (defaults filled in, the openai model and URL from the environment,
-        the knowledge file's text), and ``references``, the number of reference images asked for.
+    def settings(self, options: Stage1Options | None = None) -> dict[str, Any]:
+        """What decides a profile besides its category and reference files: ``options`` (default:
+        this holder's) with the models resolved (defaults filled in, the detector's name, the
+        openai model and URL from the environment, the knowledge file's text).
 
         Raises :class:`iapas.prompts.llm.LLMError` when the openai settings are incomplete and
         ``OSError`` when the knowledge file cannot be read.
         """
-        o = self.options
+        o = options or self.options
         s: dict[str, Any] = {
             "seed": o.seed, "size_threshold": o.size_threshold, "include_object_tag": o.include_object_tag,
             "object": o.object_tag, "detector": self.detector_id(),
         }
-        if references is not None:
-            s["references"] = references
         if not o.object_tag:
-            s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(), "top_k": o.top_k, "tags": _as_typed(o.tags)})
+            s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(o), "top_k": o.top_k, "tags": _as_typed(o.tags)})
         if o.nouns is not None:
             s["prompts"] = _as_typed(o.nouns)
         else:
             s["llm"] = o.llm
             if o.llm == "transformers":
-                s["llm_model"] = self.llm_id()
+                s["llm_model"] = self.llm_id(o)
             elif o.llm == "openai":
                 from iapas.prompts.llm import resolve_openai_settings
 
@@ -165,6 +165,14 @@ class Stage1Models:
         if o.knowledge_file is not None:
             s["knowledge"] = Path(o.knowledge_file).read_text(encoding="utf-8")
         return s
+
+    def input_hash(self, category: str, references: list[Path], options: Stage1Options | None = None) -> str:
+        """The cache key of a profile (``stage1.input_hash``): the category, the reference files
+        (names and contents) and :meth:`settings`. ``iapas profile`` and ``iapas evaluate`` both
+        use it, so a profile one of them wrote is recognised by the other."""
+        from iapas.prompts.stage1 import input_hash
+
+        return input_hash(category, references, self.settings(options))
 
     # --- the models ------------------------------------------------------------------------------
 
@@ -206,16 +214,28 @@ class Stage1Models:
         o = self.options
         if o.nouns is not None or o.llm == "knowledge":
             return None
+        from iapas.prompts.llm import OpenAILLM, TransformersLLM
+
         if o.llm == "openai":
-            from iapas.prompts.llm import OpenAILLM
-
-            return self._load(
-                "LLM client",
-                lambda: OpenAILLM(o.llm_model, base_url=o.llm_base_url, timeout=o.llm_timeout, max_retries=o.llm_retries),
+            key, model_id = "LLM client", o.llm_model or "openai"
+            build: Callable[[], Any] = lambda: OpenAILLM(
+                o.llm_model, base_url=o.llm_base_url, timeout=o.llm_timeout, max_retries=o.llm_retries
             )
-        from iapas.prompts.llm import TransformersLLM
+        else:
+            key, model_id = "LLM", self.llm_id()
+            build = lambda: TransformersLLM.from_pretrained(model_id, device=o.device, dtype=o.dtype)  # noqa: E731
+        try:
+            return self._load(key, build)
+        except Exception as exc:  # noqa: BLE001 - the knowledge vocabulary is the fallback whenever an LLM fails
+            from iapas.prompts.llm import UnloadedLLM, load_failure_hint
 
-        return self._load("LLM", lambda: TransformersLLM.from_pretrained(self.llm_id(), device=o.device, dtype=o.dtype))
+            error = str(exc).removeprefix("LLM: ") or type(exc).__name__
+            logger.warning(
+                "could not load the LLM %s: %s. To fix it: %s. Using the knowledge vocabulary instead "
+                "(the profile records it)", model_id, error, load_failure_hint(o.llm, model_id, error),
+            )
+            self._cache[key] = UnloadedLLM(o.llm, model_id, error)
+            return self._cache[key]
 
     def knowledge(self) -> Any:
         """The knowledge vocabulary: ``options.knowledge_file``, else the built-in one."""

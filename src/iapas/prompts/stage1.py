@@ -160,9 +160,9 @@ def generate_nouns(
     try:
         result.raw_text = llm.complete(messages, seed=seed)
     except LLMError as exc:
-        result.fallback_reason = f"LLM error: {exc}"
+        result.fallback_reason = f"{LLM_ERROR_PREFIX}{exc}"
     except Exception as exc:  # noqa: BLE001 - a broken backend must not lose the profile
-        result.fallback_reason = f"LLM error: {type(exc).__name__}: {exc}"
+        result.fallback_reason = f"{LLM_ERROR_PREFIX}{type(exc).__name__}: {exc}"
     if result.raw_text is not None:
         result.parsed = parse_word_list(result.raw_text)
         result.nouns = usable_nouns(result.parsed, object_tag, knowledge)
@@ -177,6 +177,19 @@ def generate_nouns(
         result.knowledge_family = answer.family
         logger.warning("%s; using the knowledge vocabulary (%s) instead", result.fallback_reason, answer.family)
     return result
+
+
+LLM_ERROR_PREFIX = "LLM error: "
+
+
+def llm_error_fallback(stage1: dict[str, Any]) -> str | None:
+    """The reason, when a profile's ``stage1`` record says its nouns came from the knowledge
+    vocabulary because the LLM failed (an error, a time-out, or it could not be loaded), not
+    because it replied nothing usable; else None. Such a profile is worth making again."""
+    reason = stage1.get("fallback_reason")
+    if stage1.get("fallback_used") and isinstance(reason, str) and reason.startswith(LLM_ERROR_PREFIX):
+        return reason
+    return None
 
 
 # --- the detector's text window ----------------------------------------------------------------
@@ -431,6 +444,8 @@ def build_profile(
         all_models["detector"] = getattr(detector, "name", type(detector).__name__)
     if noun_result.backend == "knowledge":
         all_models["llm"] = "knowledge"
+    elif noun_result.fallback_used:  # the reason is in stage1.fallback_reason
+        all_models["llm"] = f"knowledge (fallback from {noun_result.model})"
     elif noun_result.backend != "manual":
         all_models["llm"] = noun_result.model
     all_models.update(models or {})
