@@ -22,9 +22,10 @@ from iapas.prompts.resources import Stage1Models, Stage1Options
 
 logger = logging.getLogger(__name__)
 
-# Object tags for the wrong-tag ablation when a dataset has one category (or every other
-# category has the same tag): unrelated products, tried in this order.
-FALLBACK_WRONG_TAGS: tuple[str, ...] = ("bottle", "carpet", "screw", "leather", "cable", "wood")
+# Object tags for the wrong-tag ablation when no other category of the dataset has a usable tag:
+# everyday things that are neither a category of the benchmark datasets nor an industrial
+# product or surface, tried in this order.
+FALLBACK_WRONG_TAGS: tuple[str, ...] = ("banana", "bicycle", "teapot", "umbrella", "giraffe", "guitar")
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -104,28 +105,37 @@ def get_profile(
     return profile
 
 
-def wrong_object_tags(true_tags: Mapping[str, str], fallback: Sequence[str] = FALLBACK_WRONG_TAGS) -> dict[str, str]:
-    """A deliberately wrong object tag per category, for the wrong-tag ablation.
+def _plain(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").split())
 
-    Category ``i`` (in the given order) gets the tag of the next category whose tag differs from
-    its own (cyclically); when no category has a different tag (one category, or all alike),
-    the first tag of ``fallback`` that differs. E.g. ``{carpet: carpet, grid: grid, wood: wood}``
-    gives ``{carpet: grid, grid: wood, wood: carpet}``.
+
+def is_wrong_tag(tag: str, category: str, true_tag: str) -> bool:
+    """Whether ``tag`` is really wrong for ``category``: not empty, and neither equal to nor
+    containing (nor contained in) the category's name or its true tag, case-insensitive
+    ('bottle' is not wrong for bottle, nor 'glass bottle', nor 'nut' for metal_nut)."""
+    t = _plain(tag)
+    if not t:
+        return False
+    return all(not (t in o or o in t) for o in (_plain(category), _plain(true_tag)) if o)
+
+
+def wrong_object_tags(true_tags: Mapping[str, str], fallback: Sequence[str] = FALLBACK_WRONG_TAGS) -> dict[str, str]:
+    """A deliberately wrong object tag per category (``{category: its true tag}``), for the
+    wrong-tag ablation.
+
+    Category ``i`` (in the given order) gets the tag of the next category (cyclically) that
+    :func:`is_wrong_tag` accepts for it; when there is none (one category, or all alike), the
+    first such tag of ``fallback``. E.g. ``{carpet: carpet, grid: grid, wood: wood}`` gives
+    ``{carpet: grid, grid: wood, wood: carpet}``.
     """
     names = list(true_tags)
     out: dict[str, str] = {}
     for i, name in enumerate(names):
-        own = true_tags[name].strip().lower()
-        chosen = None
-        for step in range(1, len(names)):
-            other = true_tags[names[(i + step) % len(names)]].strip().lower()
-            if other != own:
-                chosen = other
-                break
+        own = true_tags[name]
+        others = [true_tags[names[(i + step) % len(names)]] for step in range(1, len(names))]
+        chosen = next((_plain(t) for t in [*others, *fallback] if is_wrong_tag(t, name, own)), None)
         if chosen is None:
-            chosen = next((t for t in fallback if t != own), None)
-            if chosen is None:
-                raise ValueError(f"no wrong tag available for {name!r} (tag {own!r})")
+            raise ValueError(f"no wrong tag available for {name!r} (tag {own!r})")
         out[name] = chosen
     return out
 
