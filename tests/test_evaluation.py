@@ -214,7 +214,7 @@ def test_wrong_object_tags_rotate_and_fall_back():
         "carpet": "grid", "grid": "wood", "wood": "carpet"
     }
     assert wrong_object_tags({"a": "tile", "b": "tile", "c": "wood"}) == {"a": "wood", "b": "wood", "c": "tile"}
-    assert wrong_object_tags({"magnetic_tile": "bottle"}) == {"magnetic_tile": "carpet"}
+    assert wrong_object_tags({"magnetic_tile": "bottle"}) == {"magnetic_tile": "banana"}
 
 
 # --- one category with known maps ------------------------------------------------------------------
@@ -603,7 +603,7 @@ def test_bench_runs_datasets_and_ablations_side_by_side(tmp_path: Path):
     assert sorted(p.name for p in (out / "mvtec" / "profiles").iterdir()) == ["alpha.yaml", "beta.yaml"]
     assert not (out / "mvtec" / "prompt-fixed" / "profiles").exists()
     wrong = Profile.load(out / "mvtec" / "profiles-wrong-tag" / "alpha.yaml")
-    assert wrong.object_tag == "bottle" and wrong.stage1["object"]["source"] == "given"
+    assert wrong.object_tag == "banana" and wrong.stage1["object"]["source"] == "given"
     fixed = bench.results["mvtec"]["prompt-fixed"]
     assert fixed.categories[0].profile.object_tag == OBJECT
     assert json.loads((out / "mvtec" / "prompt-fixed" / "run.json").read_text())["categories"]["alpha"]["caption"] == "defect . abnormal ."
