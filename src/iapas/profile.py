@@ -138,8 +138,22 @@ class Profile:
         try:
             data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
         except (yaml.YAMLError, ValueError) as exc:
-            raise ProfileError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+            raise ProfileError(f"{path}: {_syntax_error(exc, 'JSON' if path.suffix.lower() == '.json' else 'YAML')}") from None
         return cls.from_dict(data, str(path))
+
+
+def _syntax_error(exc: Exception, language: str) -> str:
+    """One line for a YAML or JSON syntax error: line, column and the problem (PyYAML's own
+    message spans four lines with a copy of the text)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno}, column {exc.colno}: not valid {language}: {exc.msg}"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        return f"line {mark.line + 1}, column {mark.column + 1}: not valid {language}: {detail}"
+    return f"not valid {language}: {' '.join(str(exc).split())}"
 
 
 def base_profile(category: str = "base", object_tag: str = "object") -> Profile:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import typer
 from rich.console import Console
@@ -25,7 +26,8 @@ class ConsoleHandler(logging.Handler):
         try:
             level = record.levelname
             line = Text(f"{level.lower()}: ", style=_LEVEL_STYLES.get(level, ""))
-            line.append(self.format(record))
+            text = self.format(record)
+            line.append(text if record.exc_info else one_line(text))
             console.print(line, soft_wrap=True, highlight=False)
         except Exception:  # pragma: no cover - logging must never raise
             self.handleError(record)
@@ -47,6 +49,16 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+    # huggingface_hub has its own stderr handler and also propagates to ours: every retry
+    # warning was printed twice. Keep ours only (one formatted line each).
+    try:
+        import huggingface_hub.utils.logging  # noqa: F401 - adds its handler on import: do that first
+    except ImportError:  # pragma: no cover
+        pass
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
+    hub.propagate = True
 
 
 def version_callback(value: bool) -> None:
@@ -55,9 +67,14 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks (and the indentation after them) folded into spaces."""
+    return re.sub(r"[ \t]*[\r\n]+\s*", " ", message).strip()
+
+
 def print_error(message: str) -> None:
     """One unwrapped error line; the message is plain text (no rich markup)."""
-    console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+    console.print(Text("error: ", style="bold red") + Text(one_line(str(message))), highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

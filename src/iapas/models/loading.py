@@ -33,6 +33,10 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__})")
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device 'mps' asked for, but torch sees no Apple MPS device (torch {torch.__version__})")
     return device
 
 
@@ -92,20 +96,81 @@ def load_pretrained(
         name_or_path = str(path)
     elif looks_like_local_path(name_or_path):
         raise ModelLoadError(f"{what}: model folder {name_or_path} does not exist")
+    model_loader = _is_model_loader(loader)
+    if model_loader:
+        kwargs = {**kwargs, "output_loading_info": True}
     try:
-        return loader(name_or_path, **kwargs)
+        loaded = loader(name_or_path, **kwargs)
     except OSError as exc:
+        if path.exists():  # a local folder that is incomplete or unreadable: no hub advice
+            raise ModelLoadError(f"{what}: cannot load {path}: {one_line(exc)}") from exc
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         hint = (
             "If this machine has no network, download the model elsewhere "
             f"(e.g. 'hf download {name_or_path} --local-dir DIR'), copy the folder here and pass "
-            "its path instead of the hub id; set HF_HUB_OFFLINE=1 to fail fast instead of retrying."
+            "its path instead of the hub id"
         )
         if offline:
-            hint = "HF_HUB_OFFLINE is set and the model is not in the local cache. " + hint
-        raise ModelLoadError(f"{what}: could not load {name_or_path!r}: {exc}. {hint}") from exc
-    except (ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{what}: {name_or_path!r} is not a usable model: {exc}") from exc
+            hint = "HF_HUB_OFFLINE is set and the model is not in the local cache. " + hint + "."
+        else:
+            hint += "; set HF_HUB_OFFLINE=1 to fail fast instead of retrying."
+        if "/" in name_or_path:  # 'models/gdino' may be a mistyped local folder
+            hint = f"There is no local folder {name_or_path} either. " + hint
+        raise ModelLoadError(f"{what}: could not load {name_or_path!r}: {one_line(exc).rstrip('.')}. {hint}") from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. SafetensorError on a truncated file, a size mismatch
+        hint = "; its weight files may be incomplete or corrupt: copy or download them again" if path.exists() else ""
+        where = str(path) if path.exists() else repr(name_or_path)
+        raise ModelLoadError(f"{what}: {where} is not a usable model ({type(exc).__name__}: {one_line(exc)}){hint}") from exc
+    if not model_loader:
+        return loaded
+    if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[1], dict)):
+        return loaded  # type: ignore[return-value]  # a loader that ignored output_loading_info
+    model, info = loaded
+    missing = real_missing_keys(model, info.get("missing_keys") or [])
+    if missing:
+        kind = " or ".join(expected_model_types)
+        where = str(path) if path.exists() else repr(name_or_path)
+        raise ModelLoadError(
+            f"{what}: the weights in {where} do not match a {kind} checkpoint: {len(missing)} missing keys, "
+            f"e.g. {', '.join(missing[:3])} (they would be random); check that the weight files belong to this config.json"
+        )
+    return model
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's text on one line (library messages often span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_model_loader(loader: Callable[..., Any]) -> bool:
+    """Whether ``loader`` is a model class's ``from_pretrained`` (which can report missing
+    weights), not a tokenizer's or processor's."""
+    owner = getattr(loader, "__self__", None)
+    if not isinstance(owner, type):
+        return False
+    try:
+        from transformers import PreTrainedModel
+        from transformers.models.auto.auto_factory import _BaseAutoModelClass
+    except ImportError:  # pragma: no cover
+        return False
+    return issubclass(owner, (PreTrainedModel, _BaseAutoModelClass))
+
+
+def real_missing_keys(model: Any, missing: Any) -> list[str]:
+    """The missing keys that would leave random weights: parameters (not buffers, which are
+    computed, such as position ids) that share memory with no loaded tensor (tied weights,
+    reported as missing by some transformers versions, are loaded)."""
+    missing = sorted(set(missing))
+    if not missing:
+        return []
+    try:
+        params = dict(model.named_parameters(remove_duplicate=False))
+        tensors = dict(model.state_dict(keep_vars=True))
+    except Exception:  # noqa: BLE001 - be strict rather than wrong when the model cannot say
+        return missing
+    absent = set(missing)
+    loaded = {t.data_ptr() for k, t in tensors.items() if k not in absent and t.numel()}
+    return [k for k in missing if k in params and params[k].numel() and params[k].data_ptr() not in loaded]
 
 
 def pil_processor_loader(auto_processor: Any) -> Callable[..., Any]:
