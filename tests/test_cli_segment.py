@@ -172,3 +172,81 @@ def test_caption_too_long_for_the_detector_fails_once_clearly(tmp_path: Path, ti
     res = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "a.png"), "--profile", str(long), "--out", str(tmp_path / "o")))
     assert res.exit_code == 2, res.output
     assert "tokens long" in res.output and "reads at most 32" in res.output
+
+
+def test_output_names_stay_the_same_as_the_input_folder_grows(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    daily, out = tmp_path / "daily", tmp_path / "out"
+    (daily / "day1").mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.new("RGB", (40, 40), (90, 90, 90)).save(daily / "day1" / f"{name}.png")
+    args = segment_args(tiny_models, str(daily), "--profile", str(profile_file), "--out", str(out))
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert sorted(r["key"] for r in read_results(out)) == ["day1/a", "day1/b"]  # mirrors the input folder
+
+    (daily / "day2").mkdir()
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(daily / "day2" / "a.png")
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "already done (resumed) │ 2" in second.output and "segmented now          │ 1" in second.output
+    assert sorted(r["key"] for r in read_results(out)) == ["day1/a", "day1/b", "day2/a"]  # no duplicates
+    assert sorted(p.relative_to(out / "maps").as_posix() for p in (out / "maps").rglob("*.png")) == [
+        "day1/a.png", "day1/b.png", "day2/a.png"]
+
+
+def test_two_folders_with_the_same_names_get_distinct_stable_names(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    for line in ("line1", "line2"):
+        (tmp_path / line).mkdir()
+        Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / line / "000.png")
+    out = tmp_path / "out"
+    res = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "line1"), str(tmp_path / "line2"),
+                                          "--profile", str(profile_file), "--out", str(out)))
+    assert res.exit_code == 0, res.output
+    assert sorted(r["key"] for r in read_results(out)) == ["line1/000", "line2/000"]
+
+
+def test_resume_with_another_dtype_is_refused(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    args = segment_args(tiny_models, str(tmp_path / "a.png"), "--profile", str(profile_file), "--out", str(out))
+    assert runner.invoke(app, [*args, "--dtype", "float32"]).exit_code == 0
+    signature = json.loads((out / "run.json").read_text())["signature"]
+    assert signature["dtype"] == "torch.float32" and signature["device"] == "cpu"
+    again = runner.invoke(app, [*args, "--dtype", "bfloat16"])
+    assert again.exit_code == 2 and "other settings" in again.output and "dtype" in again.output, again.output
+
+
+def test_queued_results_do_not_keep_the_per_box_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.runner import run_segmentation
+    from iapas.types import Detections, SegmentationResult
+
+    class StubPipeline(Pipeline):
+        def check(self, profile):
+            pass
+
+        def run(self, images, profile=None):
+            out = []
+            for rgb in images:
+                h, w = rgb.shape[:2]
+                masks = np.ones((3, h, w), dtype=bool)
+                kept = Detections(np.array([[0, 0, 4, 4]] * 3, np.float32), np.array([0.5] * 3, np.float32), ["x"] * 3)
+                out.append(SegmentationResult(masks.sum(0).astype(np.float32), kept, Detections.empty(), masks, None, None, 1.0, "default"))
+            return out
+
+    for i in range(3):
+        Image.new("RGB", (40, 40)).save(tmp_path / f"{i}.png")
+    seen: list[int] = []
+    import iapas.runner as runner_module
+
+    real = runner_module.write_image_outputs
+
+    def spy(out_dir, key, rgb, result, threshold, overlay=True):
+        seen.append(result.masks.size)
+        return real(out_dir, key, rgb, result, threshold, overlay=overlay)
+
+    monkeypatch.setattr(runner_module, "write_image_outputs", spy)
+    summary = run_segmentation(sorted(tmp_path.glob("*.png")), StubPipeline(None, None, PipelineConfig(mode="base")),
+                               None, tmp_path / "out", batch_size=2)
+    assert summary.done == 3 and seen == [0, 0, 0]
+    assert read_results(tmp_path / "out")[0]["image_score"] == 3.0

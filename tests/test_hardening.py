@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import os
 import signal
 import struct
@@ -108,7 +109,7 @@ def test_every_bad_input_fails_alone(tmp_path: Path, tiny_models: dict[str, Path
     assert (records["rotated.jpg"]["width"], records["rotated.jpg"]["height"]) == (48, 64)  # EXIF applied
     assert records["cmyk.jpg"]["mode"] == "CMYK" and records["gray16.png"]["mode"] == "I;16"
     for name in bad:
-        if name not in ("missing.png", "empty-dir"):
+        if name != "empty-dir":  # a file named on the command line but missing is recorded too
             assert records[name]["status"] == "failed" and bad[name] in records[name]["error"]
 
 
@@ -232,3 +233,131 @@ def test_bad_profiles_and_models_exit_2_with_one_line(
     assert len(errors) == 1 and expected in errors[0], result.output
     if profile_text is not None:
         assert str(profile) in errors[0]
+
+
+def segment_with(tmp_path: Path, tiny_models: dict[str, Path], *extra: str, detector: str | None = None,
+                 out: Path | None = None):
+    """Run ``iapas segment`` on one small image with the tiny models (``detector`` overrides)."""
+    image = tmp_path / "a.png"
+    if not image.exists():
+        Image.new("RGB", (32, 32)).save(image)
+    profile = Profile.from_prompts("part", "object", ["scratch"]).save(tmp_path / "p.yaml")
+    return runner.invoke(app, ["segment", str(image), "--profile", str(profile), "--out", str(out or tmp_path / "o"),
+                               "--detector", detector or str(tiny_models["grounding-dino"]),
+                               "--segmenter", str(tiny_models["sam"]), "--device", "cpu", *extra])
+
+
+def only_error_line(output: str) -> str:
+    """The output must be exactly one 'error:' line (no traceback, no continuation lines)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    return lines[0]
+
+
+def test_tiny_models_load_with_every_weight(tiny_models: dict[str, Path]):
+    """The weight check must not reject correct folders (tied weights are not missing)."""
+    from transformers import AutoModelForCausalLM, CLIPModel, GroundingDinoForObjectDetection, SamModel
+
+    from iapas.models.loading import load_pretrained
+
+    for loader, name, kind in [(GroundingDinoForObjectDetection.from_pretrained, "grounding-dino", "grounding-dino"),
+                               (SamModel.from_pretrained, "sam", "sam"), (CLIPModel.from_pretrained, "clip", "clip"),
+                               (AutoModelForCausalLM.from_pretrained, "llm", "llama")]:
+        model = load_pretrained(loader, str(tiny_models[name]), what=name, expected_model_types=(kind,))
+        assert not isinstance(model, tuple) and hasattr(model, "forward")
+
+
+def test_weights_of_another_model_fail_clearly(tmp_path: Path, tiny_models: dict[str, Path]):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for f in tiny_models["grounding-dino"].iterdir():
+        (mixed / f.name).write_bytes(f.read_bytes())
+    (mixed / "model.safetensors").write_bytes((tiny_models["sam"] / "model.safetensors").read_bytes())
+    result = segment_with(tmp_path, tiny_models, detector=str(mixed))
+    assert result.exit_code == 2, result.output
+    line = only_error_line(result.output)
+    assert f"weights in {mixed} do not match a grounding-dino checkpoint" in line and "missing keys, e.g." in line
+
+
+def test_truncated_weights_fail_with_one_line(tmp_path: Path, tiny_models: dict[str, Path]):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_models["grounding-dino"].iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = segment_with(tmp_path, tiny_models, detector=str(broken))
+    assert result.exit_code == 2, result.output
+    line = only_error_line(result.output)
+    assert str(broken) in line and "not a usable model" in line and "SafetensorError" in line
+
+
+def test_mps_without_mps_fails_with_one_line(tmp_path: Path, tiny_models: dict[str, Path]):
+    import torch
+
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    result = segment_with(tmp_path, tiny_models, "--device", "mps")
+    assert result.exit_code == 2, result.output
+    assert "no Apple MPS device" in only_error_line(result.output)
+
+
+def test_mistyped_local_folder_says_there_is_none(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no ./models here
+    result = segment_with(tmp_path, tiny_models, detector="models/gdino")
+    assert result.exit_code == 2, result.output
+    line = only_error_line(result.output)  # transformers' multi-line message folded into the one line
+    assert "no local folder models/gdino either" in line and "could not load 'models/gdino'" in line
+
+
+def test_hub_warnings_are_printed_once():
+    from iapas.cli.common import setup_logging
+
+    setup_logging()
+    hub = logging.getLogger("huggingface_hub.utils._http")
+    handlers = []
+    logger: logging.Logger | None = hub
+    while logger is not None:  # what logging.Logger.callHandlers walks
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    assert len(handlers) == 1, handlers
+
+
+def test_malformed_yaml_profile_is_one_line_with_position(tmp_path: Path, tiny_models: dict[str, Path]):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("category: x\nobject_tag: [unclosed\ncaption: a .\n")
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--profile", str(bad), "--out", str(tmp_path / "o"),
+                                 "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    line = only_error_line(result.output)
+    assert f"{bad}: line 3, column" in line and "not valid YAML" in line
+
+
+def test_out_that_is_a_file_fails_before_loading_models(tmp_path: Path, tiny_models: dict[str, Path]):
+    (tmp_path / "taken").write_text("mine")
+    result = segment_with(tmp_path, tiny_models, detector=str(tmp_path / "no-such-model"), out=tmp_path / "taken")
+    assert result.exit_code == 2, result.output
+    assert "--out" in only_error_line(result.output) and "is a file" in result.output
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path: Path, tiny_models: dict[str, Path]):
+    out = tmp_path / "o"
+    stale = [out / ".results.jsonl.abcd1234.tmp.jsonl", out / ".run.json.x_y_z_12.tmp.json",
+             out / "maps" / ".a.png.qwertyui.tmp.png", out / "overlays" / "sub" / ".b.png.asdfghjk.tmp.png"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    result = segment_with(tmp_path, tiny_models, out=out)
+    assert result.exit_code == 0, result.output
+    assert not [p for p in stale if p.exists()]
+    assert not list(out.rglob(".*.tmp*"))
+    assert (out / "maps" / "a.png").stat().st_mode & 0o777 == 0o666 & ~_umask(), "outputs readable like any new file"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

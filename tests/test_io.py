@@ -7,9 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from iapas.io import ImageReadError, atomic_write_text, find_images, read_image
+import iapas.io as iapas_io
+from iapas.io import (
+    ImageReadError,
+    atomic_write_text,
+    clean_stale_temp_files,
+    find_images,
+    find_images_with_roots,
+    glob_root,
+    read_image,
+    save_png,
+)
 
 
 def gradient(h: int = 24, w: int = 32) -> np.ndarray:
@@ -144,3 +154,70 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path):
     atomic_write_text(path, "one")
     atomic_write_text(path, "two")
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_pil_own_limit_does_not_refuse_what_max_pixels_allows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    Image.new("L", (100, 100)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses > 2000 pixels on its own
+    assert read_image(tmp_path / "big.png", max_pixels=20_000).width == 100
+    assert Image.MAX_IMAGE_PIXELS == 1000, "PIL's global limit is left as it was"
+    with pytest.raises(ImageReadError, match="over the limit of 5,000"):
+        read_image(tmp_path / "big.png", max_pixels=5000)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_pil_bomb_error_quotes_our_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    Image.new("L", (100, 100)).save(tmp_path / "a.png")
+
+    def bomb(*args, **kwargs):  # e.g. a GIF frame larger than the header says
+        raise Image.DecompressionBombError("Image size (999999999 pixels) exceeds limit of 357913940 pixels")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", bomb)
+    with pytest.raises(ImageReadError) as info:
+        read_image(tmp_path / "a.png", max_pixels=123_456)
+    assert "123,456" in str(info.value) and "357913940" not in str(info.value)
+
+
+def test_find_images_with_roots(tmp_path: Path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ["a/1.png", "a/b/2.png", "c.png"]:
+        Image.new("L", (8, 8)).save(tmp_path / p)
+    found, problems = find_images_with_roots(
+        [str(tmp_path / "a"), str(tmp_path / "a" / "*" / "*.png"), str(tmp_path / "c.png"), str(tmp_path / "zz.png")],
+        keep_missing=True,
+    )
+    rel = [(p.relative_to(tmp_path).as_posix(), r.relative_to(tmp_path).as_posix()) for p, r in found]
+    assert rel == [("a/1.png", "a"), ("a/b/2.png", "a"), ("c.png", "."), ("zz.png", ".")]
+    assert problems == []
+    assert glob_root("parts/*/good/*.png") == Path("parts") and glob_root("*.png") == Path(".")
+
+
+def test_atomic_writes_get_normal_permissions_and_are_synced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    old = os.umask(0o027)
+    iapas_io._umask_cache.clear()
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        save_png(tmp_path / "m.png", np.zeros((8, 8), np.uint8))
+    finally:
+        os.umask(old)
+        iapas_io._umask_cache.clear()
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o640
+    assert iapas_io.current_umask() == old
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    save_png(tmp_path / "n.png", np.zeros((8, 8), np.uint8))
+    assert any(".n.png." in s and s.endswith(".tmp.png") for s in synced), synced  # data synced before the rename
+
+
+def test_clean_stale_temp_files(tmp_path: Path):
+    stale = [".results.jsonl.k3j_x9ab.tmp.jsonl", ".run.json.abcdefgh.tmp.json", "maps/crack/.000.png.a1b2c3d4.tmp.png",
+             "predictions/.bottle.npz.zzzzzzzz.tmp.npz"]
+    keep = ["results.jsonl", "maps/crack/000.png", ".hidden.png", "maps/.notes.tmp.txt"]
+    for name in stale + keep:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert clean_stale_temp_files(tmp_path) == len(stale)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +79,40 @@ def to_rgb8(image: "Image.Image") -> np.ndarray:  # noqa: F821 - PIL imported la
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+_pil_limit_lock = threading.Lock()
+_pil_limits: list[int] = []  # the max_pixels of the reads in progress
+_pil_saved_limit: list[int | None] = []  # PIL's own limit before the first of them
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """While reads are in progress, raise PIL's global decompression-bomb limit to the largest
+    ``max_pixels`` among them (never lower it), so that PIL does not refuse an image our own
+    limit allows; PIL's own value comes back when the last read ends. Our check on the header's
+    size is what enforces each call's limit."""
+    from PIL import Image
+
+    with _pil_limit_lock:
+        if not _pil_limits:
+            _pil_saved_limit[:] = [Image.MAX_IMAGE_PIXELS]
+        _pil_limits.append(max_pixels)
+        _apply_pil_limit(Image)
+    try:
+        yield
+    finally:
+        with _pil_limit_lock:
+            _pil_limits.remove(max_pixels)
+            if _pil_limits:
+                _apply_pil_limit(Image)
+            else:
+                Image.MAX_IMAGE_PIXELS = _pil_saved_limit[0]
+
+
+def _apply_pil_limit(image_module: Any) -> None:
+    saved = _pil_saved_limit[0]
+    image_module.MAX_IMAGE_PIXELS = None if saved is None else max(saved, *_pil_limits)
+
+
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read one image file for the models; raise :class:`ImageReadError` on any problem."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -92,7 +129,7 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     if size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             # our own limit below is the one that counts; PIL's warning would only be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
@@ -114,9 +151,10 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{path}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file PIL can read (unknown or unsupported format)") from None
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError:
         raise ImageReadError(
-            f"{path}: refused as a decompression bomb ({exc}); raise the limit with --max-pixels if the image is genuine"
+            f"{path}: refused as a decompression bomb (a frame or layer is over the limit of {max_pixels:,} pixels); "
+            "raise it with --max-pixels if the image is genuine"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: corrupt or truncated image: {exc}") from None
@@ -136,16 +174,31 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
-def find_images(inputs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (recursively) and glob patterns into image paths.
+def glob_root(pattern: str) -> Path:
+    """The folder a glob pattern searches: its leading components without wildcards
+    (``parts/*/good/*.png`` -> ``parts``)."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    fixed: list[str] = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
 
-    Returns ``(paths, problems)``: problems are messages for inputs that matched nothing.
-    Files named explicitly are kept whatever their suffix (so a bad one gets a clear error later).
-    Anything under ``exclude`` (e.g. the run's own output folder) is left out.
+
+def find_images_with_roots(
+    inputs: list[str], exclude: Path | None = None, *, keep_missing: bool = False
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Like :func:`find_images`, with the folder each image was found from: the folder given,
+    a glob pattern's fixed leading folders, or a named file's own folder. Output names relative
+    to these roots stay the same when the folders get more images later.
+
+    With ``keep_missing``, files named explicitly that do not exist are returned too (so that a
+    run can record them as failed) instead of as problems.
     """
     import glob
 
-    paths: list[Path] = []
+    found_all: list[tuple[Path, Path]] = []
     problems: list[str] = []
     excluded = os.path.abspath(exclude) if exclude is not None else None
     for item in inputs:
@@ -154,9 +207,9 @@ def find_images(inputs: list[str], exclude: Path | None = None) -> tuple[list[Pa
             found = _images_in(p)
             if not found:
                 problems.append(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
-            paths.extend(found)
+            found_all.extend((q, p) for q in found)
         elif p.exists() or p.is_symlink():
-            paths.append(p)
+            found_all.append((p, p.parent))
         elif any(ch in item for ch in "*?["):
             found = []
             for match in sorted(glob.glob(os.path.expanduser(item), recursive=True)):
@@ -164,16 +217,30 @@ def find_images(inputs: list[str], exclude: Path | None = None) -> tuple[list[Pa
                 found.extend(_images_in(q) if q.is_dir() else [q] if q.is_file() else [])
             if not found:
                 problems.append(f"{item}: pattern matched no files")
-            paths.extend(found)
+            root = glob_root(item)
+            found_all.extend((q, root) for q in found)
+        elif keep_missing:
+            found_all.append((p, p.parent))
         else:
             problems.append(f"{p}: file not found")
-    unique: dict[str, Path] = {}
-    for q in paths:
+    unique: dict[str, tuple[Path, Path]] = {}
+    for q, root in found_all:
         absolute = os.path.abspath(q)
         if excluded is not None and (absolute == excluded or absolute.startswith(excluded + os.sep)):
             continue
-        unique.setdefault(str(q.resolve()), q)
+        unique.setdefault(str(q.resolve()), (q, root))
     return list(unique.values()), problems
+
+
+def find_images(inputs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (recursively) and glob patterns into image paths.
+
+    Returns ``(paths, problems)``: problems are messages for inputs that matched nothing.
+    Files named explicitly are kept whatever their suffix (so a bad one gets a clear error later).
+    Anything under ``exclude`` (e.g. the run's own output folder) is left out.
+    """
+    found, problems = find_images_with_roots(inputs, exclude)
+    return [q for q, _ in found], problems
 
 
 def file_stamp(path: str | Path) -> dict[str, int] | None:
@@ -185,28 +252,85 @@ def file_stamp(path: str | Path) -> dict[str, int] | None:
     return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
+_umask_lock = threading.Lock()
+_umask_cache: list[int] = []
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux's
+    /proc/self/status); elsewhere set-and-restored once, under a lock, and cached."""
+    with _umask_lock:
+        if not _umask_cache:
+            try:
+                with open("/proc/self/status", encoding="ascii") as fh:
+                    for line in fh:
+                        if line.startswith("Umask:"):
+                            _umask_cache.append(int(line.split()[1], 8))
+                            break
+            except (OSError, ValueError):
+                pass
+            if not _umask_cache:
+                mask = os.umask(0o022)
+                os.umask(mask)
+                _umask_cache.append(mask)
+        return _umask_cache[0]
+
+
+# Temporary names of atomic_path: '.NAME.XXXXXXXX.tmp.SUFFIX' (mkstemp's eight random characters).
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
+
+
+def clean_stale_temp_files(folder: str | Path) -> int:
+    """Remove the half-written temporary files that atomic writes of a killed process left
+    anywhere under ``folder``; returns how many. Call it before a run writes into ``folder``."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed over ``path``."""
+def atomic_path(path: str | Path, *, sync_folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is synced to disk and renamed over
+    ``path``, with the permissions a plainly created file would get (0666 less the umask).
+    ``sync_folder`` also syncs the folder, so that the rename itself survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600 files
         yield tmp_path
+        _fsync_path(tmp_path)
         os.replace(tmp_path, path)
+        if sync_folder:
+            with contextlib.suppress(OSError):  # not every system can sync a folder
+                _fsync_path(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    """Write ``data`` to ``path`` atomically and durably (data and folder entry synced)."""
+    with atomic_path(path, sync_folder=True) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -9,6 +9,7 @@ end of a run that was not interrupted, the file is rewritten (atomically) with o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_write_text, file_stamp, read_image
+import numpy as np
+
+from iapas.io import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    LoadedImage,
+    atomic_write_text,
+    clean_stale_temp_files,
+    file_stamp,
+    read_image,
+)
 from iapas.outputs import MAP_SCALE, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
@@ -95,15 +106,31 @@ class ResultsLog:
         atomic_write_text(self.path, text)
 
 
-def assign_keys(paths: Sequence[Path]) -> list[str]:
-    """A unique output name per input: its path relative to the inputs' common folder, without
-    suffix (``crack/000``); inputs that would collide keep their suffix (``000.jpg``)."""
+def assign_keys(paths: Sequence[Path], roots: Sequence[Path] | None = None) -> list[str]:
+    """A unique output name per input, without suffix (``crack/000``); inputs that would collide
+    keep their suffix (``000.jpg``).
+
+    With ``roots`` (the folder each input was found from, see
+    :func:`iapas.io.find_images_with_roots`), names are relative to the common folder of the
+    roots, so they stay the same when the input folders get more images later: ``segment data/``
+    names ``data/crack/000.png`` ``crack/000``; ``segment a/ b/`` names ``a/000`` and ``b/000``.
+    Without, relative to the common folder of the inputs' own folders.
+    """
     absolute = [Path(os.path.abspath(p)) for p in paths]  # not resolve(): keep symlinks' own names
     if not absolute:
         return []
-    parents = [str(p.parent) for p in absolute]
-    common = Path(os.path.commonpath(parents)) if len(set(parents)) > 1 else absolute[0].parent
-    rel = [p.relative_to(common) for p in absolute]
+    if roots is not None:
+        if len(roots) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(roots)} roots")
+        bases = sorted({os.path.abspath(r) for r in roots})
+    else:
+        bases = sorted({str(p.parent) for p in absolute})
+    try:
+        common = Path(os.path.commonpath(bases)) if len(bases) > 1 else Path(bases[0])
+        rel = [p.relative_to(common) for p in absolute]
+    except ValueError:  # different drives, or a root that does not hold its path: fall back
+        common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+        rel = [p.relative_to(common) for p in absolute]
     keys = [r.with_suffix("").as_posix() for r in rel]
     counts: dict[str, int] = {}
     for k in keys:
@@ -141,7 +168,14 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "fuse_object_detection": cfg.fuse_object_detection,
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+        # float16 and float32 give different scores: a resumed run must not mix them
+        "dtype": _as_text(getattr(pipeline.detector, "dtype", None)),
+        "device": _as_text(getattr(pipeline.detector, "device", None)),
     }
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def prefetch_images(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:
@@ -180,16 +214,20 @@ def run_segmentation(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     restart: bool = False,
     on_image: Callable[[str, str], None] | None = None,
+    roots: Sequence[Path] | None = None,
 ) -> RunSummary:
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
     ``on_image(key, status)`` is called after each image ('ok', 'failed' or 'skipped').
+    ``roots``: the folder each path was found from, which output names are relative to (see
+    :func:`assign_keys`); give it so that names stay the same as the input folders grow.
     """
     pipeline.check(profile)  # a caption the detector cannot read fails here, once, not per image
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ResultsLog(out_dir / RESULTS_FILE)
     signature = run_signature(pipeline, profile)
     run_file = out_dir / RUN_FILE
+    clean_stale_temp_files(out_dir)  # half-written files of a killed run (outputs, results.jsonl, run.json)
     if restart and log.path.exists():
         log.path.unlink()
     if run_file.exists() and log.path.exists():
@@ -214,9 +252,7 @@ def run_segmentation(
         )
         + "\n",
     )
-    for stale in out_dir.glob("*/**/.*.tmp.png"):  # half-written files of a killed run
-        stale.unlink(missing_ok=True)
-    keys = assign_keys(paths)
+    keys = assign_keys(paths, roots)
     previous_records = log.read()
     summary = RunSummary(total=len(paths))
     started = time.perf_counter()
@@ -286,6 +322,8 @@ def run_segmentation(
                 record_failure(path, key_of[path], f"{path}: model failure: {exc}")
             return
         for (path, image), result in zip(items, results):
+            # the writer needs the map and the boxes, not the per-box masks (N x H x W): free them now
+            result = dataclasses.replace(result, masks=np.zeros((0, *result.anomaly_map.shape), dtype=bool))
             submit(lambda path=path, image=image, result=result: write_result(path, image, result))
 
     try:

@@ -57,7 +57,7 @@ def segment_cmd(
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(verbose, quiet)
-    from iapas.io import find_images
+    from iapas.io import find_images_with_roots
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
@@ -77,15 +77,19 @@ def segment_cmd(
         if ignored:
             console.print(f"note: --mode base uses the fixed caption and no size filter; ignoring {', '.join(ignored)}")
         profile, size_threshold, fuse_object_detection = None, None, False
-    from PIL import Image
-
-    # PIL refuses images over twice its own limit before we can look: let ours be the one that counts
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-    paths, problems = find_images(images, exclude=out)
+    blocking = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
+    if blocking is not None:  # fail now, not after loading the models
+        where = "is a file" if blocking == out else f"is inside {blocking}, which is a file"
+        raise fail(f"--out {out} {where}; it must be a folder (new or from an earlier run)")
+    found, problems = find_images_with_roots(images, exclude=out, keep_missing=True)
     for problem in problems:
         print_error(problem)
-    if not paths:
+    if not any(p.exists() or p.is_symlink() for p, _ in found):
+        for p, _ in found:  # only missing files: nothing to load models for
+            print_error(f"{p}: file not found")
         raise fail("no images to segment")
+    paths = [p for p, _ in found]
+    roots = [root for _, root in found]
     try:
         config = PipelineConfig(
             detector=detector,
@@ -115,7 +119,7 @@ def segment_cmd(
             summary = run_segmentation(
                 paths, pipeline, profile, out,
                 threshold=threshold, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
-                on_image=lambda key, status: progress.advance(task),
+                on_image=lambda key, status: progress.advance(task), roots=roots,
             )
         except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
