@@ -130,3 +130,30 @@ def test_pr_figure_renders_a_curve(evaluated):
     fig = pr_figure(result.categories[0])
     assert fig is not None and fig.ndim == 3 and fig.shape[2] == 3 and fig.dtype == np.uint8
     assert (fig < 128).any()  # something was drawn on the white canvas
+
+
+def test_profiles_table_says_where_the_anomaly_nouns_came_from():
+    from iapas.evaluation.core import CategoryResult, DatasetResult
+    from iapas.evaluation.profiles import ProfileRecord
+    from iapas.report import _profiles_table
+
+    def category(name: str, models: dict, fallback: str | None) -> CategoryResult:
+        record = ProfileRecord(None, "stage1", "tile", "crack . tile .", 0.5, 0.8, models, fallback)
+        return CategoryResult(name=name, profile=record)
+
+    result = DatasetResult(
+        "mtd", "MTD", "root", Path("."), EvalSettings(),
+        [
+            category("llm", {"llm": "meta-llama/x"}, None),
+            category("fell-back", {"llm": "knowledge (fallback from meta-llama/x)"}, "LLM error: <timeout>"),
+            category("asked", {"llm": "knowledge"}, None),
+            category("by-hand", {}, None),
+        ],
+    )
+    rows = re.findall(r"<tr><td>([^<]*)</td>.*?</code></td><td>([^<]*)</td>", _profiles_table(result))
+    assert rows == [
+        ("llm", "LLM meta-llama/x"),
+        ("fell-back", "knowledge vocabulary (LLM fallback: LLM error: &lt;timeout&gt;)"),
+        ("asked", "knowledge vocabulary"),
+        ("by-hand", "-"),
+    ]

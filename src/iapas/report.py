@@ -238,13 +238,20 @@ def _profiles_table(result: DatasetResult) -> str:
     for c in result.categories:
         p = c.profile
         size = "-" if p.object_size is None else f"{p.object_size:.3f}"
+        llm = str(p.models.get("llm") or "")
+        if p.llm_fallback:
+            nouns = f"knowledge vocabulary (LLM fallback: {p.llm_fallback})"
+        elif llm:
+            nouns = "knowledge vocabulary" if llm == "knowledge" else f"LLM {llm}"
+        else:
+            nouns = "-"  # a profile made by hand, or base mode
         rows.append(
             f"<tr><td>{_esc(c.name)}</td><td>{_esc(p.source)}</td><td>{_esc(p.object_tag or '-')}</td><td>{size}</td>"
-            f"<td><code>{_esc(p.caption or '-')}</code></td><td class=\"n\">{c.n_references}</td></tr>"
+            f"<td><code>{_esc(p.caption or '-')}</code></td><td>{_esc(nouns)}</td><td class=\"n\">{c.n_references}</td></tr>"
         )
     return (
         "<table><tr><th>category</th><th>profile</th><th>object tag</th><th>object size</th><th>caption (as in the profile)</th>"
-        f"<th>references</th></tr>{''.join(rows)}</table>"
+        f"<th>anomaly nouns from</th><th>references</th></tr>{''.join(rows)}</table>"
     )
 
 
