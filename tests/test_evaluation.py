@@ -416,12 +416,19 @@ def test_rerun_skips_finished_images_and_refuses_other_settings(dataset_root: Pa
     write_profiles(out / "profiles", ["alpha", "beta"])
     first = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
     assert [c.n_new for c in first.categories] == [6, 6]
+    stale = out / "maps" / "alpha" / "good" / ".000.npz.a1b2c3d4.tmp.npz"  # what a killed run was writing
+    stale.write_bytes(b"half")
     second = evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
     assert [c.n_new for c in second.categories] == [0, 0]
+    assert not stale.exists()
     assert [c.metrics for c in second.categories] == [c.metrics for c in first.categories]
 
     with pytest.raises(RunConflictError, match="mode: 'iapas' -> 'base'"):
         evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", mode="base"))
+    half = fake_pipeline()
+    half.detector.dtype, half.detector.device = "torch.float16", "cuda"  # half precision changes the boxes
+    with pytest.raises(RunConflictError, match="dtype: None -> 'torch.float16'"):
+        evaluate_dataset("mvtec", dataset_root, out, half, EvalSettings(protocol="full"))
     with pytest.raises(RunConflictError, match="size_threshold_override"):
         evaluate_dataset("mvtec", dataset_root, out, fake_pipeline(), EvalSettings(protocol="full", size_threshold=1.2))
     # a hand-edited profile changes the caption: refused for that category

@@ -51,7 +51,7 @@ from iapas.evaluation.protocol import (
     resize_map,
     resize_mask,
 )
-from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_path, atomic_write_text
+from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_path, atomic_write_text, clean_stale_temp_files
 from iapas.metrics import CategoryMetrics, category_metrics
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
@@ -349,6 +349,7 @@ def effective_size_threshold(settings: EvalSettings, profile: Profile | None) ->
 def model_names(pipeline: Pipeline) -> dict[str, Any]:
     """The models and detector settings of ``pipeline`` (part of the run signature)."""
     cfg = pipeline.config
+    precision = {key: getattr(pipeline.detector, key, None) for key in ("dtype", "device")}
     return {
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
@@ -356,6 +357,8 @@ def model_names(pipeline: Pipeline) -> dict[str, Any]:
         "text_threshold": cfg.text_threshold,
         "nms_iou": cfg.nms_iou,
         "fuse_object_detection": bool(getattr(cfg, "fuse_object_detection", False)),
+        # half precision changes the boxes: a resumed run must not mix float16 and float32 maps
+        **{key: None if value is None else str(value) for key, value in precision.items()},
     }
 
 
@@ -744,6 +747,9 @@ def evaluate_dataset(
         raise DatasetError(f"{loader.root}: no {loader.title} categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; found: {', '.join(available)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    removed = clean_stale_temp_files(out)  # what a killed run was writing
+    if removed:
+        logger.info("removed %d half-written temporary file(s) of an interrupted run in %s", removed, out)
     profiles = Path(profiles_dir) if profiles_dir is not None else out / PROFILES_DIR
     if restart:
         discard_results(out)
