@@ -121,12 +121,16 @@ def _pipeline(
         raise fail(str(exc)) from None
 
 
-def _model_names(detector: str, segmenter: str, box_threshold: float, text_threshold: float, fuse: bool) -> dict[str, Any]:
+def _model_names(
+    detector: str, segmenter: str, device: str, dtype: str, box_threshold: float, text_threshold: float, fuse: bool
+) -> dict[str, Any]:
     """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded."""
     from iapas.models.detector import DETECTOR_CHOICES
+    from iapas.models.loading import resolve_device, resolve_dtype
     from iapas.models.segmenter import SEGMENTER_CHOICES
     from iapas.pipeline import PipelineConfig
 
+    resolved = resolve_device(device)
     return {
         "detector": DETECTOR_CHOICES.get(detector, detector),
         "segmenter": SEGMENTER_CHOICES.get(segmenter, segmenter),
@@ -134,6 +138,8 @@ def _model_names(detector: str, segmenter: str, box_threshold: float, text_thres
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,
         "fuse_object_detection": fuse,
+        "dtype": str(resolve_dtype(dtype, resolved)),
+        "device": resolved,
     }
 
 
@@ -319,7 +325,7 @@ def evaluate_cmd(
         loader = get_dataset(name, root, **options)
         loader.categories()
         if not restart:  # refuse a conflicting folder before spending time on loading models
-            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, box_threshold, text_threshold, fuse_object_detection)))
+            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
     except (DatasetError, ValueError, RunConflictError) as exc:
         raise fail(str(exc)) from None
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
