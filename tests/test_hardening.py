@@ -308,7 +308,7 @@ def test_mistyped_local_folder_says_there_is_none(tmp_path: Path, tiny_models: d
     result = segment_with(tmp_path, tiny_models, detector="models/gdino")
     assert result.exit_code == 2, result.output
     line = only_error_line(result.output)  # transformers' multi-line message folded into the one line
-    assert "no local folder models/gdino either" in line and "could not load 'models/gdino'" in line
+    assert "If models/gdino was meant as a local folder: it does not exist" in line and "could not load 'models/gdino'" in line
 
 
 def test_hub_warnings_are_printed_once():

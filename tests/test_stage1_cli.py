@@ -302,6 +302,14 @@ def test_profile_after_a_transient_llm_error_is_made_again(tmp_path: Path, tiny_
         kept = runner.invoke(app, [*args, "--llm-model", "flaky"])
         assert kept.exit_code == 0 and "edited by hand; keeping it" in " ".join(kept.output.split())
         assert server.flaky_calls == 1 and Profile.load(out).caption == "scratch . bottle ."
+        for field, value in (("object_size", 0.123), ("size_threshold", 0.6)):  # the other fields stage 2 reads
+            failed.save(out)
+            edited = Profile.load(out)
+            setattr(edited, field, value)
+            edited.save(out)
+            kept = runner.invoke(app, [*args, "--llm-model", "flaky"])
+            assert "edited by hand; keeping it" in " ".join(kept.output.split()), field
+            assert getattr(Profile.load(out), field) == value and server.flaky_calls == 1
         failed.save(out)  # the edit undone
 
         second = runner.invoke(app, [*args, "--llm-model", "flaky"])
@@ -345,3 +353,22 @@ def test_evaluate_and_profile_share_the_cache_key(tmp_path: Path, tiny_models: d
     assert result.exit_code == 0, result.output
     assert "0 profile(s) written, 1 kept" in result.output
     assert Profile.load(profiles / "bottle.yaml").stage1["input_hash"] == made.stage1["input_hash"]
+
+
+def test_nan_detector_outputs_in_stage1_are_one_clear_error(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+    from iapas.models import ModelOutputError
+    from iapas.models.detector import GroundingDinoDetector
+
+    def nan_forward(self, pixels, caption):
+        raise ModelOutputError(f"Grounding DINO {self.name} returned NaN/inf logits (float16 on cpu): run with --dtype float32")
+
+    monkeypatch.setattr(GroundingDinoDetector, "_forward", nan_forward)
+    out = tmp_path / "p.yaml"
+    result = runner.invoke(app, [
+        "profile", "-c", "bottle", "-r", str(good_bottles() / "000.png"), "--object", "bottle", "--llm", "knowledge",
+        "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu", "--out", str(out),
+    ])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "NaN/inf logits" in result.output and "--dtype float32" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not out.exists()

@@ -296,7 +296,12 @@ def test_an_llm_that_cannot_be_loaded_falls_back_with_a_reason_and_a_fix(
     assert models.llm() is llm  # not tried again for the next category
     text = " ".join(caplog.text.split())
     assert "could not load the LLM meta-llama/Meta-Llama-3-8B-Instruct" in text
-    assert "gated" in text and "hf auth login" in text and "--llm knowledge" in text
+    # offline, the advice is the offline one (the gated-model advice only for an access error)
+    assert "HF_HUB_OFFLINE is set" in text and "--llm knowledge" in text and "hf auth login" not in text
+    from iapas.prompts.llm import load_failure_hint
+
+    gated = load_failure_hint("transformers", llm.model_id, "Cannot access gated repo ... 401 Client Error")
+    assert "gated" in gated and "hf auth login" in gated and "--llm knowledge" in gated
     result = generate_nouns("bottle", llm, seed=0, knowledge=Knowledge.load())
     assert result.fallback_used and result.fallback_reason.startswith("LLM error: could not load meta-llama/")
     assert result.nouns and result.knowledge_family == "glass"

@@ -240,7 +240,7 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
         "include_object_tag": opts.include_object_tag,
     }
     digest = input_hash(category, [], settings)
-    decision = _keep_existing(out, digest, run.force)
+    decision = _keep_existing(out, digest, run.force, opts.size_threshold)
     if decision == "cached":
         return
     if decision == "conflict":
@@ -260,7 +260,7 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
     _say(f"wrote {out}: object '{profile.object_tag}', caption '{profile.caption}'")
 
 
-def _keep_existing(out: Path, digest: str, force: bool) -> str:
+def _keep_existing(out: Path, digest: str, force: bool, size_threshold: float) -> str:
     """'write' when ``out`` may be (over)written; 'cached' when it holds a profile of the same
     inputs (kept, with any hand edits); 'conflict' when it holds something else and no --force."""
     if force or not out.exists():
@@ -276,11 +276,16 @@ def _keep_existing(out: Path, digest: str, force: bool) -> str:
     if existing.stage1.get("input_hash") == digest:
         s1 = existing.stage1
         failed = llm_error_fallback(s1)
+        caption = s1.get("caption") if isinstance(s1.get("caption"), dict) else {}
+        obj = s1.get("object") if isinstance(s1.get("object"), dict) else {}
+        # what stage 1 wrote into the four fields stage 2 reads, against what the file holds now
         made = {
-            "caption": (s1.get("caption") or {}).get("text") if isinstance(s1.get("caption"), dict) else None,
-            "object": (s1.get("object") or {}).get("tag") if isinstance(s1.get("object"), dict) else None,
+            "caption": (caption.get("text"), existing.caption),
+            "object_tag": (obj.get("tag"), existing.object_tag),
+            "object_size": (obj.get("object_size", existing.object_size), existing.object_size),
+            "size_threshold": (size_threshold, existing.size_threshold),
         }
-        edited = made["caption"] not in (None, existing.caption) or made["object"] not in (None, existing.object_tag)
+        edited = any(was is not None and was != now for was, now in made.values())
         if failed and not edited:
             _say(f"{out}: made from the same inputs, but after an LLM failure ({failed}); making it again")
             return "write"
@@ -307,6 +312,7 @@ def _make_one(
 ) -> str:
     """Make (or keep) one category's profile; returns 'written', 'cached' or 'conflict'."""
     from iapas.io import ImageReadError
+    from iapas.models import ModelOutputError
     from iapas.models.loading import ModelLoadError
     from iapas.profile import ProfileError
     from iapas.prompts.knowledge import KnowledgeError
@@ -314,12 +320,15 @@ def _make_one(
     from iapas.prompts.stage1 import Stage1Error, build_profile
     from iapas.prompts.tagging import TaggerError
 
-    errors = (ModelLoadError, TaggerError, LLMError, KnowledgeError, Stage1Error, ImageReadError, ProfileError, OSError, ValueError)
+    errors = (
+        ModelLoadError, ModelOutputError, TaggerError, LLMError, KnowledgeError, Stage1Error, ImageReadError, ProfileError,
+        OSError, ValueError,
+    )
     try:
         digest = models.input_hash(category, chosen)
     except errors as exc:
         raise fail(str(exc)) from None
-    decision = _keep_existing(out, digest, run.force)
+    decision = _keep_existing(out, digest, run.force, opts.size_threshold)
     if decision != "write":
         return decision
     try:

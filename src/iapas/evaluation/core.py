@@ -53,6 +53,7 @@ from iapas.evaluation.protocol import (
 )
 from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, LoadedImage, atomic_path, atomic_write_text, clean_stale_temp_files
 from iapas.metrics import CategoryMetrics, category_metrics
+from iapas.models import ModelOutputError
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.io import file_stamp
@@ -798,7 +799,7 @@ def evaluate_dataset(
         on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
         try:
             profile = get_profile(category, profiles, stage1, mode=settings.mode, models=stage1_models, progress=on_stage1)
-        except (Stage1Error, ProfileError, ImageReadError, FileNotFoundError) as exc:
+        except (Stage1Error, ProfileError, ImageReadError, FileNotFoundError, ModelOutputError) as exc:
             logger.error("%s: %s", name, exc)
             prepared.append(CategoryResult(name=name, error=f"profile: {exc}", notes=list(category.notes), n_references=len(category.references)))
             continue

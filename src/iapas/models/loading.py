@@ -115,10 +115,12 @@ def load_pretrained(
         else:
             hint += "; set HF_HUB_OFFLINE=1 to fail fast instead of retrying."
         if "/" in name_or_path:  # 'models/gdino' may be a mistyped local folder
-            hint = f"There is no local folder {name_or_path} either. " + hint
+            hint = f"(If {name_or_path} was meant as a local folder: it does not exist.) " + hint
         raise ModelLoadError(f"{what}: could not load {name_or_path!r}: {one_line(exc).rstrip('.')}. {hint}") from exc
     except Exception as exc:  # noqa: BLE001 - e.g. SafetensorError on a truncated file, a size mismatch
-        hint = "; its weight files may be incomplete or corrupt: copy or download them again" if path.exists() else ""
+        damaged = "safetensor" in type(exc).__name__.lower() or "unpickl" in type(exc).__name__.lower()
+        damaged = damaged or any(word in str(exc).lower() for word in ("header", "size mismatch", "truncated", "corrupt"))
+        hint = "; its weight files may be incomplete or corrupt: copy or download them again" if damaged and path.exists() else ""
         where = str(path) if path.exists() else repr(name_or_path)
         raise ModelLoadError(f"{what}: {where} is not a usable model ({type(exc).__name__}: {one_line(exc)}){hint}") from exc
     if not model_loader:

@@ -185,7 +185,7 @@ class UnloadedLLM:
 def load_failure_hint(backend: str, model_id: str, error: str) -> str:
     """What to do about an LLM that could not be loaded, in one sentence."""
     text = error.lower()
-    if model_id.startswith("meta-llama/") or "gated" in text or "401" in text or "403" in text:
+    if "gated" in text or "401" in text or "403" in text or "restricted" in text:
         return (
             f"{model_id} is gated on the Hugging Face hub: accept its licence on https://huggingface.co/{model_id} "
             "and log in with 'hf auth login' (or set HF_TOKEN), or use --llm openai (e.g. a local Ollama server) "
