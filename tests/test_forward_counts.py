@@ -139,34 +139,31 @@ def test_mixed_sizes_give_the_same_boxes_batched_as_one_by_one(counted):
     assert len(objects) == 4
 
 
-def test_nan_model_outputs_fail_loudly_instead_of_an_empty_map(counted):
+@pytest.mark.parametrize(
+    ("module", "field", "value", "message"),
+    [
+        ("detector", "logits", float("nan"), r"Grounding DINO .* NaN/inf logits \(float32 on cpu\): check the model files"),
+        ("segmenter", "pred_masks", float("inf"), r"SAM .* NaN/inf masks"),
+    ],
+)
+def test_nan_model_outputs_fail_loudly_instead_of_an_empty_map(counted, module: str, field: str, value: float, message: str):
     """A half-precision overflow gives NaN logits, which no threshold passes: that must be an
-    error naming the dtype, not an image 'without defects'."""
+    error naming the dtype, not an image 'without defects'. A RuntimeError, so the runner fails
+    the batch and goes on."""
     import torch
 
     from iapas.models import ModelOutputError
 
     pipe, _ = counted
 
-    def poison(module, args, output):
-        output.logits = torch.full_like(output.logits, float("nan"))
+    def poison(_module, _args, output):
+        setattr(output, field, torch.full_like(getattr(output, field), value))
         return output
 
-    handle = pipe.detector.model.register_forward_hook(poison)
+    handle = getattr(pipe, module).model.register_forward_hook(poison)
     try:
-        with pytest.raises(ModelOutputError, match=r"Grounding DINO .* NaN/inf logits \(float32 on cpu\)"):
+        with pytest.raises(ModelOutputError, match=message) as caught:
             pipe.run(images(1), PROFILE)
     finally:
         handle.remove()
-    assert isinstance(ModelOutputError("x"), RuntimeError)  # the runner fails the batch and goes on
-
-    def poison_masks(module, args, output):
-        output.pred_masks = torch.full_like(output.pred_masks, float("inf"))
-        return output
-
-    handle = pipe.segmenter.model.register_forward_hook(poison_masks)
-    try:
-        with pytest.raises(ModelOutputError, match=r"SAM .* NaN/inf masks"):
-            pipe.run(images(1), PROFILE)
-    finally:
-        handle.remove()
+    assert isinstance(caught.value, RuntimeError)

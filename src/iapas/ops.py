@@ -28,6 +28,17 @@ def normalized_areas(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return box_areas(boxes) / float(width * height)
 
 
+def top_box(dets: Detections, width: int, height: int) -> tuple[int, float] | None:
+    """Index and normalised area of the highest-scoring box (ties: the first): the object's size
+    in stage 2, and each reference image's object size in stage 1. None without a box or when
+    that box has no area."""
+    if len(dets) == 0:
+        return None
+    top = int(np.argmax(dets.scores))
+    area = float(normalized_areas(dets.boxes[top][None], width, height)[0])
+    return (top, area) if area > 0 else None
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)

@@ -20,7 +20,7 @@ from iapas.io import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
-from iapas.ops import apply_nms, fuse_masks, normalized_areas, size_filter
+from iapas.ops import apply_nms, fuse_masks, size_filter, top_box
 from iapas.profile import Profile
 from iapas.prompts.caption import BASE_CAPTION, caption_phrases
 from iapas.types import Detections, SegmentationResult
@@ -229,12 +229,10 @@ class Pipeline:
         rgb: np.ndarray, dets: Detections, profile: Profile
     ) -> tuple[np.ndarray | None, float | None, float, str]:
         """Top object box and its normalised area, else the profile's median, else 1.0."""
-        if len(dets):
-            top = int(np.argmax(dets.scores))
-            box = dets.boxes[top]
-            area = float(normalized_areas(box[None], rgb.shape[1], rgb.shape[0])[0])
-            if area > 0:
-                return box, float(dets.scores[top]), area, "detected"
+        found = top_box(dets, rgb.shape[1], rgb.shape[0])
+        if found is not None:
+            top, area = found
+            return dets.boxes[top], float(dets.scores[top]), area, "detected"
         if profile.object_size is not None:
             return None, None, float(profile.object_size), "profile"
         return None, None, 1.0, "default"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
 from iapas import __version__
+from iapas.models.loading import one_line
 
 console = Console(stderr=True)
 
@@ -65,11 +65,6 @@ def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"iapas {__version__}")
         raise typer.Exit()
-
-
-def one_line(message: str) -> str:
-    """``message`` with its line breaks (and the indentation after them) folded into spaces."""
-    return re.sub(r"[ \t]*[\r\n]+\s*", " ", message).strip()
 
 
 def print_error(message: str) -> None:

@@ -38,7 +38,7 @@ ModeOpt = typer.Option("iapas", "--mode", help="iapas: profile caption + size fi
 SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
 ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
-LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw; reported as such).")
+LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
 EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
 ImageNormOpt = typer.Option(
     True, "--image-norm/--no-image-norm",

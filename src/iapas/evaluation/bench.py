@@ -17,7 +17,8 @@ prompt         ``prompt-fixed``: the fixed caption 'defect . abnormal .' instead
 size-filter    ``size-filter-off``: every box kept
 size-sweep     ``size-0.5`` ... ``size-1.5``: size thresholds (the default column is 0.8)
 wrong-tag      ``wrong-tag``: stage 1 run with each category's object tag replaced by another
-               category's (or an unrelated product's), to see how gracefully it fails
+               category's (never the category itself or its true tag; else an unrelated everyday
+               object such as 'banana'), to see how gracefully it fails
 =============  =====================================================================================
 
 Stage-1 profiles are shared by the variants that do not change them: ``OUT/<dataset>/profiles``
@@ -375,7 +376,7 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
         )
         default = runs.get(DEFAULT_VARIANT.name)
         if default is not None:
-            mean = _mean_over(default, chosen)
+            mean = default.mean(chosen)
             note += f"; over those, {DEFAULT_VARIANT.label} has pixel AP {pct(mean['pixel_ap'])}, F1-max {pct(mean['pixel_f1_max'])}"
         notes.append(note + ".")
     for name, errs in bench.errors.items():
@@ -406,16 +407,6 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
     }
     write_bench_report(paths["html"], "IAP-AS benchmark", markdown, links)
     return paths
-
-
-def _mean_over(result: DatasetResult, categories: Sequence[str]) -> dict[str, float]:
-    """Mean pixel AP and F1-max of ``result`` over ``categories`` (where defined; nan when none)."""
-    out: dict[str, float] = {}
-    for key in ("pixel_ap", "pixel_f1_max"):
-        values = [getattr(c.metrics, key) for c in result.categories if c.name in categories and c.metrics is not None]
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        out[key] = sum(finite) / len(finite) if finite else float("nan")
-    return out
 
 
 def _finite(value: Any) -> Any:

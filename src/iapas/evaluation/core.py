@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -249,11 +248,13 @@ class DatasetResult:
     def n_failed_images(self) -> int:
         return sum(len(c.failures) for c in self.categories)
 
-    def mean(self) -> dict[str, float]:
-        """Mean of each metric over the categories where it is defined (nan when none)."""
+    def mean(self, categories: Sequence[str] | None = None) -> dict[str, float]:
+        """Mean of each metric over the categories (all, or those named) where it is defined
+        (nan when none)."""
+        chosen = [c for c in self.categories if categories is None or c.name in categories]
         out: dict[str, float] = {}
         for key, _ in METRIC_COLUMNS:
-            values = [getattr(c.metrics, key) for c in self.categories if c.metrics is not None]
+            values = [getattr(c.metrics, key) for c in chosen if c.metrics is not None]
             finite = [v for v in values if v is not None and math.isfinite(v)]
             out[key] = float(np.mean(finite)) if finite else float("nan")
         return out
@@ -388,11 +389,9 @@ def map_relpath(category: str, key: str) -> str:
 
 def save_map_file(path: Path, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
     """Write ``map`` (float32) and ``mask`` (bool) into a compressed ``.npz``, atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # synced to disk before the rename
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, map=anomaly_map.astype(np.float32, copy=False), mask=mask.astype(bool, copy=False))
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -96,12 +96,6 @@ def normalize_image(anomaly_map: np.ndarray, lo: float, hi: float) -> np.ndarray
     return ((arr - float(lo)) / span).astype(np.float32)
 
 
-def normalize_value(value: float, lo: float, hi: float) -> float:
-    """One score on the normalised scale of a stack with range ``(lo, hi)`` (0 when constant)."""
-    span = hi - lo
-    return (value - lo) / span if span > 0 else 0.0
-
-
 def normalize_stack(maps: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, float, float]:
     """Min-max normalise a ``(N, H, W)`` float32 stack over the whole stack.
 

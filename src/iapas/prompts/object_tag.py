@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.ops import apply_nms, normalized_areas
+from iapas.ops import apply_nms, normalized_areas, top_box
 from iapas.types import Detections
 
 BOX_THRESHOLD = 0.1
@@ -117,14 +117,10 @@ def _image_top(dets: Detections) -> int | None:
 
 
 def top_box_size(dets: Detections, width: int, height: int) -> float | None:
-    """The normalised area ``(w/W)*(h/H)`` of the highest-scoring box (ties: the first), as
-    stage 2 takes the object's size from the object tag's detections; None without a box or
-    when that box has no area."""
-    top = _image_top(dets)
-    if top is None:
-        return None
-    area = float(normalized_areas(dets.boxes[top][None], width, height)[0])
-    return area if area > 0 else None
+    """The normalised area ``(w/W)*(h/H)`` of the highest-scoring box, exactly as stage 2 takes
+    the object's size (:func:`iapas.ops.top_box`); None without a box or when it has no area."""
+    found = top_box(dets, width, height)
+    return None if found is None else found[1]
 
 
 def median_size(sizes: Sequence[float | None]) -> float | None:
