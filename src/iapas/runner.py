@@ -168,14 +168,15 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "fuse_object_detection": cfg.fuse_object_detection,
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
-        # float16 and float32 give different scores: a resumed run must not mix them
-        "dtype": _as_text(getattr(pipeline.detector, "dtype", None)),
-        "device": _as_text(getattr(pipeline.detector, "device", None)),
+        **precision_signature(pipeline),
     }
 
 
-def _as_text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def precision_signature(pipeline: Pipeline) -> dict[str, str | None]:
+    """The detector's dtype and device as text: float16 and float32 give different scores, so a
+    resumed run must not mix them (part of every run signature)."""
+    values = {key: getattr(pipeline.detector, key, None) for key in ("dtype", "device")}
+    return {key: None if value is None else str(value) for key, value in values.items()}
 
 
 def prefetch_images(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:

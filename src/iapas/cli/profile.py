@@ -266,7 +266,7 @@ def _keep_existing(out: Path, digest: str, force: bool, size_threshold: float) -
     if force or not out.exists():
         return "write"
     from iapas.profile import Profile, ProfileError
-    from iapas.prompts.stage1 import llm_error_fallback
+    from iapas.prompts.stage1 import fallback_reason, llm_error_fallback
 
     try:
         existing = Profile.load(out)
@@ -291,10 +291,10 @@ def _keep_existing(out: Path, digest: str, force: bool, size_threshold: float) -
             return "write"
         if failed:
             _say(f"{out}: made after an LLM failure ({failed}) but edited by hand; keeping it (use --force to make it again)")
-        elif s1.get("fallback_used"):
+        elif (reason := fallback_reason(s1)) is not None:
             _say(
                 f"{out}: made from the same inputs; keeping it. Its nouns come from the knowledge vocabulary because the "
-                f"LLM replied nothing usable ({s1.get('fallback_reason')}); the same seed samples the same reply: edit "
+                f"LLM replied nothing usable ({reason}); the same seed samples the same reply: edit "
                 "the file, or use --force to make it again"
             )
         else:

@@ -56,7 +56,7 @@ from iapas.models import ModelOutputError
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.io import file_stamp
-from iapas.runner import ResultsLog, RunConflictError, assign_keys, prefetch_images
+from iapas.runner import ResultsLog, RunConflictError, assign_keys, precision_signature, prefetch_images
 from iapas.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -351,7 +351,6 @@ def effective_size_threshold(settings: EvalSettings, profile: Profile | None) ->
 def model_names(pipeline: Pipeline) -> dict[str, Any]:
     """The models and detector settings of ``pipeline`` (part of the run signature)."""
     cfg = pipeline.config
-    precision = {key: getattr(pipeline.detector, key, None) for key in ("dtype", "device")}
     return {
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
@@ -359,8 +358,7 @@ def model_names(pipeline: Pipeline) -> dict[str, Any]:
         "text_threshold": cfg.text_threshold,
         "nms_iou": cfg.nms_iou,
         "fuse_object_detection": bool(getattr(cfg, "fuse_object_detection", False)),
-        # half precision changes the boxes: a resumed run must not mix float16 and float32 maps
-        **{key: None if value is None else str(value) for key, value in precision.items()},
+        **precision_signature(pipeline),
     }
 
 

@@ -19,6 +19,7 @@ from iapas.profile import Profile
 # Stage1Options and Stage1Models live in iapas.prompts.resources (iapas profile uses them too);
 # iapas.evaluation re-exports them from here.
 from iapas.prompts.resources import Stage1Models, Stage1Options
+from iapas.prompts.stage1 import fallback_reason
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +166,8 @@ class ProfileRecord:
             profile.object_size,
             profile.size_threshold,
             dict(profile.models),
-            _fallback_reason(profile),
+            fallback_reason(profile.stage1),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _fallback_reason(profile: Profile) -> str | None:
-    s1 = profile.stage1 if isinstance(profile.stage1, dict) else {}
-    if not s1.get("fallback_used"):
-        return None
-    return str(s1.get("fallback_reason") or "the LLM failed")

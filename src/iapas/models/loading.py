@@ -96,6 +96,7 @@ def load_pretrained(
         name_or_path = str(path)
     elif looks_like_local_path(name_or_path):
         raise ModelLoadError(f"{what}: model folder {name_or_path} does not exist")
+    where = str(path) if path.exists() else repr(name_or_path)  # how the messages below name it
     model_loader = _is_model_loader(loader)
     if model_loader:
         kwargs = {**kwargs, "output_loading_info": True}
@@ -121,7 +122,6 @@ def load_pretrained(
         damaged = "safetensor" in type(exc).__name__.lower() or "unpickl" in type(exc).__name__.lower()
         damaged = damaged or any(word in str(exc).lower() for word in ("header", "size mismatch", "truncated", "corrupt"))
         hint = "; its weight files may be incomplete or corrupt: copy or download them again" if damaged and path.exists() else ""
-        where = str(path) if path.exists() else repr(name_or_path)
         raise ModelLoadError(f"{what}: {where} is not a usable model ({type(exc).__name__}: {one_line(exc)}){hint}") from exc
     if not model_loader:
         return loaded
@@ -131,7 +131,6 @@ def load_pretrained(
     missing = real_missing_keys(model, info.get("missing_keys") or [])
     if missing:
         kind = " or ".join(expected_model_types)
-        where = str(path) if path.exists() else repr(name_or_path)
         raise ModelLoadError(
             f"{what}: the weights in {where} do not match a {kind} checkpoint: {len(missing)} missing keys, "
             f"e.g. {', '.join(missing[:3])} (they would be random); check that the weight files belong to this config.json"

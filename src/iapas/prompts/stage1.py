@@ -182,14 +182,20 @@ def generate_nouns(
 LLM_ERROR_PREFIX = "LLM error: "
 
 
+def fallback_reason(stage1: Any) -> str | None:
+    """Why a profile's nouns came from the knowledge vocabulary instead of the LLM, as its
+    ``stage1`` record says; None when they did not."""
+    if not isinstance(stage1, dict) or not stage1.get("fallback_used"):
+        return None
+    return str(stage1.get("fallback_reason") or "the LLM failed")
+
+
 def llm_error_fallback(stage1: dict[str, Any]) -> str | None:
     """The reason, when a profile's ``stage1`` record says its nouns came from the knowledge
     vocabulary because the LLM failed (an error, a time-out, or it could not be loaded), not
     because it replied nothing usable; else None. Such a profile is worth making again."""
-    reason = stage1.get("fallback_reason")
-    if stage1.get("fallback_used") and isinstance(reason, str) and reason.startswith(LLM_ERROR_PREFIX):
-        return reason
-    return None
+    reason = fallback_reason(stage1)
+    return reason if reason is not None and reason.startswith(LLM_ERROR_PREFIX) else None
 
 
 # --- the detector's text window ----------------------------------------------------------------
