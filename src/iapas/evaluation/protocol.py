@@ -107,13 +107,9 @@ def normalize_stack(maps: np.ndarray, *, in_place: bool = False) -> tuple[np.nda
     if arr.ndim != 3:
         raise ValueError(f"expected an (N, H, W) stack, got shape {arr.shape}")
     lo, hi = stack_range(arr)
-    span = hi - lo
     out = arr if (in_place and arr.dtype == np.float32) else np.empty(arr.shape, dtype=np.float32)
-    for i in range(arr.shape[0]):
-        if span > 0:
-            out[i] = (arr[i].astype(np.float64) - lo) / span
-        else:
-            out[i] = 0.0
+    for i in range(arr.shape[0]):  # one image at a time: no float64 copy of the whole stack
+        out[i] = normalize_image(arr[i], lo, hi)
     return out, lo, hi
 
 
