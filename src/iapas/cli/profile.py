@@ -142,19 +142,20 @@ def profile_cmd(
             "give --reference DIR (normal images of the product) to run stage 1, or --object TAG and "
             "--prompts 'noun, noun' to write a profile by hand"
         )
-    from iapas.io import find_images
+    from iapas.io import mask_rule, search_images
     from iapas.prompts.stage1 import Stage1Error, select_references
 
-    paths, problems = find_images(list(reference))
-    for problem in problems:
+    search = search_images(list(reference))  # leaves out the masks of folders (and says so)
+    paths = search.paths
+    for problem in search.problems:
         _say(f"warning: {problem}")
-    dataset_like = _dataset_like(list(reference), paths)
+    dataset_like = _dataset_like(list(reference), paths + [m for m, _ in search.masks])
     if dataset_like:
         raise fail(dataset_like)
-    masks = [p for p in paths if _is_mask(p)]
+    masks = [p for p in paths if mask_rule(p)]  # named one by one: still not references
     if masks:
-        _say(f"warning: left out {len(masks)} mask image(s) (*_mask.*, e.g. {masks[0]}): masks are not reference images")
-        paths = [p for p in paths if not _is_mask(p)]
+        _say(f"warning: left out {len(masks)} mask image(s) ({mask_rule(masks[0])}, e.g. {masks[0]}): masks are not reference images")
+        paths = [p for p in paths if not mask_rule(p)]
     if not paths:
         raise fail("no reference images found in " + ", ".join(reference))
     if references > len(paths):
@@ -167,11 +168,6 @@ def profile_cmd(
     status = _make_one(category, chosen, out, opts, run, models)
     if status == "conflict":
         raise typer.Exit(2)
-
-
-def _is_mask(path: Path) -> bool:
-    """A ground-truth mask by its name (MVTec and most datasets: ``000_mask.png``)."""
-    return path.stem.lower().endswith("_mask")
 
 
 def _dataset_like(inputs: list[str], paths: list[Path]) -> str | None:
