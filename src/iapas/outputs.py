@@ -63,6 +63,14 @@ def render_overlay(
     return np.asarray(image)
 
 
+def output_names(key: str, overlay: bool = True) -> dict[str, str]:
+    """The files of one image's outputs, relative to the output folder, by kind."""
+    names = {"map": f"maps/{key}.png", "mask": f"masks/{key}.png"}
+    if overlay:
+        names["overlay"] = f"overlays/{key}.png"
+    return names
+
+
 def write_image_outputs(
     out_dir: Path,
     key: str,
@@ -75,14 +83,10 @@ def write_image_outputs(
 
     Returns the written paths relative to ``out_dir``.
     """
-    written = {
-        "map": f"maps/{key}.png",
-        "mask": f"masks/{key}.png",
-    }
+    written = output_names(key, overlay)
     save_png(out_dir / written["map"], encode_map(result.anomaly_map))
     save_png(out_dir / written["mask"], binary_mask(result.anomaly_map, threshold))
     if overlay:
-        written["overlay"] = f"overlays/{key}.png"
         # overlays are for looking at: fast compression (they are photographic, and the largest)
         save_png(out_dir / written["overlay"], render_overlay(rgb, result), compress_level=1)
     return written

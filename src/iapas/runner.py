@@ -3,8 +3,11 @@
 ``results.jsonl`` is append-only during a run: one line per finished image, flushed and synced
 as soon as that image's files are in place (a background thread writes them while the models
 work on the next batch). Re-running the same command skips images already done: same file (path,
-size, modification time), same mask threshold, and the outputs asked for still on disk. At the
-end of a run that was not interrupted, the file is rewritten (atomically) with one line per key.
+size, modification time), same mask threshold, and the outputs asked for still on disk. A done
+image is found by its file before its key: when the inputs are given another way and its key
+changes, its record and output files are renamed to the new key (:func:`match_finished`), so
+it is neither segmented again nor listed twice. At the end of a run that was not interrupted,
+the file is rewritten (atomically) with one line per key.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -31,7 +35,7 @@ from iapas.io import (
     file_stamp,
     read_image,
 )
-from iapas.outputs import MAP_SCALE, write_image_outputs
+from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.types import SegmentationResult
@@ -107,35 +111,53 @@ class ResultsLog:
 
 
 def assign_keys(paths: Sequence[Path], roots: Sequence[Path] | None = None) -> list[str]:
-    """A unique output name per input, without suffix (``crack/000``); inputs that would collide
-    keep their suffix (``000.jpg``).
+    """A unique output name per input, without suffix (``crack/000``), relative to its own root.
 
-    With ``roots`` (the folder each input was found from, see
-    :func:`iapas.io.find_images_with_roots`), names are relative to the common folder of the
-    roots, so they stay the same when the input folders get more images later: ``segment data/``
-    names ``data/crack/000.png`` ``crack/000``; ``segment a/ b/`` names ``a/000`` and ``b/000``.
-    Without, relative to the common folder of the inputs' own folders.
+    ``roots``: the folder each key is relative to (see :func:`iapas.io.search_images`: the folder
+    given, its parent when several inputs found images, a named file's own folder); without, each
+    path's own folder (the key is the file's name). A key depends on its own path and root, not on
+    the other inputs, so it stays the same when an unrelated input is added, removed or missing.
+    Names that still collide are told apart the same way every time: first they keep their suffix
+    (``000.jpg``), then each takes one more leading folder (``x/a/000`` and ``y/a/000``).
     """
-    absolute = [Path(os.path.abspath(p)) for p in paths]  # not resolve(): keep symlinks' own names
-    if not absolute:
-        return []
-    if roots is not None:
-        if len(roots) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(roots)} roots")
-        bases = sorted({os.path.abspath(r) for r in roots})
-    else:
-        bases = sorted({str(p.parent) for p in absolute})
-    try:
-        common = Path(os.path.commonpath(bases)) if len(bases) > 1 else Path(bases[0])
-        rel = [p.relative_to(common) for p in absolute]
-    except ValueError:  # different drives, or a root that does not hold its path: fall back
-        common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-        rel = [p.relative_to(common) for p in absolute]
-    keys = [r.with_suffix("").as_posix() for r in rel]
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    return [r.as_posix() if counts[k] > 1 else k for k, r in zip(keys, rel)]
+    absolute = [os.path.abspath(p) for p in paths]  # not resolve(): keep symlinks' own names
+    if roots is not None and len(roots) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(roots)} roots")
+    bases = [os.path.abspath(r) for r in roots] if roots is not None else [os.path.dirname(a) for a in absolute]
+    levels = [0] * len(absolute)
+    keys = [_key_at(a, b, 0) or a for a, b in zip(absolute, bases)]
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        clashes = [group for group in groups.values() if len(group) > 1]
+        if not clashes:
+            return keys
+        moved = False
+        for group in clashes:
+            for i in group:
+                longer = _key_at(absolute[i], bases[i], levels[i] + 1)
+                if longer is not None:
+                    levels[i] += 1
+                    keys[i] = longer
+                    moved = True
+        if not moved:
+            raise ValueError(f"the same file is given twice: {absolute[clashes[0][0]]}")
+
+
+def _key_at(path: str, base: str, level: int) -> str | None:
+    """Key candidate ``level`` of ``path``: relative to ``base`` and then to each folder above it
+    in turn (``level // 2`` folders up), without its suffix at even levels, with it at odd ones;
+    None above the filesystem root. A base that does not hold the path is the path's own folder."""
+    if not path.startswith(base.rstrip(os.sep) + os.sep):
+        base = os.path.dirname(path)
+    for _ in range(level // 2):
+        parent = os.path.dirname(base)
+        if parent == base:
+            return None
+        base = parent
+    relative = PurePosixPath(Path(os.path.relpath(path, base)).as_posix())
+    return str(relative if level % 2 else relative.with_suffix(""))
 
 
 @dataclass
@@ -254,14 +276,14 @@ def run_segmentation(
         + "\n",
     )
     keys = assign_keys(paths, roots)
-    previous_records = log.read()
+    finished = match_finished(paths, keys, log, out_dir, threshold, overlay)
     summary = RunSummary(total=len(paths))
     started = time.perf_counter()
 
     todo: list[tuple[Path, str]] = []
     for p, key in zip(paths, keys):
-        rec = previous_records.get(key)
-        if rec and is_done(rec, p, out_dir, threshold, overlay):
+        rec = finished.get(key)
+        if rec is not None:
             summary.skipped += 1
             summary.scores.append((key, float(rec.get("image_score", 0.0))))
             if on_image:
@@ -348,6 +370,94 @@ def run_segmentation(
     if not summary.interrupted:
         log.compact(order=keys)
     return summary
+
+
+def match_finished(
+    paths: Sequence[Path], keys: Sequence[str], log: ResultsLog, out_dir: Path, threshold: float, overlay: bool
+) -> dict[str, dict[str, Any]]:
+    """The finished records that stand for this run's images, by this run's key.
+
+    An image is matched by its source first (absolute path, size, modification time; see
+    :func:`is_done`), then by its key: a finished record of the same file under another key (the
+    inputs were given another way) is re-keyed, its output files renamed to the new key's names,
+    so that it is neither segmented again nor listed twice. Other records of the same file
+    under other keys (older duplicates, failures) are dropped with their files, and so are failed
+    records of files that no longer exist and are not in this run (a mistyped path).
+    """
+    records = log.read()
+    by_image: dict[str, list[str]] = {}
+    for key, record in records.items():
+        if isinstance(record.get("image"), str):
+            by_image.setdefault(record["image"], []).append(key)
+    in_run = {os.path.abspath(p) for p in paths}
+    finished: dict[str, dict[str, Any]] = {}
+    renames: dict[str, str] = {}  # old key -> this run's key
+    drop: set[str] = set()
+    for path, key in zip(paths, keys):
+        same = by_image.get(os.path.abspath(path), [])
+        done = [k for k in same if is_done(records[k], path, out_dir, threshold, overlay)]
+        chosen = key if key in done else (done[-1] if done else None)
+        drop.update(k for k in same if k not in (key, chosen))
+        if chosen is not None:
+            finished[key] = records[chosen]
+            if chosen != key:
+                renames[chosen] = key
+    drop.update(
+        k for k, r in records.items()
+        if r.get("status") == "failed" and isinstance(r.get("image"), str)
+        and r["image"] not in in_run and not os.path.lexists(r["image"])
+    )
+    if renames or drop:
+        finished.update(_rekey(log, records, renames, drop, out_dir))
+    return finished
+
+
+def _rekey(
+    log: ResultsLog, records: dict[str, dict[str, Any]], renames: dict[str, str], drop: set[str], out_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """Give the records ``renames`` names (old key -> new key) and drop the ``drop`` ones, in an
+    order that a killed run leaves consistent: (1) the renamed records' files go to temporary
+    names (which the next run removes), (2) whatever else holds the new names and the dropped
+    records' files are removed, (3) results.jsonl is rewritten atomically, (4) the files take
+    their new names. A record whose files are not all there is not done, so an image caught
+    half way is segmented again, never given another image's files. Returns the renamed records."""
+    moves: list[tuple[Path, Path]] = []  # temporary name, new name
+    renamed: dict[str, dict[str, Any]] = {}
+    emptied: set[Path] = set()
+    for old, new in renames.items():
+        record = records[old]
+        names = output_names(new)
+        outputs: dict[str, str] = {}
+        for kind, rel in record.get("outputs", {}).items():
+            source = out_dir / rel
+            fd, temp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".tmp" + source.suffix, dir=source.parent)
+            os.close(fd)
+            os.replace(source, temp)
+            emptied.add(source.parent)
+            outputs[kind] = names.get(kind, rel)
+            moves.append((Path(temp), out_dir / outputs[kind]))
+        renamed[new] = {**record, "key": new, "outputs": outputs}
+    superseded = drop | set(renames) | set(renames.values())
+    kept = {k: r for k, r in records.items() if k not in superseded}
+    kept.update(renamed)
+    referenced = {out_dir / rel for r in kept.values() for rel in r.get("outputs", {}).values()}
+    stale = [out_dir / rel for k in drop for rel in records[k].get("outputs", {}).values()]
+    for path in [final for _, final in moves] + [p for p in stale if p not in referenced]:
+        path.unlink(missing_ok=True)
+        emptied.add(path.parent)
+    atomic_write_text(log.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()))
+    for temp, final in moves:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+    for folder in sorted(emptied, key=lambda f: -len(f.parts)):  # folders the old names leave empty
+        while folder != out_dir and out_dir in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+    logger.info("resuming %d finished image(s) under new names; dropped %d stale record(s)", len(renames), len(drop))
+    return renamed
 
 
 def source_stamp(path: Path) -> dict[str, Any]:
