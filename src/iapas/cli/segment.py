@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -57,7 +58,7 @@ def segment_cmd(
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(verbose, quiet)
-    from iapas.io import find_images_with_roots
+    from iapas.io import mask_rule, search_images
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
@@ -81,15 +82,28 @@ def segment_cmd(
     if blocking is not None:  # fail now, not after loading the models
         where = "is a file" if blocking == out else f"is inside {blocking}, which is a file"
         raise fail(f"--out {out} {where}; it must be a folder (new or from an earlier run)")
-    found, problems = find_images_with_roots(images, exclude=out, keep_missing=True)
+    search = search_images(images, exclude=out, keep_missing=True)
+    found, problems = search.found, list(search.problems)
+    inside_out = ", ".join(search.excluded_inputs)
+    if search.excluded_inputs and found:
+        problems += [f"{item}: left out: its images are inside --out {out} (a run never reads its own output folder)"
+                     for item in search.excluded_inputs]
     for problem in problems:
         print_error(problem)
     if not any(p.exists() or p.is_symlink() for p, _ in found):
         for p, _ in found:  # only missing files: nothing to load models for
             print_error(f"{p}: file not found")
+        if inside_out:
+            raise fail(f"no images to segment: the images of {inside_out} were left out because they are inside --out {out} "
+                       "(a run never reads its own output folder); give an --out folder outside the inputs")
         raise fail("no images to segment")
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
+    named_masks = [p for p in paths if mask_rule(p)]
+    if named_masks and len(named_masks) < len(paths):  # as a shell expands 'kos01/*'
+        logging.getLogger(__name__).warning(
+            "taking %d file(s) named like ground-truth masks (e.g. %s) because they were named one by one; "
+            "give the folder or a quoted pattern ('dir/*') to have masks left out", len(named_masks), named_masks[0])
     try:
         config = PipelineConfig(
             detector=detector,
