@@ -48,6 +48,7 @@ class PipelineConfig:
     # Take the object box from the caption's forward (the caption ends with the object tag)
     # instead of a second detector forward. Not the paper's method: see the README.
     fuse_object_detection: bool = False
+    base_caption: str = BASE_CAPTION  # mode 'base''s caption (evaluations under the paper protocol: REFERENCE_BASE_CAPTION)
 
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
@@ -120,7 +121,7 @@ class Pipeline:
 
     def caption_for(self, profile: Profile | None) -> str:
         if self.config.mode == "base":
-            return BASE_CAPTION
+            return self.config.base_caption
         if profile is None:
             raise ValueError("mode 'iapas' needs a profile (object tag and caption); use mode 'base' without one")
         return profile.caption

@@ -34,16 +34,22 @@ def register(app: typer.Typer) -> None:
 ProtocolOpt = typer.Option(
     "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
 )
-ModeOpt = typer.Option("iapas", "--mode", help="iapas: profile caption + size filter; base: the paper's baseline ('defect . abnormal .', no size filter).")
+ModeOpt = typer.Option(
+    "iapas", "--mode",
+    help="iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
+    "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'.",
+)
 SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
 ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
 EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
 ImageNormOpt = typer.Option(
-    True, "--image-norm/--no-image-norm",
+    None, "--image-norm/--no-image-norm",
     help="Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
-    "reference code does. Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    "reference code does (default: on, except --mode base --protocol paper, where the reference skips it). "
+    "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    show_default=False,
 )
 DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
 SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
@@ -259,7 +265,7 @@ def evaluate_cmd(
     mask_pattern: str = MaskPatternOpt,
     reference_dir: str = ReferenceDirOpt,
     eval_size: int = EvalSizeOpt,
-    image_norm: bool = ImageNormOpt,
+    image_norm: bool | None = ImageNormOpt,
     profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
@@ -376,7 +382,7 @@ def bench_cmd(
     seed: int = SeedOpt,
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
-    image_norm: bool = ImageNormOpt,
+    image_norm: bool | None = ImageNormOpt,
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
     device: str = DeviceOpt,

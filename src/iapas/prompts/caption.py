@@ -10,7 +10,10 @@ FILLER_WORDS: frozenset[str] = frozenset(
     {"word", "words", "none", "of", "part", "parts", "a", "an", "the", "and", "or", "etc", "n/a", "na", "other"}
 )
 ALWAYS_ADDED: tuple[str, ...] = ("abnormal", "defect")
-BASE_CAPTION = "defect . abnormal ."
+BASE_CAPTION = "defect . abnormal ."  # the baseline as two phrases (iapas's)
+# The reference code's baseline caption: one Grounding DINO phrase (its detector call appends the
+# final '.'); what mode 'base' uses under the paper protocol.
+REFERENCE_BASE_CAPTION = "defect, abnormal."
 
 
 def clean_nouns(words: Iterable[str]) -> list[str]:
