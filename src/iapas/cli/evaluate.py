@@ -71,6 +71,15 @@ LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries af
 KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
 PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
 ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
+ObjectJoinOpt = typer.Option(
+    "phrase", "--object-join",
+    help="Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
+    "with a comma to the last word (comma).",
+)
+PromptStyleOpt = typer.Option(
+    "reference", "--prompt-style",
+    help="Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording).",
+)
 RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
 ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
 FuseOpt = typer.Option(
@@ -288,6 +297,8 @@ def evaluate_cmd(
     knowledge_file: Path = KnowledgeOpt,
     prompts: str = PromptsOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -318,7 +329,8 @@ def evaluate_cmd(
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
-        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption,
+        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
@@ -373,7 +385,7 @@ def bench_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
-    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep or wrong-tag (repeatable)."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag or prompt-style (repeatable)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
@@ -402,6 +414,8 @@ def bench_cmd(
     llm_retries: int = LlmRetriesOpt,
     knowledge_file: Path = KnowledgeOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -435,7 +449,8 @@ def bench_cmd(
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
-        object_tag=None, prompts=None, include_object_tag=object_in_caption,
+        object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
     )
     from iapas.data import canonical_name

@@ -90,6 +90,8 @@ def get_profile(
         object_tag=o.object_tag,
         nouns=o.nouns,
         include_object_tag=o.include_object_tag,
+        object_join=o.object_join,
+        prompt_style=o.prompt_style,
         size_threshold=o.size_threshold,
         input_digest=digest,
         progress=progress,
