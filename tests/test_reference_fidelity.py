@@ -280,3 +280,21 @@ def test_cli_prompt_style_and_object_join_options(tmp_path, monkeypatch):
     CliRunner().invoke(app, args)
     CliRunner().invoke(app, [*args, "--prompt-style", "inspector", "--object-join", "comma", "--ablation", "prompt-style"])
     assert seen == [("reference", "phrase", []), ("inspector", "comma", ["prompt-style"])]
+
+
+def test_an_evaluation_warns_when_a_stage1_profile_was_made_with_another_object_join(tmp_path, caplog):
+    from iapas.data import get_dataset
+    from iapas.evaluation import Stage1Options
+    from iapas.evaluation.profiles import get_profile
+    from tests.test_evaluation import OBJECT, BlobDetector, make_mvtec
+
+    category = get_dataset("mvtec", make_mvtec(tmp_path / "data", ("alpha",), n_good=2, n_bad=1)).load("alpha", n_references=2)
+    made = get_profile(category, tmp_path / "p", Stage1Options(object_tag=OBJECT, llm="knowledge"), detector=BlobDetector())
+    with caplog.at_level("WARNING", logger="iapas.evaluation.profiles"):
+        same = get_profile(category, tmp_path / "p", Stage1Options(object_tag=OBJECT, llm="knowledge"), detector=BlobDetector())
+        assert not caplog.records
+        other = get_profile(
+            category, tmp_path / "p", Stage1Options(object_tag=OBJECT, llm="knowledge", object_join="comma"), detector=BlobDetector()
+        )
+    assert made.caption == same.caption == other.caption  # the file is used as written
+    assert len(caplog.records) == 1 and "made from other stage-1 inputs" in caplog.records[0].getMessage()
