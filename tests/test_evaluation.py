@@ -703,7 +703,8 @@ def test_cli_bench_passes_image_norm_through(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(cli_evaluate, "_pipeline", lambda *a, **k: None)
     monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
-    for flag, expected in (([], True), (["--no-image-norm"], False)):
+    # mode base under the paper protocol: off by default, as the reference code's baseline
+    for flag, expected in (([], False), (["--image-norm"], True), (["--no-image-norm"], False)):
         result = CliRunner().invoke(app, ["bench", "--root-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--mode", "base", "--quiet", *flag])
         assert result.exit_code == 2 and "stop here" in result.output
         assert seen[-1] is expected

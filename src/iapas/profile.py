@@ -16,7 +16,7 @@ import yaml
 
 from iapas import __version__
 from iapas.io import atomic_write_text
-from iapas.prompts.caption import build_caption, caption_phrases
+from iapas.prompts.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
 
 PROFILE_FORMAT = 1
 
@@ -48,15 +48,17 @@ class Profile:
         *,
         include_object_tag: bool = True,
         size_threshold: float = 0.8,
+        object_join: str = DEFAULT_OBJECT_JOIN,
         **extra: Any,
     ) -> Profile:
-        """A profile from an object tag and anomaly nouns given by hand."""
-        caption = build_caption(nouns, object_tag, include_object_tag)
+        """A profile from an object tag and anomaly nouns given by hand (``object_join``: see
+        :func:`~iapas.prompts.caption.caption_words`)."""
+        caption = build_caption(nouns, object_tag, include_object_tag, object_join)
         profile = cls(
             category=category,
             object_tag=object_tag.strip().lower(),
             caption=caption,
-            anomaly_nouns=[w for w in caption_phrases(caption) if w not in ("abnormal", "defect", object_tag.strip().lower())],
+            anomaly_nouns=[w for w in caption_words(nouns, include_object_tag=False) if w not in ("abnormal", "defect", object_tag.strip().lower())],
             include_object_tag=include_object_tag,
             size_threshold=size_threshold,
             **extra,

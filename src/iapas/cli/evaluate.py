@@ -34,16 +34,22 @@ def register(app: typer.Typer) -> None:
 ProtocolOpt = typer.Option(
     "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
 )
-ModeOpt = typer.Option("iapas", "--mode", help="iapas: profile caption + size filter; base: the paper's baseline ('defect . abnormal .', no size filter).")
+ModeOpt = typer.Option(
+    "iapas", "--mode",
+    help="iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
+    "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'.",
+)
 SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
 ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
 EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
 ImageNormOpt = typer.Option(
-    True, "--image-norm/--no-image-norm",
+    None, "--image-norm/--no-image-norm",
     help="Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
-    "reference code does. Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    "reference code does (default: on, except --mode base --protocol paper, where the reference skips it). "
+    "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    show_default=False,
 )
 DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
 SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
@@ -65,6 +71,15 @@ LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries af
 KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
 PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
 ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
+ObjectJoinOpt = typer.Option(
+    "phrase", "--object-join",
+    help="Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
+    "with a comma to the last word (comma).",
+)
+PromptStyleOpt = typer.Option(
+    "reference", "--prompt-style",
+    help="Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording).",
+)
 RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
 ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
 FuseOpt = typer.Option(
@@ -259,7 +274,7 @@ def evaluate_cmd(
     mask_pattern: str = MaskPatternOpt,
     reference_dir: str = ReferenceDirOpt,
     eval_size: int = EvalSizeOpt,
-    image_norm: bool = ImageNormOpt,
+    image_norm: bool | None = ImageNormOpt,
     profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
@@ -282,6 +297,8 @@ def evaluate_cmd(
     knowledge_file: Path = KnowledgeOpt,
     prompts: str = PromptsOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -312,7 +329,8 @@ def evaluate_cmd(
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
-        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption,
+        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
@@ -367,7 +385,7 @@ def bench_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
-    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep or wrong-tag (repeatable)."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag or prompt-style (repeatable)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
@@ -376,7 +394,7 @@ def bench_cmd(
     seed: int = SeedOpt,
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
-    image_norm: bool = ImageNormOpt,
+    image_norm: bool | None = ImageNormOpt,
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
     device: str = DeviceOpt,
@@ -396,6 +414,8 @@ def bench_cmd(
     llm_retries: int = LlmRetriesOpt,
     knowledge_file: Path = KnowledgeOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -429,7 +449,8 @@ def bench_cmd(
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
-        object_tag=None, prompts=None, include_object_tag=object_in_caption,
+        object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
     )
     from iapas.data import canonical_name

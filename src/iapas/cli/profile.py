@@ -76,6 +76,15 @@ def profile_cmd(
     object_in_caption: bool = typer.Option(
         True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."
     ),
+    object_join: str = typer.Option(
+        "phrase", "--object-join",
+        help="How the object tag joins the caption: phrase (its own phrase, 'defect . bottle .') or comma (the reference "
+        "code's: one phrase with the last word, 'defect, bottle .').",
+    ),
+    prompt_style: str = typer.Option(
+        "reference", "--prompt-style",
+        help="The LLM's messages: reference (the paper's reference code's, word for word) or inspector (iapas's own wording).",
+    ),
     force: bool = typer.Option(
         False,
         "--force",
@@ -121,8 +130,8 @@ def profile_cmd(
             llm=llm, llm_model=llm_model, llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries,
             knowledge_file=knowledge_file, object_tag=object_tag,
             nouns=split_word_list(prompts) if prompts is not None else None,
-            include_object_tag=object_in_caption, size_threshold=size_threshold, seed=seed, device=device, dtype=dtype,
-            detector=detector,
+            include_object_tag=object_in_caption, object_join=object_join, prompt_style=prompt_style,
+            size_threshold=size_threshold, seed=seed, device=device, dtype=dtype, detector=detector,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -233,7 +242,7 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
     prompts = ",".join(nouns)  # the --prompts text as typed, as Stage1Models.settings records it
     settings = {
         "mode": "manual", "object": opts.object_tag, "prompts": prompts, "size_threshold": opts.size_threshold,
-        "include_object_tag": opts.include_object_tag,
+        "include_object_tag": opts.include_object_tag, "object_join": opts.object_join,
     }
     digest = input_hash(category, [], settings)
     decision = _keep_existing(out, digest, run.force, opts.size_threshold)
@@ -248,7 +257,11 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
             nouns,
             include_object_tag=opts.include_object_tag,
             size_threshold=opts.size_threshold,
-            stage1={"source": "manual", "prompts": prompts, "input_hash": digest, "iapas_version": __version__},
+            object_join=opts.object_join,
+            stage1={
+                "source": "manual", "prompts": prompts, "object_join": opts.object_join, "input_hash": digest,
+                "iapas_version": __version__,
+            },
         )
         profile.save(out)
     except (ProfileError, OSError) as exc:
@@ -344,6 +357,8 @@ def _make_one(
                 object_tag=opts.object_tag,
                 nouns=opts.nouns,
                 include_object_tag=opts.include_object_tag,
+                object_join=opts.object_join,
+                prompt_style=opts.prompt_style,
                 size_threshold=opts.size_threshold,
                 input_digest=digest,
                 progress=on_progress,

@@ -19,10 +19,13 @@ size-sweep     ``size-0.5`` ... ``size-1.5``: size thresholds (the default colum
 wrong-tag      ``wrong-tag``: stage 1 run with each category's object tag replaced by another
                category's (never the category itself or its true tag; else an unrelated everyday
                object such as 'banana'), to see how gracefully it fails
+prompt-style   ``prompt-inspector`` (or ``prompt-reference`` when the default column uses the
+               inspector style): stage 1 asks the LLM with the other prompt style's messages
 =============  =====================================================================================
 
 Stage-1 profiles are shared by the variants that do not change them: ``OUT/<dataset>/profiles``
-(default, prompt, size-filter, size-sweep), ``profiles-references-1`` and ``profiles-wrong-tag``.
+(default, prompt, size-filter, size-sweep), ``profiles-references-1``, ``profiles-wrong-tag`` and
+``profiles-prompt-<style>``.
 On MVTec AD the ablation variants default to the paper's texture categories (carpet, grid,
 leather, tile, wood) when a download has them; the default column always covers every category
 (so its mean is the dataset's), and the bench notes give its mean over the ablation categories too,
@@ -47,6 +50,7 @@ from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, 
 from iapas.io import atomic_write_text
 from iapas.pipeline import Pipeline
 from iapas.prompts.caption import BASE_CAPTION
+from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
     "dagm": ("dagm2007", "dagm"),
 }
 BENCH_DATASETS: tuple[str, ...] = tuple(DATASET_FOLDERS)
-ABLATIONS: tuple[str, ...] = ("references", "prompt", "size-filter", "size-sweep", "wrong-tag")
+ABLATIONS: tuple[str, ...] = ("references", "prompt", "size-filter", "size-sweep", "wrong-tag", "prompt-style")
 ABLATION_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "grid", "leather", "tile", "wood")}
 SIZE_SWEEP: tuple[float, ...] = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))  # 0.5, 0.6, ..., 1.5
 DEFAULT_SIZE_THRESHOLD = 0.8
@@ -121,6 +125,7 @@ class Variant:
     size_filter: bool = True
     size_threshold: float | None = None
     wrong_tag: bool = False
+    prompt_style: str | None = None  # stage 1's LLM prompt style, when not the default column's
 
     def settings(self, base: EvalSettings) -> EvalSettings:
         return replace(
@@ -134,6 +139,8 @@ class Variant:
     def profiles_dir_name(self) -> str:
         if self.wrong_tag:
             return "profiles-wrong-tag"
+        if self.prompt_style is not None:
+            return f"profiles-prompt-{self.prompt_style}"
         if self.n_references is not None:
             return f"profiles-references-{self.n_references}"
         return "profiles"
@@ -142,8 +149,12 @@ class Variant:
 DEFAULT_VARIANT = Variant("default", "IAP-AS")
 
 
-def ablation_variants(ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP) -> list[Variant]:
-    """The variants of ``ablations`` (see the module docstring), the default first."""
+def ablation_variants(
+    ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP, *,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
+) -> list[Variant]:
+    """The variants of ``ablations`` (see the module docstring), the default first;
+    ``prompt_style`` is the default column's (the prompt-style variant takes the other one)."""
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
@@ -168,6 +179,9 @@ def ablation_variants(ablations: Sequence[str], base: EvalSettings, sizes: Seque
                 variants.append(Variant(f"size-{t:g}", f"size {t:g}", size_threshold=float(t)))
         elif ablation == "wrong-tag":
             variants.append(Variant("wrong-tag", "wrong object tag", wrong_tag=True))
+        elif ablation == "prompt-style":
+            other = next(s for s in PROMPT_STYLES if s != prompt_style)
+            variants.append(Variant(f"prompt-{other}", f"{other} prompt", prompt_style=other))
     return variants
 
 
@@ -262,9 +276,13 @@ def run_bench(
     while the default variant still covers every category).
     """
     settings = settings or EvalSettings()
-    variants = ablation_variants(ablations, settings, sizes)
+    variants = ablation_variants(
+        ablations, settings, sizes, prompt_style=stage1.prompt_style if stage1 is not None else DEFAULT_PROMPT_STYLE
+    )
     if any(v.wrong_tag for v in variants) and stage1 is None:
         raise ValueError("the wrong-tag ablation runs stage 1 with wrong object tags: it needs stage-1 options")
+    if any(v.prompt_style for v in variants) and stage1 is None:
+        raise ValueError("the prompt-style ablation runs stage 1 with the other prompt style: it needs stage-1 options")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     found = find_datasets(root_dir)
@@ -327,13 +345,19 @@ def run_bench(
                         loader, variant_chosen or available, settings, ds_out / DEFAULT_VARIANT.profiles_dir_name(), profiles_dir, stage1, models
                     )
                     notes.append("Wrong object tags used: " + ", ".join(f"{c} -> {t}" for c, t in wrong.items()) + ".")
+                v_stage1 = stage1
+                if variant.prompt_style is not None:
+                    assert stage1 is not None
+                    v_stage1 = replace(stage1, prompt_style=variant.prompt_style)
+                    if stage1.llm == "knowledge":
+                        notes.append("The knowledge vocabulary answers without messages: this column equals the default's.")
                 result = evaluate_dataset(
                     loader,
                     None,
                     ds_out / variant.name,
                     pipeline,
                     v_settings,
-                    stage1=stage1,
+                    stage1=v_stage1,
                     stage1_models=models,
                     categories=variant_chosen,
                     profiles_dir=profiles_dir,

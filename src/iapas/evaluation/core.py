@@ -55,6 +55,7 @@ from iapas.metrics import CategoryMetrics, category_metrics
 from iapas.models import ModelOutputError
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
+from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
 from iapas.io import file_stamp
 from iapas.runner import ResultsLog, RunConflictError, assign_keys, precision_signature, prefetch_images
 from iapas.types import SegmentationResult
@@ -100,11 +101,13 @@ class EvalSettings:
 
     ``protocol``: 'paper' (the test images the paper's reference code used) or 'full' (the whole
     test split); both evaluate 400x400 maps (``eval_size``) normalised over each category's stack.
-    ``image_norm`` (default True, the paper's protocol): min-max normalise each image's map with
-    its raw full-resolution range before the stack normalisation (see
-    :mod:`~iapas.evaluation.protocol`); a metric-time option, not part of the resume signature.
+    ``image_norm``: min-max normalise each image's map with its raw full-resolution range before
+    the stack normalisation (see :mod:`~iapas.evaluation.protocol`); a metric-time option, not
+    part of the resume signature. None (the default): on, as the paper's reference code does,
+    except for mode 'base' under the paper protocol, where the reference skips it (off).
     ``mode``: 'iapas' (the profile's caption and the size filter) or 'base' (the paper's baseline:
-    'defect . abnormal .' and no size filter). ``size_threshold`` overrides the profile's (None:
+    no size filter; caption 'defect, abnormal.', one phrase as in the reference code, under the
+    paper protocol, else 'defect . abnormal .'). ``size_threshold`` overrides the profile's (None:
     the profile's, 0.8 by default); ``size_filter=False`` keeps every box (ablation).
     ``caption`` replaces the profile's caption in mode 'iapas' (the fixed-prompt ablation keeps
     the object tag and the size filter). ``limit``: at most this many test images per category,
@@ -123,9 +126,11 @@ class EvalSettings:
     limit: int | None = None
     batch_size: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
-    image_norm: bool = True
+    image_norm: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.image_norm is None:  # the reference code's baseline skips the per-image normalisation
+            self.image_norm = not (self.mode == "base" and self.protocol == "paper")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.mode not in MODES:
@@ -143,7 +148,7 @@ class EvalSettings:
         if self.caption is not None and not self.caption.strip():
             raise ValueError("caption must not be empty")
         if self.mode == "base" and self.caption is not None:
-            raise ValueError("a fixed caption is for mode 'iapas' (mode 'base' always uses 'defect . abnormal .')")
+            raise ValueError("a fixed caption is for mode 'iapas' (mode 'base' has its own fixed caption)")
 
     def signature(self) -> dict[str, Any]:
         """The settings that decide the predictions (compared when resuming)."""
@@ -276,6 +281,8 @@ class DatasetResult:
         norm = (
             "each image's map min-max normalised with its raw full-resolution range (the reference code's), then"
             if s.image_norm
+            else "no per-image normalisation (as the reference code's baseline);"
+            if s.mode == "base" and s.protocol == "paper"
             else "no per-image normalisation (--no-image-norm: not the paper's protocol);"
         )
         return (
@@ -328,6 +335,7 @@ def stage2_pipeline(pipeline: Pipeline, settings: EvalSettings) -> Pipeline:
         mode=settings.mode,
         size_threshold=None if settings.mode == "base" else settings.size_threshold,
         size_filter=settings.size_filter,
+        base_caption=REFERENCE_BASE_CAPTION if settings.protocol == "paper" else BASE_CAPTION,
     )
     return Pipeline(pipeline.detector, pipeline.segmenter, config)
 

@@ -10,7 +10,6 @@ import numpy as np
 
 from iapas.models.base import check_finite
 from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
-from iapas.ops import clip_boxes
 from iapas.types import Detections
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,9 @@ class GroundingDinoDetector:
     """Adapter for ``GroundingDinoForObjectDetection`` behind :class:`iapas.models.Detector`.
 
     The processor's own resize (shortest side 800, longest at most 1333 for the hub models) is
-    the method's; box scores are the maximum token probability; boxes are clipped to the image.
+    the method's; box scores are the maximum token probability; boxes are NOT clipped to the image
+    (a box may reach past its edges, as in the reference code, whose NMS, object size and size
+    filter see the unclipped boxes; the pipeline clamps them only as SAM prompts).
     The caption's tokenisation is computed once per caption and reused across batches.
     """
 
@@ -184,7 +185,7 @@ class GroundingDinoDetector:
     def _boxes(box: np.ndarray, keep: np.ndarray, w: int, h: int) -> np.ndarray:
         cx, cy, bw, bh = (box[keep, i] for i in range(4))
         xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=-1)
-        return clip_boxes(xyxy, w, h)
+        return xyxy.astype(np.float32).reshape(-1, 4)  # unclipped: see the class docstring
 
     def _decode(
         self, images: Sequence[np.ndarray], probs: np.ndarray, boxes: np.ndarray, ids: np.ndarray,

@@ -39,7 +39,9 @@ class Stage1Options:
     ``nouns`` skips the LLM. ``llm='knowledge'`` answers from the offline vocabulary. ``tags``
     without a tagger (the default 'clip') means the manual tagger. ``detector`` is the Grounding
     DINO that :class:`Stage1Models` loads when it is given none: 'tiny', 'base', a hub id or a
-    folder (None: the default detector).
+    folder (None: the default detector). ``prompt_style`` names the LLM's messages ('reference',
+    the paper's, or 'inspector'); ``object_join`` how the object tag joins the caption ('phrase'
+    or the reference code's 'comma'). Both are part of the profile's cache key.
     """
 
     tagger: str = "clip"
@@ -55,6 +57,8 @@ class Stage1Options:
     object_tag: str | None = None
     nouns: list[str] | None = None
     include_object_tag: bool = True
+    object_join: str = "phrase"  # iapas.prompts.caption.OBJECT_JOINS: 'comma' is the reference code's
+    prompt_style: str = "reference"  # iapas.prompts.llm.PROMPT_STYLES: the LLM's messages
     size_threshold: float = 0.8
     seed: int = 0
     device: str = "auto"
@@ -70,6 +74,11 @@ class Stage1Options:
             raise ValueError("the manual tagger needs tags (e.g. --tags 'leather, fabric')")
         if self.llm not in LLMS:
             raise ValueError(f"unknown LLM backend {self.llm!r}; choose one of {', '.join(LLMS)}")
+        from iapas.prompts.caption import check_object_join
+        from iapas.prompts.llm import check_prompt_style
+
+        check_object_join(self.object_join)
+        check_prompt_style(self.prompt_style)
 
     def settings(self, detector_name: str | None) -> dict[str, Any]:
         """The options as an evaluation records them (in the run's records), with the detector's
@@ -147,7 +156,7 @@ class Stage1Models:
         o = options or self.options
         s: dict[str, Any] = {
             "seed": o.seed, "size_threshold": o.size_threshold, "include_object_tag": o.include_object_tag,
-            "object": o.object_tag, "detector": self.detector_id(),
+            "object_join": o.object_join, "object": o.object_tag, "detector": self.detector_id(),
         }
         if not o.object_tag:
             s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(o), "top_k": o.top_k, "tags": _as_typed(o.tags)})
@@ -155,6 +164,8 @@ class Stage1Models:
             s["prompts"] = _as_typed(o.nouns)
         else:
             s["llm"] = o.llm
+            if o.llm != "knowledge":
+                s["prompt_style"] = o.prompt_style
             if o.llm == "transformers":
                 s["llm_model"] = self.llm_id(o)
             elif o.llm == "openai":
