@@ -71,6 +71,10 @@ def test_image_score_and_resize_follow_the_protocol():
     assert EvalSettings(image_score="raw").image_score_method == "raw"
     assert EvalSettings(protocol="full", image_score="paper").image_score_method == "paper"
     assert paper.signature()["resize"] == "opencv" and "image_score" not in paper.signature()  # metric-time
+    assert EvalSettings(test_pool_references=10).signature() == paper.signature()  # same as the references drawn
+    assert EvalSettings(n_references=1, test_pool_references=10).signature()["test_pool_references"] == 10
+    with pytest.raises(ValueError, match="test_pool_references"):
+        EvalSettings(n_references=10, test_pool_references=1)
     with pytest.raises(ValueError, match="image_score"):
         EvalSettings(image_score="max")
 

@@ -13,10 +13,11 @@ fsynced, written after its ``.npz``, which is written atomically), so a killed r
 the images in flight. Running the same command again skips every image whose line says ``ok``
 for the same file (path, size and modification time) and whose map file exists, redoes the
 others, and refuses (:class:`RunConflictError`) when the settings that decide the predictions
-(mode, caption, object tag, size threshold, models, protocol, references, resolution) differ
-from the stored ones. The per-image normalisation (``image_norm``) is applied when the metrics
-are computed, from the raw range each record stores, so switching it re-computes the metrics
-only (it is not part of the signature).
+(mode, caption, object tag, size threshold, models, protocol, references, resolution, resize
+method) differ from the stored ones. The per-image normalisation (``image_norm``) and the image
+score (``image_score``) are applied when the metrics are computed, from the stored maps and the
+raw range each record stores, so switching them re-computes the metrics only (they are not part
+of the signature).
 
 Maps are stored as float32 in compressed ``.npz`` files: lossless, so ties and the exact AP are
 those of the computed maps (float16 or 16-bit PNG quantisation would create ties and move AP).
@@ -177,7 +178,8 @@ class EvalSettings:
             "seed": self.seed,
             "eval_size": self.eval_size,
             "resize": self.resize_method,
-            "test_pool_references": self.test_pool_references,
+            # a pool equal to the references drawn changes nothing: the same signature as without one
+            "test_pool_references": None if self.test_pool_references == self.n_references else self.test_pool_references,
         }
 
     @property
