@@ -51,10 +51,22 @@ ImageNormOpt = typer.Option(
     "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
     show_default=False,
 )
+ImageScoreOpt = typer.Option(
+    None, "--image-score", show_default=False,
+    help="Image score of the image metrics: paper (each image's maximum of the normalised 400x400 stack, the "
+    "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
+    "default under --protocol full). Applied when the metrics are computed.",
+)
 DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
 SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
-DtypeOpt = typer.Option("auto", "--dtype", help="float32, float16, bfloat16, or auto.")
+DtypeOpt = typer.Option(
+    None, "--dtype", show_default=False,
+    help="Detector and SAM precision: float32 (the default: the reference code's), float16, bfloat16 or auto "
+    "(float16 on GPU). Stage 1's models use it too when given, else auto.",
+)
+#: The detector's and SAM's precision in evaluate and bench when --dtype is not given (the reference ran float32).
+EVAL_DTYPE = "float32"
 BatchOpt = typer.Option(1, "--batch-size", min=1, help="Images per model forward.")
 BoxThresholdOpt = typer.Option(0.1, "--box-threshold", help="Detector box threshold (the paper's 0.1).")
 TextThresholdOpt = typer.Option(0.1, "--text-threshold", help="Detector text threshold (the paper's 0.1).")
@@ -227,6 +239,9 @@ def print_summary(result: Any) -> None:
     out = Path(result.out_dir)
     files = ["metrics.md", "metrics.csv", "metrics.json", "report.html"]
     console.print("wrote " + ", ".join(str(out / f) for f in files if (out / f).exists()), highlight=False, soft_wrap=True)
+    unmasked = sum(c.metrics.n_pixel_excluded for c in result.categories if c.metrics is not None)
+    if unmasked:
+        console.print(f"{unmasked} defective image(s) have no mask: left out of the pixel metrics, kept in the image metrics")
     if result.failed:
         console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
 
@@ -275,6 +290,7 @@ def evaluate_cmd(
     reference_dir: str = ReferenceDirOpt,
     eval_size: int = EvalSizeOpt,
     image_norm: bool | None = ImageNormOpt,
+    image_score: str = ImageScoreOpt,
     profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
@@ -309,8 +325,9 @@ def evaluate_cmd(
 
     Makes (or reuses) the stage-1 profile of each category in OUT/profiles, segments every test
     image (resumable: a re-run skips finished images), resizes maps to 400x400 (bicubic) and masks
-    (nearest), min-max normalises each image's map (--no-image-norm: not) and then each category's
-    maps over its stack, and writes metrics.csv/json/md
+    (nearest) with OpenCV's arithmetic under --protocol paper (PIL's under full), min-max normalises
+    each image's map (--no-image-norm: not) and then each category's maps over its stack, and
+    writes metrics.csv/json/md
     (pixel AP, pixel F1-max and companions per category and their mean), predictions/CATEGORY.jsonl,
     maps/ (float32 .npz) and a self-contained report.html.
 
@@ -324,14 +341,15 @@ def evaluate_cmd(
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
         n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
-        image_norm=image_norm,
+        image_norm=image_norm, image_score=image_score,
     )
+    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
         object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
         prompt_style=prompt_style,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
 
@@ -385,7 +403,7 @@ def bench_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
-    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag or prompt-style (repeatable)."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style or prompt-transfer (repeatable)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
@@ -395,6 +413,7 @@ def bench_cmd(
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
     image_norm: bool | None = ImageNormOpt,
+    image_score: str = ImageScoreOpt,
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
     device: str = DeviceOpt,
@@ -445,13 +464,15 @@ def bench_cmd(
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, n_references=references, seed=seed,
         eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels, image_norm=image_norm,
+        image_score=image_score,
     )
+    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
         object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
         prompt_style=prompt_style,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.data import canonical_name
 
@@ -481,7 +502,7 @@ def bench_cmd(
 def _print_bench(bench: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max (%)")
+    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max / paper's 100-thr. F1-max (%)")
     table.add_column("dataset")
     labels = bench.column_labels()
     for _, label in labels:
@@ -490,7 +511,7 @@ def _print_bench(bench: Any) -> None:
         cells = []
         for name, _ in labels:
             v = row.get(name)
-            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])}")
+            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])} / {_fmt(v['pixel_f1_max_100'])}")
         table.add_row(escape(str(row["dataset"])), *cells)
     console.print(table)
     for name, errs in bench.errors.items():
