@@ -1,7 +1,8 @@
 """The per-category profile: everything stage 1 decides, in a file a person can read and edit.
 
 Stage 2 reads ``object_tag``, ``caption``, ``size_threshold`` and ``object_size``; the rest is
-the record of how they were made. The caption in the file is authoritative: edit it and stage 2
+the record of how they were made. ``decision`` (written by ``iapas calibrate``) is the OK/NG
+threshold, see :mod:`iapas.decision`. The caption in the file is authoritative: edit it and stage 2
 uses the edited one.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from iapas import __version__
+from iapas.decision import Decision, DecisionError
 from iapas.io import atomic_write_text
 from iapas.prompts.caption import build_caption, caption_phrases
 
@@ -36,6 +38,7 @@ class Profile:
     object_size: float | None = None  # median normalised object area over the references
     models: dict[str, Any] = field(default_factory=dict)
     stage1: dict[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None  # the OK/NG threshold from 'iapas calibrate'
     iapas_version: str = __version__
     format: int = PROFILE_FORMAT
 
@@ -89,6 +92,13 @@ class Profile:
                 raise ProfileError(f"{source}: '{name}' must be a mapping")
         if not isinstance(self.anomaly_nouns, list):
             raise ProfileError(f"{source}: 'anomaly_nouns' must be a list")
+        if self.decision is not None:
+            if not isinstance(self.decision, Decision):
+                raise ProfileError(f"{source}: 'decision' must be a Decision")
+            try:
+                self.decision.validate(f"{source}: decision")
+            except DecisionError as exc:
+                raise ProfileError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +114,7 @@ class Profile:
             header = (
                 "# iapas category profile. Stage 2 uses object_tag, caption, size_threshold and\n"
                 "# object_size; edit them freely (the caption is used as written). The rest records\n"
-                "# how stage 1 made them.\n"
+                "# how stage 1 made them; 'decision' is the OK/NG threshold from 'iapas calibrate'.\n"
             )
             text = header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
         atomic_write_text(path, text)
@@ -122,6 +132,11 @@ class Profile:
         if missing:
             raise ProfileError(f"{source}: missing field(s) {', '.join(missing)}")
         data = {k: v for k, v in data.items() if not (v is None and k in ("models", "stage1", "anomaly_nouns"))}
+        if data.get("decision") is not None:
+            try:
+                data["decision"] = Decision.from_dict(data["decision"], f"{source}: decision")
+            except DecisionError as exc:
+                raise ProfileError(str(exc)) from None
         profile = cls(**data)
         profile.validate(source)
         return profile
