@@ -97,8 +97,12 @@ def test_min_area_uses_8_connectivity_and_the_stored_map():
     amap = np.zeros((4, 4), np.float32)
     amap[0, 0] = amap[1, 1] = amap[2, 2] = 0.5  # a diagonal: one 8-connected region of 3
     assert min_area_score(amap, 3) == 0.5
-    # 0.43217 is stored as 0.4322: the score is the stored value
-    assert min_area_score(np.full((2, 2), 0.43217, np.float32)) == 0.4322
+    # area >= 2: the stored map (0.43217 is stored as 0.4322, 7.0 saturates at 6.5535)
+    assert min_area_score(np.full((2, 2), 0.43217, np.float32), 2) == 0.4322
+    assert min_area_score(np.full((2, 2), 7.0, np.float32), 2) == 6.5535
+    # area 0 or 1: the exact maximum of the float map
+    assert min_area_score(np.full((2, 2), 0.43217, np.float32)) == float(np.float32(0.43217))
+    assert min_area_score(np.full((2, 2), 7.0, np.float32), 1) == 7.0
 
 
 def test_min_area_score_matches_brute_force_on_random_maps():

@@ -6,9 +6,11 @@ map's maximum when ``A <= 1``). An image is NG when its score is strictly above 
 which is the same statement as "the decision mask (the regions of ``{map > threshold}`` with at
 least ``A`` pixels) is not empty" (:func:`decision_mask`).
 
-Scores are taken on the map as it is stored (:func:`iapas.outputs.encode_map`, steps of 1e-4),
-so a score computed from a ``maps/`` file and one computed from the float map in memory are
-the same number, and calibration and decision apply the very same score function.
+With ``A <= 1`` the score is the float map's maximum, exactly (results.jsonl records it as
+``max_score``). With ``A >= 2`` it is taken on the map as stored (:func:`iapas.outputs.encode_map`:
+steps of 1e-4, saturating at 6.5535), so a score computed from a ``maps/`` file and one computed
+from the map in memory are the same number: calibration and decision apply the very same score
+function, which is what the conformal guarantee needs.
 
 Rules (:class:`Decision` ``rule``):
 
@@ -170,19 +172,30 @@ def stored_units(anomaly_map: np.ndarray) -> np.ndarray:
     return arr if arr.dtype == np.uint16 else encode_map(arr)
 
 
+def _as_float(anomaly_map: np.ndarray) -> np.ndarray:
+    arr = np.asarray(anomaly_map)
+    return arr / np.float32(MAP_SCALE) if arr.dtype == np.uint16 else arr
+
+
 def min_area_score(anomaly_map: np.ndarray, min_area: int = 0) -> float:
     """The highest level ``t`` at which some 8-connected region of ``{map > t}`` has at least
-    ``min_area`` pixels, on the stored map (steps of 1e-4); the map's maximum for ``min_area``
-    0 or 1. 0.0 when the image has fewer than ``min_area`` pixels. A uint16 array is taken as
-    an already encoded map."""
+    ``min_area`` pixels. ``min_area`` 0 or 1: the map's maximum (exact); 2 or more: on the
+    stored map (steps of 1e-4, saturating at 6.5535), 0.0 when the image has fewer than
+    ``min_area`` pixels. A uint16 array is taken as an already encoded map."""
+    if min_area <= 1:
+        arr = _as_float(anomaly_map)
+        return float(arr.max()) if arr.size else 0.0
     return _min_area_units(stored_units(anomaly_map), int(min_area)) / MAP_SCALE
 
 
 def decision_mask(anomaly_map: np.ndarray, threshold: float, min_area: int = 0) -> np.ndarray:
-    """``(H, W)`` bool: the 8-connected regions of ``{map > threshold}`` (stored map) with at
-    least ``min_area`` pixels. Non-empty exactly when ``min_area_score(map) > threshold``."""
+    """``(H, W)`` bool: the 8-connected regions of ``{map > threshold}`` with at least
+    ``min_area`` pixels (on the stored map for ``min_area >= 2``, as :func:`min_area_score`).
+    Non-empty exactly when ``min_area_score(map, min_area) > threshold``."""
+    if min_area <= 1:
+        return np.asarray(_as_float(anomaly_map) > threshold)
     on = stored_units(anomaly_map) / MAP_SCALE > threshold
-    if min_area <= 1 or not on.any():
+    if not on.any():
         return on
     from scipy import ndimage
 
@@ -263,7 +276,7 @@ class Decision:
 
     def decide(self, anomaly_map: np.ndarray) -> ImageDecision:
         """The verdict on one map (float scores, or a uint16 stored map)."""
-        units = stored_units(anomaly_map)
+        units = stored_units(anomaly_map) if self.min_defect_area > 1 else anomaly_map
         score = self.score(units)
         return ImageDecision(
             verdict="NG" if score > self.threshold else "OK",

@@ -409,6 +409,7 @@ def result_record(
         "height": image.height,
         "mode": image.mode,
         **result.to_record(),
+        "max_score": result.image_score,  # unrounded: what calibration takes as the score (iapas.decision)
         **(verdict.to_record() if verdict is not None else undecided),
         "outputs": outputs,
     }
