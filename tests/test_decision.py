@@ -176,5 +176,5 @@ def test_malformed_decision_section_names_the_file(tmp_path: Path):
     with pytest.raises(ProfileError, match=f"{path}: decision: 'rule' must be one of"):
         Profile.load(path)
     path.write_text("category: x\nobject_tag: y\ncaption: a .\ndecision:\n  min_defect_area: 3\n")
-    with pytest.raises(ProfileError, match="missing field threshold"):
+    with pytest.raises(ProfileError, match=r"missing field\(s\) threshold"):
         Profile.load(path)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -254,14 +254,9 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "decision") -> Decision:
-        if not isinstance(data, dict):
-            raise DecisionError(f"{source}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DecisionError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if "threshold" not in data:
-            raise DecisionError(f"{source}: missing field threshold")
+        from iapas.profile import check_fields  # the profile module imports this one
+
+        check_fields(cls, data, source, ("threshold",), "decision fields", DecisionError)
         decision = cls(threshold=0.0)  # the defaults, then the file's values
         for name, value in data.items():
             setattr(decision, name, value)

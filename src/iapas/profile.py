@@ -122,15 +122,7 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "profile") -> Profile:
-        if not isinstance(data, dict):
-            raise ProfileError(f"{source}: expected a mapping of profile fields, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProfileError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        missing = [k for k in ("category", "object_tag", "caption") if k not in data]
-        if missing:
-            raise ProfileError(f"{source}: missing field(s) {', '.join(missing)}")
+        check_fields(cls, data, source, ("category", "object_tag", "caption"), "profile fields")
         data = {k: v for k, v in data.items() if not (v is None and k in ("models", "stage1", "anomaly_nouns"))}
         if data.get("decision") is not None:
             try:
@@ -155,6 +147,22 @@ class Profile:
         except (yaml.YAMLError, ValueError) as exc:
             raise ProfileError(f"{path}: {_syntax_error(exc, 'JSON' if path.suffix.lower() == '.json' else 'YAML')}") from None
         return cls.from_dict(data, str(path))
+
+
+def check_fields(
+    cls: type, data: Any, source: str, required: tuple[str, ...], what: str = "fields", error: type[Exception] = ProfileError
+) -> None:
+    """``data`` is a mapping of ``cls``'s dataclass fields with the ``required`` ones, else
+    ``error`` naming ``source``."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping of {what}, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(f"{source}: missing field(s) {', '.join(missing)}")
 
 
 def _syntax_error(exc: Exception, language: str) -> str:
