@@ -97,8 +97,11 @@ def segment_cmd(
     if threshold is not None and threshold < 0:
         raise fail(f"--threshold must be >= 0, got {threshold}")
     decision = profile.decision if profile is not None else None
-    if threshold is not None:  # a manual override keeps the calibrated minimum defect area
-        decision = Decision.manual(threshold, decision.min_defect_area if decision else 0)
+    if threshold is not None:  # a manual override keeps the calibrated minimum defect area and score range
+        manual = Decision.manual(threshold, decision.min_defect_area if decision else 0)
+        if decision is not None:
+            manual.score_min, manual.score_max = decision.score_min, decision.score_max
+        decision = manual
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
     try:
