@@ -172,3 +172,17 @@ def test_python_api_result_decision(tiny_models: dict[str, Path]):
     assert result.decision.verdict == ("NG" if result.image_score >= 1e-4 else "OK")
     assert result.decision.mask.shape == result.anomaly_map.shape
     assert result.decision.mask.any() == (result.decision.verdict == "NG")
+
+
+def test_anomalous_labels_from_masks(tmp_path: Path):
+    from iapas.cli.calibrate import _mask_labels
+
+    images = write_images(tmp_path / "bad", 3)
+    (tmp_path / "masks").mkdir()
+    defect = np.zeros((40, 48), np.uint8)
+    defect[5:9, 5:9] = 255
+    Image.fromarray(defect).save(tmp_path / "masks" / "000_mask.png")  # {stem}_mask
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "masks" / "001.png")  # {stem}, empty: normal
+    labels, problems = _mask_labels(images, tmp_path / "masks")
+    assert labels == {images[0]: True, images[1]: False}
+    assert problems == [f"{images[2]}: no mask in {tmp_path / 'masks'} (002_mask.*, 002.* or 002_label.*)"]
