@@ -141,7 +141,10 @@ class Pipeline:
         return self.run([image], profile)[0]
 
     def run(self, images: Sequence[ImageInput], profile: Profile | None = None) -> list[SegmentationResult]:
-        """Segment a batch of images of one category; one detector forward per caption per batch."""
+        """Segment a batch of images of one category; one detector forward per caption per batch.
+
+        When the profile has a ``decision`` section (``iapas calibrate``), each result's
+        ``decision`` is the image's verdict (:class:`iapas.decision.ImageDecision`)."""
         cfg = self.config
         rgbs = [as_rgb(im) for im in images]
         if not rgbs:
@@ -224,6 +227,7 @@ class Pipeline:
                     object_size=osize,
                     object_size_source=osource,
                     timings=t,
+                    decision=profile.decision.decide(amap) if profile is not None and profile.decision is not None else None,
                 )
             )
         return results

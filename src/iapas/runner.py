@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.decision import Decision, ImageDecision
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -238,13 +239,24 @@ def run_segmentation(
     restart: bool = False,
     on_image: Callable[[str, str], None] | None = None,
     roots: Sequence[Path] | None = None,
+    decision: Decision | None = None,
 ) -> RunSummary:
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
     ``on_image(key, status)`` is called after each image ('ok', 'failed' or 'skipped').
     ``roots``: the folder each path was found from, which output names are relative to (see
     :func:`assign_keys`); give it so that names stay the same as the input folders grow.
+    ``decision``: decide OK/NG on every image (the record's ``decision`` fields, the decision
+    mask in masks/, the verdict on the overlay); ``threshold`` is then ``decision.threshold``.
+    Without, ``decision`` is null and the mask is the map >= ``threshold``. The profile's own
+    decision section is not used here: pass it as ``decision``.
     """
+    if decision is not None:
+        threshold = decision.threshold
+    if profile is not None and profile.decision is not None:  # stage 2 proper; verdicts come from `decision`
+        record_profile, profile = profile, dataclasses.replace(profile, decision=None)
+    else:
+        record_profile = profile
     pipeline.check(profile)  # a caption the detector cannot read fails here, once, not per image
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ResultsLog(out_dir / RESULTS_FILE)
@@ -270,13 +282,17 @@ def run_segmentation(
         run_file,
         json.dumps(
             {"iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
-             "profile": profile.to_dict() if profile else None},
+             "decision": decision.to_dict() if decision else None,
+             "profile": record_profile.to_dict() if record_profile else None},
             indent=2,
         )
         + "\n",
     )
     keys = assign_keys(paths, roots)
-    finished = match_finished(paths, keys, log, out_dir, threshold, overlay)
+    finished = {
+        k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay).items()
+        if same_decision(r, decision)  # a record decided otherwise is segmented again
+    }
     summary = RunSummary(total=len(paths))
     started = time.perf_counter()
 
@@ -316,7 +332,8 @@ def run_segmentation(
     def write_result(path: Path, image: LoadedImage, result: SegmentationResult) -> None:
         key = key_of[path]
         try:
-            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay)
+            verdict = decision.decide(result.anomaly_map) if decision is not None else None
+            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay, verdict=verdict)
         except OSError as exc:  # e.g. disk full: this image failed, the run goes on
             message = f"{path}: cannot write outputs: {exc}"
             logger.error("%s", message)
@@ -325,7 +342,7 @@ def run_segmentation(
             if on_image:
                 on_image(key, "failed")
             return
-        log.append(result_record(key, image, result, outputs, threshold))
+        log.append(result_record(key, image, result, outputs, threshold, verdict))
         summary.done += 1
         summary.scores.append((key, result.image_score))
         if on_image:
@@ -478,10 +495,24 @@ def is_done(record: dict[str, Any], path: Path, out_dir: Path, threshold: float,
     return all((out_dir / f).exists() for f in outputs.values())
 
 
+def same_decision(record: dict[str, Any], decision: Decision | None) -> bool:
+    """Whether a previous record was decided as ``decision`` would (or both undecided)."""
+    if decision is None:
+        return record.get("decision") is None
+    wanted = {"decision_rule": decision.rule, "threshold": decision.threshold, "min_defect_area": decision.min_defect_area}
+    return record.get("decision") is not None and all(record.get(k) == v for k, v in wanted.items())
+
+
 def result_record(
-    key: str, image: LoadedImage, result: SegmentationResult, outputs: dict[str, str], threshold: float
+    key: str,
+    image: LoadedImage,
+    result: SegmentationResult,
+    outputs: dict[str, str],
+    threshold: float,
+    verdict: ImageDecision | None = None,
 ) -> dict[str, Any]:
-    """The JSON line of one finished image."""
+    """The JSON line of one finished image; ``decision`` is "OK"/"NG" with a verdict, else null."""
+    undecided = {"decision": None, "decision_score": None, "normalized_score": None}
     return {
         "key": key,
         **source_stamp(image.path),
@@ -491,5 +522,7 @@ def result_record(
         "height": image.height,
         "mode": image.mode,
         **result.to_record(),
+        "max_score": result.image_score,  # unrounded: what calibration takes as the score (iapas.decision)
+        **(verdict.to_record() if verdict is not None else undecided),
         "outputs": outputs,
     }

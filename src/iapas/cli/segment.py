@@ -32,7 +32,10 @@ def segment_cmd(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto (GPU when there is one)."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU)."),
     mode: str = typer.Option("iapas", help="iapas: the profile's caption and the size filter; base: the paper's baseline ('defect . abnormal .', no size filter)."),
-    threshold: float = typer.Option(0.3, help="Anomaly score at which a pixel counts as anomalous in masks/ (map = sum of box confidences)."),
+    threshold: float = typer.Option(
+        None,
+        help="Manual OK/NG threshold instead of the profile's calibrated one: NG when the score is above it (recorded as rule 'manual'). Without a decision at all, masks/ is the map >= 0.3.",
+    ),
     size_threshold: float = typer.Option(None, help="Override the profile's size threshold (drop boxes >= this fraction of the object's area)."),
     box_threshold: float = typer.Option(0.1, help="Detector box threshold (the paper's 0.1)."),
     text_threshold: float = typer.Option(0.1, help="Detector text threshold (the paper's 0.1)."),
@@ -51,9 +54,11 @@ def segment_cmd(
     """Segment anomalies on images with a category profile.
 
     Writes, per image, a 16-bit PNG of the anomaly map (pixel value / 10000 = score), a binary mask
-    PNG at --threshold, a colour overlay, and one JSON line in OUT/results.jsonl (boxes kept and
-    dropped with phrases and scores, object box, image score, timings). A run that stops part way
-    resumes where it left off when run again. The exit code is 1 if any image failed.
+    PNG, a colour overlay, and one JSON line in OUT/results.jsonl (boxes kept and dropped with
+    phrases and scores, object box, image score, timings). With a calibrated profile ('iapas
+    calibrate') or --threshold, every image gets an OK/NG decision and the mask is the decision
+    mask (empty exactly when OK). A run that stops part way resumes where it left off when run
+    again. The exit code is 1 if any image failed.
 
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
@@ -62,7 +67,8 @@ def segment_cmd(
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
-    from iapas.runner import RunConflictError, run_segmentation
+    from iapas.decision import Decision
+    from iapas.runner import RunConflictError, run_segmentation, run_signature
 
     profile = None
     if profile_path is not None:
@@ -97,6 +103,14 @@ def segment_cmd(
             raise fail(f"no images to segment: the images of {inside_out} were left out because they are inside --out {out} "
                        "(a run never reads its own output folder); give an --out folder outside the inputs")
         raise fail("no images to segment")
+    if threshold is not None and threshold < 0:
+        raise fail(f"--threshold must be >= 0, got {threshold}")
+    decision = profile.decision if profile is not None else None
+    if threshold is not None:  # a manual override keeps the calibrated minimum defect area and score range
+        manual = Decision.manual(threshold, decision.min_defect_area if decision else 0)
+        if decision is not None:
+            manual.score_min, manual.score_max = decision.score_min, decision.score_max
+        decision = manual
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
     named_masks = [p for p in paths if mask_rule(p)]
@@ -120,6 +134,8 @@ def segment_cmd(
             pipeline = Pipeline.from_config(config)
     except (ModelLoadError, ValueError) as exc:
         raise fail(str(exc)) from None
+    if decision is not None and decision.rule != "manual":
+        warn_if_other_settings(decision, run_signature(pipeline, profile))
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -132,12 +148,12 @@ def segment_cmd(
         try:
             summary = run_segmentation(
                 paths, pipeline, profile, out,
-                threshold=threshold, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
+                threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
                 on_image=lambda key, status: progress.advance(task), roots=roots,
             )
         except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
-    print_summary(summary, out, len(problems))
+    print_summary(summary, out, len(problems), decision)
     failed = len(summary.failed) + len(problems)
     if summary.interrupted:
         raise typer.Exit(130)
@@ -145,7 +161,33 @@ def segment_cmd(
         raise typer.Exit(1)
 
 
-def print_summary(summary: "RunSummary", out: Path, missing: int) -> None:  # noqa: F821
+def warn_if_other_settings(decision: "Decision", signature: dict) -> None:  # noqa: F821
+    """The threshold holds for the models and settings it was calibrated with: say when they differ."""
+    if not decision.signature:
+        return
+    changed = sorted(k for k in set(signature) | set(decision.signature) if decision.signature.get(k) != signature.get(k))
+    if changed:
+        console.print(
+            f"[yellow]warning[/]: the profile's threshold was calibrated with other settings ({', '.join(changed)}); "
+            "its false-alarm rate does not hold for this run: run 'iapas calibrate' again with these settings",
+            soft_wrap=True, highlight=False,
+        )
+
+
+def verdict_counts(out: Path, keys: list[str]) -> dict[str, int]:
+    """OK and NG among this run's images, from OUT/results.jsonl."""
+    from iapas.runner import RESULTS_FILE, ResultsLog
+
+    records = ResultsLog(out / RESULTS_FILE).read()
+    counts = {"OK": 0, "NG": 0}
+    for key in keys:
+        verdict = records.get(key, {}).get("decision")
+        if verdict in counts:
+            counts[verdict] += 1
+    return counts
+
+
+def print_summary(summary: "RunSummary", out: Path, missing: int, decision: "Decision | None" = None) -> None:  # noqa: F821
     from rich.table import Table
 
     table = Table(title="iapas segment", show_header=False)
@@ -158,8 +200,18 @@ def print_summary(summary: "RunSummary", out: Path, missing: int) -> None:  # no
     top = sorted(summary.scores, key=lambda kv: -kv[1])[:5]
     if top:
         table.add_row("highest image scores", ", ".join(f"{k} {v:.3f}" for k, v in top))
+    if decision is not None:
+        counts = verdict_counts(out, [k for k, _ in summary.scores])
+        rule = "manual --threshold" if decision.rule == "manual" else f"{decision.rule}, profile"
+        table.add_row("OK / NG", f"{counts['OK']} / {counts['NG']} (threshold {decision.threshold:g}, {rule})")
     table.add_row("results", str(out / "results.jsonl"))
     console.print(table)
+    if decision is None:
+        console.print(
+            "no OK/NG decision: the profile has no calibrated threshold; make one with "
+            "'iapas calibrate --profile P --normal NORMAL_IMAGES --out DIR' (or give --threshold)",
+            soft_wrap=True, highlight=False,
+        )
     if summary.failed or missing:
         console.print(f"[bold red]{len(summary.failed) + missing} input(s) failed[/]; see the errors above and results.jsonl")
     if summary.interrupted:
