@@ -25,7 +25,14 @@ MIN_SIDE = 8
 
 
 class ImageReadError(ValueError):
-    """An image could not be used; the message names the file and why."""
+    """An image could not be used; the message names the file (:func:`show_path`) and why."""
+
+
+def show_path(path: str | Path) -> str:
+    """A file name for a one-line message: as it is, or quoted like ``repr`` (``'a\\nb.png'``)
+    when it holds a newline or another unprintable character that would break or hide in the line."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 @dataclass(frozen=True)
@@ -118,16 +125,17 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    name = show_path(path)
     if not path.exists():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(f"{name}: file not found")
     if path.is_dir():
-        raise ImageReadError(f"{path}: is a directory, not an image")
+        raise ImageReadError(f"{name}: is a directory, not an image")
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ImageReadError(f"{path}: cannot stat: {exc.strerror or exc}") from None
+        raise ImageReadError(f"{name}: cannot stat: {exc.strerror or exc}") from None
     if size == 0:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             # our own limit below is the one that counts; PIL's warning would only be noise
@@ -136,11 +144,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
                 width, height = im.size
                 if width * height > max_pixels:
                     raise ImageReadError(
-                        f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                        f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} "
                         "(a decompression-bomb guard); raise it with --max-pixels if the image is genuine"
                     )
                 if min(width, height) < MIN_SIDE:
-                    raise ImageReadError(f"{path}: {width}x{height} pixels is too small (each side must be >= {MIN_SIDE})")
+                    raise ImageReadError(f"{name}: {width}x{height} pixels is too small (each side must be >= {MIN_SIDE})")
                 im.load()
                 mode = im.mode
                 im = ImageOps.exif_transpose(im)
@@ -148,16 +156,16 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     except ImageReadError:
         raise
     except PermissionError:
-        raise ImageReadError(f"{path}: permission denied") from None
+        raise ImageReadError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file PIL can read (unknown or unsupported format)") from None
+        raise ImageReadError(f"{name}: not an image file PIL can read (unknown or unsupported format)") from None
     except Image.DecompressionBombError:
         raise ImageReadError(
-            f"{path}: refused as a decompression bomb (a frame or layer is over the limit of {max_pixels:,} pixels); "
+            f"{name}: refused as a decompression bomb (a frame or layer is over the limit of {max_pixels:,} pixels); "
             "raise it with --max-pixels if the image is genuine"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: corrupt or truncated image: {exc}") from None
+        raise ImageReadError(f"{name}: corrupt or truncated image: {exc}") from None
     return LoadedImage(path=path, rgb=np.ascontiguousarray(rgb), mode=mode)
 
 
@@ -206,7 +214,7 @@ def find_images_with_roots(
         if p.is_dir():
             found = _images_in(p)
             if not found:
-                problems.append(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
+                problems.append(f"{show_path(p)}: directory has no images ({', '.join(IMAGE_SUFFIXES)})")
             found_all.extend((q, p) for q in found)
         elif p.exists() or p.is_symlink():
             found_all.append((p, p.parent))
@@ -216,13 +224,13 @@ def find_images_with_roots(
                 q = Path(match)
                 found.extend(_images_in(q) if q.is_dir() else [q] if q.is_file() else [])
             if not found:
-                problems.append(f"{item}: pattern matched no files")
+                problems.append(f"{show_path(item)}: pattern matched no files")
             root = glob_root(item)
             found_all.extend((q, root) for q in found)
         elif keep_missing:
             found_all.append((p, p.parent))
         else:
-            problems.append(f"{p}: file not found")
+            problems.append(f"{show_path(p)}: file not found")
     unique: dict[str, tuple[Path, Path]] = {}
     for q, root in found_all:
         absolute = os.path.abspath(q)
