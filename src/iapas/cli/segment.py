@@ -31,7 +31,7 @@ def segment_cmd(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto (GPU when there is one)."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU)."),
     mode: str = typer.Option("iapas", help="iapas: the profile's caption and the size filter; base: the paper's baseline ('defect . abnormal .', no size filter)."),
-    threshold: float = typer.Option(0.3, help="Anomaly score at which a pixel counts as anomalous in masks/ (map = sum of box confidences)."),
+    threshold: float = typer.Option(0.3, min=0.0, help="Anomaly score at which a pixel counts as anomalous in masks/ (map = sum of box confidences)."),
     size_threshold: float = typer.Option(None, help="Override the profile's size threshold (drop boxes >= this fraction of the object's area)."),
     box_threshold: float = typer.Option(0.1, help="Detector box threshold (the paper's 0.1)."),
     text_threshold: float = typer.Option(0.1, help="Detector text threshold (the paper's 0.1)."),
@@ -42,7 +42,7 @@ def segment_cmd(
         help="Take the object box from the caption's forward (the caption ends with the object tag) and save one detector forward per image. Not the paper's method: object scores come from the object tag's tokens inside the longer caption.",
     ),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write colour overlays with the boxes."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (decompression-bomb guard)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the results already in --out instead of resuming."),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
@@ -57,7 +57,7 @@ def segment_cmd(
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(verbose, quiet)
-    from iapas.io import find_images_with_roots
+    from iapas.io import find_images_with_roots, show_path
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
@@ -86,10 +86,17 @@ def segment_cmd(
         print_error(problem)
     if not any(p.exists() or p.is_symlink() for p, _ in found):
         for p, _ in found:  # only missing files: nothing to load models for
-            print_error(f"{p}: file not found")
+            print_error(f"{show_path(p)}: file not found")
         raise fail("no images to segment")
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
+    if profile is not None:  # a caption the detector cannot read: say so before loading the models
+        from iapas.models.detector import check_caption_length
+
+        try:
+            check_caption_length(profile.caption, detector)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     try:
         config = PipelineConfig(
             detector=detector,
