@@ -29,7 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 class ImageReadError(ValueError):
-    """An image could not be used; the message names the file and why."""
+    """An image could not be used; the message names the file (:func:`show_path`) and why."""
+
+
+def show_path(path: str | Path) -> str:
+    """A file name for a one-line message: as it is, or quoted like ``repr`` (``'a\\nb.png'``)
+    when it holds a newline or another unprintable character that would break or hide in the line."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 @dataclass(frozen=True)
@@ -122,19 +129,20 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    name = show_path(path)
     link_problem = broken_link(path)
     if link_problem:
-        raise ImageReadError(f"{path}: {link_problem}")
+        raise ImageReadError(f"{name}: {link_problem}")
     if not path.exists():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(f"{name}: file not found")
     if path.is_dir():
-        raise ImageReadError(f"{path}: is a directory, not an image")
+        raise ImageReadError(f"{name}: is a directory, not an image")
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ImageReadError(f"{path}: cannot stat: {exc.strerror or exc}") from None
+        raise ImageReadError(f"{name}: cannot stat: {exc.strerror or exc}") from None
     if size == 0:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
+        raise ImageReadError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             # our own limit below is the one that counts; PIL's warning would only be noise
@@ -143,11 +151,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
                 width, height = im.size
                 if width * height > max_pixels:
                     raise ImageReadError(
-                        f"{path}: {width}x{height} pixels is over the limit of {max_pixels:,} "
+                        f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} "
                         "(a decompression-bomb guard); raise it with --max-pixels if the image is genuine"
                     )
                 if min(width, height) < MIN_SIDE:
-                    raise ImageReadError(f"{path}: {width}x{height} pixels is too small (each side must be >= {MIN_SIDE})")
+                    raise ImageReadError(f"{name}: {width}x{height} pixels is too small (each side must be >= {MIN_SIDE})")
                 im.load()
                 mode = im.mode
                 im = ImageOps.exif_transpose(im)
@@ -155,16 +163,16 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     except ImageReadError:
         raise
     except PermissionError:
-        raise ImageReadError(f"{path}: permission denied") from None
+        raise ImageReadError(f"{name}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file PIL can read (unknown or unsupported format)") from None
+        raise ImageReadError(f"{name}: not an image file PIL can read (unknown or unsupported format)") from None
     except Image.DecompressionBombError:
         raise ImageReadError(
-            f"{path}: refused as a decompression bomb (a frame or layer is over the limit of {max_pixels:,} pixels); "
+            f"{name}: refused as a decompression bomb (a frame or layer is over the limit of {max_pixels:,} pixels); "
             "raise it with --max-pixels if the image is genuine"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: corrupt or truncated image: {exc}") from None
+        raise ImageReadError(f"{name}: corrupt or truncated image: {exc}") from None
     return LoadedImage(path=path, rgb=np.ascontiguousarray(rgb), mode=mode)
 
 
@@ -304,7 +312,7 @@ def search_images(inputs: list[str], exclude: Path | None = None, *, keep_missin
             if not found:
                 masks = len(search.masks) - masks_before
                 but = f"; only {masks} ground-truth mask(s), left out" if masks else ""
-                search.problems.append(f"{p}: directory has no images ({', '.join(IMAGE_SUFFIXES)}){but}")
+                search.problems.append(f"{show_path(p)}: directory has no images ({', '.join(IMAGE_SUFFIXES)}){but}")
             per_input.append((item, p, True, found))
         elif p.exists() or p.is_symlink():
             per_input.append((item, p.parent, False, [p]))
@@ -322,12 +330,12 @@ def search_images(inputs: list[str], exclude: Path | None = None, *, keep_missin
                     else:
                         found.append(q)
             if not found:
-                search.problems.append(f"{item}: pattern matched no files")
+                search.problems.append(f"{show_path(item)}: pattern matched no files")
             per_input.append((item, root, True, found))
         elif keep_missing:
             per_input.append((item, p.parent, False, [p]))
         else:
-            search.problems.append(f"{p}: file not found")
+            search.problems.append(f"{show_path(p)}: file not found")
     unique: dict[str, tuple[Path, int]] = {}
     for index, (item, _root, _searched, found) in enumerate(per_input):
         inside = 0
@@ -338,7 +346,7 @@ def search_images(inputs: list[str], exclude: Path | None = None, *, keep_missin
                 continue
             reason = broken_link(q)
             if reason and not keep_missing:
-                search.problems.append(f"{q}: {reason}")
+                search.problems.append(f"{show_path(q)}: {reason}")
                 continue
             unique.setdefault(os.path.realpath(q), (q, index))  # realpath: never raises, even on a loop
         if found and inside == len(found):

@@ -16,7 +16,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,  # plain click help: whole option names and defaults at 80 columns
 )
 
 

@@ -20,6 +20,7 @@ from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, Re
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.prompts.resources import LlmFallback
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ LlmModelOpt = typer.Option(None, "--llm-model", help="transformers: hub id or fo
 LlmBaseUrlOpt = typer.Option(None, "--llm-base-url", help="openai: server URL (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL).")
 LlmTimeoutOpt = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request.")
 LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs.")
+LlmFallbackOpt = typer.Option(
+    "auto", "--llm-fallback",
+    help="auto: when the LLM fails, a profile's nouns come from the knowledge vocabulary; never: stop with an error.",
+)
 KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
 PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
 ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
@@ -97,7 +102,7 @@ ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (
 FuseOpt = typer.Option(
     False, "--fuse-object-detection", help="Take the object box from the caption's forward (one detector forward; not the paper's method)."
 )
-MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels (decompression-bomb guard).")
+MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images with more pixels (decompression-bomb guard).")
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -244,6 +249,12 @@ def print_summary(result: Any) -> None:
         console.print(f"{unmasked} defective image(s) have no mask: left out of the pixel metrics, kept in the image metrics")
     if result.failed:
         console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
+    fell_back = {c.name: c.profile.llm_fallback for c in result.categories if c.profile.llm_fallback}
+    if fell_back:
+        console.print(
+            f"LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the LLM, "
+            f"because {next(iter(fell_back.values()))}", markup=False, highlight=False, soft_wrap=True,
+        )
 
 
 def _run_guarded(fn: Any) -> Any:
@@ -310,6 +321,7 @@ def evaluate_cmd(
     llm_base_url: str = LlmBaseUrlOpt,
     llm_timeout: float = LlmTimeoutOpt,
     llm_retries: int = LlmRetriesOpt,
+    llm_fallback: LlmFallback = LlmFallbackOpt,
     knowledge_file: Path = KnowledgeOpt,
     prompts: str = PromptsOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
@@ -346,7 +358,8 @@ def evaluate_cmd(
     stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
+        knowledge_file=knowledge_file,
         object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
         prompt_style=prompt_style,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
@@ -362,6 +375,10 @@ def evaluate_cmd(
         loader.categories()
         if not restart:  # refuse a conflicting folder before spending time on loading models
             check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
+        if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models
+            from iapas.models.detector import check_caption_length
+
+            check_caption_length(caption, detector)
     except (DatasetError, ValueError, RunConflictError) as exc:
         raise fail(str(exc)) from None
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
@@ -431,6 +448,7 @@ def bench_cmd(
     llm_base_url: str = LlmBaseUrlOpt,
     llm_timeout: float = LlmTimeoutOpt,
     llm_retries: int = LlmRetriesOpt,
+    llm_fallback: LlmFallback = LlmFallbackOpt,
     knowledge_file: Path = KnowledgeOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
@@ -469,7 +487,8 @@ def bench_cmd(
     stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
+        knowledge_file=knowledge_file,
         object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
         prompt_style=prompt_style,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,

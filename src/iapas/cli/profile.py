@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
-from iapas.prompts.resources import LLMS, TAGGERS, Stage1Models, Stage1Options
+from iapas.prompts.resources import LLMS, TAGGERS, LlmFallback, Stage1Models, Stage1Options
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def profile_cmd(
     ),
     llm_timeout: float = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request."),
     llm_retries: int = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs."),
+    llm_fallback: LlmFallback = typer.Option(
+        "auto", "--llm-fallback",
+        help="auto: when the LLM fails (to load, to reply, or with no usable noun) use the knowledge vocabulary; "
+        "never: fail instead (exit 1), for batch jobs that need the LLM's nouns.",
+    ),
     knowledge_file: Path = typer.Option(None, "--knowledge", help="A knowledge YAML to use instead of the built-in vocabulary."),
     prompts: str = typer.Option(
         None,
@@ -132,6 +137,7 @@ def profile_cmd(
             nouns=split_word_list(prompts) if prompts is not None else None,
             include_object_tag=object_in_caption, object_join=object_join, prompt_style=prompt_style,
             size_threshold=size_threshold, seed=seed, device=device, dtype=dtype, detector=detector,
+            llm_fallback=llm_fallback,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -341,10 +347,10 @@ def _make_one(
     if decision != "write":
         return decision
     try:
+        llm = models.llm()  # first: an LLM that cannot be loaded is known before any other stage-1 work
         knowledge = models.knowledge()
         detector = models.detector()
         tagger = None if opts.object_tag else models.tagger()
-        llm = models.llm()
         with _progress(run.quiet, category) as on_progress:
             profile = build_profile(
                 category,
@@ -362,21 +368,33 @@ def _make_one(
                 size_threshold=opts.size_threshold,
                 input_digest=digest,
                 progress=on_progress,
+                llm_fallback=opts.llm_fallback != "never",
             )
         if extra:
             profile.stage1.update(extra)
         profile.save(out)
+    except LLMError as exc:  # only with --llm-fallback never
+        raise fail(str(exc), 1) from None
     except errors as exc:
         raise fail(str(exc)) from None
     record = profile.stage1
     size = f"{profile.object_size:.3f}" if profile.object_size is not None else "unknown"
-    _say(f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'")
-    if record.get("fallback_used"):
-        _say(f"LLM fallback: {record.get('fallback_reason')}; used the knowledge vocabulary")
     dropped = record.get("caption", {}).get("dropped_nouns")
     if dropped:
         _say(f"caption too long for the detector: dropped {', '.join(dropped)}")
+    _say(f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'" + fallback_note(record))
     return "written"
+
+
+def fallback_note(stage1: Any) -> str:
+    """'; ...' saying in words that the knowledge fallback replaced the LLM and why, for the end
+    of a summary line; '' when the LLM (or the user) gave the nouns."""
+    from iapas.prompts.stage1 import fallback_reason
+
+    reason = fallback_reason(stage1)
+    if reason is None:
+        return ""
+    return f"; LLM fallback: the anomaly nouns come from the knowledge vocabulary, not the LLM, because {reason}"
 
 
 class _progress:
@@ -441,6 +459,23 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
         statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, run, models, extra)
     conflicts = [c for c, s in statuses.items() if s == "conflict"]
     written = [c for c, s in statuses.items() if s == "written"]
-    _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}")
+    from iapas.profile import Profile, ProfileError
+    from iapas.prompts.stage1 import fallback_reason
+
+    fell_back: dict[str, str] = {}
+    for cat in written:
+        try:
+            reason = fallback_reason(Profile.load(out / f"{cat}.yaml").stage1)
+        except ProfileError:
+            continue
+        if reason is not None:
+            fell_back[cat] = reason
+    note = ""
+    if fell_back:
+        note = (
+            f"; LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the "
+            f"LLM, because {next(iter(fell_back.values()))}"
+        )
+    _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}{note}")
     if conflicts:
         raise typer.Exit(2)

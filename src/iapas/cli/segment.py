@@ -33,7 +33,7 @@ def segment_cmd(
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU)."),
     mode: str = typer.Option("iapas", help="iapas: the profile's caption and the size filter; base: the paper's baseline ('defect . abnormal .', no size filter)."),
     threshold: float = typer.Option(
-        None,
+        None, min=0.0,
         help="Manual OK/NG threshold instead of the profile's calibrated one: NG when the score is above it (recorded as rule 'manual'). Without a decision at all, masks/ is the map >= 0.3.",
     ),
     size_threshold: float = typer.Option(None, help="Override the profile's size threshold (drop boxes >= this fraction of the object's area)."),
@@ -46,7 +46,7 @@ def segment_cmd(
         help="Take the object box from the caption's forward (the caption ends with the object tag) and save one detector forward per image. Not the paper's method: object scores come from the object tag's tokens inside the longer caption.",
     ),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write colour overlays with the boxes."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (decompression-bomb guard)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the results already in --out instead of resuming."),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
@@ -63,7 +63,7 @@ def segment_cmd(
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(verbose, quiet)
-    from iapas.io import mask_rule, search_images
+    from iapas.io import mask_rule, search_images, show_path
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
@@ -98,7 +98,7 @@ def segment_cmd(
         print_error(problem)
     if not any(p.exists() or p.is_symlink() for p, _ in found):
         for p, _ in found:  # only missing files: nothing to load models for
-            print_error(f"{p}: file not found")
+            print_error(f"{show_path(p)}: file not found")
         if inside_out:
             raise fail(f"no images to segment: the images of {inside_out} were left out because they are inside --out {out} "
                        "(a run never reads its own output folder); give an --out folder outside the inputs")
@@ -118,6 +118,13 @@ def segment_cmd(
         logging.getLogger(__name__).warning(
             "taking %d file(s) named like ground-truth masks (e.g. %s) because they were named one by one; "
             "give the folder or a quoted pattern ('dir/*') to have masks left out", len(named_masks), named_masks[0])
+    if profile is not None:  # a caption the detector cannot read: say so before loading the models
+        from iapas.models.detector import check_caption_length
+
+        try:
+            check_caption_length(profile.caption, detector)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     try:
         config = PipelineConfig(
             detector=detector,

@@ -80,12 +80,13 @@ def get_profile(
     references = list(category.references)
     o = options
     digest = models.input_hash(category.name, references, o)  # the same key as iapas profile's
+    llm = models.llm()  # first: an LLM that cannot be loaded is known before any other stage-1 work
     profile = build_profile(
         category.name,
         references,
         tagger=None if o.object_tag else models.tagger(),
         detector=models.detector(),
-        llm=models.llm(),
+        llm=llm,
         knowledge=models.knowledge(),
         seed=o.seed,
         object_tag=o.object_tag,
@@ -96,6 +97,7 @@ def get_profile(
         size_threshold=o.size_threshold,
         input_digest=digest,
         progress=progress,
+        llm_fallback=o.llm_fallback != "never",
     )
     profile.stage1["dataset"] = {
         "name": category.dataset,

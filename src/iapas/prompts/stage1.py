@@ -143,13 +143,15 @@ def generate_nouns(
     other_tags: Sequence[str] = (),
     manual: Sequence[str] | None = None,
     prompt_style: str = DEFAULT_PROMPT_STYLE,
+    fallback: bool = True,
 ) -> NounResult:
     """Anomaly nouns for ``object_tag``: by hand, from ``llm`` (asked with the messages of
     ``prompt_style``), or from ``knowledge``.
 
     An LLM that raises :class:`LLMError` (or any error), or whose reply gives no usable noun,
     is replaced by the knowledge vocabulary and the result says so (``fallback_used``,
-    ``fallback_reason``). Never raises for a failing LLM.
+    ``fallback_reason``). Never raises for a failing LLM, unless ``fallback`` is False: then
+    such a failure raises :class:`LLMError` with the reason.
     """
     if manual is not None:
         nouns = usable_nouns(list(manual), object_tag, knowledge)
@@ -176,6 +178,9 @@ def generate_nouns(
             shown = " ".join(result.raw_text.split())
             shown = shown if len(shown) <= 120 else shown[:117] + "..."
             result.fallback_reason = f"no usable anomaly noun in the LLM reply {shown!r}"
+    if not result.nouns and not fallback:
+        reason = (result.fallback_reason or "the LLM failed").removeprefix(LLM_ERROR_PREFIX)
+        raise LLMError(f"{llm.model_id}: {reason} (--llm-fallback never: no knowledge-vocabulary fallback)")
     if not result.nouns:
         answer = knowledge.answer(object_tag, other_tags)
         result.nouns = usable_nouns(list(answer.nouns), object_tag, knowledge)
@@ -312,6 +317,7 @@ def build_profile(
     input_digest: str | None = None,
     models: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    llm_fallback: bool = True,
 ) -> Profile:
     """Stage 1 for one category: reference images -> :class:`~iapas.profile.Profile`.
 
@@ -322,6 +328,8 @@ def build_profile(
     and ``object_join`` how the object tag joins the caption (:func:`~iapas.prompts.caption.build_caption`). ``detector`` is any
     :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
     window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
+    ``llm_fallback`` False: an LLM failure raises :class:`LLMError` instead of falling back to
+    the knowledge vocabulary (:func:`generate_nouns`).
     """
     t_start = time.perf_counter()
     category = category.strip()
@@ -425,6 +433,7 @@ def build_profile(
     noun_result = generate_nouns(
         chosen, llm, seed=seed, knowledge=knowledge, other_tags=aggregated, manual=list(nouns) if nouns is not None else None,
         prompt_style=prompt_style,
+        fallback=llm_fallback,
     )
     timings["nouns_s"] = time.perf_counter() - t
     record["llm"] = noun_result.to_dict()
