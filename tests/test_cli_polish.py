@@ -321,7 +321,7 @@ def test_help_shows_long_defaults_whole():
     result = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "80"})
     text = " ".join(re.sub(r"-\n\s+", "-", result.output).split())  # a long default may wrap after a hyphen
     assert "[default: IDEA-Research/grounding-dino-tiny]" in text and "[default: 200000000; x>=1]" in text
-    assert "[default: 0.3; x>=0.0]" in text
+    assert "masks/ is the map >= 0.3. [x>=0.0]" in text  # --threshold: no default (the profile's decision)
 
 
 # --- item 15: which models the demo runs ---------------------------------------------------------------

@@ -103,8 +103,6 @@ def segment_cmd(
             raise fail(f"no images to segment: the images of {inside_out} were left out because they are inside --out {out} "
                        "(a run never reads its own output folder); give an --out folder outside the inputs")
         raise fail("no images to segment")
-    if threshold is not None and threshold < 0:
-        raise fail(f"--threshold must be >= 0, got {threshold}")
     decision = profile.decision if profile is not None else None
     if threshold is not None:  # a manual override keeps the calibrated minimum defect area and score range
         manual = Decision.manual(threshold, decision.min_defect_area if decision else 0)
