@@ -91,7 +91,7 @@ class DAGM(DatasetBase):
         assert base is not None  # categories() checked it
         notes: list[str] = []
         test = self._split(base / "Test", category, notes)
-        train_split = self._split(base / "Train", category, [])
+        train_split = self._split(base / "Train", category, notes)
         train = [s.path for s in train_split if s.label == 0]
         no_train = "" if train else f"{base / 'Train'} has no normal images (the train split is missing)"
         defective_train = [s for s in train_split if s.label == 1]
