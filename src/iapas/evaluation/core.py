@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from iapas import __version__
-from iapas.data import Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
+from iapas.data import DEFAULT_PROTOCOL, Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
 from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
 from iapas.evaluation.protocol import (
@@ -128,7 +128,7 @@ class EvalSettings:
     different reference counts score the same images (the bench sets it to its largest count).
     """
 
-    protocol: str = "paper"
+    protocol: str = DEFAULT_PROTOCOL
     mode: str = "iapas"
     size_threshold: float | None = None
     size_filter: bool = True
@@ -905,6 +905,7 @@ def evaluate_dataset(
 
     # pass 1: categories, profiles, signatures
     prepared: list[tuple[Category, Profile | None, ProfileRecord] | CategoryResult] = []
+    product_notes: list[str] = []  # notes of categories scored per part: said once
     for name in wanted:
         category = loader.load(name, protocol=settings.protocol, n_references=settings.n_references, seed=settings.seed)
         category = restrict_to_pool(loader, category, settings)
@@ -927,15 +928,18 @@ def evaluate_dataset(
             prepared.append(CategoryResult(name=name, error=str(exc), profile=record, notes=list(category.notes), n_references=len(category.references)))
             continue
         sig = category_signature(pipeline, profile, settings)
-        old = category_sigs.get(name)
-        if old is not None and old != sig and _has_predictions(out, name):
-            changed = _differences(old, sig)
-            raise RunConflictError(
-                f"{out}: category {name} has results made with another profile or setting ({'; '.join(changed)}); "
-                "use another --out folder, or --restart to discard them"
-            )
-        category_sigs[name] = sig
-        prepared.append((category, profile, record))
+        if category.split_parts:  # e.g. KSDD1's folders under the paper protocol: one profile, scored per part
+            product_notes.extend(f"{name}: {note}" for note in category.notes)
+        for part in category.parts():
+            old = category_sigs.get(part.name)
+            if old is not None and old != sig and _has_predictions(out, part.name):
+                changed = _differences(old, sig)
+                raise RunConflictError(
+                    f"{out}: category {part.name} has results made with another profile or setting ({'; '.join(changed)}); "
+                    "use another --out folder, or --restart to discard them"
+                )
+            category_sigs[part.name] = sig
+            prepared.append((part, profile, record))
     write_run()
 
     # pass 2: stage 2 and metrics
@@ -953,7 +957,7 @@ def evaluate_dataset(
         result.profile = record
         results.append(result)
 
-    notes = list(extra_notes)
+    notes = list(extra_notes) + product_notes
     if settings.limit is not None:
         notes.append(
             f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}, "
