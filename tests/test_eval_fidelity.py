@@ -214,7 +214,7 @@ def test_evaluate_and_bench_default_to_float32_and_say_so(tmp_path: Path, monkey
         assert seen[-1] == ("stage1", "auto")  # stage 1's LLM keeps auto unless --dtype is given
         given = CliRunner().invoke(app, [*args, "--dtype", "bfloat16"])
         assert "stop dtype=bfloat16" in given.output and seen[-1] == ("stage1", "bfloat16")
-        help_text = CliRunner().invoke(app, [args[0], "--help"], env={"COLUMNS": "400"}).output
+        help_text = " ".join(CliRunner().invoke(app, [args[0], "--help"], env={"COLUMNS": "80"}).output.split())
         assert "float32 (the default: the reference code's)" in help_text
     # segment and the Python API keep auto
     from iapas.pipeline import PipelineConfig
