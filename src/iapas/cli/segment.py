@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.cli.common import (
+    QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, print_stopped, setup_logging,
+)
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -17,6 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def segment_cmd(
+    ctx: typer.Context,
     images: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns ('parts/*.png')."),
     profile_path: Path = typer.Option(
         None, "--profile", "-p", help="Category profile from 'iapas profile' (YAML/JSON). Required in iapas mode."
@@ -52,7 +55,9 @@ def segment_cmd(
     Writes, per image, a 16-bit PNG of the anomaly map (pixel value / 10000 = score), a binary mask
     PNG at --threshold, a colour overlay, and one JSON line in OUT/results.jsonl (boxes kept and
     dropped with phrases and scores, object box, image score, timings). A run that stops part way
-    resumes where it left off when run again. The exit code is 1 if any image failed.
+    resumes where it left off when run again; a full disk stops it early with the command to
+    resume. The exit code is 1 if any image failed or the run stopped early. A second run into
+    the same --out while one is running is refused.
 
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
@@ -90,6 +95,7 @@ def segment_cmd(
         raise fail("no images to segment")
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
+    hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
     try:
         config = PipelineConfig(
             detector=detector,
@@ -107,19 +113,21 @@ def segment_cmd(
     except (ModelLoadError, ValueError) as exc:
         raise fail(str(exc)) from None
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from iapas.cli.progress import RunProgress
 
-    progress = Progress(
-        TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet, transient=False,
-    )
+    def columns() -> tuple:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+
+    progress = RunProgress(console, quiet, columns)  # rich's bar on a terminal, log lines elsewhere
     with progress:
-        task = progress.add_task("segment", total=len(paths))
+        task = progress.add_task("segmenting", total=len(paths))
         try:
             summary = run_segmentation(
                 paths, pipeline, profile, out,
                 threshold=threshold, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
-                on_image=lambda key, status: progress.advance(task), roots=roots,
+                on_image=lambda key, status: progress.advance(task, status), roots=roots,
             )
         except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
@@ -127,7 +135,7 @@ def segment_cmd(
     failed = len(summary.failed) + len(problems)
     if summary.interrupted:
         raise typer.Exit(130)
-    if failed:
+    if failed or summary.stopped:
         raise typer.Exit(1)
 
 
@@ -139,6 +147,8 @@ def print_summary(summary: "RunSummary", out: Path, missing: int) -> None:  # no
     table.add_row("segmented now", str(summary.done))
     table.add_row("already done (resumed)", str(summary.skipped))
     table.add_row("failed", str(len(summary.failed) + missing))
+    if summary.stopped:
+        table.add_row("not segmented (stopped early)", str(summary.not_run))
     if summary.done:
         table.add_row("seconds per image", f"{summary.seconds / summary.done:.3f}")
     top = sorted(summary.scores, key=lambda kv: -kv[1])[:5]
@@ -150,3 +160,5 @@ def print_summary(summary: "RunSummary", out: Path, missing: int) -> None:  # no
         console.print(f"[bold red]{len(summary.failed) + missing} input(s) failed[/]; see the errors above and results.jsonl")
     if summary.interrupted:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
+    if summary.stopped:
+        print_stopped(summary.stopped, f"{summary.not_run} image(s) not segmented yet")

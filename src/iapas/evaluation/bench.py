@@ -46,6 +46,7 @@ from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks, ev
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
 from iapas.io import atomic_write_text
 from iapas.pipeline import Pipeline
+from iapas.storage import is_disk_full, stop_reason
 from iapas.prompts.caption import BASE_CAPTION
 
 logger = logging.getLogger(__name__)
@@ -182,10 +183,11 @@ class BenchResult:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ablation_categories: dict[str, list[str]] = field(default_factory=dict)  # where the ablations run on fewer categories
+    stopped: str | None = None  # why the bench stopped early (the disk is full), see iapas.storage
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors) or any(r.failed for runs in self.results.values() for r in runs.values())
+        return self.stopped is not None or bool(self.errors) or any(r.failed for runs in self.results.values() for r in runs.values())
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -284,6 +286,8 @@ def run_bench(
     bench = BenchResult(out, variants, found)
     models = Stage1Models(stage1, pipeline.detector) if stage1 is not None else None
     for name, folder in found.items():
+        if bench.stopped is not None:
+            break
         ds_out = out / name
         try:
             loader = get_dataset(name, folder)
@@ -347,7 +351,17 @@ def run_bench(
                 bench.errors.setdefault(name, {})[variant.name] = str(exc)
                 continue
             bench.results.setdefault(name, {})[variant.name] = result
-    write_bench(bench)
+            if result.stopped is not None:  # the disk is full: no further run
+                bench.stopped = result.stopped
+                bench.notes.append(f"The bench stopped early ({result.stopped}) in {name} {variant.name}; run it again to finish.")
+                break
+    try:
+        write_bench(bench)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.error("%s: cannot write the bench tables: %s", out, exc)
+        bench.stopped = bench.stopped or stop_reason(exc)
     return bench
 
 
