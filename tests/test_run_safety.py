@@ -272,6 +272,20 @@ def test_evaluate_cli_stops_on_enospc_with_the_summary_and_exit_1(tmp_path: Path
     assert sorted(p.relative_to(out).as_posix() for p in (out / "maps").rglob("*") if p.is_file()) == sorted(r["map"] for r in records)
     assert not (out / "predictions" / "beta.jsonl").exists()
 
+    monkeypatch.undo()  # room again: the same run resumes, and says so
+    messages: list[str] = []  # (the CLI replaced the root logger's handlers, caplog's among them)
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    core_log = logging.getLogger("iapas.evaluation.core")
+    core_log.addHandler(handler)
+    try:
+        again = evaluate_dataset("mvtec", data, out, fake_pipeline(), EvalSettings(protocol="full", mode="base"), report=False)
+    finally:
+        core_log.removeHandler(handler)
+    assert not again.failed
+    assert "alpha: resuming: 2 of 6 image(s) already done" in messages
+    assert len(read_lines(out / "predictions" / "beta.jsonl")) == 6
+
 
 def leave_free(mount: Path, nbytes: int) -> None:
     """Fill ``mount`` with ``filler`` until about ``nbytes`` are free: delete it to make room."""
@@ -379,29 +393,37 @@ def read_until(stream, marker: str) -> list[str]:
     raise AssertionError(f"{marker!r} never came; got:\n" + "\n".join(lines))
 
 
+def watch_held_run(go: Path, hold: int, argv: list[str], marker: str, **env: str) -> tuple[list[str], str]:
+    """Run the CLI with model run ``hold`` held; read its stderr (a pipe: not a terminal) up to
+    ``marker`` and check the run is still going; then let it finish. Returns the lines read
+    while it was held and the rest of its stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_CLI, str(go), str(hold), *argv], env=child_env(**env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = read_until(proc.stderr, marker)
+        assert proc.poll() is None  # the run has not ended: it waits for the held model run
+        go.touch()
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, rest
+        return seen, rest
+    finally:
+        go.touch()
+        proc.kill()
+        proc.wait()
+
+
 def test_segment_in_a_log_file_shows_progress_lines_while_it_runs(tmp_path: Path):
     images = tmp_path / "in"
     make_images(images, 10)
     go = tmp_path / "go"
     out = tmp_path / "out"
     argv = ["segment", str(images), "--mode", "base", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-c", FAKE_CLI, str(go), "9", *argv], env=child_env(IAPAS_PROGRESS_SECONDS="3600"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        seen = read_until(proc.stderr, "segmenting: 8/10")
-        assert proc.poll() is None  # the run has not ended: the 9th image is held
-        progress = [line for line in seen if line.startswith("info: segmenting:")]
-        assert [line.split(",")[0] for line in progress] == [f"info: segmenting: {n}/10 ({10 * n}%)" for n in range(1, 9)]
-        assert all("images/s, ETA " in line for line in progress)
-        go.touch()
-        rest = proc.stderr.read()
-        assert proc.wait(timeout=60) == 0, rest
-        assert "info: segmenting: 10/10 (100%), done in" in rest
-    finally:
-        go.touch()
-        proc.kill()
-        proc.wait()
+    seen, rest = watch_held_run(go, 9, argv, "segmenting: 8/10", IAPAS_PROGRESS_SECONDS="3600")  # 10% steps
+    progress = [line for line in seen if line.startswith("info: segmenting:")]
+    assert [line.split(",")[0] for line in progress] == [f"info: segmenting: {n}/10 ({10 * n}%)" for n in range(1, 9)]
+    assert all("images/s, ETA " in line for line in progress)
+    assert "info: segmenting: 10/10 (100%), done in" in rest
 
     # a resumed run says how many were already done
     done = subprocess.run([sys.executable, "-c", FAKE_CLI, str(go), "0", *argv], env=child_env(), capture_output=True, text=True, timeout=120)
@@ -412,20 +434,7 @@ def test_segment_in_a_log_file_shows_progress_lines_while_it_runs(tmp_path: Path
 
 def test_evaluate_in_a_log_file_shows_progress_per_category(tmp_path: Path):
     data = make_mvtec(tmp_path / "data", categories=("alpha", "beta"), n_good=2, n_bad=2)
-    go = tmp_path / "go"
     argv = ["evaluate", "--dataset", "mvtec", "--root", str(data), "--out", str(tmp_path / "out"), "--mode", "base", "--protocol", "full"]
-    proc = subprocess.Popen([sys.executable, "-c", FAKE_CLI, str(go), "6", *argv], env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        seen = read_until(proc.stderr, "info: beta: 1/4 (25%)")
-        assert proc.poll() is None
-        assert "info: alpha: 4/4 (100%), done in" in "\n".join(seen)
-        go.touch()
-        rest = proc.stderr.read()
-        assert proc.wait(timeout=60) == 0, rest
-        assert "info: beta: 4/4 (100%), done in" in rest
-    finally:
-        go.touch()
-        proc.kill()
-        proc.wait()
+    seen, rest = watch_held_run(tmp_path / "go", 6, argv, "info: beta: 1/4 (25%)")
+    assert "info: alpha: 4/4 (100%), done in" in "\n".join(seen)
+    assert "info: beta: 4/4 (100%), done in" in rest
