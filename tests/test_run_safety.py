@@ -353,18 +353,24 @@ def test_evaluate_on_a_full_tmpfs_stops_and_resumes_to_the_same_metrics(small_di
 # --- 11. progress when stderr is not a terminal -----------------------------------------------------------------------
 
 
-def test_log_progress_every_5_percent_or_interval_whichever_first(caplog: pytest.LogCaptureFixture):
+def logged_progress(caplog: pytest.LogCaptureFixture, description: str, total: int, resumed: int, new: int, seconds: float) -> list[str]:
+    """The lines of a step of ``total`` images: ``resumed`` done before, then ``new`` at
+    ``seconds`` each (a fake clock), with the default 30 s interval."""
     now = [0.0]
     progress = LogProgress(interval=30.0, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="iapas.progress"):
-        task = progress.add_task("segmenting", 100)
-        for _ in range(20):
+        task = progress.add_task(description, total)
+        for _ in range(resumed):
             progress.advance(task, resumed=True)  # an earlier run's: counted, not logged one by one
-        for _ in range(80):
-            now[0] += 1.0
+        for _ in range(new):
+            now[0] += seconds
             progress.advance(task)
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_log_progress_every_5_percent_or_interval_whichever_first(caplog: pytest.LogCaptureFixture):
     # one new image a second: a line every 5% (5 s, under the 30 s interval), ETA = images left
-    assert [r.getMessage() for r in caplog.records] == [
+    assert logged_progress(caplog, "segmenting", 100, resumed=20, new=80, seconds=1.0) == [
         "segmenting: 25/100 (25%), 1.00 images/s, ETA 0:01:15 (20 already done)",
         "segmenting: 30/100 (30%), 1.00 images/s, ETA 0:01:10 (20 already done)",
         *[f"segmenting: {n}/100 ({n}%), 1.00 images/s, ETA 0:{(100 - n) // 60:02d}:{(100 - n) % 60:02d} (20 already done)"
@@ -374,14 +380,10 @@ def test_log_progress_every_5_percent_or_interval_whichever_first(caplog: pytest
 
 
 def test_log_progress_after_the_interval_even_below_5_percent(caplog: pytest.LogCaptureFixture):
-    now = [0.0]
-    progress = LogProgress(interval=30.0, clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="iapas.progress"):
-        task = progress.add_task("alpha", 1000)
-        for _ in range(3):
-            now[0] += 20.0
-            progress.advance(task)
-    assert [r.getMessage() for r in caplog.records] == ["alpha: 2/1000 (0%), 0.05 images/s, ETA 5:32:40"]
+    # 20 s per image: nothing at 20 s, a line at 40 s (30 s passed), none at 60 s (20 s since)
+    assert logged_progress(caplog, "alpha", 1000, resumed=0, new=3, seconds=20.0) == [
+        "alpha: 2/1000 (0%), 0.05 images/s, ETA 5:32:40"
+    ]
 
 
 def read_until(stream, marker: str) -> list[str]:
