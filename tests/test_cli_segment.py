@@ -241,9 +241,9 @@ def test_queued_results_do_not_keep_the_per_box_masks(tmp_path: Path, monkeypatc
 
     real = runner_module.write_image_outputs
 
-    def spy(out_dir, key, rgb, result, threshold, overlay=True):
+    def spy(out_dir, key, rgb, result, threshold, overlay=True, **kwargs):
         seen.append(result.masks.size)
-        return real(out_dir, key, rgb, result, threshold, overlay=overlay)
+        return real(out_dir, key, rgb, result, threshold, overlay=overlay, **kwargs)
 
     monkeypatch.setattr(runner_module, "write_image_outputs", spy)
     summary = run_segmentation(sorted(tmp_path.glob("*.png")), StubPipeline(None, None, PipelineConfig(mode="base")),

@@ -396,7 +396,8 @@ def test_dagm_labels_file(tmp_path: Path) -> None:
     assert all(p.parent.name == "Train" and p.name != "0001.PNG" for p in cat.references)
     assert (len(cat.references), len(cat.test), cat.anomalous, cat.with_mask) == (3, 6, 2, 2)
     paper = ds.load("Class1", protocol="paper")
-    assert sorted(s.path.name for s in paper.test) == ["0002.PNG", "0004.PNG"]
+    # the labelled images of Test and (paper protocol, as the reference code) Train
+    assert [s.path.relative_to(root / "Class1").as_posix() for s in paper.test] == ["Test/0002.PNG", "Test/0004.PNG", "Train/0001.PNG"]
     assert paper.test[0].mask_path == root / "Class1/Test/Label/0002_label.PNG"
 
 
@@ -503,6 +504,7 @@ def test_cli_json(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data == {
         "dataset": "mvtec",
+        "protocol": "paper",
         "categories": {"widget": {"references": 10, "test": 13, "anomalous": 3, "with_mask": 2, "defect_types": ["crack", "scratch"]}},
     }
     assert "excluded from the test set" in result.stderr

@@ -79,6 +79,7 @@ def test_cli_json_on_mtd() -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "dataset": "mtd",
+        "protocol": "paper",  # evaluate's default; the same as full on MTD
         "categories": {
             "magnetic_tile": {
                 "references": 10,

@@ -295,10 +295,10 @@ def test_evaluate_category_applies_the_protocol_and_metrics_match_a_direct_compu
     assert first["image_score"] == pytest.approx(200 / 255, abs=1e-6)
 
     # and metrics_from_predictions gives the same from the files alone
-    again, rng, curve = metrics_from_predictions(out, records)
+    again, rng, curve = metrics_from_predictions(out, records, image_score="raw")
     assert again == result.metrics and rng == result.score_range
     assert curve["recall"][0] == 1.0 and len(curve["thresholds"]) == 101
-    raw, rng_raw, _ = metrics_from_predictions(out, records, image_norm=False)
+    raw, rng_raw, _ = metrics_from_predictions(out, records, image_norm=False, image_score="raw")
     assert raw == direct_raw and rng_raw == (lo, hi)  # every field identical
 
 
@@ -331,14 +331,24 @@ def test_per_image_normalisation_and_raw_image_scores_by_hand(tmp_path: Path):
             "key": key, "label": int(key in "ab"), "map": f"{key}.npz", "map_min": float(arr.min()), "map_max": float(arr.max()),
             "score": {"a": 0.9, "b": 0.1, "c": 0.95, "d": 0.0}[key],  # not an input: would give image AP 1/2
         })
-    on, rng_on, _ = metrics_from_predictions(tmp_path, records)
+    on, rng_on, _ = metrics_from_predictions(tmp_path, records, image_score="raw")
     assert on.pixel_ap == pytest.approx(11 / 30, abs=1e-12) and on.pixel_f1_max == pytest.approx(4 / 7, abs=1e-12)
     assert rng_on == (0.0, 1.0)
-    off, rng_off, _ = metrics_from_predictions(tmp_path, records, image_norm=False)
+    off, rng_off, _ = metrics_from_predictions(tmp_path, records, image_norm=False, image_score="raw")
     assert off.pixel_ap == pytest.approx(5 / 12, abs=1e-12) and off.pixel_f1_max == pytest.approx(2 / 3, abs=1e-12)
     assert rng_off == (0.0, pytest.approx(0.8))
     for m in (on, off):
         assert m.image_ap == pytest.approx(5 / 6, abs=1e-12) and m.image_auroc == pytest.approx(3 / 4, abs=1e-12)
+    # the reference code's image score (the default): each image's maximum of the normalised stack, so
+    # 1, 1, 1, 0 with the per-image normalisation: AP (threshold 1: 2 of 3) = 2/3, AUROC (two ties) 3/4,
+    # F1-max 2*2 / (2 + 1 + 2) = 4/5 (exact and over the paper's 100 thresholds alike)
+    paper, _, _ = metrics_from_predictions(tmp_path, records)
+    assert paper.image_ap == pytest.approx(2 / 3, abs=1e-12) and paper.image_auroc == pytest.approx(3 / 4, abs=1e-12)
+    assert paper.image_f1_max == pytest.approx(4 / 5) and paper.image_f1_max_100 == pytest.approx(4 / 5)
+    assert paper.pixel_ap == on.pixel_ap  # the pixel metrics do not depend on the image score
+    # without the per-image normalisation the stack's maxima are .25, 1, .625, 0: the raw ranking again
+    paper_off, _, _ = metrics_from_predictions(tmp_path, records, image_norm=False)
+    assert paper_off.image_ap == pytest.approx(5 / 6, abs=1e-12)
     # a record without the raw range (an older run) is refused, not silently mis-normalised
     with pytest.raises(ValueError, match="raw map range"):
         metrics_from_predictions(tmp_path, [{k: v for k, v in r.items() if k != "map_min"} for r in records])
@@ -618,10 +628,12 @@ def test_bench_runs_datasets_and_ablations_side_by_side(tmp_path: Path):
     default_ap = bench.results["mvtec"]["default"].mean()["pixel_ap"]
     assert bench.results["mvtec"]["wrong-tag"].mean()["pixel_ap"] < default_ap
     md = (out / "bench.md").read_text()
-    assert "| dataset | IAP-AS AP | IAP-AS F1-max | fixed prompt AP |" in md
-    assert "| MVTec AD | " + f"{100 * default_ap:.2f}" in md and "| MTD |" in md
+    assert "| dataset | IAP-AS AP | IAP-AS F1-max | IAP-AS F1-max (paper's 100 thr.) | fixed prompt AP |" in md
+    default_mean = bench.results["mvtec"]["default"].mean()
+    assert "| MVTec AD | " + f"{100 * default_ap:.2f} | {100 * default_mean['pixel_f1_max']:.2f} | " \
+        f"{100 * default_mean['pixel_f1_max_100']:.2f} |" in md and "| MTD |" in md
     rows = (out / "bench.csv").read_text().splitlines()
-    assert rows[0] == "dataset,variant,pixel_ap,pixel_f1_max,categories,failed" and len(rows) == 1 + 2 * 4
+    assert rows[0] == "dataset,variant,pixel_ap,pixel_f1_max,pixel_f1_max_100,categories,failed" and len(rows) == 1 + 2 * 4
     html = (out / "bench.html").read_text()
     assert "<table>" in html and "http://" not in html
 
@@ -703,7 +715,8 @@ def test_cli_bench_passes_image_norm_through(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(cli_evaluate, "_pipeline", lambda *a, **k: None)
     monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
-    for flag, expected in (([], True), (["--no-image-norm"], False)):
+    # mode base under the paper protocol: off by default, as the reference code's baseline
+    for flag, expected in (([], False), (["--image-norm"], True), (["--no-image-norm"], False)):
         result = CliRunner().invoke(app, ["bench", "--root-dir", str(tmp_path), "--out", str(tmp_path / "b"), "--mode", "base", "--quiet", *flag])
         assert result.exit_code == 2 and "stop here" in result.output
         assert seen[-1] is expected

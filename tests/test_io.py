@@ -187,8 +187,11 @@ def test_find_images_with_roots(tmp_path: Path):
         keep_missing=True,
     )
     rel = [(p.relative_to(tmp_path).as_posix(), r.relative_to(tmp_path).as_posix()) for p, r in found]
-    assert rel == [("a/1.png", "a"), ("a/b/2.png", "a"), ("c.png", "."), ("zz.png", ".")]
+    # two inputs found images (a/ and c.png): keys of a/ start with 'a/', a file's key is its name
+    assert rel == [("a/1.png", "."), ("a/b/2.png", "."), ("c.png", "."), ("zz.png", ".")]
     assert problems == []
+    only, _ = find_images_with_roots([str(tmp_path / "a"), str(tmp_path / "zz.png")], keep_missing=True)
+    assert [r.relative_to(tmp_path).as_posix() for _, r in only] == ["a", "a", "."]  # a missing file does not count
     assert glob_root("parts/*/good/*.png") == Path("parts") and glob_root("*.png") == Path(".")
 
 

@@ -386,7 +386,7 @@ def test_category_metrics_matches_the_single_metrics() -> None:
     assert (r.n_images, r.n_anomalous_images, r.n_regions) == (6, 3, 4)
     assert (r.n_pixels, r.n_anomalous_pixels) == (6 * 256, int(masks.sum()))
     d = r.to_dict()
-    assert d["pixel_ap"] == r.pixel_ap and d["fpr_limit"] == 0.3 and len(d) == 16
+    assert d["pixel_ap"] == r.pixel_ap and d["fpr_limit"] == 0.3 and len(d) == 18
 
 
 def test_category_metrics_explicit_image_scores_and_labels() -> None:

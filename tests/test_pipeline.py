@@ -35,11 +35,13 @@ class BoxSegmenter:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.prompts: list[np.ndarray] = []  # the boxes given, per image
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = []
         for image, b in zip(images, boxes):
             self.calls.append(len(b))
+            self.prompts.append(np.asarray(b))
             masks = np.zeros((len(b), *image.shape[:2]), bool)
             for i, (x0, y0, x1, y1) in enumerate(np.asarray(b, int)):
                 masks[i, y0:y1, x0:x1] = True
@@ -91,6 +93,48 @@ def test_size_filter_nms_and_fusion_on_known_boxes():
     assert amap[50, 100] == 0
     assert result.image_score == pytest.approx(0.75)
     assert float(amap.sum()) == pytest.approx(200 * 0.5 + 200 * 0.25)
+
+
+def test_boxes_stay_unclipped_for_the_size_filter_and_are_clamped_for_sam():
+    """The reference code's order: object size, NMS and the size filter on the unclipped boxes,
+    clamping only for SAM (and in the result)."""
+    image = np.zeros((100, 100, 3), np.uint8)
+    obj = Detections(np.array([[0, 0, 50, 100]], np.float32), np.array([0.9]), ("widget",))  # size 0.5, limit 0.4
+    anomalies = Detections(
+        np.array([[-40, 0, 60, 50], [10, 60, 30, 80]], np.float32),  # unclipped area 100*50 -> 0.5; clipped 0.3
+        np.array([0.7, 0.6], np.float32),
+        ("scratch", "defect"),
+    )
+    pipe, _, seg = make(anomalies, obj)
+    r = pipe(image, PROFILE)
+    assert r.kept.phrases == ("defect",)  # clipped first, 0.3 < 0.4 would have kept it
+    assert r.dropped.phrases == ("scratch",)
+    np.testing.assert_array_equal(r.dropped.boxes, [[0, 0, 60, 50]])  # the record shows the clipped box
+    np.testing.assert_array_equal(seg.prompts[0], [[10, 60, 30, 80]])
+
+
+def test_nms_sees_unclipped_boxes_and_sam_gets_clamped_ones():
+    image = np.zeros((100, 100, 3), np.uint8)
+    # unclipped IoU 1600 / (1600 + 4000 - 1600) = 0.4 <= 0.5: both kept; clipped both are
+    # [0, 0, 40, 40] (IoU 1) and the second would be suppressed
+    anomalies = Detections(
+        np.array([[0, 0, 40, 40], [-60, 0, 40, 40]], np.float32), np.array([0.9, 0.5], np.float32), ("a", "b")
+    )
+    pipe, _, seg = make(anomalies, size_filter=False)
+    r = pipe(image, PROFILE)
+    assert r.kept.phrases == ("a", "b")
+    np.testing.assert_array_equal(seg.prompts[0], [[0, 0, 40, 40], [0, 0, 40, 40]])
+    assert r.anomaly_map[20, 20] == pytest.approx(1.4)
+
+
+def test_object_size_of_an_unclipped_object_box():
+    image = np.zeros((100, 100, 3), np.uint8)
+    obj = Detections(np.array([[-50, 0, 100, 100]], np.float32), np.array([0.9]), ("widget",))  # 1.5 (clipped 1.0)
+    big = Detections(np.array([[0, 0, 90, 100]], np.float32), np.array([0.6]), ("scratch",))  # 0.9 < 0.8 * 1.5
+    pipe, _, _ = make(big, obj)
+    r = pipe(image, PROFILE)
+    assert r.object_size == pytest.approx(1.5) and len(r.kept) == 1  # clipped: limit 0.8, dropped
+    np.testing.assert_array_equal(r.object_box, [0, 0, 100, 100])
 
 
 def test_object_size_fallbacks():
@@ -204,3 +248,11 @@ def test_rgba_arrays_are_composited_like_rgba_files(tmp_path: Path):
     np.testing.assert_array_equal(from_array, read_image(path).rgb)
     np.testing.assert_array_equal(from_array[0, 0], [200, 100, 50])
     np.testing.assert_array_equal(from_array[0, 15], [0, 0, 0])
+
+
+def test_grounding_dino_boxes_are_decoded_unclipped():
+    from iapas.models.detector import GroundingDinoDetector
+
+    cxcywh = np.array([[0.1, 0.5, 0.4, 0.2]], np.float32)  # on 100x50: x -10..30, y 20..30
+    out = GroundingDinoDetector._boxes(cxcywh, np.array([0]), 100, 50)
+    np.testing.assert_allclose(out, [[-10, 20, 30, 30]], atol=1e-5)

@@ -141,6 +141,13 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_holder_named(tmp_
         assert result.exit_code == 2 and holder_text in result.output, result.output
         result = runner.invoke(app, ["bench", "--root-dir", str(tmp_path), "--out", str(out), "--mode", "base"])
         assert result.exit_code == 2 and holder_text in result.output, result.output
+        from iapas.profile import Profile
+
+        profile = Profile.from_prompts("alpha", "tile", ["crack"]).save(tmp_path / "alpha.yaml")
+        result = runner.invoke(app, ["calibrate", "--profile", str(profile), "--normal", str(images), "--out", str(out),
+                                     "--false-alarm-rate", "0.5",
+                                     "--detector", str(tmp_path / "no-detector"), "--segmenter", str(tmp_path / "no-sam")])
+        assert result.exit_code == 2 and holder_text in result.output, result.output
         with pytest.raises(OutputLockedError, match="in use by"):
             with output_lock(out, "calibrate"):
                 pass

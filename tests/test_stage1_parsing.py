@@ -146,8 +146,8 @@ def test_failed_llm_falls_back_to_the_knowledge_vocabulary(reply, why: str):
     assert build_caption(result.nouns, "leather").endswith("puncture . abnormal . defect . leather .")
 
 
-def test_messages_ask_for_a_lowercase_comma_list_of_nouns():
-    system, user = build_messages("Metal Nut")
+def test_inspector_messages_ask_for_a_lowercase_comma_list_of_nouns():
+    system, user = build_messages("Metal Nut", "inspector")
     assert system["role"] == "system" and "comma-separated" in system["content"] and "lowercase" in system["content"]
     assert user["role"] == "user" and "metal nut" in user["content"]
     assert "nouns, not adjectives" in user["content"] and "fray, stain, scratch, hole, burn" in user["content"]

@@ -28,8 +28,10 @@ tied scores always move together. With ``P`` positives and, at threshold ``t``, 
   scores are min-max normalised over the *whole* input, ``s' = (s - min) / (max - min)`` computed
   in float64 (a constant input normalises to all zeros), and the best F1 over a fixed list of
   thresholds, by default ``np.linspace(0, 1, 100)``, again predicting anomalous when
-  ``s' >= t``. It is a lower bound of :func:`f1_max`. Whether the reference code compares with
-  ``>=`` or ``>`` is not specified by the paper; ``>=`` keeps it consistent with the rest.
+  ``s' >= t``. It is a lower bound of :func:`f1_max`. This is the reference code's
+  ``calculate_max_f1`` (utils/function.py): ``np.linspace(0, 1, 100)``, ``pred >= thres``, F1 0
+  where precision + recall is 0; it scans the already normalised stack, which the min-max here
+  leaves unchanged (up to float rounding).
 * **aupro**: the standard MVTec AD per-region overlap. Ground-truth regions are the 8-connected
   components of each 2-D mask (``scipy.ndimage.label`` with a 3x3 structure; components never
   span two images). At threshold ``t``, PRO(t) is the mean over *all* regions of the stack of the
@@ -137,6 +139,9 @@ class CategoryMetrics:
     n_pixels: int
     n_anomalous_pixels: int
     n_regions: int
+    # the reference code's 100-threshold F1-max of the image scores (see category_metrics)
+    image_f1_max_100: float = float("nan")
+    n_pixel_excluded: int = 0  # images left out of the pixel metrics (kept in the image metrics)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -519,6 +524,19 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     return _aupro_from_sorted(pos, pro_from, neg, limit)
 
 
+def _pixel_metrics(
+    maps: np.ndarray, masks: np.ndarray, limit: float, thresholds: np.ndarray
+) -> tuple[RankingMetrics, float, float, int]:
+    """Exact pixel metrics, AUPRO, the fixed-threshold F1-max and the region count, from one sort."""
+    pos, pro_from, n_regions = _positives_with_regions(maps, masks)
+    _check_no_nan((pos,), "maps")
+    neg = _sorted_selection(maps, masks, False, "maps")
+    pixel = _ranking_from_sorted(pos, neg)
+    pixel_aupro = _aupro_from_sorted(pos, pro_from, neg, limit)
+    del pro_from
+    return pixel, pixel_aupro, _f1_at_thresholds_from_sorted(pos, neg, thresholds, normalize=True), n_regions
+
+
 def category_metrics(
     maps: np.ndarray,
     masks: np.ndarray,
@@ -527,13 +545,22 @@ def category_metrics(
     *,
     fpr_limit: float = 0.3,
     thresholds: np.ndarray | None = None,
+    pixel_images: np.ndarray | None = None,
+    normalize_image_scores: bool | None = None,
 ) -> CategoryMetrics:
     """The paper's metric set for one category's stack of ``(N, H, W)`` maps and masks.
 
     Pixel AP, F1-max, AUROC and AUPRO (to ``fpr_limit``) are exact and share one sort of the
     pixels; ``pixel_f1_max_100`` is :func:`f1_max_at_thresholds` with ``thresholds`` (default
     the reference code's 100) on the stack min-max normalised as a whole. Image scores default
-    to each map's maximum, image labels to ``mask.any()``. Needs scipy (AUPRO).
+    to each map's maximum (the reference code's image score when ``maps`` is its normalised
+    stack), image labels to ``mask.any()``. ``image_f1_max_100`` is the 100-threshold F1-max of
+    the image scores: as they are when ``normalize_image_scores`` is False (the reference scans
+    its image scores, maxima of the normalised stack, without normalising them again), min-max
+    normalised first when True; the default (None) is False for the default image scores and
+    True for given ones. ``pixel_images`` (bool, one per map; default all) chooses the images
+    whose pixels enter the pixel metrics (e.g. leave out defective images that have no mask);
+    every image enters the image metrics. Needs scipy (AUPRO).
     """
     limit = _check_fpr_limit(fpr_limit)
     thr = _as_thresholds(thresholds)
@@ -542,16 +569,6 @@ def category_metrics(
         raise ValueError(f"maps must be (N, H, W), got shape {maps_a.shape}")
     masks_a = _as_labels(masks, maps_a.shape, "masks")
     n_img = maps_a.shape[0]
-
-    pos, pro_from, n_regions = _positives_with_regions(maps_a, masks_a)
-    _check_no_nan((pos,), "maps")
-    neg = _sorted_selection(maps_a, masks_a, False, "maps")
-    pixel = _ranking_from_sorted(pos, neg)
-    pixel_aupro = _aupro_from_sorted(pos, pro_from, neg, limit)
-    del pro_from
-    pixel_f1_100 = _f1_at_thresholds_from_sorted(pos, neg, thr, normalize=True)
-    n_pixels, n_anomalous_pixels = int(maps_a.size), int(pos.size)
-    del pos, neg
 
     if image_scores is None:
         img_scores = maps_a.reshape(n_img, -1).max(axis=1)
@@ -563,7 +580,26 @@ def category_metrics(
         img_labels = masks_a.reshape(n_img, -1).any(axis=1)
     else:
         img_labels = _as_labels(np.asarray(image_labels).reshape(-1), (n_img,), "image_labels")
-    image = ranking_metrics(img_scores, img_labels)
+    img_pos, img_neg = _split_sorted(img_scores, img_labels)
+    image = _ranking_from_sorted(img_pos, img_neg)
+    normalize = image_scores is not None if normalize_image_scores is None else normalize_image_scores
+    image_f1_100 = _f1_at_thresholds_from_sorted(img_pos, img_neg, thr, normalize=normalize)
+
+    n_excluded = 0
+    if pixel_images is not None:
+        chosen = _as_labels(np.asarray(pixel_images).reshape(-1), (n_img,), "pixel_images")
+        n_excluded = int(n_img - np.count_nonzero(chosen))
+        if n_excluded:
+            maps_a, masks_a = maps_a[chosen], masks_a[chosen]
+
+    if maps_a.shape[0] == 0:  # every image left out: the pixel metrics are undefined
+        nan = float("nan")
+        pixel = RankingMetrics(nan, nan, nan, nan, 0, 0)
+        pixel_aupro = pixel_f1_100 = nan
+        n_regions = n_pixels = n_anomalous_pixels = 0
+    else:
+        pixel, pixel_aupro, pixel_f1_100, n_regions = _pixel_metrics(maps_a, masks_a, limit, thr)
+        n_pixels, n_anomalous_pixels = int(maps_a.size), pixel.n_positive
 
     return CategoryMetrics(
         pixel_ap=pixel.average_precision,
@@ -582,4 +618,6 @@ def category_metrics(
         n_pixels=n_pixels,
         n_anomalous_pixels=n_anomalous_pixels,
         n_regions=n_regions,
+        image_f1_max_100=image_f1_100,
+        n_pixel_excluded=n_excluded,
     )

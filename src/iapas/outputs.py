@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,15 +38,25 @@ def render_overlay(
     vmax: float = 1.0,
     alpha: float = 0.5,
     draw_boxes: bool = True,
+    verdict: Any = None,
 ) -> np.ndarray:
     """The image with the map as a heat colour where it is > 0, kept boxes in red with their
-    phrase and score, dropped boxes in grey and the object box in green."""
+    phrase and score, dropped boxes in grey and the object box in green.
+
+    The colour scale is the same for every image: 0 to ``vmax``, or, with a ``verdict``
+    (:class:`iapas.decision.ImageDecision`), the decision's normalised score (the threshold at
+    the middle of the scale); the verdict and its score are written in the top left corner
+    (green OK, red NG)."""
     import matplotlib
     from PIL import Image, ImageDraw
 
     amap = result.anomaly_map
     base = rgb.astype(np.float32)
-    heat = matplotlib.colormaps["jet"](np.clip(amap / max(vmax, 1e-6), 0, 1))[..., :3] * 255.0
+    if verdict is not None:
+        level = np.clip((amap - verdict.threshold) / verdict.score_span + 0.5, 0, 1)
+    else:
+        level = np.clip(amap / max(vmax, 1e-6), 0, 1)
+    heat = matplotlib.colormaps["jet"](level)[..., :3] * 255.0
     weight = np.where(amap > 0, alpha, 0.0)[..., None]
     blended = (base * (1 - weight) + heat * weight).round().astype(np.uint8)
     if not draw_boxes:
@@ -60,7 +71,22 @@ def render_overlay(
     for box, score, phrase in zip(result.kept.boxes, result.kept.scores, result.kept.phrases):
         draw.rectangle([float(v) for v in box], outline=(255, 0, 0), width=width)
         draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{phrase} {score:.2f}", fill=(255, 255, 0))
+    if verdict is not None:
+        label = f"{verdict.verdict} {verdict.score:.4f} (threshold {verdict.threshold:.4f})"
+        colour = (220, 0, 0) if verdict.verdict == "NG" else (0, 160, 0)
+        x1, y1 = draw.textbbox((4, 4), label)[2:]
+        draw.rectangle([0, 0, x1 + 4, y1 + 4], fill=colour)
+        draw.text((4, 4), label, fill=(255, 255, 255))
+        draw.rectangle([0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1], outline=colour, width=2 * width)
     return np.asarray(image)
+
+
+def output_names(key: str, overlay: bool = True) -> dict[str, str]:
+    """The files of one image's outputs, relative to the output folder, by kind."""
+    names = {"map": f"maps/{key}.png", "mask": f"masks/{key}.png"}
+    if overlay:
+        names["overlay"] = f"overlays/{key}.png"
+    return names
 
 
 def write_image_outputs(
@@ -70,19 +96,22 @@ def write_image_outputs(
     result: SegmentationResult,
     threshold: float,
     overlay: bool = True,
+    verdict: Any = None,
 ) -> dict[str, str]:
     """Write ``maps/KEY.png``, ``masks/KEY.png`` and ``overlays/KEY.png`` atomically.
 
-    Returns the written paths relative to ``out_dir``.
+    With a ``verdict`` (:class:`iapas.decision.ImageDecision`) the mask is the decision mask
+    (empty exactly when the verdict is OK) and the overlay shows the verdict; without, the mask
+    is the map >= ``threshold``. Returns the written paths relative to ``out_dir``.
     """
-    written = {
-        "map": f"maps/{key}.png",
-        "mask": f"masks/{key}.png",
-    }
+    written = output_names(key, overlay)
     save_png(out_dir / written["map"], encode_map(result.anomaly_map))
-    save_png(out_dir / written["mask"], binary_mask(result.anomaly_map, threshold))
+    if verdict is not None:
+        mask = np.where(verdict.mask, 255, 0).astype(np.uint8)
+    else:
+        mask = binary_mask(result.anomaly_map, threshold)
+    save_png(out_dir / written["mask"], mask)
     if overlay:
-        written["overlay"] = f"overlays/{key}.png"
         # overlays are for looking at: fast compression (they are photographic, and the largest)
-        save_png(out_dir / written["overlay"], render_overlay(rgb, result), compress_level=1)
+        save_png(out_dir / written["overlay"], render_overlay(rgb, result, verdict=verdict), compress_level=1)
     return written

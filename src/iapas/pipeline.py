@@ -20,7 +20,7 @@ from iapas.io import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
-from iapas.ops import apply_nms, fuse_masks, size_filter, top_box
+from iapas.ops import apply_nms, clip_boxes, fuse_masks, size_filter, top_box
 from iapas.profile import Profile
 from iapas.prompts.caption import BASE_CAPTION, caption_phrases
 from iapas.types import Detections, SegmentationResult
@@ -48,6 +48,7 @@ class PipelineConfig:
     # Take the object box from the caption's forward (the caption ends with the object tag)
     # instead of a second detector forward. Not the paper's method: see the README.
     fuse_object_detection: bool = False
+    base_caption: str = BASE_CAPTION  # mode 'base''s caption (evaluations under the paper protocol: REFERENCE_BASE_CAPTION)
 
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
@@ -58,6 +59,11 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.size_threshold is not None and not self.size_threshold > 0:
             raise ValueError(f"size_threshold must be > 0, got {self.size_threshold}")
+
+
+def _clipped(dets: Detections, rgb: np.ndarray) -> Detections:
+    """``dets`` with the boxes clamped to the image ``rgb``."""
+    return Detections(clip_boxes(dets.boxes, rgb.shape[1], rgb.shape[0]), dets.scores, dets.phrases)
 
 
 def as_rgb(image: ImageInput) -> np.ndarray:
@@ -115,7 +121,7 @@ class Pipeline:
 
     def caption_for(self, profile: Profile | None) -> str:
         if self.config.mode == "base":
-            return BASE_CAPTION
+            return self.config.base_caption
         if profile is None:
             raise ValueError("mode 'iapas' needs a profile (object tag and caption); use mode 'base' without one")
         return profile.caption
@@ -135,7 +141,10 @@ class Pipeline:
         return self.run([image], profile)[0]
 
     def run(self, images: Sequence[ImageInput], profile: Profile | None = None) -> list[SegmentationResult]:
-        """Segment a batch of images of one category; one detector forward per caption per batch."""
+        """Segment a batch of images of one category; one detector forward per caption per batch.
+
+        When the profile has a ``decision`` section (``iapas calibrate``), each result's
+        ``decision`` is the image's verdict (:class:`iapas.decision.ImageDecision`)."""
         cfg = self.config
         rgbs = [as_rgb(im) for im in images]
         if not rgbs:
@@ -186,6 +195,16 @@ class Pipeline:
             kept.append(k)
             dropped.append(dr)
 
+        # Boxes stay unclipped for the object size, NMS and the size filter above (the reference
+        # code's arithmetic); from here on they are clamped to the image: as SAM prompts (as the
+        # reference does) and in the result, so records and overlays show the clipped boxes.
+        kept = [_clipped(k, rgb) for k, rgb in zip(kept, rgbs)]
+        dropped = [_clipped(d, rgb) for d, rgb in zip(dropped, rgbs)]
+        object_info = [
+            (None if obox is None else clip_boxes(obox, rgb.shape[1], rgb.shape[0])[0], oscore, osize, osource)
+            for (obox, oscore, osize, osource), rgb in zip(object_info, rgbs)
+        ]
+
         # 4. SAM masks, one encoder pass per image and one decoder call per image
         t0 = time.perf_counter()
         masks = self.segmenter.segment(rgbs, [k.boxes for k in kept])
@@ -208,6 +227,7 @@ class Pipeline:
                     object_size=osize,
                     object_size_source=osource,
                     timings=t,
+                    decision=profile.decision.decide(amap) if profile is not None and profile.decision is not None else None,
                 )
             )
         return results

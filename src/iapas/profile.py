@@ -1,7 +1,8 @@
 """The per-category profile: everything stage 1 decides, in a file a person can read and edit.
 
 Stage 2 reads ``object_tag``, ``caption``, ``size_threshold`` and ``object_size``; the rest is
-the record of how they were made. The caption in the file is authoritative: edit it and stage 2
+the record of how they were made. ``decision`` (written by ``iapas calibrate``) is the OK/NG
+threshold, see :mod:`iapas.decision`. The caption in the file is authoritative: edit it and stage 2
 uses the edited one.
 """
 
@@ -15,8 +16,9 @@ from typing import Any
 import yaml
 
 from iapas import __version__
+from iapas.decision import Decision, DecisionError
 from iapas.io import atomic_write_text
-from iapas.prompts.caption import build_caption, caption_phrases
+from iapas.prompts.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
 
 PROFILE_FORMAT = 1
 
@@ -36,6 +38,7 @@ class Profile:
     object_size: float | None = None  # median normalised object area over the references
     models: dict[str, Any] = field(default_factory=dict)
     stage1: dict[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None  # the OK/NG threshold from 'iapas calibrate'
     iapas_version: str = __version__
     format: int = PROFILE_FORMAT
 
@@ -48,15 +51,17 @@ class Profile:
         *,
         include_object_tag: bool = True,
         size_threshold: float = 0.8,
+        object_join: str = DEFAULT_OBJECT_JOIN,
         **extra: Any,
     ) -> Profile:
-        """A profile from an object tag and anomaly nouns given by hand."""
-        caption = build_caption(nouns, object_tag, include_object_tag)
+        """A profile from an object tag and anomaly nouns given by hand (``object_join``: see
+        :func:`~iapas.prompts.caption.caption_words`)."""
+        caption = build_caption(nouns, object_tag, include_object_tag, object_join)
         profile = cls(
             category=category,
             object_tag=object_tag.strip().lower(),
             caption=caption,
-            anomaly_nouns=[w for w in caption_phrases(caption) if w not in ("abnormal", "defect", object_tag.strip().lower())],
+            anomaly_nouns=[w for w in caption_words(nouns, include_object_tag=False) if w not in ("abnormal", "defect", object_tag.strip().lower())],
             include_object_tag=include_object_tag,
             size_threshold=size_threshold,
             **extra,
@@ -89,6 +94,13 @@ class Profile:
                 raise ProfileError(f"{source}: '{name}' must be a mapping")
         if not isinstance(self.anomaly_nouns, list):
             raise ProfileError(f"{source}: 'anomaly_nouns' must be a list")
+        if self.decision is not None:
+            if not isinstance(self.decision, Decision):
+                raise ProfileError(f"{source}: 'decision' must be a Decision")
+            try:
+                self.decision.validate(f"{source}: decision")
+            except DecisionError as exc:
+                raise ProfileError(str(exc)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +116,7 @@ class Profile:
             header = (
                 "# iapas category profile. Stage 2 uses object_tag, caption, size_threshold and\n"
                 "# object_size; edit them freely (the caption is used as written). The rest records\n"
-                "# how stage 1 made them.\n"
+                "# how stage 1 made them; 'decision' is the OK/NG threshold from 'iapas calibrate'.\n"
             )
             text = header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
         atomic_write_text(path, text)
@@ -112,16 +124,13 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "profile") -> Profile:
-        if not isinstance(data, dict):
-            raise ProfileError(f"{source}: expected a mapping of profile fields, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ProfileError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        missing = [k for k in ("category", "object_tag", "caption") if k not in data]
-        if missing:
-            raise ProfileError(f"{source}: missing field(s) {', '.join(missing)}")
+        check_fields(cls, data, source, ("category", "object_tag", "caption"), "profile fields")
         data = {k: v for k, v in data.items() if not (v is None and k in ("models", "stage1", "anomaly_nouns"))}
+        if data.get("decision") is not None:
+            try:
+                data["decision"] = Decision.from_dict(data["decision"], f"{source}: decision")
+            except DecisionError as exc:
+                raise ProfileError(str(exc)) from None
         profile = cls(**data)
         profile.validate(source)
         return profile
@@ -140,6 +149,22 @@ class Profile:
         except (yaml.YAMLError, ValueError) as exc:
             raise ProfileError(f"{path}: {_syntax_error(exc, 'JSON' if path.suffix.lower() == '.json' else 'YAML')}") from None
         return cls.from_dict(data, str(path))
+
+
+def check_fields(
+    cls: type, data: Any, source: str, required: tuple[str, ...], what: str = "fields", error: type[Exception] = ProfileError
+) -> None:
+    """``data`` is a mapping of ``cls``'s dataclass fields with the ``required`` ones, else
+    ``error`` naming ``source``."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping of {what}, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(f"{source}: missing field(s) {', '.join(missing)}")
 
 
 def _syntax_error(exc: Exception, language: str) -> str:

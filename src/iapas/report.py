@@ -177,7 +177,8 @@ def image_score(record: Mapping[str, Any]) -> float:
 def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) -> dict[str, list[Mapping[str, Any]]]:
     """The ``n`` highest-scoring anomalous images, highest-scoring normal ones and lowest-scoring anomalous ones.
 
-    Ranked by :func:`image_score` (the score the image metrics use). Ties keep test order. An
+    Ranked by :func:`image_score` (the raw maximum: the paper's normalised score is 1 for every image with a
+    box, so it cannot rank them). Ties keep test order. An
     image can be both a detection and a miss when there are fewer than ``2 n`` anomalous images.
     """
     ok = [r for r in records if r.get("status") == "ok"]
@@ -229,8 +230,12 @@ def _metrics_table(result: DatasetResult) -> str:
         cls = ' class="mean"' if row["category"] == "mean" else ""
         cells = "".join(f'<td class="n">{pct(row[k])}</td>' for k, _ in METRIC_COLUMNS)
         failed = str(row["failed"]) + (f' <span class="err">{_esc(row["error"])}</span>' if row["error"] else "")
-        rows.append(f"<tr{cls}><td>{_esc(row['category'])}</td>{cells}<td class=\"n\">{row['images']}</td><td>{failed}</td></tr>")
-    return f"<table><tr><th>category</th>{head}<th>images</th><th>failed</th></tr>{''.join(rows)}</table>"
+        no_mask = "-" if row["without_mask"] is None else row["without_mask"]
+        rows.append(
+            f"<tr{cls}><td>{_esc(row['category'])}</td>{cells}<td class=\"n\">{row['images']}</td>"
+            f"<td class=\"n\">{no_mask}</td><td>{failed}</td></tr>"
+        )
+    return f"<table><tr><th>category</th>{head}<th>images</th><th>no mask</th><th>failed</th></tr>{''.join(rows)}</table>"
 
 
 def _profiles_table(result: DatasetResult) -> str:
@@ -268,7 +273,7 @@ def _failures(result: DatasetResult, limit: int = 50) -> str:
 
 def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB) -> str:
     """The report's HTML text."""
-    from iapas.evaluation.tables import all_notes, header_lines
+    from iapas.evaluation.tables import F1_SENTENCE, all_notes, header_lines
     from iapas.runner import ResultsLog
 
     out_dir = Path(result.out_dir)
@@ -285,10 +290,15 @@ def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: 
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f'<li class="note">{_esc(n)}</li>' for n in notes) + "</ul>")
     parts.append("<h2>Metrics (%)</h2>" + _metrics_table(result))
+    score = (
+        "each image's maximum of the normalised 400x400 stack (the reference code's)"
+        if result.settings.image_score_method == "paper"
+        else "the maxima of the raw full-resolution maps (before resizing and normalisation; --image-score raw)"
+    )
     parts.append(
-        "<p>Pixel AP and F1-max are exact (every distinct score is a threshold); 'F1-max (100 thr.)' is the "
-        "reference code's 100 thresholds in [0, 1]. AUPRO is integrated to 30% FPR. Image scores are the maxima "
-        "of the raw full-resolution maps (before resizing and normalisation).</p>"
+        f"<p>{_esc(F1_SENTENCE)} AUPRO is integrated to 30% FPR. Image scores are {_esc(score)}. 'no mask' counts the "
+        "defective images without a mask file: they are left out of the pixel metrics and kept in the image "
+        "metrics.</p>"
     )
     figures = [(c, pr_figure(c)) for c in result.categories]
     figures = [(c, f) for c, f in figures if f is not None]
@@ -333,16 +343,26 @@ def write_report(result: DatasetResult, out_dir: str | Path | None = None, *, ga
 
 def write_bench_report(path: str | Path, title: str, markdown: str, links: Mapping[str, str]) -> Path:
     """A one-page HTML version of the bench table, with relative links to each run's report."""
-    rows = []
+    blocks: list[str] = []  # the tables, each after its '## ' heading when it has one
+    rows: list[list[str]] = []
+
+    def close_table() -> None:
+        if rows:
+            head = "".join(f"<th>{_esc(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f'<td class="n">{_esc(c)}</td>' for c in r) + "</tr>" for r in rows[1:])
+            blocks.append(f"<table><tr>{head}</tr>{body}</table>")
+            rows.clear()
+
     for line in markdown.splitlines():
-        if line.startswith("|") and not line.startswith("|---"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows.append(cells)
-    table = ""
-    if rows:
-        head = "".join(f"<th>{_esc(c)}</th>" for c in rows[0])
-        body = "".join("<tr>" + "".join(f'<td class="n">{_esc(c)}</td>' for c in r) + "</tr>" for r in rows[1:])
-        table = f"<table><tr>{head}</tr>{body}</table>"
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        close_table()
+        if line.startswith("## "):
+            blocks.append(f"<h2>{_esc(line[3:])}</h2>")
+    close_table()
+    table = "".join(blocks)
     notes = [line[2:] for line in markdown.splitlines() if line.startswith("- ")]
     link_items = "".join(f'<li><a href="{_esc(href)}">{_esc(name)}</a></li>' for name, href in links.items())
     text = (

@@ -3,8 +3,11 @@
 ``results.jsonl`` is append-only during a run: one line per finished image, flushed and synced
 as soon as that image's files are in place (a background thread writes them while the models
 work on the next batch). Re-running the same command skips images already done: same file (path,
-size, modification time), same mask threshold, and the outputs asked for still on disk. At the
-end of a run that was not interrupted, the file is rewritten (atomically) with one line per key.
+size, modification time), same mask threshold, and the outputs asked for still on disk. A done
+image is found by its file before its key: when the inputs are given another way and its key
+changes, its record and output files are renamed to the new key (:func:`match_finished`), so
+it is neither segmented again nor listed twice. At the end of a run that was not interrupted,
+the file is rewritten (atomically) with one line per key.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from iapas.decision import Decision, ImageDecision
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -32,7 +37,7 @@ from iapas.io import (
     file_stamp,
     read_image,
 )
-from iapas.outputs import MAP_SCALE, write_image_outputs
+from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.storage import is_disk_full, stop_reason
@@ -119,35 +124,53 @@ class ResultsLog:
 
 
 def assign_keys(paths: Sequence[Path], roots: Sequence[Path] | None = None) -> list[str]:
-    """A unique output name per input, without suffix (``crack/000``); inputs that would collide
-    keep their suffix (``000.jpg``).
+    """A unique output name per input, without suffix (``crack/000``), relative to its own root.
 
-    With ``roots`` (the folder each input was found from, see
-    :func:`iapas.io.find_images_with_roots`), names are relative to the common folder of the
-    roots, so they stay the same when the input folders get more images later: ``segment data/``
-    names ``data/crack/000.png`` ``crack/000``; ``segment a/ b/`` names ``a/000`` and ``b/000``.
-    Without, relative to the common folder of the inputs' own folders.
+    ``roots``: the folder each key is relative to (see :func:`iapas.io.search_images`: the folder
+    given, its parent when several inputs found images, a named file's own folder); without, each
+    path's own folder (the key is the file's name). A key depends on its own path and root, not on
+    the other inputs, so it stays the same when an unrelated input is added, removed or missing.
+    Names that still collide are told apart the same way every time: first they keep their suffix
+    (``000.jpg``), then each takes one more leading folder (``x/a/000`` and ``y/a/000``).
     """
-    absolute = [Path(os.path.abspath(p)) for p in paths]  # not resolve(): keep symlinks' own names
-    if not absolute:
-        return []
-    if roots is not None:
-        if len(roots) != len(paths):
-            raise ValueError(f"{len(paths)} paths but {len(roots)} roots")
-        bases = sorted({os.path.abspath(r) for r in roots})
-    else:
-        bases = sorted({str(p.parent) for p in absolute})
-    try:
-        common = Path(os.path.commonpath(bases)) if len(bases) > 1 else Path(bases[0])
-        rel = [p.relative_to(common) for p in absolute]
-    except ValueError:  # different drives, or a root that does not hold its path: fall back
-        common = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-        rel = [p.relative_to(common) for p in absolute]
-    keys = [r.with_suffix("").as_posix() for r in rel]
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    return [r.as_posix() if counts[k] > 1 else k for k, r in zip(keys, rel)]
+    absolute = [os.path.abspath(p) for p in paths]  # not resolve(): keep symlinks' own names
+    if roots is not None and len(roots) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(roots)} roots")
+    bases = [os.path.abspath(r) for r in roots] if roots is not None else [os.path.dirname(a) for a in absolute]
+    levels = [0] * len(absolute)
+    keys = [_key_at(a, b, 0) or a for a, b in zip(absolute, bases)]
+    while True:
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        clashes = [group for group in groups.values() if len(group) > 1]
+        if not clashes:
+            return keys
+        moved = False
+        for group in clashes:
+            for i in group:
+                longer = _key_at(absolute[i], bases[i], levels[i] + 1)
+                if longer is not None:
+                    levels[i] += 1
+                    keys[i] = longer
+                    moved = True
+        if not moved:
+            raise ValueError(f"the same file is given twice: {absolute[clashes[0][0]]}")
+
+
+def _key_at(path: str, base: str, level: int) -> str | None:
+    """Key candidate ``level`` of ``path``: relative to ``base`` and then to each folder above it
+    in turn (``level // 2`` folders up), without its suffix at even levels, with it at odd ones;
+    None above the filesystem root. A base that does not hold the path is the path's own folder."""
+    if not path.startswith(base.rstrip(os.sep) + os.sep):
+        base = os.path.dirname(path)
+    for _ in range(level // 2):
+        parent = os.path.dirname(base)
+        if parent == base:
+            return None
+        base = parent
+    relative = PurePosixPath(Path(os.path.relpath(path, base)).as_posix())
+    return str(relative if level % 2 else relative.with_suffix(""))
 
 
 @dataclass
@@ -230,6 +253,7 @@ def run_segmentation(
     restart: bool = False,
     on_image: Callable[[str, str], None] | None = None,
     roots: Sequence[Path] | None = None,
+    decision: Decision | None = None,
 ) -> RunSummary:
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
@@ -239,7 +263,17 @@ def run_segmentation(
     summary says why in ``stopped``, with ``not_run`` images left for a resumed run.
     ``roots``: the folder each path was found from, which output names are relative to (see
     :func:`assign_keys`); give it so that names stay the same as the input folders grow.
+    ``decision``: decide OK/NG on every image (the record's ``decision`` fields, the decision
+    mask in masks/, the verdict on the overlay); ``threshold`` is then ``decision.threshold``.
+    Without, ``decision`` is null and the mask is the map >= ``threshold``. The profile's own
+    decision section is not used here: pass it as ``decision``.
     """
+    if decision is not None:
+        threshold = decision.threshold
+    if profile is not None and profile.decision is not None:  # stage 2 proper; verdicts come from `decision`
+        record_profile, profile = profile, dataclasses.replace(profile, decision=None)
+    else:
+        record_profile = profile
     pipeline.check(profile)  # a caption the detector cannot read fails here, once, not per image
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ResultsLog(out_dir / RESULTS_FILE)
@@ -267,7 +301,8 @@ def run_segmentation(
             run_file,
             json.dumps(
                 {"iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
-                 "profile": profile.to_dict() if profile else None},
+                 "decision": decision.to_dict() if decision else None,
+                 "profile": record_profile.to_dict() if record_profile else None},
                 indent=2,
             )
             + "\n",
@@ -279,13 +314,16 @@ def run_segmentation(
         summary.stopped, summary.not_run = stop_reason(exc), len(paths)
         return summary
     keys = assign_keys(paths, roots)
-    previous_records = log.read()
+    finished = {
+        k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay).items()
+        if same_decision(r, decision)  # a record decided otherwise is segmented again
+    }
     started = time.perf_counter()
 
     todo: list[tuple[Path, str]] = []
     for p, key in zip(paths, keys):
-        rec = previous_records.get(key)
-        if rec and is_done(rec, p, out_dir, threshold, overlay):
+        rec = finished.get(key)
+        if rec is not None:
             summary.skipped += 1
             summary.scores.append((key, float(rec.get("image_score", 0.0))))
         else:
@@ -340,7 +378,8 @@ def run_segmentation(
             summary.not_run += 1
             return
         try:
-            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay)
+            verdict = decision.decide(result.anomaly_map) if decision is not None else None
+            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay, verdict=verdict)
         except OSError as exc:
             if is_disk_full(exc):
                 stop(path, exc)
@@ -353,7 +392,7 @@ def run_segmentation(
                 on_image(key, "failed")
             return
         try:
-            log.append(result_record(key, image, result, outputs, threshold))
+            log.append(result_record(key, image, result, outputs, threshold, verdict))
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
@@ -412,6 +451,94 @@ def run_segmentation(
     return summary
 
 
+def match_finished(
+    paths: Sequence[Path], keys: Sequence[str], log: ResultsLog, out_dir: Path, threshold: float, overlay: bool
+) -> dict[str, dict[str, Any]]:
+    """The finished records that stand for this run's images, by this run's key.
+
+    An image is matched by its source first (absolute path, size, modification time; see
+    :func:`is_done`), then by its key: a finished record of the same file under another key (the
+    inputs were given another way) is re-keyed, its output files renamed to the new key's names,
+    so that it is neither segmented again nor listed twice. Other records of the same file
+    under other keys (older duplicates, failures) are dropped with their files, and so are failed
+    records of files that no longer exist and are not in this run (a mistyped path).
+    """
+    records = log.read()
+    by_image: dict[str, list[str]] = {}
+    for key, record in records.items():
+        if isinstance(record.get("image"), str):
+            by_image.setdefault(record["image"], []).append(key)
+    in_run = {os.path.abspath(p) for p in paths}
+    finished: dict[str, dict[str, Any]] = {}
+    renames: dict[str, str] = {}  # old key -> this run's key
+    drop: set[str] = set()
+    for path, key in zip(paths, keys):
+        same = by_image.get(os.path.abspath(path), [])
+        done = [k for k in same if is_done(records[k], path, out_dir, threshold, overlay)]
+        chosen = key if key in done else (done[-1] if done else None)
+        drop.update(k for k in same if k not in (key, chosen))
+        if chosen is not None:
+            finished[key] = records[chosen]
+            if chosen != key:
+                renames[chosen] = key
+    drop.update(
+        k for k, r in records.items()
+        if r.get("status") == "failed" and isinstance(r.get("image"), str)
+        and r["image"] not in in_run and not os.path.lexists(r["image"])
+    )
+    if renames or drop:
+        finished.update(_rekey(log, records, renames, drop, out_dir))
+    return finished
+
+
+def _rekey(
+    log: ResultsLog, records: dict[str, dict[str, Any]], renames: dict[str, str], drop: set[str], out_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """Give the records ``renames`` names (old key -> new key) and drop the ``drop`` ones, in an
+    order that a killed run leaves consistent: (1) the renamed records' files go to temporary
+    names (which the next run removes), (2) whatever else holds the new names and the dropped
+    records' files are removed, (3) results.jsonl is rewritten atomically, (4) the files take
+    their new names. A record whose files are not all there is not done, so an image caught
+    half way is segmented again, never given another image's files. Returns the renamed records."""
+    moves: list[tuple[Path, Path]] = []  # temporary name, new name
+    renamed: dict[str, dict[str, Any]] = {}
+    emptied: set[Path] = set()
+    for old, new in renames.items():
+        record = records[old]
+        names = output_names(new)
+        outputs: dict[str, str] = {}
+        for kind, rel in record.get("outputs", {}).items():
+            source = out_dir / rel
+            fd, temp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".tmp" + source.suffix, dir=source.parent)
+            os.close(fd)
+            os.replace(source, temp)
+            emptied.add(source.parent)
+            outputs[kind] = names.get(kind, rel)
+            moves.append((Path(temp), out_dir / outputs[kind]))
+        renamed[new] = {**record, "key": new, "outputs": outputs}
+    superseded = drop | set(renames) | set(renames.values())
+    kept = {k: r for k, r in records.items() if k not in superseded}
+    kept.update(renamed)
+    referenced = {out_dir / rel for r in kept.values() for rel in r.get("outputs", {}).values()}
+    stale = [out_dir / rel for k in drop for rel in records[k].get("outputs", {}).values()]
+    for path in [final for _, final in moves] + [p for p in stale if p not in referenced]:
+        path.unlink(missing_ok=True)
+        emptied.add(path.parent)
+    atomic_write_text(log.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()))
+    for temp, final in moves:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+    for folder in sorted(emptied, key=lambda f: -len(f.parts)):  # folders the old names leave empty
+        while folder != out_dir and out_dir in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+    logger.info("resuming %d finished image(s) under new names; dropped %d stale record(s)", len(renames), len(drop))
+    return renamed
+
+
 def source_stamp(path: Path) -> dict[str, Any]:
     """What identifies an input file across runs: absolute path, size, modification time."""
     return {"image": os.path.abspath(path), **(file_stamp(path) or {})}
@@ -430,10 +557,24 @@ def is_done(record: dict[str, Any], path: Path, out_dir: Path, threshold: float,
     return all((out_dir / f).exists() for f in outputs.values())
 
 
+def same_decision(record: dict[str, Any], decision: Decision | None) -> bool:
+    """Whether a previous record was decided as ``decision`` would (or both undecided)."""
+    if decision is None:
+        return record.get("decision") is None
+    wanted = {"decision_rule": decision.rule, "threshold": decision.threshold, "min_defect_area": decision.min_defect_area}
+    return record.get("decision") is not None and all(record.get(k) == v for k, v in wanted.items())
+
+
 def result_record(
-    key: str, image: LoadedImage, result: SegmentationResult, outputs: dict[str, str], threshold: float
+    key: str,
+    image: LoadedImage,
+    result: SegmentationResult,
+    outputs: dict[str, str],
+    threshold: float,
+    verdict: ImageDecision | None = None,
 ) -> dict[str, Any]:
-    """The JSON line of one finished image."""
+    """The JSON line of one finished image; ``decision`` is "OK"/"NG" with a verdict, else null."""
+    undecided = {"decision": None, "decision_score": None, "normalized_score": None}
     return {
         "key": key,
         **source_stamp(image.path),
@@ -443,5 +584,7 @@ def result_record(
         "height": image.height,
         "mode": image.mode,
         **result.to_record(),
+        "max_score": result.image_score,  # unrounded: what calibration takes as the score (iapas.decision)
+        **(verdict.to_record() if verdict is not None else undecided),
         "outputs": outputs,
     }

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from iapas.cli import demo, profile, segment, testing
+from iapas.cli import calibrate, demo, profile, segment, testing
 from iapas.cli.common import version_callback
 
 app = typer.Typer(
     name="iapas",
     help=(
         "Zero-shot industrial anomaly segmentation with image-aware prompts (IAP-AS).\n\n"
-        "Typical use: 'iapas profile' once per product, then 'iapas segment' on its images."
+        "Typical use: 'iapas profile' once per product, 'iapas calibrate' on normal images for an "
+        "OK/NG threshold, then 'iapas segment' on its images."
     ),
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,  # plain click help: whole option names and defaults at 80 columns
 )
 
 
@@ -28,6 +29,7 @@ def _root(
 
 profile.register(app)
 segment.register(app)
+calibrate.register(app)
 demo.register(app)
 app.add_typer(testing.app, name="testing")
 

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+from iapas.data.base import DEFAULT_PROTOCOL
 from iapas.data.registry import DATASETS
 
 
@@ -31,17 +32,24 @@ def _layouts_help() -> str:
 
 SUMMARY_HELP = (
     "Count, per category, the normal references and the test images (anomalous ones, masks, defect types) "
-    "of a dataset in its original layout.\n\n"
+    "of a dataset in its original layout, as iapas evaluate will run them (same default --protocol).\n\n"
     "Run it after a download: a missing category, split or mask folder shows up here, not hours into an "
     "evaluation. Where there is no train split (KSDD1, MTD, or a copy without train/), the references are "
     "drawn from the normal test images (fixed --seed) and left out of the test set.\n\n"
-    "'anomalous' counts defective test images (by folder, by label file, or for KSDD1 by a non-empty mask); "
-    "'with mask' counts test images that have a mask file (a mask file may be empty).\n\n"
-    "--protocol paper keeps the test images the paper's reference code used: MVTec AD the whole test split; "
-    "BTAD test/ko only; DAGM the labelled (defective) images; MPDD, DTD-Synthetic and VisA the defective images; "
-    "MTD and KSDD1 every image (so the same as full). The folder dataset has no paper protocol (same as full).\n\n"
+    "'anomalous' counts defective test images (by folder, by label file, or for KSDD1 and KSDD2 by a non-empty "
+    "mask); 'with mask' counts the anomalous test images that have a mask file (normal images need none: their "
+    "ground truth is all zeros). An anomalous image's mask file may be empty (4 of MTD's MT_Uneven): it still "
+    "counts, and --check names it.\n\n"
+    "--protocol paper (the default) keeps the test images the paper's reference code used: MVTec AD the whole "
+    "test split; BTAD test/ko only; DAGM the labelled (defective) images of Train and Test; MPDD, DTD-Synthetic, "
+    "WFDD and VisA the defective images; MTD and KSDD2 every test image (so the same as full); KSDD1 every image, "
+    "each kosNN folder its own category (one row per folder; the references are shared). --protocol full: "
+    "the whole test split, KSDD1 as one category. The folder dataset has no paper protocol (same as full).\n\n"
+    "--check opens every mask: an unreadable mask, one of another size than its image, an empty folder (no "
+    "image anywhere below it) or a category without test images make it exit 1; anomalous images whose mask is "
+    "empty are named too, without failing.\n\n"
     "Expected layouts (ROOT = --root):\n\n" + _layouts_help() + "\n\n"
-    "Aliases: mvtec_ad, kolektor, dagm2007, dtd_synthetic, custom (= folder)."
+    "Aliases: mvtec_ad, kolektor, kolektorsdd2, dagm2007, dtd_synthetic, woven_fabric, custom (= folder)."
 )
 
 
@@ -68,11 +76,13 @@ def summary_cmd(
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
     categories: str = typer.Option(None, "--categories", "-c", help="Only these categories, comma separated."),
-    protocol: str = typer.Option("full", "--protocol", help="'full' (whole test split) or 'paper' (the paper's test images)."),
+    protocol: str = typer.Option(
+        DEFAULT_PROTOCOL, "--protocol", help="'paper' (the paper's test images, as iapas evaluate) or 'full' (whole test split)."
+    ),
     n_references: int = typer.Option(10, "--references", "-n", min=0, help="Number of normal reference images per category."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing the references."),
     check: bool = typer.Option(
-        False, "--check", help="Also open every mask and compare its size with its image's (slower); exit 1 on a problem."
+        False, "--check", help="Also open every mask (slower): name bad, misfit and empty masks and empty folders; exit 1 on a problem."
     ),
     normal: str = NormalOpt,
     anomalous: str = AnomalousOpt,
@@ -106,7 +116,8 @@ def _summary(
     check: bool,
     folder_options: dict[str, object],
 ) -> None:
-    from iapas.data import DatasetError, MaskError, canonical_name, check_mask, get_dataset
+    from iapas.data import DatasetError, MaskError, canonical_name, get_dataset
+    from iapas.data.check import check_masks, empty_folders
     from iapas.data.registry import guess_datasets
 
     if protocol not in ("full", "paper"):
@@ -119,6 +130,7 @@ def _summary(
     summary: dict[str, dict[str, object]] = {}
     notes: list[str] = []
     problems: list[str] = []
+    empty_masks: list[str] = []
     try:
         loader = get_dataset(name, root, **options)
         try:
@@ -139,27 +151,48 @@ def _summary(
                 )
         for category in wanted:
             cat = loader.load(category, protocol=protocol, n_references=n_references, seed=seed)
-            summary[category] = {
-                "references": len(cat.references),
-                "test": len(cat.test),
-                "anomalous": cat.anomalous,
-                "with_mask": cat.with_mask,
-                "defect_types": cat.defect_types,
-            }
+            for part in cat.parts():  # what evaluate scores: KSDD1's folders under the paper protocol
+                summary[part.name] = {
+                    "references": len(part.references),
+                    "test": len(part.test),
+                    "anomalous": part.anomalous,
+                    "with_mask": part.with_mask,
+                    "defect_types": part.defect_types,
+                }
+                if part.product:
+                    summary[part.name]["product"] = part.product
             notes.extend(f"{category}: {note}" for note in cat.notes)
             if check:
-                problems.extend(p for p in (check_mask(s) for s in cat.test) if p)
+                found = check_masks(cat.test)
+                problems.extend(found.problems)
+                empty_masks.extend(str(s.path) for s in found.empty)
+                problems.extend(f"{part.name}: no test images" for part in cat.parts() if not part.test)
+        if check:
+            problems.extend(f"{f}: empty folder (no image in it)" for d in loader.data_dirs() for f in empty_folders(d))
     except (DatasetError, MaskError, ValueError, OSError) as exc:
         raise fail(str(exc)) from None
 
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if empty_masks:
+        console.print(
+            f"[yellow]empty masks:[/] {len(empty_masks)} anomalous images have a mask file without any defect pixel "
+            "(they count as anomalous images, all their pixels as normal):",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for path in empty_masks:
+            console.print(f"  {escape(path)}", highlight=False, soft_wrap=True)
     for problem in problems[:20]:
-        console.print(f"[bold red]mask problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if len(problems) > 20:
-        console.print(f"[bold red]... and {len(problems) - 20} more mask problems[/]")
+        console.print(f"[bold red]... and {len(problems) - 20} more problems[/]")
     if as_json:
-        typer.echo(json.dumps({"dataset": name, "categories": summary}))
+        data: dict[str, object] = {"dataset": name, "protocol": protocol, "categories": summary}
+        if check:
+            data["problems"] = problems
+            data["empty_masks"] = empty_masks
+        typer.echo(json.dumps(data))
     else:
         _print_table(loader.title, str(root), protocol, summary)
     if problems:

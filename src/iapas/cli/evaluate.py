@@ -21,6 +21,7 @@ from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, Re
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.prompts.resources import LlmFallback
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +36,39 @@ def register(app: typer.Typer) -> None:
 ProtocolOpt = typer.Option(
     "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
 )
-ModeOpt = typer.Option("iapas", "--mode", help="iapas: profile caption + size filter; base: the paper's baseline ('defect . abnormal .', no size filter).")
+ModeOpt = typer.Option(
+    "iapas", "--mode",
+    help="iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
+    "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'.",
+)
 SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
 ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
 EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
 ImageNormOpt = typer.Option(
-    True, "--image-norm/--no-image-norm",
+    None, "--image-norm/--no-image-norm",
     help="Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
-    "reference code does. Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    "reference code does (default: on, except --mode base --protocol paper, where the reference skips it). "
+    "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    show_default=False,
+)
+ImageScoreOpt = typer.Option(
+    None, "--image-score", show_default=False,
+    help="Image score of the image metrics: paper (each image's maximum of the normalised 400x400 stack, the "
+    "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
+    "default under --protocol full). Applied when the metrics are computed.",
 )
 DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
 SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
-DtypeOpt = typer.Option("auto", "--dtype", help="float32, float16, bfloat16, or auto.")
+DtypeOpt = typer.Option(
+    None, "--dtype", show_default=False,
+    help="Detector and SAM precision: float32 (the default: the reference code's), float16, bfloat16 or auto "
+    "(float16 on GPU). Stage 1's models use it too when given, else auto.",
+)
+#: The detector's and SAM's precision in evaluate and bench when --dtype is not given (the reference ran float32).
+EVAL_DTYPE = "float32"
 BatchOpt = typer.Option(1, "--batch-size", min=1, help="Images per model forward.")
 BoxThresholdOpt = typer.Option(0.1, "--box-threshold", help="Detector box threshold (the paper's 0.1).")
 TextThresholdOpt = typer.Option(0.1, "--text-threshold", help="Detector text threshold (the paper's 0.1).")
@@ -63,15 +82,28 @@ LlmModelOpt = typer.Option(None, "--llm-model", help="transformers: hub id or fo
 LlmBaseUrlOpt = typer.Option(None, "--llm-base-url", help="openai: server URL (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL).")
 LlmTimeoutOpt = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request.")
 LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs.")
+LlmFallbackOpt = typer.Option(
+    "auto", "--llm-fallback",
+    help="auto: when the LLM fails, a profile's nouns come from the knowledge vocabulary; never: stop with an error.",
+)
 KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
 PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
 ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
+ObjectJoinOpt = typer.Option(
+    "phrase", "--object-join",
+    help="Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
+    "with a comma to the last word (comma).",
+)
+PromptStyleOpt = typer.Option(
+    "reference", "--prompt-style",
+    help="Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording).",
+)
 RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
 ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
 FuseOpt = typer.Option(
     False, "--fuse-object-detection", help="Take the object box from the caption's forward (one detector forward; not the paper's method)."
 )
-MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels (decompression-bomb guard).")
+MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images with more pixels (decompression-bomb guard).")
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -217,8 +249,17 @@ def print_summary(result: Any) -> None:
     out = Path(result.out_dir)
     files = ["metrics.md", "metrics.csv", "metrics.json", "report.html"]
     console.print("wrote " + ", ".join(str(out / f) for f in files if (out / f).exists()), highlight=False, soft_wrap=True)
+    unmasked = sum(c.metrics.n_pixel_excluded for c in result.categories if c.metrics is not None)
+    if unmasked:
+        console.print(f"{unmasked} defective image(s) have no mask: left out of the pixel metrics, kept in the image metrics")
     if result.n_failed_images:
         console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
+    fell_back = {c.name: c.profile.llm_fallback for c in result.categories if c.profile.llm_fallback}
+    if fell_back:
+        console.print(
+            f"LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the LLM, "
+            f"because {next(iter(fell_back.values()))}", markup=False, highlight=False, soft_wrap=True,
+        )
     if result.stopped:
         left = [c.name for c in result.categories if c.error == "not evaluated: the run stopped early"]
         print_stopped(result.stopped, f"categories not evaluated: {', '.join(left) or 'none'}")
@@ -275,7 +316,8 @@ def evaluate_cmd(
     mask_pattern: str = MaskPatternOpt,
     reference_dir: str = ReferenceDirOpt,
     eval_size: int = EvalSizeOpt,
-    image_norm: bool = ImageNormOpt,
+    image_norm: bool | None = ImageNormOpt,
+    image_score: str = ImageScoreOpt,
     profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
@@ -295,9 +337,12 @@ def evaluate_cmd(
     llm_base_url: str = LlmBaseUrlOpt,
     llm_timeout: float = LlmTimeoutOpt,
     llm_retries: int = LlmRetriesOpt,
+    llm_fallback: LlmFallback = LlmFallbackOpt,
     knowledge_file: Path = KnowledgeOpt,
     prompts: str = PromptsOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -308,8 +353,9 @@ def evaluate_cmd(
 
     Makes (or reuses) the stage-1 profile of each category in OUT/profiles, segments every test
     image (resumable: a re-run skips finished images), resizes maps to 400x400 (bicubic) and masks
-    (nearest), min-max normalises each image's map (--no-image-norm: not) and then each category's
-    maps over its stack, and writes metrics.csv/json/md
+    (nearest) with OpenCV's arithmetic under --protocol paper (PIL's under full), min-max normalises
+    each image's map (--no-image-norm: not) and then each category's maps over its stack, and
+    writes metrics.csv/json/md
     (pixel AP, pixel F1-max and companions per category and their mean), predictions/CATEGORY.jsonl,
     maps/ (float32 .npz) and a self-contained report.html.
 
@@ -323,13 +369,16 @@ def evaluate_cmd(
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
         n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
-        image_norm=image_norm,
+        image_norm=image_norm, image_score=image_score,
     )
+    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
-        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
+        knowledge_file=knowledge_file,
+        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
 
@@ -342,6 +391,10 @@ def evaluate_cmd(
         loader.categories()
         if not restart:  # refuse a conflicting folder before spending time on loading models
             check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
+        if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models
+            from iapas.models.detector import check_caption_length
+
+            check_caption_length(caption, detector)
     except (DatasetError, ValueError, RunConflictError) as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
@@ -385,7 +438,7 @@ def bench_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
-    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep or wrong-tag (repeatable)."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style or prompt-transfer (repeatable)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
@@ -394,7 +447,8 @@ def bench_cmd(
     seed: int = SeedOpt,
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
-    image_norm: bool = ImageNormOpt,
+    image_norm: bool | None = ImageNormOpt,
+    image_score: str = ImageScoreOpt,
     detector: str = DetectorOpt,
     segmenter: str = SegmenterOpt,
     device: str = DeviceOpt,
@@ -412,8 +466,11 @@ def bench_cmd(
     llm_base_url: str = LlmBaseUrlOpt,
     llm_timeout: float = LlmTimeoutOpt,
     llm_retries: int = LlmRetriesOpt,
+    llm_fallback: LlmFallback = LlmFallbackOpt,
     knowledge_file: Path = KnowledgeOpt,
     object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -443,12 +500,16 @@ def bench_cmd(
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, n_references=references, seed=seed,
         eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels, image_norm=image_norm,
+        image_score=image_score,
     )
+    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
         mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, knowledge_file=knowledge_file,
-        object_tag=None, prompts=None, include_object_tag=object_in_caption,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=dtype,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
+        knowledge_file=knowledge_file,
+        object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.data import canonical_name
 
@@ -479,7 +540,7 @@ def bench_cmd(
 def _print_bench(bench: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max (%)")
+    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max / paper's 100-thr. F1-max (%)")
     table.add_column("dataset")
     labels = bench.column_labels()
     for _, label in labels:
@@ -488,7 +549,7 @@ def _print_bench(bench: Any) -> None:
         cells = []
         for name, _ in labels:
             v = row.get(name)
-            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])}")
+            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])} / {_fmt(v['pixel_f1_max_100'])}")
         table.add_row(escape(str(row["dataset"])), *cells)
     console.print(table)
     for name, errs in bench.errors.items():

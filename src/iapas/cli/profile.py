@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
-from iapas.prompts.resources import LLMS, TAGGERS, Stage1Models, Stage1Options
+from iapas.prompts.resources import LLMS, TAGGERS, LlmFallback, Stage1Models, Stage1Options
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def profile_cmd(
     ),
     llm_timeout: float = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request."),
     llm_retries: int = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs."),
+    llm_fallback: LlmFallback = typer.Option(
+        "auto", "--llm-fallback",
+        help="auto: when the LLM fails (to load, to reply, or with no usable noun) use the knowledge vocabulary; "
+        "never: fail instead (exit 1), for batch jobs that need the LLM's nouns.",
+    ),
     knowledge_file: Path = typer.Option(None, "--knowledge", help="A knowledge YAML to use instead of the built-in vocabulary."),
     prompts: str = typer.Option(
         None,
@@ -75,6 +80,15 @@ def profile_cmd(
     ),
     object_in_caption: bool = typer.Option(
         True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."
+    ),
+    object_join: str = typer.Option(
+        "phrase", "--object-join",
+        help="How the object tag joins the caption: phrase (its own phrase, 'defect . bottle .') or comma (the reference "
+        "code's: one phrase with the last word, 'defect, bottle .').",
+    ),
+    prompt_style: str = typer.Option(
+        "reference", "--prompt-style",
+        help="The LLM's messages: reference (the paper's reference code's, word for word) or inspector (iapas's own wording).",
     ),
     force: bool = typer.Option(
         False,
@@ -121,8 +135,9 @@ def profile_cmd(
             llm=llm, llm_model=llm_model, llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries,
             knowledge_file=knowledge_file, object_tag=object_tag,
             nouns=split_word_list(prompts) if prompts is not None else None,
-            include_object_tag=object_in_caption, size_threshold=size_threshold, seed=seed, device=device, dtype=dtype,
-            detector=detector,
+            include_object_tag=object_in_caption, object_join=object_join, prompt_style=prompt_style,
+            size_threshold=size_threshold, seed=seed, device=device, dtype=dtype, detector=detector,
+            llm_fallback=llm_fallback,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -142,19 +157,20 @@ def profile_cmd(
             "give --reference DIR (normal images of the product) to run stage 1, or --object TAG and "
             "--prompts 'noun, noun' to write a profile by hand"
         )
-    from iapas.io import find_images
+    from iapas.io import mask_rule, search_images
     from iapas.prompts.stage1 import Stage1Error, select_references
 
-    paths, problems = find_images(list(reference))
-    for problem in problems:
+    search = search_images(list(reference))  # leaves out the masks of folders (and says so)
+    paths = search.paths
+    for problem in search.problems:
         _say(f"warning: {problem}")
-    dataset_like = _dataset_like(list(reference), paths)
+    dataset_like = _dataset_like(list(reference), paths + [m for m, _ in search.masks])
     if dataset_like:
         raise fail(dataset_like)
-    masks = [p for p in paths if _is_mask(p)]
+    masks = [p for p in paths if mask_rule(p)]  # named one by one: still not references
     if masks:
-        _say(f"warning: left out {len(masks)} mask image(s) (*_mask.*, e.g. {masks[0]}): masks are not reference images")
-        paths = [p for p in paths if not _is_mask(p)]
+        _say(f"warning: left out {len(masks)} mask image(s) ({mask_rule(masks[0])}, e.g. {masks[0]}): masks are not reference images")
+        paths = [p for p in paths if not mask_rule(p)]
     if not paths:
         raise fail("no reference images found in " + ", ".join(reference))
     if references > len(paths):
@@ -167,11 +183,6 @@ def profile_cmd(
     status = _make_one(category, chosen, out, opts, run, models)
     if status == "conflict":
         raise typer.Exit(2)
-
-
-def _is_mask(path: Path) -> bool:
-    """A ground-truth mask by its name (MVTec and most datasets: ``000_mask.png``)."""
-    return path.stem.lower().endswith("_mask")
 
 
 def _dataset_like(inputs: list[str], paths: list[Path]) -> str | None:
@@ -237,7 +248,7 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
     prompts = ",".join(nouns)  # the --prompts text as typed, as Stage1Models.settings records it
     settings = {
         "mode": "manual", "object": opts.object_tag, "prompts": prompts, "size_threshold": opts.size_threshold,
-        "include_object_tag": opts.include_object_tag,
+        "include_object_tag": opts.include_object_tag, "object_join": opts.object_join,
     }
     digest = input_hash(category, [], settings)
     decision = _keep_existing(out, digest, run.force, opts.size_threshold)
@@ -252,7 +263,11 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
             nouns,
             include_object_tag=opts.include_object_tag,
             size_threshold=opts.size_threshold,
-            stage1={"source": "manual", "prompts": prompts, "input_hash": digest, "iapas_version": __version__},
+            object_join=opts.object_join,
+            stage1={
+                "source": "manual", "prompts": prompts, "object_join": opts.object_join, "input_hash": digest,
+                "iapas_version": __version__,
+            },
         )
         profile.save(out)
     except (ProfileError, OSError) as exc:
@@ -332,10 +347,10 @@ def _make_one(
     if decision != "write":
         return decision
     try:
+        llm = models.llm()  # first: an LLM that cannot be loaded is known before any other stage-1 work
         knowledge = models.knowledge()
         detector = models.detector()
         tagger = None if opts.object_tag else models.tagger()
-        llm = models.llm()
         with _progress(run.quiet, category) as on_progress:
             profile = build_profile(
                 category,
@@ -348,24 +363,38 @@ def _make_one(
                 object_tag=opts.object_tag,
                 nouns=opts.nouns,
                 include_object_tag=opts.include_object_tag,
+                object_join=opts.object_join,
+                prompt_style=opts.prompt_style,
                 size_threshold=opts.size_threshold,
                 input_digest=digest,
                 progress=on_progress,
+                llm_fallback=opts.llm_fallback != "never",
             )
         if extra:
             profile.stage1.update(extra)
         profile.save(out)
+    except LLMError as exc:  # only with --llm-fallback never
+        raise fail(str(exc), 1) from None
     except errors as exc:
         raise fail(str(exc)) from None
     record = profile.stage1
     size = f"{profile.object_size:.3f}" if profile.object_size is not None else "unknown"
-    _say(f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'")
-    if record.get("fallback_used"):
-        _say(f"LLM fallback: {record.get('fallback_reason')}; used the knowledge vocabulary")
     dropped = record.get("caption", {}).get("dropped_nouns")
     if dropped:
         _say(f"caption too long for the detector: dropped {', '.join(dropped)}")
+    _say(f"wrote {out}: object '{profile.object_tag}' (size {size}), caption '{profile.caption}'" + fallback_note(record))
     return "written"
+
+
+def fallback_note(stage1: Any) -> str:
+    """'; ...' saying in words that the knowledge fallback replaced the LLM and why, for the end
+    of a summary line; '' when the LLM (or the user) gave the nouns."""
+    from iapas.prompts.stage1 import fallback_reason
+
+    reason = fallback_reason(stage1)
+    if reason is None:
+        return ""
+    return f"; LLM fallback: the anomaly nouns come from the knowledge vocabulary, not the LLM, because {reason}"
 
 
 class _progress:
@@ -430,6 +459,23 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
         statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, run, models, extra)
     conflicts = [c for c, s in statuses.items() if s == "conflict"]
     written = [c for c, s in statuses.items() if s == "written"]
-    _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}")
+    from iapas.profile import Profile, ProfileError
+    from iapas.prompts.stage1 import fallback_reason
+
+    fell_back: dict[str, str] = {}
+    for cat in written:
+        try:
+            reason = fallback_reason(Profile.load(out / f"{cat}.yaml").stage1)
+        except ProfileError:
+            continue
+        if reason is not None:
+            fell_back[cat] = reason
+    note = ""
+    if fell_back:
+        note = (
+            f"; LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the "
+            f"LLM, because {next(iter(fell_back.values()))}"
+        )
+    _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}{note}")
     if conflicts:
         raise typer.Exit(2)

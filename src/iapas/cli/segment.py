@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -34,7 +35,10 @@ def segment_cmd(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto (GPU when there is one)."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU)."),
     mode: str = typer.Option("iapas", help="iapas: the profile's caption and the size filter; base: the paper's baseline ('defect . abnormal .', no size filter)."),
-    threshold: float = typer.Option(0.3, help="Anomaly score at which a pixel counts as anomalous in masks/ (map = sum of box confidences)."),
+    threshold: float = typer.Option(
+        None, min=0.0,
+        help="Manual OK/NG threshold instead of the profile's calibrated one: NG when the score is above it (recorded as rule 'manual'). Without a decision at all, masks/ is the map >= 0.3.",
+    ),
     size_threshold: float = typer.Option(None, help="Override the profile's size threshold (drop boxes >= this fraction of the object's area)."),
     box_threshold: float = typer.Option(0.1, help="Detector box threshold (the paper's 0.1)."),
     text_threshold: float = typer.Option(0.1, help="Detector text threshold (the paper's 0.1)."),
@@ -45,7 +49,7 @@ def segment_cmd(
         help="Take the object box from the caption's forward (the caption ends with the object tag) and save one detector forward per image. Not the paper's method: object scores come from the object tag's tokens inside the longer caption.",
     ),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write colour overlays with the boxes."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this (decompression-bomb guard)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (decompression-bomb guard)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the results already in --out instead of resuming."),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
@@ -53,20 +57,23 @@ def segment_cmd(
     """Segment anomalies on images with a category profile.
 
     Writes, per image, a 16-bit PNG of the anomaly map (pixel value / 10000 = score), a binary mask
-    PNG at --threshold, a colour overlay, and one JSON line in OUT/results.jsonl (boxes kept and
-    dropped with phrases and scores, object box, image score, timings). A run that stops part way
-    resumes where it left off when run again; a full disk stops it early with the command to
-    resume. The exit code is 1 if any image failed or the run stopped early. A second run into
-    the same --out while one is running is refused.
+    PNG, a colour overlay, and one JSON line in OUT/results.jsonl (boxes kept and dropped with
+    phrases and scores, object box, image score, timings). With a calibrated profile ('iapas
+    calibrate') or --threshold, every image gets an OK/NG decision and the mask is the decision
+    mask (empty exactly when OK). A run that stops part way resumes where it left off when run
+    again; a full disk stops it early with the command to resume. The exit code is 1 if any
+    image failed or the run stopped early. A second run into the same --out while one is
+    running is refused.
 
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(verbose, quiet)
-    from iapas.io import find_images_with_roots
+    from iapas.io import mask_rule, search_images, show_path
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
-    from iapas.runner import RunConflictError, run_segmentation
+    from iapas.decision import Decision
+    from iapas.runner import RunConflictError, run_segmentation, run_signature
 
     profile = None
     if profile_path is not None:
@@ -86,15 +93,41 @@ def segment_cmd(
     if blocking is not None:  # fail now, not after loading the models
         where = "is a file" if blocking == out else f"is inside {blocking}, which is a file"
         raise fail(f"--out {out} {where}; it must be a folder (new or from an earlier run)")
-    found, problems = find_images_with_roots(images, exclude=out, keep_missing=True)
+    search = search_images(images, exclude=out, keep_missing=True)
+    found, problems = search.found, list(search.problems)
+    inside_out = ", ".join(search.excluded_inputs)
+    if search.excluded_inputs and found:
+        problems += [f"{item}: left out: its images are inside --out {out} (a run never reads its own output folder)"
+                     for item in search.excluded_inputs]
     for problem in problems:
         print_error(problem)
     if not any(p.exists() or p.is_symlink() for p, _ in found):
         for p, _ in found:  # only missing files: nothing to load models for
-            print_error(f"{p}: file not found")
+            print_error(f"{show_path(p)}: file not found")
+        if inside_out:
+            raise fail(f"no images to segment: the images of {inside_out} were left out because they are inside --out {out} "
+                       "(a run never reads its own output folder); give an --out folder outside the inputs")
         raise fail("no images to segment")
+    decision = profile.decision if profile is not None else None
+    if threshold is not None:  # a manual override keeps the calibrated minimum defect area and score range
+        manual = Decision.manual(threshold, decision.min_defect_area if decision else 0)
+        if decision is not None:
+            manual.score_min, manual.score_max = decision.score_min, decision.score_max
+        decision = manual
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
+    named_masks = [p for p in paths if mask_rule(p)]
+    if named_masks and len(named_masks) < len(paths):  # as a shell expands 'kos01/*'
+        logging.getLogger(__name__).warning(
+            "taking %d file(s) named like ground-truth masks (e.g. %s) because they were named one by one; "
+            "give the folder or a quoted pattern ('dir/*') to have masks left out", len(named_masks), named_masks[0])
+    if profile is not None:  # a caption the detector cannot read: say so before loading the models
+        from iapas.models.detector import check_caption_length
+
+        try:
+            check_caption_length(profile.caption, detector)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
     try:
         config = PipelineConfig(
@@ -112,6 +145,8 @@ def segment_cmd(
             pipeline = Pipeline.from_config(config)
     except (ModelLoadError, ValueError) as exc:
         raise fail(str(exc)) from None
+    if decision is not None and decision.rule != "manual":
+        warn_if_other_settings(decision, run_signature(pipeline, profile))
 
     from iapas.cli.progress import RunProgress
 
@@ -126,12 +161,13 @@ def segment_cmd(
         try:
             summary = run_segmentation(
                 paths, pipeline, profile, out,
-                threshold=threshold, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
+                threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size,
+                overlay=overlay, max_pixels=max_pixels, restart=restart,
                 on_image=lambda key, status: progress.advance(task, status), roots=roots,
             )
         except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
-    print_summary(summary, out, len(problems))
+    print_summary(summary, out, len(problems), decision)
     failed = len(summary.failed) + len(problems)
     if summary.interrupted:
         raise typer.Exit(130)
@@ -139,7 +175,33 @@ def segment_cmd(
         raise typer.Exit(1)
 
 
-def print_summary(summary: "RunSummary", out: Path, missing: int) -> None:  # noqa: F821
+def warn_if_other_settings(decision: "Decision", signature: dict) -> None:  # noqa: F821
+    """The threshold holds for the models and settings it was calibrated with: say when they differ."""
+    if not decision.signature:
+        return
+    changed = sorted(k for k in set(signature) | set(decision.signature) if decision.signature.get(k) != signature.get(k))
+    if changed:
+        console.print(
+            f"[yellow]warning[/]: the profile's threshold was calibrated with other settings ({', '.join(changed)}); "
+            "its false-alarm rate does not hold for this run: run 'iapas calibrate' again with these settings",
+            soft_wrap=True, highlight=False,
+        )
+
+
+def verdict_counts(out: Path, keys: list[str]) -> dict[str, int]:
+    """OK and NG among this run's images, from OUT/results.jsonl."""
+    from iapas.runner import RESULTS_FILE, ResultsLog
+
+    records = ResultsLog(out / RESULTS_FILE).read()
+    counts = {"OK": 0, "NG": 0}
+    for key in keys:
+        verdict = records.get(key, {}).get("decision")
+        if verdict in counts:
+            counts[verdict] += 1
+    return counts
+
+
+def print_summary(summary: "RunSummary", out: Path, missing: int, decision: "Decision | None" = None) -> None:  # noqa: F821
     from rich.table import Table
 
     table = Table(title="iapas segment", show_header=False)
@@ -154,8 +216,18 @@ def print_summary(summary: "RunSummary", out: Path, missing: int) -> None:  # no
     top = sorted(summary.scores, key=lambda kv: -kv[1])[:5]
     if top:
         table.add_row("highest image scores", ", ".join(f"{k} {v:.3f}" for k, v in top))
+    if decision is not None:
+        counts = verdict_counts(out, [k for k, _ in summary.scores])
+        rule = "manual --threshold" if decision.rule == "manual" else f"{decision.rule}, profile"
+        table.add_row("OK / NG", f"{counts['OK']} / {counts['NG']} (threshold {decision.threshold:g}, {rule})")
     table.add_row("results", str(out / "results.jsonl"))
     console.print(table)
+    if decision is None:
+        console.print(
+            "no OK/NG decision: the profile has no calibrated threshold; make one with "
+            "'iapas calibrate --profile P --normal NORMAL_IMAGES --out DIR' (or give --threshold)",
+            soft_wrap=True, highlight=False,
+        )
     if summary.failed or missing:
         console.print(f"[bold red]{len(summary.failed) + missing} input(s) failed[/]; see the errors above and results.jsonl")
     if summary.interrupted:

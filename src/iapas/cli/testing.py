@@ -8,7 +8,9 @@ import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, setup_logging
 
-app = typer.Typer(help="Offline checks: tiny random models of the real architectures.", no_args_is_help=True)
+app = typer.Typer(
+    help="Offline checks: tiny random models of the real architectures.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command("make-tiny-models")

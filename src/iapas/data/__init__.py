@@ -6,6 +6,7 @@
 """
 
 from iapas.data.base import (
+    DEFAULT_PROTOCOL,
     DEFAULT_REFERENCES,
     DEFAULT_SEED,
     PROTOCOLS,
@@ -22,6 +23,7 @@ from iapas.data.registry import ALIASES, DATASETS, canonical_name, get_dataset
 __all__ = [
     "ALIASES",
     "DATASETS",
+    "DEFAULT_PROTOCOL",
     "DEFAULT_REFERENCES",
     "DEFAULT_SEED",
     "PROTOCOLS",

@@ -20,6 +20,7 @@ from iapas.io import IMAGE_SUFFIXES
 logger = logging.getLogger(__name__)
 
 PROTOCOLS: tuple[str, ...] = ("full", "paper")
+DEFAULT_PROTOCOL = "paper"  # what ``iapas evaluate`` and ``iapas data summary`` use unless told
 DEFAULT_REFERENCES = 10
 DEFAULT_SEED = 0
 
@@ -34,7 +35,9 @@ class Sample:
 
     ``mask_path`` is the ground-truth mask file, or None: normal samples never carry one (their mask
     is all zeros), and an anomalous sample whose mask file is missing has None too (the category's
-    notes say so). Read masks with :func:`iapas.data.masks.sample_mask`.
+    notes say so). Read masks with :func:`iapas.data.masks.sample_mask`. ``part`` is the
+    sub-folder the image comes from where a protocol scores those separately (KSDD1's ``kosNN``
+    folders under the paper protocol), else ''.
     """
 
     path: Path
@@ -42,6 +45,7 @@ class Sample:
     mask_path: Path | None
     defect_type: str
     category: str
+    part: str = ""
 
     @property
     def is_anomalous(self) -> bool:
@@ -54,6 +58,9 @@ class Category:
 
     ``references`` are the normal images stage 1 may look at; none of them is in ``test``.
     ``notes`` are user-facing sentences about how the category was assembled (put them in reports).
+    ``split_parts``: the protocol scores each part (:attr:`Sample.part`) as its own category
+    (:meth:`parts`), all with this category's references and stage-1 profile. ``product``: for
+    such a part, the category it belongs to (whose profile it uses); '' otherwise.
     """
 
     name: str
@@ -62,6 +69,8 @@ class Category:
     notes: list[str] = field(default_factory=list)
     dataset: str = ""
     protocol: str = "full"
+    split_parts: bool = False
+    product: str = ""
 
     @property
     def anomalous(self) -> int:
@@ -85,6 +94,23 @@ class Category:
     def defect_types(self) -> list[str]:
         """The defect types of the anomalous test samples, sorted."""
         return sorted({s.defect_type for s in self.test if s.label == 1})
+
+    def parts(self) -> list[Category]:
+        """The categories an evaluation scores: ``[self]``, or with ``split_parts`` one per part.
+
+        A part keeps the test samples of one ``Sample.part`` (in test order, parts in order of
+        first appearance), the product's references (none of which is in any part's test set)
+        and no notes (the product's notes hold for every part: report them once).
+        """
+        if not self.split_parts:
+            return [self]
+        groups: dict[str, list[Sample]] = {}
+        for sample in self.test:
+            groups.setdefault(sample.part, []).append(sample)
+        return [
+            Category(part, list(self.references), samples, [], self.dataset, self.protocol, product=self.name)
+            for part, samples in groups.items()
+        ]
 
 
 @runtime_checkable
@@ -120,6 +146,7 @@ class Scan:
     no_train: str = ""
     train_missing: bool = False
     notes: list[str] = field(default_factory=list)
+    paper_extra: list[Sample] = field(default_factory=list)  # tested too under the paper protocol
 
 
 def natural_key(text: str) -> list[object]:
@@ -198,7 +225,10 @@ class DatasetBase:
     Class attributes: ``name`` (registry name), ``title`` (human name), ``layout`` (one line on the
     expected folder layout, used in errors and ``--help``), ``expected_categories`` (the official
     list, to tell a user what a download lacks), ``paper_keeps_normals`` (whether the paper
-    protocol keeps the normal test images).
+    protocol keeps the normal test images), ``paper_scores_parts`` (whether the paper protocol
+    scores each :attr:`Sample.part` as its own category, see :meth:`Category.parts`) and
+    ``paper_note`` (a sentence for the notes of a paper-protocol category: how it differs from
+    the reference code).
     """
 
     name: str = ""
@@ -206,6 +236,8 @@ class DatasetBase:
     layout: str = ""
     expected_categories: tuple[str, ...] = ()
     paper_keeps_normals: bool = True
+    paper_scores_parts: bool = False
+    paper_note: str = ""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
@@ -231,6 +263,10 @@ class DatasetBase:
         if not found:
             raise DatasetError(f"{self.root}: no {self.title} categories found; expected {self.layout}")
         return found
+
+    def data_dirs(self) -> list[Path]:
+        """The folders that hold this dataset's files (checked for empty sub-folders): the root."""
+        return [self.root]
 
     def missing_categories(self) -> list[str]:
         """Official categories of this dataset that are not under the root (an incomplete download)."""
@@ -296,10 +332,30 @@ class DatasetBase:
                     )
                     notes.append(short[0].upper() + short[1:])
                     logger.warning("%s: %s", category, short)
-        if protocol == "paper" and not self.paper_keeps_normals:
+        paper = protocol == "paper"
+        if paper and scan.paper_extra:
+            chosen = set(references)
+            extra = [s for s in scan.paper_extra if s.path not in chosen and (s.label == 1 or self.paper_keeps_normals)]
+            test += extra
+            notes.append(
+                f"Paper protocol: {len(extra)} defective images of the train split are tested too, as the reference "
+                "code did (the references are never among them)."
+            )
+        if paper and not self.paper_keeps_normals:
             dropped = sum(1 for s in test if s.label == 0)
             test = [s for s in test if s.label == 1]
             notes.append(f"Paper protocol: defective test images only ({dropped} normal test images left out).")
+        split = paper and self.paper_scores_parts
+        if split:
+            n_parts = len({s.part for s in test})
+            notes.append(
+                f"Paper protocol: each of the {n_parts} folders is scored as its own category and the metrics are "
+                f"averaged over the folders, as the reference code does; stage 1 ran once for {category}, from "
+                "references drawn over all folders and left out of every folder's test set (the reference code "
+                "drew references per folder and tested them too)."
+            )
+        if paper and self.paper_note:
+            notes.append(self.paper_note)
         return Category(
             name=category,
             references=references,
@@ -307,4 +363,5 @@ class DatasetBase:
             notes=notes,
             dataset=self.name,
             protocol=protocol,
+            split_parts=split,
         )

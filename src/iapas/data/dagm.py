@@ -6,7 +6,9 @@ When an image is not listed (or there is no Labels.txt), the presence of ``Label
 decides. Downloads that nest ``ClassN/ClassN/Train`` are accepted. References come from the normal
 ``Train`` images.
 
-Paper protocol: only the test images with a label (the defective ones).
+Paper protocol: the images with a label (the defective ones) of both ``Train`` and ``Test``, as the
+reference code scored them. The references stay normal (label 0) ``Train`` images, so none of them
+is tested (the reference code took its references among the defective images).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class DAGM(DatasetBase):
     )
     expected_categories = tuple(f"Class{i}" for i in range(1, 11))
     paper_keeps_normals = False
+    paper_note = "References: normal (label 0) Train images; the reference code took defective ones."
 
     def _class_dir(self, folder: Path) -> Path | None:
         for candidate in (folder, folder / folder.name):
@@ -88,6 +91,10 @@ class DAGM(DatasetBase):
         assert base is not None  # categories() checked it
         notes: list[str] = []
         test = self._split(base / "Test", category, notes)
-        train = [s.path for s in self._split(base / "Train", category, []) if s.label == 0]
+        train_split = self._split(base / "Train", category, notes)
+        train = [s.path for s in train_split if s.label == 0]
         no_train = "" if train else f"{base / 'Train'} has no normal images (the train split is missing)"
-        return Scan(test=test, train_normals=train, no_train=no_train, train_missing=not train, notes=notes)
+        defective_train = [s for s in train_split if s.label == 1]
+        return Scan(
+            test=test, train_normals=train, no_train=no_train, train_missing=not train, notes=notes, paper_extra=defective_train
+        )

@@ -54,6 +54,11 @@ class FolderDataset(DatasetBase):
             f"masks ROOT/{masks}/{mask_pattern}" + (f", references ROOT/{references}/" if references else "")
         )
 
+    def data_dirs(self) -> list[Path]:
+        """The normal, anomalous, masks and references folders that exist (ROOT may hold other things)."""
+        names = [self.normal, self.anomalous, self.masks] + ([self.references] if self.references else [])
+        return [self.root / n for n in names if (self.root / n).is_dir()]
+
     def _discover(self) -> list[str]:
         if (self.root / self.normal).is_dir() or (self.root / self.anomalous).is_dir():
             return [self.category]

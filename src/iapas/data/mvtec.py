@@ -1,11 +1,11 @@
-"""Datasets in the MVTec AD layout: MVTec AD, MPDD, BTAD and DTD-Synthetic.
+"""Datasets in the MVTec AD layout: MVTec AD, MPDD, BTAD, DTD-Synthetic and WFDD.
 
 ``<cat>/train/<normal>/*``, ``<cat>/test/<type>/*`` (the normal folder is ``good``, or ``ok`` for
 BTAD), masks in ``<cat>/ground_truth/<type>/`` named ``<stem>_mask.<ext>`` or ``<stem>.<ext>``, matched
 by stem whatever the extension (BTAD mixes .bmp and .png).
 
 Paper protocol (the reference code's test images), as we read METHOD.md: MVTec AD keeps the whole
-test split; BTAD only ``test/ko``; MPDD and DTD-Synthetic skip the normal folders (defective images
+test split; BTAD only ``test/ko``; MPDD, DTD-Synthetic and WFDD skip the normal folders (defective images
 only), since for every dataset but MVTec AD the reference code skipped the normal test folders.
 """
 
@@ -129,4 +129,22 @@ class DTDSynthetic(MVTecStyleDataset):
         "Blotchy_099", "Fibrous_183", "Marbled_078", "Matted_069", "Mesh_114", "Perforated_037",
         "Stratified_154", "Woven_001", "Woven_068", "Woven_104", "Woven_125", "Woven_127",
     )  # fmt: skip
+    paper_keeps_normals = False
+
+
+class WFDD(MVTecStyleDataset):
+    """WFDD, the woven fabric defect dataset (4 fabrics), MVTec layout. Paper protocol = defective test images only.
+
+    The reference code reads it exactly as MPDD: ``<fabric>/train/good`` for the references,
+    ``<fabric>/test/<type>/*.png``, masks ``<fabric>/ground_truth/<type>/<stem>_mask.png``, and skips
+    ``test/good``.
+    """
+
+    name = "wfdd"
+    title = "WFDD"
+    layout = (
+        "ROOT/<fabric>/test/<defect type>/*.png with normal images in test/good, normal training images in "
+        "<fabric>/train/good/ and masks in <fabric>/ground_truth/<defect type>/<stem>_mask.png"
+    )
+    expected_categories = ("grey_cloth", "grid_cloth", "pink_flower", "yellow_cloth")
     paper_keeps_normals = False

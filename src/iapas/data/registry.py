@@ -10,8 +10,9 @@ from iapas.data.base import DatasetBase, DatasetError
 from iapas.data.dagm import DAGM
 from iapas.data.folder import FolderDataset
 from iapas.data.ksdd import KSDD1
+from iapas.data.ksdd2 import KSDD2
 from iapas.data.mtd import MTD
-from iapas.data.mvtec import BTAD, MPDD, DTDSynthetic, MVTecAD
+from iapas.data.mvtec import BTAD, MPDD, WFDD, DTDSynthetic, MVTecAD
 from iapas.data.visa import VisA
 
 DATASETS: dict[str, type[DatasetBase]] = {
@@ -23,6 +24,8 @@ DATASETS: dict[str, type[DatasetBase]] = {
     "dtd": DTDSynthetic,
     "dagm": DAGM,
     "visa": VisA,
+    "ksdd2": KSDD2,
+    "wfdd": WFDD,
     "folder": FolderDataset,
 }
 
@@ -36,6 +39,9 @@ ALIASES: dict[str, str] = {
     "dtd_synthetic": "dtd",
     "dagm2007": "dagm",
     "dagm_2007": "dagm",
+    "kolektorsdd2": "ksdd2",
+    "kolektor2": "ksdd2",
+    "woven_fabric": "wfdd",
     "custom": "folder",
 }
 

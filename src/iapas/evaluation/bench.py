@@ -19,10 +19,23 @@ size-sweep     ``size-0.5`` ... ``size-1.5``: size thresholds (the default colum
 wrong-tag      ``wrong-tag``: stage 1 run with each category's object tag replaced by another
                category's (never the category itself or its true tag; else an unrelated everyday
                object such as 'banana'), to see how gracefully it fails
+prompt-style   ``prompt-inspector`` (or ``prompt-reference`` when the default column uses the
+               inspector style): stage 1 asks the LLM with the other prompt style's messages
+prompt-        ``prompt-transfer``: each category segmented with the stage-1 profile (object tag,
+transfer       object size, caption) of every other category, reported as a matrix (rows: the
+               category segmented, columns: whose profile) next to the own-profile column; on
+               MVTec AD over textures and objects (carpet, leather, bottle, screw) where present
 =============  =====================================================================================
 
+Every column of a dataset is scored on the same test images: where the ablations ask for
+different reference counts (``references``), the test set is drawn once, with the references of
+the largest count excluded (the draws are nested, see
+:func:`~iapas.evaluation.core.restrict_to_pool`), and each column uses it.
+
 Stage-1 profiles are shared by the variants that do not change them: ``OUT/<dataset>/profiles``
-(default, prompt, size-filter, size-sweep), ``profiles-references-1`` and ``profiles-wrong-tag``.
+(default, prompt, size-filter, size-sweep), ``profiles-references-1``, ``profiles-wrong-tag`` and
+``profiles-prompt-<style>``; the transfer runs copy the default profiles into
+``profiles-transfer/<source>/<target>.yaml`` and evaluate into ``prompt-transfer/from-<source>/``.
 On MVTec AD the ablation variants default to the paper's texture categories (carpet, grid,
 leather, tile, wood) when a download has them; the default column always covers every category
 (so its mean is the dataset's), and the bench notes give its mean over the ablation categories too,
@@ -44,10 +57,11 @@ from iapas.data import DatasetError, get_dataset
 from iapas.data.registry import guess_dataset
 from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks, evaluate_dataset
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
-from iapas.io import atomic_write_text
+from iapas.io import atomic_path, atomic_write_text
 from iapas.pipeline import Pipeline
 from iapas.storage import is_disk_full, stop_reason
 from iapas.prompts.caption import BASE_CAPTION
+from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +77,16 @@ DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
     "dagm": ("dagm2007", "dagm"),
 }
 BENCH_DATASETS: tuple[str, ...] = tuple(DATASET_FOLDERS)
-ABLATIONS: tuple[str, ...] = ("references", "prompt", "size-filter", "size-sweep", "wrong-tag")
+ABLATIONS: tuple[str, ...] = (
+    "references", "prompt", "size-filter", "size-sweep", "wrong-tag", "prompt-style", "prompt-transfer"
+)
 ABLATION_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "grid", "leather", "tile", "wood")}
+# prompt-transfer: textures and objects, so a texture's profile is tried on objects and back
+TRANSFER_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "leather", "bottle", "screw")}
+TRANSFER_DIR = "prompt-transfer"
+TRANSFER_PROFILES_DIR = "profiles-transfer"
+# the metrics of the bench table, per variant
+BENCH_METRICS: tuple[str, ...] = ("pixel_ap", "pixel_f1_max", "pixel_f1_max_100")
 SIZE_SWEEP: tuple[float, ...] = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))  # 0.5, 0.6, ..., 1.5
 DEFAULT_SIZE_THRESHOLD = 0.8
 
@@ -122,6 +144,8 @@ class Variant:
     size_filter: bool = True
     size_threshold: float | None = None
     wrong_tag: bool = False
+    prompt_style: str | None = None  # stage 1's LLM prompt style, when not the default column's
+    transfer: bool = False
 
     def settings(self, base: EvalSettings) -> EvalSettings:
         return replace(
@@ -135,6 +159,8 @@ class Variant:
     def profiles_dir_name(self) -> str:
         if self.wrong_tag:
             return "profiles-wrong-tag"
+        if self.prompt_style is not None:
+            return f"profiles-prompt-{self.prompt_style}"
         if self.n_references is not None:
             return f"profiles-references-{self.n_references}"
         return "profiles"
@@ -143,8 +169,12 @@ class Variant:
 DEFAULT_VARIANT = Variant("default", "IAP-AS")
 
 
-def ablation_variants(ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP) -> list[Variant]:
-    """The variants of ``ablations`` (see the module docstring), the default first."""
+def ablation_variants(
+    ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP, *,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
+) -> list[Variant]:
+    """The variants of ``ablations`` (see the module docstring), the default first;
+    ``prompt_style`` is the default column's (the prompt-style variant takes the other one)."""
     unknown = [a for a in ablations if a not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
@@ -169,6 +199,11 @@ def ablation_variants(ablations: Sequence[str], base: EvalSettings, sizes: Seque
                 variants.append(Variant(f"size-{t:g}", f"size {t:g}", size_threshold=float(t)))
         elif ablation == "wrong-tag":
             variants.append(Variant("wrong-tag", "wrong object tag", wrong_tag=True))
+        elif ablation == "prompt-style":
+            other = next(s for s in PROMPT_STYLES if s != prompt_style)
+            variants.append(Variant(f"prompt-{other}", f"{other} prompt", prompt_style=other))
+        elif ablation == "prompt-transfer":
+            variants.append(Variant("prompt-transfer", "other categories' profiles", transfer=True))
     return variants
 
 
@@ -183,11 +218,48 @@ class BenchResult:
     errors: dict[str, dict[str, str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ablation_categories: dict[str, list[str]] = field(default_factory=dict)  # where the ablations run on fewer categories
+    # prompt-transfer: dataset -> source category (whose profile) -> the run of the other categories
+    transfer: dict[str, dict[str, DatasetResult]] = field(default_factory=dict)
+    test_pool_references: int | None = None  # every column's test set is the one this many references leave
     stopped: str | None = None  # why the bench stopped early (the disk is full), see iapas.storage
 
     @property
     def failed(self) -> bool:
-        return self.stopped is not None or bool(self.errors) or any(r.failed for runs in self.results.values() for r in runs.values())
+        runs = [r for by in (self.results, self.transfer) for rs in by.values() for r in rs.values()]
+        return self.stopped is not None or bool(self.errors) or any(r.failed for r in runs)
+
+    def transfer_matrix(self, dataset: str) -> dict[str, Any] | None:
+        """The prompt-transfer matrix of ``dataset``: ``{"categories": [...], "own": {target: metrics},
+        "matrix": {target: {source: metrics}}}`` with metrics ``{pixel_ap, pixel_f1_max, pixel_f1_max_100}``
+        (None where not evaluated); ``own`` is the default column's. None without a transfer run."""
+        runs = self.transfer.get(dataset)
+        if not runs:
+            return None
+        default = self.results.get(dataset, {}).get(DEFAULT_VARIANT.name)
+        sources = list(runs)
+        targets = list(dict.fromkeys(sources + [c.name for r in runs.values() for c in r.categories]))
+
+        def pick(result: DatasetResult | None, name: str) -> dict[str, float] | None:
+            c = next((c for c in result.categories if c.name == name), None) if result is not None else None
+            if c is None or c.metrics is None:
+                return None
+            return {k: float(getattr(c.metrics, k)) for k in BENCH_METRICS}
+
+        matrix = {t: {s: (pick(runs[s], t) if s != t else None) for s in sources} for t in targets}
+        return {"categories": targets, "sources": sources, "own": {t: pick(default, t) for t in targets}, "matrix": matrix}
+
+    def _transfer_mean(self, dataset: str) -> dict[str, Any] | None:
+        data = self.transfer_matrix(dataset)
+        if data is None:
+            return None
+        cells = [v for row in data["matrix"].values() for v in row.values() if v is not None]
+        out: dict[str, Any] = {}
+        for k in BENCH_METRICS:
+            finite = [c[k] for c in cells if math.isfinite(c[k])]
+            out[k] = sum(finite) / len(finite) if finite else float("nan")
+        out["categories"] = len(cells)
+        out["failed"] = any(r.failed for r in self.transfer[dataset].values())
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -196,14 +268,16 @@ class BenchResult:
             title = next((r.title for r in runs.values()), name)
             row: dict[str, Any] = {"dataset": title, "name": name}
             for v in self.variants:
+                if v.transfer:  # the mean over the matrix's cells (category, other category's profile)
+                    row[v.name] = self._transfer_mean(name)
+                    continue
                 r = runs.get(v.name)
                 if r is None:
                     row[v.name] = None
                     continue
                 mean = r.mean()
                 row[v.name] = {
-                    "pixel_ap": mean["pixel_ap"],
-                    "pixel_f1_max": mean["pixel_f1_max"],
+                    **{k: mean[k] for k in BENCH_METRICS},
                     "categories": len([c for c in r.categories if c.metrics is not None]),
                     "failed": r.failed,
                 }
@@ -242,6 +316,62 @@ def _wrong_tag_profiles(
     return wrong
 
 
+def _copy_profile(source: Path, target: Path) -> None:
+    """``source``'s bytes at ``target`` (atomically; untouched when already equal)."""
+    data = source.read_bytes()
+    if target.exists() and target.read_bytes() == data:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def transfer_categories(name: str, available: Sequence[str], wanted: Sequence[str]) -> list[str]:
+    """The categories of the prompt-transfer matrix: those asked for; else the dataset's
+    :data:`TRANSFER_CATEGORIES` found (at least 2); else every category."""
+    if wanted:
+        return list(wanted)
+    preferred = [c for c in TRANSFER_CATEGORIES.get(name, ()) if c in available]
+    return preferred if len(preferred) >= 2 else list(available)
+
+
+def _run_transfer(
+    loader: Any,
+    ds_out: Path,
+    chosen: Sequence[str],
+    pipeline: Pipeline,
+    settings: EvalSettings,
+    *,
+    restart: bool,
+    report: bool,
+    progress: ProgressHooks | None,
+    notes: Sequence[str],
+) -> tuple[dict[str, DatasetResult], list[str]]:
+    """Segment each of ``chosen`` with every other one's default profile; ``{source: run}`` and notes."""
+    own = ds_out / DEFAULT_VARIANT.profiles_dir_name()
+    runs: dict[str, DatasetResult] = {}
+    missing: list[str] = []
+    for source in chosen:
+        path = profile_path(own, source)
+        if not path.exists():  # the default run could not make it: that category failed there
+            missing.append(source)
+            continue
+        targets = [t for t in chosen if t != source]
+        if not targets:
+            continue
+        folder = ds_out / TRANSFER_PROFILES_DIR / source
+        for target in targets:
+            _copy_profile(path, profile_path(folder, target))
+        runs[source] = evaluate_dataset(
+            loader, None, ds_out / TRANSFER_DIR / f"from-{source}", pipeline, settings, categories=targets,
+            profiles_dir=folder, restart=restart, report=report, progress=progress,
+            extra_notes=[*notes, f"Prompt transfer: every category segmented with the profile of {source}."],
+        )
+    out_notes = [f"no profile of {', '.join(missing)} (its default run failed): left out of the transfer"] if missing else []
+    return runs, out_notes
+
+
 def run_bench(
     root_dir: str | Path,
     out_dir: str | Path,
@@ -264,9 +394,13 @@ def run_bench(
     while the default variant still covers every category).
     """
     settings = settings or EvalSettings()
-    variants = ablation_variants(ablations, settings, sizes)
+    variants = ablation_variants(
+        ablations, settings, sizes, prompt_style=stage1.prompt_style if stage1 is not None else DEFAULT_PROMPT_STYLE
+    )
     if any(v.wrong_tag for v in variants) and stage1 is None:
         raise ValueError("the wrong-tag ablation runs stage 1 with wrong object tags: it needs stage-1 options")
+    if any(v.prompt_style for v in variants) and stage1 is None:
+        raise ValueError("the prompt-style ablation runs stage 1 with the other prompt style: it needs stage-1 options")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     found = find_datasets(root_dir)
@@ -284,6 +418,10 @@ def run_bench(
             "Magnetic-tile-defect, DTD-Synthetic, DAGM2007"
         )
     bench = BenchResult(out, variants, found)
+    counts = {v.n_references if v.n_references is not None else settings.n_references for v in variants}
+    if len(counts) > 1:  # one test set for every column: the one the largest reference count leaves
+        bench.test_pool_references = max(counts)
+        settings = replace(settings, test_pool_references=max(counts))
     models = Stage1Models(stage1, pipeline.detector) if stage1 is not None else None
     for name, folder in found.items():
         if bench.stopped is not None:
@@ -319,11 +457,25 @@ def run_bench(
             v_settings = variant.settings(settings)
             profiles_dir = ds_out / variant.profiles_dir_name()
             notes = [] if variant is DEFAULT_VARIANT else [f"Bench variant '{variant.name}': {variant.label}."]
-            if variant.n_references is not None:
+            if bench.test_pool_references is not None:
                 notes.append(
-                    "Where a dataset has no normal training images the references come from the normal test images "
-                    "and are excluded from the test set, so this variant's test set differs from the default's by them."
+                    f"Bench: every column is scored on the same test images, those left after drawing "
+                    f"{bench.test_pool_references} references (where the references come from the normal test images)."
                 )
+            if variant.transfer:
+                transfer_chosen = transfer_categories(name, available, wanted)
+                try:
+                    runs, more = _run_transfer(
+                        loader, ds_out, transfer_chosen, pipeline, v_settings, restart=restart, report=report,
+                        progress=progress, notes=notes,
+                    )
+                except DatasetError as exc:
+                    logger.error("%s %s: %s", name, variant.name, exc)
+                    bench.errors.setdefault(name, {})[variant.name] = str(exc)
+                    continue
+                bench.transfer[name] = runs
+                bench.notes.extend(f"{loader.title} prompt-transfer: {n}." for n in more)
+                continue
             try:
                 if variant.wrong_tag:
                     assert stage1 is not None and models is not None
@@ -331,13 +483,19 @@ def run_bench(
                         loader, variant_chosen or available, settings, ds_out / DEFAULT_VARIANT.profiles_dir_name(), profiles_dir, stage1, models
                     )
                     notes.append("Wrong object tags used: " + ", ".join(f"{c} -> {t}" for c, t in wrong.items()) + ".")
+                v_stage1 = stage1
+                if variant.prompt_style is not None:
+                    assert stage1 is not None
+                    v_stage1 = replace(stage1, prompt_style=variant.prompt_style)
+                    if stage1.llm == "knowledge":
+                        notes.append("The knowledge vocabulary answers without messages: this column equals the default's.")
                 result = evaluate_dataset(
                     loader,
                     None,
                     ds_out / variant.name,
                     pipeline,
                     v_settings,
-                    stage1=stage1,
+                    stage1=v_stage1,
                     stage1_models=models,
                     categories=variant_chosen,
                     profiles_dir=profiles_dir,
@@ -367,7 +525,7 @@ def run_bench(
 
 def write_bench(bench: BenchResult) -> dict[str, Path]:
     """Write bench.md, bench.csv, bench.json and bench.html into the bench folder."""
-    from iapas.evaluation.tables import bench_csv, bench_markdown, pct
+    from iapas.evaluation.tables import bench_csv, bench_markdown, pct, transfer_markdown
     from iapas.report import write_bench_report
 
     out = bench.out_dir
@@ -393,6 +551,18 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
             mean = default.mean(chosen)
             note += f"; over those, {DEFAULT_VARIANT.label} has pixel AP {pct(mean['pixel_ap'])}, F1-max {pct(mean['pixel_f1_max'])}"
         notes.append(note + ".")
+    if bench.test_pool_references is not None:
+        notes.append(
+            f"Every column of a dataset is scored on the same test images: the test set is drawn once, with the "
+            f"references of the largest count ({bench.test_pool_references}) excluded, where the references come from "
+            "the normal test images."
+        )
+    matrices = {name: m for name in bench.datasets if (m := bench.transfer_matrix(name)) is not None}
+    if matrices:
+        notes.append(
+            "The prompt-transfer column is the mean over the matrix's cells: each category segmented with another "
+            "category's stage-1 profile (its object tag, object size and caption); the matrices follow."
+        )
     for name, errs in bench.errors.items():
         for variant, message in errs.items():
             notes.append(f"{name} {'' if variant == '*' else variant + ' '}not evaluated: {message}")
@@ -400,7 +570,14 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
         for variant, r in runs.items():
             if r.failed:
                 notes.append(f"{name} {variant}: some images or categories failed (see its report).")
+    for name, by_source in bench.transfer.items():
+        for source, r in by_source.items():
+            if r.failed:
+                notes.append(f"{name} prompt-transfer from {source}: some images or categories failed (see its report).")
     markdown = bench_markdown(rows, labels, "IAP-AS benchmark", notes)
+    for name, matrix in matrices.items():
+        title = next((r.title for r in bench.results.get(name, {}).values()), name)
+        markdown += "\n" + transfer_markdown(title, matrix)
     paths = {"md": out / BENCH_MD, "csv": out / BENCH_CSV, "json": out / BENCH_JSON, "html": out / BENCH_HTML}
     atomic_write_text(paths["md"], markdown)
     atomic_write_text(paths["csv"], bench_csv(rows, labels))
@@ -410,6 +587,8 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
         "rows": rows,
         "errors": bench.errors,
         "ablation_categories": bench.ablation_categories,
+        "test_pool_references": bench.test_pool_references,
+        "prompt_transfer": matrices,
         "notes": notes,
     }
     atomic_write_text(paths["json"], json.dumps(_finite(data), indent=2) + "\n")
@@ -419,6 +598,14 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
         for variant in runs
         if (out / name / variant / "report.html").exists()
     }
+    links.update(
+        {
+            f"{name} / {TRANSFER_DIR} from {source}": f"{name}/{TRANSFER_DIR}/from-{source}/report.html"
+            for name, by_source in bench.transfer.items()
+            for source in by_source
+            if (out / name / TRANSFER_DIR / f"from-{source}" / "report.html").exists()
+        }
+    )
     write_bench_report(paths["html"], "IAP-AS benchmark", markdown, links)
     return paths
 

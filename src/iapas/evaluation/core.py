@@ -13,10 +13,11 @@ fsynced, written after its ``.npz``, which is written atomically), so a killed r
 the images in flight. Running the same command again skips every image whose line says ``ok``
 for the same file (path, size and modification time) and whose map file exists, redoes the
 others, and refuses (:class:`RunConflictError`) when the settings that decide the predictions
-(mode, caption, object tag, size threshold, models, protocol, references, resolution) differ
-from the stored ones. The per-image normalisation (``image_norm``) is applied when the metrics
-are computed, from the raw range each record stores, so switching it re-computes the metrics
-only (it is not part of the signature).
+(mode, caption, object tag, size threshold, models, protocol, references, resolution, resize
+method) differ from the stored ones. The per-image normalisation (``image_norm``) and the image
+score (``image_score``) are applied when the metrics are computed, from the stored maps and the
+raw range each record stores, so switching them re-computes the metrics only (they are not part
+of the signature).
 
 Maps are stored as float32 in compressed ``.npz`` files: lossless, so ties and the exact AP are
 those of the computed maps (float16 or 16-bit PNG quantisation would create ties and move AP).
@@ -38,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from iapas import __version__
-from iapas.data import Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
+from iapas.data import DEFAULT_PROTOCOL, Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
+from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
 from iapas.evaluation.protocol import (
     EVAL_SIZE,
@@ -55,6 +57,7 @@ from iapas.metrics import CategoryMetrics, category_metrics
 from iapas.models import ModelOutputError
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
+from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
 from iapas.io import file_stamp
 from iapas.runner import ResultsLog, RunConflictError, assign_keys, precision_signature, prefetch_images
 from iapas.storage import DiskFullError, is_disk_full, stop_reason
@@ -68,17 +71,19 @@ MAPS_DIR = "maps"
 PROFILES_DIR = "profiles"
 MODES = ("iapas", "base")
 PROTOCOLS = ("paper", "full")
+IMAGE_SCORES = ("paper", "raw")
 
 # The columns of the tables, in the paper's order: pixel AP and F1-max first, then companions.
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("pixel_ap", "pixel AP"),
     ("pixel_f1_max", "pixel F1-max"),
-    ("pixel_f1_max_100", "pixel F1-max (100 thr.)"),
+    ("pixel_f1_max_100", "pixel F1-max (paper's 100 thr.)"),
     ("pixel_auroc", "pixel AUROC"),
     ("pixel_aupro", "pixel AUPRO (30% FPR)"),
     ("image_auroc", "image AUROC"),
     ("image_ap", "image AP"),
     ("image_f1_max", "image F1-max"),
+    ("image_f1_max_100", "image F1-max (paper's 100 thr.)"),
 )
 
 __all__ = [
@@ -101,19 +106,30 @@ class EvalSettings:
 
     ``protocol``: 'paper' (the test images the paper's reference code used) or 'full' (the whole
     test split); both evaluate 400x400 maps (``eval_size``) normalised over each category's stack.
-    ``image_norm`` (default True, the paper's protocol): min-max normalise each image's map with
-    its raw full-resolution range before the stack normalisation (see
-    :mod:`~iapas.evaluation.protocol`); a metric-time option, not part of the resume signature.
+    ``image_norm``: min-max normalise each image's map with its raw full-resolution range before
+    the stack normalisation (see :mod:`~iapas.evaluation.protocol`); a metric-time option, not
+    part of the resume signature. None (the default): on, as the paper's reference code does,
+    except for mode 'base' under the paper protocol, where the reference skips it (off).
     ``mode``: 'iapas' (the profile's caption and the size filter) or 'base' (the paper's baseline:
-    'defect . abnormal .' and no size filter). ``size_threshold`` overrides the profile's (None:
+    no size filter; caption 'defect, abnormal.', one phrase as in the reference code, under the
+    paper protocol, else 'defect . abnormal .'). ``size_threshold`` overrides the profile's (None:
     the profile's, 0.8 by default); ``size_filter=False`` keeps every box (ablation).
     ``caption`` replaces the profile's caption in mode 'iapas' (the fixed-prompt ablation keeps
     the object tag and the size filter). ``limit``: at most this many test images per category,
     drawn with ``seed`` and stratified by label (quick checks; the report says so; see
     :func:`~iapas.evaluation.protocol.limit_samples`).
+    ``image_score``: 'paper' (the reference code's: each image's maximum of the normalised
+    400x400 stack the pixel metrics see) or 'raw' (the raw full-resolution map's maximum);
+    None: 'paper' under the paper protocol, 'raw' under 'full'. A metric-time option like
+    ``image_norm``. The 400x400 resizing follows the protocol: OpenCV's ``INTER_CUBIC`` /
+    ``INTER_NEAREST`` arithmetic under 'paper' (the reference code's, see
+    :mod:`~iapas.evaluation.cvresize`), PIL's antialiased bicubic / nearest under 'full'.
+    ``test_pool_references``: when set, each category's test images are those left after
+    drawing this many references (with ``seed``), whatever ``n_references`` is, so runs with
+    different reference counts score the same images (the bench sets it to its largest count).
     """
 
-    protocol: str = "paper"
+    protocol: str = DEFAULT_PROTOCOL
     mode: str = "iapas"
     size_threshold: float | None = None
     size_filter: bool = True
@@ -124,9 +140,13 @@ class EvalSettings:
     limit: int | None = None
     batch_size: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
-    image_norm: bool = True
+    image_norm: bool | None = None
+    image_score: str | None = None
+    test_pool_references: int | None = None
 
     def __post_init__(self) -> None:
+        if self.image_norm is None:  # the reference code's baseline skips the per-image normalisation
+            self.image_norm = not (self.mode == "base" and self.protocol == "paper")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.mode not in MODES:
@@ -143,8 +163,14 @@ class EvalSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.caption is not None and not self.caption.strip():
             raise ValueError("caption must not be empty")
+        if self.image_score is not None and self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
+        if self.test_pool_references is not None and self.test_pool_references < self.n_references:
+            raise ValueError(
+                f"test_pool_references ({self.test_pool_references}) must be >= n_references ({self.n_references})"
+            )
         if self.mode == "base" and self.caption is not None:
-            raise ValueError("a fixed caption is for mode 'iapas' (mode 'base' always uses 'defect . abnormal .')")
+            raise ValueError("a fixed caption is for mode 'iapas' (mode 'base' has its own fixed caption)")
 
     def signature(self) -> dict[str, Any]:
         """The settings that decide the predictions (compared when resuming)."""
@@ -157,7 +183,28 @@ class EvalSettings:
             "n_references": self.n_references,
             "seed": self.seed,
             "eval_size": self.eval_size,
+            "resize": self.resize_method,
+            # a pool equal to the references drawn changes nothing: the same signature as without one
+            "test_pool_references": None if self.test_pool_references == self.n_references else self.test_pool_references,
         }
+
+    @property
+    def image_score_method(self) -> str:
+        """'paper' or 'raw' (see the class docstring)."""
+        if self.image_score is not None:
+            return self.image_score
+        return "paper" if self.protocol == "paper" else "raw"
+
+    @property
+    def resize_method(self) -> str:
+        """'opencv' (the paper protocol's) or 'pil' (the full protocol's)."""
+        return "opencv" if self.protocol == "paper" else "pil"
+
+    def resizers(self) -> tuple[Callable[[np.ndarray, int], np.ndarray], Callable[[np.ndarray, int], np.ndarray]]:
+        """``(resize_map, resize_mask)`` of :attr:`resize_method`."""
+        if self.resize_method == "opencv":
+            return resize_map_cubic, resize_mask_nearest
+        return resize_map, resize_mask
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -278,12 +325,24 @@ class DatasetResult:
         norm = (
             "each image's map min-max normalised with its raw full-resolution range (the reference code's), then"
             if s.image_norm
+            else "no per-image normalisation (as the reference code's baseline);"
+            if s.mode == "base" and s.protocol == "paper"
             else "no per-image normalisation (--no-image-norm: not the paper's protocol);"
         )
+        resize = (
+            "OpenCV INTER_CUBIC arithmetic, masks INTER_NEAREST, as the reference code"
+            if s.resize_method == "opencv"
+            else "PIL antialiased bicubic, masks nearest"
+        )
+        score = (
+            "each image's maximum of the normalised stack (the reference code's)"
+            if s.image_score_method == "paper"
+            else "the maxima of the raw full-resolution maps (--image-score raw, not the reference code's)"
+        )
         return (
-            f"{s.protocol} protocol: {which}; maps resized to {s.eval_size}x{s.eval_size} (PIL bicubic), masks "
-            f"(nearest), {norm} each category's maps min-max normalised over its whole stack; image scores are "
-            "the maxima of the raw full-resolution maps."
+            f"{s.protocol} protocol: {which}; maps resized to {s.eval_size}x{s.eval_size} ({resize}), "
+            f"{norm} each category's maps min-max normalised over its whole stack; image scores are {score}; "
+            "defective images without a mask are left out of the pixel metrics (kept in the image metrics)."
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,6 +355,7 @@ class DatasetResult:
                 "protocol_description": self.protocol_sentence(),
                 "mode": self.settings.mode,
                 "image_norm": self.settings.image_norm,
+                "image_score": self.settings.image_score_method,
                 "settings": self.settings.to_dict(),
                 "models": self.models,
                 "iapas_version": self.iapas_version,
@@ -330,6 +390,7 @@ def stage2_pipeline(pipeline: Pipeline, settings: EvalSettings) -> Pipeline:
         mode=settings.mode,
         size_threshold=None if settings.mode == "base" else settings.size_threshold,
         size_filter=settings.size_filter,
+        base_caption=REFERENCE_BASE_CAPTION if settings.protocol == "paper" else BASE_CAPTION,
     )
     return Pipeline(pipeline.detector, pipeline.segmenter, config)
 
@@ -482,8 +543,20 @@ def evaluated_map(anomaly_map: np.ndarray, record: Mapping[str, Any], image_norm
     return normalize_image(anomaly_map, lo, hi)
 
 
+def has_pixel_truth(record: Mapping[str, Any]) -> bool:
+    """Whether a prediction's mask is ground truth for its pixels: False for a defective image
+    without a mask file (its pixels are unknown, not normal). A record without the ``mask``
+    field (made by hand) counts as having one."""
+    return not (int(record.get("label", 0)) == 1 and "mask" in record and record["mask"] is None)
+
+
 def metrics_from_predictions(
-    out_dir: Path, records: Sequence[Mapping[str, Any]], *, image_norm: bool = True, pr_points: int = PR_POINTS
+    out_dir: Path,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    image_norm: bool = True,
+    image_score: str = "paper",
+    pr_points: int = PR_POINTS,
 ) -> tuple[CategoryMetrics, tuple[float, float], dict[str, list[float]]]:
     """The paper's metrics of one category from its stored 400x400 maps and masks.
 
@@ -492,13 +565,18 @@ def metrics_from_predictions(
     (:func:`evaluated_map`); the maps are then stacked, min-max normalised over the stack
     (:func:`~iapas.evaluation.protocol.normalize_stack`) and passed to
     :func:`iapas.metrics.category_metrics` with the images' labels (a defective image whose mask
-    is empty, as 4 of MTD's, still counts as anomalous at image level) and the image scores: the
-    raw full-resolution maps' maxima (``map_max``), not the maxima of the resized or normalised
-    maps. Returns the metrics, the ``(min, max)`` of the stack the stack normalisation used, and
-    the PR curve on the normalised maps.
+    is empty, as 4 of MTD's, still counts as anomalous at image level). Defective images without
+    a mask file (:func:`has_pixel_truth`) are left out of the pixel metrics and kept in the image
+    metrics. Image scores: ``image_score`` 'paper' takes each image's maximum of the normalised
+    stack (the reference code's ``np_scores.reshape(N, -1).max(axis=1)``), 'raw' the raw
+    full-resolution map's maximum (``map_max``). Returns the metrics, the ``(min, max)`` of the
+    stack the stack normalisation used, and the PR curve on the normalised maps (over the
+    images with pixel ground truth).
     """
     if not records:
         raise ValueError("no evaluated image")
+    if image_score not in IMAGE_SCORES:
+        raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {image_score!r}")
     first_map, first_mask = load_map_file(Path(out_dir) / records[0]["map"])
     shape = first_map.shape
     maps = np.empty((len(records), *shape), dtype=np.float32)
@@ -510,9 +588,19 @@ def metrics_from_predictions(
         maps[i] = evaluated_map(m, rec, image_norm)
         masks[i] = g
     labels = np.array([int(rec["label"]) for rec in records], dtype=bool)
-    image_scores = np.array([raw_range(rec)[1] for rec in records], dtype=np.float64)
+    truth = np.array([has_pixel_truth(rec) for rec in records], dtype=bool)
     maps, lo, hi = normalize_stack(maps, in_place=True)
-    metrics = category_metrics(maps, masks, image_scores=image_scores, image_labels=labels)
+    if image_score == "raw":
+        image_scores: np.ndarray | None = np.array([raw_range(rec)[1] for rec in records], dtype=np.float64)
+    else:
+        image_scores = None  # the maxima of the normalised stack
+    metrics = category_metrics(
+        maps, masks, image_scores=image_scores, image_labels=labels, pixel_images=None if truth.all() else truth
+    )
+    if not truth.all():
+        maps, masks = maps[truth], masks[truth]
+    if not truth.any():  # no pixel ground truth at all: an empty curve
+        maps, masks = np.zeros((1, 1, 1), dtype=np.float32), np.zeros((1, 1, 1), dtype=bool)
     thresholds, precision, recall = pr_curve(maps, masks, pr_points)
     curve = {
         "thresholds": [round(float(t), 6) for t in thresholds],
@@ -600,6 +688,7 @@ def evaluate_category(
             on_image(keys[sample.path], "failed")
 
     batch: list[tuple[Sample, LoadedImage, np.ndarray]] = []
+    size_map, size_mask = settings.resizers()
 
     def flush() -> None:
         if not batch:
@@ -614,8 +703,8 @@ def evaluate_category(
             return
         for (sample, image, mask), seg in zip(items, outputs):
             key = keys[sample.path]
-            map_eval = resize_map(seg.anomaly_map, settings.eval_size)
-            mask_eval = resize_mask(mask, settings.eval_size)
+            map_eval = size_map(seg.anomaly_map, settings.eval_size)
+            mask_eval = size_mask(mask, settings.eval_size)
             rel = map_relpath(category.name, key)
             try:
                 save_map_file(out / rel, map_eval, mask_eval)
@@ -660,7 +749,9 @@ def evaluate_category(
     result.seconds = time.perf_counter() - started
     started = time.perf_counter()
     if ok:
-        metrics, score_range, curve = metrics_from_predictions(out, ok, image_norm=settings.image_norm)
+        metrics, score_range, curve = metrics_from_predictions(
+            out, ok, image_norm=settings.image_norm, image_score=settings.image_score_method
+        )
         result.metrics, result.score_range, result.pr = metrics, score_range, curve
     else:
         result.error = "no test image could be evaluated"
@@ -669,6 +760,31 @@ def evaluate_category(
 
 
 # --- a dataset ---------------------------------------------------------------------------------------------
+
+
+def restrict_to_pool(loader: DatasetBase, category: Category, settings: EvalSettings) -> Category:
+    """``category`` with only the test images that drawing ``settings.test_pool_references``
+    references (same seed) leaves; unchanged when that is unset or equals ``n_references``.
+
+    The draws are prefixes of one seeded order (:func:`~iapas.data.base.draw_references`), so the
+    larger draw's test set is inside the smaller one's: the images left out are exactly the
+    extra references, and every reference count scores the same images.
+    """
+    k = settings.test_pool_references
+    if k is None or k == settings.n_references:
+        return category
+    pool = loader.load(category.name, protocol=settings.protocol, n_references=k, seed=settings.seed)
+    keep = {s.path for s in pool.test}
+    test = [s for s in category.test if s.path in keep]
+    dropped = len(category.test) - len(test)
+    if not dropped:
+        return category
+    note = (
+        f"{dropped} test image(s) left out: the test set is the one left after drawing {k} references (seed "
+        f"{settings.seed}), so that every reference count is scored on the same images."
+    )
+    return replace(category, test=test, notes=[*category.notes, note])
+
 
 
 def _read_run(path: Path) -> dict[str, Any] | None:
@@ -813,8 +929,10 @@ def evaluate_dataset(
 
     # pass 1: categories, profiles, signatures
     prepared: list[tuple[Category, Profile | None, ProfileRecord] | CategoryResult] = []
+    product_notes: list[str] = []  # notes of categories scored per part: said once
     for name in wanted:
         category = loader.load(name, protocol=settings.protocol, n_references=settings.n_references, seed=settings.seed)
+        category = restrict_to_pool(loader, category, settings)
         path = profile_path(profiles, name)
         existed = path.exists()
         on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
@@ -834,15 +952,18 @@ def evaluate_dataset(
             prepared.append(CategoryResult(name=name, error=str(exc), profile=record, notes=list(category.notes), n_references=len(category.references)))
             continue
         sig = category_signature(pipeline, profile, settings)
-        old = category_sigs.get(name)
-        if old is not None and old != sig and _has_predictions(out, name):
-            changed = _differences(old, sig)
-            raise RunConflictError(
-                f"{out}: category {name} has results made with another profile or setting ({'; '.join(changed)}); "
-                "use another --out folder, or --restart to discard them"
-            )
-        category_sigs[name] = sig
-        prepared.append((category, profile, record))
+        if category.split_parts:  # e.g. KSDD1's folders under the paper protocol: one profile, scored per part
+            product_notes.extend(f"{name}: {note}" for note in category.notes)
+        for part in category.parts():
+            old = category_sigs.get(part.name)
+            if old is not None and old != sig and _has_predictions(out, part.name):
+                changed = _differences(old, sig)
+                raise RunConflictError(
+                    f"{out}: category {part.name} has results made with another profile or setting ({'; '.join(changed)}); "
+                    "use another --out folder, or --restart to discard them"
+                )
+            category_sigs[part.name] = sig
+            prepared.append((part, profile, record))
     stopped: str | None = None
     try:
         write_run()
@@ -876,7 +997,7 @@ def evaluate_dataset(
         result.profile = record
         results.append(result)
 
-    notes = list(extra_notes)
+    notes = list(extra_notes) + product_notes
     if settings.limit is not None:
         notes.append(
             f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}, "

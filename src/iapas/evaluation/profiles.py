@@ -63,6 +63,7 @@ def get_profile(
     if path.exists():
         profile = Profile.load(path)
         logger.info("%s: using the profile %s (caption '%s')", category.name, path, profile.caption)
+        _warn_if_other_inputs(profile, path, category, options, models, detector)
         return profile
     if options is None:
         raise FileNotFoundError(f"{path}: no profile, and no stage-1 options to make one")
@@ -79,20 +80,24 @@ def get_profile(
     references = list(category.references)
     o = options
     digest = models.input_hash(category.name, references, o)  # the same key as iapas profile's
+    llm = models.llm()  # first: an LLM that cannot be loaded is known before any other stage-1 work
     profile = build_profile(
         category.name,
         references,
         tagger=None if o.object_tag else models.tagger(),
         detector=models.detector(),
-        llm=models.llm(),
+        llm=llm,
         knowledge=models.knowledge(),
         seed=o.seed,
         object_tag=o.object_tag,
         nouns=o.nouns,
         include_object_tag=o.include_object_tag,
+        object_join=o.object_join,
+        prompt_style=o.prompt_style,
         size_threshold=o.size_threshold,
         input_digest=digest,
         progress=progress,
+        llm_fallback=o.llm_fallback != "never",
     )
     profile.stage1["dataset"] = {
         "name": category.dataset,
@@ -104,6 +109,27 @@ def get_profile(
     profile.save(path)
     logger.info("%s: wrote the profile %s (object '%s', caption '%s')", category.name, path, profile.object_tag, profile.caption)
     return profile
+
+
+def _warn_if_other_inputs(
+    profile: Profile, path: Path, category: Category, options: Stage1Options | None, models: Stage1Models | None,
+    detector: Any,
+) -> None:
+    """Warn when a stage-1 profile on file was made from other inputs than ``options`` would use
+    (e.g. another --prompt-style or --object-join): it is still used as written."""
+    made = profile.stage1.get("input_hash") if profile.stage1.get("source") == "stage1" else None
+    if options is None or not made or not category.references:
+        return
+    try:
+        now = (models or Stage1Models(options, detector)).input_hash(category.name, list(category.references), options)
+    except Exception:  # noqa: BLE001 - only a warning: an unreadable setting is reported where it is used
+        return
+    if now != made:
+        logger.warning(
+            "%s: %s was made from other stage-1 inputs (references, models or options such as --prompt-style) "
+            "than this run's; using it as written (delete it, or give another --profiles folder, to make it again)",
+            category.name, path,
+        )
 
 
 def _plain(text: str) -> str:

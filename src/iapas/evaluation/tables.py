@@ -1,8 +1,10 @@
 """Metric tables of an evaluation: CSV, JSON and Markdown in the paper's layout.
 
 Rows are the categories and their mean; the first two columns are the paper's pixel AP and pixel
-F1-max, then the companions (the reference code's 100-threshold F1-max, pixel AUROC and AUPRO,
-image AUROC, AP and F1-max). CSV and JSON hold fractions in [0, 1] at full precision; Markdown
+F1-max (exact: every distinct threshold), then the companions (the reference code's 100-threshold
+pixel F1-max, labelled as the paper's, pixel AUROC and AUPRO, image AUROC, AP, F1-max and the
+paper's 100-threshold image F1-max), the images evaluated and, of those, the defective images
+without a mask (left out of the pixel metrics, kept in the image metrics). CSV and JSON hold fractions in [0, 1] at full precision; Markdown
 shows percentages with two decimals, as the paper does. Undefined values (e.g. image AUROC
 without normal test images) are empty in CSV, null in JSON, '-' in Markdown, and left out of
 the mean.
@@ -27,6 +29,12 @@ METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
 CURVES_JSON = "curves.json"
+
+F1_SENTENCE = (
+    "F1-max is exact (the best F1 over every distinct score); the columns marked paper's 100 thr. are the "
+    "reference code's F1-max over the 100 thresholds np.linspace(0, 1, 100) of the normalised scores "
+    "(score >= t), the numbers to compare with the paper's."
+)
 
 
 def pct(value: float | None) -> str:
@@ -54,6 +62,7 @@ def metric_rows(result: DatasetResult) -> list[dict[str, Any]]:
         row.update(
             images=c.n_done,
             anomalous_images=c.metrics.n_anomalous_images if c.metrics else None,
+            without_mask=c.metrics.n_pixel_excluded if c.metrics else None,
             failed=len(c.failures),
             error=c.error or "",
         )
@@ -62,6 +71,7 @@ def metric_rows(result: DatasetResult) -> list[dict[str, Any]]:
     mean.update(
         images=sum(c.n_done for c in result.categories),
         anomalous_images=sum(c.metrics.n_anomalous_images for c in result.categories if c.metrics),
+        without_mask=sum(c.metrics.n_pixel_excluded for c in result.categories if c.metrics),
         failed=result.n_failed_images,
         error="",
     )
@@ -75,11 +85,10 @@ def metrics_csv(result: DatasetResult) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     keys = [k for k, _ in METRIC_COLUMNS]
-    writer.writerow(["category", *keys, "images", "anomalous_images", "failed", "error"])
+    writer.writerow(["category", *keys, "images", "anomalous_images", "without_mask", "failed", "error"])
     for row in metric_rows(result):
-        writer.writerow(
-            [row["category"], *(_csv_value(row[k]) for k in keys), row["images"], row["anomalous_images"] if row["anomalous_images"] is not None else "", row["failed"], row["error"]]
-        )
+        counts = [row[k] if row[k] is not None else "" for k in ("anomalous_images", "without_mask")]
+        writer.writerow([row["category"], *(_csv_value(row[k]) for k in keys), row["images"], *counts, row["failed"], row["error"]])
     return buf.getvalue()
 
 
@@ -87,11 +96,12 @@ def markdown_table(result: DatasetResult) -> str:
     """The metrics table in the paper's layout (percentages)."""
     from iapas.evaluation.core import METRIC_COLUMNS
 
-    header = ["category", *(label for _, label in METRIC_COLUMNS), "images", "failed"]
+    header = ["category", *(label for _, label in METRIC_COLUMNS), "images", "no mask", "failed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in metric_rows(result):
         name = "**mean**" if row["category"] == "mean" and row is not None else row["category"]
-        cells = [name, *(pct(row[k]) for k, _ in METRIC_COLUMNS), str(row["images"]), str(row["failed"])]
+        no_mask = "-" if row["without_mask"] is None else str(row["without_mask"])
+        cells = [name, *(pct(row[k]) for k, _ in METRIC_COLUMNS), str(row["images"]), no_mask, str(row["failed"])]
         if row["error"]:
             cells[-1] = f"{row['failed']} ({row['error']})"
         lines.append("| " + " | ".join(cells) + " |")
@@ -141,6 +151,11 @@ def all_notes(result: DatasetResult) -> list[str]:
         notes.extend(f"{c.name}: {n}" for n in c.notes)
         if c.failures:
             notes.append(f"{c.name}: {len(c.failures)} test image(s) failed and are left out of the metrics.")
+        if c.metrics is not None and c.metrics.n_pixel_excluded:
+            notes.append(
+                f"{c.name}: {c.metrics.n_pixel_excluded} defective test image(s) have no mask: left out of the pixel "
+                "metrics (their pixels are unknown, not normal) and kept in the image metrics."
+            )
         if c.error:
             notes.append(f"{c.name}: not evaluated: {c.error}.")
     labels = dict(METRIC_COLUMNS)
@@ -153,7 +168,7 @@ def metrics_markdown(result: DatasetResult) -> str:
     s = result.settings
     parts = [f"# IAP-AS evaluation: {result.title}, {s.protocol} protocol, mode {s.mode}", ""]
     parts += [f"- {line}" for line in header_lines(result)]
-    parts += ["", "Values in %." + (" Mean over the categories." if len(result.categories) > 1 else ""), "", markdown_table(result)]
+    parts += ["", "Values in %." + (" Mean over the categories." if len(result.categories) > 1 else "") + " " + F1_SENTENCE, "", markdown_table(result)]
     notes = all_notes(result)
     if notes:
         parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
@@ -179,41 +194,77 @@ def write_tables(result: DatasetResult, out_dir: str | Path) -> dict[str, Path]:
 
 # --- bench ---------------------------------------------------------------------------------------
 
+# (key, column suffix) of the bench table, per variant
+BENCH_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("pixel_ap", "AP"),
+    ("pixel_f1_max", "F1-max"),
+    ("pixel_f1_max_100", "F1-max (paper's 100 thr.)"),
+)
+
+
+def _cells(value: dict[str, Any] | None) -> list[str]:
+    return [pct(value.get(k)) if value else "-" for k, _ in BENCH_COLUMNS]
+
 
 def bench_markdown(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]], title: str, notes: Sequence[str] = ()) -> str:
-    """One row per dataset, mean pixel AP and F1-max (%) for each variant side by side.
+    """One row per dataset, mean pixel AP, exact F1-max and the paper's 100-threshold F1-max (%)
+    for each variant side by side.
 
-    ``rows``: ``{"dataset": title, variant_name: {"pixel_ap": .., "pixel_f1_max": ..} | None}``;
-    ``variants``: ``(name, label)`` in column order.
+    ``rows``: ``{"dataset": title, variant_name: {"pixel_ap": .., "pixel_f1_max": ..,
+    "pixel_f1_max_100": ..} | None}``; ``variants``: ``(name, label)`` in column order.
     """
     header = ["dataset"]
     for _, label in variants:
-        header += [f"{label} AP", f"{label} F1-max"]
-    lines = [f"# {title}", "", "Mean pixel AP and pixel F1-max over each dataset's categories, in %.", ""]
+        header += [f"{label} {suffix}" for _, suffix in BENCH_COLUMNS]
+    lines = [f"# {title}", "", f"Mean pixel AP and pixel F1-max over each dataset's categories, in %. {F1_SENTENCE}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [str(row["dataset"])]
         for name, _ in variants:
-            value = row.get(name)
-            cells += [pct(value.get("pixel_ap")) if value else "-", pct(value.get("pixel_f1_max")) if value else "-"]
+            cells += _cells(row.get(name))
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
+def transfer_markdown(title: str, matrix: dict[str, Any]) -> str:
+    """The prompt-transfer matrix of one dataset (see :meth:`BenchResult.transfer_matrix`): one row
+    per category segmented, its own profile's pixel AP / F1-max first, then each other category's
+    profile's ('own' on the diagonal)."""
+    sources = list(matrix["sources"])
+    header = ["segmented \\ profile of", "own profile", *sources]
+    lines = [
+        f"## Prompt transfer: {title}",
+        "",
+        "Pixel AP / F1-max (%) of each row's category segmented with the profile of each column's category.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+
+    def pair(value: dict[str, float] | None) -> str:
+        return "-" if value is None else f"{pct(value['pixel_ap'])} / {pct(value['pixel_f1_max'])}"
+
+    for target in matrix["categories"]:
+        cells = [target, pair(matrix["own"].get(target))]
+        cells += ["own" if s == target else pair(matrix["matrix"][target].get(s)) for s in sources]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def bench_csv(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "variant", "pixel_ap", "pixel_f1_max", "categories", "failed"])
+    writer.writerow(["dataset", "variant", *(k for k, _ in BENCH_COLUMNS), "categories", "failed"])
     for row in rows:
         for name, _ in variants:
             value = row.get(name)
             if value is None:
-                writer.writerow([row["dataset"], name, "", "", "", ""])
+                writer.writerow([row["dataset"], name, *([""] * len(BENCH_COLUMNS)), "", ""])
             else:
                 writer.writerow(
-                    [row["dataset"], name, _csv_value(value.get("pixel_ap")), _csv_value(value.get("pixel_f1_max")),
+                    [row["dataset"], name, *(_csv_value(value.get(k)) for k, _ in BENCH_COLUMNS),
                      value.get("categories", ""), value.get("failed", "")]
                 )
     return buf.getvalue()

@@ -10,7 +10,6 @@ import numpy as np
 
 from iapas.models.base import check_finite
 from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
-from iapas.ops import clip_boxes
 from iapas.types import Detections
 
 logger = logging.getLogger(__name__)
@@ -22,11 +21,49 @@ DETECTOR_CHOICES = {
 }
 
 
+def caption_too_long(caption: str, tokens: int, model: str, max_tokens: int, words: int = 8) -> str:
+    """The one-line refusal of a caption over ``model``'s text window: its first ``words`` words
+    and its token count, not the whole caption (which may be kilobytes long)."""
+    parts = caption.split()
+    shown = " ".join(parts[:words]) + (f" ... ({len(parts)} words)" if len(parts) > words else "")
+    return (
+        f"the caption {shown!r} is {tokens} tokens long but {model} reads at most {max_tokens}: "
+        "remove phrases from the profile's caption"
+    )
+
+
+def check_caption_length(caption: str, name_or_path: str) -> None:
+    """Before loading a detector: raise ValueError (:func:`caption_too_long`) when ``caption``
+    does not fit the text window of the Grounding DINO ``name_or_path``, counted with its
+    tokenizer and config alone (small files; a hub id is looked up in the local cache first).
+    When they cannot be had, nothing is checked here: loading the model reports that, and
+    :meth:`GroundingDinoDetector.check_caption` checks the caption once it is loaded."""
+    name = DETECTOR_CHOICES.get(name_or_path, name_or_path)
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            config = AutoConfig.from_pretrained(name, local_files_only=True)
+        except OSError:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            config = AutoConfig.from_pretrained(name)
+    except Exception as exc:  # noqa: BLE001 - the model load that follows says what is wrong
+        logger.debug("caption not checked before loading %s: %s", name, exc)
+        return
+    max_tokens = int(getattr(config, "max_text_len", 256))
+    tokens = len(tokenizer(GroundingDinoDetector.normalize_caption(caption))["input_ids"])
+    if tokens > max_tokens:
+        raise ValueError(caption_too_long(caption, tokens, name, max_tokens))
+
+
 class GroundingDinoDetector:
     """Adapter for ``GroundingDinoForObjectDetection`` behind :class:`iapas.models.Detector`.
 
     The processor's own resize (shortest side 800, longest at most 1333 for the hub models) is
-    the method's; box scores are the maximum token probability; boxes are clipped to the image.
+    the method's; box scores are the maximum token probability; boxes are NOT clipped to the image
+    (a box may reach past its edges, as in the reference code, whose NMS, object size and size
+    filter see the unclipped boxes; the pipeline clamps them only as SAM prompts).
     The caption's tokenisation is computed once per caption and reused across batches.
     """
 
@@ -78,10 +115,7 @@ class GroundingDinoDetector:
         """Raise ValueError if the caption does not fit the model's text window."""
         n = len(self.processor.tokenizer(self.normalize_caption(caption))["input_ids"])
         if n > self.max_text_tokens:
-            raise ValueError(
-                f"caption {caption!r} is {n} tokens long but {self.name} reads at most {self.max_text_tokens}: "
-                "remove phrases from the profile's caption"
-            )
+            raise ValueError(caption_too_long(caption, n, self.name, self.max_text_tokens))
 
     def _text_inputs(self, caption: str) -> dict[str, Any]:
         cached = self._text_cache.get(caption)
@@ -184,7 +218,7 @@ class GroundingDinoDetector:
     def _boxes(box: np.ndarray, keep: np.ndarray, w: int, h: int) -> np.ndarray:
         cx, cy, bw, bh = (box[keep, i] for i in range(4))
         xyxy = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], axis=-1)
-        return clip_boxes(xyxy, w, h)
+        return xyxy.astype(np.float32).reshape(-1, 4)  # unclipped: see the class docstring
 
     def _decode(
         self, images: Sequence[np.ndarray], probs: np.ndarray, boxes: np.ndarray, ids: np.ndarray,

@@ -10,7 +10,10 @@ FILLER_WORDS: frozenset[str] = frozenset(
     {"word", "words", "none", "of", "part", "parts", "a", "an", "the", "and", "or", "etc", "n/a", "na", "other"}
 )
 ALWAYS_ADDED: tuple[str, ...] = ("abnormal", "defect")
-BASE_CAPTION = "defect . abnormal ."
+BASE_CAPTION = "defect . abnormal ."  # the baseline as two phrases (iapas's)
+# The reference code's baseline caption: one Grounding DINO phrase (its detector call appends the
+# final '.'); what mode 'base' uses under the paper protocol.
+REFERENCE_BASE_CAPTION = "defect, abnormal."
 
 
 def clean_nouns(words: Iterable[str]) -> list[str]:
@@ -30,11 +33,33 @@ def split_word_list(text: str) -> list[str]:
     return [p for p in re.split(r"[,;\n]", text) if p.strip()]
 
 
-def caption_words(nouns: Iterable[str], object_tag: str | None = None, include_object_tag: bool = True) -> list[str]:
-    """The caption's phrases: cleaned nouns, then 'abnormal', 'defect', then the object tag."""
+# How the object tag joins the caption: 'phrase' (iapas's default) as its own phrase,
+# 'w1 . defect . bottle .'; 'comma' (the reference code's) to the last word with a comma, so that
+# the two are one Grounding DINO phrase, 'w1 . defect, bottle .'.
+OBJECT_JOINS: tuple[str, ...] = ("phrase", "comma")
+DEFAULT_OBJECT_JOIN = "phrase"
+
+
+def check_object_join(object_join: str) -> str:
+    """``object_join`` if it is one of :data:`OBJECT_JOINS`, else ValueError naming them."""
+    if object_join not in OBJECT_JOINS:
+        raise ValueError(f"unknown object join {object_join!r}; choose one of {', '.join(OBJECT_JOINS)}")
+    return object_join
+
+
+def caption_words(
+    nouns: Iterable[str], object_tag: str | None = None, include_object_tag: bool = True,
+    object_join: str = DEFAULT_OBJECT_JOIN,
+) -> list[str]:
+    """The caption's phrases: cleaned nouns, then 'abnormal', 'defect', then the object tag (its
+    own phrase, or with ``object_join='comma'`` in the last phrase: 'defect, bottle')."""
     words = clean_nouns(list(nouns) + list(ALWAYS_ADDED))
     if include_object_tag and object_tag:
-        words = clean_nouns(words + [object_tag])
+        tag = clean_nouns([object_tag])
+        if check_object_join(object_join) == "comma" and tag and tag[0] not in words:
+            words[-1] = f"{words[-1]}, {tag[0]}"
+        else:
+            words = clean_nouns(words + [object_tag])
     return words
 
 
@@ -44,8 +69,11 @@ def join_caption(words: Iterable[str]) -> str:
     return " . ".join(words) + " ." if words else ""
 
 
-def build_caption(nouns: Iterable[str], object_tag: str | None = None, include_object_tag: bool = True) -> str:
-    return join_caption(caption_words(nouns, object_tag, include_object_tag))
+def build_caption(
+    nouns: Iterable[str], object_tag: str | None = None, include_object_tag: bool = True,
+    object_join: str = DEFAULT_OBJECT_JOIN,
+) -> str:
+    return join_caption(caption_words(nouns, object_tag, include_object_tag, object_join))
 
 
 def caption_phrases(caption: str) -> list[str]:
@@ -79,6 +107,7 @@ def fit_caption(
     *,
     count_tokens: Callable[[str], int] = estimate_token_count,
     max_tokens: int = GROUNDING_DINO_MAX_TEXT_LEN,
+    object_join: str = DEFAULT_OBJECT_JOIN,
 ) -> tuple[str, list[str]]:
     """:func:`build_caption`, dropping TAIL nouns until ``count_tokens(caption) <= max_tokens``.
 
@@ -92,7 +121,7 @@ def fit_caption(
         protected.update(clean_nouns([object_tag]))
     dropped: list[str] = []
     while True:
-        caption = build_caption(keep, object_tag, include_object_tag)
+        caption = build_caption(keep, object_tag, include_object_tag, object_join)
         if count_tokens(caption) <= max_tokens:
             return caption, dropped[::-1]
         droppable = [i for i, w in enumerate(keep) if w not in protected]

@@ -5,8 +5,11 @@ text or raises :class:`LLMError`. Backends:
 
 * :class:`TransformersLLM`: a local ``transformers`` chat model (default
   Meta-Llama-3-8B-Instruct, bf16 on GPU, float32 on CPU) with the paper's sampling
-  (temperature 0.6, top-p 0.9, at most 512 new tokens, seeded), through the tokenizer's chat
-  template.
+  (temperature 0.6, top-p 0.9, at most 512 new tokens, seeded, stopping at eos or Llama 3's
+  ``<|eot_id|>``), through the tokenizer's chat template.
+
+The messages come in named prompt styles (:data:`PROMPT_STYLES`): ``reference`` (the default,
+the paper's reference code's) and ``inspector`` (iapas's own wording).
 * :class:`OpenAILLM`: any OpenAI-compatible chat-completions endpoint (Ollama, vLLM, llama.cpp
   server, hosted APIs) through the ``openai`` client, with a time-out and bounded retries.
 
@@ -33,16 +36,36 @@ OPENAI_TIMEOUT_S = 60.0
 OPENAI_MAX_RETRIES = 2
 OPENAI_INSTALL_HINT = "pip install iapas[openai]"
 
-SYSTEM_MESSAGE = (
+# The prompt styles: the system message and the user message (``{object}``: the object tag).
+# 'reference' is the paper's: the reference code's messages (sybeam27/IAP-ZSAS,
+# utils/function.py, process_anomaly_tags_2), quoted character for character, including the
+# line break and indentation its triple-quoted user message sends (the tokens the LLM sees
+# depend on them). 'inspector' is iapas's own wording, with an example for leather.
+REFERENCE_SYSTEM_MESSAGE = (
+    "The assistant should always answer only by listing lowercase words in the following format: 'word, word'"
+)
+REFERENCE_USER_TEMPLATE = (
+    "I would like to extract words to enter into the object detection model to find abnormal parts of {object}. \n"
+    "                    Please write down non-redundant anomalous nouns that can appear in {object} images."
+)
+INSPECTOR_SYSTEM_MESSAGE = (
     "You are an expert in industrial visual inspection. Reply with a single line holding a "
     "comma-separated list of lowercase words, like: word, word, word. Write only that list: no "
     "numbering, no explanations, no other text."
 )
-USER_TEMPLATE = (
+INSPECTOR_USER_TEMPLATE = (
     "Name the anomalous parts that can appear in images of a {object}: the defects, damage and "
     "foreign matter an inspector would mark on it. Give non-redundant nouns, not adjectives; for "
     "leather, for example: fray, stain, scratch, hole, burn."
 )
+PROMPT_STYLES: dict[str, tuple[str, str]] = {
+    "reference": (REFERENCE_SYSTEM_MESSAGE, REFERENCE_USER_TEMPLATE),
+    "inspector": (INSPECTOR_SYSTEM_MESSAGE, INSPECTOR_USER_TEMPLATE),
+}
+DEFAULT_PROMPT_STYLE = "reference"
+# Generation stops at the tokenizer's eos token and at these, where the tokenizer has them
+# (Llama 3 Instruct ends a turn with <|eot_id|>, not its eos token; the reference stops at both).
+STOP_TOKENS: tuple[str, ...] = ("<|eot_id|>",)
 
 
 class LLMError(RuntimeError):
@@ -64,12 +87,32 @@ class LLM(Protocol):
         ...
 
 
-def build_messages(object_tag: str) -> list[Message]:
-    """The system and user messages that ask for anomaly nouns of ``object_tag``."""
+def check_prompt_style(style: str) -> str:
+    """``style`` if it is a prompt style, else ValueError naming the styles."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    return style
+
+
+def build_messages(object_tag: str, style: str = DEFAULT_PROMPT_STYLE) -> list[Message]:
+    """The system and user messages of prompt ``style`` that ask for anomaly nouns of ``object_tag``."""
+    system, user = PROMPT_STYLES[check_prompt_style(style)]
     return [
-        {"role": "system", "content": SYSTEM_MESSAGE},
-        {"role": "user", "content": USER_TEMPLATE.format(object=object_tag.strip().lower())},
+        {"role": "system", "content": system},
+        {"role": "user", "content": user.format(object=object_tag.strip().lower())},
     ]
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The token ids generation stops at: the tokenizer's eos token and each of
+    :data:`STOP_TOKENS` that its vocabulary holds (no id for a token it lacks)."""
+    ids: list[int] = []
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None:
+        ids.append(int(eos))
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    ids.extend(int(vocab[token]) for token in STOP_TOKENS if token in vocab)
+    return list(dict.fromkeys(ids))
 
 
 def causal_lm_model_types() -> tuple[str, ...]:
@@ -150,6 +193,8 @@ class TransformersLLM:
             pad = self.tokenizer.pad_token_id
             if pad is None:
                 pad = self.tokenizer.eos_token_id
+            stops = stop_token_ids(self.tokenizer)
+            stop = {"eos_token_id": stops} if stops else {}
             cuda = list(range(torch.cuda.device_count())) if self.device.startswith("cuda") else []
             with torch.random.fork_rng(devices=cuda):  # seeded sampling without touching the caller's RNG
                 torch.manual_seed(seed)
@@ -161,6 +206,7 @@ class TransformersLLM:
                         top_p=self.top_p,
                         max_new_tokens=self.max_new_tokens,
                         pad_token_id=pad,
+                        **stop,
                     )
             new_tokens = out[0, enc["input_ids"].shape[1] :]
             return str(self.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()

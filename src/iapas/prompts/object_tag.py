@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.ops import apply_nms, normalized_areas, top_box
+from iapas.ops import apply_nms, clip_boxes, normalized_areas, top_box
 from iapas.types import Detections
 
 BOX_THRESHOLD = 0.1
@@ -218,14 +218,18 @@ def detect_references(
     nms_iou: float = NMS_IOU,
     on_image: Any = None,
 ) -> list[Detections]:
-    """Run ``detector`` with ``caption`` on each image (one at a time), then class-agnostic NMS
-    at ``nms_iou``.
+    """Run ``detector`` with ``caption`` on each image (one at a time), clamp the boxes to the
+    image, then class-agnostic NMS at ``nms_iou``.
+
+    Stage 1 clamps (unlike stage 2, which keeps the reference code's unclipped boxes up to the
+    SAM prompts): its object sizes are in-image areas in (0, 1], as a profile stores them.
 
     ``on_image(i)`` is called after each image (for progress bars).
     """
     out: list[Detections] = []
     for i, rgb in enumerate(images):
         dets = detector.detect([rgb], caption, box_threshold=box_threshold, text_threshold=text_threshold)[0]
+        dets = Detections(clip_boxes(dets.boxes, int(rgb.shape[1]), int(rgb.shape[0])), dets.scores, dets.phrases)
         out.append(apply_nms(dets, nms_iou))
         if on_image is not None:
             on_image(i)

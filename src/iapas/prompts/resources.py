@@ -19,12 +19,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 logger = logging.getLogger(__name__)
 
 TAGGERS = ("clip", "ram", "manual")
 LLMS = ("transformers", "openai", "knowledge")
+LlmFallback = Literal["auto", "never"]  # what to do when the LLM fails: see Stage1Options
+LLM_FALLBACKS: tuple[str, ...] = get_args(LlmFallback)
 
 LoadingHook = Callable[[str], AbstractContextManager[Any]]
 """Called with what is about to be loaded ('tagger', 'detector', 'LLM', 'LLM client',
@@ -39,7 +41,11 @@ class Stage1Options:
     ``nouns`` skips the LLM. ``llm='knowledge'`` answers from the offline vocabulary. ``tags``
     without a tagger (the default 'clip') means the manual tagger. ``detector`` is the Grounding
     DINO that :class:`Stage1Models` loads when it is given none: 'tiny', 'base', a hub id or a
-    folder (None: the default detector).
+    folder (None: the default detector). ``prompt_style`` names the LLM's messages ('reference',
+    the paper's, or 'inspector'); ``object_join`` how the object tag joins the caption ('phrase'
+    or the reference code's 'comma'). Both are part of the profile's cache key. ``llm_fallback``
+    'auto' answers from the knowledge vocabulary when the LLM fails (to load, to reply, or with no
+    usable noun); 'never' makes any such failure an :class:`~iapas.prompts.llm.LLMError`.
     """
 
     tagger: str = "clip"
@@ -55,11 +61,14 @@ class Stage1Options:
     object_tag: str | None = None
     nouns: list[str] | None = None
     include_object_tag: bool = True
+    object_join: str = "phrase"  # iapas.prompts.caption.OBJECT_JOINS: 'comma' is the reference code's
+    prompt_style: str = "reference"  # iapas.prompts.llm.PROMPT_STYLES: the LLM's messages
     size_threshold: float = 0.8
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
     detector: str | None = None
+    llm_fallback: LlmFallback = "auto"
 
     def __post_init__(self) -> None:
         if self.tags is not None and self.tagger == "clip":
@@ -70,13 +79,20 @@ class Stage1Options:
             raise ValueError("the manual tagger needs tags (e.g. --tags 'leather, fabric')")
         if self.llm not in LLMS:
             raise ValueError(f"unknown LLM backend {self.llm!r}; choose one of {', '.join(LLMS)}")
+        from iapas.prompts.caption import check_object_join
+        from iapas.prompts.llm import check_prompt_style
+
+        check_object_join(self.object_join)
+        check_prompt_style(self.prompt_style)
+        if self.llm_fallback not in LLM_FALLBACKS:
+            raise ValueError(f"unknown LLM fallback {self.llm_fallback!r}; choose one of {', '.join(LLM_FALLBACKS)}")
 
     def settings(self, detector_name: str | None) -> dict[str, Any]:
         """The options as an evaluation records them (in the run's records), with the detector's
         name; the models' defaults are left unresolved. Not a cache key: profiles are keyed by
         :meth:`Stage1Models.input_hash`, the same for ``iapas profile`` and ``iapas evaluate``."""
         data = asdict(self)
-        for key in ("device", "dtype", "llm_timeout", "llm_retries", "detector"):
+        for key in ("device", "dtype", "llm_timeout", "llm_retries", "detector", "llm_fallback"):
             data.pop(key)
         data["knowledge_file"] = str(self.knowledge_file) if self.knowledge_file else None
         data["detector"] = detector_name
@@ -99,7 +115,9 @@ class Stage1Models:
     Loading errors of the tagger, detector and knowledge file propagate, and the next call tries
     again. An LLM that cannot be loaded is replaced, with a warning saying what to do, by an
     :class:`~iapas.prompts.llm.UnloadedLLM`: stage 1 then falls back to the knowledge
-    vocabulary and records why (and ``iapas profile`` makes such a profile again next time).
+    vocabulary and records why (and ``iapas profile`` makes such a profile again next time);
+    with ``options.llm_fallback`` 'never' the load error is raised instead (and again, without
+    a new attempt, on later calls).
     """
 
     def __init__(self, options: Stage1Options, detector: Any = None, *, loading: LoadingHook | None = None) -> None:
@@ -107,6 +125,7 @@ class Stage1Models:
         self._given_detector = detector
         self._loading = loading
         self._cache: dict[str, Any] = {}
+        self._llm_error: str | None = None  # why the LLM could not be loaded (llm_fallback 'never')
 
     # --- what would be loaded, without loading it ----------------------------------------------
 
@@ -147,7 +166,7 @@ class Stage1Models:
         o = options or self.options
         s: dict[str, Any] = {
             "seed": o.seed, "size_threshold": o.size_threshold, "include_object_tag": o.include_object_tag,
-            "object": o.object_tag, "detector": self.detector_id(),
+            "object_join": o.object_join, "object": o.object_tag, "detector": self.detector_id(),
         }
         if not o.object_tag:
             s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(o), "top_k": o.top_k, "tags": _as_typed(o.tags)})
@@ -155,6 +174,8 @@ class Stage1Models:
             s["prompts"] = _as_typed(o.nouns)
         else:
             s["llm"] = o.llm
+            if o.llm != "knowledge":
+                s["prompt_style"] = o.prompt_style
             if o.llm == "transformers":
                 s["llm_model"] = self.llm_id(o)
             elif o.llm == "openai":
@@ -224,12 +245,20 @@ class Stage1Models:
         else:
             key, model_id = "LLM", self.llm_id()
             build = lambda: TransformersLLM.from_pretrained(model_id, device=o.device, dtype=o.dtype)  # noqa: E731
+        from iapas.prompts.llm import LLMError, UnloadedLLM, load_failure_hint
+
+        if self._llm_error is not None:
+            raise LLMError(self._llm_error)
         try:
             return self._load(key, build)
         except Exception as exc:  # noqa: BLE001 - the knowledge vocabulary is the fallback whenever an LLM fails
-            from iapas.prompts.llm import UnloadedLLM, load_failure_hint
-
             error = str(exc).removeprefix("LLM: ") or type(exc).__name__
+            if o.llm_fallback == "never":
+                self._llm_error = (
+                    f"could not load the LLM {model_id}: {error}. To fix it: {load_failure_hint(o.llm, model_id, error)} "
+                    "(--llm-fallback never: no knowledge-vocabulary fallback)"
+                )
+                raise LLMError(self._llm_error) from None
             logger.warning(
                 "could not load the LLM %s: %s. To fix it: %s. Using the knowledge vocabulary instead "
                 "(the profile records it)", model_id, error, load_failure_hint(o.llm, model_id, error),

@@ -34,6 +34,7 @@ from iapas.io import read_image
 from iapas.profile import Profile
 from iapas.prompts.caption import (
     ALWAYS_ADDED,
+    DEFAULT_OBJECT_JOIN,
     GROUNDING_DINO_MAX_TEXT_LEN,
     clean_nouns,
     estimate_token_count,
@@ -41,7 +42,7 @@ from iapas.prompts.caption import (
     join_caption,
 )
 from iapas.prompts.knowledge import Knowledge
-from iapas.prompts.llm import LLM, SYSTEM_MESSAGE, USER_TEMPLATE, LLMError, Message, build_messages
+from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, LLM, PROMPT_STYLES, LLMError, Message, build_messages
 from iapas.prompts.object_tag import (
     BOX_THRESHOLD,
     NMS_IOU,
@@ -104,6 +105,7 @@ class NounResult:
     fallback_reason: str | None = None
     knowledge_family: str | None = None  # when the knowledge vocabulary answered
     base_url: str | None = None
+    prompt_style: str | None = None  # the messages' style (iapas.prompts.llm.PROMPT_STYLES), when an LLM was asked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,12 +142,16 @@ def generate_nouns(
     knowledge: Knowledge,
     other_tags: Sequence[str] = (),
     manual: Sequence[str] | None = None,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
+    fallback: bool = True,
 ) -> NounResult:
-    """Anomaly nouns for ``object_tag``: by hand, from ``llm``, or from ``knowledge``.
+    """Anomaly nouns for ``object_tag``: by hand, from ``llm`` (asked with the messages of
+    ``prompt_style``), or from ``knowledge``.
 
     An LLM that raises :class:`LLMError` (or any error), or whose reply gives no usable noun,
     is replaced by the knowledge vocabulary and the result says so (``fallback_used``,
-    ``fallback_reason``). Never raises for a failing LLM.
+    ``fallback_reason``). Never raises for a failing LLM, unless ``fallback`` is False: then
+    such a failure raises :class:`LLMError` with the reason.
     """
     if manual is not None:
         nouns = usable_nouns(list(manual), object_tag, knowledge)
@@ -155,8 +161,10 @@ def generate_nouns(
         return NounResult(
             "knowledge", knowledge.source, usable_nouns(list(answer.nouns), object_tag, knowledge), knowledge_family=answer.family
         )
-    messages = build_messages(object_tag)
-    result = NounResult(llm.name, llm.model_id, [], messages=messages, base_url=getattr(llm, "base_url", None))
+    messages = build_messages(object_tag, prompt_style)
+    result = NounResult(
+        llm.name, llm.model_id, [], messages=messages, base_url=getattr(llm, "base_url", None), prompt_style=prompt_style
+    )
     try:
         result.raw_text = llm.complete(messages, seed=seed)
     except LLMError as exc:
@@ -170,6 +178,9 @@ def generate_nouns(
             shown = " ".join(result.raw_text.split())
             shown = shown if len(shown) <= 120 else shown[:117] + "..."
             result.fallback_reason = f"no usable anomaly noun in the LLM reply {shown!r}"
+    if not result.nouns and not fallback:
+        reason = (result.fallback_reason or "the LLM failed").removeprefix(LLM_ERROR_PREFIX)
+        raise LLMError(f"{llm.model_id}: {reason} (--llm-fallback never: no knowledge-vocabulary fallback)")
     if not result.nouns:
         answer = knowledge.answer(object_tag, other_tags)
         result.nouns = usable_nouns(list(answer.nouns), object_tag, knowledge)
@@ -243,8 +254,8 @@ def _data_digest() -> str:
     h = hashlib.sha256()
     for name in ("tag_vocabulary.txt", "tag_stoplist.txt", "knowledge.yaml"):
         h.update(resources.files("iapas.prompts").joinpath(name).read_bytes())
-    h.update(SYSTEM_MESSAGE.encode())
-    h.update(USER_TEMPLATE.encode())
+    for style, (system, user) in PROMPT_STYLES.items():
+        h.update(f"{style}\0{system}\0{user}\0".encode())
     return h.hexdigest()
 
 
@@ -295,6 +306,8 @@ def build_profile(
     object_tag: str | None = None,
     nouns: Sequence[str] | None = None,
     include_object_tag: bool = True,
+    object_join: str = DEFAULT_OBJECT_JOIN,
+    prompt_style: str = DEFAULT_PROMPT_STYLE,
     size_threshold: float = 0.8,
     stoplist: frozenset[str] | None = None,
     max_tags: int | None = None,
@@ -304,15 +317,19 @@ def build_profile(
     input_digest: str | None = None,
     models: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    llm_fallback: bool = True,
 ) -> Profile:
     """Stage 1 for one category: reference images -> :class:`~iapas.profile.Profile`.
 
     ``references`` are the image files to use (pick them with :func:`select_references`).
     ``object_tag`` given: no tagging or vote. Either way the detector (if given) measures the
     object size on the references as stage 2 does (:func:`~iapas.prompts.object_tag.measure_object_size`). ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
-    no ``nouns``: the ``knowledge`` vocabulary answers. ``detector`` is any
+    no ``nouns``: the ``knowledge`` vocabulary answers. ``prompt_style`` names the LLM's messages
+    and ``object_join`` how the object tag joins the caption (:func:`~iapas.prompts.caption.build_caption`). ``detector`` is any
     :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
     window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
+    ``llm_fallback`` False: an LLM failure raises :class:`LLMError` instead of falling back to
+    the knowledge vocabulary (:func:`generate_nouns`).
     """
     t_start = time.perf_counter()
     category = category.strip()
@@ -414,7 +431,9 @@ def build_profile(
     # step 4: anomaly nouns
     t = time.perf_counter()
     noun_result = generate_nouns(
-        chosen, llm, seed=seed, knowledge=knowledge, other_tags=aggregated, manual=list(nouns) if nouns is not None else None
+        chosen, llm, seed=seed, knowledge=knowledge, other_tags=aggregated, manual=list(nouns) if nouns is not None else None,
+        prompt_style=prompt_style,
+        fallback=llm_fallback,
     )
     timings["nouns_s"] = time.perf_counter() - t
     record["llm"] = noun_result.to_dict()
@@ -424,7 +443,8 @@ def build_profile(
     # step 5: the caption, within the detector's text window
     try:
         caption, dropped = fit_caption(
-            noun_result.nouns, chosen, include_object_tag, count_tokens=count_tokens, max_tokens=max_tokens
+            noun_result.nouns, chosen, include_object_tag, count_tokens=count_tokens, max_tokens=max_tokens,
+            object_join=object_join,
         )
     except ValueError as exc:
         raise Stage1Error(str(exc)) from None
@@ -439,6 +459,7 @@ def build_profile(
         "max_tokens": max_tokens,
         "token_counter": counter,
         "include_object_tag": include_object_tag,
+        "object_join": object_join,
     }
     timings["total_s"] = time.perf_counter() - t_start
     record["timings"] = {k: round(v, 3) for k, v in timings.items()}

@@ -1,0 +1,318 @@
+"""OK/NG decisions: a threshold on an image score, calibrated on normal images.
+
+The image score under a minimum defect area ``A`` is the highest level ``t`` at which some
+8-connected region of ``{map > t}`` has at least ``A`` pixels (:func:`min_area_score`; the
+map's maximum when ``A <= 1``). An image is NG when its score is strictly above the threshold,
+which is the same statement as "the decision mask (the regions of ``{map > threshold}`` with at
+least ``A`` pixels) is not empty" (:func:`decision_mask`).
+
+With ``A <= 1`` the score is the float map's maximum, exactly (results.jsonl records it as
+``max_score``). With ``A >= 2`` it is taken on the map as stored (:func:`iapas.outputs.encode_map`:
+steps of 1e-4, saturating at 6.5535), so a score computed from a ``maps/`` file and one computed
+from the map in memory are the same number: calibration and decision apply the very same score
+function, which is what the conformal guarantee needs.
+
+Rules (:class:`Decision` ``rule``):
+
+- ``conformal``: split-conformal quantile of ``n`` normal scores: the ``k``-th smallest with
+  ``k = ceil((n + 1)(1 - rate))`` (:func:`conformal_threshold`). For a new normal image
+  exchangeable with the calibration images, ``P(score > threshold) <= rate``, ties included.
+- ``f1``: the threshold of best image-level F1 on labelled normal and defective images
+  (:func:`f1_threshold`, anomalib's adaptive threshold).
+- ``manual``: a threshold given by hand (``iapas segment --threshold``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from iapas.outputs import MAP_SCALE, encode_map
+
+RULES = ("conformal", "f1", "manual")
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
+
+
+class DecisionError(ValueError):
+    """A threshold cannot be calibrated (too few images, no scores) or a decision is malformed."""
+
+
+def _fraction(rate: float) -> Fraction:
+    if not 0 < rate < 1:
+        raise DecisionError(f"the false-alarm rate must be in (0, 1), got {rate}")
+    return Fraction(rate).limit_denominator(10**9)  # 0.01 -> 1/100 exactly
+
+
+def conformal_rank(n: int, rate: float) -> int:
+    """``k = ceil((n + 1)(1 - rate))``, computed exactly (0.01 is taken as 1/100)."""
+    return math.ceil((n + 1) * (1 - _fraction(rate)))
+
+
+def images_needed(rate: float) -> int:
+    """The fewest calibration images for which the conformal threshold exists (``k <= n``):
+    ``ceil((1 - rate) / rate)``, e.g. 99 for 1%, 19 for 5%, 9 for 10%."""
+    r = _fraction(rate)
+    return math.ceil((1 - r) / r)
+
+
+def conformal_threshold(scores: Any, rate: float) -> float:
+    """The ``k``-th smallest of ``scores``, ``k = ceil((n + 1)(1 - rate))``; NG when a score is
+    strictly above it. Ties need no special care: with exchangeable scores,
+    ``P(new > k-th smallest) <= (n + 1 - k) / (n + 1) <= rate`` whatever the ties.
+
+    Raises :class:`DecisionError` with the number of images needed when ``k > n``.
+    """
+    values = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
+    if np.isnan(values).any():
+        raise DecisionError("the calibration scores contain NaN")
+    n = len(values)
+    k = conformal_rank(n, rate)
+    if k > n:
+        raise DecisionError(
+            f"{n} normal image(s) are too few for a false-alarm rate of {rate:g}: "
+            f"the conformal threshold needs at least {images_needed(rate)}"
+        )
+    return float(values[k - 1])
+
+
+def false_alarm_rate(normal_scores: Any, threshold: float) -> float:
+    """The fraction of ``normal_scores`` strictly above ``threshold``."""
+    values = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
+    return float((values > threshold).mean()) if len(values) else 0.0
+
+
+def f1_threshold(normal_scores: Any, anomalous_scores: Any) -> tuple[float, float]:
+    """The threshold of best image F1 (anomalib's ``F1AdaptiveThreshold``): ``(threshold, f1)``.
+
+    anomalib predicts NG for ``score >= t`` over the PR curve's thresholds (the distinct scores)
+    and takes the first best F1 in ascending order. Here NG is ``score > threshold``, so the
+    threshold returned is the next lower distinct score (the same predictions), or just below
+    the lowest score when every image is NG at the best F1.
+    """
+    normal = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
+    anomalous = np.asarray(anomalous_scores, dtype=np.float64).reshape(-1)
+    if not len(anomalous):
+        raise DecisionError("the F1 threshold needs defective images")
+    scores = np.concatenate([normal, anomalous])
+    labels = np.concatenate([np.zeros(len(normal), bool), np.ones(len(anomalous), bool)])
+    levels = np.unique(scores)  # ascending: candidate anomalib thresholds t (NG: score >= t)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    tp_cum, fp_cum = np.cumsum(sorted_labels), np.cumsum(~sorted_labels)
+    # images with score >= t: the first count(score >= t) of the descending order
+    count = len(scores) - np.searchsorted(np.sort(scores), levels, side="left")
+    tp, fp = tp_cum[count - 1], fp_cum[count - 1]
+    fn = len(anomalous) - tp
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    best = int(np.argmax(f1))
+    if best > 0:
+        threshold = float(levels[best - 1])
+    else:
+        threshold = float(np.nextafter(levels[0], -np.inf))
+    return threshold, float(f1[best])
+
+
+def normalized_score(score: float, threshold: float, score_min: float, score_max: float) -> float:
+    """anomalib's min-max normalisation: ``(score - threshold) / (max - min) + 0.5``, clipped to
+    [0, 1] (0.5 at the threshold). ``min``/``max`` are the calibration scores'; when they are
+    equal (e.g. every normal image scored 0) the range is taken as 1, one box confidence."""
+    return float(min(1.0, max(0.0, (score - threshold) / score_span(score_min, score_max) + 0.5)))
+
+
+def score_span(score_min: float, score_max: float) -> float:
+    """The range the normalised score divides by: ``max - min``, or 1 when that is 0."""
+    span = score_max - score_min
+    return float(span) if span > 0 else 1.0
+
+
+# --- the image score under a minimum defect area ------------------------------------------------
+
+
+def _largest_region(on: np.ndarray) -> int:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(on, structure=_EIGHT)
+    if count == 0:
+        return 0
+    return int(np.bincount(labels.reshape(-1))[1:].max())
+
+
+def _min_area_units(units: np.ndarray, min_area: int) -> int:
+    """:func:`min_area_score` on an integer map; returns the level in the map's units.
+
+    The largest region of ``{map >= v}`` shrinks as ``v`` grows (a region of a subset lies in
+    a region of the superset), so a binary search over the distinct levels finds the highest
+    ``v`` with a region of ``min_area`` pixels: O(log(levels)) labellings, exact.
+    """
+    if units.size == 0:
+        return 0
+    if min_area <= 1:
+        return int(units.max())
+    if min_area > units.size:
+        return 0
+    levels = np.unique(units)
+    lo, hi = 0, len(levels) - 1  # levels[lo] always qualifies: {map >= min} is the whole image
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _largest_region(units >= levels[mid]) >= min_area:
+            lo = mid
+        else:
+            hi = mid - 1
+    return int(levels[lo])
+
+
+def stored_units(anomaly_map: np.ndarray) -> np.ndarray:
+    """The map as stored in ``maps/KEY.png``: integers of 1e-4 (see :func:`iapas.outputs.encode_map`)."""
+    arr = np.asarray(anomaly_map)
+    return arr if arr.dtype == np.uint16 else encode_map(arr)
+
+
+def _as_float(anomaly_map: np.ndarray) -> np.ndarray:
+    arr = np.asarray(anomaly_map)
+    return arr / np.float32(MAP_SCALE) if arr.dtype == np.uint16 else arr
+
+
+def min_area_score(anomaly_map: np.ndarray, min_area: int = 0) -> float:
+    """The highest level ``t`` at which some 8-connected region of ``{map > t}`` has at least
+    ``min_area`` pixels. ``min_area`` 0 or 1: the map's maximum (exact); 2 or more: on the
+    stored map (steps of 1e-4, saturating at 6.5535), 0.0 when the image has fewer than
+    ``min_area`` pixels. A uint16 array is taken as an already encoded map."""
+    if min_area <= 1:
+        arr = _as_float(anomaly_map)
+        return float(arr.max()) if arr.size else 0.0
+    return _min_area_units(stored_units(anomaly_map), int(min_area)) / MAP_SCALE
+
+
+def decision_mask(anomaly_map: np.ndarray, threshold: float, min_area: int = 0) -> np.ndarray:
+    """``(H, W)`` bool: the 8-connected regions of ``{map > threshold}`` with at least
+    ``min_area`` pixels (on the stored map for ``min_area >= 2``, as :func:`min_area_score`).
+    Non-empty exactly when ``min_area_score(map, min_area) > threshold``."""
+    if min_area <= 1:
+        return np.asarray(_as_float(anomaly_map) > threshold)
+    on = stored_units(anomaly_map) / MAP_SCALE > threshold
+    if not on.any():
+        return on
+    from scipy import ndimage
+
+    labels, count = ndimage.label(on, structure=_EIGHT)
+    sizes = np.bincount(labels.reshape(-1))
+    big = sizes >= min_area
+    big[0] = False
+    return big[labels]
+
+
+# --- the decision section of a profile and the verdict of one image ----------------------------
+
+
+@dataclass
+class Decision:
+    """How OK/NG is decided: the ``decision`` section of a profile (written by ``iapas calibrate``)."""
+
+    threshold: float
+    min_defect_area: int = 0
+    rule: str = "conformal"
+    target_rate: float | None = None  # the false-alarm rate asked for (conformal)
+    n_calibration: int = 0  # normal images the threshold was calibrated on
+    observed_false_alarm_rate: float | None = None  # on those images
+    score_min: float = 0.0  # calibration scores' range, for the normalised score
+    score_max: float = 0.0
+    n_anomalous: int = 0  # labelled defective images used (f1), reported alongside
+    detection_rate: float | None = None  # defective images NG at this threshold
+    signature: dict[str, Any] = field(default_factory=dict)  # models and settings of the calibration
+    date: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, source: str = "decision") -> None:
+        if self.rule not in RULES:
+            raise DecisionError(f"{source}: 'rule' must be one of {', '.join(RULES)}, got {self.rule!r}")
+        try:
+            self.threshold = float(self.threshold)
+            self.min_defect_area = int(self.min_defect_area)
+        except (TypeError, ValueError):
+            raise DecisionError(f"{source}: 'threshold' must be a number and 'min_defect_area' an integer") from None
+        if math.isnan(self.threshold):
+            raise DecisionError(f"{source}: 'threshold' is NaN")
+        if self.min_defect_area < 0:
+            raise DecisionError(f"{source}: 'min_defect_area' must be >= 0, got {self.min_defect_area}")
+        if not isinstance(self.signature, dict):
+            raise DecisionError(f"{source}: 'signature' must be a mapping")
+
+    @classmethod
+    def manual(cls, threshold: float, min_defect_area: int = 0) -> Decision:
+        """A threshold given by hand (recorded with rule 'manual')."""
+        return cls(threshold=threshold, min_defect_area=min_defect_area, rule="manual", date=today())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "decision") -> Decision:
+        from iapas.profile import check_fields  # the profile module imports this one
+
+        check_fields(cls, data, source, ("threshold",), "decision fields", DecisionError)
+        decision = cls(threshold=0.0)  # the defaults, then the file's values
+        for name, value in data.items():
+            setattr(decision, name, value)
+        decision.validate(source)
+        return decision
+
+    def score(self, anomaly_map: np.ndarray) -> float:
+        return min_area_score(anomaly_map, self.min_defect_area)
+
+    def normalize(self, score: float) -> float:
+        return normalized_score(score, self.threshold, self.score_min, self.score_max)
+
+    def decide(self, anomaly_map: np.ndarray) -> ImageDecision:
+        """The verdict on one map (float scores, or a uint16 stored map)."""
+        units = stored_units(anomaly_map) if self.min_defect_area > 1 else anomaly_map
+        score = self.score(units)
+        return ImageDecision(
+            verdict="NG" if score > self.threshold else "OK",
+            score=score,
+            threshold=self.threshold,
+            normalized_score=self.normalize(score),
+            rule=self.rule,
+            min_defect_area=self.min_defect_area,
+            mask=decision_mask(units, self.threshold, self.min_defect_area),
+            score_span=score_span(self.score_min, self.score_max),
+        )
+
+
+@dataclass
+class ImageDecision:
+    """The verdict on one image; ``mask`` is the decision mask (empty exactly when OK)."""
+
+    verdict: str  # "OK" or "NG"
+    score: float  # the image score under the rule (min_area_score)
+    threshold: float
+    normalized_score: float
+    rule: str
+    min_defect_area: int
+    mask: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), bool))
+    score_span: float = 1.0  # what the normalised score divides by (overlays use the same scale)
+
+    @property
+    def ng(self) -> bool:
+        return self.verdict == "NG"
+
+    def to_record(self) -> dict[str, Any]:
+        """The fields each results.jsonl line gets."""
+        return {
+            "decision": self.verdict,
+            "decision_score": round(self.score, 6),
+            "threshold": self.threshold,
+            "normalized_score": round(self.normalized_score, 6),
+            "decision_rule": self.rule,
+            "min_defect_area": self.min_defect_area,
+        }
+
+
+def today() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
