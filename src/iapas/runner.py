@@ -12,6 +12,7 @@ the file is rewritten (atomically) with one line per key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,6 +40,7 @@ from iapas.io import (
 from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
+from iapas.storage import is_disk_full, stop_reason
 from iapas.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -95,11 +97,21 @@ class ResultsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._tail_checked:
             self._repair_tail()
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: nothing left to flush later
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:  # e.g. disk full: leave no torn line behind (truncating needs no space)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def compact(self, order: Sequence[str] | None = None) -> None:
         """Rewrite with one line per key (the latest), in ``order`` when given."""
@@ -170,10 +182,12 @@ class RunSummary:
     seconds: float = 0.0
     interrupted: bool = False
     scores: list[tuple[str, float]] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.storage
+    not_run: int = 0  # images left for a resumed run after a stop
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.interrupted
+        return not self.failed and not self.interrupted and self.stopped is None
 
 
 def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]:
@@ -244,6 +258,9 @@ def run_segmentation(
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
     ``on_image(key, status)`` is called after each image ('ok', 'failed' or 'skipped').
+    When a write fails for lack of space (see :mod:`iapas.storage`), no new image is started,
+    the images finished so far stay (the failed one's partial outputs are removed), and the
+    summary says why in ``stopped``, with ``not_run`` images left for a resumed run.
     ``roots``: the folder each path was found from, which output names are relative to (see
     :func:`assign_keys`); give it so that names stay the same as the input folders grow.
     ``decision``: decide OK/NG on every image (the record's ``decision`` fields, the decision
@@ -278,22 +295,29 @@ def run_segmentation(
             )
     from iapas import __version__
 
-    atomic_write_text(
-        run_file,
-        json.dumps(
-            {"iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
-             "decision": decision.to_dict() if decision else None,
-             "profile": record_profile.to_dict() if record_profile else None},
-            indent=2,
+    summary = RunSummary(total=len(paths))
+    try:
+        atomic_write_text(
+            run_file,
+            json.dumps(
+                {"iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
+                 "decision": decision.to_dict() if decision else None,
+                 "profile": record_profile.to_dict() if record_profile else None},
+                indent=2,
+            )
+            + "\n",
         )
-        + "\n",
-    )
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.error("%s: cannot write: %s", run_file, exc)
+        summary.stopped, summary.not_run = stop_reason(exc), len(paths)
+        return summary
     keys = assign_keys(paths, roots)
     finished = {
         k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay).items()
         if same_decision(r, decision)  # a record decided otherwise is segmented again
     }
-    summary = RunSummary(total=len(paths))
     started = time.perf_counter()
 
     todo: list[tuple[Path, str]] = []
@@ -302,10 +326,13 @@ def run_segmentation(
         if rec is not None:
             summary.skipped += 1
             summary.scores.append((key, float(rec.get("image_score", 0.0))))
-            if on_image:
-                on_image(key, "skipped")
         else:
             todo.append((p, key))
+    if summary.skipped:
+        logger.info("resuming: %d of %d image(s) already done in %s", summary.skipped, len(paths), out_dir)
+    if on_image:
+        for key, _ in summary.scores:
+            on_image(key, "skipped")
     key_of = {p: k for p, k in todo}
 
     # Outputs and log lines are written by one background thread, in order, while the models
@@ -318,12 +345,28 @@ def run_segmentation(
         while len(pending) > 2 * batch_size + 2:  # bound the memory held by queued results
             pending.pop(0).result()
 
+    def stop(path: Path, exc: OSError, unfinished: bool = True) -> None:
+        """The disk is full: remove this image's partial outputs; the run starts no new image.
+        ``unfinished``: count the image among those a resumed run will do."""
+        for folder in ("maps", "masks", "overlays"):
+            with contextlib.suppress(OSError):
+                (out_dir / folder / f"{key_of[path]}.png").unlink(missing_ok=True)
+        if summary.stopped is None:
+            logger.error("%s: cannot write: %s; stopping (finished images are saved)", path, exc)
+            summary.stopped = stop_reason(exc)
+        summary.not_run += int(unfinished)
+
     def record_failure(path: Path, key: str, message: str) -> None:
         logger.error("%s", message)
 
         def job() -> None:
-            log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
             summary.failed.append((str(path), message))
+            try:
+                log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                stop(path, exc, unfinished=False)  # counted as failed: it fails again when resumed
             if on_image:
                 on_image(key, "failed")
 
@@ -331,18 +374,30 @@ def run_segmentation(
 
     def write_result(path: Path, image: LoadedImage, result: SegmentationResult) -> None:
         key = key_of[path]
+        if summary.stopped is not None:  # the disk is full: leave it for the resumed run
+            summary.not_run += 1
+            return
         try:
             verdict = decision.decide(result.anomaly_map) if decision is not None else None
             outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay, verdict=verdict)
-        except OSError as exc:  # e.g. disk full: this image failed, the run goes on
-            message = f"{path}: cannot write outputs: {exc}"
+        except OSError as exc:
+            if is_disk_full(exc):
+                stop(path, exc)
+                return
+            message = f"{path}: cannot write outputs: {exc}"  # this image failed, the run goes on
             logger.error("%s", message)
             log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
             summary.failed.append((str(path), message))
             if on_image:
                 on_image(key, "failed")
             return
-        log.append(result_record(key, image, result, outputs, threshold, verdict))
+        try:
+            log.append(result_record(key, image, result, outputs, threshold, verdict))
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            stop(path, exc)  # no record: its outputs would be orphans
+            return
         summary.done += 1
         summary.scores.append((key, result.image_score))
         if on_image:
@@ -366,16 +421,21 @@ def run_segmentation(
             result = dataclasses.replace(result, masks=np.zeros((0, *result.anomaly_map.shape), dtype=bool))
             submit(lambda path=path, image=image, result=result: write_result(path, image, result))
 
+    scheduled = 0
     try:
         try:
             for path, loaded in prefetch_images([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
+                if summary.stopped is not None:
+                    break
+                scheduled += 1
                 if isinstance(loaded, ImageReadError):
                     record_failure(path, key_of[path], str(loaded))
                     continue
                 batch.append((path, loaded))
                 if len(batch) >= batch_size:
                     flush()
-            flush()
+            if summary.stopped is None:
+                flush()
         finally:  # finished images are written out even when interrupted
             writer.shutdown(wait=True)
             for fut in pending:
@@ -384,8 +444,10 @@ def run_segmentation(
         summary.interrupted = True
         logger.warning("interrupted: finished images are saved; run the same command again to resume")
     summary.seconds = time.perf_counter() - started
-    if not summary.interrupted:
-        log.compact(order=keys)
+    if summary.stopped is not None:
+        summary.not_run += len(todo) - scheduled - len(batch)  # never started (the batch: never run)
+    elif not summary.interrupted:
+        log.compact(order=keys)  # (a full disk could not take the rewrite)
     return summary
 
 

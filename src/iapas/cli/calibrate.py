@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, setup_logging
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def calibrate_cmd(
+    ctx: typer.Context,
     profile_path: Path = typer.Option(..., "--profile", "-p", help="The profile to calibrate; its 'decision' section is (re)written."),
     normal: list[str] = typer.Option(
         ..., "--normal", help="Normal images (files, folders, globs), not the stage-1 references. Repeatable."
@@ -117,6 +118,7 @@ def calibrate_cmd(
             print_error(problem)
         problems += mask_problems
 
+    hold_output_lock(ctx, out, "calibrate")  # before loading the models: a second run is refused at once
     try:
         config = PipelineConfig(
             detector=detector, segmenter=segmenter, device=device, dtype=dtype,

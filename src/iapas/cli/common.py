@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -70,6 +71,28 @@ def version_callback(value: bool) -> None:
 def print_error(message: str) -> None:
     """One unwrapped error line; the message is plain text (no rich markup)."""
     console.print(Text("error: ", style="bold red") + Text(one_line(str(message))), highlight=False, soft_wrap=True)
+
+
+def hold_output_lock(ctx: typer.Context, folder: Path, command: str) -> None:
+    """Hold the exclusive lock of the output folder (:func:`iapas.lock.output_lock`) until the
+    command ``ctx`` ends; another run holding it exits here with a one-line message (code 2)."""
+    from iapas.lock import OutputLockedError, output_lock
+
+    try:
+        ctx.with_resource(output_lock(folder, command))
+    except (OutputLockedError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+def print_stopped(reason: str, left: str) -> None:
+    """A run stopped early (the disk is full): why, what is left, and the command to resume."""
+    import sys
+
+    from iapas.storage import resume_command
+
+    console.print(Text("stopped early: ", style="bold red") + Text(f"{reason}; {left}; finished images are saved"),
+                  highlight=False, soft_wrap=True)
+    console.print(Text(f"free some space, then resume with: {resume_command(sys.argv[1:])}"), highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

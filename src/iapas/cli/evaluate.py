@@ -1,8 +1,9 @@
 """``iapas evaluate`` and ``iapas bench``: the paper's benchmark protocol on dataset folders.
 
 A thin layer over :mod:`iapas.evaluation`: options -> settings, rich progress bars per category,
-a summary table at the end. Exit codes: 0 all evaluated, 1 some image or category failed, 2 bad
-options or a conflicting output folder, 130 interrupted (run the same command again to resume).
+a summary table at the end. Exit codes: 0 all evaluated, 1 some image or category failed or the
+disk filled up (the run stops early and says how to resume), 2 bad options, a conflicting output
+folder or one in use by another run, 130 interrupted (run the same command again to resume).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_stopped, setup_logging
 from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
@@ -175,16 +176,20 @@ def _model_names(
     }
 
 
+def _columns() -> tuple[Any, ...]:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+
+
 class _Bars:
-    """Rich progress bars: one per category (and per stage-1 step while a profile is made)."""
+    """Progress per category (and per stage-1 step while a profile is made): rich bars on a
+    terminal, log lines elsewhere (:class:`iapas.cli.progress.RunProgress`)."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from iapas.cli.progress import RunProgress
 
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, disable=quiet, transient=False,
-        )
+        self.progress = RunProgress(console, quiet, _columns)
         self.tasks: dict[str, Any] = {}
         self.prefix = ""
 
@@ -194,16 +199,16 @@ class _Bars:
         return ProgressHooks(on_category=self.on_category, on_image=self.on_image, on_stage1=self.on_stage1)
 
     def on_category(self, name: str, total: int) -> None:
-        self.tasks[name] = self.progress.add_task(escape(f"{self.prefix}{name}"), total=total)
+        self.tasks[name] = self.progress.add_task(f"{self.prefix}{name}", total=total)
 
     def on_image(self, name: str, key: str, status: str) -> None:
         if name in self.tasks:
-            self.progress.advance(self.tasks[name])
+            self.progress.advance(self.tasks[name], status)
 
     def on_stage1(self, name: str, step: str, done: int, total: int) -> None:
         key = f"{name}:{step}"
         if key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(escape(f"{self.prefix}{name} (stage 1: {step})"), total=total)
+            self.tasks[key] = self.progress.add_task(f"{self.prefix}{name} (stage 1: {step})", total=total)
         self.progress.update(self.tasks[key], completed=done)
 
     def __enter__(self) -> _Bars:
@@ -247,7 +252,7 @@ def print_summary(result: Any) -> None:
     unmasked = sum(c.metrics.n_pixel_excluded for c in result.categories if c.metrics is not None)
     if unmasked:
         console.print(f"{unmasked} defective image(s) have no mask: left out of the pixel metrics, kept in the image metrics")
-    if result.failed:
+    if result.n_failed_images:
         console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
     fell_back = {c.name: c.profile.llm_fallback for c in result.categories if c.profile.llm_fallback}
     if fell_back:
@@ -255,6 +260,9 @@ def print_summary(result: Any) -> None:
             f"LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the LLM, "
             f"because {next(iter(fell_back.values()))}", markup=False, highlight=False, soft_wrap=True,
         )
+    if result.stopped:
+        left = [c.name for c in result.categories if c.error == "not evaluated: the run stopped early"]
+        print_stopped(result.stopped, f"categories not evaluated: {', '.join(left) or 'none'}")
 
 
 def _run_guarded(fn: Any) -> Any:
@@ -274,14 +282,22 @@ def _run_guarded(fn: Any) -> Any:
         raise typer.Exit(130) from None
     except (RunConflictError, DatasetError, ModelLoadError, TaggerError, LLMError, KnowledgeError, ProfileError) as exc:
         raise fail(str(exc)) from None
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:
+        from iapas.storage import is_disk_full, stop_reason
+
+        if not is_disk_full(exc):
+            raise fail(str(exc)) from None
+        print_stopped(stop_reason(exc), "the run did not finish")  # e.g. while a profile was written
+        raise typer.Exit(1) from None
 
 
 # --- iapas evaluate ------------------------------------------------------------------------------------
 
 
 def evaluate_cmd(
+    ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm, visa (or folder)."),
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation folder (created; an existing one is resumed)."),
@@ -381,6 +397,7 @@ def evaluate_cmd(
             check_caption_length(caption, detector)
     except (DatasetError, ValueError, RunConflictError) as exc:
         raise fail(str(exc)) from None
+    hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
     bars = _Bars(quiet)
     with bars:
@@ -416,6 +433,7 @@ def _parse_categories(values: list[str] | None) -> dict[str, list[str]]:
 
 
 def bench_cmd(
+    ctx: typer.Context,
     root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
@@ -500,6 +518,7 @@ def bench_cmd(
     except ValueError as exc:
         raise fail(str(exc)) from None
     per_dataset = _parse_categories(categories)
+    hold_output_lock(ctx, out, "bench")  # the whole bench folder, with every evaluation in it
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
     bars = _Bars(quiet)
 
@@ -537,3 +556,5 @@ def _print_bench(bench: Any) -> None:
         for variant, message in errs.items():
             console.print(f"[bold red]{escape(name)} {escape(variant)}:[/] {escape(message)}", highlight=False, soft_wrap=True)
     console.print(f"wrote {bench.out_dir / 'bench.md'}, bench.csv, bench.json, bench.html", highlight=False, soft_wrap=True)
+    if bench.stopped:
+        print_stopped(bench.stopped, "the bench did not finish")

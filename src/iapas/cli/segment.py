@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.cli.common import (
+    QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, print_stopped, setup_logging,
+)
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -18,6 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def segment_cmd(
+    ctx: typer.Context,
     images: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns ('parts/*.png')."),
     profile_path: Path = typer.Option(
         None, "--profile", "-p", help="Category profile from 'iapas profile' (YAML/JSON). Required in iapas mode."
@@ -58,7 +61,9 @@ def segment_cmd(
     phrases and scores, object box, image score, timings). With a calibrated profile ('iapas
     calibrate') or --threshold, every image gets an OK/NG decision and the mask is the decision
     mask (empty exactly when OK). A run that stops part way resumes where it left off when run
-    again. The exit code is 1 if any image failed.
+    again; a full disk stops it early with the command to resume. The exit code is 1 if any
+    image failed or the run stopped early. A second run into the same --out while one is
+    running is refused.
 
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
@@ -123,6 +128,7 @@ def segment_cmd(
             check_caption_length(profile.caption, detector)
         except ValueError as exc:
             raise fail(str(exc)) from None
+    hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
     try:
         config = PipelineConfig(
             detector=detector,
@@ -142,19 +148,22 @@ def segment_cmd(
     if decision is not None and decision.rule != "manual":
         warn_if_other_settings(decision, run_signature(pipeline, profile))
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from iapas.cli.progress import RunProgress
 
-    progress = Progress(
-        TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=quiet, transient=False,
-    )
+    def columns() -> tuple:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+
+    progress = RunProgress(console, quiet, columns)  # rich's bar on a terminal, log lines elsewhere
     with progress:
-        task = progress.add_task("segment", total=len(paths))
+        task = progress.add_task("segmenting", total=len(paths))
         try:
             summary = run_segmentation(
                 paths, pipeline, profile, out,
-                threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size, overlay=overlay, max_pixels=max_pixels, restart=restart,
-                on_image=lambda key, status: progress.advance(task), roots=roots,
+                threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size,
+                overlay=overlay, max_pixels=max_pixels, restart=restart,
+                on_image=lambda key, status: progress.advance(task, status), roots=roots,
             )
         except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
@@ -162,7 +171,7 @@ def segment_cmd(
     failed = len(summary.failed) + len(problems)
     if summary.interrupted:
         raise typer.Exit(130)
-    if failed:
+    if failed or summary.stopped:
         raise typer.Exit(1)
 
 
@@ -200,6 +209,8 @@ def print_summary(summary: "RunSummary", out: Path, missing: int, decision: "Dec
     table.add_row("segmented now", str(summary.done))
     table.add_row("already done (resumed)", str(summary.skipped))
     table.add_row("failed", str(len(summary.failed) + missing))
+    if summary.stopped:
+        table.add_row("not segmented (stopped early)", str(summary.not_run))
     if summary.done:
         table.add_row("seconds per image", f"{summary.seconds / summary.done:.3f}")
     top = sorted(summary.scores, key=lambda kv: -kv[1])[:5]
@@ -221,3 +232,5 @@ def print_summary(summary: "RunSummary", out: Path, missing: int, decision: "Dec
         console.print(f"[bold red]{len(summary.failed) + missing} input(s) failed[/]; see the errors above and results.jsonl")
     if summary.interrupted:
         console.print("[yellow]interrupted[/]: run the same command again to resume")
+    if summary.stopped:
+        print_stopped(summary.stopped, f"{summary.not_run} image(s) not segmented yet")

@@ -59,6 +59,7 @@ from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks, ev
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
 from iapas.io import atomic_path, atomic_write_text
 from iapas.pipeline import Pipeline
+from iapas.storage import is_disk_full, stop_reason
 from iapas.prompts.caption import BASE_CAPTION
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
@@ -220,11 +221,12 @@ class BenchResult:
     # prompt-transfer: dataset -> source category (whose profile) -> the run of the other categories
     transfer: dict[str, dict[str, DatasetResult]] = field(default_factory=dict)
     test_pool_references: int | None = None  # every column's test set is the one this many references leave
+    stopped: str | None = None  # why the bench stopped early (the disk is full), see iapas.storage
 
     @property
     def failed(self) -> bool:
         runs = [r for by in (self.results, self.transfer) for rs in by.values() for r in rs.values()]
-        return bool(self.errors) or any(r.failed for r in runs)
+        return self.stopped is not None or bool(self.errors) or any(r.failed for r in runs)
 
     def transfer_matrix(self, dataset: str) -> dict[str, Any] | None:
         """The prompt-transfer matrix of ``dataset``: ``{"categories": [...], "own": {target: metrics},
@@ -422,6 +424,8 @@ def run_bench(
         settings = replace(settings, test_pool_references=max(counts))
     models = Stage1Models(stage1, pipeline.detector) if stage1 is not None else None
     for name, folder in found.items():
+        if bench.stopped is not None:
+            break
         ds_out = out / name
         try:
             loader = get_dataset(name, folder)
@@ -505,7 +509,17 @@ def run_bench(
                 bench.errors.setdefault(name, {})[variant.name] = str(exc)
                 continue
             bench.results.setdefault(name, {})[variant.name] = result
-    write_bench(bench)
+            if result.stopped is not None:  # the disk is full: no further run
+                bench.stopped = result.stopped
+                bench.notes.append(f"The bench stopped early ({result.stopped}) in {name} {variant.name}; run it again to finish.")
+                break
+    try:
+        write_bench(bench)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.error("%s: cannot write the bench tables: %s", out, exc)
+        bench.stopped = bench.stopped or stop_reason(exc)
     return bench
 
 

@@ -60,6 +60,7 @@ from iapas.profile import Profile
 from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
 from iapas.io import file_stamp
 from iapas.runner import ResultsLog, RunConflictError, assign_keys, precision_signature, prefetch_images
+from iapas.storage import DiskFullError, is_disk_full, stop_reason
 from iapas.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -286,10 +287,11 @@ class DatasetResult:
     notes: list[str] = field(default_factory=list)
     iapas_version: str = __version__
     created: str = ""
+    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.storage
 
     @property
     def failed(self) -> bool:
-        return any(c.failed for c in self.categories)
+        return self.stopped is not None or any(c.failed for c in self.categories)
 
     @property
     def n_failed_images(self) -> int:
@@ -626,7 +628,9 @@ def evaluate_category(
     ``profile`` is the category's stage-1 profile (None in mode 'base'). Unreadable images and
     masks that do not fit their image are recorded as failed and left out of the metrics.
     ``on_image(key, status)`` is called per image with 'ok', 'failed' or 'skipped' (resumed).
-    A KeyboardInterrupt propagates: finished images are on disk, run again to resume.
+    A KeyboardInterrupt propagates: finished images are on disk, run again to resume. So does a
+    full disk, as :class:`~iapas.storage.DiskFullError`, once no new image is started, the
+    finished ones are saved and the failed one's partial map is removed.
     """
     settings = settings or EvalSettings()
     out = Path(out_dir)
@@ -655,18 +659,31 @@ def evaluate_category(
     log = ResultsLog(predictions_path(out, category.name))
     log.path.parent.mkdir(parents=True, exist_ok=True)
     previous = log.read()
-    todo: list[Sample] = []
-    for s in samples:
-        if _is_done(previous.get(keys[s.path]), out, s):
-            if on_image:
+    todo = [s for s in samples if not _is_done(previous.get(keys[s.path]), out, s)]
+    if len(todo) < len(samples):
+        logger.info("%s: resuming: %d of %d image(s) already done", category.name, len(samples) - len(todo), len(samples))
+    if on_image:
+        pending = {s.path for s in todo}
+        for s in samples:
+            if s.path not in pending:
                 on_image(keys[s.path], "skipped")
-        else:
-            todo.append(s)
     by_path = {s.path: s for s in todo}
+
+    def stop(sample: Sample, exc: OSError, partial: Path | None = None) -> DiskFullError:
+        """A full disk: remove the partial map; the error to raise (no new image is started)."""
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        logger.error("%s: cannot write: %s; stopping (finished images are saved)", sample.path, exc)
+        return DiskFullError(exc.errno, stop_reason(exc))
 
     def fail(sample: Sample, message: str) -> None:
         logger.error("%s", message)
-        log.append(failure_record(keys[sample.path], sample, message))
+        try:
+            log.append(failure_record(keys[sample.path], sample, message))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise stop(sample, exc) from exc
+            raise
         if on_image:
             on_image(keys[sample.path], "failed")
 
@@ -689,8 +706,13 @@ def evaluate_category(
             map_eval = size_map(seg.anomaly_map, settings.eval_size)
             mask_eval = size_mask(mask, settings.eval_size)
             rel = map_relpath(category.name, key)
-            save_map_file(out / rel, map_eval, mask_eval)
-            log.append(prediction_record(key, sample, image, seg, map_eval, mask_eval, rel))
+            try:
+                save_map_file(out / rel, map_eval, mask_eval)
+                log.append(prediction_record(key, sample, image, seg, map_eval, mask_eval, rel))
+            except OSError as exc:
+                if is_disk_full(exc):  # no record: the map would be an orphan
+                    raise stop(sample, exc, out / rel) from exc
+                raise
             result.n_new += 1
             if on_image:
                 on_image(key, "ok")
@@ -843,7 +865,9 @@ def evaluate_dataset(
     :func:`~iapas.evaluation.profiles.get_profile`). Every profile is resolved and every
     signature checked before the first image is segmented, so a conflicting folder is refused
     at once. A category that cannot be evaluated (no references for stage 1, no test image) is
-    recorded with its error and the others go on.
+    recorded with its error and the others go on. A full disk (:mod:`iapas.storage`) stops the
+    run: the category being segmented and those after it are recorded as not evaluated, the
+    tables are written when there is room for them, and ``stopped`` says why.
     """
     from iapas.evaluation.tables import write_tables
     from iapas.prompts.stage1 import Stage1Error
@@ -940,7 +964,14 @@ def evaluate_dataset(
                 )
             category_sigs[part.name] = sig
             prepared.append((part, profile, record))
-    write_run()
+    stopped: str | None = None
+    try:
+        write_run()
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.error("%s: cannot write: %s", run_file, exc)
+        stopped = stop_reason(exc)
 
     # pass 2: stage 2 and metrics
     results: list[CategoryResult] = []
@@ -950,10 +981,19 @@ def evaluate_dataset(
             continue
         category, profile, record = item
         n = len(limit_samples(category.test, settings.limit, settings.seed))
+        if stopped is not None:
+            results.append(CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
+                                          profile=record, notes=list(category.notes), n_references=len(category.references)))
+            continue
         if hooks.on_category:
             hooks.on_category(category.name, n)
         on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
-        result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image)
+        try:
+            result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image)
+        except DiskFullError as exc:
+            stopped = exc.strerror or str(exc)
+            result = CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
+                                    notes=list(category.notes), n_references=len(category.references))
         result.profile = record
         results.append(result)
 
@@ -964,6 +1004,8 @@ def evaluate_dataset(
             "anomalous and normal alternately while both last); "
             "these are not full-benchmark numbers."
         )
+    if stopped is not None:
+        notes.append(f"The run stopped early ({stopped}); run the same command again, with room on the disk, to finish it.")
     ds_result = DatasetResult(
         dataset=loader.name,
         title=loader.title,
@@ -974,10 +1016,17 @@ def evaluate_dataset(
         models={**models, "stage1": (stage1.settings(models["detector"]) if stage1 is not None else None)},
         notes=notes,
         created=created,
+        stopped=stopped,
     )
-    write_tables(ds_result, out)
-    if report:
-        from iapas.report import write_report
+    try:
+        write_tables(ds_result, out)
+        if report:
+            from iapas.report import write_report
 
-        write_report(ds_result, out)
+            write_report(ds_result, out)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.error("%s: cannot write the tables: %s", out, exc)
+        ds_result.stopped = ds_result.stopped or stop_reason(exc)
     return ds_result
