@@ -144,7 +144,8 @@ def stand_in_bert_vocab() -> dict[str, int]:
     return {tokens[i]: i for i in range(BERT_VOCAB_SIZE)}
 
 
-def _processor(kind: str) -> Any:
+def make_processor(kind: str) -> Any:
+    """The hub processor of a preset kind (``grounding-dino`` or ``sam``), built offline."""
     if kind == "grounding-dino":
         from transformers import BertTokenizer, GroundingDinoProcessor
         from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
@@ -170,7 +171,7 @@ def make_random_model(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = _model_class(preset.kind)(preset.config()).eval()
     model.save_pretrained(out)
-    _processor(preset.kind).save_pretrained(out)
+    make_processor(preset.kind).save_pretrained(out)
     logger.info("wrote random-weight %s (%s's architecture) to %s", name, preset.hub_id, out)
     return out
 
@@ -180,3 +181,13 @@ def make_random_models(out_dir: str | Path, names: list[str], seed: int = 0) -> 
     for name in names:
         get_preset(name)  # fail before writing anything
     return {name: make_random_model(name, Path(out_dir) / name, seed=seed) for name in names}
+
+
+def build_random_model(name: str, device: str = "cpu", seed: int = 0) -> Any:
+    """Preset ``name`` with random weights, initialised directly on ``device`` (nothing written)."""
+    import torch
+
+    preset = get_preset(name)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return _model_class(preset.kind)(preset.config()).eval()
