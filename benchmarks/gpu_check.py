@@ -71,7 +71,17 @@ def build(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
     return det, seg
 
 
-def variant(det: Any, seg: Any, dtype: str, compiled: bool) -> tuple[Any, Any]:
+def variant(det: Any, seg: Any, dtype: str, compiled: bool, made: dict[tuple[str, bool], Any]) -> tuple[Any, Any]:
+    """The adapters in ``dtype``, compiled or not; made once per (dtype, compiled), so one
+    compilation serves every row of that variant (new batch shapes may still recompile)."""
+    key = (dtype, compiled)
+    if key not in made:
+        made.clear()  # keep one copy of the models besides the float32 ones
+        made[key] = _make_variant(det, seg, dtype, compiled)
+    return made[key]
+
+
+def _make_variant(det: Any, seg: Any, dtype: str, compiled: bool) -> tuple[Any, Any]:
     import torch
 
     torch_dtype = getattr(torch, dtype)
@@ -115,7 +125,8 @@ def count_flops(det: Any, seg: Any, image: Any, caption: str) -> dict[str, float
 
 
 def row(args: argparse.Namespace, det: Any, seg: Any, dtype: str, compiled: bool, fused: bool, bs: int, images: list[Any],
-        profile: Any, flops: dict[str, float], reference: dict[bool, Any], batches: list[int], sync: Any) -> None:
+        profile: Any, flops: dict[str, float], reference: dict[bool, Any], batches: list[int], sync: Any,
+        made: dict[tuple[str, bool], Any]) -> None:
     """Run and print one row of the table."""
     import numpy as np
     import torch
@@ -126,7 +137,7 @@ def row(args: argparse.Namespace, det: Any, seg: Any, dtype: str, compiled: bool
 
     cuda = args.device.startswith("cuda")
     n_images = len(images)
-    d, s = variant(det, seg, dtype, compiled)
+    d, s = variant(det, seg, dtype, compiled, made)
     pipe = Pipeline(d, s, PipelineConfig(device=args.device, dtype=dtype, fuse_object_detection=fused))
     t0 = time.perf_counter()
     pipe.run(images[:bs], profile)  # warm-up (and compilation)
@@ -211,6 +222,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     reference: dict[bool, list[np.ndarray]] = {}
+    made: dict[tuple[str, bool], Any] = {}
     for dtype, compiled, fused, bs in itertools.product(dtypes, [False, True], [False, True], batches):
         if compiled and dtype not in compile_dtypes:
             continue
@@ -218,7 +230,7 @@ def main() -> int:
             print(f"{dtype:<9} {bs:>5} {str(fused):>5} {str(compiled):>7}  skipped: time budget ({args.budget_s:.0f} s) spent")
             continue
         try:
-            row(args, det, seg, dtype, compiled, fused, bs, images, profile, flops, reference, batches, sync)
+            row(args, det, seg, dtype, compiled, fused, bs, images, profile, flops, reference, batches, sync, made)
         except RuntimeError as exc:  # e.g. NaN in half precision (ModelOutputError), out of memory
             print(f"{dtype:<9} {bs:>5} {str(fused):>5} {str(compiled):>7}  failed: {' '.join(str(exc).split())[:150]}")
         if cuda:
