@@ -7,6 +7,8 @@ real modules and compares them with the pipeline's wall time: ``overhead = pipel
 and overlay PNGs and results.jsonl) for the same images.
 
     python benchmarks/throughput.py                      # tiny random models, CPU
+    python benchmarks/throughput.py --preset real --images 2   # real-size random models:
+        per-stage time, overhead, peak memory, each exact saving off/on (benchmarks/savings.py)
     python benchmarks/throughput.py --device cuda \\
         --detector IDEA-Research/grounding-dino-tiny --segmenter facebook/sam-vit-huge
 """
@@ -76,7 +78,16 @@ def main() -> int:
     parser.add_argument("--fuse-object-detection", action="store_true")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the file-to-file timing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=["tiny", "real"], default="tiny",
+                        help="real: random-weight models of the hub architectures (iapas testing make-random-models)")
+    parser.add_argument("--detector-preset", default="grounding-dino-tiny")
+    parser.add_argument("--segmenter-preset", default="sam-vit-base")
+    parser.add_argument("--models-dir", default=os.path.join(tempfile.gettempdir(), "iapas-random-models"),
+                        help="where --preset real writes (and reuses) its model folders")
+    parser.add_argument("--repeats", type=int, default=1, help="--preset real: passes over the images")
     args = parser.parse_args()
+    if args.preset == "real":
+        return main_real(args)
 
     import torch
 
@@ -152,6 +163,42 @@ def main() -> int:
                   f"{e2e:>7.2f} {e2e_ratio if not args.no_end_to_end else float('nan'):>7.3f} {boxes / n:>9.1f} {rss:>12.0f}")
     if pipe.detector.device.startswith("cuda"):
         print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    return 0
+
+
+def main_real(args: argparse.Namespace) -> int:
+    """Real-size random models: per-stage time and each exact saving off/on, same images alternating."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from savings import report, run_savings
+
+    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.profile import Profile
+    from iapas.testing.presets import make_random_model
+
+    torch.manual_seed(args.seed)
+    folders = {}
+    for role, name in (("detector", args.detector_preset), ("segmenter", args.segmenter_preset)):
+        folder = Path(args.models_dir) / name
+        if not (folder / "config.json").exists():
+            print(f"writing random-weight {name} to {folder} (outputs are noise)")
+            make_random_model(name, folder, seed=args.seed)
+        folders[role] = str(folder)
+    pipe = Pipeline.from_config(PipelineConfig(detector=folders["detector"], segmenter=folders["segmenter"],
+                                               device=args.device, dtype=args.dtype))
+    profile = Profile.from_prompts("part", "object", ["scratch", "crack", "hole", "stain", "dent"])
+    profile.size_threshold = 1.0
+    n = int(args.images.split(",")[0])
+    images = make_images(n, args.size, args.seed)
+    print(f"device {pipe.detector.device}, dtype {pipe.detector.dtype}, {n} images {args.size}x{args.size}, "
+          f"{args.repeats} repeat(s), detector {args.detector_preset}, segmenter {args.segmenter_preset} "
+          f"(random weights), torch threads {torch.get_num_threads()}")
+    t0 = time.perf_counter()
+    totals = run_savings(pipe, profile, images, args.repeats)
+    for line in report(totals):
+        print(line)
+    print(f"total {time.perf_counter() - t0:.0f} s wall")
     return 0
 
 

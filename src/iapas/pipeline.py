@@ -49,6 +49,9 @@ class PipelineConfig:
     # instead of a second detector forward. Not the paper's method: see the README.
     fuse_object_detection: bool = False
     base_caption: str = BASE_CAPTION  # mode 'base''s caption (evaluations under the paper protocol: REFERENCE_BASE_CAPTION)
+    # torch.compile the two models' heavy sub-modules (see the README's speed table): slower
+    # start, outputs equal to float rounding only.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
@@ -117,6 +120,9 @@ class Pipeline:
         config = config or PipelineConfig(**overrides)
         detector = GroundingDinoDetector.from_pretrained(config.detector, device=config.device, dtype=config.dtype)
         segmenter = SamSegmenter.from_pretrained(config.segmenter, device=config.device, dtype=config.dtype)
+        if config.compile:
+            detector.compile()
+            segmenter.compile()
         return cls(detector, segmenter, config)
 
     def caption_for(self, profile: Profile | None) -> str:

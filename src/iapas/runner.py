@@ -206,6 +206,9 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
         "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
         **precision_signature(pipeline),
+        # compiled models agree only to float rounding: a resumed run must not mix them (absent when
+        # off, so the signatures of earlier runs still match)
+        **({"compile": True} if getattr(cfg, "compile", False) else {}),
     }
 
 

@@ -32,3 +32,33 @@ def make_tiny_models_cmd(
     made = make_tiny_models(out_dir, seed=seed)
     for name, path in made.items():
         console.print(f"{name:>15}: {path}")
+
+
+@app.command("make-random-models")
+def make_random_models_cmd(
+    out_dir: Path = typer.Argument(..., help="Folder to write one DIR/PRESET folder per preset into."),
+    preset: list[str] = typer.Option(
+        ..., "--preset", help="Preset to write (repeat for several): grounding-dino-tiny, grounding-dino-base, sam-vit-base, sam-vit-large, sam-vit-huge."
+    ),
+    seed: int = typer.Option(0, help="Seed for the random weights."),
+    verbose: bool = VerboseOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Write real-size models with RANDOM weights: the hub models' architectures.
+
+    Each preset has the configuration and processor of its hub model (e.g. sam-vit-huge is
+    facebook/sam-vit-huge's, 641 M parameters), so a run costs what the real model costs. The
+    OUTPUTS ARE NOISE: use them to measure speed and memory offline, never to judge results.
+    Pass a folder as --detector or --segmenter. SAM ViT-H takes about 2.6 GB of disk.
+    """
+    setup_logging(verbose, quiet)
+    from iapas.cli.common import fail
+    from iapas.testing.presets import make_random_models
+
+    try:
+        made = make_random_models(out_dir, preset, seed=seed)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    for name, path in made.items():
+        console.print(f"{name:>20}: {path}")
+    console.print("note: random weights, the outputs are noise (for speed and memory measurements only)")

@@ -20,8 +20,12 @@ SEGMENTER_CHOICES = {
     "base": "facebook/sam-vit-base",
 }
 
-# Boxes decoded per mask post-processing step: bounds the float masks upsampled at once.
+# Boxes decoded per mask post-processing step on the unbatched path: bounds the float masks
+# upsampled at once.
 _POSTPROCESS_CHUNK = 32
+# The batched path upsamples all of an image's boxes in one call while their float masks (at the
+# padded and at the original size) fit in this many bytes, else in as few calls as fit.
+_POSTPROCESS_BYTES = 1 << 30
 
 
 class SamSegmenter:
@@ -29,6 +33,11 @@ class SamSegmenter:
 
     Per image: one image-encoder pass (images are encoded together in one batch), then one
     mask-decoder call with all of that image's boxes, single-mask output.
+
+    ``fast_preprocessing``: the processor's resize with PIL on uint8, then rescale, normalise and
+    pad on the device (equal to the processor's values to float32 rounding, see
+    :meth:`_pixels_fast`). ``batched_postprocess``: all of an image's boxes upsampled and
+    thresholded in one call (bitwise the chunked result). Switch them off to measure them.
     """
 
     def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str) -> None:
@@ -39,6 +48,89 @@ class SamSegmenter:
         self.name = name
         self.encoder_count = 0
         self.decoder_count = 0
+        self.fast_preprocessing = True
+        self.batched_postprocess = True
+        self.compiled = False
+
+    def compile(self) -> None:
+        """``torch.compile`` the image encoder and the mask decoder in place; the first call at
+        each new shape pays the compilation. Outputs change within float rounding, not bitwise."""
+        for module in (self.model.vision_encoder, self.model.mask_decoder):
+            module.compile()
+        self.compiled = True
+
+    def _standard_processor(self) -> bool:
+        """Whether the image processor is the standard SAM one :meth:`_pixels_fast` reproduces."""
+        from PIL import Image
+
+        ip = self.image_processor
+        size, pad = getattr(ip, "size", None), getattr(ip, "pad_size", None)
+        return (
+            type(ip).__name__.startswith("SamImageProcessor")
+            and bool(getattr(size, "longest_edge", None))
+            and pad is not None and bool(getattr(pad, "height", None)) and bool(getattr(pad, "width", None))
+            and ip.do_resize and ip.do_rescale and ip.do_normalize and ip.do_pad
+            and not getattr(ip, "do_center_crop", False)
+            and int(ip.resample) == int(Image.Resampling.BILINEAR)
+        )
+
+    def _pixels(self, images: Sequence[np.ndarray]) -> tuple[Any, list[tuple[int, int]], list[tuple[int, int]]]:
+        """Pixel values on the device, original and resized (height, width) per image."""
+        if self.fast_preprocessing and self._standard_processor():
+            return self._pixels_fast(images)
+        processed = self.image_processor(images=list(images), return_tensors="pt")
+        original = [tuple(int(v) for v in s) for s in processed["original_sizes"]]
+        reshaped = [tuple(int(v) for v in s) for s in processed["reshaped_input_sizes"]]
+        return processed["pixel_values"].to(self.device, self.dtype), original, reshaped  # type: ignore[return-value]
+
+    def _pixels_fast(self, images: Sequence[np.ndarray]) -> tuple[Any, list[tuple[int, int]], list[tuple[int, int]]]:
+        """The processor's values to float32 rounding (max abs difference below 1e-5 on values
+        of magnitude <= 2.7; the test pins it): the longest edge resized with PIL bilinear on uint8
+        as the processor does, the uint8 copied to the device, rescaled and normalised there and
+        zero-padded bottom/right to the pad size."""
+        import torch
+        from PIL import Image
+
+        ip = self.image_processor
+        longest = int(ip.size.longest_edge)
+        pad_h, pad_w = int(ip.pad_size.height), int(ip.pad_size.width)
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        values = torch.zeros((len(images), 3, pad_h, pad_w), dtype=torch.float32, device=self.device)
+        original, reshaped = [], []
+        for i, image in enumerate(images):
+            oh, ow = int(image.shape[0]), int(image.shape[1])
+            h, w = ip._get_preprocess_shape((oh, ow), longest)
+            if (h, w) != (oh, ow):
+                image = np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BILINEAR))
+            chw = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(self.device).permute(2, 0, 1).float()
+            values[i, :, :h, :w] = (chw * float(ip.rescale_factor) - mean) / std
+            original.append((oh, ow))
+            reshaped.append((int(h), int(w)))
+        return values.to(self.dtype), original, reshaped
+
+    def _masks(self, low_res: Any, original: tuple[int, int], reshaped: tuple[int, int]) -> np.ndarray:
+        """``(1, n, 1, h, w)`` low-resolution logits -> ``(n, H, W)`` bool masks at ``original``."""
+        n = low_res.shape[1]
+        if self.batched_postprocess:
+            pad = self.image_processor.pad_size
+            per_box = 4 * (int(pad.height) * int(pad.width) + original[0] * original[1])
+            step = max(1, min(n, _POSTPROCESS_BYTES // per_box))
+        else:
+            step = _POSTPROCESS_CHUNK
+        parts = []
+        for start in range(0, n, step):
+            masks = self.image_processor.post_process_masks(
+                low_res[:, start : start + step], [original], [reshaped]
+            )[0]
+            parts.append(masks[:, 0])
+        if len(parts) == 1:
+            return parts[0].cpu().numpy()
+        if self.batched_postprocess:
+            import torch
+
+            return torch.cat(parts).cpu().numpy()  # one transfer
+        return np.concatenate([p.cpu().numpy() for p in parts], axis=0)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_SEGMENTER, device: str = "auto", dtype: str = "auto") -> SamSegmenter:
@@ -73,16 +165,13 @@ class SamSegmenter:
                 todo.append((i, b))
         if not todo:
             return out  # type: ignore[return-value]
-        processed = self.image_processor(images=[images[i] for i, _ in todo], return_tensors="pt")
-        pixel_values = processed["pixel_values"].to(self.device, self.dtype)
-        original_sizes = processed["original_sizes"]
-        reshaped_sizes = processed["reshaped_input_sizes"]
+        pixel_values, original_sizes, reshaped_sizes = self._pixels([images[i] for i, _ in todo])
         with torch.inference_mode():
             embeddings = self.model.get_image_embeddings(pixel_values)
             self.encoder_count += 1
             for j, (i, b) in enumerate(todo):
-                oh, ow = (int(v) for v in original_sizes[j])
-                rh, rw = (int(v) for v in reshaped_sizes[j])
+                oh, ow = original_sizes[j]
+                rh, rw = reshaped_sizes[j]
                 scaled = b * np.array([rw / ow, rh / oh, rw / ow, rh / oh], dtype=np.float32)
                 input_boxes = torch.from_numpy(scaled)[None].to(self.device)
                 result = self.model(
@@ -94,12 +183,5 @@ class SamSegmenter:
                 low_res = result.pred_masks.float()  # (1, n, 1, h, w), upsampled on the device
                 if not bool(torch.isfinite(low_res).all()):
                     check_finite("SAM", self.name, self.dtype, self.device, masks=low_res.cpu().numpy())
-                parts = []
-                for start in range(0, low_res.shape[1], _POSTPROCESS_CHUNK):
-                    chunk = low_res[:, start : start + _POSTPROCESS_CHUNK]
-                    masks = self.image_processor.post_process_masks(
-                        chunk, original_sizes[j : j + 1], reshaped_sizes[j : j + 1]
-                    )[0]
-                    parts.append(masks[:, 0].cpu().numpy().astype(bool, copy=False))
-                out[i] = np.concatenate(parts, axis=0)
+                out[i] = self._masks(low_res, original_sizes[j], reshaped_sizes[j]).astype(bool, copy=False)
         return out  # type: ignore[return-value]

@@ -1,0 +1,193 @@
+"""Real-size random models: the hub models' configurations with random weights (see :mod:`iapas.testing`).
+
+Each preset is the configuration of a hub checkpoint (``IDEA-Research/grounding-dino-tiny`` and
+``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``), written out from transformers'
+defaults and the hub ``config.json`` values, with the hub processor's settings (Grounding DINO:
+shortest edge 800, longest 1333; SAM: longest edge 1024, padded to 1024x1024). The weights are
+random, so the outputs are noise: these folders are for measuring speed and memory at the real
+cost without a download, never for judging quality.
+
+The Grounding DINO tokenizer is a stand-in for ``bert-base-uncased`` (which cannot be built
+offline): the real vocabulary size (30522) and special-token ids ([PAD] 0, [UNK] 100, [CLS] 101,
+[SEP] 102, [MASK] 103), the words of :data:`iapas.testing.TINY_WORDS`, letters and digits with
+their ``##`` forms, and ``[unusedN]`` fillers, so captions tokenise to about as many tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iapas.testing.tiny import TINY_WORDS
+
+logger = logging.getLogger(__name__)
+
+BERT_VOCAB_SIZE = 30522
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One hub model's architecture: its kind (``grounding-dino`` or ``sam``), the hub id it
+    copies, the published parameter count, and a builder of its config."""
+
+    name: str
+    kind: str
+    hub_id: str
+    published_parameters: int
+    config: Callable[[], Any]
+
+
+def _swin(**overrides: Any) -> Any:
+    from transformers import SwinConfig
+
+    return SwinConfig(out_features=["stage2", "stage3", "stage4"], **overrides)
+
+
+def _grounding_dino_tiny() -> Any:
+    from transformers import BertConfig, GroundingDinoConfig
+
+    # transformers' GroundingDinoConfig defaults are grounding-dino-tiny's: Swin-T (embed 96,
+    # depths 2-2-6-2, heads 3-6-12-24, window 7), bert-base-uncased, d_model 256, 6+6 layers,
+    # 900 queries, 4 sampling points, 256 text tokens.
+    return GroundingDinoConfig(
+        backbone_config=_swin(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224),
+        text_config=BertConfig(vocab_size=BERT_VOCAB_SIZE),
+    )
+
+
+def _grounding_dino_base() -> Any:
+    from transformers import BertConfig, GroundingDinoConfig
+
+    # The hub config.json of grounding-dino-base: Swin-B 384 (embed 128, depths 2-2-18-2,
+    # heads 4-8-16-32, window 12), the rest as tiny.
+    return GroundingDinoConfig(
+        backbone_config=_swin(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, image_size=384),
+        text_config=BertConfig(vocab_size=BERT_VOCAB_SIZE),
+    )
+
+
+def _sam(hidden: int, layers: int, heads: int, global_attn: list[int]) -> Callable[[], Any]:
+    def build() -> Any:
+        from transformers import SamConfig
+        from transformers.models.sam.configuration_sam import (
+            SamMaskDecoderConfig,
+            SamPromptEncoderConfig,
+            SamVisionConfig,
+        )
+
+        # ViT with windowed attention (window 14) and global attention every quarter, 1024x1024
+        # input in 16 px patches, 256 output channels, mlp 4x; prompt encoder and two-way
+        # mask decoder (256 wide, 2 layers, 8 heads, mlp 2048) are the same for all three sizes.
+        vision = SamVisionConfig(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, global_attn_indexes=global_attn,
+            output_channels=256, window_size=14, image_size=1024, patch_size=16, mlp_ratio=4.0, num_pos_feats=128,
+        )
+        return SamConfig(
+            vision_config=vision.to_dict(),
+            prompt_encoder_config=SamPromptEncoderConfig(hidden_size=256, image_size=1024, patch_size=16).to_dict(),
+            mask_decoder_config=SamMaskDecoderConfig(hidden_size=256, mlp_dim=2048, num_hidden_layers=2, num_attention_heads=8).to_dict(),
+        )
+
+    return build
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("grounding-dino-tiny", "grounding-dino", "IDEA-Research/grounding-dino-tiny", 172_000_000, _grounding_dino_tiny),
+        Preset("grounding-dino-base", "grounding-dino", "IDEA-Research/grounding-dino-base", 233_000_000, _grounding_dino_base),
+        Preset("sam-vit-base", "sam", "facebook/sam-vit-base", 94_000_000, _sam(768, 12, 12, [2, 5, 8, 11])),
+        Preset("sam-vit-large", "sam", "facebook/sam-vit-large", 312_000_000, _sam(1024, 24, 16, [5, 11, 17, 23])),
+        Preset("sam-vit-huge", "sam", "facebook/sam-vit-huge", 641_000_000, _sam(1280, 32, 16, [7, 15, 23, 31])),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+
+
+def _model_class(kind: str) -> Any:
+    from transformers import GroundingDinoForObjectDetection, SamModel
+
+    return GroundingDinoForObjectDetection if kind == "grounding-dino" else SamModel
+
+
+def count_parameters(name: str) -> int:
+    """The preset model's parameter count, from an instance on the meta device (no memory, no init)."""
+    import torch
+
+    preset = get_preset(name)
+    with torch.device("meta"):
+        model = _model_class(preset.kind)(preset.config())
+    return sum(p.numel() for p in model.parameters())
+
+
+def stand_in_bert_vocab() -> dict[str, int]:
+    """A ``bert-base-uncased``-shaped vocabulary (see the module docstring)."""
+    tokens: dict[int, str] = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
+    words = list(".,;:!?'\"-()/") + list(TINY_WORDS)
+    chars = string.ascii_lowercase + string.digits
+    words += list(chars) + [f"##{c}" for c in chars]
+    free = (i for i in range(1, BERT_VOCAB_SIZE) if i not in tokens)
+    for word in dict.fromkeys(words):
+        tokens[next(free)] = word
+    for i in free:
+        tokens[i] = f"[unused{i}]"
+    return {tokens[i]: i for i in range(BERT_VOCAB_SIZE)}
+
+
+def make_processor(kind: str) -> Any:
+    """The hub processor of a preset kind (``grounding-dino`` or ``sam``), built offline."""
+    if kind == "grounding-dino":
+        from transformers import BertTokenizer, GroundingDinoProcessor
+        from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+        tokenizer = BertTokenizer(vocab=stand_in_bert_vocab(), do_lower_case=True)
+        image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 800, "longest_edge": 1333})
+        return GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    from transformers import SamProcessor
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    return SamProcessor(
+        image_processor=SamImageProcessorPil(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024})
+    )
+
+
+def make_random_model(name: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write preset ``name`` with random weights and its processor to ``out_dir`` (save_pretrained)."""
+    import torch
+
+    preset = get_preset(name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = _model_class(preset.kind)(preset.config()).eval()
+    model.save_pretrained(out)
+    make_processor(preset.kind).save_pretrained(out)
+    logger.info("wrote random-weight %s (%s's architecture) to %s", name, preset.hub_id, out)
+    return out
+
+
+def make_random_models(out_dir: str | Path, names: list[str], seed: int = 0) -> dict[str, Path]:
+    """Write each preset of ``names`` to ``out_dir/NAME``; returns name -> folder."""
+    for name in names:
+        get_preset(name)  # fail before writing anything
+    return {name: make_random_model(name, Path(out_dir) / name, seed=seed) for name in names}
+
+
+def build_random_model(name: str, device: str = "cpu", seed: int = 0) -> Any:
+    """Preset ``name`` with random weights, initialised directly on ``device`` (nothing written)."""
+    import torch
+
+    preset = get_preset(name)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return _model_class(preset.kind)(preset.config()).eval()
