@@ -36,6 +36,7 @@ from iapas.io import (
     clean_stale_temp_files,
     file_stamp,
     read_image,
+    show_path,
 )
 from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
@@ -387,7 +388,7 @@ def run_segmentation(
             if is_disk_full(exc):
                 stop(path, exc)
                 return
-            message = f"{path}: cannot write outputs: {exc}"  # this image failed, the run goes on
+            message = f"{show_path(path)}: cannot write outputs: {exc}"  # this image failed, the run goes on
             logger.error("%s", message)
             log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
             summary.failed.append((str(path), message))
@@ -417,7 +418,7 @@ def run_segmentation(
             results = pipeline.run([im.rgb for _, im in items], profile)
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these, go on with the rest
             for path, _ in items:
-                record_failure(path, key_of[path], f"{path}: model failure: {exc}")
+                record_failure(path, key_of[path], f"{show_path(path)}: model failure: {exc}")
             return
         for (path, image), result in zip(items, results):
             # the writer needs the map and the boxes, not the per-box masks (N x H x W): free them now

@@ -58,7 +58,7 @@ from iapas.models import ModelOutputError
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
-from iapas.io import file_stamp
+from iapas.io import file_stamp, show_path
 from iapas.runner import ResultsLog, RunConflictError, assign_keys, precision_signature, prefetch_images
 from iapas.storage import DiskFullError, is_disk_full, stop_reason
 from iapas.types import SegmentationResult
@@ -699,7 +699,7 @@ def evaluate_category(
             outputs = stage2.run([im.rgb for _, im, _ in items], used)
         except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these, go on
             for sample, _, _ in items:
-                fail(sample, f"{sample.path}: model failure: {exc}")
+                fail(sample, f"{show_path(sample.path)}: model failure: {exc}")
             return
         for (sample, image, mask), seg in zip(items, outputs):
             key = keys[sample.path]
