@@ -385,3 +385,24 @@ def test_demo_offline_says_its_maps_are_noise(tmp_path: Path, tiny_models: dict[
         f"detector a tiny random model ({out / 'models' / 'grounding-dino'}), segmenter a tiny random model "
         f"({out / 'models' / 'sam'}) (HF_HUB_OFFLINE is set). The maps are NOISE"
     )
+
+
+def test_bench_summary_names_the_runs_whose_nouns_came_from_the_fallback(capsys: pytest.CaptureFixture[str]):
+    from types import SimpleNamespace
+
+    from iapas.cli import evaluate as cli_evaluate
+
+    def category(name: str, fallback: str | None) -> SimpleNamespace:
+        return SimpleNamespace(name=name, profile=SimpleNamespace(llm_fallback=fallback))
+
+    run = SimpleNamespace(categories=[category("bottle", "LLM error: no such model"), category("tile", None)])
+    bench = SimpleNamespace(
+        results={"mvtec": {"default": run}}, errors={}, stopped=None, out_dir=Path("b"),
+        column_labels=lambda: [], rows=lambda: [],
+    )
+    cli_evaluate._print_bench(bench)
+    captured = capsys.readouterr()
+    text = " ".join((captured.out + captured.err).split())
+    assert ("LLM fallback: the anomaly nouns of mvtec/default/bottle come from the knowledge vocabulary, not the LLM, "
+            "because LLM error: no such model") in text
+    assert "tile" not in text

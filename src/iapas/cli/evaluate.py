@@ -223,6 +223,15 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
+def print_fallback(fell_back: dict[str, str]) -> None:
+    """One line naming the categories whose anomaly nouns came from the knowledge fallback, and why."""
+    if fell_back:
+        console.print(
+            f"LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the LLM, "
+            f"because {next(iter(fell_back.values()))}", markup=False, highlight=False, soft_wrap=True,
+        )
+
+
 def print_summary(result: Any) -> None:
     """The metrics of every category and the mean, and where the files are."""
     from rich.table import Table
@@ -254,12 +263,7 @@ def print_summary(result: Any) -> None:
         console.print(f"{unmasked} defective image(s) have no mask: left out of the pixel metrics, kept in the image metrics")
     if result.n_failed_images:
         console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
-    fell_back = {c.name: c.profile.llm_fallback for c in result.categories if c.profile.llm_fallback}
-    if fell_back:
-        console.print(
-            f"LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the LLM, "
-            f"because {next(iter(fell_back.values()))}", markup=False, highlight=False, soft_wrap=True,
-        )
+    print_fallback({c.name: c.profile.llm_fallback for c in result.categories if c.profile.llm_fallback})
     if result.stopped:
         left = [c.name for c in result.categories if c.error == "not evaluated: the run stopped early"]
         print_stopped(result.stopped, f"categories not evaluated: {', '.join(left) or 'none'}")
@@ -555,6 +559,11 @@ def _print_bench(bench: Any) -> None:
     for name, errs in bench.errors.items():
         for variant, message in errs.items():
             console.print(f"[bold red]{escape(name)} {escape(variant)}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_fallback({
+        f"{name}/{variant}/{c.name}": c.profile.llm_fallback
+        for name, runs in bench.results.items() for variant, run in runs.items()
+        for c in run.categories if c.profile.llm_fallback
+    })
     console.print(f"wrote {bench.out_dir / 'bench.md'}, bench.csv, bench.json, bench.html", highlight=False, soft_wrap=True)
     if bench.stopped:
         print_stopped(bench.stopped, "the bench did not finish")
