@@ -29,8 +29,11 @@ def _bert_vocab(words: tuple[str, ...]) -> dict[str, int]:
     return seen
 
 
-def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: int = 800) -> Path:
-    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``.
+def make_tiny_grounding_dino(
+    out_dir: str | Path, seed: int = 0, shortest_edge: int = 800, mm: bool = False
+) -> Path:
+    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``
+    (``MMGroundingDinoForObjectDetection``, model type ``mm-grounding-dino``, when ``mm``).
 
     ``shortest_edge`` is the processor's resize (the hub models' 800 by default; tests use less
     to run faster, the longest edge scales with it as 1333/800).
@@ -42,6 +45,8 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: 
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoProcessor,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
         SwinConfig,
     )
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
@@ -66,7 +71,11 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: 
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    config = GroundingDinoConfig(
+    config_class, model_class = (
+        (MMGroundingDinoConfig, MMGroundingDinoForObjectDetection) if mm
+        else (GroundingDinoConfig, GroundingDinoForObjectDetection)
+    )
+    config = config_class(
         backbone_config=backbone,
         text_config=text,
         d_model=32,
@@ -83,12 +92,12 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: 
         disable_custom_kernels=True,
     )
     torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
+    model = model_class(config).eval()
     size = {"shortest_edge": shortest_edge, "longest_edge": round(shortest_edge * 1333 / 800)}
     processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size=size), tokenizer=tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    logger.info("wrote tiny Grounding DINO to %s", out)
+    logger.info("wrote tiny %s to %s", config.model_type, out)
     return out
 
 
@@ -140,6 +149,9 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge:
     out = Path(out_dir)
     made = {
         "grounding-dino": make_tiny_grounding_dino(out / "grounding-dino", seed=seed, shortest_edge=detector_shortest_edge),
+        "mm-grounding-dino": make_tiny_grounding_dino(
+            out / "mm-grounding-dino", seed=seed, shortest_edge=detector_shortest_edge, mm=True
+        ),
         "sam": make_tiny_sam(out / "sam", seed=seed),
     }
     try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present
