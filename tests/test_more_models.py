@@ -124,3 +124,72 @@ def test_mm_grounding_dino_forward_counts(tiny_models: dict[str, Path]):
     assert backbone.calls == 1  # Swin runs once, shared by both captions
     assert encoder.calls == 1  # one SAM image encoding for the batch
     assert decoder.calls == 4  # one batched decoder call per image
+
+
+# --- model names -------------------------------------------------------------------------------
+
+HUB_IDS = {
+    "gdino-tiny": "IDEA-Research/grounding-dino-tiny",
+    "gdino-base": "IDEA-Research/grounding-dino-base",
+    "mm-gdino-tiny": "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+    "llmdet-tiny": "iSEE-Laboratory/llmdet_tiny",
+    "sam-vit-h": "facebook/sam-vit-huge",
+    "sam-vit-b": "facebook/sam-vit-base",
+}
+
+
+def test_every_name_and_old_alias_resolves_to_its_hub_id():
+    from iapas.models import registry
+    from iapas.models.detector import DETECTOR_CHOICES
+    from iapas.models.segmenter import SEGMENTER_CHOICES
+
+    assert {m.name: m.hub_id for m in registry.MODEL_NAMES} == HUB_IDS
+    for name in ("gdino-tiny", "gdino-base", "mm-gdino-tiny", "llmdet-tiny"):
+        assert registry.resolve("detector", name) == DETECTOR_CHOICES[name] == HUB_IDS[name]
+    for name in ("sam-vit-h", "sam-vit-b"):
+        assert registry.resolve("segmenter", name) == SEGMENTER_CHOICES[name] == HUB_IDS[name]
+    assert DETECTOR_CHOICES["tiny"] == HUB_IDS["gdino-tiny"] and DETECTOR_CHOICES["base"] == HUB_IDS["gdino-base"]
+    assert SEGMENTER_CHOICES["base"] == HUB_IDS["sam-vit-b"] and SEGMENTER_CHOICES["huge"] == HUB_IDS["sam-vit-h"]
+    assert SEGMENTER_CHOICES["large"] == "facebook/sam-vit-large"
+    assert "sam-vit-h" not in DETECTOR_CHOICES and "gdino-tiny" not in SEGMENTER_CHOICES  # one kind each
+    assert registry.resolve("detector", "some/folder") == "some/folder"
+    with pytest.raises(ValueError, match="unknown model kind"):
+        registry.names("tagger")
+
+
+def test_segment_records_the_resolved_id_not_the_name(
+    tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from iapas.models.detector import DETECTOR_CHOICES
+    from iapas.models.segmenter import SEGMENTER_CHOICES
+
+    # the names point at the tiny folders here (no hub): what is recorded must be what they resolve to
+    monkeypatch.setitem(DETECTOR_CHOICES, "mm-gdino-tiny", str(tiny_models["mm-grounding-dino"]))
+    monkeypatch.setitem(SEGMENTER_CHOICES, "sam-vit-b", str(tiny_models["sam"]))
+    Image.fromarray(np.full((64, 80, 3), 128, dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "a.png"), "--profile", str(profile_file), "--out", str(out),
+            "--detector", "mm-gdino-tiny", "--segmenter", "sam-vit-b", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = (out / "run.json").read_text()
+    assert str(tiny_models["mm-grounding-dino"]) in run and str(tiny_models["sam"]) in run
+    assert '"mm-gdino-tiny"' not in run and '"sam-vit-b"' not in run
+
+
+@pytest.mark.parametrize("command", [["segment"], ["calibrate"], ["evaluate"], ["bench"]])
+def test_help_lists_the_model_table_at_80_columns(command: list[str]):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name, hub_id in HUB_IDS.items():
+        assert any(line.split() == [name, hub_id] for line in lines), name  # one whole row each
+    assert "none is gated" in result.output
+
+
+def test_profile_help_lists_the_detector_names():
+    result = runner.invoke(app, ["profile", "--help"], env={"COLUMNS": "80"})
+    lines = result.output.splitlines()
+    assert any(line.split() == ["llmdet-tiny", HUB_IDS["llmdet-tiny"]] for line in lines)
+    assert not any(line.split()[:1] == ["sam-vit-h"] for line in lines)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.models import registry
 from iapas.models.base import check_finite
 from iapas.models.caching import ForwardMemo, shared_forward
 from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
@@ -17,10 +18,7 @@ from iapas.types import Detections
 logger = logging.getLogger(__name__)
 
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
-DETECTOR_CHOICES = {
-    "tiny": "IDEA-Research/grounding-dino-tiny",
-    "base": "IDEA-Research/grounding-dino-base",
-}
+DETECTOR_CHOICES = registry.names("detector")  # name -> hub id (see iapas.models.registry)
 
 
 def caption_too_long(caption: str, tokens: int, model: str, max_tokens: int, words: int = 8) -> str:

@@ -8,17 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from iapas.models import registry
 from iapas.models.base import check_finite
 from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEGMENTER = "facebook/sam-vit-huge"
-SEGMENTER_CHOICES = {
-    "huge": "facebook/sam-vit-huge",
-    "large": "facebook/sam-vit-large",
-    "base": "facebook/sam-vit-base",
-}
+SEGMENTER_CHOICES = registry.names("segmenter")  # name -> hub id (see iapas.models.registry)
 
 # Boxes decoded per mask post-processing step on the unbatched path: bounds the float masks
 # upsampled at once.
