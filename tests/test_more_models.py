@@ -1,5 +1,5 @@
 """More detectors and segmenters behind the same adapters (issue 14): MM-Grounding-DINO through
-the Grounding DINO adapter, and the model names a user can type."""
+the Grounding DINO adapter, SAM-HQ through the SAM adapter, and the model names a user can type."""
 
 from __future__ import annotations
 
@@ -135,6 +135,7 @@ HUB_IDS = {
     "llmdet-tiny": "iSEE-Laboratory/llmdet_tiny",
     "sam-vit-h": "facebook/sam-vit-huge",
     "sam-vit-b": "facebook/sam-vit-base",
+    "sam-hq-vit-h": "syscv-community/sam-hq-vit-huge",
 }
 
 
@@ -146,7 +147,7 @@ def test_every_name_and_old_alias_resolves_to_its_hub_id():
     assert {m.name: m.hub_id for m in registry.MODEL_NAMES} == HUB_IDS
     for name in ("gdino-tiny", "gdino-base", "mm-gdino-tiny", "llmdet-tiny"):
         assert registry.resolve("detector", name) == DETECTOR_CHOICES[name] == HUB_IDS[name]
-    for name in ("sam-vit-h", "sam-vit-b"):
+    for name in ("sam-vit-h", "sam-vit-b", "sam-hq-vit-h"):
         assert registry.resolve("segmenter", name) == SEGMENTER_CHOICES[name] == HUB_IDS[name]
     assert DETECTOR_CHOICES["tiny"] == HUB_IDS["gdino-tiny"] and DETECTOR_CHOICES["base"] == HUB_IDS["gdino-base"]
     assert SEGMENTER_CHOICES["base"] == HUB_IDS["sam-vit-b"] and SEGMENTER_CHOICES["huge"] == HUB_IDS["sam-vit-h"]
@@ -193,3 +194,68 @@ def test_profile_help_lists_the_detector_names():
     lines = result.output.splitlines()
     assert any(line.split() == ["llmdet-tiny", HUB_IDS["llmdet-tiny"]] for line in lines)
     assert not any(line.split()[:1] == ["sam-vit-h"] for line in lines)
+
+
+# --- SAM-HQ ------------------------------------------------------------------------------------
+
+
+def test_sam_hq_loads_through_the_sam_adapter_and_segments_at_image_size(tiny_models: dict[str, Path]):
+    from iapas.models.segmenter import SamHQSegmenter, SamSegmenter
+
+    assert json.loads((tiny_models["sam-hq"] / "config.json").read_text())["model_type"] == "sam_hq"
+    seg = SamSegmenter.from_pretrained(str(tiny_models["sam-hq"]), device="cpu")
+    assert type(seg) is SamHQSegmenter and type(seg.model).__name__ == "SamHQModel"
+    assert type(SamSegmenter.from_pretrained(str(tiny_models["sam"]), device="cpu")) is SamSegmenter
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), rng.integers(0, 255, (70, 50, 3), dtype=np.uint8)]
+    boxes = [np.array([[0, 0, 60, 40], [10, 20, 120, 90], [5, 5, 6, 6]], np.float32), np.zeros((0, 4), np.float32)]
+    masks = seg.segment(images, boxes)
+    assert masks[0].shape == (3, 96, 128) and masks[0].dtype == bool
+    assert masks[1].shape == (0, 70, 50)
+    assert (seg.encoder_count, seg.decoder_count) == (1, 1)  # the box-less image costs nothing
+
+
+def test_wrong_kind_of_folder_as_segmenter_is_refused(tiny_models: dict[str, Path]):
+    from iapas.models.segmenter import SamSegmenter
+
+    with pytest.raises(ModelLoadError, match="holds a 'grounding-dino' model; expected sam or sam_hq"):
+        SamSegmenter.from_pretrained(str(tiny_models["grounding-dino"]), device="cpu")
+
+
+def test_sam_hq_forward_counts(tiny_models: dict[str, Path]):
+    pipe = Pipeline.from_config(
+        PipelineConfig(
+            detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam-hq"]), device="cpu",
+            box_threshold=0.0, text_threshold=0.0,
+        )
+    )
+    assert type(pipe.segmenter.model).__name__ == "SamHQModel"
+    encoder = Counter(pipe.segmenter.model.vision_encoder)
+    decoder = Counter(pipe.segmenter.model.mask_decoder)
+    prompt = Counter(pipe.segmenter.model.prompt_encoder)
+    profile = Profile.from_prompts("tile", "tile", ["scratch", "crack", "hole", "stain"], size_threshold=1000.0)
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
+    pipe.config.fuse_object_detection = False
+    results = pipe.run(images, profile)
+    assert sum(len(r.kept) for r in results) > 3, "several boxes per image, so per-box work would show"
+    assert encoder.calls == 1 and decoder.calls == 3 and prompt.calls == 3
+
+
+def test_segment_with_sam_hq_on_real_mtd(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    root = shared_data("MTD")
+    picked = [sorted((root / cls / "Imgs").glob("*.jpg"))[1] for cls in ("MT_Fray", "MT_Uneven")]
+    src = tmp_path / "mtd"
+    src.mkdir()
+    for p in picked:
+        (src / p.name).symlink_to(p)
+    out = tmp_path / "out"
+    args = ["segment", str(src), "--profile", str(profile_file), "--out", str(out),
+            "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam-hq"]), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = read_results(out)
+    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
+    for rec in records:
+        assert Image.open(out / rec["outputs"]["mask"]).size == Image.open(rec["image"]).size
+    assert str(tiny_models["sam-hq"]) in (out / "run.json").read_text()

@@ -34,6 +34,7 @@ MODEL_NAMES: tuple[ModelName, ...] = (
     ModelName("llmdet-tiny", "detector", "iSEE-Laboratory/llmdet_tiny", "LLMDet (MM-Grounding-DINO)"),
     ModelName("sam-vit-h", "segmenter", "facebook/sam-vit-huge", "SAM"),
     ModelName("sam-vit-b", "segmenter", "facebook/sam-vit-base", "SAM"),
+    ModelName("sam-hq-vit-h", "segmenter", "syscv-community/sam-hq-vit-huge", "SAM-HQ"),
 )
 
 # The short names of earlier versions, kept working.
