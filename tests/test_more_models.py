@@ -77,21 +77,31 @@ def test_segment_with_mm_grounding_dino_on_generated_images(tmp_path: Path, tiny
         assert mask.shape == np.asarray(Image.open(rec["image"])).shape[:2]  # at the image's size
 
 
-def test_segment_with_mm_grounding_dino_on_real_mtd(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+def segment_real_mtd(tmp_path: Path, profile_file: Path, detector: Path, segmenter: Path, picks: dict[str, int]) -> Path:
+    """``iapas segment`` on one MTD image per class (``class -> index``, linked, never copied):
+    every record ok, every mask at its image's own size. Returns the output folder."""
     root = shared_data("MTD")
-    picked = [sorted((root / cls / "Imgs").glob("*.jpg"))[0] for cls in ("MT_Crack", "MT_Blowhole", "MT_Free")]
+    picked = [sorted((root / cls / "Imgs").glob("*.jpg"))[i] for cls, i in picks.items()]
     src = tmp_path / "mtd"
     src.mkdir()
-    for p in picked:  # a link, not a copy of the data
+    for p in picked:
         (src / p.name).symlink_to(p)
     out = tmp_path / "out"
-    result = runner.invoke(app, mm_segment(tiny_models, str(src), "--profile", str(profile_file), "--out", str(out)))
+    args = ["segment", str(src), "--profile", str(profile_file), "--out", str(out),
+            "--detector", str(detector), "--segmenter", str(segmenter), "--device", "cpu"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     records = read_results(out)
-    assert len(records) == 3 and all(r["status"] == "ok" for r in records)
+    assert len(records) == len(picked) and all(r["status"] == "ok" for r in records)
     for rec in records:
-        mask = Image.open(out / rec["outputs"]["mask"])
-        assert mask.size == Image.open(rec["image"]).size  # each MTD image has its own size
+        assert Image.open(out / rec["outputs"]["mask"]).size == Image.open(rec["image"]).size
+    return out
+
+
+def test_segment_with_mm_grounding_dino_on_real_mtd(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
+    picks = {"MT_Crack": 0, "MT_Blowhole": 0, "MT_Free": 0}
+    out = segment_real_mtd(tmp_path, profile_file, tiny_models["mm-grounding-dino"], tiny_models["sam"], picks)
+    assert str(tiny_models["mm-grounding-dino"]) in (out / "run.json").read_text()
 
 
 class Counter:
@@ -103,23 +113,31 @@ class Counter:
         self.calls += 1
 
 
-def test_mm_grounding_dino_forward_counts(tiny_models: dict[str, Path]):
+def counted_run(detector: Path, segmenter: Path, n: int, seed: int) -> tuple[Pipeline, dict[str, Counter]]:
+    """Run the pipeline on ``n`` same-sized random images with forward hooks on the models;
+    thresholds 0 keep every box (the random models' scores are low), so per-box work would show."""
     pipe = Pipeline.from_config(
-        PipelineConfig(
-            detector=str(tiny_models["mm-grounding-dino"]), segmenter=str(tiny_models["sam"]), device="cpu",
-            box_threshold=0.0, text_threshold=0.0,  # the random model's scores are low: keep every box
-        )
+        PipelineConfig(detector=str(detector), segmenter=str(segmenter), device="cpu", box_threshold=0.0, text_threshold=0.0)
     )
-    detector = Counter(pipe.detector.model)
-    backbone = Counter(pipe.detector.model.model.backbone.conv_encoder)  # the Swin
-    encoder = Counter(pipe.segmenter.model.vision_encoder)
-    decoder = Counter(pipe.segmenter.model.mask_decoder)
+    counters = {
+        "detector": Counter(pipe.detector.model),
+        "swin": Counter(pipe.detector.model.model.backbone.conv_encoder),
+        "encoder": Counter(pipe.segmenter.model.vision_encoder),
+        "decoder": Counter(pipe.segmenter.model.mask_decoder),
+        "prompt": Counter(pipe.segmenter.model.prompt_encoder),
+    }
     profile = Profile.from_prompts("tile", "tile", ["scratch", "crack", "hole", "stain"], size_threshold=1000.0)
-    rng = np.random.default_rng(4)
-    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(4)]
+    rng = np.random.default_rng(seed)
     pipe.config.fuse_object_detection = False
-    results = pipe.run(images, profile)
-    assert sum(len(r.kept) for r in results) > 4, "several boxes per image, so per-box work would show"
+    results = pipe.run([rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(n)], profile)
+    assert sum(len(r.kept) for r in results) > n, "several boxes per image"
+    return pipe, counters
+
+
+def test_mm_grounding_dino_forward_counts(tiny_models: dict[str, Path]):
+    pipe, c = counted_run(tiny_models["mm-grounding-dino"], tiny_models["sam"], n=4, seed=4)
+    assert type(pipe.detector.model).__name__ == "MMGroundingDinoForObjectDetection"
+    detector, backbone, encoder, decoder = c["detector"], c["swin"], c["encoder"], c["decoder"]
     assert detector.calls == 2  # object + caption, each once for the batch
     assert backbone.calls == 1  # Swin runs once, shared by both captions
     assert encoder.calls == 1  # one SAM image encoding for the batch
@@ -223,39 +241,13 @@ def test_wrong_kind_of_folder_as_segmenter_is_refused(tiny_models: dict[str, Pat
 
 
 def test_sam_hq_forward_counts(tiny_models: dict[str, Path]):
-    pipe = Pipeline.from_config(
-        PipelineConfig(
-            detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam-hq"]), device="cpu",
-            box_threshold=0.0, text_threshold=0.0,
-        )
-    )
+    pipe, c = counted_run(tiny_models["grounding-dino"], tiny_models["sam-hq"], n=3, seed=6)
     assert type(pipe.segmenter.model).__name__ == "SamHQModel"
-    encoder = Counter(pipe.segmenter.model.vision_encoder)
-    decoder = Counter(pipe.segmenter.model.mask_decoder)
-    prompt = Counter(pipe.segmenter.model.prompt_encoder)
-    profile = Profile.from_prompts("tile", "tile", ["scratch", "crack", "hole", "stain"], size_threshold=1000.0)
-    rng = np.random.default_rng(6)
-    images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(3)]
-    pipe.config.fuse_object_detection = False
-    results = pipe.run(images, profile)
-    assert sum(len(r.kept) for r in results) > 3, "several boxes per image, so per-box work would show"
-    assert encoder.calls == 1 and decoder.calls == 3 and prompt.calls == 3
+    assert c["encoder"].calls == 1  # one image encoding for the batch
+    assert c["decoder"].calls == c["prompt"].calls == 3  # one decoder call per image, all boxes at once
 
 
 def test_segment_with_sam_hq_on_real_mtd(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
-    root = shared_data("MTD")
-    picked = [sorted((root / cls / "Imgs").glob("*.jpg"))[1] for cls in ("MT_Fray", "MT_Uneven")]
-    src = tmp_path / "mtd"
-    src.mkdir()
-    for p in picked:
-        (src / p.name).symlink_to(p)
-    out = tmp_path / "out"
-    args = ["segment", str(src), "--profile", str(profile_file), "--out", str(out),
-            "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam-hq"]), "--device", "cpu"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    records = read_results(out)
-    assert len(records) == 2 and all(r["status"] == "ok" for r in records)
-    for rec in records:
-        assert Image.open(out / rec["outputs"]["mask"]).size == Image.open(rec["image"]).size
+    picks = {"MT_Fray": 1, "MT_Uneven": 1}
+    out = segment_real_mtd(tmp_path, profile_file, tiny_models["grounding-dino"], tiny_models["sam-hq"], picks)
     assert str(tiny_models["sam-hq"]) in (out / "run.json").read_text()
