@@ -9,13 +9,14 @@ import typer
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, setup_logging
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
+from iapas.models.registry import help_table
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 
 ANOMALOUS_DIR = "anomalous"
 
 
 def register(app: typer.Typer) -> None:
-    app.command("calibrate")(calibrate_cmd)
+    app.command("calibrate", epilog=help_table())(calibrate_cmd)
 
 
 def calibrate_cmd(
@@ -38,8 +39,8 @@ def calibrate_cmd(
         None, "--masks", help="Masks of the --anomalous images, named STEM_mask, STEM or STEM_label (any image suffix); an empty mask means normal."
     ),
     rule: str = typer.Option("conformal", "--rule", help="conformal (normal images only) or f1 (needs --anomalous)."),
-    detector: str = typer.Option(DEFAULT_DETECTOR, help="Grounding DINO: hub id or local folder (as for 'iapas segment')."),
-    segmenter: str = typer.Option(DEFAULT_SEGMENTER, help="SAM: hub id or local folder (as for 'iapas segment')."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a local folder."),
+    segmenter: str = typer.Option(DEFAULT_SEGMENTER, help="SAM: a model name (table below), a hub id or a local folder."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto."),
     batch_size: int = typer.Option(1, min=1, help="Images per model forward."),

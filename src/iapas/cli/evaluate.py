@@ -20,6 +20,7 @@ from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_out
 from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
+from iapas.models.registry import help_table
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 from iapas.prompts.resources import LlmFallback
 
@@ -27,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_cmd)
-    app.command("bench")(bench_cmd)
+    app.command("evaluate", epilog=help_table())(evaluate_cmd)
+    app.command("bench", epilog=help_table())(bench_cmd)
 
 
 # --- options shared by both commands ----------------------------------------------------------------
@@ -59,8 +60,8 @@ ImageScoreOpt = typer.Option(
     "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
     "default under --protocol full). Applied when the metrics are computed.",
 )
-DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO: hub id or folder ('tiny', 'base' for the IDEA-Research models).")
-SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: hub id or folder ('huge', 'large', 'base').")
+DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a local folder.")
+SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: a model name (table below), a hub id or a local folder.")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
 DtypeOpt = typer.Option(
     None, "--dtype", show_default=False,

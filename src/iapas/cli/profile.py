@@ -10,13 +10,14 @@ from typing import Any
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.models.registry import help_table
 from iapas.prompts.resources import LLMS, TAGGERS, LlmFallback, Stage1Models, Stage1Options
 
 logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("profile")(profile_cmd)
+    app.command("profile", epilog=help_table("detector"))(profile_cmd)
 
 
 def profile_cmd(
@@ -49,7 +50,7 @@ def profile_cmd(
         None, "--object", help="The object tag by hand, e.g. 'bottle': skips tagging and the detector vote."
     ),
     detector: str = typer.Option(
-        None, "--detector", help="Grounding DINO: 'tiny', 'base', a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
+        None, "--detector", help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
     ),
     llm: str = typer.Option(
         "transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible HTTP endpoint) or knowledge (offline vocabulary)."

@@ -12,11 +12,12 @@ from iapas.cli.common import (
 )
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
+from iapas.models.registry import help_table
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 
 
 def register(app: typer.Typer) -> None:
-    app.command("segment")(segment_cmd)
+    app.command("segment", epilog=help_table())(segment_cmd)
 
 
 def segment_cmd(
@@ -27,10 +28,10 @@ def segment_cmd(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: maps/, masks/, overlays/, results.jsonl, run.json."),
     detector: str = typer.Option(
-        DEFAULT_DETECTOR, help="Grounding DINO: hub id or local folder ('tiny' and 'base' are short for the IDEA-Research models)."
+        DEFAULT_DETECTOR, help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a local folder."
     ),
     segmenter: str = typer.Option(
-        DEFAULT_SEGMENTER, help="SAM: hub id or local folder ('huge', 'large', 'base' are short for facebook/sam-vit-*)."
+        DEFAULT_SEGMENTER, help="SAM: a model name (table below), a hub id or a local folder."
     ),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto (GPU when there is one)."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU)."),

@@ -9,18 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from iapas.models import registry
 from iapas.models.base import check_finite
 from iapas.models.caching import ForwardMemo, shared_forward
-from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
+from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 from iapas.types import Detections
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
-DETECTOR_CHOICES = {
-    "tiny": "IDEA-Research/grounding-dino-tiny",
-    "base": "IDEA-Research/grounding-dino-base",
-}
+DETECTOR_CHOICES = registry.names("detector")  # name -> hub id (see iapas.models.registry)
 
 
 def caption_too_long(caption: str, tokens: int, model: str, max_tokens: int, words: int = 8) -> str:
@@ -59,8 +57,17 @@ def check_caption_length(caption: str, name_or_path: str) -> None:
         raise ValueError(caption_too_long(caption, tokens, name, max_tokens))
 
 
+# config.json model types this adapter runs, and their transformers classes (same processor,
+# same outputs): Grounding DINO, and MM-Grounding-DINO (LLMDet checkpoints load as the latter).
+DETECTOR_MODEL_TYPES = {
+    "grounding-dino": "GroundingDinoForObjectDetection",
+    "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
+}
+
+
 class GroundingDinoDetector:
-    """Adapter for ``GroundingDinoForObjectDetection`` behind :class:`iapas.models.Detector`.
+    """Adapter for ``GroundingDinoForObjectDetection`` and ``MMGroundingDinoForObjectDetection``
+    (see :data:`DETECTOR_MODEL_TYPES`) behind :class:`iapas.models.Detector`.
 
     The processor's own resize (shortest side 800, longest at most 1333 for the hub models) is
     the method's; box scores are the maximum token probability; boxes are NOT clipped to the image
@@ -97,22 +104,29 @@ class GroundingDinoDetector:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_DETECTOR, device: str = "auto", dtype: str = "auto") -> GroundingDinoDetector:
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         name_or_path = DETECTOR_CHOICES.get(name_or_path, name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "Grounding DINO detector"
+        types = tuple(DETECTOR_MODEL_TYPES)
         processor = load_pretrained(
-            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("grounding-dino",)
+            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=types
         )
         model = load_pretrained(
-            GroundingDinoForObjectDetection.from_pretrained,
+            AutoModelForZeroShotObjectDetection.from_pretrained,
             name_or_path,
             what=what,
-            expected_model_types=("grounding-dino",),
+            expected_model_types=types,
             dtype=torch_dtype,
         )
+        model_type = getattr(model.config, "model_type", None)
+        if DETECTOR_MODEL_TYPES.get(model_type) != type(model).__name__:  # a hub id of another kind
+            raise ModelLoadError(
+                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); "
+                f"expected {' or '.join(types)}"
+            )
         model = model.to(dev).eval()
         logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
         return cls(model, processor, dev, torch_dtype, name_or_path)

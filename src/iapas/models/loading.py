@@ -130,7 +130,7 @@ def load_pretrained(
     model, info = loaded
     missing = real_missing_keys(model, info.get("missing_keys") or [])
     if missing:
-        kind = " or ".join(expected_model_types)
+        kind = getattr(getattr(model, "config", None), "model_type", None) or " or ".join(expected_model_types)
         raise ModelLoadError(
             f"{what}: the weights in {where} do not match a {kind} checkpoint: {len(missing)} missing keys, "
             f"e.g. {', '.join(missing[:3])} (they would be random); check that the weight files belong to this config.json"

@@ -8,17 +8,17 @@ from typing import Any
 
 import numpy as np
 
+from iapas.models import registry
 from iapas.models.base import check_finite
-from iapas.models.loading import load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
+from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEGMENTER = "facebook/sam-vit-huge"
-SEGMENTER_CHOICES = {
-    "huge": "facebook/sam-vit-huge",
-    "large": "facebook/sam-vit-large",
-    "base": "facebook/sam-vit-base",
-}
+SEGMENTER_CHOICES = registry.names("segmenter")  # name -> hub id (see iapas.models.registry)
+
+# config.json model types the adapters run, and their transformers classes.
+SEGMENTER_MODEL_TYPES = {"sam": "SamModel", "sam_hq": "SamHQModel"}
 
 # Boxes decoded per mask post-processing step on the unbatched path: bounds the float masks
 # upsampled at once.
@@ -134,21 +134,39 @@ class SamSegmenter:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_SEGMENTER, device: str = "auto", dtype: str = "auto") -> SamSegmenter:
-        from transformers import AutoProcessor, SamModel
+        """Load SAM or SAM-HQ: the adapter is chosen by the loaded model's type (a
+        :class:`SamHQSegmenter` for ``sam_hq``), any other model type is refused."""
+        from transformers import AutoModel, AutoProcessor
 
         name_or_path = SEGMENTER_CHOICES.get(name_or_path, name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "SAM segmenter"
+        types = tuple(SEGMENTER_MODEL_TYPES)
         processor = load_pretrained(
-            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=("sam",)
+            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=types
         )
         model = load_pretrained(
-            SamModel.from_pretrained, name_or_path, what=what, expected_model_types=("sam",), dtype=torch_dtype
+            AutoModel.from_pretrained, name_or_path, what=what, expected_model_types=types, dtype=torch_dtype
         )
+        model_type = getattr(model.config, "model_type", None)
+        adapter = {"sam": SamSegmenter, "sam_hq": SamHQSegmenter}.get(model_type)
+        if adapter is None or SEGMENTER_MODEL_TYPES[model_type] != type(model).__name__:
+            raise ModelLoadError(
+                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); "
+                f"expected {' or '.join(types)}"
+            )
         model = model.to(dev).eval()
-        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
-        return cls(model, processor, dev, torch_dtype, name_or_path)
+        logger.info("loaded %s (%s) from %s on %s (%s)", what, model_type, name_or_path, dev, torch_dtype)
+        return adapter(model, processor, dev, torch_dtype, name_or_path)
+
+    def _embed(self, pixel_values: Any) -> Any:
+        """One image-encoder pass for the batch: what :meth:`_decode_boxes` needs per image."""
+        return self.model.get_image_embeddings(pixel_values)
+
+    def _decode_boxes(self, embedded: Any, j: int, input_boxes: Any) -> Any:
+        """One mask-decoder call with all boxes ``(1, n, 4)`` of image ``j`` of the batch."""
+        return self.model(image_embeddings=embedded[j : j + 1], input_boxes=input_boxes, multimask_output=False)
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -167,21 +185,39 @@ class SamSegmenter:
             return out  # type: ignore[return-value]
         pixel_values, original_sizes, reshaped_sizes = self._pixels([images[i] for i, _ in todo])
         with torch.inference_mode():
-            embeddings = self.model.get_image_embeddings(pixel_values)
+            embedded = self._embed(pixel_values)
             self.encoder_count += 1
             for j, (i, b) in enumerate(todo):
                 oh, ow = original_sizes[j]
                 rh, rw = reshaped_sizes[j]
                 scaled = b * np.array([rw / ow, rh / oh, rw / ow, rh / oh], dtype=np.float32)
                 input_boxes = torch.from_numpy(scaled)[None].to(self.device)
-                result = self.model(
-                    image_embeddings=embeddings[j : j + 1],
-                    input_boxes=input_boxes,
-                    multimask_output=False,
-                )
+                result = self._decode_boxes(embedded, j, input_boxes)
                 self.decoder_count += 1
                 low_res = result.pred_masks.float()  # (1, n, 1, h, w), upsampled on the device
                 if not bool(torch.isfinite(low_res).all()):
                     check_finite("SAM", self.name, self.dtype, self.device, masks=low_res.cpu().numpy())
                 out[i] = self._masks(low_res, original_sizes[j], reshaped_sizes[j]).astype(bool, copy=False)
         return out  # type: ignore[return-value]
+
+
+class SamHQSegmenter(SamSegmenter):
+    """Adapter for ``SamHQModel`` (SAM-HQ): SAM's box prompts, plus the image encoder's
+    intermediate embeddings passed to the HQ mask decoder; the mask is SAM-HQ's default (the HQ
+    token's output added to SAM's, ``hq_token_only=False`` as in the reference predictor).
+    Same work per image as SAM: one encoder pass per batch, one decoder call per image."""
+
+    hq_token_only = False
+
+    def _embed(self, pixel_values: Any) -> Any:
+        return self.model.get_image_embeddings(pixel_values)  # (embeddings, intermediate list)
+
+    def _decode_boxes(self, embedded: Any, j: int, input_boxes: Any) -> Any:
+        embeddings, intermediate = embedded
+        return self.model(
+            image_embeddings=embeddings[j : j + 1],
+            intermediate_embeddings=[t[j : j + 1] for t in intermediate],
+            input_boxes=input_boxes,
+            multimask_output=False,
+            hq_token_only=self.hq_token_only,
+        )

@@ -29,8 +29,11 @@ def _bert_vocab(words: tuple[str, ...]) -> dict[str, int]:
     return seen
 
 
-def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: int = 800) -> Path:
-    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``.
+def make_tiny_grounding_dino(
+    out_dir: str | Path, seed: int = 0, shortest_edge: int = 800, mm: bool = False
+) -> Path:
+    """Write a tiny random ``GroundingDinoForObjectDetection`` with its processor to ``out_dir``
+    (``MMGroundingDinoForObjectDetection``, model type ``mm-grounding-dino``, when ``mm``).
 
     ``shortest_edge`` is the processor's resize (the hub models' 800 by default; tests use less
     to run faster, the longest edge scales with it as 1333/800).
@@ -42,6 +45,8 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: 
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoProcessor,
+        MMGroundingDinoConfig,
+        MMGroundingDinoForObjectDetection,
         SwinConfig,
     )
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
@@ -66,7 +71,11 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: 
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    config = GroundingDinoConfig(
+    config_class, model_class = (
+        (MMGroundingDinoConfig, MMGroundingDinoForObjectDetection) if mm
+        else (GroundingDinoConfig, GroundingDinoForObjectDetection)
+    )
+    config = config_class(
         backbone_config=backbone,
         text_config=text,
         d_model=32,
@@ -83,29 +92,40 @@ def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0, shortest_edge: 
         disable_custom_kernels=True,
     )
     torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
+    model = model_class(config).eval()
     size = {"shortest_edge": shortest_edge, "longest_edge": round(shortest_edge * 1333 / 800)}
     processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size=size), tokenizer=tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    logger.info("wrote tiny Grounding DINO to %s", out)
+    logger.info("wrote tiny %s to %s", config.model_type, out)
     return out
 
 
-def make_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 256) -> Path:
-    """Write a tiny random ``SamModel`` with its processor to ``out_dir``."""
+def make_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 256, hq: bool = False) -> Path:
+    """Write a tiny random ``SamModel`` with its processor to ``out_dir`` (``SamHQModel``, model
+    type ``sam_hq``, when ``hq``)."""
     import torch
-    from transformers import SamConfig, SamModel, SamProcessor
+    from transformers import SamConfig, SamHQConfig, SamHQModel, SamHQProcessor, SamModel, SamProcessor
     from transformers.models.sam.configuration_sam import (
         SamMaskDecoderConfig,
         SamPromptEncoderConfig,
         SamVisionConfig,
     )
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+    from transformers.models.sam_hq.configuration_sam_hq import (
+        SamHQMaskDecoderConfig,
+        SamHQPromptEncoderConfig,
+        SamHQVisionConfig,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vision = SamVisionConfig(
+    vision_class, prompt_class, decoder_class, config_class, model_class, processor_class = (
+        (SamHQVisionConfig, SamHQPromptEncoderConfig, SamHQMaskDecoderConfig, SamHQConfig, SamHQModel, SamHQProcessor)
+        if hq
+        else (SamVisionConfig, SamPromptEncoderConfig, SamMaskDecoderConfig, SamConfig, SamModel, SamProcessor)
+    )
+    vision = vision_class(
         hidden_size=32,
         output_channels=32,
         num_hidden_layers=2,
@@ -117,21 +137,22 @@ def make_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 256) -> 
         image_size=image_size,
         patch_size=16,
     )
-    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=16)
-    decoder = SamMaskDecoderConfig(
-        hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+    prompt = prompt_class(hidden_size=32, image_size=image_size, patch_size=16)
+    hq_extra = {"vit_dim": 32} if hq else {}  # the HQ decoder reads the encoder's hidden states
+    decoder = decoder_class(
+        hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32, **hq_extra
     )
-    config = SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    config = config_class(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
     torch.manual_seed(seed)
-    model = SamModel(config).eval()
-    processor = SamProcessor(
+    model = model_class(config).eval()
+    processor = processor_class(
         image_processor=SamImageProcessorPil(
             size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size}
         )
     )
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    logger.info("wrote tiny SAM to %s", out)
+    logger.info("wrote tiny %s to %s", config.model_type, out)
     return out
 
 
@@ -140,7 +161,11 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge:
     out = Path(out_dir)
     made = {
         "grounding-dino": make_tiny_grounding_dino(out / "grounding-dino", seed=seed, shortest_edge=detector_shortest_edge),
+        "mm-grounding-dino": make_tiny_grounding_dino(
+            out / "mm-grounding-dino", seed=seed, shortest_edge=detector_shortest_edge, mm=True
+        ),
         "sam": make_tiny_sam(out / "sam", seed=seed),
+        "sam-hq": make_tiny_sam(out / "sam-hq", seed=seed, hq=True),
     }
     try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present
         from iapas.testing import stage1
