@@ -230,6 +230,30 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
+def print_decisions(result: Any) -> None:
+    """OK/NG at each category's calibrated threshold: false alarms next to the target, detections, counts."""
+    from rich.table import Table
+
+    from iapas.evaluation.tables import decision_rows
+
+    s = result.settings
+    table = Table(title=f"OK/NG at thresholds calibrated on held-out normal images (target false alarms {_fmt(s.false_alarm_rate)}%)")
+    for col in ("category", "calibration images", "threshold", "false alarms %", "detected %", "TP/FP/TN/FN"):
+        table.add_column(col, justify="left" if col == "category" else "right", overflow="fold", no_wrap=col == "TP/FP/TN/FN")
+    for row in decision_rows(result):
+        total = row["category"] == "mean"
+        counts = "/".join("-" if row[k] is None else str(row[k]) for k in ("tp", "fp", "tn", "fn"))
+        if not total and row["threshold"] is None:
+            counts = "no threshold"
+        threshold = "-" if row["threshold"] is None else f"{row['threshold']:.6g}"
+        n = "-" if row["calibration_images"] is None else str(row["calibration_images"])
+        table.add_row(
+            "all" if total else escape(row["category"]), n, threshold, _fmt(row["false_alarm_rate"]), _fmt(row["detection_rate"]),
+            counts, style="bold" if total else None,
+        )
+    console.print(table)
+
+
 def print_summary(result: Any) -> None:
     """The metrics of every category and the mean, and where the files are."""
     from rich.table import Table
@@ -239,37 +263,22 @@ def print_summary(result: Any) -> None:
         title=f"{result.title}: {s.protocol} protocol, mode {s.mode}" + (f", limit {s.limit}" if s.limit else "")
         + ("" if s.image_norm else ", no per-image normalisation")
     )
-    from iapas.evaluation.tables import decision_rows
-
-    calibrated = s.calibration_images > 0
-    columns = ["category", "images", "failed", "pixel AP", "pixel F1-max", "image AUROC"]
-    columns += [f"false alarms (target {_fmt(s.false_alarm_rate)})", "detected", "TP/FP/TN/FN"] if calibrated else []
-    for col in [*columns, "s/image"]:
+    for col in ("category", "images", "failed", "pixel AP", "pixel F1-max", "image AUROC", "s/image"):
         table.add_column(col, justify="left" if col == "category" else "right", overflow="fold")
-    decisions = decision_rows(result)
-
-    def ok_ng(row: dict[str, Any]) -> list[str]:
-        if not calibrated:
-            return []
-        if row["category"] != "mean" and row["threshold"] is None:
-            return ["-", "-", "no threshold"]
-        counts = "/".join("-" if row[k] is None else str(row[k]) for k in ("tp", "fp", "tn", "fn"))
-        return [_fmt(row["false_alarm_rate"]), _fmt(row["detection_rate"]), counts]
-
-    for c, dec in zip(result.categories, decisions):
+    for c in result.categories:
         m = c.metrics
         per_image = f"{c.seconds / c.n_new:.3f}" if c.n_new else "-"
         failed = str(len(c.failures)) + (f" ({c.error})" if c.error else "")
         table.add_row(
             escape(c.name), str(c.n_done), escape(failed),
-            _fmt(m.pixel_ap if m else None), _fmt(m.pixel_f1_max if m else None), _fmt(m.image_auroc if m else None),
-            *ok_ng(dec), per_image,
+            _fmt(m.pixel_ap if m else None), _fmt(m.pixel_f1_max if m else None), _fmt(m.image_auroc if m else None), per_image,
         )
     mean = result.mean()
     table.add_row("mean", str(sum(c.n_done for c in result.categories)), str(result.n_failed_images),
-                  _fmt(mean["pixel_ap"]), _fmt(mean["pixel_f1_max"]), _fmt(mean["image_auroc"]), *ok_ng(decisions[-1]), "",
-                  style="bold")
+                  _fmt(mean["pixel_ap"]), _fmt(mean["pixel_f1_max"]), _fmt(mean["image_auroc"]), "", style="bold")
     console.print(table)
+    if s.calibration_images > 0:
+        print_decisions(result)
     out = Path(result.out_dir)
     files = ["metrics.md", "metrics.csv", "metrics.json", "report.html"]
     console.print("wrote " + ", ".join(str(out / f) for f in files if (out / f).exists()), highlight=False, soft_wrap=True)
