@@ -193,7 +193,7 @@ def test_cli_evaluate_ksdd1_paper_reports_50_folders_and_their_mean(
     out = tmp_path / "run"
     started = time.perf_counter()
     result = CliRunner().invoke(app, [
-        "evaluate", "--dataset", "ksdd1", "--root", str(root), "--out", str(out), "--protocol", "paper", "--limit", "1", "--references", "2", "--fuse-object-detection",
+        "evaluate", "--dataset", "ksdd1", "--root", str(root), "--out", str(out), "--protocol", "paper", "--limit", "1", "--references", "2", "--calibration-images", "0", "--fuse-object-detection",
         "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]), "--device", "cpu",
         "--tagger", "manual", "--tags", "commutator", "--llm", "knowledge", "--quiet",
     ])

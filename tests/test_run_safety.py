@@ -267,7 +267,8 @@ def test_evaluate_cli_stops_on_enospc_with_the_summary_and_exit_1(tmp_path: Path
     out = tmp_path / "out"
     monkeypatch.setattr("iapas.pipeline.Pipeline.from_config", classmethod(lambda cls, config: fake_pipeline()))
     enospc_after(monkeypatch, "iapas.evaluation.core.save_map_file", 2, partial=True)
-    argv = ["evaluate", "--dataset", "mvtec", "--root", str(data), "--out", str(out), "--mode", "base", "--protocol", "full"]
+    argv = ["evaluate", "--dataset", "mvtec", "--root", str(data), "--out", str(out), "--mode", "base", "--protocol", "full",
+            "--calibration-images", "0"]
     monkeypatch.setattr(sys, "argv", ["iapas", *argv, "--restart"])
     result = runner.invoke(app, argv)
     assert result.exit_code == 1, result.output
@@ -443,7 +444,8 @@ def test_segment_in_a_log_file_shows_progress_lines_while_it_runs(tmp_path: Path
 
 def test_evaluate_in_a_log_file_shows_progress_per_category(tmp_path: Path):
     data = make_mvtec(tmp_path / "data", categories=("alpha", "beta"), n_good=2, n_bad=2)
-    argv = ["evaluate", "--dataset", "mvtec", "--root", str(data), "--out", str(tmp_path / "out"), "--mode", "base", "--protocol", "full"]
+    argv = ["evaluate", "--dataset", "mvtec", "--root", str(data), "--out", str(tmp_path / "out"), "--mode", "base", "--protocol", "full",
+            "--calibration-images", "0"]
     seen, rest = watch_held_run(tmp_path / "go", 6, argv, "info: beta: 1/4 (25%)")
     assert "info: alpha: 4/4 (100%), done in" in "\n".join(seen)
     assert "info: beta: 4/4 (100%), done in" in rest

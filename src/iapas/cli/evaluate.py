@@ -129,6 +129,13 @@ def _stage1_options(mode: str, **values: Any) -> Any:
         raise fail(str(exc)) from None
 
 
+def _calibration_count(n: int | None, rate: float) -> int:
+    """--calibration-images, or by default the fewest images the conformal threshold needs."""
+    from iapas.decision import images_needed
+
+    return images_needed(rate) if n is None else n
+
+
 def _settings(**values: Any) -> Any:
     from iapas.evaluation import EvalSettings
 
@@ -233,6 +240,30 @@ def print_fallback(fell_back: dict[str, str]) -> None:
         )
 
 
+def print_decisions(result: Any) -> None:
+    """OK/NG at each category's calibrated threshold: false alarms next to the target, detections, counts."""
+    from rich.table import Table
+
+    from iapas.evaluation.tables import decision_rows
+
+    s = result.settings
+    table = Table(title=f"OK/NG at thresholds calibrated on held-out normal images (target false alarms {_fmt(s.false_alarm_rate)}%)")
+    for col in ("category", "calibration images", "threshold", "false alarms %", "detected %", "TP/FP/TN/FN"):
+        table.add_column(col, justify="left" if col == "category" else "right", overflow="fold", no_wrap=col == "TP/FP/TN/FN")
+    for row in decision_rows(result):
+        total = row["category"] == "mean"
+        counts = "/".join("-" if row[k] is None else str(row[k]) for k in ("tp", "fp", "tn", "fn"))
+        if not total and row["threshold"] is None:
+            counts = "no threshold"
+        threshold = "-" if row["threshold"] is None else f"{row['threshold']:.6g}"
+        n = "-" if row["calibration_images"] is None else str(row["calibration_images"])
+        table.add_row(
+            "all" if total else escape(row["category"]), n, threshold, _fmt(row["false_alarm_rate"]), _fmt(row["detection_rate"]),
+            counts, style="bold" if total else None,
+        )
+    console.print(table)
+
+
 def print_summary(result: Any) -> None:
     """The metrics of every category and the mean, and where the files are."""
     from rich.table import Table
@@ -256,6 +287,8 @@ def print_summary(result: Any) -> None:
     table.add_row("mean", str(sum(c.n_done for c in result.categories)), str(result.n_failed_images),
                   _fmt(mean["pixel_ap"]), _fmt(mean["pixel_f1_max"]), _fmt(mean["image_auroc"]), "", style="bold")
     console.print(table)
+    if s.calibration_images > 0:
+        print_decisions(result)
     out = Path(result.out_dir)
     files = ["metrics.md", "metrics.csv", "metrics.json", "report.html"]
     console.print("wrote " + ", ".join(str(out / f) for f in files if (out / f).exists()), highlight=False, soft_wrap=True)
@@ -264,6 +297,9 @@ def print_summary(result: Any) -> None:
         console.print(f"{unmasked} defective image(s) have no mask: left out of the pixel metrics, kept in the image metrics")
     if result.n_failed_images:
         console.print(f"[bold red]{result.n_failed_images} image(s) failed[/] and are left out of the metrics; see the report")
+    for c in result.categories:
+        if c.decision is not None and c.decision.threshold is None:
+            console.print(f"{c.name}: no OK/NG threshold: {c.decision.reason}", markup=False, highlight=False, soft_wrap=True)
     print_fallback({c.name: c.profile.llm_fallback for c in result.categories if c.profile.llm_fallback})
     if result.stopped:
         left = [c.name for c in result.categories if c.error == "not evaluated: the run stopped early"]
@@ -348,6 +384,16 @@ def evaluate_cmd(
     object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
+    false_alarm_rate: float = typer.Option(
+        0.01, "--false-alarm-rate", min=0.0001, max=0.9999,
+        help="Target false-alarm rate of each category's calibrated OK/NG threshold.",
+    ),
+    calibration_images: int = typer.Option(
+        None, "--calibration-images", min=0, show_default=False,
+        help="Normal images per category, held out from the references and the test set, to calibrate the "
+        "threshold on (default: the fewest the rate needs, 99 for 0.01; 0: no calibration). Without a normal "
+        "training split they are drawn from the normal test images (at most half), which they leave.",
+    ),
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -362,7 +408,9 @@ def evaluate_cmd(
     each image's map (--no-image-norm: not) and then each category's maps over its stack, and
     writes metrics.csv/json/md
     (pixel AP, pixel F1-max and companions per category and their mean), predictions/CATEGORY.jsonl,
-    maps/ (float32 .npz) and a self-contained report.html.
+    maps/ (float32 .npz) and a self-contained report.html. Each category's OK/NG threshold is
+    calibrated on held-out normal images (--calibration-images, --false-alarm-rate); the tables
+    give the false-alarm rate it has on the normal test images, the detection rate and the counts.
 
     Example, offline with tiny models:
     iapas evaluate --dataset mtd --root data/MTD --out runs/mtd --detector tiny-models/grounding-dino
@@ -374,7 +422,8 @@ def evaluate_cmd(
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
         n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
-        image_norm=image_norm, image_score=image_score,
+        image_norm=image_norm, image_score=image_score, false_alarm_rate=false_alarm_rate,
+        calibration_images=_calibration_count(calibration_images, false_alarm_rate),
     )
     stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(

@@ -11,7 +11,7 @@ import logging
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -365,3 +365,35 @@ class DatasetBase:
             protocol=protocol,
             split_parts=split,
         )
+
+    def held_out_normals(self, category: Category, n: int, seed: int = DEFAULT_SEED) -> tuple[list[Path], Category, str]:
+        """``n`` normal images of ``category`` that are neither references nor test images, drawn
+        like the references (fixed ``seed``), to calibrate an OK/NG threshold on.
+
+        From the normal training split when there is one (its images that are not references);
+        otherwise from the normal test images, at most half of them (as the references,
+        :func:`references_from_test_count`), which are then removed from the test set. Returns the
+        images, the category (its test set without them) and a sentence saying where they came from.
+        """
+        if n <= 0:
+            return [], category, ""
+        scan = self._scan(category.name)
+        used = set(category.references) | {s.path for s in category.test}
+        pool = [p for p in scan.train_normals if p not in used]
+        if pool:
+            drawn = draw_references(pool, n, seed, self.root)
+            note = (
+                f"Calibration: {len(drawn)} normal training images that are not references were drawn (seed {seed}) "
+                f"to calibrate the OK/NG threshold (asked for {n})."
+            )
+            return drawn, category, note
+        in_test = [s.path for s in category.test if s.label == 0]
+        drawn = draw_references(in_test, references_from_test_count(len(in_test), n), seed, self.root)
+        chosen = set(drawn)
+        test = [s for s in category.test if s.path not in chosen]
+        note = (
+            f"Calibration: no normal training images beyond the references, so {len(drawn)} of the {len(in_test)} "
+            f"normal test images were drawn (seed {seed}, asked for {n}) to calibrate the OK/NG threshold and "
+            f"excluded from the test set ({len(in_test) - len(drawn)} normal test images remain)."
+        )
+        return drawn, replace(category, test=test), note

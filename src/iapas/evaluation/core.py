@@ -40,6 +40,7 @@ import numpy as np
 
 from iapas import __version__
 from iapas.data import DEFAULT_PROTOCOL, Category, DatasetBase, MaskError, Sample, get_dataset, sample_mask
+from iapas.evaluation.decisions import ThresholdEvidence, calibration_category, raw_scores, threshold_evidence
 from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
 from iapas.evaluation.protocol import (
@@ -127,6 +128,10 @@ class EvalSettings:
     ``test_pool_references``: when set, each category's test images are those left after
     drawing this many references (with ``seed``), whatever ``n_references`` is, so runs with
     different reference counts score the same images (the bench sets it to its largest count).
+    ``calibration_images``: per category, segment this many normal images held out from the
+    references and the test set and calibrate a conformal OK/NG threshold on them for the target
+    ``false_alarm_rate`` (see :mod:`~iapas.evaluation.decisions`); 0 (the default): none. Without
+    a normal training split they are drawn from the normal test images, which they then leave.
     """
 
     protocol: str = DEFAULT_PROTOCOL
@@ -143,6 +148,8 @@ class EvalSettings:
     image_norm: bool | None = None
     image_score: str | None = None
     test_pool_references: int | None = None
+    calibration_images: int = 0
+    false_alarm_rate: float = 0.01
 
     def __post_init__(self) -> None:
         if self.image_norm is None:  # the reference code's baseline skips the per-image normalisation
@@ -169,6 +176,10 @@ class EvalSettings:
             raise ValueError(
                 f"test_pool_references ({self.test_pool_references}) must be >= n_references ({self.n_references})"
             )
+        if self.calibration_images < 0:
+            raise ValueError(f"calibration_images must be >= 0, got {self.calibration_images}")
+        if not 0 < self.false_alarm_rate < 1:
+            raise ValueError(f"false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
         if self.mode == "base" and self.caption is not None:
             raise ValueError("a fixed caption is for mode 'iapas' (mode 'base' has its own fixed caption)")
 
@@ -247,6 +258,7 @@ class CategoryResult:
     metrics_seconds: float = 0.0
     predictions: str = ""  # path relative to the evaluation folder
     keys: list[str] = field(default_factory=list)  # the evaluated images' keys, in test order
+    decision: ThresholdEvidence | None = None  # the calibrated OK/NG threshold and what it gives
 
     @property
     def failed(self) -> bool:
@@ -269,6 +281,7 @@ class CategoryResult:
             "seconds": round(self.seconds, 3),
             "metrics_seconds": round(self.metrics_seconds, 3),
             "n_new": self.n_new,
+            "decision": self.decision.to_dict() if self.decision else None,
         }
         return _json_safe(data)
 
@@ -621,8 +634,10 @@ def evaluate_category(
     settings: EvalSettings | None = None,
     *,
     on_image: Callable[[str, str], None] | None = None,
+    metrics: bool = True,
 ) -> CategoryResult:
-    """Segment every test image of ``category`` (resuming) and compute its metrics.
+    """Segment every test image of ``category`` (resuming) and compute its metrics (not with
+    ``metrics=False``, e.g. for calibration images).
 
     ``pipeline`` supplies the models (its mode and size threshold are replaced by ``settings``');
     ``profile`` is the category's stage-1 profile (None in mode 'base'). Unreadable images and
@@ -748,18 +763,32 @@ def evaluate_category(
     result.n_done = len(ok)
     result.seconds = time.perf_counter() - started
     started = time.perf_counter()
-    if ok:
-        metrics, score_range, curve = metrics_from_predictions(
+    if ok and metrics:
+        scores, score_range, curve = metrics_from_predictions(
             out, ok, image_norm=settings.image_norm, image_score=settings.image_score_method
         )
-        result.metrics, result.score_range, result.pr = metrics, score_range, curve
-    else:
+        result.metrics, result.score_range, result.pr = scores, score_range, curve
+    elif not ok:
         result.error = "no test image could be evaluated"
     result.metrics_seconds = time.perf_counter() - started
     return result
 
 
 # --- a dataset ---------------------------------------------------------------------------------------------
+
+
+def _calibrate(
+    pipeline: Pipeline, calibration: Category, profile: Profile | None, out: Path, settings: EvalSettings, hooks: ProgressHooks
+) -> tuple[list[float], list[ImageFailure]]:
+    """Segment the calibration images (resuming; all of them, whatever ``--limit``): their raw
+    image scores and failures (keys prefixed with the calibration category's name)."""
+    if hooks.on_category:
+        hooks.on_category(calibration.name, len(calibration.test))
+    on_image = (lambda key, status: hooks.on_image(calibration.name, key, status)) if hooks.on_image else None
+    done = evaluate_category(pipeline, calibration, profile, out, replace(settings, limit=None), on_image=on_image, metrics=False)
+    scores = raw_scores(ResultsLog(predictions_path(out, calibration.name)).read(), done.keys)
+    failures = [replace(f, key=f"{calibration.name}/{f.key}") for f in done.failures]
+    return scores, failures
 
 
 def restrict_to_pool(loader: DatasetBase, category: Category, settings: EvalSettings) -> Category:
@@ -928,11 +957,12 @@ def evaluate_dataset(
         stage1_models = Stage1Models(stage1, pipeline.detector)
 
     # pass 1: categories, profiles, signatures
-    prepared: list[tuple[Category, Profile | None, ProfileRecord] | CategoryResult] = []
+    prepared: list[tuple[Category, Profile | None, ProfileRecord, Category | None] | CategoryResult] = []
     product_notes: list[str] = []  # notes of categories scored per part: said once
     for name in wanted:
         category = loader.load(name, protocol=settings.protocol, n_references=settings.n_references, seed=settings.seed)
         category = restrict_to_pool(loader, category, settings)
+        category, calibration = calibration_category(loader, category, settings.calibration_images, settings.seed)
         path = profile_path(profiles, name)
         existed = path.exists()
         on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
@@ -954,7 +984,7 @@ def evaluate_dataset(
         sig = category_signature(pipeline, profile, settings)
         if category.split_parts:  # e.g. KSDD1's folders under the paper protocol: one profile, scored per part
             product_notes.extend(f"{name}: {note}" for note in category.notes)
-        for part in category.parts():
+        for part in [*category.parts(), *([calibration] if calibration is not None else [])]:
             old = category_sigs.get(part.name)
             if old is not None and old != sig and _has_predictions(out, part.name):
                 changed = _differences(old, sig)
@@ -963,7 +993,8 @@ def evaluate_dataset(
                     "use another --out folder, or --restart to discard them"
                 )
             category_sigs[part.name] = sig
-            prepared.append((part, profile, record))
+            if part is not calibration:
+                prepared.append((part, profile, record, calibration))
     stopped: str | None = None
     try:
         write_run()
@@ -975,11 +1006,12 @@ def evaluate_dataset(
 
     # pass 2: stage 2 and metrics
     results: list[CategoryResult] = []
+    calibrated: dict[str, list[float]] = {}  # calibration category -> its raw image scores
     for item in prepared:
         if isinstance(item, CategoryResult):
             results.append(item)
             continue
-        category, profile, record = item
+        category, profile, record, calibration = item
         n = len(limit_samples(category.test, settings.limit, settings.seed))
         if stopped is not None:
             results.append(CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
@@ -988,8 +1020,18 @@ def evaluate_dataset(
         if hooks.on_category:
             hooks.on_category(category.name, n)
         on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
+        calibration_failures: list[ImageFailure] = []
         try:
+            if calibration is not None and calibration.name not in calibrated:  # once per product
+                calibrated[calibration.name], calibration_failures = _calibrate(pipeline, calibration, profile, out, settings, hooks)
             result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image)
+            if calibration is not None and result.keys:
+                records = ResultsLog(predictions_path(out, category.name)).read()
+                result.decision = threshold_evidence(
+                    calibrated[calibration.name], raw_scores(records, result.keys, 0), raw_scores(records, result.keys, 1),
+                    settings.false_alarm_rate,
+                )
+            result.failures += calibration_failures
         except DiskFullError as exc:
             stopped = exc.strerror or str(exc)
             result = CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",

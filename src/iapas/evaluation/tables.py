@@ -8,6 +8,12 @@ without a mask (left out of the pixel metrics, kept in the image metrics). CSV a
 shows percentages with two decimals, as the paper does. Undefined values (e.g. image AUROC
 without normal test images) are empty in CSV, null in JSON, '-' in Markdown, and left out of
 the mean.
+
+With calibration (``iapas evaluate --calibration-images``), each row also has the OK/NG columns
+(:data:`DECISION_COLUMNS`): the category's conformal threshold, the target and the observed
+false-alarm rate on its normal test images, the detection rate on its defective ones and the
+confusion counts; the mean row sums the counts and gives the rates of the sums. Markdown shows
+them in a table of their own.
 """
 
 from __future__ import annotations
@@ -50,6 +56,43 @@ def _csv_value(value: float | None) -> str:
     return f"{value:.6f}"
 
 
+# the OK/NG columns of the CSV (see ThresholdEvidence), in order
+DECISION_COLUMNS: tuple[str, ...] = (
+    "calibration_images", "threshold", "target_false_alarm_rate", "false_alarm_rate", "detection_rate", "tp", "fp", "tn", "fn",
+)
+
+
+def decision_rows(result: DatasetResult) -> list[dict[str, Any]]:
+    """The OK/NG columns per category (all None without calibration) and for the sums."""
+    rows: list[dict[str, Any]] = []
+    for c in result.categories:
+        d = c.decision
+        rows.append({
+            "category": c.name,
+            "calibration_images": d.n_calibration if d else None,
+            "threshold": d.threshold if d else None,
+            "target_false_alarm_rate": d.target_rate if d else None,
+            **{k: getattr(d, k) if d else None for k in ("false_alarm_rate", "detection_rate", "tp", "fp", "tn", "fn")},
+            "reason": d.reason if d else "",
+        })
+    decided = [r for r in rows if r["threshold"] is not None]
+    total = {k: sum(r[k] for r in decided) for k in ("tp", "fp", "tn", "fn")} if decided else dict.fromkeys(("tp", "fp", "tn", "fn"))
+    targets = {r["target_false_alarm_rate"] for r in rows if r["target_false_alarm_rate"] is not None}
+    normals = (total["fp"] + total["tn"]) if decided else 0
+    anomalous = (total["tp"] + total["fn"]) if decided else 0
+    rows.append({
+        "category": "mean",
+        "calibration_images": sum(r["calibration_images"] for r in rows if r["calibration_images"] is not None) if targets else None,
+        "threshold": None,
+        "target_false_alarm_rate": targets.pop() if len(targets) == 1 else None,
+        "false_alarm_rate": total["fp"] / normals if normals else None,
+        "detection_rate": total["tp"] / anomalous if anomalous else None,
+        **total,
+        "reason": "",
+    })
+    return rows
+
+
 def metric_rows(result: DatasetResult) -> list[dict[str, Any]]:
     """One dict per category and one for the mean: name, metrics (fractions), counts."""
     from iapas.evaluation.core import METRIC_COLUMNS
@@ -85,10 +128,13 @@ def metrics_csv(result: DatasetResult) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     keys = [k for k, _ in METRIC_COLUMNS]
-    writer.writerow(["category", *keys, "images", "anomalous_images", "without_mask", "failed", "error"])
-    for row in metric_rows(result):
+    writer.writerow(["category", *keys, "images", "anomalous_images", "without_mask", "failed", "error", *DECISION_COLUMNS])
+    for row, dec in zip(metric_rows(result), decision_rows(result)):
         counts = [row[k] if row[k] is not None else "" for k in ("anomalous_images", "without_mask")]
-        writer.writerow([row["category"], *(_csv_value(row[k]) for k in keys), row["images"], *counts, row["failed"], row["error"]])
+        decision = [
+            "" if dec[k] is None else (dec[k] if isinstance(dec[k], int) else _csv_value(dec[k])) for k in DECISION_COLUMNS
+        ]
+        writer.writerow([row["category"], *(_csv_value(row[k]) for k in keys), row["images"], *counts, row["failed"], row["error"], *decision])
     return buf.getvalue()
 
 
@@ -106,6 +152,32 @@ def markdown_table(result: DatasetResult) -> str:
             cells[-1] = f"{row['failed']} ({row['error']})"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def decision_table(result: DatasetResult) -> str:
+    """The OK/NG table (percentages; threshold in raw score units); '' without calibration."""
+    rows = decision_rows(result)
+    if all(r["target_false_alarm_rate"] is None for r in rows[:-1]):
+        return ""
+    header = ["category", "calibration images", "threshold", "false-alarm rate (target)", "detection rate", "TP", "FP", "TN", "FN"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in rows:
+        name = "**all**" if r is rows[-1] else r["category"]
+        target = "-" if r["target_false_alarm_rate"] is None else pct(r["target_false_alarm_rate"])
+        counts = ["-" if r[k] is None else str(r[k]) for k in ("tp", "fp", "tn", "fn")]
+        threshold = "-" if r["threshold"] is None else f"{r['threshold']:.6g}"
+        n = "-" if r["calibration_images"] is None else str(r["calibration_images"])
+        lines.append("| " + " | ".join([name, n, threshold, f"{pct(r['false_alarm_rate'])} ({target})", pct(r["detection_rate"]), *counts]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+DECISION_SENTENCE = (
+    "OK/NG at each category's conformal threshold, calibrated on its held-out normal images for the target "
+    "false-alarm rate (raw image scores: the raw full-resolution map's maximum; NG when strictly above): the "
+    "false-alarm rate on the normal test images next to the target, the detection rate on the defective ones "
+    "and the counts (TP: defective NG, FP: normal NG, TN: normal OK, FN: defective OK), in %; the last row sums "
+    "the counts of the categories with a threshold."
+)
 
 
 def header_lines(result: DatasetResult) -> list[str]:
@@ -158,6 +230,8 @@ def all_notes(result: DatasetResult) -> list[str]:
             )
         if c.error:
             notes.append(f"{c.name}: not evaluated: {c.error}.")
+        if c.decision is not None and c.decision.threshold is None:
+            notes.append(f"{c.name}: no OK/NG threshold: {c.decision.reason}.")
     labels = dict(METRIC_COLUMNS)
     for key, names in result.undefined().items():
         notes.append(f"{labels[key]} is undefined for {', '.join(names)} and left out of the mean.")
@@ -169,6 +243,9 @@ def metrics_markdown(result: DatasetResult) -> str:
     parts = [f"# IAP-AS evaluation: {result.title}, {s.protocol} protocol, mode {s.mode}", ""]
     parts += [f"- {line}" for line in header_lines(result)]
     parts += ["", "Values in %." + (" Mean over the categories." if len(result.categories) > 1 else "") + " " + F1_SENTENCE, "", markdown_table(result)]
+    decisions = decision_table(result)
+    if decisions:
+        parts += [DECISION_SENTENCE, "", decisions]
     notes = all_notes(result)
     if notes:
         parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
