@@ -628,12 +628,12 @@ def test_bench_runs_datasets_and_ablations_side_by_side(tmp_path: Path):
     default_ap = bench.results["mvtec"]["default"].mean()["pixel_ap"]
     assert bench.results["mvtec"]["wrong-tag"].mean()["pixel_ap"] < default_ap
     md = (out / "bench.md").read_text()
-    assert "| dataset | IAP-AS AP | IAP-AS F1-max | IAP-AS F1-max (paper's 100 thr.) | fixed prompt AP |" in md
+    assert "| dataset | IAP-AS AP | IAP-AS F1-max | IAP-AS F1-max (paper's 100 thr.) | IAP-AS s/image | fixed prompt AP |" in md
     default_mean = bench.results["mvtec"]["default"].mean()
     assert "| MVTec AD | " + f"{100 * default_ap:.2f} | {100 * default_mean['pixel_f1_max']:.2f} | " \
         f"{100 * default_mean['pixel_f1_max_100']:.2f} |" in md and "| MTD |" in md
     rows = (out / "bench.csv").read_text().splitlines()
-    assert rows[0] == "dataset,variant,pixel_ap,pixel_f1_max,pixel_f1_max_100,categories,failed" and len(rows) == 1 + 2 * 4
+    assert rows[0] == "dataset,variant,pixel_ap,pixel_f1_max,pixel_f1_max_100,seconds_per_image,categories,failed" and len(rows) == 1 + 2 * 4
     html = (out / "bench.html").read_text()
     assert "<table>" in html and "http://" not in html
 

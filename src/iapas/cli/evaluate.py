@@ -492,7 +492,7 @@ def bench_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
     datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
-    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style or prompt-transfer (repeatable)."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style, prompt-transfer, detector=NAME or segmenter=NAME (repeatable; NAME: a model name below, a hub id or a folder; a column with that stage-2 model, the default column's profiles)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
@@ -535,18 +535,21 @@ def bench_cmd(
 
     Each dataset (and each ablation variant) is an 'iapas evaluate' run in OUT/DATASET/VARIANT/;
     stage-1 profiles are shared by the variants that do not change them. Writes OUT/bench.md (one
-    row per dataset: mean pixel AP and F1-max of each variant side by side), bench.csv, bench.json
-    and bench.html.
+    row per dataset: mean pixel AP, F1-max and seconds per image of each variant side by side),
+    bench.csv, bench.json and bench.html. --ablation detector=NAME (or segmenter=NAME) adds a
+    column that runs stage 2 with that model on the same images and profiles.
 
     Example: iapas bench --root-dir datasets --out runs/bench --datasets mvtec --ablation size-filter --ablation prompt
     """
     setup_logging(verbose, quiet)
-    from iapas.evaluation.bench import ABLATIONS, run_bench
+    from iapas.evaluation.bench import ABLATIONS, is_ablation, run_bench
 
     ablations = _split(ablation)
-    unknown = [a for a in ablations if a not in ABLATIONS]
+    unknown = [a for a in ablations if not is_ablation(a)]
     if unknown:
-        raise fail(f"unknown --ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+        raise fail(
+            f"unknown --ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}, detector=NAME or segmenter=NAME"
+        )
     try:
         size_list = [float(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
@@ -594,7 +597,7 @@ def bench_cmd(
 def _print_bench(bench: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max / paper's 100-thr. F1-max (%)")
+    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max / paper's 100-thr. F1-max (%) / s per image")
     table.add_column("dataset")
     labels = bench.column_labels()
     for _, label in labels:
@@ -603,7 +606,9 @@ def _print_bench(bench: Any) -> None:
         cells = []
         for name, _ in labels:
             v = row.get(name)
-            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])} / {_fmt(v['pixel_f1_max_100'])}")
+            t = v.get("seconds_per_image") if v is not None else None
+            t_cell = f"{t:.3f}s" if isinstance(t, float) and t == t else "-"
+            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])} / {_fmt(v['pixel_f1_max_100'])} / {t_cell}")
         table.add_row(escape(str(row["dataset"])), *cells)
     console.print(table)
     for name, errs in bench.errors.items():

@@ -25,7 +25,14 @@ prompt-        ``prompt-transfer``: each category segmented with the stage-1 pro
 transfer       object size, caption) of every other category, reported as a matrix (rows: the
                category segmented, columns: whose profile) next to the own-profile column; on
                MVTec AD over textures and objects (carpet, leather, bottle, screw) where present
+detector=NAME  ``detector-<name>``: stage 2 with another detector (a table name of
+               :mod:`iapas.models.registry`, a hub id or a folder), the default column's profiles
+segmenter=     ``segmenter-<name>``: the same with another segmenter; both are repeatable, each
+NAME           model loaded once for every dataset and recorded by its resolved id
 =============  =====================================================================================
+
+Next to each column's metrics the table gives its time per image: the mean stage-2 seconds per
+image (detection, segmentation and fusion) over the images its predictions record.
 
 Every column of a dataset is scored on the same test images: where the ablations ask for
 different reference counts (``references``), the test set is drawn once, with the references of
@@ -80,6 +87,8 @@ BENCH_DATASETS: tuple[str, ...] = tuple(DATASET_FOLDERS)
 ABLATIONS: tuple[str, ...] = (
     "references", "prompt", "size-filter", "size-sweep", "wrong-tag", "prompt-style", "prompt-transfer"
 )
+# ``--ablation detector=NAME`` / ``segmenter=NAME``: a column per model, the rest as the default's
+MODEL_ABLATIONS: tuple[str, ...] = ("detector", "segmenter")
 ABLATION_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "grid", "leather", "tile", "wood")}
 # prompt-transfer: textures and objects, so a texture's profile is tried on objects and back
 TRANSFER_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "leather", "bottle", "screw")}
@@ -146,6 +155,8 @@ class Variant:
     wrong_tag: bool = False
     prompt_style: str | None = None  # stage 1's LLM prompt style, when not the default column's
     transfer: bool = False
+    detector: str | None = None  # stage 2's detector (resolved hub id or folder), when not the default's
+    segmenter: str | None = None  # stage 2's segmenter, when not the default's
 
     def settings(self, base: EvalSettings) -> EvalSettings:
         return replace(
@@ -169,15 +180,37 @@ class Variant:
 DEFAULT_VARIANT = Variant("default", "IAP-AS")
 
 
+def is_ablation(ablation: str) -> bool:
+    """Whether ``ablation`` is one of :data:`ABLATIONS` or ``detector=NAME`` / ``segmenter=NAME``."""
+    kind, sep, value = ablation.partition("=")
+    return ablation in ABLATIONS or (bool(sep) and kind in MODEL_ABLATIONS and bool(value.strip()))
+
+
+def _model_variant(kind: str, value: str, taken: set[str]) -> Variant:
+    """The column of ``--ablation kind=value``: its model by resolved id, its folder and label by
+    the name typed (a folder's or hub id's last part), made unique among ``taken``."""
+    from iapas.models.registry import resolve
+
+    value = value.strip()
+    resolved = resolve(kind, value)
+    short = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(value.rstrip("/\\")).name or value).strip("-.") or kind
+    name, i = f"{kind}-{short}", 2
+    while name in taken:
+        name, i = f"{kind}-{short}-{i}", i + 1
+    return Variant(name, f"{kind} {short}" + (f" ({i - 1})" if i > 2 else ""), **{kind: resolved})
+
+
 def ablation_variants(
     ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP, *,
     prompt_style: str = DEFAULT_PROMPT_STYLE,
 ) -> list[Variant]:
     """The variants of ``ablations`` (see the module docstring), the default first;
     ``prompt_style`` is the default column's (the prompt-style variant takes the other one)."""
-    unknown = [a for a in ablations if a not in ABLATIONS]
+    unknown = [a for a in ablations if not is_ablation(a)]
     if unknown:
-        raise ValueError(f"unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+        raise ValueError(
+            f"unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}, detector=NAME or segmenter=NAME"
+        )
     if ablations and base.mode != "iapas":
         raise ValueError("the ablations vary IAP-AS (profiles, prompt, size filter): use mode 'iapas'")
     variants = [DEFAULT_VARIANT]
@@ -204,6 +237,9 @@ def ablation_variants(
             variants.append(Variant(f"prompt-{other}", f"{other} prompt", prompt_style=other))
         elif ablation == "prompt-transfer":
             variants.append(Variant("prompt-transfer", "other categories' profiles", transfer=True))
+        else:  # detector=NAME, segmenter=NAME
+            kind, _, value = ablation.partition("=")
+            variants.append(_model_variant(kind, value, {v.name for v in variants}))
     return variants
 
 
@@ -278,6 +314,7 @@ class BenchResult:
                 mean = r.mean()
                 row[v.name] = {
                     **{k: mean[k] for k in BENCH_METRICS},
+                    "seconds_per_image": seconds_per_image(r),
                     "categories": len([c for c in r.categories if c.metrics is not None]),
                     "failed": r.failed,
                 }
@@ -286,6 +323,51 @@ class BenchResult:
 
     def column_labels(self) -> list[tuple[str, str]]:
         return [(v.name, v.label) for v in self.variants]
+
+
+def seconds_per_image(result: DatasetResult) -> float:
+    """The mean stage-2 seconds per image of ``result``: each segmented image's recorded timings
+    (detection, segmentation, fusion) summed, averaged over every category's images (resumed ones
+    included, as recorded when they ran); NaN when no image has timings."""
+    times: list[float] = []
+    for c in result.categories:
+        path = result.out_dir / c.predictions if c.predictions else None
+        if path is None or not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn last line: the evaluation reports it
+            timings = record.get("timings") if isinstance(record, dict) and record.get("status") == "ok" else None
+            if isinstance(timings, dict) and timings:
+                times.append(sum(float(t) for t in timings.values()))
+    return sum(times) / len(times) if times else float("nan")
+
+
+def load_stage2_model(kind: str, name: str, pipeline: Pipeline) -> Any:
+    """The ``kind`` (detector or segmenter) adapter of ``name`` on ``pipeline``'s device and dtype."""
+    from iapas.models.detector import GroundingDinoDetector
+    from iapas.models.segmenter import SamSegmenter
+
+    cfg = pipeline.config
+    adapter = GroundingDinoDetector if kind == "detector" else SamSegmenter
+    return adapter.from_pretrained(name, device=cfg.device, dtype=cfg.dtype)
+
+
+def _variant_pipelines(
+    variants: Sequence[Variant], pipeline: Pipeline, load_model: Callable[[str, str, Pipeline], Any]
+) -> dict[str, Pipeline]:
+    """One stage-2 pipeline per model variant, its model loaded once (before any run, so that a
+    wrong name fails at once); the other variants run on ``pipeline``."""
+    out: dict[str, Pipeline] = {}
+    for v in variants:
+        if v.detector is None and v.segmenter is None:
+            continue
+        detector = load_model("detector", v.detector, pipeline) if v.detector is not None else pipeline.detector
+        segmenter = load_model("segmenter", v.segmenter, pipeline) if v.segmenter is not None else pipeline.segmenter
+        out[v.name] = Pipeline(detector, segmenter, pipeline.config)
+    return out
 
 
 def _wrong_tag_profiles(
@@ -387,11 +469,13 @@ def run_bench(
     report: bool = True,
     progress: ProgressHooks | None = None,
     on_run: Callable[[str, Variant], None] | None = None,
+    load_model: Callable[[str, str, Pipeline], Any] = load_stage2_model,
 ) -> BenchResult:
     """Evaluate every dataset found under ``root_dir`` (or the named ``datasets``) and each
     ablation variant; write the bench table. ``categories`` maps a dataset to the categories to
     evaluate (default: all; the ablation variants on MVTec AD: the paper's textures when present,
-    while the default variant still covers every category).
+    while the default variant still covers every category). ``load_model(kind, name, pipeline)``
+    loads the detector or segmenter of a ``detector=NAME`` / ``segmenter=NAME`` variant.
     """
     settings = settings or EvalSettings()
     variants = ablation_variants(
@@ -418,6 +502,7 @@ def run_bench(
             "Magnetic-tile-defect, DTD-Synthetic, DAGM2007"
         )
     bench = BenchResult(out, variants, found)
+    pipelines = _variant_pipelines(variants, pipeline, load_model)
     counts = {v.n_references if v.n_references is not None else settings.n_references for v in variants}
     if len(counts) > 1:  # one test set for every column: the one the largest reference count leaves
         bench.test_pool_references = max(counts)
@@ -493,7 +578,7 @@ def run_bench(
                     loader,
                     None,
                     ds_out / variant.name,
-                    pipeline,
+                    pipelines.get(variant.name, pipeline),
                     v_settings,
                     stage1=v_stage1,
                     stage1_models=models,

@@ -279,8 +279,13 @@ BENCH_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _seconds(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+
 def _cells(value: dict[str, Any] | None) -> list[str]:
-    return [pct(value.get(k)) if value else "-" for k, _ in BENCH_COLUMNS]
+    cells = [pct(value.get(k)) if value else "-" for k, _ in BENCH_COLUMNS]
+    return cells + [_seconds(value.get("seconds_per_image")) if value else "-"]
 
 
 def bench_markdown(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]], title: str, notes: Sequence[str] = ()) -> str:
@@ -292,8 +297,12 @@ def bench_markdown(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str,
     """
     header = ["dataset"]
     for _, label in variants:
-        header += [f"{label} {suffix}" for _, suffix in BENCH_COLUMNS]
-    lines = [f"# {title}", "", f"Mean pixel AP and pixel F1-max over each dataset's categories, in %. {F1_SENTENCE}", ""]
+        header += [f"{label} {suffix}" for _, suffix in BENCH_COLUMNS] + [f"{label} s/image"]
+    lines = [
+        f"# {title}", "",
+        f"Mean pixel AP and pixel F1-max over each dataset's categories, in %. {F1_SENTENCE} "
+        "s/image: the mean stage-2 seconds per image (detection, segmentation, fusion).", "",
+    ]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = [str(row["dataset"])]
@@ -333,15 +342,15 @@ def transfer_markdown(title: str, matrix: dict[str, Any]) -> str:
 def bench_csv(rows: Sequence[dict[str, Any]], variants: Sequence[tuple[str, str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "variant", *(k for k, _ in BENCH_COLUMNS), "categories", "failed"])
+    writer.writerow(["dataset", "variant", *(k for k, _ in BENCH_COLUMNS), "seconds_per_image", "categories", "failed"])
     for row in rows:
         for name, _ in variants:
             value = row.get(name)
             if value is None:
-                writer.writerow([row["dataset"], name, *([""] * len(BENCH_COLUMNS)), "", ""])
+                writer.writerow([row["dataset"], name, *([""] * len(BENCH_COLUMNS)), "", "", ""])
             else:
                 writer.writerow(
                     [row["dataset"], name, *(_csv_value(value.get(k)) for k, _ in BENCH_COLUMNS),
-                     value.get("categories", ""), value.get("failed", "")]
+                     _csv_value(value.get("seconds_per_image")), value.get("categories", ""), value.get("failed", "")]
                 )
     return buf.getvalue()
