@@ -95,3 +95,11 @@ def test_cli_bench_with_a_detector_and_a_segmenter_column_side_by_side(tmp_path:
     assert "expected sam" in bad.output.replace("\n", " ")
     unknown = CliRunner().invoke(app, [*args[:-4], "--ablation", "tagger=x"])
     assert unknown.exit_code == 2 and "detector=NAME or segmenter=NAME" in unknown.output
+
+
+def test_bench_help_names_the_model_ablations_at_80_columns():
+    result = CliRunner().invoke(app, ["bench", "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and all(len(line) <= 80 for line in result.output.splitlines())
+    text = " ".join(result.output.split())
+    assert "detector=NAME or segmenter=NAME (repeatable;" in text and "seconds per image" in text
+    assert "mm-gdino-tiny" in text  # the model names it refers to
