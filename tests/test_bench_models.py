@@ -103,3 +103,20 @@ def test_bench_help_names_the_model_ablations_at_80_columns():
     text = " ".join(result.output.split())
     assert "detector=NAME or segmenter=NAME (repeatable;" in text and "seconds per image" in text
     assert "mm-gdino-tiny" in text  # the model names it refers to
+
+
+def test_readme_model_table_parameter_counts_are_the_presets_meta_device_counts():
+    from iapas.models.registry import MODEL_NAMES
+    from iapas.testing.presets import PRESETS, count_parameters
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[1].startswith("`") and "/" in cells[1]:
+            rows[cells[1].strip("`")] = cells[3]
+    by_hub = {p.hub_id: p.name for p in PRESETS.values()}
+    assert set(rows) == {m.hub_id for m in MODEL_NAMES}  # every name of the table, one row each
+    for hub_id, shown in rows.items():
+        expected = f"{count_parameters(by_hub[hub_id]) / 1e6:.1f} M" if hub_id in by_hub else "-"
+        assert shown == expected, hub_id
