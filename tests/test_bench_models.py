@@ -72,6 +72,8 @@ def test_cli_bench_with_a_detector_and_a_segmenter_column_side_by_side(tmp_path:
     data = json.loads((out / "bench.json").read_text())
     names = ["default", "detector-mm-grounding-dino", "segmenter-sam-hq"]
     assert [v["name"] for v in data["variants"]] == names
+    assert data["variants"][1]["detector"] == str(mm) and data["variants"][2]["segmenter"] == str(hq)
+    assert "segmenter" not in data["variants"][1] and set(data["variants"][0]) == {"name", "label"}
     (row,) = data["rows"]
     for name in names:
         assert row[name]["categories"] == 1 and row[name]["seconds_per_image"] > 0

@@ -346,13 +346,17 @@ def seconds_per_image(result: DatasetResult) -> float:
 
 
 def load_stage2_model(kind: str, name: str, pipeline: Pipeline) -> Any:
-    """The ``kind`` (detector or segmenter) adapter of ``name`` on ``pipeline``'s device and dtype."""
+    """The ``kind`` (detector or segmenter) adapter of ``name`` on ``pipeline``'s device and dtype
+    (compiled when the pipeline's models are)."""
     from iapas.models.detector import GroundingDinoDetector
     from iapas.models.segmenter import SamSegmenter
 
     cfg = pipeline.config
     adapter = GroundingDinoDetector if kind == "detector" else SamSegmenter
-    return adapter.from_pretrained(name, device=cfg.device, dtype=cfg.dtype)
+    model = adapter.from_pretrained(name, device=cfg.device, dtype=cfg.dtype)
+    if cfg.compile:
+        model.compile()
+    return model
 
 
 def _variant_pipelines(
@@ -667,7 +671,10 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
     atomic_write_text(paths["md"], markdown)
     atomic_write_text(paths["csv"], bench_csv(rows, labels))
     data = {
-        "variants": [{"name": v.name, "label": v.label} for v in bench.variants],
+        "variants": [
+            {"name": v.name, "label": v.label, **{k: m for k in ("detector", "segmenter") if (m := getattr(v, k)) is not None}}
+            for v in bench.variants
+        ],
         "datasets": {k: str(v) for k, v in bench.datasets.items()},
         "rows": rows,
         "errors": bench.errors,
