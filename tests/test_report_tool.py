@@ -99,6 +99,24 @@ def test_report_has_threshold_figures_and_the_table_with_false_alarms_and_misses
     assert "http://" not in text and "https://" not in text
 
 
+def test_report_of_a_calibrated_evaluation_agrees_with_its_counts(tmp_path: Path):
+    """The calibrated run of test_eval_decisions (threshold: brightness 165; TP 3, FP 1, TN 4,
+    FN 1): its report lists the one false alarm, then the one miss, and 3 + 1 images NG."""
+    from test_eval_decisions import make_tree
+
+    root = make_tree(tmp_path / "data")
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    settings = EvalSettings(protocol="full", n_references=2, calibration_images=20, false_alarm_rate=0.2)
+    evaluate_dataset("mvtec", root, out, fake_pipeline(), settings)
+    text = (out / "report.html").read_text()
+    assert "from 9 calibration images for a target false-alarm rate of 20%: 1 false alarm(s), 1 miss(es)" in text
+    rows = ROW.findall(text)
+    assert len(rows) == 9 and [cls for cls, _, _ in rows] == ["fa", "miss"] + [""] * 7
+    assert rows[:2] == [("fa", "alpha", "004"), ("miss", "alpha", "crack/000")]  # brightness 190 (good/004), 150
+    assert text.count('<td class="NG" data-v="NG">NG</td>') == 3 + 1
+
+
 def _browser():
     """(sync_playwright, chromium path) or a reason why not."""
     chromium = shutil.which("chromium")
