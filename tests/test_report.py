@@ -106,7 +106,8 @@ def test_report_is_self_contained_and_holds_table_curves_and_gallery(evaluated):
     gallery = [Image.open(io.BytesIO(b)) for b in images[6 : 6 + 36]]
     assert all(max(im.size) == 64 for im in gallery)  # 40x48 images fitted into 64 px: 53x64
     assert gallery[0].size == (53, 64)
-    assert "alpha: detections" in text and "alpha: false alarms" in text and "alpha: misses" in text
+    assert "alpha: highest-scoring defective images" in text and "alpha: highest-scoring normal images" in text
+    assert "alpha: lowest-scoring defective images" in text  # not "false alarms": those are the verdicts' word
     assert "kept: defect" in text
     assert "image score 0.902 (max of the raw map)" in text  # alpha crack/004: 230/255
     assert "Image scores are the maxima of the raw full-resolution maps" in text

@@ -5,8 +5,8 @@ notes and iapas version at the top, the metrics table in the paper's layout, a p
 curve per category (matplotlib, Agg backend), per category the image-score histograms with the
 calibrated OK/NG threshold and the image ROC and PR curves (:mod:`iapas.report_tool`), the
 profiles used, per category a gallery of
-the best and worst images: the highest-scoring anomalous images (detections), the
-highest-scoring normal images (false alarms) and the lowest-scoring anomalous images (misses),
+the best and worst images by score alone: the highest-scoring anomalous images, the
+highest-scoring normal images and the lowest-scoring anomalous images,
 each shown as the image, its ground truth and the anomaly map overlaid with the kept boxes (red,
 with phrase and score), the dropped boxes (grey) and the object box (green), and last a sortable
 table of every image with its verdict, false alarms and misses first. Every picture is a base64
@@ -195,6 +195,15 @@ def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) 
     }
 
 
+# The gallery ranks by score alone; "false alarm" and "miss" are kept for the verdicts at the
+# calibrated threshold (the image table), so the page names the gallery rows by their rank.
+_GALLERY_HEADINGS = {
+    "detections": "highest-scoring defective images",
+    "false alarms": "highest-scoring normal images",
+    "misses": "lowest-scoring defective images",
+}
+
+
 def _boxes_text(records: Sequence[Mapping[str, Any]], limit: int = 8) -> str:
     """'phrase score, ...' of at most ``limit`` boxes (highest scores first), HTML-escaped."""
     if not records:
@@ -344,7 +353,8 @@ def render_report(
             for label, group in select_gallery(chosen, gallery).items():
                 if not group:
                     continue
-                parts.append(f"<h3>{_esc(c.name)}: {label}</h3><div class=\"gallery\">")
+                heading = _GALLERY_HEADINGS.get(label, label)
+                parts.append(f"<h3>{_esc(c.name)}: {heading}</h3><div class=\"gallery\">")
                 parts += [_gallery_item(out_dir, r, hi, thumb, s.image_norm) for r in group]
                 parts.append("</div>")
     if tabled:
