@@ -84,9 +84,9 @@ def test_report_is_self_contained_and_holds_table_curves_and_gallery(evaluated):
     path = write_report(result, gallery=2, thumb=64)
     assert path == out / "report.html"
     text = path.read_text()
-    # self-contained: no external references, no scripts
+    # self-contained: no external references, one inline script (the table's sorter)
     assert "http://" not in text and "https://" not in text
-    assert 'src="file' not in text and "<script" not in text and "<link" not in text
+    assert 'src="file' not in text and text.count("<script") == 1 and "<script src" not in text and "<link" not in text
     srcs = re.findall(r'src="([^"]*)"', text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     # header: protocol, mode, models, version; notes about failures and references
@@ -99,13 +99,15 @@ def test_report_is_self_contained_and_holds_table_curves_and_gallery(evaluated):
     assert "<th>pixel AP</th><th>pixel F1-max</th>" in text
     assert f'<td>alpha</td><td class="n">{100 * alpha.pixel_ap:.2f}</td><td class="n">{100 * alpha.pixel_f1_max:.2f}</td>' in text
     assert '<tr class="mean"><td>mean</td>' in text
-    # one PR curve per category, then 3 pictures per gallery item: 2 categories x (2 + 2 + 2) items
+    # one PR curve per category, a histogram and a ROC/PR figure per category, then 3 pictures per
+    # gallery item: 2 categories x (2 + 2 + 2) items, then 3 per row of the image table (10 + 9 images)
     images = [base64.b64decode(b) for b in DATA_URI.findall(text)]
-    assert len(images) == 2 + 2 * 6 * 3
-    gallery = [Image.open(io.BytesIO(b)) for b in images[2:]]
+    assert len(images) == 2 + 2 * 2 + 2 * 6 * 3 + 19 * 3
+    gallery = [Image.open(io.BytesIO(b)) for b in images[6 : 6 + 36]]
     assert all(max(im.size) == 64 for im in gallery)  # 40x48 images fitted into 64 px: 53x64
     assert gallery[0].size == (53, 64)
-    assert "alpha: detections" in text and "alpha: false alarms" in text and "alpha: misses" in text
+    assert "alpha: highest-scoring defective images" in text and "alpha: highest-scoring normal images" in text
+    assert "alpha: lowest-scoring defective images" in text  # not "false alarms": those are the verdicts' word
     assert "kept: defect" in text
     assert "image score 0.902 (max of the raw map)" in text  # alpha crack/004: 230/255
     assert "Image scores are the maxima of the raw full-resolution maps" in text
@@ -116,7 +118,7 @@ def test_report_overlay_shows_the_map_and_the_ground_truth_panel_the_mask(evalua
     result, out = evaluated
     text = render_report(result, gallery=1, thumb=48)
     images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in DATA_URI.findall(text)]
-    image, gt, overlay = images[2:5]  # alpha's best detection: crack/004, brightest defect
+    image, gt, overlay = images[6:9]  # after the PR curves, histograms and ROC/PR figures: alpha's best detection: crack/004, brightest defect
     assert "<b>crack/004</b> (anomalous, crack)" in text
     assert gt.ndim == 2 and set(np.unique(gt)) == {0, 255}
     assert image.shape == overlay.shape == (48, 40, 3)

@@ -1,13 +1,16 @@
-"""A self-contained HTML report of an evaluation: one file, images inlined, no scripts.
+"""A self-contained HTML report of an evaluation: one file, images inlined, opens offline.
 
 ``write_report(result, out_dir)`` writes ``OUT/report.html`` with the protocol, mode, models,
 notes and iapas version at the top, the metrics table in the paper's layout, a precision-recall
-curve per category (matplotlib, Agg backend), the profiles used, and per category a gallery of
-the best and worst images: the highest-scoring anomalous images (detections), the
-highest-scoring normal images (false alarms) and the lowest-scoring anomalous images (misses),
+curve per category (matplotlib, Agg backend), per category the image-score histograms with the
+calibrated OK/NG threshold and the image ROC and PR curves (:mod:`iapas.report_tool`), the
+profiles used, per category a gallery of
+the best and worst images by score alone: the highest-scoring anomalous images, the
+highest-scoring normal images and the lowest-scoring anomalous images,
 each shown as the image, its ground truth and the anomaly map overlaid with the kept boxes (red,
-with phrase and score), the dropped boxes (grey) and the object box (green). Every picture is a
-base64 PNG inside the file; nothing is fetched from anywhere.
+with phrase and score), the dropped boxes (grey) and the object box (green), and last a sortable
+table of every image with its verdict, false alarms and misses first. Every picture is a base64
+PNG inside the file, the only script is the table's inline sorter; nothing is fetched from anywhere.
 """
 
 from __future__ import annotations
@@ -77,20 +80,20 @@ def pr_figure(category: CategoryResult) -> np.ndarray | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(3.0, 2.6), dpi=80)
+    fig = Figure(figsize=(5.0, 4.0), dpi=100)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     m = category.metrics
     ax.plot(recall, precision, lw=1.5, color="#1f5fbf")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall", fontsize=8)
-    ax.set_ylabel("precision", fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.set_xlabel("recall", fontsize=10)
+    ax.set_ylabel("precision", fontsize=10)
+    ax.tick_params(labelsize=9)
     ax.grid(alpha=0.3)
     ap = "-" if not math.isfinite(m.pixel_ap) else f"{100 * m.pixel_ap:.1f}"
     f1 = "-" if not math.isfinite(m.pixel_f1_max) else f"{100 * m.pixel_f1_max:.1f}"
-    ax.set_title(f"{category.name}: AP {ap}, F1-max {f1}", fontsize=8)
+    ax.set_title(f"{category.name}: pixel AP {ap}, F1-max {f1}", fontsize=11)
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
@@ -192,6 +195,15 @@ def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) 
     }
 
 
+# The gallery ranks by score alone; "false alarm" and "miss" are kept for the verdicts at the
+# calibrated threshold (the image table), so the page names the gallery rows by their rank.
+_GALLERY_HEADINGS = {
+    "detections": "highest-scoring defective images",
+    "false alarms": "highest-scoring normal images",
+    "misses": "lowest-scoring defective images",
+}
+
+
 def _boxes_text(records: Sequence[Mapping[str, Any]], limit: int = 8) -> str:
     """'phrase score, ...' of at most ``limit`` boxes (highest scores first), HTML-escaped."""
     if not records:
@@ -271,8 +283,12 @@ def _failures(result: DatasetResult, limit: int = 50) -> str:
     return "".join(parts)
 
 
-def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB) -> str:
-    """The report's HTML text."""
+def render_report(
+    result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB, full_images: int | None = None
+) -> str:
+    """The report's HTML text (``full_images``: rows of the image table that carry their
+    pictures besides the false alarms and misses; default :data:`iapas.report_tool.FULL_IMAGES`)."""
+    from iapas import report_tool
     from iapas.evaluation.tables import F1_SENTENCE, all_notes, header_lines
     from iapas.runner import ResultsLog
 
@@ -282,7 +298,7 @@ def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: 
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_esc(title)}</title><style>{_CSS}{report_tool.CSS}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
         '<ul class="meta">' + "".join(f"<li>{_esc(line)}</li>" for line in header_lines(result)) + "</ul>",
     ]
@@ -306,6 +322,16 @@ def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: 
         parts.append("<h2>Pixel precision-recall curves</h2><div class=\"curves\">")
         parts += [_img(f, f"PR curve of {c.name}") for c, f in figures]
         parts.append("</div>")
+    tabled = []  # (category, its table rows) of the categories with metrics
+    for c in result.categories:
+        if c.metrics is None:
+            continue
+        records = ResultsLog(out_dir / c.predictions).read()
+        chosen = [records[k] for k in c.keys if k in records] if c.keys else list(records.values())
+        threshold = c.decision.threshold if c.decision is not None else None
+        tabled.append((c, report_tool.image_rows(c.name, chosen, threshold)))
+    if tabled:
+        parts.append(report_tool.threshold_section(tabled))
     parts.append("<h2>Profiles</h2>" + _profiles_table(result))
     failures = _failures(result)
     if failures:
@@ -327,9 +353,13 @@ def render_report(result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: 
             for label, group in select_gallery(chosen, gallery).items():
                 if not group:
                     continue
-                parts.append(f"<h3>{_esc(c.name)}: {label}</h3><div class=\"gallery\">")
+                heading = _GALLERY_HEADINGS.get(label, label)
+                parts.append(f"<h3>{_esc(c.name)}: {heading}</h3><div class=\"gallery\">")
                 parts += [_gallery_item(out_dir, r, hi, thumb, s.image_norm) for r in group]
                 parts.append("</div>")
+    if tabled:
+        cap = report_tool.FULL_IMAGES if full_images is None else full_images
+        parts.append(report_tool.image_table(out_dir, tabled, s.image_norm, cap))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
