@@ -113,7 +113,7 @@ def test_report_of_a_calibrated_evaluation_agrees_with_its_counts(tmp_path: Path
     assert "from 9 calibration images for a target false-alarm rate of 20%: 1 false alarm(s), 1 miss(es)" in text
     rows = ROW.findall(text)
     assert len(rows) == 9 and [cls for cls, _, _ in rows] == ["fa", "miss"] + [""] * 7
-    assert rows[:2] == [("fa", "alpha", "004"), ("miss", "alpha", "crack/000")]  # brightness 190 (good/004), 150
+    assert rows[:2] == [("fa", "alpha", "good/004"), ("miss", "alpha", "crack/000")]  # brightness 190 (good/004), 150
     assert text.count('<td class="NG" data-v="NG">NG</td>') == 3 + 1
 
 

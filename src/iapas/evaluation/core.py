@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -528,9 +529,13 @@ def failure_record(key: str, sample: Sample, error: str) -> dict[str, Any]:
 
 
 def sample_keys(category: Category) -> dict[Path, str]:
-    """A stable output name per test image of the category (before any --limit)."""
+    """A stable output name per test image of the category (before any --limit): relative to the
+    folder that holds all of them (``good/004``, ``crack/000``), so every key names its defect type."""
     paths = [s.path for s in category.test]
-    return dict(zip(paths, assign_keys(paths)))
+    if not paths:
+        return {}
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return dict(zip(paths, assign_keys(paths, [Path(common)] * len(paths))))
 
 
 # --- metrics from stored predictions -------------------------------------------------------------------
