@@ -245,9 +245,14 @@ class Decision:
             raise DecisionError(f"{source}: 'signature' must be a mapping")
 
     @classmethod
-    def manual(cls, threshold: float, min_defect_area: int = 0) -> Decision:
-        """A threshold given by hand (recorded with rule 'manual')."""
-        return cls(threshold=threshold, min_defect_area=min_defect_area, rule="manual", date=today())
+    def manual(cls, threshold: float, calibrated: Decision | None = None) -> Decision:
+        """A threshold given by hand (recorded with rule 'manual'); it keeps the ``calibrated``
+        decision's minimum defect area and score range (for the normalised score), if any."""
+        decision = cls(threshold=threshold, rule="manual", date=today())
+        if calibrated is not None:
+            decision.min_defect_area = calibrated.min_defect_area
+            decision.score_min, decision.score_max = calibrated.score_min, calibrated.score_max
+        return decision
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -116,10 +116,7 @@ def segment_cmd(
         raise fail("no images to segment")
     decision = profile.decision if profile is not None else None
     if threshold is not None:  # a manual override keeps the calibrated minimum defect area and score range
-        manual = Decision.manual(threshold, decision.min_defect_area if decision else 0)
-        if decision is not None:
-            manual.score_min, manual.score_max = decision.score_min, decision.score_max
-        decision = manual
+        decision = Decision.manual(threshold, decision)
     paths = [p for p, _ in found]
     roots = [root for _, root in found]
     named_masks = [p for p in paths if mask_rule(p)]
