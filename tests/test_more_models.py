@@ -179,12 +179,14 @@ def test_every_name_and_old_alias_resolves_to_its_hub_id():
 def test_segment_records_the_resolved_id_not_the_name(
     tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from iapas.models.detector import DETECTOR_CHOICES
-    from iapas.models.segmenter import SEGMENTER_CHOICES
+    import dataclasses
+
+    from iapas.models import registry
 
     # the names point at the tiny folders here (no hub): what is recorded must be what they resolve to
-    monkeypatch.setitem(DETECTOR_CHOICES, "mm-gdino-tiny", str(tiny_models["mm-grounding-dino"]))
-    monkeypatch.setitem(SEGMENTER_CHOICES, "sam-vit-b", str(tiny_models["sam"]))
+    local = {"mm-gdino-tiny": str(tiny_models["mm-grounding-dino"]), "sam-vit-b": str(tiny_models["sam"])}
+    table = tuple(dataclasses.replace(m, hub_id=local.get(m.name, m.hub_id)) for m in registry.MODEL_NAMES)
+    monkeypatch.setattr(registry, "MODEL_NAMES", table)
     Image.fromarray(np.full((64, 80, 3), 128, dtype=np.uint8)).save(tmp_path / "a.png")
     out = tmp_path / "out"
     args = ["segment", str(tmp_path / "a.png"), "--profile", str(profile_file), "--out", str(out),

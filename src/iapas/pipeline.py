@@ -113,13 +113,13 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: PipelineConfig | None = None, **overrides: Any) -> Pipeline:
-        """Load the Grounding DINO and SAM adapters named in ``config`` (hub ids or folders)."""
-        from iapas.models.detector import GroundingDinoDetector
-        from iapas.models.segmenter import SamSegmenter
+        """Load the detector and segmenter named in ``config`` (names, hub ids or folders; the
+        adapter is chosen by the model's type, see :mod:`iapas.models.factory`)."""
+        from iapas.models.factory import load_detector, load_segmenter
 
         config = config or PipelineConfig(**overrides)
-        detector = GroundingDinoDetector.from_pretrained(config.detector, device=config.device, dtype=config.dtype)
-        segmenter = SamSegmenter.from_pretrained(config.segmenter, device=config.device, dtype=config.dtype)
+        detector = load_detector(config.detector, device=config.device, dtype=config.dtype)
+        segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype)
         if config.compile:
             detector.compile()
             segmenter.compile()

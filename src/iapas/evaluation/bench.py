@@ -348,12 +348,11 @@ def seconds_per_image(result: DatasetResult) -> float:
 def load_stage2_model(kind: str, name: str, pipeline: Pipeline) -> Any:
     """The ``kind`` (detector or segmenter) adapter of ``name`` on ``pipeline``'s device and dtype
     (compiled when the pipeline's models are)."""
-    from iapas.models.detector import GroundingDinoDetector
-    from iapas.models.segmenter import SamSegmenter
+    from iapas.models.factory import load_detector, load_segmenter
 
     cfg = pipeline.config
-    adapter = GroundingDinoDetector if kind == "detector" else SamSegmenter
-    model = adapter.from_pretrained(name, device=cfg.device, dtype=cfg.dtype)
+    load = load_detector if kind == "detector" else load_segmenter
+    model = load(name, device=cfg.device, dtype=cfg.dtype)
     if cfg.compile:
         model.compile()
     return model

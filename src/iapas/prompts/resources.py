@@ -225,10 +225,10 @@ class Stage1Models:
         """The detector given at construction, else ``options.detector`` loaded."""
         if self._given_detector is not None:
             return self._given_detector
-        from iapas.models.detector import GroundingDinoDetector
+        from iapas.models.factory import load_detector
 
         o = self.options
-        return self._load("detector", lambda: GroundingDinoDetector.from_pretrained(self.detector_id(), o.device, o.dtype))
+        return self._load("detector", lambda: load_detector(self.detector_id(), o.device, o.dtype))
 
     def llm(self) -> Any:
         """The LLM, or None when the nouns are given or come from the knowledge vocabulary."""

@@ -1,0 +1,73 @@
+"""Which adapter loads a model: chosen by the ``model_type`` of its ``config.json``.
+
+A new detector or segmenter family is one adapter class (with a ``from_pretrained`` that takes
+``name_or_path, device, dtype``) plus one row in :data:`DETECTOR_ADAPTERS` or
+:data:`SEGMENTER_ADAPTERS`. Every command loads its models through :func:`load_detector` and
+:func:`load_segmenter`, so a name, hub id or folder works the same everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from iapas.models import registry
+from iapas.models.loading import ModelLoadError, load_pretrained
+
+# model_type -> "module:Class" of the adapter (imported only when used)
+DETECTOR_ADAPTERS: dict[str, str] = {
+    "grounding-dino": "iapas.models.detector:GroundingDinoDetector",
+    "mm-grounding-dino": "iapas.models.detector:GroundingDinoDetector",
+}
+SEGMENTER_ADAPTERS: dict[str, str] = {
+    "sam": "iapas.models.segmenter:SamSegmenter",
+    "sam_hq": "iapas.models.segmenter:SamSegmenter",
+}
+
+
+def _adapters(kind: str) -> dict[str, str]:
+    return DETECTOR_ADAPTERS if kind == "detector" else SEGMENTER_ADAPTERS
+
+
+def model_type_of(kind: str, name_or_path: str) -> str:
+    """The ``model_type`` of a folder's or hub id's config; a model of another kind is refused
+    with the folder named (through :func:`iapas.models.loading.load_pretrained`)."""
+    adapters = _adapters(kind)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{kind}: cannot read {path / 'config.json'}: {exc}") from exc
+        if model_type not in adapters:
+            raise ModelLoadError(f"{kind}: {path} holds a {model_type!r} model; expected {' or '.join(adapters)}")
+        return str(model_type)
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig.from_pretrained, name_or_path, what=kind, expected_model_types=tuple(adapters))
+    model_type = getattr(config, "model_type", None)
+    if model_type not in adapters:
+        raise ModelLoadError(f"{kind}: {name_or_path!r} is a {model_type!r} model; expected {' or '.join(adapters)}")
+    return str(model_type)
+
+
+def adapter_class(kind: str, name_or_path: str) -> Any:
+    """The adapter class for ``name_or_path`` (a name from :mod:`iapas.models.registry`, a hub
+    id or a folder)."""
+    name_or_path = registry.resolve(kind, name_or_path)
+    module, _, cls = _adapters(kind)[model_type_of(kind, name_or_path)].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_detector(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Any:
+    """The detector adapter for ``name_or_path``, loaded on ``device`` in ``dtype``."""
+    name_or_path = registry.resolve("detector", name_or_path)
+    return adapter_class("detector", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype)
+
+
+def load_segmenter(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Any:
+    """The segmenter adapter for ``name_or_path``, loaded on ``device`` in ``dtype``."""
+    name_or_path = registry.resolve("segmenter", name_or_path)
+    return adapter_class("segmenter", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype)
