@@ -63,12 +63,13 @@ def serve_cmd(
     Example: iapas serve -p bottle.yaml -p screw.yaml --store station/
     """
     setup_logging(verbose, quiet)
-    try:
-        import fastapi  # noqa: F401
-        import python_multipart  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise fail(f"iapas serve needs the 'serve' extra ({exc.name} is missing): pip install 'iapas[serve]'") from None
+    from importlib.util import find_spec
+
+    missing = [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
+                                          ("python-multipart", ["python_multipart", "multipart"]))
+               if not any(find_spec(m) for m in modules)]
+    if missing:
+        raise fail(f"iapas serve needs the 'serve' extra ({', '.join(missing)} missing): pip install 'iapas[serve]'")
     from iapas.serve.app import ServeSettings, create_app
     from iapas.serve.auth import TokenError, load_token
     from iapas.serve.server import bind, uvicorn_server
