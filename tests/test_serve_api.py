@@ -344,3 +344,49 @@ def test_cli_refuses_other_hosts_without_a_token_before_loading_models(tmp_path:
     assert result.exit_code == 2 and "the token file is empty" in result.output
     result = runner.invoke(cli_app, ["serve", "--review", str(tmp_path)])
     assert result.exit_code == 2 and "not a segment or evaluate folder" in result.output
+
+
+def test_review_of_an_evaluate_folder_lists_every_image_by_score_with_verdicts(tmp_path: Path):
+    import sys
+
+    from iapas.evaluation import EvalSettings, evaluate_dataset
+    from iapas.serve.app import create_app
+    from iapas.serve.review import ReviewStore
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_evaluation import fake_pipeline, make_mvtec, write_profiles
+
+    root = make_mvtec(tmp_path / "data", n_good=3, n_bad=3)
+    out = tmp_path / "eval"
+    write_profiles(out / "profiles", ["alpha", "beta"])
+    evaluate_dataset("mvtec", root, out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["categories"]["alpha"]["decision"] = {"threshold": 0.7}  # as a calibrated evaluation records it
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    with BackgroundServer(create_app(ReviewStore(out), {}, None)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert [p["category"] for p in client.get("/v1/profiles").json()["profiles"]] == ["alpha", "beta"]
+        assert client.get("/v1/results?category=beta").json()["results"][0]["decision"] is None  # no threshold
+        listed = client.get("/v1/results?sort=score&category=alpha").json()
+        assert listed["total"] == 6
+        scores = [r["image_score"] for r in listed["results"]]
+        assert scores == sorted(scores, reverse=True)
+        for r in listed["results"]:
+            assert r["decision"] == ("NG" if r["decision_score"] > 0.7 else "OK") and r["threshold"] == 0.7
+        top = listed["results"][0]
+        pictures = {k: np.asarray(Image.open(io.BytesIO(client.get(top["urls"][k]).content))) for k in ("map", "mask", "overlay")}
+        assert pictures["map"].dtype == np.uint16 and pictures["map"].shape == (400, 400)
+        assert pictures["overlay"].shape == (400, 400, 3)
+        assert (pictures["mask"] == 255).any() == (top["decision"] == "NG")
+
+
+def test_a_store_made_with_other_settings_is_refused(pipeline, tmp_path: Path):
+    from iapas.runner import RunConflictError
+
+    store = tmp_path / "station"
+    with station(pipeline, store_dir=store) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        assert inspect(client, png(70)).status_code == 200
+    run = json.loads((store / "bottle" / "run.json").read_text())
+    run["signature"]["box_threshold"] = 0.2
+    (store / "bottle" / "run.json").write_text(json.dumps(run))
+    with pytest.raises(RunConflictError, match=r"station/bottle holds results made with other settings \(box_threshold\)"):
+        build_station(pipeline, make_profiles(), store_dir=store)

@@ -97,10 +97,11 @@ class ReviewStore:
 
     def _add_evaluate(self, out: Path) -> None:
         thresholds: dict[str, float] = {}
-        for c in _read_json(out / "metrics.json").get("categories", []) or []:
+        listed = _read_json(out / "metrics.json").get("categories") or {}
+        for name, c in (listed.items() if isinstance(listed, dict) else ((None, c) for c in listed)):
             decision = c.get("decision") if isinstance(c, dict) else None
             if isinstance(decision, dict) and isinstance(decision.get("threshold"), (int, float)):
-                thresholds[str(c.get("name"))] = float(decision["threshold"])
+                thresholds[str(name or c.get("name"))] = float(decision["threshold"])
         for path in sorted((out / "predictions").glob("*.jsonl")):
             category = path.stem
             threshold = thresholds.get(category)
