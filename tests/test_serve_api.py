@@ -99,6 +99,8 @@ def test_a_good_image_gets_verdict_scores_boxes_timings_and_pngs(pipeline):
         assert set(np.unique(pictures["mask"])) <= {0, 255}
         assert (pictures["mask"].max() == 255) == (body["decision"] == "NG")  # the decision mask: empty exactly when OK
         assert pictures["overlay"].shape == (96, 128, 3)
+        # the overlay is drawn on its first request, then kept: the same bytes again
+        assert client.get(body["urls"]["overlay"]).content == client.get(body["urls"]["overlay"]).content
         # the raw body with ?category= gives the same answer for the same image
         raw = client.post("/v1/inspect?category=bottle&filename=raw.png", content=png(1))
         assert raw.status_code == 200, raw.text

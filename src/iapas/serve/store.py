@@ -14,6 +14,7 @@ segmented again like any other.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -75,8 +76,6 @@ def upload_suffix(data: bytes) -> str:
 
 def stage2_profile(profile: Profile) -> Profile:
     """The profile as stage 2 runs it: verdicts are made from its decision afterwards (as segment)."""
-    import dataclasses
-
     return dataclasses.replace(profile, decision=None) if profile.decision is not None else profile
 
 
@@ -102,14 +101,17 @@ def _verdict_mask(result: SegmentationResult, verdict: ImageDecision | None, thr
 
 
 class MemoryStore:
-    """The last ``capacity`` inspections, PNGs encoded once, the oldest dropped first."""
+    """The last ``capacity`` inspections, the oldest dropped first. The map and mask PNGs are
+    encoded once, at once; the overlay, the costliest (about as long as the rest of the outputs
+    together), on its first request, from the upload's own bytes and the stored map, then kept:
+    a client that only reads verdicts never pays for it."""
 
     readonly = False
 
     def __init__(self, profiles: dict[str, Profile], capacity: int = 256) -> None:
         self.capacity = capacity
         self.profiles = profiles
-        self._items: OrderedDict[str, tuple[dict[str, Any], dict[str, bytes]]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
@@ -117,16 +119,19 @@ class MemoryStore:
         decision = self.profiles[category].decision
         threshold = decision.threshold if decision is not None else MASK_THRESHOLD
         result_id = new_id()
-        pngs = {
+        light = dataclasses.replace(result, anomaly_map=np.zeros((0, 0), np.float32), masks=np.zeros((0, 0, 0), bool))
+        files: dict[str, Any] = {
             "map": png_bytes(encode_map(result.anomaly_map)),
             "mask": png_bytes(_verdict_mask(result, verdict, threshold)),
-            "overlay": png_bytes(render_overlay(image.rgb, result, verdict=verdict), compress_level=1),
+            # what the overlay is drawn from, until it is asked for
+            "overlay_source": (data, str(image.path), light,
+                               None if verdict is None else dataclasses.replace(verdict, mask=np.zeros((0, 0), bool))),
         }
         record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
         record.update(image=str(image.path), category=category, **extra)
         record.pop("size", None), record.pop("mtime_ns", None)  # no file behind it
         with self._lock:
-            self._items[result_id] = (record, pngs)
+            self._items[result_id] = (record, files)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return record
@@ -139,7 +144,25 @@ class MemoryStore:
     def png(self, result_id: str, kind: str) -> bytes | None:
         with self._lock:
             item = self._items.get(result_id)
-        return item[1].get(kind) if item else None
+            if item is None or kind not in KINDS:
+                return None
+            files = item[1]
+            if kind in files:
+                return files[kind]
+            source = files["overlay_source"]
+        from PIL import Image
+
+        from iapas.io import read_image_bytes
+        from iapas.outputs import decode_map
+
+        data, name, light, verdict = source
+        rgb = read_image_bytes(data, name).rgb  # read once already: the same checks pass
+        amap = decode_map(np.asarray(Image.open(io.BytesIO(files["map"]))))
+        overlay = png_bytes(render_overlay(rgb, dataclasses.replace(light, anomaly_map=amap), verdict=verdict), compress_level=1)
+        with self._lock:
+            files["overlay"] = overlay
+            files.pop("overlay_source", None)
+        return overlay
 
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
