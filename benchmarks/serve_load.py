@@ -1,11 +1,12 @@
 """Bounded loopback load on `iapas serve` (the station's app on a real uvicorn, in this process).
 
 1. steady load: CLIENTS threads x REQUESTS requests each (httpx, keep-alive), every 20th request
-   malformed (alternately a truncated PNG -> 400 and an unknown category -> 404);
+   malformed (alternately a truncated PNG -> 400 and an unknown category -> 404), run twice (the
+   second time to show memory flat once the bounded result store is full);
 2. a burst: BURST requests at once, more than the queue holds -> some 503 (only here).
 
 Reports requests/s, p50/p95/p99 latency of the answered inspections, answers by status, resident
-memory (VmRSS) after the warm-up, after the steady load and after the burst, and the served
+memory (VmRSS) after the warm-up, after each steady load and after the burst, and the served
 images/s over ``Pipeline.run`` images/s on the same images, same models, same process and batch
 size (target >= 0.9).
 
@@ -154,6 +155,12 @@ def main() -> int:
             steady_s = time.perf_counter() - t0
             steady_served = worker.images_served - served_before
             rss_steady = rss_mib()
+            # the same load again: memory must stay flat once the bounded result store is full
+            with ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(client_run, range(args.clients)))
+            again = results[len(results) // 2:]
+            del results[len(results) // 2:]
+            rss_again = rss_mib()
 
             barrier = threading.Barrier(args.burst)
 
@@ -185,12 +192,13 @@ def main() -> int:
     describe(f"burst ({args.burst} at once, queue {args.queue_size})", burst, burst_s)
     served_rate = steady_served / steady_s
     retry = {r for code, _, r in burst if code == 503}
-    rows.append(("503 outside the burst", str(sum(code == 503 for code, _, _ in results))))
+    rows.append(("503 outside the burst", str(sum(code == 503 for code, _, _ in results + again))))
     rows.append(("Retry-After of the 503s", ", ".join(sorted(retry)) or "-"))
     rows.append(("images/s served (steady)", f"{served_rate:.2f} in {batches} batches in all"))
     rows.append((f"images/s Pipeline.run (batch {args.batch_size})", f"{ref_before:.2f} before, {ref_after:.2f} after the load"))
     rows.append(("ratio served / Pipeline.run", f"{served_rate / ref_rate:.2f} (to the faster; target >= 0.9)"))
-    rows.append(("RSS MiB warm / after steady / after burst", f"{rss_warm:.0f} / {rss_steady:.0f} / {rss_burst:.0f}"))
+    rows.append(("RSS MiB warm / steady / steady again / burst",
+                 f"{rss_warm:.0f} / {rss_steady:.0f} / {rss_again:.0f} / {rss_burst:.0f} (results kept: at most 256)"))
     width = max(len(k) for k, _ in rows)
     print(f"iapas serve load: tiny models, {args.size}x{args.size} PNGs, batch {args.batch_size}, "
           f"max wait {args.max_wait_ms:g} ms, cpu, {os.cpu_count()} cores")
