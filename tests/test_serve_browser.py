@@ -16,29 +16,18 @@ import pytest
 from iapas.decision import Decision
 from iapas.profile import Profile
 from tests.conftest import shared_data
+from tests.test_report_tool import _browser  # (sync_playwright, chromium) or why not
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-
-
-def _browser():
-    """(sync_playwright, chromium path) or a reason why not."""
-    chromium = shutil.which("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None, "playwright is not installed (pip install playwright)"
-    if chromium is None:
-        return None, "chromium is not installed (apt-get install chromium)"
-    return (sync_playwright, chromium), ""
 
 
 def start_serve(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     """`iapas serve ARGS --port 0` in a subprocess; returns it and the URL it printed."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    err = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "iapas", "serve", *args, "--port", "0"], stdout=err, stderr=err, env=env)
+    with open(log, "w") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "iapas", "serve", *args, "--port", "0"], stdout=err, stderr=err, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
