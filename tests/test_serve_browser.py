@@ -97,5 +97,27 @@ def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_
         proc.wait(30)
     assert shot.stat().st_size > 10_000
     assert len(list((tmp_path / "station" / "bottle" / "overlays").glob("*.png"))) == 1
+    # the same page over the store folder, read-only: the part, its verdict, the overlay
+    proc, url = start_serve(["--review", str(tmp_path / "station")], tmp_path / "review.log")
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                page.goto(url + "/")
+                page.wait_for_function("document.getElementById('status').textContent.endsWith('in this run')", timeout=30_000)
+                assert page.inner_text("#mode-label") == "review (read-only)"
+                assert page.is_hidden("#upload-controls")
+                assert page.inner_text("#verdict") == verdict and page.inner_text("#score") == score
+                page.wait_for_function("(() => { const i = document.getElementById('overlay');"
+                                       " return i.complete && i.naturalWidth === 900; })()", timeout=30_000)
+                page.click(".toggles button[data-kind='mask']")
+                page.wait_for_function("(() => { const i = document.getElementById('overlay');"
+                                       " return i.alt.startsWith('mask') && i.complete && i.naturalWidth === 900; })()")
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
     if os.environ.get("IAPAS_SCREENSHOT_DIR"):  # to look at it
         shutil.copy(shot, Path(os.environ["IAPAS_SCREENSHOT_DIR"]) / "station.png")
