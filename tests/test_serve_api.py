@@ -128,7 +128,15 @@ def test_broken_image_is_400_with_the_reason_segment_gives(pipeline, tmp_path: P
         assert response.json() == {"detail": str(info2.value).replace(str(text), "notes.png")}
         assert "not an image file PIL can read" in response.json()["detail"]
         assert inspect(client, b"").json() == {"detail": "part.png: empty file (0 bytes)"}
+        gif = io.BytesIO()
+        Image.new("RGB", (32, 32)).save(gif, format="GIF")  # PIL reads GIF, uploads may not be GIF
+        assert inspect(client, gif.getvalue(), name="part.gif").json() == {
+            "detail": "part.gif: not an image file PIL can read (unknown or unsupported format)"}
         assert worker.images_served == 0
+        jpeg = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 10, 10)).save(jpeg, format="JPEG")
+        named_png = inspect(client, jpeg.getvalue(), name="really-a-jpeg.png")  # the type comes from the content
+        assert named_png.status_code == 200 and named_png.json()["width"] == 64
 
 
 def test_decompression_bomb_guard_applies_to_uploads(pipeline):
@@ -392,3 +400,32 @@ def test_a_store_made_with_other_settings_is_refused(pipeline, tmp_path: Path):
     (store / "bottle" / "run.json").write_text(json.dumps(run))
     with pytest.raises(RunConflictError, match=r"station/bottle holds results made with other settings \(box_threshold\)"):
         build_station(pipeline, make_profiles(), store_dir=store)
+
+
+def test_worker_batches_the_same_category_only_and_keeps_the_others_in_order():
+    """Jobs bottle, screw, bottle, bottle queued before the worker starts, batch size 2: the
+    first batch is the first two bottles, then the screw (older than the third bottle), then it."""
+    from iapas.io import LoadedImage
+    from iapas.serve.worker import ModelWorker
+    from iapas.types import Detections, SegmentationResult
+
+    calls: list[tuple[str, list[int]]] = []
+
+    class FakePipeline:
+        def run(self, images, profile=None):
+            calls.append((profile.category, [int(im[0, 0, 0]) for im in images]))
+            empty = Detections.empty()
+            return [SegmentationResult(np.zeros(im.shape[:2], np.float32), empty, empty, np.zeros((0, *im.shape[:2]), bool),
+                                       None, None, 1.0, "default") for im in images]
+
+    worker = ModelWorker(FakePipeline(), make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    image = lambda v: LoadedImage(Path("x.png"), np.full((8, 8, 3), v, np.uint8), "RGB")  # noqa: E731
+    futures = [worker.submit(c, image(v)) for c, v in (("bottle", 1), ("screw", 2), ("bottle", 3), ("bottle", 4))]
+    with pytest.raises(Exception, match="queue is full"):
+        worker.submit("bottle", image(5))
+    worker.start()
+    outcomes = [f.result(30) for f in futures]
+    worker.stop()
+    assert calls == [("bottle", [1, 3]), ("screw", [2]), ("bottle", [4])]
+    assert [o.batch_size for o in outcomes] == [2, 1, 2, 1]
+    assert worker.images_served == 4 and worker.batches == 3
