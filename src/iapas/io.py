@@ -126,8 +126,6 @@ def _apply_pil_limit(image_module: Any) -> None:
 
 def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read one image file for the models; raise :class:`ImageReadError` on any problem."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     name = show_path(path)
     link_problem = broken_link(path)
@@ -143,11 +141,34 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         raise ImageReadError(f"{name}: cannot stat: {exc.strerror or exc}") from None
     if size == 0:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
+    return _decode(path, path, name, max_pixels)
+
+
+# The formats an upload may be in (the type is read from the content, never from a name).
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+
+
+def read_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode an image sent as bytes (an upload) with :func:`read_image`'s checks and messages;
+    ``name`` stands for the file in messages and in ``LoadedImage.path``. Only the formats of
+    :data:`UPLOAD_FORMATS` are read, whatever the name says."""
+    import io as _io
+
+    shown = show_path(name)
+    if not data:
+        raise ImageReadError(f"{shown}: empty file (0 bytes)")
+    return _decode(_io.BytesIO(data), Path(name), shown, max_pixels, formats=UPLOAD_FORMATS)
+
+
+def _decode(source: Any, path: Path, name: str, max_pixels: int, formats: tuple[str, ...] | None = None) -> LoadedImage:
+    """Open ``source`` (a path or a binary file object) with PIL under the pixel guard."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             # our own limit below is the one that counts; PIL's warning would only be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source, formats=formats) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise ImageReadError(

@@ -1,0 +1,43 @@
+"""The inspection station: ``iapas serve`` (REST API, web page, micro-batching model worker).
+
+Needs the optional extra ``iapas[serve]`` (fastapi, uvicorn, python-multipart). Modules:
+``worker`` (one model thread, bounded queue, micro-batches), ``store`` (results in memory or as
+``segment`` run folders), ``review`` (a finished run folder, read-only), ``auth`` (tokens, the
+401/413 guard), ``app`` (the FastAPI app), ``server`` (uvicorn), ``static/`` (the page).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iapas.profile import Profile
+from iapas.serve.store import stage2_profile
+
+
+def build_station(
+    pipeline: Any,
+    profiles: dict[str, Profile],
+    *,
+    store_dir: Any = None,
+    batch_size: int = 8,
+    max_wait_ms: float = 10.0,
+    queue_size: int = 64,
+    keep: int = 256,
+    settings: Any = None,
+) -> tuple[Any, Any]:
+    """``(app, worker)`` serving ``profiles`` (category -> profile) with ``pipeline``; the
+    worker is started; stop it with ``worker.stop()``."""
+    from iapas.serve.app import create_app
+    from iapas.serve.store import DiskStore, MemoryStore
+    from iapas.serve.worker import ModelWorker
+
+    for profile in profiles.values():
+        pipeline.check(stage2_profile(profile))
+    store = DiskStore(store_dir, pipeline, profiles) if store_dir is not None else MemoryStore(profiles, keep)
+    worker = ModelWorker(pipeline, {c: stage2_profile(p) for c, p in profiles.items()},
+                         batch_size=batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size)
+    worker.start()
+    return create_app(store, profiles, worker, settings), worker
+
+
+__all__ = ["build_station"]

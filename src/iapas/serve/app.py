@@ -1,0 +1,300 @@
+"""The FastAPI application of the inspection station (:func:`create_app`).
+
+Needs the ``serve`` extra (fastapi, uvicorn, python-multipart). Nothing here blocks the event loop: the body is read with a cap, decoding and output encoding
+run in the thread pool, and the models run in the :class:`~iapas.serve.worker.ModelWorker`'s
+thread, awaited through futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image_bytes
+from iapas.profile import Profile
+from iapas.serve.auth import GuardMiddleware, upload_too_large
+from iapas.serve.store import KINDS, ResultStore, valid_id
+from iapas.serve.worker import ModelWorker, QueueFullError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+MAX_LIST = 1000
+
+
+@dataclass
+class ServeSettings:
+    max_upload: int = 50 * 2**20  # bytes
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    token: str | None = None
+    cors: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON an API client gets for one inspection (from its results.jsonl-like record)."""
+    result_id = record.get("id") or record["key"]
+    return {
+        "id": result_id,
+        "category": record.get("category"),
+        "key": record.get("key"),
+        "filename": record.get("filename"),
+        "decision": record.get("decision"),
+        "normalized_score": record.get("normalized_score"),
+        "decision_score": record.get("decision_score"),
+        "threshold": record.get("threshold") if record.get("decision") is not None else None,
+        "decision_rule": record.get("decision_rule"),
+        "image_score": record.get("image_score"),
+        "width": record.get("width"),
+        "height": record.get("height"),
+        "object": record.get("object"),
+        "kept": record.get("kept", []),
+        "dropped": record.get("dropped", []),
+        "timings_ms": record.get("timings_ms")
+        or {k: round(1000 * v, 2) for k, v in (record.get("timings") or {}).items()},
+        "batch_size": record.get("batch_size"),
+        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in KINDS},
+    }
+
+
+def profile_info(profile: Profile) -> dict[str, Any]:
+    d = profile.decision
+    return {
+        "category": profile.category,
+        "object_tag": profile.object_tag,
+        "caption": profile.caption,
+        "size_threshold": profile.size_threshold,
+        "decision": None if d is None else {
+            "rule": d.rule, "threshold": d.threshold, "min_defect_area": d.min_defect_area,
+            "target_rate": d.target_rate, "n_calibration": d.n_calibration,
+        },
+    }
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, upload_too_large(limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, str, str | None]:
+    """``(image bytes, file name, category from the form)`` of a multipart or raw upload."""
+    from starlette.datastructures import Headers, UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        return body, request.query_params.get("filename") or "upload", None
+
+    class InMemoryParser(MultiPartParser):
+        spool_max_size = limit + 1  # the body is already in memory: never spill to a temporary file
+
+    async def stream():  # type: ignore[no-untyped-def]
+        yield body
+
+    try:
+        form = await InMemoryParser(Headers(raw=request.headers.raw), stream(), max_files=1, max_fields=8).parse()
+    except MultiPartException as exc:
+        raise BadRequest(400, f"malformed multipart body: {exc.message}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadRequest(400, "the multipart body has no 'file' part (send the image as the form field 'file')")
+    data = await upload.read()
+    category = form.get("category")
+    await form.close()
+    return data, upload.filename or "upload", category if isinstance(category, str) else None
+
+
+def create_app(
+    store: ResultStore,
+    profiles: dict[str, Profile],
+    worker: ModelWorker | None,
+    settings: ServeSettings | None = None,
+) -> Any:
+    """The station's ASGI app; ``worker`` None serves ``store`` read-only (a review)."""
+    from iapas import __version__
+
+    settings = settings or ServeSettings()
+    static = resources.files("iapas.serve") / "static"
+    app = FastAPI(
+        title="iapas inspection station",
+        version=__version__,
+        description="Zero-shot anomaly segmentation (IAP-AS) as a service: POST an image, get OK/NG, "
+        "the score, the boxes and the map, mask and overlay PNGs.",
+    )
+    app.state.worker, app.state.store, app.state.profiles = worker, store, profiles
+
+    @app.exception_handler(BadRequest)
+    async def _bad(request: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    categories = sorted(profiles) or list(getattr(store, "categories", []))
+
+    def known() -> str:
+        return ", ".join(categories) or "none"
+
+    @app.post(
+        "/v1/inspect",
+        summary="Inspect one image",
+        openapi_extra={"requestBody": {"content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary"}, "category": {"type": "string"}}}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }}},
+    )
+    async def inspect(request: Request, category: str | None = None, filename: str | None = None) -> JSONResponse:
+        """One image as multipart (`file`, `category`) or as the raw body with `?category=`.
+        Answers the verdict, scores, boxes, per-stage milliseconds and the PNGs' URLs."""
+        started = time.perf_counter()
+        if worker is None:
+            raise BadRequest(405, "this station is a read-only review: it inspects nothing")
+        body = await read_body(request, settings.max_upload)
+        data, name, form_category = await parse_upload(request, body, settings.max_upload)
+        category = form_category or category
+        if not category:
+            raise BadRequest(400, f"no category: send the form field 'category' or ?category= (known: {known()})")
+        profile = profiles.get(category)
+        if profile is None:
+            raise BadRequest(404, f"unknown category {category!r}; known: {known()}")
+        t0 = time.perf_counter()
+        try:
+            image = await run_in_threadpool(read_image_bytes, data, name, settings.max_pixels)
+        except ImageReadError as exc:
+            raise BadRequest(400, str(exc)) from None
+        decode_s = time.perf_counter() - t0
+        try:
+            future = worker.submit(category, image)
+        except QueueFullError as exc:
+            raise BadRequest(503, f"{exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)}) from None
+        try:
+            outcome = await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001 - a model failure answers 500, the service goes on
+            raise BadRequest(500, f"model failure: {exc}") from None
+        t0 = time.perf_counter()
+        decision = profile.decision
+        result = outcome.result
+
+        def finish() -> dict[str, Any]:
+            verdict = decision.decide(result.anomaly_map) if decision is not None else None
+            timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
+            extra = {"filename": name, "batch_size": outcome.batch_size,
+                     "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
+            return store.add(category, image, data, result, verdict, extra)
+
+        record = await run_in_threadpool(finish)
+        record["timings_ms"]["outputs"] = round(1000 * (time.perf_counter() - t0), 2)
+        record["timings_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
+        return JSONResponse(summary(record))
+
+    @app.get("/v1/results", summary="Recent inspections")
+    async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time") -> JSONResponse:
+        """Newest first (`sort=time`) or highest image score first (`sort=score`); `decision=NG`
+        or `OK` filters."""
+        if decision is not None and decision not in ("OK", "NG"):
+            raise BadRequest(422, "decision must be OK or NG")
+        if sort not in ("time", "score"):
+            raise BadRequest(422, "sort must be time or score")
+        if not 1 <= limit <= MAX_LIST:
+            raise BadRequest(422, f"limit must be in 1..{MAX_LIST}")
+        records = [r for r in store.records()
+                   if (decision is None or r.get("decision") == decision) and (category is None or r.get("category") == category)]
+        if sort == "score":
+            records.sort(key=lambda r: -float(r.get("image_score") or 0.0))
+        else:
+            records.reverse()
+        return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]]})
+
+    @app.get("/v1/results/{result_id}/{name}", summary="A result's map, mask or overlay PNG",
+             responses={200: {"content": {"image/png": {}}}})
+    async def result_png(result_id: str, name: str) -> Response:
+        """`name`: map.png (16-bit, value / 10000 = score), mask.png or overlay.png."""
+        kind = name[: -len(".png")] if name.endswith(".png") else ""
+        if kind not in KINDS:
+            raise BadRequest(404, f"no such picture {name!r}: use map.png, mask.png or overlay.png")
+        if not valid_id(result_id):
+            raise BadRequest(404, "invalid result id (32 lowercase hex digits)")
+        data = await run_in_threadpool(store.png, result_id, kind)
+        if data is None:
+            raise BadRequest(404, f"no result {result_id} (results in memory are kept for the last ones only)")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/profiles", summary="The categories served")
+    async def list_profiles() -> JSONResponse:
+        if not profiles:  # a review: the folder's categories, no profiles loaded
+            return JSONResponse({"profiles": [{"category": c, "decision": None} for c in categories]})
+        return JSONResponse({"profiles": [profile_info(p) for _, p in sorted(profiles.items())]})
+
+    @app.get("/v1/health", summary="Models, device, queue depth, images served")
+    async def health() -> JSONResponse:
+        pipeline = worker.pipeline if worker is not None else None
+        return JSONResponse({
+            "status": "ok",
+            "version": __version__,
+            "review": worker is None,
+            "models": None if pipeline is None else {
+                "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
+                "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+            },
+            "device": None if pipeline is None else settings.device,
+            "dtype": None if pipeline is None else settings.dtype,
+            "queue_depth": worker.depth if worker else 0,
+            "queue_size": worker.queue_size if worker else 0,
+            "batch_size": worker.batch_size if worker else 0,
+            "max_wait_ms": worker.max_wait * 1000 if worker else 0,
+            "images_served": worker.images_served if worker else 0,
+            "batches": worker.batches if worker else 0,
+            "results_kept": len(store),
+            "categories": categories,
+        })
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(static / "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    if settings.cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(GuardMiddleware, token=settings.token, max_upload=settings.max_upload)
+    return app

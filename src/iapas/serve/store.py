@@ -1,0 +1,267 @@
+"""Where inspections are kept: in memory (bounded) or on disk as ``segment`` run folders.
+
+A result id is generated here (:func:`new_id`: 12 hex digits of milliseconds since the epoch,
+then 20 random ones, so ids sort by time) and checked with :data:`ID_PATTERN` wherever one comes
+in; an id is never taken as a path: files are found through the record the id names.
+
+``DiskStore`` writes every inspection of category ``C`` into ``STORE/C/`` exactly as
+``iapas segment`` writes a run folder (:func:`iapas.runner.run_segmentation`): ``run.json``,
+``maps/ID.png``, ``masks/ID.png``, ``overlays/ID.png`` and one line of ``results.jsonl``
+(:func:`iapas.runner.result_record`), with the key ``ID``. The uploaded bytes are kept as
+``uploads/ID.EXT``, the record's ``image``, so that the folder can be evaluated, reviewed or
+segmented again like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from iapas.decision import ImageDecision
+from iapas.io import LoadedImage, atomic_write_bytes, atomic_write_text, clean_stale_temp_files
+from iapas.outputs import MAP_SCALE, binary_mask, encode_map, render_overlay, write_image_outputs
+from iapas.pipeline import Pipeline
+from iapas.profile import Profile
+from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, RunConflictError, result_record, run_signature
+from iapas.types import SegmentationResult
+
+logger = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+KINDS = ("map", "mask", "overlay")
+UPLOAD_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+MASK_THRESHOLD = 0.3  # the mask threshold without a decision, as 'iapas segment'
+
+
+def new_id() -> str:
+    """A time-ordered random id: 12 hex digits of epoch milliseconds + 20 random hex digits."""
+    return f"{int(time.time() * 1000) & (16**12 - 1):012x}{secrets.token_hex(10)}"
+
+
+def valid_id(value: str) -> bool:
+    return bool(ID_PATTERN.fullmatch(value))
+
+
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """``array`` as PNG bytes, encoded as :func:`iapas.io.save_png` writes files."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def upload_suffix(data: bytes) -> str:
+    """The file suffix of an upload's format, read from its content."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=tuple(UPLOAD_SUFFIXES)) as im:
+            return UPLOAD_SUFFIXES.get(str(im.format), ".img")
+    except Exception:  # already decoded once: this cannot fail for a served image
+        return ".img"
+
+
+def stage2_profile(profile: Profile) -> Profile:
+    """The profile as stage 2 runs it: verdicts are made from its decision afterwards (as segment)."""
+    return dataclasses.replace(profile, decision=None) if profile.decision is not None else profile
+
+
+class ResultStore(Protocol):
+    readonly: bool
+
+    def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
+            verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get(self, result_id: str) -> dict[str, Any] | None: ...
+
+    def png(self, result_id: str, kind: str) -> bytes | None: ...
+
+    def records(self) -> list[dict[str, Any]]: ...
+
+    def __len__(self) -> int: ...
+
+
+def _verdict_mask(result: SegmentationResult, verdict: ImageDecision | None, threshold: float) -> np.ndarray:
+    if verdict is not None:
+        return np.where(verdict.mask, 255, 0).astype(np.uint8)
+    return binary_mask(result.anomaly_map, threshold)
+
+
+class MemoryStore:
+    """The last ``capacity`` inspections, the oldest dropped first. The map and mask PNGs are
+    encoded once, at once; the overlay, the costliest (about as long as the rest of the outputs
+    together), on its first request, from the upload's own bytes and the stored map, then kept:
+    a client that only reads verdicts never pays for it."""
+
+    readonly = False
+
+    def __init__(self, profiles: dict[str, Profile], capacity: int = 256) -> None:
+        self.capacity = capacity
+        self.profiles = profiles
+        self._items: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
+            verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
+        decision = self.profiles[category].decision
+        threshold = decision.threshold if decision is not None else MASK_THRESHOLD
+        result_id = new_id()
+        light = dataclasses.replace(result, anomaly_map=np.zeros((0, 0), np.float32), masks=np.zeros((0, 0, 0), bool))
+        files: dict[str, Any] = {
+            "map": png_bytes(encode_map(result.anomaly_map)),
+            "mask": png_bytes(_verdict_mask(result, verdict, threshold)),
+            # what the overlay is drawn from, until it is asked for
+            "overlay_source": (data, str(image.path), light,
+                               None if verdict is None else dataclasses.replace(verdict, mask=np.zeros((0, 0), bool))),
+        }
+        record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
+        record.update(image=str(image.path), category=category, **extra)
+        record.pop("size", None), record.pop("mtime_ns", None)  # no file behind it
+        with self._lock:
+            self._items[result_id] = (record, files)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return record
+
+    def get(self, result_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            item = self._items.get(result_id)
+        return item[0] if item else None
+
+    def png(self, result_id: str, kind: str) -> bytes | None:
+        with self._lock:
+            item = self._items.get(result_id)
+            if item is None or kind not in KINDS:
+                return None
+            files = item[1]
+            if kind in files:
+                return files[kind]
+            source = files["overlay_source"]
+        from PIL import Image
+
+        from iapas.io import read_image_bytes
+        from iapas.outputs import decode_map
+
+        data, name, light, verdict = source
+        rgb = read_image_bytes(data, name).rgb  # read once already: the same checks pass
+        amap = decode_map(np.asarray(Image.open(io.BytesIO(files["map"]))))
+        overlay = png_bytes(render_overlay(rgb, dataclasses.replace(light, anomaly_map=amap), verdict=verdict), compress_level=1)
+        with self._lock:
+            files["overlay"] = overlay
+            files.pop("overlay_source", None)
+        return overlay
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [record for record, _ in self._items.values()]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def run_file_content(pipeline: Pipeline, profile: Profile) -> dict[str, Any]:
+    """``run.json`` of a category folder, as :func:`iapas.runner.run_segmentation` writes it."""
+    from iapas import __version__
+
+    decision = profile.decision
+    return {
+        "iapas_version": __version__,
+        "signature": run_signature(pipeline, stage2_profile(profile)),
+        "threshold": decision.threshold if decision is not None else MASK_THRESHOLD,
+        "map_scale": MAP_SCALE,
+        "decision": decision.to_dict() if decision else None,
+        "profile": profile.to_dict(),
+    }
+
+
+class DiskStore:
+    """Every inspection as one image of a ``segment`` run folder ``root/<category>/``."""
+
+    readonly = False
+
+    def __init__(self, root: Path, pipeline: Pipeline, profiles: dict[str, Profile]) -> None:
+        self.root = Path(root)
+        self.profiles = profiles
+        self._lock = threading.Lock()
+        self._logs: dict[str, ResultsLog] = {}
+        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        for category, profile in profiles.items():
+            folder = self.root / category
+            content = run_file_content(pipeline, profile)
+            self._check(folder, content)
+            folder.mkdir(parents=True, exist_ok=True)
+            clean_stale_temp_files(folder)
+            atomic_write_text(folder / RUN_FILE, json.dumps(content, indent=2) + "\n")
+            log = ResultsLog(folder / RESULTS_FILE)
+            self._logs[category] = log
+            for key, record in log.read().items():  # the history of earlier sessions
+                if valid_id(key) and record.get("status") == "ok":
+                    self._records[key] = {**record, "category": category}
+        self._records = OrderedDict(sorted(self._records.items()))  # ids sort by time
+
+    @staticmethod
+    def _check(folder: Path, content: dict[str, Any]) -> None:
+        """Refuse a folder whose results were made with other settings (as segment does)."""
+        run_file = folder / RUN_FILE
+        if not (run_file.exists() and (folder / RESULTS_FILE).exists()):
+            return
+        try:
+            previous = json.loads(run_file.read_text()).get("signature")
+        except ValueError:
+            previous = None
+        signature = content["signature"]
+        if previous is not None and previous != signature:
+            changed = sorted(k for k in signature if previous.get(k) != signature[k])
+            raise RunConflictError(
+                f"{folder} holds results made with other settings ({', '.join(changed)}); use another --store folder"
+            )
+
+    def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
+            verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
+        decision = self.profiles[category].decision
+        threshold = decision.threshold if decision is not None else MASK_THRESHOLD
+        folder = self.root / category
+        result_id = new_id()
+        upload = folder / "uploads" / f"{result_id}{upload_suffix(data)}"
+        atomic_write_bytes(upload, data)
+        stored = LoadedImage(path=Path(os.path.abspath(upload)), rgb=image.rgb, mode=image.mode)
+        outputs = write_image_outputs(folder, result_id, image.rgb, result, threshold, overlay=True, verdict=verdict)
+        record = result_record(result_id, stored, result, outputs, threshold, verdict)
+        with self._lock:  # one writer per results.jsonl
+            self._logs[category].append(record)
+            self._records[result_id] = {**record, "category": category, **extra}
+        return self._records[result_id]
+
+    def get(self, result_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._records.get(result_id)
+
+    def png(self, result_id: str, kind: str) -> bytes | None:
+        record = self.get(result_id)
+        if record is None or kind not in record.get("outputs", {}):
+            return None
+        path = self.root / record["category"] / f"{kind}s" / f"{result_id}.png"  # from the validated id only
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._records.values())
+
+    def __len__(self) -> int:
+        return len(self._records)
