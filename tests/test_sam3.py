@@ -67,6 +67,19 @@ def test_sam3_loads_through_the_factory_and_returns_masks(tiny_models: dict[str,
     assert len(none) == 0 and none.masks.shape == (0, 96, 128)
 
 
+def test_masks_upsampled_in_chunks_are_the_same(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):
+    from iapas.models import sam3
+    from iapas.models.sam3 import Sam3Detector
+
+    det = Sam3Detector.from_pretrained(str(tiny_models["sam3"]), device="cpu")
+    image = np.random.default_rng(1).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    (whole,) = det.detect([image], "crack .", box_threshold=0.0)
+    monkeypatch.setattr(sam3, "MASK_CHUNK", 3)  # 20 instances: 7 calls
+    (chunked,) = det.detect([image], "crack .", box_threshold=0.0)
+    assert whole.masks.shape == (20, 70, 90) and whole.masks.any()
+    np.testing.assert_array_equal(whole.masks, chunked.masks)
+
+
 def test_wrong_kind_of_folder_is_refused(tiny_models: dict[str, Path]):
     from iapas.models.detector import GroundingDinoDetector
     from iapas.models.factory import load_segmenter

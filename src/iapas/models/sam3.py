@@ -33,6 +33,9 @@ SAM3_TEXT_TOKENS = 32
 # (each prompt runs SAM 3's DETR encoder, decoder and mask decoder on the image's features).
 PROMPT_BATCH = 16
 
+# Instances whose masks are upsampled to the image's size in one call.
+MASK_CHUNK = 32
+
 
 @dataclass(frozen=True)
 class ImageSettings:
@@ -250,12 +253,7 @@ class Sam3Detector:
                 scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=boxes.device)
                 for p, phrase in enumerate(chunk):
                     keep = torch.nonzero(scores[p] > box_threshold).flatten()
-                    logits = result.pred_masks[p, keep].float()
-                    if len(keep):
-                        logits = torch.nn.functional.interpolate(
-                            logits[None], size=(h, w), mode="bilinear", align_corners=False
-                        )[0]
-                    masks = (logits.sigmoid() > self.mask_threshold).cpu().numpy().reshape(len(keep), h, w)
+                    masks = self._masks(result.pred_masks[p, keep], h, w)
                     out.append(
                         Detections(
                             (boxes[p, keep] * scale).cpu().numpy(),
@@ -264,6 +262,19 @@ class Sam3Detector:
                             masks=masks,
                         )
                     )
+        return out
+
+    def _masks(self, logits: Any, h: int, w: int) -> np.ndarray:
+        """``(n, h', w')`` mask logits -> ``(n, h, w)`` bool: bilinear upsampling to the image,
+        then sigmoid > :attr:`mask_threshold` (as ``post_process_instance_segmentation``),
+        :data:`MASK_CHUNK` instances at a time to bound the float masks held at once."""
+        import torch
+
+        out = np.zeros((len(logits), h, w), dtype=bool)
+        for start in range(0, len(logits), MASK_CHUNK):
+            part = logits[start : start + MASK_CHUNK].float()[None]
+            up = torch.nn.functional.interpolate(part, size=(h, w), mode="bilinear", align_corners=False)[0]
+            out[start : start + len(up)] = (up.sigmoid() > self.mask_threshold).cpu().numpy()
         return out
 
     # --- the Detector interface ---------------------------------------------------------------
