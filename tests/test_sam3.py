@@ -100,7 +100,7 @@ def test_phrase_longer_than_the_text_window_is_refused(tiny_models: dict[str, Pa
     from iapas.models.sam3 import Sam3Detector
 
     det = Sam3Detector.from_pretrained(str(tiny_models["sam3"]), device="cpu")
-    det.check_caption("crack . magnetic tile .")  # 14 characters + 2: fits the 32 tokens
+    det.check_caption("crack . magnetic tile .")  # 12 characters + bos + eos: fits the 32 tokens
     with pytest.raises(ValueError, match="reads at most 32 per prompt"):
         det.check_caption("crack . " + "x" * 31 + " .")  # the char-level tokenizer: 33 tokens
     with pytest.raises(ValueError, match="has no phrase"):
@@ -323,3 +323,17 @@ def test_sam3_preset_is_the_hub_architecture():
     assert count_parameters("sam3") == 840_376_374  # the detector; the hub's ~0.9 B adds the video tracker
     config = preset.config()
     assert (config.vision_config.backbone_config.image_size, config.text_config.vocab_size) == (1008, 49408)
+
+
+def test_sam3_preset_processor_files_load_as_the_hub_ones(tmp_path: Path):
+    from transformers import AutoTokenizer
+
+    from iapas.models.sam3 import read_image_settings
+    from iapas.testing.presets import make_processor
+
+    make_processor("sam3").save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert (len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id) == (49408, 49406, 49407)  # CLIP's
+    assert len(tokenizer("magnetic tile")["input_ids"]) == 14  # 12 characters + bos + eos
+    settings = read_image_settings(str(tmp_path), "test")
+    assert (settings.height, settings.width, settings.image_mean) == (1008, 1008, (0.5, 0.5, 0.5))
