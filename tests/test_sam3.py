@@ -337,3 +337,18 @@ def test_sam3_preset_processor_files_load_as_the_hub_ones(tmp_path: Path):
     assert len(tokenizer("magnetic tile")["input_ids"]) == 14  # 12 characters + bos + eos
     settings = read_image_settings(str(tmp_path), "test")
     assert (settings.height, settings.width, settings.image_mean) == (1008, 1008, (0.5, 0.5, 0.5))
+
+
+def test_evaluate_with_sam3_resumes_into_its_own_folder(tmp_path: Path, tiny_models: dict[str, Path]):
+    from tests.test_evaluation import make_mvtec
+
+    make_mvtec(tmp_path / "MVTecAD", ("alpha",), n_good=1, n_bad=1)
+    out = tmp_path / "out"
+    args = ["evaluate", "--dataset", "mvtec", "--root", str(tmp_path / "MVTecAD"), "--out", str(out), "--protocol", "full",
+            "--detector", str(tiny_models["sam3"]), "--device", "cpu", "--tagger", "manual", "--tags", "widget",
+            "--llm", "knowledge", "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads((out / "metrics.json").read_text())["models"]["segmenter"] == "none"
+    again = runner.invoke(app, args)  # the pre-load check predicts segmenter 'none' too: no false conflict
+    assert again.exit_code == 0, again.output
