@@ -154,6 +154,7 @@ HUB_IDS = {
     "sam-vit-h": "facebook/sam-vit-huge",
     "sam-vit-b": "facebook/sam-vit-base",
     "sam-hq-vit-h": "syscv-community/sam-hq-vit-huge",
+    "sam3": "facebook/sam3",
 }
 
 
@@ -205,8 +206,9 @@ def test_help_lists_the_model_table_at_80_columns(command: list[str]):
     lines = result.output.splitlines()
     assert max(len(line) for line in lines) <= 80
     for name, hub_id in HUB_IDS.items():
-        assert any(line.split() == [name, hub_id] for line in lines), name  # one whole row each
-    assert "none is gated" in result.output
+        gated = ["(gated)"] if name == "sam3" else []
+        assert any(line.split() == [name, hub_id, *gated] for line in lines), name  # one whole row each
+    assert "(gated): accept its licence on the hub" in result.output
 
 
 def test_profile_help_lists_the_detector_names():

@@ -2,7 +2,9 @@
 
 The pipeline depends only on the :class:`~iapas.models.base.Detector` and
 :class:`~iapas.models.base.Segmenter` interfaces; :meth:`Pipeline.from_config` builds the
-default ``transformers`` adapters.
+default ``transformers`` adapters. A joint detector (SAM 3: ``returns_masks``) brings each
+detection's mask itself; the pipeline then applies the same NMS, size filter and fusion to
+them and calls no segmenter (:class:`NoSegmenter` stands in, recorded as ``none``).
 """
 
 from __future__ import annotations
@@ -64,9 +66,28 @@ class PipelineConfig:
             raise ValueError(f"size_threshold must be > 0, got {self.size_threshold}")
 
 
-def _clipped(dets: Detections, rgb: np.ndarray) -> Detections:
-    """``dets`` with the boxes clamped to the image ``rgb``."""
-    return Detections(clip_boxes(dets.boxes, rgb.shape[1], rgb.shape[0]), dets.scores, dets.phrases)
+def _clipped(dets: Detections, rgb: np.ndarray, keep_masks: bool = True) -> Detections:
+    """``dets`` with the boxes clamped to the image ``rgb`` (and their masks, if ``keep_masks``)."""
+    masks = dets.masks if keep_masks else None
+    return Detections(clip_boxes(dets.boxes, rgb.shape[1], rgb.shape[0]), dets.scores, dets.phrases, masks=masks)
+
+
+class NoSegmenter:
+    """The segmenter of a pipeline whose detector brings its own masks (SAM 3): never called,
+    named ``none`` in run signatures and reports."""
+
+    name = "none"
+
+    def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        raise RuntimeError("NoSegmenter.segment called: the detector was expected to return masks")
+
+    def compile(self) -> None:
+        pass
+
+
+def returns_masks(detector: Any) -> bool:
+    """Whether ``detector`` is a joint model whose detections carry their masks."""
+    return bool(getattr(detector, "returns_masks", False))
 
 
 def as_rgb(image: ImageInput) -> np.ndarray:
@@ -104,8 +125,17 @@ class Pipeline:
     >>> result.anomaly_map.shape, result.image_score  # doctest: +SKIP
     """
 
-    def __init__(self, detector: Detector, segmenter: Segmenter, config: PipelineConfig | None = None) -> None:
+    def __init__(self, detector: Detector, segmenter: Segmenter | None, config: PipelineConfig | None = None) -> None:
         self.detector = detector
+        if returns_masks(detector):  # a joint model: a segmenter given (bench's default column's) is unused
+            if segmenter is not None and not isinstance(segmenter, NoSegmenter):
+                logger.info(
+                    "detector %s returns its own masks: segmenter %s unused",
+                    getattr(detector, "name", "?"), getattr(segmenter, "name", type(segmenter).__name__),
+                )
+            segmenter = NoSegmenter()
+        elif segmenter is None:
+            raise ValueError(f"detector {getattr(detector, 'name', '?')} returns no masks: a segmenter is needed")
         self.segmenter = segmenter
         self.config = config or PipelineConfig()
         self._warned_unfused = False
@@ -119,10 +149,16 @@ class Pipeline:
 
         config = config or PipelineConfig(**overrides)
         detector = load_detector(config.detector, device=config.device, dtype=config.dtype)
-        segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype)
+        segmenter: Segmenter | None = None
+        if returns_masks(detector):  # SAM 3: detector and segmenter in one, no SAM loaded
+            say = logger.info if config.segmenter == DEFAULT_SEGMENTER else logger.warning
+            say("detector %s returns its own masks: no segmenter loaded (segmenter %s unused)", detector.name, config.segmenter)
+        else:
+            segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype)
         if config.compile:
             detector.compile()
-            segmenter.compile()
+            if segmenter is not None:
+                segmenter.compile()
         return cls(detector, segmenter, config)
 
     def caption_for(self, profile: Profile | None) -> str:
@@ -205,16 +241,20 @@ class Pipeline:
         # code's arithmetic); from here on they are clamped to the image: as SAM prompts (as the
         # reference does) and in the result, so records and overlays show the clipped boxes.
         kept = [_clipped(k, rgb) for k, rgb in zip(kept, rgbs)]
-        dropped = [_clipped(d, rgb) for d, rgb in zip(dropped, rgbs)]
+        dropped = [_clipped(d, rgb, keep_masks=False) for d, rgb in zip(dropped, rgbs)]  # their masks are unused
         object_info = [
             (None if obox is None else clip_boxes(obox, rgb.shape[1], rgb.shape[0])[0], oscore, osize, osource)
             for (obox, oscore, osize, osource), rgb in zip(object_info, rgbs)
         ]
 
-        # 4. SAM masks, one encoder pass per image and one decoder call per image
-        t0 = time.perf_counter()
-        masks = self.segmenter.segment(rgbs, [k.boxes for k in kept])
-        timings["segmentation"] = (time.perf_counter() - t0) / n
+        # 4. SAM masks, one encoder pass per image and one decoder call per image; a joint
+        # detector's detections brought theirs (its timing is in "detection")
+        if all(k.masks is not None for k in kept):
+            masks = [k.masks for k in kept]
+        else:
+            t0 = time.perf_counter()
+            masks = self.segmenter.segment(rgbs, [k.boxes for k in kept])
+            timings["segmentation"] = (time.perf_counter() - t0) / n
 
         # 5. fusion
         results = []

@@ -18,11 +18,16 @@ class Detections:
     ``boxes`` are ``(N, 4)`` float32 ``x0, y0, x1, y1`` in absolute pixels of the image they
     were found on, ``scores`` are ``(N,)`` float32 in [0, 1] (for Grounding DINO: the maximum
     token probability of the box), ``phrases`` the text each box was matched to.
+
+    ``masks`` is ``(N, H, W)`` bool at the image's resolution when the detector segments too (a
+    joint model such as SAM 3; the pipeline then uses them instead of calling a segmenter), else
+    None. It follows the boxes through :meth:`select`.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     phrases: tuple[str, ...] = ()
+    masks: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -32,6 +37,11 @@ class Detections:
             raise ValueError(
                 f"Detections: {len(boxes)} boxes, {len(scores)} scores and {len(phrases)} phrases differ"
             )
+        if self.masks is not None:
+            masks = np.asarray(self.masks, dtype=bool)
+            if masks.ndim != 3 or len(masks) != len(scores):
+                raise ValueError(f"Detections: masks of shape {masks.shape} for {len(scores)} boxes; expected (N, H, W)")
+            object.__setattr__(self, "masks", masks)
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "phrases", phrases)
@@ -49,7 +59,21 @@ class Detections:
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64).reshape(-1)
-        return Detections(self.boxes[idx], self.scores[idx], tuple(self.phrases[i] for i in idx))
+        masks = None if self.masks is None else self.masks[idx]
+        return Detections(self.boxes[idx], self.scores[idx], tuple(self.phrases[i] for i in idx), masks=masks)
+
+    @classmethod
+    def concat(cls, parts: list[Detections], shape: tuple[int, int]) -> Detections:
+        """``parts`` one after the other; their masks (``shape`` = the image's (H, W)) are kept
+        when every part has them."""
+        with_masks = all(p.masks is not None for p in parts)
+        return cls(
+            np.concatenate([p.boxes for p in parts]) if parts else np.zeros((0, 4), np.float32),
+            np.concatenate([p.scores for p in parts]) if parts else np.zeros((0,), np.float32),
+            tuple(ph for p in parts for ph in p.phrases),
+            masks=np.concatenate([p.masks for p in parts]) if parts and with_masks  # type: ignore[misc]
+            else (np.zeros((0, *shape), bool) if with_masks else None),
+        )
 
     def to_records(self) -> list[dict[str, Any]]:
         return [

@@ -162,6 +162,18 @@ def _pipeline(
         raise fail(str(exc)) from None
 
 
+def _joint_detector(detector: str) -> bool:
+    """Whether ``detector`` segments too (SAM 3: no segmenter runs, recorded as 'none'); False
+    when its config cannot be read (loading it reports why)."""
+    from iapas.models.factory import returns_masks
+    from iapas.models.loading import ModelLoadError
+
+    try:
+        return returns_masks(detector)
+    except (ModelLoadError, OSError, ValueError):
+        return False
+
+
 def _model_names(
     detector: str, segmenter: str, device: str, dtype: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> dict[str, Any]:
@@ -169,12 +181,12 @@ def _model_names(
     from iapas.models.detector import DETECTOR_CHOICES
     from iapas.models.loading import resolve_device, resolve_dtype
     from iapas.models.segmenter import SEGMENTER_CHOICES
-    from iapas.pipeline import PipelineConfig
+    from iapas.pipeline import NoSegmenter, PipelineConfig
 
     resolved = resolve_device(device)
     return {
         "detector": DETECTOR_CHOICES.get(detector, detector),
-        "segmenter": SEGMENTER_CHOICES.get(segmenter, segmenter),
+        "segmenter": NoSegmenter.name if _joint_detector(detector) else SEGMENTER_CHOICES.get(segmenter, segmenter),
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,

@@ -20,6 +20,7 @@ from iapas.models.loading import ModelLoadError, load_pretrained
 DETECTOR_ADAPTERS: dict[str, str] = {
     "grounding-dino": "iapas.models.detector:GroundingDinoDetector",
     "mm-grounding-dino": "iapas.models.detector:GroundingDinoDetector",
+    "sam3": "iapas.models.sam3:Sam3Detector",  # joint: its detections bring their masks
 }
 SEGMENTER_ADAPTERS: dict[str, str] = {
     "sam": "iapas.models.segmenter:SamSegmenter",
@@ -71,3 +72,10 @@ def load_segmenter(name_or_path: str, device: str = "auto", dtype: str = "auto")
     """The segmenter adapter for ``name_or_path``, loaded on ``device`` in ``dtype``."""
     name_or_path = registry.resolve("segmenter", name_or_path)
     return adapter_class("segmenter", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype)
+
+
+def returns_masks(name_or_path: str) -> bool:
+    """Whether the detector ``name_or_path`` is a joint model whose detections bring their masks
+    (SAM 3: no segmenter is loaded and runs record the segmenter as ``none``), from its config
+    alone (a command line can ask before loading the model)."""
+    return bool(getattr(adapter_class("detector", name_or_path), "returns_masks", False))

@@ -22,8 +22,9 @@ class ModelName:
     gated: bool = False
 
 
-# Hub ids as spelled in the models' own documentation (transformers model docs and model cards);
-# none of these is gated: all are Apache-2.0 downloads without a licence form.
+# Hub ids as spelled in the models' own documentation (transformers model docs and model cards).
+# Gated: the hub asks for an accepted licence before a download (SAM 3: Meta's SAM licence form);
+# the others are Apache-2.0 downloads without a licence form.
 MODEL_NAMES: tuple[ModelName, ...] = (
     ModelName("gdino-tiny", "detector", "IDEA-Research/grounding-dino-tiny", "Grounding DINO"),
     ModelName("gdino-base", "detector", "IDEA-Research/grounding-dino-base", "Grounding DINO"),
@@ -35,6 +36,8 @@ MODEL_NAMES: tuple[ModelName, ...] = (
     ModelName("sam-vit-h", "segmenter", "facebook/sam-vit-huge", "SAM"),
     ModelName("sam-vit-b", "segmenter", "facebook/sam-vit-base", "SAM"),
     ModelName("sam-hq-vit-h", "segmenter", "syscv-community/sam-hq-vit-huge", "SAM-HQ"),
+    # a detector that segments too: with it no segmenter is loaded (see iapas.models.sam3)
+    ModelName("sam3", "detector", "facebook/sam3", "SAM 3 (detector + segmenter)", gated=True),
 )
 
 # The short names of earlier versions, kept working.
@@ -66,8 +69,14 @@ def help_table(kind: str | None = None) -> str:
     2), preceded by click's no-rewrap marker so the columns stay."""
     rows = [m for m in MODEL_NAMES if kind is None or m.kind == kind]
     width = max(len(m.name) for m in rows)
-    lines = ["\b", "Model names (--detector, --segmenter; none is gated):" if kind is None else f"Model names for --{kind} (none is gated):"]
+    gated = any(m.gated for m in rows)
+    which = "--detector, --segmenter" if kind is None else f"--{kind}"
+    lines = ["\b", f"Model names ({which}" + ("):" if gated else "; none is gated):")]
     lines += [f"{m.name:<{width}}  {m.hub_id}" + (" (gated)" if m.gated else "") for m in rows]
+    if gated:
+        lines.append("(gated): accept its licence on the hub, then log in, before a download.")
+    if any(m.name == "sam3" for m in rows):
+        lines.append("sam3 detects and segments: with it no segmenter is loaded.")
     aliases = "; ".join(f"{', '.join(v)} (--{k})" for k, v in ALIASES.items() if kind is None or k == kind)
     lines.append(f"Also: {aliases}.")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from iapas.testing.tiny import (
     make_tiny_grounding_dino,
     make_tiny_models,
     make_tiny_sam,
+    make_tiny_sam3,
 )
 
-__all__ = ["TINY_WORDS", "make_tiny_grounding_dino", "make_tiny_models", "make_tiny_sam"]
+__all__ = ["TINY_WORDS", "make_tiny_grounding_dino", "make_tiny_models", "make_tiny_sam", "make_tiny_sam3"]

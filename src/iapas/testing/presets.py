@@ -1,7 +1,7 @@
 """Real-size random models: the hub models' configurations with random weights (see :mod:`iapas.testing`).
 
 Each preset is the configuration of a hub checkpoint (``IDEA-Research/grounding-dino-tiny`` and
-``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``), written out from transformers'
+``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``, ``facebook/sam3``), written out from transformers'
 defaults and the hub ``config.json`` values, with the hub processor's settings (Grounding DINO:
 shortest edge 800, longest 1333; SAM: longest edge 1024, padded to 1024x1024). The weights are
 random, so the outputs are noise: these folders are for measuring speed and memory at the real
@@ -95,6 +95,17 @@ def _sam(hidden: int, layers: int, heads: int, global_attn: list[int]) -> Callab
     return build
 
 
+def _sam3() -> Any:
+    from transformers import Sam3Config
+
+    # transformers' Sam3Config defaults are facebook/sam3's detector: a ViT (hidden 1024, 32 layers,
+    # 16 heads, 14 px patches, window 24, global attention at 7/15/23/31) on 1008x1008 input with
+    # a 256-wide FPN; a CLIP text encoder (hidden 1024, 24 layers, 32 tokens); 6+6-layer DETR
+    # encoder/decoder with 200 queries and a presence head; the mask decoder. The hub checkpoint
+    # (about 0.9 B) also holds the video tracker, which Sam3Model does not load.
+    return Sam3Config()
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -103,6 +114,7 @@ PRESETS: dict[str, Preset] = {
         Preset("sam-vit-base", "sam", "facebook/sam-vit-base", 94_000_000, _sam(768, 12, 12, [2, 5, 8, 11])),
         Preset("sam-vit-large", "sam", "facebook/sam-vit-large", 312_000_000, _sam(1024, 24, 16, [5, 11, 17, 23])),
         Preset("sam-vit-huge", "sam", "facebook/sam-vit-huge", 641_000_000, _sam(1280, 32, 16, [7, 15, 23, 31])),
+        Preset("sam3", "sam3", "facebook/sam3", 840_000_000, _sam3),
     )
 }
 
@@ -115,9 +127,9 @@ def get_preset(name: str) -> Preset:
 
 
 def _model_class(kind: str) -> Any:
-    from transformers import GroundingDinoForObjectDetection, SamModel
+    from transformers import GroundingDinoForObjectDetection, Sam3Model, SamModel
 
-    return GroundingDinoForObjectDetection if kind == "grounding-dino" else SamModel
+    return {"grounding-dino": GroundingDinoForObjectDetection, "sam3": Sam3Model}.get(kind, SamModel)
 
 
 def count_parameters(name: str) -> int:
@@ -144,8 +156,27 @@ def stand_in_bert_vocab() -> dict[str, int]:
     return {tokens[i]: i for i in range(BERT_VOCAB_SIZE)}
 
 
+class Sam3ProcessorFiles:
+    """SAM 3's processor files, built offline: a stand-in CLIP tokenizer with CLIP's vocabulary
+    size and special-token ids, and the hub processor's settings (1008x1008) as JSON
+    (``Sam3ImageProcessor`` itself needs torchvision)."""
+
+    def save_pretrained(self, out: str | Path) -> None:
+        import json
+
+        from iapas.testing.tiny import sam3_processor_config, sam3_tokenizer
+
+        sam3_tokenizer(vocab_size=CLIP_VOCAB_SIZE).save_pretrained(out)
+        (Path(out) / "processor_config.json").write_text(json.dumps(sam3_processor_config(1008, 1008), indent=2))
+
+
+CLIP_VOCAB_SIZE = 49408
+
+
 def make_processor(kind: str) -> Any:
-    """The hub processor of a preset kind (``grounding-dino`` or ``sam``), built offline."""
+    """The hub processor of a preset kind (``grounding-dino``, ``sam`` or ``sam3``), built offline."""
+    if kind == "sam3":
+        return Sam3ProcessorFiles()
     if kind == "grounding-dino":
         from transformers import BertTokenizer, GroundingDinoProcessor
         from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil

@@ -10,7 +10,6 @@ fallback must survive.
 from __future__ import annotations
 
 import logging
-import string
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -34,20 +33,15 @@ _LLAMA_CHAT_TEMPLATE = (
 def make_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random ``CLIPModel`` with a ``CLIPProcessor`` (character-level BPE) to ``out_dir``."""
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from iapas.testing.tiny import char_clip_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    chars = string.ascii_lowercase + string.digits + "-'.,"
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)  # eos has the highest id: CLIP pools the text at eos
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer = char_clip_tokenizer()  # eos has the highest id: CLIP pools the text at eos
+    vocab = tokenizer.get_vocab()
     text = CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=32,

@@ -1,10 +1,11 @@
-"""Builders for tiny Grounding DINO and SAM folders (see :mod:`iapas.testing`)."""
+"""Builders for tiny Grounding DINO, SAM and SAM 3 folders (see :mod:`iapas.testing`)."""
 
 from __future__ import annotations
 
 import logging
 import string
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,93 @@ def make_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 256, hq:
     return out
 
 
+def sam3_processor_config(height: int, width: int) -> dict:
+    """``Sam3Processor``'s saved settings (``processor_config.json``), written as JSON because
+    ``Sam3ImageProcessor`` cannot be built without torchvision; the adapter reads them back."""
+    return {
+        "image_processor": {
+            "image_processor_type": "Sam3ImageProcessor",
+            "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "rescale_factor": 1 / 255, "resample": 2,
+            "size": {"height": height, "width": width},
+            "mask_size": {"height": height * 2 // 7, "width": width * 2 // 7},
+        },
+        "point_pad_value": -10,
+        "target_size": height,
+        "processor_class": "Sam3Processor",
+    }
+
+
+def char_clip_tokenizer(vocab_size: int | None = None, model_max_length: int | None = None) -> Any:
+    """A character-level ``CLIPTokenizer`` (no merges: letters, digits and ``-'.,``, each also
+    as a word end). ``vocab_size`` pads the vocabulary with unused tokens (CLIP's 49408 for a
+    real-size model). bos and eos take the two highest ids, as in CLIP (its text pooling reads
+    the eos position)."""
+    from transformers import CLIPTokenizer
+
+    chars = string.ascii_lowercase + string.digits + "-'.,"
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+    for c in chars:
+        vocab.setdefault(c + "</w>", len(vocab))
+    for i in range(len(vocab), (vocab_size or 0) - 2):
+        vocab[f"<|unused{i}|>"] = i
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return CLIPTokenizer(vocab=vocab, merges=[], **extra)
+
+
+def sam3_tokenizer(vocab_size: int | None = None) -> Any:
+    """SAM 3's tokenizer class (CLIP's), character-level, with its 32-token text window."""
+    return char_clip_tokenizer(vocab_size, model_max_length=32)
+
+
+def make_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) -> Path:
+    """Write a tiny random ``Sam3Model`` (model type ``sam3``) with its tokenizer and processor
+    settings to ``out_dir``. ``image_size`` (a multiple of 14 x 8) is the square every image is
+    resized to (the hub model's 1008)."""
+    import json
+
+    import torch
+    from transformers import Sam3Config, Sam3Model
+    from transformers.models.sam3.configuration_sam3 import Sam3ViTConfig, Sam3VisionConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = sam3_tokenizer()
+    grid = image_size // 14
+    vit = Sam3ViTConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+        patch_size=14, window_size=4, global_attn_indexes=[1], pretrain_image_size=image_size // 2,
+    )
+    vision = Sam3VisionConfig(
+        backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[grid * 4] * 2, [grid * 2] * 2, [grid] * 2]
+    )
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "projection_dim": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.eos_token_id,
+    }
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    config = Sam3Config(
+        vision_config=vision, text_config=text,
+        geometry_encoder_config={**small, "num_layers": 1},
+        detr_encoder_config={**small, "num_layers": 1},
+        detr_decoder_config={**small, "num_layers": 1, "num_queries": 20},
+        mask_decoder_config={"hidden_size": 32, "num_attention_heads": 2},
+    )
+    torch.manual_seed(seed)
+    model = Sam3Model(config).eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "processor_config.json").write_text(json.dumps(sam3_processor_config(image_size, image_size), indent=2))
+    logger.info("wrote tiny %s to %s", config.model_type, out)
+    return out
+
+
 def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge: int = 800) -> dict[str, Path]:
     """Write every tiny model iapas uses under ``out_dir``; returns name -> folder."""
     out = Path(out_dir)
@@ -166,6 +254,7 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge:
         ),
         "sam": make_tiny_sam(out / "sam", seed=seed),
         "sam-hq": make_tiny_sam(out / "sam-hq", seed=seed, hq=True),
+        "sam3": make_tiny_sam3(out / "sam3", seed=seed),
     }
     try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present
         from iapas.testing import stage1
