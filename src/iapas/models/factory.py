@@ -20,10 +20,13 @@ from iapas.models.loading import ModelLoadError, load_pretrained
 DETECTOR_ADAPTERS: dict[str, str] = {
     "grounding-dino": "iapas.models.detector:GroundingDinoDetector",
     "mm-grounding-dino": "iapas.models.detector:GroundingDinoDetector",
+    "owlv2": "iapas.models.owlv2:Owlv2Detector",
 }
 SEGMENTER_ADAPTERS: dict[str, str] = {
     "sam": "iapas.models.segmenter:SamSegmenter",
     "sam_hq": "iapas.models.segmenter:SamSegmenter",
+    "sam2": "iapas.models.sam2:Sam2Segmenter",
+    "sam2_video": "iapas.models.sam2:Sam2Segmenter",  # the hub's SAM 2.1 checkpoints; load as Sam2Model
 }
 
 
