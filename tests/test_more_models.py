@@ -154,6 +154,10 @@ HUB_IDS = {
     "sam-vit-h": "facebook/sam-vit-huge",
     "sam-vit-b": "facebook/sam-vit-base",
     "sam-hq-vit-h": "syscv-community/sam-hq-vit-huge",
+    "owlv2-base": "google/owlv2-base-patch16-ensemble",
+    "owlv2-large": "google/owlv2-large-patch14-ensemble",
+    "sam2.1-large": "facebook/sam2.1-hiera-large",
+    "sam2.1-tiny": "facebook/sam2.1-hiera-tiny",
 }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from iapas.models import registry
 from iapas.models.base import check_finite
-from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
+from iapas.models.loading import load_checked_model, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 from iapas.prompts.caption import caption_phrases
 from iapas.types import Detections
 
@@ -64,19 +64,13 @@ class Owlv2Detector:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "OWLv2 detector"
-        types = tuple(OWLV2_MODEL_TYPES)
-        processor = load_pretrained(pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=types)
-        model = load_pretrained(
-            AutoModelForZeroShotObjectDetection.from_pretrained, name_or_path, what=what, expected_model_types=types,
-            dtype=torch_dtype,
+        processor = load_pretrained(
+            pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=tuple(OWLV2_MODEL_TYPES)
         )
-        model_type = getattr(model.config, "model_type", None)
-        if OWLV2_MODEL_TYPES.get(model_type) != type(model).__name__:  # a hub id of another kind
-            raise ModelLoadError(
-                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); expected {' or '.join(types)}"
-            )
-        model = model.to(dev).eval()
-        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
+        model = load_checked_model(
+            AutoModelForZeroShotObjectDetection.from_pretrained, name_or_path, what=what,
+            model_classes=OWLV2_MODEL_TYPES, device=dev, dtype=torch_dtype,
+        )
         return cls(model, processor, dev, torch_dtype, name_or_path)
 
     def compile(self) -> None:

@@ -24,7 +24,8 @@ import numpy as np
 
 from iapas.models import registry
 from iapas.models.base import check_finite
-from iapas.models.loading import ModelLoadError, load_pretrained, resolve_device, resolve_dtype
+from iapas.models.segmenter import split_boxless
+from iapas.models.loading import ModelLoadError, load_checked_model, load_pretrained, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +89,11 @@ class Sam2Segmenter:
         name_or_path = registry.resolve("segmenter", name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        what = "SAM 2 segmenter"
-        types = tuple(SAM2_MODEL_TYPES)
         preprocessing = load_preprocessing(name_or_path)
-        model = load_pretrained(
-            AutoModelForMaskGeneration.from_pretrained, name_or_path, what=what, expected_model_types=types,
-            dtype=torch_dtype,
+        model = load_checked_model(
+            AutoModelForMaskGeneration.from_pretrained, name_or_path, what="SAM 2 segmenter",
+            model_classes=SAM2_MODEL_TYPES, device=dev, dtype=torch_dtype,
         )
-        model_type = getattr(model.config, "model_type", None)
-        if SAM2_MODEL_TYPES.get(model_type) != type(model).__name__:  # a hub id of another kind
-            raise ModelLoadError(
-                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); expected {' or '.join(types)}"
-            )
-        model = model.to(dev).eval()
-        logger.info("loaded %s (%s) from %s on %s (%s)", what, model_type, name_or_path, dev, torch_dtype)
         return cls(model, preprocessing, dev, torch_dtype, name_or_path)
 
     def compile(self) -> None:
@@ -153,16 +145,7 @@ class Sam2Segmenter:
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        if len(images) != len(boxes):
-            raise ValueError(f"{len(images)} images but {len(boxes)} box sets")
-        out: list[np.ndarray | None] = [None] * len(images)
-        todo = []
-        for i, (image, b) in enumerate(zip(images, boxes)):
-            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
-            if len(b) == 0:
-                out[i] = np.zeros((0, image.shape[0], image.shape[1]), dtype=bool)
-            else:
-                todo.append((i, b))
+        out, todo = split_boxless(images, boxes)
         if not todo:
             return out  # type: ignore[return-value]
         h, w = self.input_size
