@@ -176,6 +176,15 @@ def test_sam2_hub_layout_sam2_video_loads_as_the_image_model(tmp_path: Path):
     assert seg.segment(IMAGES[:1], [np.array([[0, 0, 50, 50]], np.float32)])[0].shape == (1, 60, 100)
 
 
+def test_both_adapters_run_in_bfloat16(tiny_models: dict[str, Path]):
+    det = load_detector(str(tiny_models["owlv2"]), device="cpu", dtype="bfloat16")
+    (found,) = det.detect(IMAGES[:1], "crack . hole .", box_threshold=0.0)
+    assert len(found) == 36 and found.boxes.dtype == found.scores.dtype == np.float32
+    seg = load_segmenter(str(tiny_models["sam2"]), device="cpu", dtype="bfloat16")
+    (masks,) = seg.segment(IMAGES[:1], [np.array([[0, 0, 50, 40]], np.float32)])
+    assert masks.shape == (1, 60, 100) and masks.dtype == bool
+
+
 # --- refusals, forward counts, end to end ------------------------------------------------------
 
 

@@ -161,7 +161,10 @@ PRESETS: dict[str, Preset] = {
                 768,
             ),
         ),
-        Preset("sam2.1-tiny", "sam2", "facebook/sam2.1-hiera-tiny", 38_900_000, _sam2(96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7])),
+        Preset(
+            "sam2.1-tiny", "sam2", "facebook/sam2.1-hiera-tiny", 38_900_000,
+            _sam2(96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7]),
+        ),
         Preset(
             "sam2.1-large", "sam2", "facebook/sam2.1-hiera-large", 224_400_000,
             _sam2(144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8]),

@@ -265,8 +265,14 @@ def make_tiny_sam2(out_dir: str | Path, seed: int = 0, image_size: int = 256, vi
         backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]], fpn_hidden_size=32,
     )
     prompt = Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16)
-    decoder = Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32)
-    parts = {"vision_config": vision.to_dict(), "prompt_encoder_config": prompt.to_dict(), "mask_decoder_config": decoder.to_dict()}
+    decoder = Sam2MaskDecoderConfig(
+        hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+    )
+    parts = {
+        "vision_config": vision.to_dict(),
+        "prompt_encoder_config": prompt.to_dict(),
+        "mask_decoder_config": decoder.to_dict(),
+    }
     if video:
         config = Sam2VideoConfig(
             **parts, memory_attention_hidden_size=32, memory_attention_num_layers=1,
