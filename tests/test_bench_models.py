@@ -112,11 +112,15 @@ def test_readme_model_table_parameter_counts_are_the_presets_meta_device_counts(
     from iapas.testing.presets import PRESETS, count_parameters
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    rows = {}
+    rows, header = {}, None
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[1].startswith("`") and "/" in cells[1]:
-            rows[cells[1].strip("`")] = cells[3]
+        if cells[:2] == ["name", "hub id"]:
+            header = cells  # the model table's columns, by name
+        elif header and len(cells) == len(header) and cells[1].startswith("`") and "/" in cells[1]:
+            rows[cells[1].strip("`")] = cells[header.index("parameters")]
+        elif not line.strip():
+            header = None
     by_hub = {p.hub_id: p.name for p in PRESETS.values()}
     assert set(rows) == {m.hub_id for m in MODEL_NAMES}  # every name of the table, one row each
     for hub_id, shown in rows.items():

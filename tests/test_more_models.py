@@ -155,6 +155,10 @@ HUB_IDS = {
     "sam-vit-b": "facebook/sam-vit-base",
     "sam-hq-vit-h": "syscv-community/sam-hq-vit-huge",
     "sam3": "facebook/sam3",
+    "owlv2-base": "google/owlv2-base-patch16-ensemble",
+    "owlv2-large": "google/owlv2-large-patch14-ensemble",
+    "sam2.1-large": "facebook/sam2.1-hiera-large",
+    "sam2.1-tiny": "facebook/sam2.1-hiera-tiny",
 }
 
 

@@ -15,12 +15,12 @@ app = typer.Typer(
 
 @app.command("make-tiny-models")
 def make_tiny_models_cmd(
-    out_dir: Path = typer.Argument(..., help="Folder to write DIR/grounding-dino, DIR/mm-grounding-dino, DIR/sam, DIR/sam-hq, DIR/sam3 (and stage 1's tiny models) into."),
+    out_dir: Path = typer.Argument(..., help="Folder to write DIR/grounding-dino, DIR/mm-grounding-dino, DIR/sam, DIR/sam-hq, DIR/sam3, DIR/owlv2, DIR/sam2 (and stage 1's tiny models) into."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Write tiny, randomly initialised models of the real classes (Grounding DINO, MM-Grounding-DINO, SAM, SAM-HQ, SAM 3, ...).
+    """Write tiny, randomly initialised models of the real classes (Grounding DINO, MM-Grounding-DINO, SAM, SAM-HQ, SAM 3, OWLv2, SAM 2, ...).
 
     They load through exactly the code that loads hub models, so
     'iapas segment --detector DIR/grounding-dino --segmenter DIR/sam' checks an offline
@@ -38,7 +38,7 @@ def make_tiny_models_cmd(
 def make_random_models_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to write one DIR/PRESET folder per preset into."),
     preset: list[str] = typer.Option(
-        ..., "--preset", help="Preset to write (repeat for several): grounding-dino-tiny, grounding-dino-base, sam-vit-base, sam-vit-large, sam-vit-huge, sam3."
+        ..., "--preset", help="Preset to write (repeat for several): grounding-dino-tiny, grounding-dino-base, sam-vit-base, sam-vit-large, sam-vit-huge, sam3, owlv2-base, owlv2-large, sam2.1-tiny, sam2.1-large."
     ),
     seed: int = typer.Option(0, help="Seed for the random weights."),
     verbose: bool = VerboseOption,

@@ -51,8 +51,8 @@ def check_caption_length(caption: str, name_or_path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - the model load that follows says what is wrong
         logger.debug("caption not checked before loading %s: %s", name, exc)
         return
-    if getattr(config, "model_type", None) not in DETECTOR_MODEL_TYPES:  # e.g. SAM 3: its adapter checks per phrase
-        return
+    if getattr(config, "model_type", None) not in DETECTOR_MODEL_TYPES:
+        return  # another family's limit (OWLv2: per phrase) is its adapter's check_caption
     max_tokens = int(getattr(config, "max_text_len", 256))
     tokens = len(tokenizer(GroundingDinoDetector.normalize_caption(caption))["input_ids"])
     if tokens > max_tokens:

@@ -21,10 +21,13 @@ DETECTOR_ADAPTERS: dict[str, str] = {
     "grounding-dino": "iapas.models.detector:GroundingDinoDetector",
     "mm-grounding-dino": "iapas.models.detector:GroundingDinoDetector",
     "sam3": "iapas.models.sam3:Sam3Detector",  # joint: its detections bring their masks
+    "owlv2": "iapas.models.owlv2:Owlv2Detector",
 }
 SEGMENTER_ADAPTERS: dict[str, str] = {
     "sam": "iapas.models.segmenter:SamSegmenter",
     "sam_hq": "iapas.models.segmenter:SamSegmenter",
+    "sam2": "iapas.models.sam2:Sam2Segmenter",
+    "sam2_video": "iapas.models.sam2:Sam2Segmenter",  # the hub's SAM 2.1 checkpoints; load as Sam2Model
 }
 
 

@@ -138,6 +138,29 @@ def load_pretrained(
     return model
 
 
+def load_checked_model(
+    loader: Callable[..., Any],
+    name_or_path: str,
+    *,
+    what: str,
+    model_classes: dict[str, str],
+    device: str,
+    dtype: Any,
+) -> Any:
+    """:func:`load_pretrained` of a model whose ``config.json`` model type is a key of
+    ``model_classes`` and whose loaded class is that key's value (a hub id of another kind is
+    refused by name), moved to ``device`` in eval mode."""
+    types = tuple(model_classes)
+    model = load_pretrained(loader, name_or_path, what=what, expected_model_types=types, dtype=dtype)
+    model_type = getattr(model.config, "model_type", None)
+    if model_classes.get(model_type) != type(model).__name__:
+        raise ModelLoadError(
+            f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); expected {' or '.join(types)}"
+        )
+    logger.info("loaded %s (%s) from %s on %s (%s)", what, model_type, name_or_path, device, dtype)
+    return model.to(device).eval()
+
+
 def one_line(exc: BaseException | str) -> str:
     """An exception's text on one line (library messages often span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -33,9 +33,13 @@ MODEL_NAMES: tuple[ModelName, ...] = (
         "MM-Grounding-DINO",
     ),
     ModelName("llmdet-tiny", "detector", "iSEE-Laboratory/llmdet_tiny", "LLMDet (MM-Grounding-DINO)"),
+    ModelName("owlv2-base", "detector", "google/owlv2-base-patch16-ensemble", "OWLv2"),
+    ModelName("owlv2-large", "detector", "google/owlv2-large-patch14-ensemble", "OWLv2"),
     ModelName("sam-vit-h", "segmenter", "facebook/sam-vit-huge", "SAM"),
     ModelName("sam-vit-b", "segmenter", "facebook/sam-vit-base", "SAM"),
     ModelName("sam-hq-vit-h", "segmenter", "syscv-community/sam-hq-vit-huge", "SAM-HQ"),
+    ModelName("sam2.1-large", "segmenter", "facebook/sam2.1-hiera-large", "SAM 2.1"),
+    ModelName("sam2.1-tiny", "segmenter", "facebook/sam2.1-hiera-tiny", "SAM 2.1"),
     # a detector that segments too: with it no segmenter is loaded (see iapas.models.sam3)
     ModelName("sam3", "detector", "facebook/sam3", "SAM 3 (detector + segmenter)", gated=True),
 )

@@ -28,6 +28,24 @@ _POSTPROCESS_CHUNK = 32
 _POSTPROCESS_BYTES = 1 << 30
 
 
+def split_boxless(
+    images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
+) -> tuple[list[np.ndarray | None], list[tuple[int, np.ndarray]]]:
+    """Per image, its ``(0, H, W)`` result when it has no boxes (else None), and the
+    ``(index, (N, 4) float32 boxes)`` of the images a segmenter has to run."""
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box sets")
+    out: list[np.ndarray | None] = [None] * len(images)
+    todo = []
+    for i, (image, b) in enumerate(zip(images, boxes)):
+        b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+        if len(b) == 0:
+            out[i] = np.zeros((0, image.shape[0], image.shape[1]), dtype=bool)
+        else:
+            todo.append((i, b))
+    return out, todo
+
+
 class SamSegmenter:
     """Adapter for ``SamModel`` behind :class:`iapas.models.Segmenter`.
 
@@ -171,16 +189,7 @@ class SamSegmenter:
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        if len(images) != len(boxes):
-            raise ValueError(f"{len(images)} images but {len(boxes)} box sets")
-        out: list[np.ndarray | None] = [None] * len(images)
-        todo = []
-        for i, (image, b) in enumerate(zip(images, boxes)):
-            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
-            if len(b) == 0:
-                out[i] = np.zeros((0, image.shape[0], image.shape[1]), dtype=bool)
-            else:
-                todo.append((i, b))
+        out, todo = split_boxless(images, boxes)
         if not todo:
             return out  # type: ignore[return-value]
         pixel_values, original_sizes, reshaped_sizes = self._pixels([images[i] for i, _ in todo])

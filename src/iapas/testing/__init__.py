@@ -9,8 +9,13 @@ from iapas.testing.tiny import (
     TINY_WORDS,
     make_tiny_grounding_dino,
     make_tiny_models,
+    make_tiny_owlv2,
     make_tiny_sam,
+    make_tiny_sam2,
     make_tiny_sam3,
 )
 
-__all__ = ["TINY_WORDS", "make_tiny_grounding_dino", "make_tiny_models", "make_tiny_sam", "make_tiny_sam3"]
+__all__ = [
+    "TINY_WORDS", "make_tiny_grounding_dino", "make_tiny_models", "make_tiny_owlv2", "make_tiny_sam",
+    "make_tiny_sam2", "make_tiny_sam3",
+]

@@ -1,9 +1,12 @@
 """Real-size random models: the hub models' configurations with random weights (see :mod:`iapas.testing`).
 
 Each preset is the configuration of a hub checkpoint (``IDEA-Research/grounding-dino-tiny`` and
-``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``, ``facebook/sam3``), written out from transformers'
-defaults and the hub ``config.json`` values, with the hub processor's settings (Grounding DINO:
-shortest edge 800, longest 1333; SAM: longest edge 1024, padded to 1024x1024). The weights are
+``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``, ``facebook/sam3``,
+``google/owlv2-base-patch16-ensemble`` and ``-large-patch14-ensemble``, ``facebook/sam2.1-hiera-tiny``
+and ``-large``), written out from transformers' defaults and the hub ``config.json`` values, with
+the hub processor's settings (Grounding DINO: shortest edge 800, longest 1333; SAM: longest edge
+1024, padded to 1024x1024; SAM 3: 1008x1008; OWLv2: padded to a square, resized to 960 or 1008;
+SAM 2.1: resized to 1024x1024). The weights are
 random, so the outputs are noise: these folders are for measuring speed and memory at the real
 cost without a download, never for judging quality.
 
@@ -11,6 +14,8 @@ The Grounding DINO tokenizer is a stand-in for ``bert-base-uncased`` (which cann
 offline): the real vocabulary size (30522) and special-token ids ([PAD] 0, [UNK] 100, [CLS] 101,
 [SEP] 102, [MASK] 103), the words of :data:`iapas.testing.TINY_WORDS`, letters and digits with
 their ``##`` forms, and ``[unusedN]`` fillers, so captions tokenise to about as many tokens.
+OWLv2's CLIP tokenizer is stood in for the same way: the real vocabulary size (49408) and
+start/end ids (49406, 49407), whole-word tokens for those words.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ from iapas.testing.tiny import TINY_WORDS
 logger = logging.getLogger(__name__)
 
 BERT_VOCAB_SIZE = 30522
+CLIP_VOCAB_SIZE = 49408
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One hub model's architecture: its kind (``grounding-dino`` or ``sam``), the hub id it
-    copies, the published parameter count, and a builder of its config."""
+    """One hub model's architecture: its kind (``grounding-dino``, ``sam``, ``owlv2`` or ``sam2``),
+    the hub id it copies, the published parameter count, and a builder of its config."""
 
     name: str
     kind: str
@@ -106,6 +112,46 @@ def _sam3() -> Any:
     return Sam3Config()
 
 
+def _owlv2(vision: dict[str, Any], text: dict[str, Any], projection_dim: int) -> Callable[[], Any]:
+    def build() -> Any:
+        from transformers import Owlv2Config
+
+        # transformers' Owlv2Config defaults are owlv2-base-patch16's (CLIP B/16: ViT 768 wide,
+        # 12 layers; text 512 wide, 12 layers, 16 tokens per query), but its vision image_size
+        # (768) is not the hub's 960; the hub config.json values are given here.
+        return Owlv2Config(
+            vision_config={"model_type": "owlv2_vision_model", **vision},
+            text_config={"model_type": "owlv2_text_model", **text},
+            projection_dim=projection_dim,
+        )
+
+    return build
+
+
+def _sam2(embed_dim: int, heads: int, blocks: list[int], global_blocks: list[int], windows: list[int]) -> Callable[[], Any]:
+    def build() -> Any:
+        from transformers import Sam2Config
+        from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+        # The Hiera trunk of the SAM 2.1 release configs (sam2.1_hiera_t/l.yaml: embed_dim,
+        # num_heads, stages, global_att_blocks, window_spec), channels doubling per stage; the FPN
+        # neck (256), prompt encoder and mask decoder are transformers' defaults, which are the
+        # release's. Sam2Model is the image model: the video memory modules are not in it.
+        dims = [embed_dim * 2**i for i in range(4)]
+        backbone = Sam2HieraDetConfig(
+            hidden_size=embed_dim, num_attention_heads=heads, blocks_per_stage=blocks, embed_dim_per_stage=dims,
+            num_attention_heads_per_stage=[heads * 2**i for i in range(4)], window_size_per_stage=windows,
+            global_attention_blocks=global_blocks,
+        )
+        vision = Sam2VisionConfig(backbone_config=backbone.to_dict(), backbone_channel_list=dims[::-1])
+        return Sam2Config(vision_config=vision.to_dict())
+
+    return build
+
+
+# Published sizes of the new presets: owlv2-base 155 M (model card); owlv2-large 438 M is
+# transformers' count (the hub lists 0.4 B); SAM 2.1 tiny 38.9 M and large 224.4 M (the SAM 2
+# release) include the video memory modules, which Sam2Model (31.4 M, 216.9 M) leaves out.
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -115,6 +161,27 @@ PRESETS: dict[str, Preset] = {
         Preset("sam-vit-large", "sam", "facebook/sam-vit-large", 312_000_000, _sam(1024, 24, 16, [5, 11, 17, 23])),
         Preset("sam-vit-huge", "sam", "facebook/sam-vit-huge", 641_000_000, _sam(1280, 32, 16, [7, 15, 23, 31])),
         Preset("sam3", "sam3", "facebook/sam3", 840_000_000, _sam3),
+        Preset(
+            "owlv2-base", "owlv2", "google/owlv2-base-patch16-ensemble", 155_000_000,
+            _owlv2({"image_size": 960, "patch_size": 16}, {}, 512),
+        ),
+        Preset(
+            "owlv2-large", "owlv2", "google/owlv2-large-patch14-ensemble", 438_000_000,
+            _owlv2(
+                {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                 "image_size": 1008, "patch_size": 14},
+                {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+                768,
+            ),
+        ),
+        Preset(
+            "sam2.1-tiny", "sam2", "facebook/sam2.1-hiera-tiny", 38_900_000,
+            _sam2(96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7]),
+        ),
+        Preset(
+            "sam2.1-large", "sam2", "facebook/sam2.1-hiera-large", 224_400_000,
+            _sam2(144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8]),
+        ),
     )
 }
 
@@ -127,9 +194,13 @@ def get_preset(name: str) -> Preset:
 
 
 def _model_class(kind: str) -> Any:
-    from transformers import GroundingDinoForObjectDetection, Sam3Model, SamModel
+    from transformers import GroundingDinoForObjectDetection, Owlv2ForObjectDetection, Sam2Model, Sam3Model, SamModel
 
-    return {"grounding-dino": GroundingDinoForObjectDetection, "sam3": Sam3Model}.get(kind, SamModel)
+    classes = {
+        "grounding-dino": GroundingDinoForObjectDetection, "sam3": Sam3Model, "owlv2": Owlv2ForObjectDetection,
+        "sam2": Sam2Model,
+    }
+    return classes.get(kind, SamModel)
 
 
 def count_parameters(name: str) -> int:
@@ -170,13 +241,32 @@ class Sam3ProcessorFiles:
         (Path(out) / "processor_config.json").write_text(json.dumps(sam3_processor_config(1008, 1008), indent=2))
 
 
-CLIP_VOCAB_SIZE = 49408
+def stand_in_clip_tokenizer() -> Any:
+    """A CLIP tokenizer of the real vocabulary size and start/end ids (see the module docstring)."""
+    from transformers import CLIPTokenizer
+
+    from iapas.testing.tiny import _clip_vocab_and_merges
+
+    small, merges = _clip_vocab_and_merges(TINY_WORDS)
+    words = [t for t in small if t not in ("<|startoftext|>", "<|endoftext|>")]
+    vocab = {t: i for i, t in enumerate(words)}
+    vocab.update({f"<|unused{i}|>": i for i in range(len(words), CLIP_VOCAB_SIZE - 2)})
+    vocab.update({"<|startoftext|>": CLIP_VOCAB_SIZE - 2, "<|endoftext|>": CLIP_VOCAB_SIZE - 1})
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
 
 
-def make_processor(kind: str) -> Any:
-    """The hub processor of a preset kind (``grounding-dino``, ``sam`` or ``sam3``), built offline."""
+def make_processor(kind: str, image_size: int = 960) -> Any:
+    """The hub processor of a preset kind (``grounding-dino``, ``sam``, ``sam3`` or ``owlv2`` at
+    ``image_size``), built offline. SAM 2's is written as files: see
+    :func:`iapas.testing.tiny.write_sam2_preprocessing`."""
     if kind == "sam3":
         return Sam3ProcessorFiles()
+    if kind == "owlv2":
+        from transformers import Owlv2Processor
+        from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+        image_processor = Owlv2ImageProcessorPil(size={"height": image_size, "width": image_size})
+        return Owlv2Processor(image_processor=image_processor, tokenizer=stand_in_clip_tokenizer())
     if kind == "grounding-dino":
         from transformers import BertTokenizer, GroundingDinoProcessor
         from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
@@ -200,9 +290,17 @@ def make_random_model(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = _model_class(preset.kind)(preset.config()).eval()
+    config = preset.config()
+    model = _model_class(preset.kind)(config).eval()
     model.save_pretrained(out)
-    make_processor(preset.kind).save_pretrained(out)
+    if preset.kind == "sam2":
+        from iapas.testing.tiny import write_sam2_preprocessing
+
+        write_sam2_preprocessing(out, image_size=1024)
+    elif preset.kind == "owlv2":
+        make_processor(preset.kind, image_size=int(config.vision_config.image_size)).save_pretrained(out)
+    else:
+        make_processor(preset.kind).save_pretrained(out)
     logger.info("wrote random-weight %s (%s's architecture) to %s", name, preset.hub_id, out)
     return out
 

@@ -1,7 +1,8 @@
-"""Builders for tiny Grounding DINO, SAM and SAM 3 folders (see :mod:`iapas.testing`)."""
+"""Builders for tiny Grounding DINO, SAM, SAM 3, OWLv2 and SAM 2 folders (see :mod:`iapas.testing`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import string
 from pathlib import Path
@@ -244,6 +245,141 @@ def make_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) ->
     return out
 
 
+def _clip_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP byte-pair vocabulary: letters, digits and punctuation (plain and word-final
+    ``</w>``), each of ``words`` as a whole token through a chain of merges, and start/end tokens
+    last (the end token has the highest id: CLIP pools the text at it)."""
+    chars = string.ascii_lowercase + string.digits + "-'.,"
+    vocab: dict[str, int] = {}
+    for c in [*chars, *(c + "</w>" for c in chars)]:
+        vocab.setdefault(c, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            if (left, right) not in merges:
+                merges.append((left, right))
+            left += right
+            vocab.setdefault(left, len(vocab))
+    vocab.setdefault("<|startoftext|>", len(vocab))
+    vocab.setdefault("<|endoftext|>", len(vocab))
+    return vocab, merges
+
+
+def make_tiny_owlv2(out_dir: str | Path, seed: int = 0, image_size: int = 96) -> Path:
+    """Write a tiny random ``Owlv2ForObjectDetection`` with its ``Owlv2Processor`` (a CLIP
+    tokenizer that knows :data:`TINY_WORDS`, 16 tokens per query as the hub models; the PIL
+    image processor padding to a square and resizing to ``image_size``, 16 px patches) to
+    ``out_dir``."""
+    import torch
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers.models.owlv2.configuration_owlv2 import Owlv2TextConfig, Owlv2VisionConfig
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = _clip_vocab_and_merges(TINY_WORDS)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    text = Owlv2TextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=0,
+    )
+    vision = Owlv2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=image_size,
+        patch_size=16,
+    )
+    # the class head compares projected text (projection_dim) with patches mapped to the text width
+    config = Owlv2Config(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=32)
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    image_processor = Owlv2ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.info("wrote tiny %s to %s", config.model_type, out)
+    return out
+
+
+def write_sam2_preprocessing(out_dir: str | Path, image_size: int = 1024) -> None:
+    """Write the ``preprocessor_config.json`` and ``processor_config.json`` a SAM 2 hub folder
+    has (``Sam2ImageProcessor`` needs torchvision to be built, so they are written directly:
+    square resize to ``image_size``, ImageNet mean and std)."""
+    out = Path(out_dir)
+    image = {
+        "image_processor_type": "Sam2ImageProcessor",
+        "processor_class": "Sam2Processor",
+        "size": {"height": image_size, "width": image_size},
+        "mask_size": {"height": 256, "width": 256},
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+        "rescale_factor": 1 / 255,
+        "resample": 2,
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
+    processor = {"processor_class": "Sam2Processor", "point_pad_value": -10, "target_size": image_size}
+    (out / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def make_tiny_sam2(out_dir: str | Path, seed: int = 0, image_size: int = 256, video: bool = False) -> Path:
+    """Write a tiny random ``Sam2Model`` (a 4-stage Hiera of 5 blocks, 32-wide FPN, prompt encoder
+    and mask decoder) with its preprocessing files to ``out_dir``; with ``video``, the same as a
+    ``Sam2VideoModel`` (model type ``sam2_video``, as the hub's SAM 2.1 checkpoints are saved)."""
+    import torch
+    from transformers import Sam2Config, Sam2Model, Sam2VideoConfig, Sam2VideoModel
+    from transformers.models.sam2.configuration_sam2 import (
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s = image_size
+    backbone = Sam2HieraDetConfig(
+        hidden_size=16, image_size=[s, s], blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 2, 2], window_size_per_stage=[8, 4, 4, 2],
+        global_attention_blocks=[3],  # not a stage's first block (those pool queries by the window)
+        window_positional_embedding_background_size=[4, 4],
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=backbone.to_dict(), backbone_channel_list=[128, 64, 32, 16],
+        backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]], fpn_hidden_size=32,
+    )
+    prompt = Sam2PromptEncoderConfig(hidden_size=32, image_size=s, patch_size=16)
+    decoder = Sam2MaskDecoderConfig(
+        hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=32
+    )
+    parts = {
+        "vision_config": vision.to_dict(),
+        "prompt_encoder_config": prompt.to_dict(),
+        "mask_decoder_config": decoder.to_dict(),
+    }
+    if video:
+        config = Sam2VideoConfig(
+            **parts, memory_attention_hidden_size=32, memory_attention_num_layers=1,
+            memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[s // 16, s // 16],
+            memory_encoder_hidden_size=32, memory_encoder_output_channels=16, mask_downsampler_embed_dim=32,
+            memory_fuser_num_layers=1, memory_fuser_embed_dim=32, memory_fuser_intermediate_dim=64,
+        )
+        model_class: type = Sam2VideoModel
+    else:
+        config = Sam2Config(**parts)
+        model_class = Sam2Model
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.save_pretrained(out)
+    write_sam2_preprocessing(out, image_size=s)
+    logger.info("wrote tiny %s to %s", config.model_type, out)
+    return out
+
+
 def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge: int = 800) -> dict[str, Path]:
     """Write every tiny model iapas uses under ``out_dir``; returns name -> folder."""
     out = Path(out_dir)
@@ -255,6 +391,8 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge:
         "sam": make_tiny_sam(out / "sam", seed=seed),
         "sam-hq": make_tiny_sam(out / "sam-hq", seed=seed, hq=True),
         "sam3": make_tiny_sam3(out / "sam3", seed=seed),
+        "owlv2": make_tiny_owlv2(out / "owlv2", seed=seed),
+        "sam2": make_tiny_sam2(out / "sam2", seed=seed),
     }
     try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present
         from iapas.testing import stage1
