@@ -111,7 +111,7 @@ def test_owlv2_refuses_a_phrase_longer_than_its_query_window(owl: Owlv2Detector)
 
     check_caption_length(many_short, owl.name)  # the pre-load check counts Grounding DINO's window only
     check_caption_length(" . ".join(["crack"] * 300), owl.name)  # 900 tokens: no limit on the whole caption
-    pipe = Pipeline(owl, None, PipelineConfig(mode="base", base_caption="xqzjvxqzjvxqzjv ."))  # type: ignore[arg-type]
+    pipe = Pipeline(owl, object(), PipelineConfig(mode="base", base_caption="xqzjvxqzjvxqzjv ."))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="per query"):
         pipe.check(None)
 
