@@ -17,7 +17,7 @@ import numpy as np
 
 GOLDEN = Path(__file__).parent / "data" / "engine_golden.json"
 PICKS = {"MT_Crack": 2, "MT_Blowhole": 2, "MT_Free": 2}
-VOLATILE = {"timings", "seconds", "metrics_seconds", "created", "iapas_version"}
+VOLATILE = {"timings", "seconds", "metrics_seconds", "created", "iapas_version", "date"}
 
 
 def versions() -> dict[str, str]:
@@ -83,11 +83,12 @@ def _clean(value: Any, roots: dict[str, str]) -> Any:
     return value
 
 
-def digest(out: Path, mtd: Path) -> dict[str, Any]:
+def digest(out: Path, mtd: Path, models: Path) -> dict[str, Any]:
     """Every file under ``out`` (but profiles): PNGs by sha256 of their bytes, npz by sha256 of
     their arrays' bytes (zip entries carry the time of writing), JSON lines and JSON files as
-    data without timings; absolute paths of the data and ``out`` replaced by names."""
-    roots = {str(mtd.resolve()): "<MTD>", str(mtd): "<MTD>", str(out.resolve()): "<OUT>", str(out): "<OUT>"}
+    data without timings; absolute paths of the data, the models' folder and ``out`` replaced by names."""
+    roots = {str(mtd.resolve()): "<MTD>", str(mtd): "<MTD>", str(out.resolve()): "<OUT>", str(out): "<OUT>",
+             str(models.resolve()): "<MODELS>", str(models): "<MODELS>"}
     files: dict[str, Any] = {}
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         rel = path.relative_to(out).as_posix()
@@ -102,12 +103,14 @@ def digest(out: Path, mtd: Path) -> dict[str, Any]:
             files[rel] = [_clean(json.loads(line), roots) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         elif path.suffix == ".json":
             files[rel] = _clean(json.loads(path.read_text(encoding="utf-8")), roots)
+        elif path.suffix in (".md", ".csv"):
+            files[rel] = [line for line in _clean(path.read_text(encoding="utf-8"), roots).splitlines() if "run started" not in line]
         else:
             files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return files
 
 
-if __name__ == "__main__":  # capture: python -m tests.engine_golden MODELS_DIR OUT_DIR
+if __name__ == "__main__":  # capture: python -m tests.engine_golden MODELS_DIR OUT_DIR [--digest-only]
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,7 +119,8 @@ if __name__ == "__main__":  # capture: python -m tests.engine_golden MODELS_DIR 
     models_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     models = make_tiny_models(models_dir, detector_shortest_edge=320)
     mtd = Path(__file__).resolve().parents[2] / "shared" / "data" / "MTD"
-    run_scenario(models, mtd, out_dir)
+    if "--digest-only" not in sys.argv:
+        run_scenario(models, mtd, out_dir)
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    GOLDEN.write_text(json.dumps({"versions": versions(), "files": digest(out_dir, mtd)}, indent=1, sort_keys=True) + "\n")
+    GOLDEN.write_text(json.dumps({"versions": versions(), "files": digest(out_dir, mtd, models_dir)}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
