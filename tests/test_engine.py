@@ -59,6 +59,7 @@ def reaches(module: str, banned: tuple[str, ...]) -> list[str]:
         ("iapas.engine.core", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
         ("iapas.engine.local", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
         ("iapas.engine.log", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
+        ("iapas.engine.ray_executor", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
         ("iapas.runner", ("iapas.evaluation", "iapas.cli", "iapas.report")),
         ("iapas.evaluation.core", ("iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run", "iapas.cli")),
         ("iapas.evaluation.settings", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
@@ -100,3 +101,18 @@ def test_no_import_cycle_among_engine_runner_evaluation_and_report():
         if m not in state:
             visit(m, [m])
     assert {"iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report"} <= modules
+
+
+def test_engine_ray_without_ray_installed_says_install_the_extra_and_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from iapas.cli import app
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray -> ImportError
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    result = CliRunner().invoke(app, ["segment", str(image), "--mode", "base", "--out", str(tmp_path / "out"), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert "install iapas[ray]" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was written
