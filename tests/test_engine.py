@@ -116,3 +116,19 @@ def test_engine_ray_without_ray_installed_says_install_the_extra_and_exits_2(mon
     assert "install iapas[ray]" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_jobs_travel_to_workers_with_the_profile_and_decision_as_plain_dicts(tmp_path: Path):
+    import pickle
+
+    from iapas.decision import Decision
+    from iapas.profile import Profile
+    from iapas.runner import SegmentJob
+
+    profile = Profile.from_prompts("bottle", "bottle", ["scratch"])
+    job = SegmentJob(tmp_path, 0.4, True, profile, Decision(threshold=0.4, min_defect_area=20))
+    state = job.__getstate__()
+    assert state["stage2_profile"][1] == profile.to_dict() and isinstance(state["decision"][1], dict)
+    back = pickle.loads(pickle.dumps(job))
+    assert back.profile.to_dict() == profile.to_dict() and back.profile.caption == profile.caption
+    assert back.decision.to_dict() == job.decision.to_dict() and back.out_dir == tmp_path and back.threshold == 0.4

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from iapas.decision import Decision, ImageDecision
-from iapas.engine import Executor, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, prefetch_images, run_items
+from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, prefetch_images, run_items
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -131,34 +131,18 @@ def precision_signature(pipeline: Pipeline) -> dict[str, str | None]:
 
 
 @dataclass
-class SegmentJob:
+class SegmentJob(PlainJob):
     """What ``segment`` writes per image (:class:`iapas.engine.Job`): ``maps/``, ``masks/``,
     ``overlays/`` PNGs and a :func:`result_record` line. Pickles with the profile and the
     decision as plain dicts (for Ray workers)."""
+
+    plain_fields = ("stage2_profile", "decision")
 
     out_dir: Path
     threshold: float
     overlay: bool = True
     stage2_profile: Profile | None = None
     decision: Decision | None = None
-
-    @property
-    def profile(self) -> Profile | None:
-        return self.stage2_profile
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["stage2_profile"] = self.stage2_profile.to_dict() if self.stage2_profile is not None else None
-        state["decision"] = self.decision.to_dict() if self.decision is not None else None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        if state["stage2_profile"] is not None:
-            state["stage2_profile"] = Profile.from_dict(state["stage2_profile"])
-        if state["decision"] is not None:
-            state["decision"] = Decision.from_dict(state["decision"])
-        self.__dict__.update(state)
 
     def prepare(self, item: WorkItem, image: LoadedImage) -> None:
         return None

@@ -1,7 +1,7 @@
 """The run engine: one run over work items for ``segment`` and ``evaluate`` (see :mod:`.core`),
 with executors :mod:`.local` (threads) and :mod:`.ray` (Ray Data, the ``iapas[ray]`` extra)."""
 
-from iapas.engine.base import EngineError, Executor, ItemError, Job, RunSummary, Sink, WorkItem
+from iapas.engine.base import EngineError, Executor, ItemError, Job, PlainJob, RunSummary, Sink, WorkItem
 from iapas.engine.core import run_items
 from iapas.engine.local import LocalExecutor, prefetch_images
 from iapas.engine.log import ResultsLog, RunConflictError, check_signature
@@ -12,6 +12,7 @@ __all__ = [
     "ItemError",
     "Job",
     "LocalExecutor",
+    "PlainJob",
     "ResultsLog",
     "RunConflictError",
     "RunSummary",

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from iapas.engine.log import ResultsLog
 from iapas.io import LoadedImage, show_path
@@ -48,6 +48,34 @@ class EngineError(RuntimeError):
 
 class ItemError(Exception):
     """This image cannot be run (e.g. its ground-truth mask does not fit): recorded as failed."""
+
+
+class PlainJob:
+    """A job base (a dataclass with a ``stage2_profile`` field) that pickles the fields named in
+    ``plain_fields`` (objects with ``to_dict`` and a ``from_dict`` classmethod, such as
+    :class:`~iapas.profile.Profile`) as plain dicts, so they travel to Ray workers as data."""
+
+    plain_fields: ClassVar[tuple[str, ...]] = ("stage2_profile",)
+    stage2_profile: Profile | None
+
+    @property
+    def profile(self) -> Profile | None:
+        return self.stage2_profile
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self.plain_fields:
+            value = state[name]
+            state[name] = None if value is None else (type(value), value.to_dict())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name in self.plain_fields:
+            if state[name] is not None:
+                kind, data = state[name]
+                state[name] = kind.from_dict(data)
+        self.__dict__.update(state)
 
 
 class Job(Protocol):

@@ -42,7 +42,7 @@ import numpy as np
 
 from iapas import __version__
 from iapas.data import Category, DatasetBase, MaskError, get_dataset, sample_mask
-from iapas.engine import Executor, ItemError, ResultsLog, RunConflictError, WorkItem, run_items
+from iapas.engine import Executor, ItemError, PlainJob, ResultsLog, RunConflictError, WorkItem, run_items
 from iapas.evaluation.decisions import calibration_category, raw_scores, threshold_evidence
 from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importable from here as before)
     MAPS_DIR,
@@ -114,7 +114,7 @@ __all__ = [
 
 
 @dataclass
-class EvaluateJob:
+class EvaluateJob(PlainJob):
     """What ``evaluate`` writes per test image (:class:`iapas.engine.Job`): the 400x400 map and
     mask in ``maps/CATEGORY/KEY.npz`` and a :func:`prediction_record` line. Items' context is
     their :class:`~iapas.data.Sample`; the ground-truth mask is loaded beside the image. Pickles
@@ -124,21 +124,6 @@ class EvaluateJob:
     category: str
     settings: EvalSettings
     stage2_profile: Profile | None = None
-
-    @property
-    def profile(self) -> Profile | None:
-        return self.stage2_profile
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["stage2_profile"] = self.stage2_profile.to_dict() if self.stage2_profile is not None else None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        if state["stage2_profile"] is not None:
-            state["stage2_profile"] = Profile.from_dict(state["stage2_profile"])
-        self.__dict__.update(state)
 
     def prepare(self, item: WorkItem, image: LoadedImage) -> np.ndarray:
         try:
