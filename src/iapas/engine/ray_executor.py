@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "--engine ray needs Ray: install iapas[ray] (pip install 'iapas[ray]')"
 KILL_AT_BATCH = "IAPAS_TEST_KILL_ACTOR_AT_BATCH"  # fault switch for tests: an actor dies on its k-th batch
 KILL_MARKER = "IAPAS_TEST_KILL_MARKER"  # ... once: the file it creates tells its restarted self not to
+MAX_BLOCKS_PER_WORKER = 256  # beyond that, groups share blocks (Ray Data's per-block cost)
 MAX_RESTARTS = 4  # per actor; a group is retried as often (a group that kills every actor fails the run)
 
 
@@ -130,6 +132,13 @@ class Stage2Actor:
         return out
 
 
+def _cause(exc: BaseException) -> str:
+    """The line of a Ray error that says what went wrong (Ray wraps it in pages of advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+    return (errors or lines or [type(exc).__name__])[-1]
+
+
 class RayExecutor:
     """Ray Data: decode on CPUs, stage 2 on an actor pool, records appended by the driver."""
 
@@ -175,13 +184,16 @@ class RayExecutor:
                     for key in ("dtype", "device")}
         if config.get("device") == "auto":  # the workers resolve it on their own machine
             expected.pop("device")
-        ds = ray.data.from_items([{"items": g} for g in groups], override_num_blocks=max(1, min(len(groups), 4 * opts.workers)))
+        # one block per group (up to a bound): records reach the driver, the progress bar and the
+        # results log as each batch finishes, not a block of batches at a time
+        blocks = max(1, min(len(groups), MAX_BLOCKS_PER_WORKER * opts.workers))
+        ds = ray.data.from_items([{"items": g} for g in groups], override_num_blocks=blocks)
         ds = ds.map(_decode_group, fn_kwargs={"job": job_bytes, "max_pixels": max_pixels}, num_cpus=opts.decode_cpus)
         stage2 = dict(
             fn_constructor_kwargs={"config": config, "job": job_bytes, "expected": expected, "fault": fault},
             batch_size=1,  # one row is one group: one model batch
             batch_format="numpy",
-            concurrency=opts.workers,
+            compute=ray.data.ActorPoolStrategy(size=opts.workers),
             num_cpus=opts.cpus_per_worker,
             num_gpus=gpus,
         )
@@ -203,8 +215,7 @@ class RayExecutor:
         except (KeyboardInterrupt, EngineError):
             raise
         except Exception as exc:  # a group that failed every retry, a lost cluster: the records so far stay
-            message = str(exc).strip().splitlines()
-            raise EngineError(f"the Ray run failed: {message[-1] if message else type(exc).__name__}") from exc
+            raise EngineError(f"the Ray run failed: {_cause(exc)}") from exc
         finally:
             close = getattr(rows, "close", None)
             if close is not None:
