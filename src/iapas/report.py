@@ -29,7 +29,7 @@ import numpy as np
 from iapas.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from iapas.evaluation.core import CategoryResult, DatasetResult
+    from iapas.evaluation.results import CategoryResult, DatasetResult
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def gallery_panels(
     """
     from PIL import Image
 
-    from iapas.evaluation.core import evaluated_map, load_map_file
+    from iapas.evaluation.predictions import evaluated_map, load_map_file
     from iapas.io import ImageReadError, read_image
     from iapas.outputs import render_overlay
     from iapas.types import SegmentationResult
@@ -233,7 +233,7 @@ def _gallery_item(out_dir: Path, record: Mapping[str, Any], hi: float, size: int
 
 
 def _metrics_table(result: DatasetResult) -> str:
-    from iapas.evaluation.core import METRIC_COLUMNS
+    from iapas.evaluation.results import METRIC_COLUMNS
     from iapas.evaluation.tables import metric_rows, pct
 
     head = "".join(f"<th>{_esc(label)}</th>" for _, label in METRIC_COLUMNS)

@@ -1,4 +1,5 @@
-"""Running stage 2 over many files: batching, prefetching, outputs, resumable results.jsonl.
+"""``segment``'s run: what each image writes, resumable results.jsonl; the run itself (batching,
+prefetching, failures, the one writer) is :mod:`iapas.engine`'s.
 
 ``results.jsonl`` is append-only during a run: one line per finished image, flushed and synced
 as soon as that image's files are in place (a background thread writes them while the models
@@ -18,25 +19,19 @@ import json
 import logging
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
 from iapas.decision import Decision, ImageDecision
+from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, prefetch_images, run_items
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
-    ImageReadError,
     LoadedImage,
     atomic_write_text,
     clean_stale_temp_files,
     file_stamp,
-    read_image,
-    show_path,
 )
 from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
@@ -44,84 +39,16 @@ from iapas.profile import Profile
 from iapas.storage import is_disk_full, stop_reason
 from iapas.types import SegmentationResult
 
+__all__ = [  # ResultsLog, RunConflictError, RunSummary, prefetch_images: from iapas.engine, importable here as before
+    "RESULTS_FILE", "RUN_FILE", "ResultsLog", "RunConflictError", "RunSummary", "SegmentJob", "assign_keys", "is_done",
+    "match_finished", "precision_signature", "prefetch_images", "result_record", "run_segmentation", "run_signature",
+    "same_decision", "source_stamp",
+]
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
-
-
-class RunConflictError(RuntimeError):
-    """The output folder holds a run made with other settings."""
-
-
-class ResultsLog:
-    """An append-only JSON-lines log of per-image records, keyed by ``record['key']``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tail_checked = False
-
-    def _repair_tail(self) -> None:
-        """End the file with a newline, so that a line torn by a killed writer is not glued to
-        the next record (which would then be lost as well)."""
-        self._tail_checked = True
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb+") as fh:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-
-    def read(self) -> dict[str, dict[str, Any]]:
-        """The last record per key; a torn last line (a killed writer) is ignored."""
-        records: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
-            return records
-        with open(self.path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    logger.warning("%s:%d: ignoring an incomplete line (an interrupted write)", self.path, number)
-                    continue
-                if isinstance(record, dict) and "key" in record:
-                    records.pop(record["key"], None)  # keep file order = order of the latest record
-                    records[record["key"]] = record
-        return records
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._tail_checked:
-            self._repair_tail()
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: nothing left to flush later
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            except OSError:  # e.g. disk full: leave no torn line behind (truncating needs no space)
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
-
-    def compact(self, order: Sequence[str] | None = None) -> None:
-        """Rewrite with one line per key (the latest), in ``order`` when given."""
-        records = self.read()
-        keys = [k for k in order if k in records] if order is not None else []
-        seen = set(keys)
-        keys += [k for k in records if k not in seen]
-        text = "".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in keys)
-        atomic_write_text(self.path, text)
 
 
 def assign_keys(paths: Sequence[Path], roots: Sequence[Path] | None = None) -> list[str]:
@@ -174,23 +101,6 @@ def _key_at(path: str, base: str, level: int) -> str | None:
     return str(relative if level % 2 else relative.with_suffix(""))
 
 
-@dataclass
-class RunSummary:
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    interrupted: bool = False
-    scores: list[tuple[str, float]] = field(default_factory=list)
-    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.storage
-    not_run: int = 0  # images left for a resumed run after a stop
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.interrupted and self.stopped is None
-
-
 def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]:
     cfg = pipeline.config
     return {
@@ -220,28 +130,35 @@ def precision_signature(pipeline: Pipeline) -> dict[str, str | None]:
     return {key: None if value is None else str(value) for key, value in values.items()}
 
 
-def prefetch_images(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:
-    """Decode images in a background thread, ``ahead`` files in front of the consumer."""
+@dataclass
+class SegmentJob(PlainJob):
+    """What ``segment`` writes per image (:class:`iapas.engine.Job`): ``maps/``, ``masks/``,
+    ``overlays/`` PNGs and a :func:`result_record` line. Pickles with the profile and the
+    decision as plain dicts (for Ray workers)."""
 
-    def load(p: Path) -> LoadedImage | ImageReadError:
-        try:
-            return read_image(p, max_pixels=max_pixels)
-        except ImageReadError as exc:
-            return exc
+    plain_fields = ("stage2_profile", "decision")
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iapas-read") as pool:
-        queue: list[tuple[Path, Future[LoadedImage | ImageReadError]]] = []
-        it = iter(paths)
-        for p in it:
-            queue.append((p, pool.submit(load, p)))
-            if len(queue) > ahead:
-                break
-        while queue:
-            p, fut = queue.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append((nxt, pool.submit(load, nxt)))
-            yield p, fut.result()
+    out_dir: Path
+    threshold: float
+    overlay: bool = True
+    stage2_profile: Profile | None = None
+    decision: Decision | None = None
+
+    def prepare(self, item: WorkItem, image: LoadedImage) -> None:
+        return None
+
+    def write(self, item: WorkItem, image: LoadedImage, result: SegmentationResult, prepared: Any) -> dict[str, Any]:
+        verdict = self.decision.decide(result.anomaly_map) if self.decision is not None else None
+        outputs = write_image_outputs(self.out_dir, item.key, image.rgb, result, self.threshold, overlay=self.overlay, verdict=verdict)
+        return result_record(item.key, image, result, outputs, self.threshold, verdict)
+
+    def failure_record(self, item: WorkItem, message: str) -> dict[str, Any]:
+        return {"key": item.key, **source_stamp(item.path), "status": "failed", "error": message}
+
+    def cleanup(self, item: WorkItem) -> None:
+        for folder in ("maps", "masks", "overlays"):
+            with contextlib.suppress(OSError):
+                (self.out_dir / folder / f"{item.key}.png").unlink(missing_ok=True)
 
 
 def run_segmentation(
@@ -258,6 +175,7 @@ def run_segmentation(
     on_image: Callable[[str, str], None] | None = None,
     roots: Sequence[Path] | None = None,
     decision: Decision | None = None,
+    executor: Executor | None = None,
 ) -> RunSummary:
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
@@ -270,7 +188,8 @@ def run_segmentation(
     ``decision``: decide OK/NG on every image (the record's ``decision`` fields, the decision
     mask in masks/, the verdict on the overlay); ``threshold`` is then ``decision.threshold``.
     Without, ``decision`` is null and the mask is the map >= ``threshold``. The profile's own
-    decision section is not used here: pass it as ``decision``.
+    decision section is not used here: pass it as ``decision``. ``executor``: where the images
+    run (:mod:`iapas.engine`; default: this machine's threads).
     """
     if decision is not None:
         threshold = decision.threshold
@@ -286,20 +205,9 @@ def run_segmentation(
     clean_stale_temp_files(out_dir)  # half-written files of a killed run (outputs, results.jsonl, run.json)
     if restart and log.path.exists():
         log.path.unlink()
-    if run_file.exists() and log.path.exists():
-        try:
-            previous = json.loads(run_file.read_text()).get("signature")
-        except ValueError:
-            previous = None
-        if previous is not None and previous != signature:
-            changed = sorted(k for k in signature if previous.get(k) != signature[k])
-            raise RunConflictError(
-                f"{out_dir} holds results made with other settings ({', '.join(changed)}); "
-                "use another --out folder, or --restart to discard them"
-            )
+    check_signature(run_file, log, signature, out_dir)
     from iapas import __version__
 
-    summary = RunSummary(total=len(paths))
     try:
         atomic_write_text(
             run_file,
@@ -315,6 +223,7 @@ def run_segmentation(
         if not is_disk_full(exc):
             raise
         logger.error("%s: cannot write: %s", run_file, exc)
+        summary = RunSummary(total=len(paths))
         summary.stopped, summary.not_run = stop_reason(exc), len(paths)
         return summary
     keys = assign_keys(paths, roots)
@@ -322,135 +231,14 @@ def run_segmentation(
         k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay).items()
         if same_decision(r, decision)  # a record decided otherwise is segmented again
     }
-    started = time.perf_counter()
-
-    todo: list[tuple[Path, str]] = []
-    for p, key in zip(paths, keys):
-        rec = finished.get(key)
-        if rec is not None:
-            summary.skipped += 1
-            summary.scores.append((key, float(rec.get("image_score", 0.0))))
-        else:
-            todo.append((p, key))
-    if summary.skipped:
-        logger.info("resuming: %d of %d image(s) already done in %s", summary.skipped, len(paths), out_dir)
-    if on_image:
-        for key, _ in summary.scores:
-            on_image(key, "skipped")
-    key_of = {p: k for p, k in todo}
-
-    # Outputs and log lines are written by one background thread, in order, while the models
-    # work on the next batch; a log line is appended only after that image's files are in place.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iapas-write")
-    pending: list[Future[None]] = []
-
-    def submit(job: Callable[[], None]) -> None:
-        pending.append(writer.submit(job))
-        while len(pending) > 2 * batch_size + 2:  # bound the memory held by queued results
-            pending.pop(0).result()
-
-    def stop(path: Path, exc: OSError, unfinished: bool = True) -> None:
-        """The disk is full: remove this image's partial outputs; the run starts no new image.
-        ``unfinished``: count the image among those a resumed run will do."""
-        for folder in ("maps", "masks", "overlays"):
-            with contextlib.suppress(OSError):
-                (out_dir / folder / f"{key_of[path]}.png").unlink(missing_ok=True)
-        if summary.stopped is None:
-            logger.error("%s: cannot write: %s; stopping (finished images are saved)", path, exc)
-            summary.stopped = stop_reason(exc)
-        summary.not_run += int(unfinished)
-
-    def record_failure(path: Path, key: str, message: str) -> None:
-        logger.error("%s", message)
-
-        def job() -> None:
-            summary.failed.append((str(path), message))
-            try:
-                log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                stop(path, exc, unfinished=False)  # counted as failed: it fails again when resumed
-            if on_image:
-                on_image(key, "failed")
-
-        submit(job)
-
-    def write_result(path: Path, image: LoadedImage, result: SegmentationResult) -> None:
-        key = key_of[path]
-        if summary.stopped is not None:  # the disk is full: leave it for the resumed run
-            summary.not_run += 1
-            return
-        try:
-            verdict = decision.decide(result.anomaly_map) if decision is not None else None
-            outputs = write_image_outputs(out_dir, key, image.rgb, result, threshold, overlay=overlay, verdict=verdict)
-        except OSError as exc:
-            if is_disk_full(exc):
-                stop(path, exc)
-                return
-            message = f"{show_path(path)}: cannot write outputs: {exc}"  # this image failed, the run goes on
-            logger.error("%s", message)
-            log.append({"key": key, **source_stamp(path), "status": "failed", "error": message})
-            summary.failed.append((str(path), message))
-            if on_image:
-                on_image(key, "failed")
-            return
-        try:
-            log.append(result_record(key, image, result, outputs, threshold, verdict))
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            stop(path, exc)  # no record: its outputs would be orphans
-            return
-        summary.done += 1
-        summary.scores.append((key, result.image_score))
-        if on_image:
-            on_image(key, "ok")
-
-    batch: list[tuple[Path, LoadedImage]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        items = list(batch)
-        batch.clear()
-        try:
-            results = pipeline.run([im.rgb for _, im in items], profile)
-        except (RuntimeError, ValueError) as exc:  # e.g. out of memory: fail these, go on with the rest
-            for path, _ in items:
-                record_failure(path, key_of[path], f"{show_path(path)}: model failure: {exc}")
-            return
-        for (path, image), result in zip(items, results):
-            # the writer needs the map and the boxes, not the per-box masks (N x H x W): free them now
-            result = dataclasses.replace(result, masks=np.zeros((0, *result.anomaly_map.shape), dtype=bool))
-            submit(lambda path=path, image=image, result=result: write_result(path, image, result))
-
-    scheduled = 0
-    try:
-        try:
-            for path, loaded in prefetch_images([p for p, _ in todo], max_pixels, ahead=max(2, 2 * batch_size)):
-                if summary.stopped is not None:
-                    break
-                scheduled += 1
-                if isinstance(loaded, ImageReadError):
-                    record_failure(path, key_of[path], str(loaded))
-                    continue
-                batch.append((path, loaded))
-                if len(batch) >= batch_size:
-                    flush()
-            if summary.stopped is None:
-                flush()
-        finally:  # finished images are written out even when interrupted
-            writer.shutdown(wait=True)
-            for fut in pending:
-                fut.result()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        logger.warning("interrupted: finished images are saved; run the same command again to resume")
-    summary.seconds = time.perf_counter() - started
-    if summary.stopped is not None:
-        summary.not_run += len(todo) - scheduled - len(batch)  # never started (the batch: never run)
-    elif not summary.interrupted:
+    if finished:
+        logger.info("resuming: %d of %d image(s) already done in %s", len(finished), len(paths), out_dir)
+    job = SegmentJob(out_dir, threshold, overlay, profile, decision)
+    summary = run_items(
+        [WorkItem(key, Path(p)) for p, key in zip(paths, keys)], pipeline, job, log, finished=finished,
+        executor=executor, batch_size=batch_size, max_pixels=max_pixels, on_image=on_image,
+    )
+    if summary.stopped is None and not summary.interrupted:
         log.compact(order=keys)  # (a full disk could not take the rewrite)
     return summary
 

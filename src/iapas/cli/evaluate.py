@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_stopped, setup_logging
+from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
 from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
@@ -321,6 +322,7 @@ def print_summary(result: Any) -> None:
 def _run_guarded(fn: Any) -> Any:
     """Run ``fn``; map the library's errors to one-line messages and exit codes."""
     from iapas.data import DatasetError
+    from iapas.engine import EngineError
     from iapas.evaluation import RunConflictError
     from iapas.models.loading import ModelLoadError
     from iapas.profile import ProfileError
@@ -333,7 +335,7 @@ def _run_guarded(fn: Any) -> Any:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished images are saved; run the same command again to resume")
         raise typer.Exit(130) from None
-    except (RunConflictError, DatasetError, ModelLoadError, TaggerError, LLMError, KnowledgeError, ProfileError) as exc:
+    except (RunConflictError, DatasetError, ModelLoadError, TaggerError, LLMError, KnowledgeError, ProfileError, EngineError) as exc:
         raise fail(str(exc)) from None
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -409,6 +411,11 @@ def evaluate_cmd(
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
+    engine: str = EngineOpt,
+    ray_address: str = RayAddressOpt,
+    workers: int = WorkersOpt,
+    gpus_per_worker: float = GpusPerWorkerOpt,
+    cpus_per_worker: float = CpusPerWorkerOpt,
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -423,6 +430,7 @@ def evaluate_cmd(
     maps/ (float32 .npz) and a self-contained report.html. Each category's OK/NG threshold is
     calibrated on held-out normal images (--calibration-images, --false-alarm-rate); the tables
     give the false-alarm rate it has on the normal test images, the detection rate and the counts.
+    --engine ray runs stage 2 on a Ray Data pool of workers (stage 1 stays on this machine).
 
     Example, offline with tiny models:
     iapas evaluate --dataset mtd --root data/MTD --out runs/mtd --detector tiny-models/grounding-dino
@@ -431,6 +439,7 @@ def evaluate_cmd(
     setup_logging(verbose, quiet)
     from iapas.evaluation import evaluate_dataset
 
+    executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
         n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
@@ -470,7 +479,7 @@ def evaluate_cmd(
         result = _run_guarded(
             lambda: evaluate_dataset(
                 loader, None, out, pipeline, settings, stage1=stage1, categories=_split(categories) or None,
-                profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(),
+                profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(), executor=executor,
             )
         )
     print_summary(result)

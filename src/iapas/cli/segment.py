@@ -10,6 +10,7 @@ import typer
 from iapas.cli.common import (
     QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, print_stopped, setup_logging,
 )
+from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.registry import help_table
@@ -57,6 +58,11 @@ def segment_cmd(
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write colour overlays with the boxes."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (decompression-bomb guard)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the results already in --out instead of resuming."),
+    engine: str = EngineOpt,
+    ray_address: str = RayAddressOpt,
+    workers: int = WorkersOpt,
+    gpus_per_worker: float = GpusPerWorkerOpt,
+    cpus_per_worker: float = CpusPerWorkerOpt,
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -69,7 +75,8 @@ def segment_cmd(
     mask (empty exactly when OK). A run that stops part way resumes where it left off when run
     again; a full disk stops it early with the command to resume. The exit code is 1 if any
     image failed or the run stopped early. A second run into the same --out while one is
-    running is refused.
+    running is refused. --engine ray runs the images on a Ray Data pool of workers (this
+    machine, or a cluster with --ray-address), with the same outputs.
 
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
@@ -79,6 +86,7 @@ def segment_cmd(
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile, ProfileError
     from iapas.decision import Decision
+    from iapas.engine import EngineError
     from iapas.runner import RunConflictError, run_segmentation, run_signature
 
     profile = None
@@ -95,6 +103,7 @@ def segment_cmd(
         if ignored:
             console.print(f"note: --mode base uses the fixed caption and no size filter; ignoring {', '.join(ignored)}")
         profile, size_threshold, fuse_object_detection = None, None, False
+    executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
     blocking = next((q for q in (out, *out.parents) if q.exists() and not q.is_dir()), None)
     if blocking is not None:  # fail now, not after loading the models
         where = "is a file" if blocking == out else f"is inside {blocking}, which is a file"
@@ -167,9 +176,9 @@ def segment_cmd(
                 paths, pipeline, profile, out,
                 threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size,
                 overlay=overlay, max_pixels=max_pixels, restart=restart,
-                on_image=lambda key, status: progress.advance(task, status), roots=roots,
+                on_image=lambda key, status: progress.advance(task, status), roots=roots, executor=executor,
             )
-        except (RunConflictError, OSError, ValueError) as exc:
+        except (RunConflictError, EngineError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
     print_summary(summary, out, len(problems), decision)
     failed = len(summary.failed) + len(problems)

@@ -7,7 +7,10 @@
 
 Modules: :mod:`~iapas.evaluation.protocol` (resizing, stack normalisation, PR curves),
 :mod:`~iapas.evaluation.profiles` (stage-1 profiles: cached or built),
-:mod:`~iapas.evaluation.core` (resumable per-image predictions and metrics),
+:mod:`~iapas.evaluation.settings` (what an evaluation does), :mod:`~iapas.evaluation.core`
+(its work for the run engine, and metrics), :mod:`~iapas.evaluation.predictions` (per-image
+files), :mod:`~iapas.evaluation.results` (what the tables and the report read),
+:mod:`~iapas.evaluation.run` (:func:`evaluate_dataset`: all of it, then the tables),
 :mod:`~iapas.evaluation.tables` (CSV, JSON, Markdown), :mod:`~iapas.evaluation.bench`
 (every dataset under a folder, and the paper's ablations). The HTML report is :mod:`iapas.report`.
 """
@@ -21,11 +24,11 @@ from iapas.evaluation.core import (
     ProgressHooks,
     RunConflictError,
     evaluate_category,
-    evaluate_dataset,
     metrics_from_predictions,
 )
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, wrong_object_tags
 from iapas.evaluation.protocol import EVAL_SIZE, limit_samples, normalize_stack, pr_curve, resize_map, resize_mask
+from iapas.evaluation.run import evaluate_dataset
 
 __all__ = [
     "EVAL_SIZE",

@@ -2,7 +2,7 @@
 
 ``run_bench(root_dir, out_dir, pipeline, settings, stage1=..., ablations=[...])`` finds the
 paper's seven datasets under ``root_dir`` (:func:`find_datasets`), evaluates each variant of
-each dataset into ``OUT/<dataset>/<variant>/`` with :func:`~iapas.evaluation.core.evaluate_dataset`
+each dataset into ``OUT/<dataset>/<variant>/`` with :func:`~iapas.evaluation.run.evaluate_dataset`
 and writes the paper-style table (one row per dataset: mean pixel AP and F1-max of each variant)
 as ``OUT/bench.{md,csv,json,html}``.
 
@@ -62,7 +62,8 @@ from typing import Any
 
 from iapas.data import DatasetError, get_dataset
 from iapas.data.registry import guess_dataset
-from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks, evaluate_dataset
+from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks
+from iapas.evaluation.run import evaluate_dataset
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
 from iapas.io import atomic_path, atomic_write_text
 from iapas.pipeline import Pipeline

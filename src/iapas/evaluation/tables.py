@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from iapas.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from iapas.evaluation.core import DatasetResult
+    from iapas.evaluation.results import DatasetResult
 
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
@@ -95,7 +95,7 @@ def decision_rows(result: DatasetResult) -> list[dict[str, Any]]:
 
 def metric_rows(result: DatasetResult) -> list[dict[str, Any]]:
     """One dict per category and one for the mean: name, metrics (fractions), counts."""
-    from iapas.evaluation.core import METRIC_COLUMNS
+    from iapas.evaluation.results import METRIC_COLUMNS
 
     rows: list[dict[str, Any]] = []
     for c in result.categories:
@@ -123,7 +123,7 @@ def metric_rows(result: DatasetResult) -> list[dict[str, Any]]:
 
 
 def metrics_csv(result: DatasetResult) -> str:
-    from iapas.evaluation.core import METRIC_COLUMNS
+    from iapas.evaluation.results import METRIC_COLUMNS
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -140,7 +140,7 @@ def metrics_csv(result: DatasetResult) -> str:
 
 def markdown_table(result: DatasetResult) -> str:
     """The metrics table in the paper's layout (percentages)."""
-    from iapas.evaluation.core import METRIC_COLUMNS
+    from iapas.evaluation.results import METRIC_COLUMNS
 
     header = ["category", *(label for _, label in METRIC_COLUMNS), "images", "no mask", "failed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -216,7 +216,7 @@ def header_lines(result: DatasetResult) -> list[str]:
 
 def all_notes(result: DatasetResult) -> list[str]:
     """Run notes, then each category's notes, failures and undefined metrics, as sentences."""
-    from iapas.evaluation.core import METRIC_COLUMNS
+    from iapas.evaluation.results import METRIC_COLUMNS
 
     notes = list(result.notes)
     for c in result.categories:
