@@ -41,7 +41,7 @@ def adapter_for(name: str, model, device: str):  # noqa: ANN001, ANN201 - a scri
 
         processor = make_processor("owlv2", image_size=int(model.config.vision_config.image_size))
         adapter = Owlv2Detector(model, processor, device, dtype, name)
-    elif kind == "grounding-dino":
+    elif kind in ("grounding-dino", "mm-grounding-dino"):
         from iapas.models.detector import GroundingDinoDetector
 
         adapter = GroundingDinoDetector(model, make_processor(kind), device, dtype, name)
@@ -50,9 +50,10 @@ def adapter_for(name: str, model, device: str):  # noqa: ANN001, ANN201 - a scri
 
         return Sam2Segmenter(model, dict(_DEFAULT_PREPROCESSING), device, dtype, name), "segmenter"
     else:
-        from iapas.models.segmenter import SamSegmenter
+        from iapas.models.segmenter import SamHQSegmenter, SamSegmenter
 
-        return SamSegmenter(model, make_processor(kind), device, dtype, name), "segmenter"
+        adapter_class = SamHQSegmenter if kind == "sam_hq" else SamSegmenter
+        return adapter_class(model, make_processor(kind), device, dtype, name), "segmenter"
     return adapter, "detector"
 
 

@@ -57,3 +57,25 @@ def test_sam_vit_base_preset_loads_through_the_loader(tmp_path: Path):
     assert sum(p.numel() for p in seg.model.parameters()) == count_parameters("sam-vit-base")
     assert seg.model.config.vision_config.hidden_size == 768
     assert seg._standard_processor() and int(seg.image_processor.size.longest_edge) == 1024
+
+
+def test_mm_grounding_dino_and_sam_hq_presets_are_their_classes_and_load_in_their_adapters():
+    """The two presets without a published count: the real classes, SAM-HQ = SAM-H plus the HQ
+    token's modules (its paper: about 0.5% more), MM-Grounding-DINO tiny = Grounding DINO tiny's
+    Swin-T and BERT, and each processor the one its adapter reads."""
+    import torch
+    from transformers import GroundingDinoProcessor, SamHQProcessor
+
+    from iapas.testing.presets import _model_class, make_processor
+
+    mm, hq = PRESETS["mm-grounding-dino-tiny"], PRESETS["sam-hq-vit-huge"]
+    with torch.device("meta"):
+        assert type(_model_class(mm.kind)(mm.config())).__name__ == "MMGroundingDinoForObjectDetection"
+        assert type(_model_class(hq.kind)(hq.config())).__name__ == "SamHQModel"
+    assert count_parameters("mm-grounding-dino-tiny") == mm.published_parameters
+    assert abs(count_parameters("mm-grounding-dino-tiny") - count_parameters("grounding-dino-tiny")) < 10
+    assert count_parameters("sam-hq-vit-huge") == hq.published_parameters
+    extra = count_parameters("sam-hq-vit-huge") / count_parameters("sam-vit-huge") - 1
+    assert 0.001 < extra < 0.006, extra
+    assert isinstance(make_processor(mm.kind), GroundingDinoProcessor)
+    assert isinstance(make_processor(hq.kind), SamHQProcessor)

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 BERT_VOCAB_SIZE = 30522
 CLIP_VOCAB_SIZE = 49408
+MM_GDINO_TINY_PARAMETERS = 172_250_628  # transformers' count of the config below
+SAM_HQ_HUGE_PARAMETERS = 642_686_256  # idem
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,16 @@ def _swin(**overrides: Any) -> Any:
     return SwinConfig(out_features=["stage2", "stage3", "stage4"], **overrides)
 
 
-def _grounding_dino_tiny() -> Any:
-    from transformers import BertConfig, GroundingDinoConfig
+def _grounding_dino_tiny(mm: bool = False) -> Any:
+    from transformers import BertConfig, GroundingDinoConfig, MMGroundingDinoConfig
 
     # transformers' GroundingDinoConfig defaults are grounding-dino-tiny's: Swin-T (embed 96,
     # depths 2-2-6-2, heads 3-6-12-24, window 7), bert-base-uncased, d_model 256, 6+6 layers,
-    # 900 queries, 4 sampling points, 256 text tokens.
-    return GroundingDinoConfig(
+    # 900 queries, 4 sampling points, 256 text tokens. MMGroundingDinoConfig's defaults are
+    # documented as openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det's, on the same
+    # Swin-T and BERT (``mm``).
+    config_class = MMGroundingDinoConfig if mm else GroundingDinoConfig
+    return config_class(
         backbone_config=_swin(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, image_size=224),
         text_config=BertConfig(vocab_size=BERT_VOCAB_SIZE),
     )
@@ -76,14 +81,18 @@ def _grounding_dino_base() -> Any:
     )
 
 
-def _sam(hidden: int, layers: int, heads: int, global_attn: list[int]) -> Callable[[], Any]:
+def _sam(hidden: int, layers: int, heads: int, global_attn: list[int], hq: bool = False) -> Callable[[], Any]:
     def build() -> Any:
-        from transformers import SamConfig
-        from transformers.models.sam.configuration_sam import (
-            SamMaskDecoderConfig,
-            SamPromptEncoderConfig,
-            SamVisionConfig,
-        )
+        from transformers.models.sam import configuration_sam as plain
+        from transformers.models.sam_hq import configuration_sam_hq as with_hq
+
+        # SAM-HQ (``hq``): SAM's ViT and decoder plus the HQ token, whose decoder reads the
+        # encoder's hidden states (vit_dim = the ViT width)
+        SamConfig = with_hq.SamHQConfig if hq else plain.SamConfig  # noqa: N806
+        SamVisionConfig = with_hq.SamHQVisionConfig if hq else plain.SamVisionConfig  # noqa: N806
+        SamPromptEncoderConfig = with_hq.SamHQPromptEncoderConfig if hq else plain.SamPromptEncoderConfig  # noqa: N806
+        SamMaskDecoderConfig = with_hq.SamHQMaskDecoderConfig if hq else plain.SamMaskDecoderConfig  # noqa: N806
+        extra = {"vit_dim": hidden} if hq else {}
 
         # ViT with windowed attention (window 14) and global attention every quarter, 1024x1024
         # input in 16 px patches, 256 output channels, mlp 4x; prompt encoder and two-way
@@ -95,7 +104,9 @@ def _sam(hidden: int, layers: int, heads: int, global_attn: list[int]) -> Callab
         return SamConfig(
             vision_config=vision.to_dict(),
             prompt_encoder_config=SamPromptEncoderConfig(hidden_size=256, image_size=1024, patch_size=16).to_dict(),
-            mask_decoder_config=SamMaskDecoderConfig(hidden_size=256, mlp_dim=2048, num_hidden_layers=2, num_attention_heads=8).to_dict(),
+            mask_decoder_config=SamMaskDecoderConfig(
+                hidden_size=256, mlp_dim=2048, num_hidden_layers=2, num_attention_heads=8, **extra
+            ).to_dict(),
         )
 
     return build
@@ -161,6 +172,16 @@ PRESETS: dict[str, Preset] = {
         Preset("sam-vit-large", "sam", "facebook/sam-vit-large", 312_000_000, _sam(1024, 24, 16, [5, 11, 17, 23])),
         Preset("sam-vit-huge", "sam", "facebook/sam-vit-huge", 641_000_000, _sam(1280, 32, 16, [7, 15, 23, 31])),
         Preset("sam3", "sam3", "facebook/sam3", 840_000_000, _sam3),
+        # MM-Grounding-DINO tiny and SAM-HQ ViT-H: the counts are transformers' own for these configs,
+        # not checked against a published figure (SAM-HQ's paper: SAM-H plus about 0.5%)
+        Preset(
+            "mm-grounding-dino-tiny", "mm-grounding-dino", "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+            MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
+        ),
+        Preset(
+            "sam-hq-vit-huge", "sam_hq", "syscv-community/sam-hq-vit-huge", SAM_HQ_HUGE_PARAMETERS,
+            _sam(1280, 32, 16, [7, 15, 23, 31], hq=True),
+        ),
         Preset(
             "owlv2-base", "owlv2", "google/owlv2-base-patch16-ensemble", 155_000_000,
             _owlv2({"image_size": 960, "patch_size": 16}, {}, 512),
@@ -196,9 +217,11 @@ def get_preset(name: str) -> Preset:
 def _model_class(kind: str) -> Any:
     from transformers import GroundingDinoForObjectDetection, Owlv2ForObjectDetection, Sam2Model, Sam3Model, SamModel
 
+    from transformers import MMGroundingDinoForObjectDetection, SamHQModel
+
     classes = {
         "grounding-dino": GroundingDinoForObjectDetection, "sam3": Sam3Model, "owlv2": Owlv2ForObjectDetection,
-        "sam2": Sam2Model,
+        "sam2": Sam2Model, "mm-grounding-dino": MMGroundingDinoForObjectDetection, "sam_hq": SamHQModel,
     }
     return classes.get(kind, SamModel)
 
@@ -267,17 +290,17 @@ def make_processor(kind: str, image_size: int = 960) -> Any:
 
         image_processor = Owlv2ImageProcessorPil(size={"height": image_size, "width": image_size})
         return Owlv2Processor(image_processor=image_processor, tokenizer=stand_in_clip_tokenizer())
-    if kind == "grounding-dino":
+    if kind in ("grounding-dino", "mm-grounding-dino"):  # one processor for both
         from transformers import BertTokenizer, GroundingDinoProcessor
         from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
 
         tokenizer = BertTokenizer(vocab=stand_in_bert_vocab(), do_lower_case=True)
         image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 800, "longest_edge": 1333})
         return GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    from transformers import SamProcessor
+    from transformers import SamHQProcessor, SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    return SamProcessor(
+    return (SamHQProcessor if kind == "sam_hq" else SamProcessor)(
         image_processor=SamImageProcessorPil(size={"longest_edge": 1024}, pad_size={"height": 1024, "width": 1024})
     )
 
