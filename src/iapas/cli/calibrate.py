@@ -39,8 +39,8 @@ def calibrate_cmd(
         None, "--masks", help="Masks of the --anomalous images, named STEM_mask, STEM or STEM_label (any image suffix); an empty mask means normal."
     ),
     rule: str = typer.Option("conformal", "--rule", help="conformal (normal images only) or f1 (needs --anomalous)."),
-    detector: str = typer.Option(DEFAULT_DETECTOR, help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a local folder."),
-    segmenter: str = typer.Option(DEFAULT_SEGMENTER, help="SAM: a model name (table below), a hub id or a local folder."),
+    detector: str = typer.Option(DEFAULT_DETECTOR, help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a local folder."),
+    segmenter: str = typer.Option(DEFAULT_SEGMENTER, help="SAM, SAM-HQ or SAM 2.1: a model name (table below), a hub id or a local folder (unused with --detector sam3)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto."),
     batch_size: int = typer.Option(1, min=1, help="Images per model forward."),

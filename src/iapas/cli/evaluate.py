@@ -61,8 +61,8 @@ ImageScoreOpt = typer.Option(
     "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
     "default under --protocol full). Applied when the metrics are computed.",
 )
-DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a local folder.")
-SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM: a model name (table below), a hub id or a local folder.")
+DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a local folder.")
+SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM, SAM-HQ or SAM 2.1: a model name (table below), a hub id or a local folder (unused with --detector sam3).")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
 DtypeOpt = typer.Option(
     None, "--dtype", show_default=False,

@@ -50,7 +50,7 @@ def profile_cmd(
         None, "--object", help="The object tag by hand, e.g. 'bottle': skips tagging and the detector vote."
     ),
     detector: str = typer.Option(
-        None, "--detector", help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
+        None, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
     ),
     llm: str = typer.Option(
         "transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible HTTP endpoint) or knowledge (offline vocabulary)."

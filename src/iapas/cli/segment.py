@@ -29,10 +29,10 @@ def segment_cmd(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: maps/, masks/, overlays/, results.jsonl, run.json."),
     detector: str = typer.Option(
-        DEFAULT_DETECTOR, help="Grounding DINO or MM-Grounding-DINO: a model name (table below), a hub id or a local folder."
+        DEFAULT_DETECTOR, help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a local folder."
     ),
     segmenter: str = typer.Option(
-        DEFAULT_SEGMENTER, help="SAM: a model name (table below), a hub id or a local folder."
+        DEFAULT_SEGMENTER, help="SAM, SAM-HQ or SAM 2.1: a model name (table below), a hub id or a local folder (unused with --detector sam3)."
     ),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, mps, or auto (GPU when there is one)."),
     dtype: str = typer.Option("auto", help="float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU)."),
