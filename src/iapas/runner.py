@@ -161,6 +161,19 @@ class SegmentJob(PlainJob):
                 (self.out_dir / folder / f"{item.key}.png").unlink(missing_ok=True)
 
 
+def run_file_content(
+    signature: dict[str, Any], threshold: float, decision: Decision | None, profile: Profile | None
+) -> dict[str, Any]:
+    """What ``run.json`` of a segment run folder holds (also written by ``iapas serve --store``)."""
+    from iapas import __version__
+
+    return {
+        "iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
+        "decision": decision.to_dict() if decision else None,
+        "profile": profile.to_dict() if profile else None,
+    }
+
+
 def run_segmentation(
     paths: Sequence[Path],
     pipeline: Pipeline,
@@ -206,19 +219,8 @@ def run_segmentation(
     if restart and log.path.exists():
         log.path.unlink()
     check_signature(run_file, log, signature, out_dir)
-    from iapas import __version__
-
     try:
-        atomic_write_text(
-            run_file,
-            json.dumps(
-                {"iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
-                 "decision": decision.to_dict() if decision else None,
-                 "profile": record_profile.to_dict() if record_profile else None},
-                indent=2,
-            )
-            + "\n",
-        )
+        atomic_write_text(run_file, json.dumps(run_file_content(signature, threshold, decision, record_profile), indent=2) + "\n")
     except OSError as exc:
         if not is_disk_full(exc):
             raise

@@ -31,10 +31,11 @@ import numpy as np
 
 from iapas.decision import ImageDecision
 from iapas.io import LoadedImage, atomic_write_bytes, atomic_write_text, clean_stale_temp_files
-from iapas.outputs import MAP_SCALE, binary_mask, encode_map, render_overlay, write_image_outputs
+from iapas.outputs import binary_mask, encode_map, render_overlay, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, RunConflictError, result_record, run_signature
+from iapas.runner import run_file_content as runner_run_file_content
 from iapas.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -174,17 +175,9 @@ class MemoryStore:
 
 def run_file_content(pipeline: Pipeline, profile: Profile) -> dict[str, Any]:
     """``run.json`` of a category folder, as :func:`iapas.runner.run_segmentation` writes it."""
-    from iapas import __version__
-
     decision = profile.decision
-    return {
-        "iapas_version": __version__,
-        "signature": run_signature(pipeline, stage2_profile(profile)),
-        "threshold": decision.threshold if decision is not None else MASK_THRESHOLD,
-        "map_scale": MAP_SCALE,
-        "decision": decision.to_dict() if decision else None,
-        "profile": profile.to_dict(),
-    }
+    threshold = decision.threshold if decision is not None else MASK_THRESHOLD
+    return runner_run_file_content(run_signature(pipeline, stage2_profile(profile)), threshold, decision, profile)
 
 
 class DiskStore:
