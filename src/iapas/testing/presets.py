@@ -268,13 +268,9 @@ def stand_in_clip_tokenizer() -> Any:
     """A CLIP tokenizer of the real vocabulary size and start/end ids (see the module docstring)."""
     from transformers import CLIPTokenizer
 
-    from iapas.testing.tiny import _clip_vocab_and_merges
+    from iapas.testing.tiny import clip_vocab_and_merges
 
-    small, merges = _clip_vocab_and_merges(TINY_WORDS)
-    words = [t for t in small if t not in ("<|startoftext|>", "<|endoftext|>")]
-    vocab = {t: i for i, t in enumerate(words)}
-    vocab.update({f"<|unused{i}|>": i for i in range(len(words), CLIP_VOCAB_SIZE - 2)})
-    vocab.update({"<|startoftext|>": CLIP_VOCAB_SIZE - 2, "<|endoftext|>": CLIP_VOCAB_SIZE - 1})
+    vocab, merges = clip_vocab_and_merges(TINY_WORDS, CLIP_VOCAB_SIZE)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
 
 

@@ -183,18 +183,9 @@ def char_clip_tokenizer(vocab_size: int | None = None, model_max_length: int | N
     the eos position)."""
     from transformers import CLIPTokenizer
 
-    chars = string.ascii_lowercase + string.digits + "-'.,"
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    for c in chars:
-        vocab.setdefault(c + "</w>", len(vocab))
-    for i in range(len(vocab), (vocab_size or 0) - 2):
-        vocab[f"<|unused{i}|>"] = i
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
+    vocab, merges = clip_vocab_and_merges((), vocab_size)
     extra = {} if model_max_length is None else {"model_max_length": model_max_length}
-    return CLIPTokenizer(vocab=vocab, merges=[], **extra)
+    return CLIPTokenizer(vocab=vocab, merges=merges, **extra)
 
 
 def sam3_tokenizer(vocab_size: int | None = None) -> Any:
@@ -245,10 +236,13 @@ def make_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) ->
     return out
 
 
-def _clip_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def clip_vocab_and_merges(
+    words: tuple[str, ...] = (), vocab_size: int | None = None
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A CLIP byte-pair vocabulary: letters, digits and punctuation (plain and word-final
-    ``</w>``), each of ``words`` as a whole token through a chain of merges, and start/end tokens
-    last (the end token has the highest id: CLIP pools the text at it)."""
+    ``</w>``), each of ``words`` as a whole token through a chain of merges, unused tokens up to
+    ``vocab_size`` when given, and start/end tokens last (the end token has the highest id: CLIP
+    pools the text at it)."""
     chars = string.ascii_lowercase + string.digits + "-'.,"
     vocab: dict[str, int] = {}
     for c in [*chars, *(c + "</w>" for c in chars)]:
@@ -262,6 +256,8 @@ def _clip_vocab_and_merges(words: tuple[str, ...]) -> tuple[dict[str, int], list
                 merges.append((left, right))
             left += right
             vocab.setdefault(left, len(vocab))
+    for i in range(len(vocab), (vocab_size or 0) - 2):
+        vocab[f"<|unused{i}|>"] = i
     vocab.setdefault("<|startoftext|>", len(vocab))
     vocab.setdefault("<|endoftext|>", len(vocab))
     return vocab, merges
@@ -279,7 +275,7 @@ def make_tiny_owlv2(out_dir: str | Path, seed: int = 0, image_size: int = 96) ->
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _clip_vocab_and_merges(TINY_WORDS)
+    vocab, merges = clip_vocab_and_merges(TINY_WORDS)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
     text = Owlv2TextConfig(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
