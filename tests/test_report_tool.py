@@ -15,6 +15,7 @@ from iapas.evaluation import EvalSettings, evaluate_dataset
 from iapas.evaluation.decisions import ThresholdEvidence
 from iapas.report import write_report
 from iapas.report_tool import histogram_figure, image_rows, roc_pr, verdict
+from tests.browser import require_chromium
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluation import fake_pipeline, make_mvtec, write_profiles  # noqa: E402
@@ -117,25 +118,8 @@ def test_report_of_a_calibrated_evaluation_agrees_with_its_counts(tmp_path: Path
     assert text.count('<td class="NG" data-v="NG">NG</td>') == 3 + 1
 
 
-def _browser():
-    """(sync_playwright, chromium path) or a reason why not."""
-    chromium = shutil.which("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None, "playwright is not installed (pip install playwright)"
-    if chromium is None:
-        return None, "chromium is not installed (apt-get install chromium)"
-    return (sync_playwright, chromium), ""
-
-
 def test_report_in_headless_chromium_loads_the_figures_and_sorts(report, tmp_path: Path):
-    found, reason = _browser()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser test: {reason}")
-        pytest.skip(reason)
-    sync_playwright, chromium = found
+    sync_playwright, chromium = require_chromium()
     result, out = report
     path = write_report(result, gallery=1, thumb=48)
     with sync_playwright() as pw:

@@ -16,7 +16,7 @@ import pytest
 from iapas.decision import Decision
 from iapas.profile import Profile
 from tests.conftest import SHARED_DATA
-from tests.test_report_tool import _browser  # (sync_playwright, chromium) or why not
+from tests.browser import require_chromium
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -56,12 +56,7 @@ def start_serve(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_models: dict[str, Path], tmp_path: Path):
-    found, reason = _browser()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser test: {reason}")
-        pytest.skip(reason)
-    sync_playwright, chromium = found
+    sync_playwright, chromium = require_chromium()
     image = part_image(tmp_path)
     profile = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "contamination"])
     profile.decision = Decision(threshold=0.05, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
