@@ -79,3 +79,7 @@ def test_mm_grounding_dino_and_sam_hq_presets_are_their_classes_and_load_in_thei
     assert 0.001 < extra < 0.006, extra
     assert isinstance(make_processor(mm.kind), GroundingDinoProcessor)
     assert isinstance(make_processor(hq.kind), SamHQProcessor)
+    # LLMDet tiny is MM-Grounding-DINO tiny's architecture with other weights
+    llmdet = PRESETS["llmdet-tiny"]
+    assert llmdet.kind == mm.kind and llmdet.hub_id == "iSEE-Laboratory/llmdet_tiny"
+    assert llmdet.config().to_dict() == mm.config().to_dict()

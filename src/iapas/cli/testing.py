@@ -38,7 +38,7 @@ def make_tiny_models_cmd(
 def make_random_models_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to write one DIR/PRESET folder per preset into."),
     preset: list[str] = typer.Option(
-        ..., "--preset", help="Preset to write (repeat for several): grounding-dino-tiny, grounding-dino-base, mm-grounding-dino-tiny, sam-vit-base, sam-vit-large, sam-vit-huge, sam-hq-vit-huge, sam3, owlv2-base, owlv2-large, sam2.1-tiny, sam2.1-large."
+        ..., "--preset", help="Preset to write (repeat for several): grounding-dino-tiny, grounding-dino-base, mm-grounding-dino-tiny, llmdet-tiny, sam-vit-base, sam-vit-large, sam-vit-huge, sam-hq-vit-huge, sam3, owlv2-base, owlv2-large, sam2.1-tiny, sam2.1-large."
     ),
     seed: int = typer.Option(0, help="Seed for the random weights."),
     verbose: bool = VerboseOption,

@@ -3,7 +3,8 @@
 Each preset is the configuration of a hub checkpoint (``IDEA-Research/grounding-dino-tiny`` and
 ``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``, ``facebook/sam3``,
 ``google/owlv2-base-patch16-ensemble`` and ``-large-patch14-ensemble``, ``facebook/sam2.1-hiera-tiny``
-and ``-large``), written out from transformers' defaults and the hub ``config.json`` values, with
+and ``-large``, MM-Grounding-DINO tiny and LLMDet tiny, which share one architecture, and
+``syscv-community/sam-hq-vit-huge``), written out from transformers' defaults and the hub ``config.json`` values, with
 the hub processor's settings (Grounding DINO: shortest edge 800, longest 1333; SAM: longest edge
 1024, padded to 1024x1024; SAM 3: 1008x1008; OWLv2: padded to a square, resized to 960 or 1008;
 SAM 2.1: resized to 1024x1024). The weights are
@@ -176,6 +177,12 @@ PRESETS: dict[str, Preset] = {
         # not checked against a published figure (SAM-HQ's paper: SAM-H plus about 0.5%)
         Preset(
             "mm-grounding-dino-tiny", "mm-grounding-dino", "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+            MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
+        ),
+        # LLMDet tiny: MM-Grounding-DINO tiny's architecture (Swin-T, BERT base, the same detector
+        # dimensions and 4 feature levels in its hub config.json), other weights
+        Preset(
+            "llmdet-tiny", "mm-grounding-dino", "iSEE-Laboratory/llmdet_tiny",
             MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
         ),
         Preset(
