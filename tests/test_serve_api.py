@@ -282,6 +282,42 @@ def test_memory_store_is_bounded(pipeline):
         assert client.get("/v1/health").json()["results_kept"] == 2
 
 
+def test_memory_store_encodes_nothing_until_asked_and_then_the_disk_stores_bytes(pipeline, tmp_path: Path):
+    """The memory store keeps the uint16 map, the packed mask and the upload, encodes each PNG on
+    its first request (the bytes a --store folder, i.e. segment, holds) and keeps it."""
+    from iapas.io import read_image_bytes
+    from iapas.serve.store import DiskStore, MemoryStore, stage2_profile
+
+    profiles = make_profiles()
+    image = read_image_bytes(png(60), "part.png")
+    result = pipeline.run([image.rgb], stage2_profile(profiles["bottle"]))[0]
+    verdict = profiles["bottle"].decision.decide(result.anomaly_map)
+    memory, disk = MemoryStore(profiles), DiskStore(tmp_path / "station", pipeline, profiles)
+    held_id = memory.add("bottle", image, png(60), result, verdict, {})["key"]
+    disk_id = disk.add("bottle", image, png(60), result, verdict, {})["key"]
+    held = memory._items[held_id]
+    assert held.pngs == {} and held.encoded_map.dtype == np.uint16  # nothing encoded yet
+    for kind in ("map", "mask"):
+        assert memory.png(held_id, kind) == disk.png(disk_id, kind), kind
+    overlay = memory.png(held_id, "overlay")
+    assert Image.open(io.BytesIO(overlay)).size == (128, 96)
+    assert set(held.pngs) == {"map", "mask", "overlay"} and memory.png(held_id, "overlay") is overlay  # kept
+
+
+def test_memory_store_holds_at_most_max_bytes(pipeline):
+    from iapas.io import read_image_bytes
+    from iapas.serve.store import MemoryStore, stage2_profile
+
+    profiles = make_profiles()
+    image = read_image_bytes(png(61), "part.png")
+    result = pipeline.run([image.rgb], stage2_profile(profiles["screw"]))[0]
+    one = 96 * 128 * 2 + 96 * 128 // 8 + len(png(61))  # uint16 map + packed mask + upload
+    memory = MemoryStore(profiles, capacity=100, max_bytes=int(2.5 * one))
+    ids = [memory.add("screw", image, png(61), result, None, {})["key"] for _ in range(4)]
+    assert len(memory) == 2 and [r["key"] for r in memory.records()] == ids[2:]
+    assert memory.png(ids[0], "map") is None and memory.png(ids[3], "map") is not None
+
+
 def test_store_folder_reads_like_a_segment_run_of_the_same_image(pipeline, tiny_models: dict[str, Path], tmp_path: Path):
     from iapas.runner import ResultsLog
 

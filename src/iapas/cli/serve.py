@@ -38,7 +38,7 @@ def serve_cmd(
     store: Path = typer.Option(
         None, help="Write every inspection as a 'segment' run folder, STORE/<category>/."
     ),
-    keep: int = typer.Option(256, min=1, help="Results kept in memory without --store."),
+    keep: int = typer.Option(256, min=1, help="Results kept in memory without --store (and 512 MiB at most)."),
     max_upload_mb: float = typer.Option(50.0, min=0.0, help="Largest upload in MB; beyond: 413."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Decompression-bomb guard."),
     token_file: Path = typer.Option(

@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from iapas.decision import ImageDecision
 from iapas.io import LoadedImage, atomic_write_bytes, atomic_write_text, clean_stale_temp_files
-from iapas.outputs import binary_mask, encode_map, render_overlay, write_image_outputs
+from iapas.outputs import binary_mask, decode_map, encode_map, render_overlay, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, RunConflictError, result_record, run_signature
@@ -101,18 +102,41 @@ def _verdict_mask(result: SegmentationResult, verdict: ImageDecision | None, thr
     return binary_mask(result.anomaly_map, threshold)
 
 
+@dataclass
+class _Held:
+    """One inspection in memory: its record, and what its pictures are made from until asked
+    for (the encoded map, the packed mask, the upload) or, once asked for, their PNG bytes."""
+
+    record: dict[str, Any]
+    encoded_map: np.ndarray  # uint16, as the map PNG holds it
+    packed_mask: np.ndarray  # np.packbits of the verdict's mask
+    upload: tuple[bytes, str]  # the uploaded bytes and name, for the overlay
+    light: SegmentationResult  # the result without its map and per-box masks, for the overlay
+    verdict: ImageDecision | None  # without its mask
+    pngs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.encoded_map.nbytes + self.packed_mask.nbytes + len(self.upload[0])
+                + sum(len(v) for v in self.pngs.values()))
+
+
 class MemoryStore:
-    """The last ``capacity`` inspections, the oldest dropped first. The map and mask PNGs are
-    encoded once, at once; the overlay, the costliest (about as long as the rest of the outputs
-    together), on its first request, from the upload's own bytes and the stored map, then kept:
-    a client that only reads verdicts never pays for it."""
+    """The last ``capacity`` inspections, and no more than ``max_bytes`` of them, the oldest
+    dropped first. Nothing is encoded when an inspection is added: its map (as uint16), its
+    mask (bit-packed) and the upload are kept, and each PNG is encoded on its first request,
+    then kept. A client that only reads verdicts never pays for pictures; PNG encoding of the
+    map and mask at once cost about a tenth of the served rate on a 2-core machine
+    (``benchmarks/serve_load.py``). The PNGs are the bytes ``iapas segment`` writes."""
 
     readonly = False
 
-    def __init__(self, profiles: dict[str, Profile], capacity: int = 256) -> None:
+    def __init__(self, profiles: dict[str, Profile], capacity: int = 256, max_bytes: int = 512 * 2**20) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.profiles = profiles
-        self._items: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._items: OrderedDict[str, _Held] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
@@ -120,54 +144,65 @@ class MemoryStore:
         decision = self.profiles[category].decision
         threshold = decision.threshold if decision is not None else MASK_THRESHOLD
         result_id = new_id()
-        light = dataclasses.replace(result, anomaly_map=np.zeros((0, 0), np.float32), masks=np.zeros((0, 0, 0), bool))
-        files: dict[str, Any] = {
-            "map": png_bytes(encode_map(result.anomaly_map)),
-            "mask": png_bytes(_verdict_mask(result, verdict, threshold)),
-            # what the overlay is drawn from, until it is asked for
-            "overlay_source": (data, str(image.path), light,
-                               None if verdict is None else dataclasses.replace(verdict, mask=np.zeros((0, 0), bool))),
-        }
+        mask = _verdict_mask(result, verdict, threshold)
+        held = _Held(
+            record={},
+            encoded_map=encode_map(result.anomaly_map),
+            packed_mask=np.packbits(mask > 0),
+            upload=(data, str(image.path)),
+            light=dataclasses.replace(result, anomaly_map=np.zeros((0, 0), np.float32), masks=np.zeros((0, 0, 0), bool)),
+            verdict=None if verdict is None else dataclasses.replace(verdict, mask=np.zeros((0, 0), bool)),
+        )
         record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
         record.update(image=str(image.path), category=category, **extra)
         record.pop("size", None), record.pop("mtime_ns", None)  # no file behind it
+        held.record = record
         with self._lock:
-            self._items[result_id] = (record, files)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._items[result_id] = held
+            self._bytes += held.nbytes
+            self._evict()
         return record
+
+    def _evict(self) -> None:
+        while self._items and (len(self._items) > self.capacity or (self._bytes > self.max_bytes and len(self._items) > 1)):
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
 
     def get(self, result_id: str) -> dict[str, Any] | None:
         with self._lock:
-            item = self._items.get(result_id)
-        return item[0] if item else None
+            held = self._items.get(result_id)
+        return held.record if held else None
 
     def png(self, result_id: str, kind: str) -> bytes | None:
         with self._lock:
-            item = self._items.get(result_id)
-            if item is None or kind not in KINDS:
+            held = self._items.get(result_id)
+            if held is None or kind not in KINDS:
                 return None
-            files = item[1]
-            if kind in files:
-                return files[kind]
-            source = files["overlay_source"]
-        from PIL import Image
+            if kind in held.pngs:
+                return held.pngs[kind]
+        shape = held.encoded_map.shape
+        if kind == "map":
+            data = png_bytes(held.encoded_map)
+        elif kind == "mask":
+            bits = np.unpackbits(held.packed_mask, count=shape[0] * shape[1]).reshape(shape)
+            data = png_bytes(np.where(bits > 0, 255, 0).astype(np.uint8))
+        else:
+            from iapas.io import read_image_bytes
 
-        from iapas.io import read_image_bytes
-        from iapas.outputs import decode_map
-
-        data, name, light, verdict = source
-        rgb = read_image_bytes(data, name).rgb  # read once already: the same checks pass
-        amap = decode_map(np.asarray(Image.open(io.BytesIO(files["map"]))))
-        overlay = png_bytes(render_overlay(rgb, dataclasses.replace(light, anomaly_map=amap), verdict=verdict), compress_level=1)
+            upload, name = held.upload
+            rgb = read_image_bytes(upload, name).rgb  # read once already: the same checks pass
+            light = dataclasses.replace(held.light, anomaly_map=decode_map(held.encoded_map))
+            data = png_bytes(render_overlay(rgb, light, verdict=held.verdict), compress_level=1)
         with self._lock:
-            files["overlay"] = overlay
-            files.pop("overlay_source", None)
-        return overlay
+            if result_id in self._items and kind not in held.pngs:
+                held.pngs[kind] = data
+                self._bytes += len(data)
+                self._evict()
+        return data
 
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [record for record, _ in self._items.values()]
+            return [held.record for held in self._items.values()]
 
     def __len__(self) -> int:
         return len(self._items)
