@@ -65,6 +65,8 @@ def reaches(module: str, banned: tuple[str, ...]) -> list[str]:
         ("iapas.evaluation.settings", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
         ("iapas.evaluation.results", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
         ("iapas.evaluation.predictions", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
+        ("iapas.evaluation.variants", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run", "iapas.evaluation.bench", "iapas.cli")),
+        ("iapas.evaluation.bench_results", ("iapas.evaluation.core", "iapas.evaluation.run", "iapas.evaluation.bench", "iapas.cli")),
         ("iapas.metrics", ("iapas.evaluation", "iapas.report")),
         ("iapas.evaluation.tables", ("iapas.evaluation.core", "iapas.evaluation.run", "iapas.report")),
         ("iapas.report", ("iapas.evaluation.core", "iapas.evaluation.run")),

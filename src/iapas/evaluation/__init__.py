@@ -12,7 +12,9 @@ Modules: :mod:`~iapas.evaluation.protocol` (resizing, stack normalisation, PR cu
 files), :mod:`~iapas.evaluation.results` (what the tables and the report read),
 :mod:`~iapas.evaluation.run` (:func:`evaluate_dataset`: all of it, then the tables),
 :mod:`~iapas.evaluation.tables` (CSV, JSON, Markdown), :mod:`~iapas.evaluation.bench`
-(every dataset under a folder, and the paper's ablations). The HTML report is :mod:`iapas.report`.
+(every dataset under a folder, and the paper's ablations: its columns are
+:mod:`~iapas.evaluation.variants`, its table and files :mod:`~iapas.evaluation.bench_results`).
+The HTML report is :mod:`iapas.report`.
 """
 
 from iapas.evaluation.core import (

@@ -6,30 +6,9 @@ each dataset into ``OUT/<dataset>/<variant>/`` with :func:`~iapas.evaluation.run
 and writes the paper-style table (one row per dataset: mean pixel AP and F1-max of each variant)
 as ``OUT/bench.{md,csv,json,html}``.
 
-Variants (``default`` is always run, first):
-
-=============  =====================================================================================
-ablation       variants
-=============  =====================================================================================
-references     ``references-1``: stage 1 from 1 reference image instead of 10
-prompt         ``prompt-fixed``: the fixed caption 'defect . abnormal .' instead of the LLM's, with
-               the object tag and the size filter kept (only the prompt changes)
-size-filter    ``size-filter-off``: every box kept
-size-sweep     ``size-0.5`` ... ``size-1.5``: size thresholds (the default column is 0.8)
-wrong-tag      ``wrong-tag``: stage 1 run with each category's object tag replaced by another
-               category's (never the category itself or its true tag; else an unrelated everyday
-               object such as 'banana'), to see how gracefully it fails
-prompt-style   ``prompt-inspector`` (or ``prompt-reference`` when the default column uses the
-               inspector style): stage 1 asks the LLM with the other prompt style's messages
-prompt-        ``prompt-transfer``: each category segmented with the stage-1 profile (object tag,
-transfer       object size, caption) of every other category, reported as a matrix (rows: the
-               category segmented, columns: whose profile) next to the own-profile column; on
-               MVTec AD over textures and objects (carpet, leather, bottle, screw) where present
-detector=NAME  ``detector-<name>``: stage 2 with another detector (a table name of
-               :mod:`iapas.models.registry`, a hub id or a folder), the default column's profiles
-segmenter=     ``segmenter-<name>``: the same with another segmenter; both are repeatable, each
-NAME           model loaded once for every dataset and recorded by its resolved id
-=============  =====================================================================================
+The columns (``default`` is always run, first) and the ``--ablation`` names are
+:mod:`~iapas.evaluation.variants`'s; the table's data and files are
+:mod:`~iapas.evaluation.bench_results`'s (both importable from here too).
 
 Next to each column's metrics the table gives its time per image: the mean stage-2 seconds per
 image (detection, segmentation and fusion) over the images its predictions record.
@@ -51,25 +30,43 @@ for a like-for-like comparison with the ablation columns.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from iapas.data import DatasetError, get_dataset
 from iapas.data.registry import guess_dataset
+from iapas.evaluation.bench_results import (  # noqa: F401  (re-exported: importable from here as before)
+    BENCH_CSV,
+    BENCH_HTML,
+    BENCH_JSON,
+    BENCH_MD,
+    BENCH_METRICS,
+    TRANSFER_DIR,
+    BenchResult,
+    seconds_per_image,
+    write_bench,
+)
 from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks
 from iapas.evaluation.run import evaluate_dataset
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
-from iapas.io import atomic_path, atomic_write_text
+from iapas.evaluation.variants import (  # noqa: F401  (re-exported: importable from here as before)
+    ABLATIONS,
+    DEFAULT_SIZE_THRESHOLD,
+    DEFAULT_VARIANT,
+    MODEL_ABLATIONS,
+    SIZE_SWEEP,
+    Variant,
+    ablation_variants,
+    is_ablation,
+)
+from iapas.io import atomic_path
 from iapas.pipeline import Pipeline
 from iapas.storage import is_disk_full, stop_reason
-from iapas.prompts.caption import BASE_CAPTION
-from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
+from iapas.prompts.llm import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)
 
@@ -85,25 +82,10 @@ DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
     "dagm": ("dagm2007", "dagm"),
 }
 BENCH_DATASETS: tuple[str, ...] = tuple(DATASET_FOLDERS)
-ABLATIONS: tuple[str, ...] = (
-    "references", "prompt", "size-filter", "size-sweep", "wrong-tag", "prompt-style", "prompt-transfer"
-)
-# ``--ablation detector=NAME`` / ``segmenter=NAME``: a column per model, the rest as the default's
-MODEL_ABLATIONS: tuple[str, ...] = ("detector", "segmenter")
 ABLATION_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "grid", "leather", "tile", "wood")}
 # prompt-transfer: textures and objects, so a texture's profile is tried on objects and back
 TRANSFER_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "leather", "bottle", "screw")}
-TRANSFER_DIR = "prompt-transfer"
 TRANSFER_PROFILES_DIR = "profiles-transfer"
-# the metrics of the bench table, per variant
-BENCH_METRICS: tuple[str, ...] = ("pixel_ap", "pixel_f1_max", "pixel_f1_max_100")
-SIZE_SWEEP: tuple[float, ...] = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))  # 0.5, 0.6, ..., 1.5
-DEFAULT_SIZE_THRESHOLD = 0.8
-
-BENCH_MD = "bench.md"
-BENCH_CSV = "bench.csv"
-BENCH_JSON = "bench.json"
-BENCH_HTML = "bench.html"
 
 
 def _folder_key(name: str) -> str:
@@ -142,208 +124,6 @@ def find_datasets(root_dir: str | Path, names: Sequence[str] = BENCH_DATASETS) -
         found[name] = child
     return {name: found[name] for name in names if name in found}
 
-
-@dataclass(frozen=True)
-class Variant:
-    """One column of the bench: how it differs from the default evaluation."""
-
-    name: str  # folder name
-    label: str  # column label
-    n_references: int | None = None
-    caption: str | None = None
-    size_filter: bool = True
-    size_threshold: float | None = None
-    wrong_tag: bool = False
-    prompt_style: str | None = None  # stage 1's LLM prompt style, when not the default column's
-    transfer: bool = False
-    detector: str | None = None  # stage 2's detector (resolved hub id or folder), when not the default's
-    segmenter: str | None = None  # stage 2's segmenter, when not the default's
-
-    def settings(self, base: EvalSettings) -> EvalSettings:
-        return replace(
-            base,
-            n_references=self.n_references if self.n_references is not None else base.n_references,
-            caption=self.caption if self.caption is not None else base.caption,
-            size_filter=self.size_filter and base.size_filter,
-            size_threshold=self.size_threshold if self.size_threshold is not None else base.size_threshold,
-        )
-
-    def profiles_dir_name(self) -> str:
-        if self.wrong_tag:
-            return "profiles-wrong-tag"
-        if self.prompt_style is not None:
-            return f"profiles-prompt-{self.prompt_style}"
-        if self.n_references is not None:
-            return f"profiles-references-{self.n_references}"
-        return "profiles"
-
-
-DEFAULT_VARIANT = Variant("default", "IAP-AS")
-
-
-def is_ablation(ablation: str) -> bool:
-    """Whether ``ablation`` is one of :data:`ABLATIONS` or ``detector=NAME`` / ``segmenter=NAME``."""
-    kind, sep, value = ablation.partition("=")
-    return ablation in ABLATIONS or (bool(sep) and kind in MODEL_ABLATIONS and bool(value.strip()))
-
-
-def _model_variant(kind: str, value: str, taken: set[str]) -> Variant:
-    """The column of ``--ablation kind=value``: its model by resolved id, its folder and label by
-    the name typed (a folder's or hub id's last part), made unique among ``taken``."""
-    from iapas.models.registry import resolve
-
-    value = value.strip()
-    resolved = resolve(kind, value)
-    short = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(value.rstrip("/\\")).name or value).strip("-.") or kind
-    name, i = f"{kind}-{short}", 2
-    while name in taken:
-        name, i = f"{kind}-{short}-{i}", i + 1
-    return Variant(name, f"{kind} {short}" + (f" ({i - 1})" if i > 2 else ""), **{kind: resolved})
-
-
-def ablation_variants(
-    ablations: Sequence[str], base: EvalSettings, sizes: Sequence[float] = SIZE_SWEEP, *,
-    prompt_style: str = DEFAULT_PROMPT_STYLE,
-) -> list[Variant]:
-    """The variants of ``ablations`` (see the module docstring), the default first;
-    ``prompt_style`` is the default column's (the prompt-style variant takes the other one)."""
-    unknown = [a for a in ablations if not is_ablation(a)]
-    if unknown:
-        raise ValueError(
-            f"unknown ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}, detector=NAME or segmenter=NAME"
-        )
-    if ablations and base.mode != "iapas":
-        raise ValueError("the ablations vary IAP-AS (profiles, prompt, size filter): use mode 'iapas'")
-    variants = [DEFAULT_VARIANT]
-    default_size = base.size_threshold if base.size_threshold is not None else DEFAULT_SIZE_THRESHOLD
-    for ablation in dict.fromkeys(ablations):
-        if ablation == "references":
-            one = 1 if base.n_references != 1 else 10
-            variants.append(Variant(f"references-{one}", f"{one} reference{'s' if one > 1 else ''}", n_references=one))
-        elif ablation == "prompt":
-            variants.append(Variant("prompt-fixed", "fixed prompt", caption=BASE_CAPTION))
-        elif ablation == "size-filter":
-            variants.append(Variant("size-filter-off", "no size filter", size_filter=False))
-        elif ablation == "size-sweep":
-            for t in sizes:
-                if not t > 0:
-                    raise ValueError(f"size thresholds must be > 0, got {t}")
-                if math.isclose(t, default_size):
-                    continue  # the default column
-                variants.append(Variant(f"size-{t:g}", f"size {t:g}", size_threshold=float(t)))
-        elif ablation == "wrong-tag":
-            variants.append(Variant("wrong-tag", "wrong object tag", wrong_tag=True))
-        elif ablation == "prompt-style":
-            other = next(s for s in PROMPT_STYLES if s != prompt_style)
-            variants.append(Variant(f"prompt-{other}", f"{other} prompt", prompt_style=other))
-        elif ablation == "prompt-transfer":
-            variants.append(Variant("prompt-transfer", "other categories' profiles", transfer=True))
-        else:  # detector=NAME, segmenter=NAME
-            kind, _, value = ablation.partition("=")
-            variants.append(_model_variant(kind, value, {v.name for v in variants}))
-    return variants
-
-
-@dataclass
-class BenchResult:
-    """The bench table's data: per dataset and variant, the evaluation (or the error)."""
-
-    out_dir: Path
-    variants: list[Variant]
-    datasets: dict[str, Path]
-    results: dict[str, dict[str, DatasetResult]] = field(default_factory=dict)
-    errors: dict[str, dict[str, str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    ablation_categories: dict[str, list[str]] = field(default_factory=dict)  # where the ablations run on fewer categories
-    # prompt-transfer: dataset -> source category (whose profile) -> the run of the other categories
-    transfer: dict[str, dict[str, DatasetResult]] = field(default_factory=dict)
-    test_pool_references: int | None = None  # every column's test set is the one this many references leave
-    stopped: str | None = None  # why the bench stopped early (the disk is full), see iapas.storage
-
-    @property
-    def failed(self) -> bool:
-        runs = [r for by in (self.results, self.transfer) for rs in by.values() for r in rs.values()]
-        return self.stopped is not None or bool(self.errors) or any(r.failed for r in runs)
-
-    def transfer_matrix(self, dataset: str) -> dict[str, Any] | None:
-        """The prompt-transfer matrix of ``dataset``: ``{"categories": [...], "own": {target: metrics},
-        "matrix": {target: {source: metrics}}}`` with metrics ``{pixel_ap, pixel_f1_max, pixel_f1_max_100}``
-        (None where not evaluated); ``own`` is the default column's. None without a transfer run."""
-        runs = self.transfer.get(dataset)
-        if not runs:
-            return None
-        default = self.results.get(dataset, {}).get(DEFAULT_VARIANT.name)
-        sources = list(runs)
-        targets = list(dict.fromkeys(sources + [c.name for r in runs.values() for c in r.categories]))
-
-        def pick(result: DatasetResult | None, name: str) -> dict[str, float] | None:
-            c = next((c for c in result.categories if c.name == name), None) if result is not None else None
-            if c is None or c.metrics is None:
-                return None
-            return {k: float(getattr(c.metrics, k)) for k in BENCH_METRICS}
-
-        matrix = {t: {s: (pick(runs[s], t) if s != t else None) for s in sources} for t in targets}
-        return {"categories": targets, "sources": sources, "own": {t: pick(default, t) for t in targets}, "matrix": matrix}
-
-    def _transfer_mean(self, dataset: str) -> dict[str, Any] | None:
-        data = self.transfer_matrix(dataset)
-        if data is None:
-            return None
-        cells = [v for row in data["matrix"].values() for v in row.values() if v is not None]
-        out: dict[str, Any] = {}
-        for k in BENCH_METRICS:
-            finite = [c[k] for c in cells if math.isfinite(c[k])]
-            out[k] = sum(finite) / len(finite) if finite else float("nan")
-        out["categories"] = len(cells)
-        out["failed"] = any(r.failed for r in self.transfer[dataset].values())
-        return out
-
-    def rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for name in self.datasets:
-            runs = self.results.get(name, {})
-            title = next((r.title for r in runs.values()), name)
-            row: dict[str, Any] = {"dataset": title, "name": name}
-            for v in self.variants:
-                if v.transfer:  # the mean over the matrix's cells (category, other category's profile)
-                    row[v.name] = self._transfer_mean(name)
-                    continue
-                r = runs.get(v.name)
-                if r is None:
-                    row[v.name] = None
-                    continue
-                mean = r.mean()
-                row[v.name] = {
-                    **{k: mean[k] for k in BENCH_METRICS},
-                    "seconds_per_image": seconds_per_image(r),
-                    "categories": len([c for c in r.categories if c.metrics is not None]),
-                    "failed": r.failed,
-                }
-            rows.append(row)
-        return rows
-
-    def column_labels(self) -> list[tuple[str, str]]:
-        return [(v.name, v.label) for v in self.variants]
-
-
-def seconds_per_image(result: DatasetResult) -> float:
-    """The mean stage-2 seconds per image of ``result``: each segmented image's recorded timings
-    (detection, segmentation, fusion) summed, averaged over every category's images (resumed ones
-    included, as recorded when they ran); NaN when no image has timings."""
-    times: list[float] = []
-    for c in result.categories:
-        path = result.out_dir / c.predictions if c.predictions else None
-        if path is None or not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn last line: the evaluation reports it
-            timings = record.get("timings") if isinstance(record, dict) and record.get("status") == "ok" else None
-            if isinstance(timings, dict) and timings:
-                times.append(sum(float(t) for t in timings.values()))
-    return sum(times) / len(times) if times else float("nan")
 
 
 def load_stage2_model(kind: str, name: str, pipeline: Pipeline) -> Any:
@@ -610,103 +390,3 @@ def run_bench(
         logger.error("%s: cannot write the bench tables: %s", out, exc)
         bench.stopped = bench.stopped or stop_reason(exc)
     return bench
-
-
-def write_bench(bench: BenchResult) -> dict[str, Path]:
-    """Write bench.md, bench.csv, bench.json and bench.html into the bench folder."""
-    from iapas.evaluation.tables import bench_csv, bench_markdown, pct, transfer_markdown
-    from iapas.report import write_bench_report
-
-    out = bench.out_dir
-    rows = bench.rows()
-    labels = bench.column_labels()
-    first = next((r for runs in bench.results.values() for r in runs.values()), None)
-    notes = list(bench.notes)
-    if first is not None:
-        notes.insert(0, first.protocol_sentence())
-        s = first.settings
-        notes.insert(1, f"Mode {s.mode}; models: detector {first.models.get('detector')}, segmenter {first.models.get('segmenter')}; iapas {first.iapas_version}.")
-        if s.limit is not None:
-            notes.append(f"Quick check: at most {s.limit} test images per category; not full-benchmark numbers.")
-    for name, chosen in bench.ablation_categories.items():
-        runs = bench.results.get(name, {})
-        title = next((r.title for r in runs.values()), name)
-        note = (
-            f"{title}: the {DEFAULT_VARIANT.label} column is the mean over every category; the ablation columns are over "
-            f"the paper's ablation categories only ({', '.join(chosen)})"
-        )
-        default = runs.get(DEFAULT_VARIANT.name)
-        if default is not None:
-            mean = default.mean(chosen)
-            note += f"; over those, {DEFAULT_VARIANT.label} has pixel AP {pct(mean['pixel_ap'])}, F1-max {pct(mean['pixel_f1_max'])}"
-        notes.append(note + ".")
-    if bench.test_pool_references is not None:
-        notes.append(
-            f"Every column of a dataset is scored on the same test images: the test set is drawn once, with the "
-            f"references of the largest count ({bench.test_pool_references}) excluded, where the references come from "
-            "the normal test images."
-        )
-    matrices = {name: m for name in bench.datasets if (m := bench.transfer_matrix(name)) is not None}
-    if matrices:
-        notes.append(
-            "The prompt-transfer column is the mean over the matrix's cells: each category segmented with another "
-            "category's stage-1 profile (its object tag, object size and caption); the matrices follow."
-        )
-    for name, errs in bench.errors.items():
-        for variant, message in errs.items():
-            notes.append(f"{name} {'' if variant == '*' else variant + ' '}not evaluated: {message}")
-    for name, runs in bench.results.items():
-        for variant, r in runs.items():
-            if r.failed:
-                notes.append(f"{name} {variant}: some images or categories failed (see its report).")
-    for name, by_source in bench.transfer.items():
-        for source, r in by_source.items():
-            if r.failed:
-                notes.append(f"{name} prompt-transfer from {source}: some images or categories failed (see its report).")
-    markdown = bench_markdown(rows, labels, "IAP-AS benchmark", notes)
-    for name, matrix in matrices.items():
-        title = next((r.title for r in bench.results.get(name, {}).values()), name)
-        markdown += "\n" + transfer_markdown(title, matrix)
-    paths = {"md": out / BENCH_MD, "csv": out / BENCH_CSV, "json": out / BENCH_JSON, "html": out / BENCH_HTML}
-    atomic_write_text(paths["md"], markdown)
-    atomic_write_text(paths["csv"], bench_csv(rows, labels))
-    data = {
-        "variants": [
-            {"name": v.name, "label": v.label, **{k: m for k in ("detector", "segmenter") if (m := getattr(v, k)) is not None}}
-            for v in bench.variants
-        ],
-        "datasets": {k: str(v) for k, v in bench.datasets.items()},
-        "rows": rows,
-        "errors": bench.errors,
-        "ablation_categories": bench.ablation_categories,
-        "test_pool_references": bench.test_pool_references,
-        "prompt_transfer": matrices,
-        "notes": notes,
-    }
-    atomic_write_text(paths["json"], json.dumps(_finite(data), indent=2) + "\n")
-    links = {
-        f"{name} / {variant}": f"{name}/{variant}/report.html"
-        for name, runs in bench.results.items()
-        for variant in runs
-        if (out / name / variant / "report.html").exists()
-    }
-    links.update(
-        {
-            f"{name} / {TRANSFER_DIR} from {source}": f"{name}/{TRANSFER_DIR}/from-{source}/report.html"
-            for name, by_source in bench.transfer.items()
-            for source in by_source
-            if (out / name / TRANSFER_DIR / f"from-{source}" / "report.html").exists()
-        }
-    )
-    write_bench_report(paths["html"], "IAP-AS benchmark", markdown, links)
-    return paths
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
