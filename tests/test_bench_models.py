@@ -39,6 +39,24 @@ def test_model_ablations_are_columns_by_resolved_id():
         ablation_variants(["detector="], EvalSettings())
 
 
+def test_bench_reexports_the_columns_and_the_result_from_their_modules():
+    """bench is the entry point: what callers import from it is the one definition in
+    iapas.evaluation.variants or iapas.evaluation.bench_results, not a copy."""
+    import iapas.evaluation.bench as bench
+    import iapas.evaluation.bench_results as bench_results
+    import iapas.evaluation.variants as variants
+
+    moved = {
+        variants: ("ABLATIONS", "MODEL_ABLATIONS", "SIZE_SWEEP", "DEFAULT_SIZE_THRESHOLD", "Variant", "DEFAULT_VARIANT",
+                   "is_ablation", "ablation_variants"),
+        bench_results: ("BENCH_METRICS", "BENCH_MD", "BENCH_CSV", "BENCH_JSON", "BENCH_HTML", "TRANSFER_DIR", "BenchResult",
+                        "seconds_per_image", "write_bench"),
+    }
+    for module, names in moved.items():
+        for name in names:
+            assert getattr(bench, name) is getattr(module, name), f"{module.__name__}.{name}"
+
+
 def test_seconds_per_image_is_the_mean_of_the_recorded_stage2_timings(tmp_path: Path):
     (tmp_path / "predictions").mkdir()
     records = {
