@@ -324,6 +324,13 @@ def test_help_shows_long_defaults_whole():
     assert "masks/ is the map >= 0.3. [x>=0.0]" in text  # --threshold: no default (the profile's decision)
 
 
+def test_help_lists_evaluate_then_bench_between_demo_and_serve():
+    # evaluate and bench live in their own modules; 'iapas --help' keeps them in this order
+    names = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert names.index("demo") < names.index("evaluate") < names.index("serve")
+    assert names[names.index("evaluate") + 1] == "bench"
+
+
 # --- item 15: which models the demo runs ---------------------------------------------------------------
 
 
