@@ -324,6 +324,13 @@ def test_help_shows_long_defaults_whole():
     assert "masks/ is the map >= 0.3. [x>=0.0]" in text  # --threshold: no default (the profile's decision)
 
 
+def test_help_lists_evaluate_then_bench_between_demo_and_serve():
+    # evaluate and bench live in their own modules; 'iapas --help' keeps them in this order
+    names = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert names.index("demo") < names.index("evaluate") < names.index("serve")
+    assert names[names.index("evaluate") + 1] == "bench"
+
+
 # --- item 15: which models the demo runs ---------------------------------------------------------------
 
 
@@ -390,7 +397,7 @@ def test_demo_offline_says_its_maps_are_noise(tmp_path: Path, tiny_models: dict[
 def test_bench_summary_names_the_runs_whose_nouns_came_from_the_fallback(capsys: pytest.CaptureFixture[str]):
     from types import SimpleNamespace
 
-    from iapas.cli import evaluate as cli_evaluate
+    from iapas.cli import bench as cli_bench
 
     def category(name: str, fallback: str | None) -> SimpleNamespace:
         return SimpleNamespace(name=name, profile=SimpleNamespace(llm_fallback=fallback))
@@ -400,7 +407,7 @@ def test_bench_summary_names_the_runs_whose_nouns_came_from_the_fallback(capsys:
         results={"mvtec": {"default": run}}, errors={}, stopped=None, out_dir=Path("b"),
         column_labels=lambda: [], rows=lambda: [],
     )
-    cli_evaluate._print_bench(bench)
+    cli_bench._print_bench(bench)
     captured = capsys.readouterr()
     text = " ".join((captured.out + captured.err).split())
     assert ("LLM fallback: the anomaly nouns of mvtec/default/bottle come from the knowledge vocabulary, not the LLM, "

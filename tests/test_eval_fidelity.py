@@ -188,6 +188,7 @@ def test_paper_protocol_stores_opencv_resized_maps(tmp_path: Path):
 def test_evaluate_and_bench_default_to_float32_and_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from typer.testing import CliRunner
 
+    import iapas.cli.bench as cli_bench
     import iapas.cli.evaluate as cli_evaluate
     from iapas.cli import app
 
@@ -202,8 +203,9 @@ def test_evaluate_and_bench_default_to_float32_and_say_so(tmp_path: Path, monkey
         seen.append(("stage1", values.get("dtype")))
         return real_stage1(mode, **values)
 
-    monkeypatch.setattr(cli_evaluate, "_pipeline", fake_pipeline_loader)
-    monkeypatch.setattr(cli_evaluate, "_stage1_options", spy_stage1)
+    for module in (cli_evaluate, cli_bench):  # each command looks them up in its own module
+        monkeypatch.setattr(module, "_pipeline", fake_pipeline_loader)
+        monkeypatch.setattr(module, "_stage1_options", spy_stage1)
     root = make_mvtec(tmp_path / "data", ("alpha",), n_good=1, n_bad=1)
     common = ["--tagger", "manual", "--tags", "widget", "--llm", "knowledge", "--quiet"]
     evaluate = ["evaluate", "--dataset", "mvtec", "--root", str(root), "--out", str(tmp_path / "e"), *common]

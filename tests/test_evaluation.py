@@ -702,7 +702,7 @@ def test_cli_evaluate_with_tiny_models_writes_tables_and_exits_1_on_a_bad_image(
 def test_cli_bench_passes_image_norm_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from typer.testing import CliRunner
 
-    import iapas.cli.evaluate as cli_evaluate
+    import iapas.cli.bench as cli_bench
     import iapas.evaluation.bench as bench_module
     from iapas.cli import app
     from iapas.data import DatasetError
@@ -713,7 +713,7 @@ def test_cli_bench_passes_image_norm_through(tmp_path: Path, monkeypatch: pytest
         seen.append(settings.image_norm)
         raise DatasetError("stop here")
 
-    monkeypatch.setattr(cli_evaluate, "_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(cli_bench, "_pipeline", lambda *a, **k: None)
     monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
     # mode base under the paper protocol: off by default, as the reference code's baseline
     for flag, expected in (([], False), (["--image-norm"], True), (["--no-image-norm"], False)):

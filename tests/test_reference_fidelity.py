@@ -255,7 +255,7 @@ def test_bench_prompt_style_runs_stage1_with_each_style_on_the_tiny_llm(tmp_path
 def test_cli_prompt_style_and_object_join_options(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import iapas.cli.evaluate as cli_evaluate
+    import iapas.cli.bench as cli_bench
     import iapas.evaluation.bench as bench_module
     from iapas.cli import app
     from iapas.data import DatasetError
@@ -274,7 +274,7 @@ def test_cli_prompt_style_and_object_join_options(tmp_path, monkeypatch):
         seen.append((stage1.prompt_style, stage1.object_join, ablations))
         raise DatasetError("stop here")
 
-    monkeypatch.setattr(cli_evaluate, "_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(cli_bench, "_pipeline", lambda *a, **k: None)
     monkeypatch.setattr(bench_module, "run_bench", fake_run_bench)
     args = ["bench", "--root-dir", str(tmp_path), "--out", str(tmp_path / "bench"), "--quiet", "--llm", "knowledge"]
     CliRunner().invoke(app, args)

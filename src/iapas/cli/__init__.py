@@ -34,7 +34,7 @@ demo.register(app)
 app.add_typer(testing.app, name="testing")
 
 # Optional command groups added by other modules (data, evaluation) register themselves here.
-for _name in ("data", "evaluate", "serve"):
+for _name in ("data", "evaluate", "bench", "serve"):
     try:
         _module = __import__(f"iapas.cli.{_name}", fromlist=["register"])
     except ModuleNotFoundError as _exc:  # pragma: no cover - the module is not there yet

@@ -1,0 +1,186 @@
+"""``iapas bench``: every dataset under a root folder and the paper's ablations, each variant an
+``iapas evaluate`` run, with one table side by side at the end.
+
+Exit codes: 0 all evaluated, 1 some run failed or the disk filled up (the bench stops early and says
+how to resume), 2 bad options or a bench folder in use by another run, 130 interrupted (run the
+same command again to resume).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_stopped, setup_logging
+from iapas.cli.eval_common import (
+    EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
+    ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
+    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
+    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _split, _stage1_options,
+    print_fallback,
+)
+from iapas.models.registry import help_table
+from iapas.prompts.resources import LlmFallback
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench", epilog=help_table())(bench_cmd)
+
+
+def _parse_categories(values: list[str] | None) -> dict[str, list[str]]:
+    """'mvtec:carpet,grid' (repeatable) -> {'mvtec': ['carpet', 'grid']}."""
+    from iapas.data import canonical_name
+
+    out: dict[str, list[str]] = {}
+    for item in values or []:
+        if ":" not in item:
+            raise fail(f"--categories takes DATASET:cat1,cat2 (e.g. mvtec:carpet,grid), got {item!r}")
+        name, cats = item.split(":", 1)
+        try:
+            key = canonical_name(name)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        out.setdefault(key, []).extend(c.strip() for c in cats.split(",") if c.strip())
+    return out
+
+
+def bench_cmd(
+    ctx: typer.Context,
+    root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
+    datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
+    categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
+    ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style, prompt-transfer, detector=NAME or segmenter=NAME (repeatable; NAME: a model name below, a hub id or a folder; a column with that stage-2 model, the default column's profiles)."),
+    sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
+    protocol: str = ProtocolOpt,
+    mode: str = ModeOpt,
+    size_threshold: float = SizeThresholdOpt,
+    references: int = ReferencesOpt,
+    seed: int = SeedOpt,
+    limit: int = LimitOpt,
+    eval_size: int = EvalSizeOpt,
+    image_norm: bool | None = ImageNormOpt,
+    image_score: str = ImageScoreOpt,
+    detector: str = DetectorOpt,
+    segmenter: str = SegmenterOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    batch_size: int = BatchOpt,
+    box_threshold: float = BoxThresholdOpt,
+    text_threshold: float = TextThresholdOpt,
+    fuse_object_detection: bool = FuseOpt,
+    tagger: str = TaggerOpt,
+    tagger_model: str = TaggerModelOpt,
+    top_k: int = TopKOpt,
+    tags: str = TagsOpt,
+    llm: str = LlmOpt,
+    llm_model: str = LlmModelOpt,
+    llm_base_url: str = LlmBaseUrlOpt,
+    llm_timeout: float = LlmTimeoutOpt,
+    llm_retries: int = LlmRetriesOpt,
+    llm_fallback: LlmFallback = LlmFallbackOpt,
+    knowledge_file: Path = KnowledgeOpt,
+    object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
+    restart: bool = RestartOpt,
+    report: bool = ReportOpt,
+    max_pixels: int = MaxPixelsOpt,
+    verbose: bool = VerboseOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Run the benchmark on every dataset found under --root-dir, and the paper's ablations.
+
+    Each dataset (and each ablation variant) is an 'iapas evaluate' run in OUT/DATASET/VARIANT/;
+    stage-1 profiles are shared by the variants that do not change them. Writes OUT/bench.md (one
+    row per dataset: mean pixel AP, F1-max and seconds per image of each variant side by side),
+    bench.csv, bench.json and bench.html. --ablation detector=NAME (or segmenter=NAME) adds a
+    column that runs stage 2 with that model on the same images and profiles.
+
+    Example: iapas bench --root-dir datasets --out runs/bench --datasets mvtec --ablation size-filter --ablation prompt
+    """
+    setup_logging(verbose, quiet)
+    from iapas.evaluation.bench import ABLATIONS, is_ablation, run_bench
+
+    ablations = _split(ablation)
+    unknown = [a for a in ablations if not is_ablation(a)]
+    if unknown:
+        raise fail(
+            f"unknown --ablation {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}, detector=NAME or segmenter=NAME"
+        )
+    try:
+        size_list = [float(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise fail(f"--sizes must be comma-separated numbers, got {sizes!r}") from None
+    settings = _settings(
+        protocol=protocol, mode=mode, size_threshold=size_threshold, n_references=references, seed=seed,
+        eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels, image_norm=image_norm,
+        image_score=image_score,
+    )
+    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
+    stage1 = _stage1_options(
+        mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
+        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
+        knowledge_file=knowledge_file,
+        object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
+        prompt_style=prompt_style,
+        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
+    )
+    from iapas.data import canonical_name
+
+    try:
+        wanted = [canonical_name(d) for d in _split(datasets)] or None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    per_dataset = _parse_categories(categories)
+    hold_output_lock(ctx, out, "bench")  # the whole bench folder, with every evaluation in it
+    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
+    bars = _Bars(quiet)
+
+    def on_run(name: str, variant: Any) -> None:
+        bars.prefix = f"{name}/{variant.name}: "
+
+    with bars:
+        bench = _run_guarded(
+            lambda: run_bench(
+                root_dir, out, pipeline, settings, stage1=stage1, ablations=ablations, sizes=size_list, datasets=wanted,
+                categories=per_dataset, restart=restart, report=report, progress=bars.hooks(), on_run=on_run,
+            )
+        )
+    _print_bench(bench)
+    if bench.failed:
+        raise typer.Exit(1)
+
+
+def _print_bench(bench: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="IAP-AS benchmark: mean pixel AP / F1-max / paper's 100-thr. F1-max (%) / s per image")
+    table.add_column("dataset")
+    labels = bench.column_labels()
+    for _, label in labels:
+        table.add_column(escape(label), justify="right")
+    for row in bench.rows():
+        cells = []
+        for name, _ in labels:
+            v = row.get(name)
+            t = v.get("seconds_per_image") if v is not None else None
+            t_cell = f"{t:.3f}s" if isinstance(t, float) and t == t else "-"
+            cells.append("-" if v is None else f"{_fmt(v['pixel_ap'])} / {_fmt(v['pixel_f1_max'])} / {_fmt(v['pixel_f1_max_100'])} / {t_cell}")
+        table.add_row(escape(str(row["dataset"])), *cells)
+    console.print(table)
+    for name, errs in bench.errors.items():
+        for variant, message in errs.items():
+            console.print(f"[bold red]{escape(name)} {escape(variant)}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_fallback({
+        f"{name}/{variant}/{c.name}": c.profile.llm_fallback
+        for name, runs in bench.results.items() for variant, run in runs.items()
+        for c in run.categories if c.profile.llm_fallback
+    })
+    console.print(f"wrote {bench.out_dir / 'bench.md'}, bench.csv, bench.json, bench.html", highlight=False, soft_wrap=True)
+    if bench.stopped:
+        print_stopped(bench.stopped, "the bench did not finish")

@@ -1,0 +1,224 @@
+"""What ``iapas evaluate`` and ``iapas bench`` share: their common options, settings and model
+loading with one-line errors, the progress bars, and the library's errors mapped to exit codes.
+
+Exit codes (both commands): 1 some image or category failed or the disk filled up (the run stops
+early and says how to resume), 2 bad options, 130 interrupted (run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import typer
+
+from iapas.cli.common import console, fail, print_stopped
+from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.models.detector import DEFAULT_DETECTOR
+from iapas.models.segmenter import DEFAULT_SEGMENTER
+
+# --- options shared by both commands ----------------------------------------------------------------
+
+ProtocolOpt = typer.Option(
+    "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
+)
+ModeOpt = typer.Option(
+    "iapas", "--mode",
+    help="iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
+    "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'.",
+)
+SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
+ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
+LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
+EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
+ImageNormOpt = typer.Option(
+    None, "--image-norm/--no-image-norm",
+    help="Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
+    "reference code does (default: on, except --mode base --protocol paper, where the reference skips it). "
+    "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+    show_default=False,
+)
+ImageScoreOpt = typer.Option(
+    None, "--image-score", show_default=False,
+    help="Image score of the image metrics: paper (each image's maximum of the normalised 400x400 stack, the "
+    "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
+    "default under --protocol full). Applied when the metrics are computed.",
+)
+DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a local folder.")
+SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM, SAM-HQ or SAM 2.1: a model name (table below), a hub id or a local folder (unused with --detector sam3).")
+DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
+DtypeOpt = typer.Option(
+    None, "--dtype", show_default=False,
+    help="Detector and SAM precision: float32 (the default: the reference code's), float16, bfloat16 or auto "
+    "(float16 on GPU). Stage 1's models use it too when given, else auto.",
+)
+#: The detector's and SAM's precision in evaluate and bench when --dtype is not given (the reference ran float32).
+EVAL_DTYPE = "float32"
+BatchOpt = typer.Option(1, "--batch-size", min=1, help="Images per model forward.")
+BoxThresholdOpt = typer.Option(0.1, "--box-threshold", help="Detector box threshold (the paper's 0.1).")
+TextThresholdOpt = typer.Option(0.1, "--text-threshold", help="Detector text threshold (the paper's 0.1).")
+TaggerOpt = typer.Option("clip", "--tagger", help="Stage 1 tagger: clip, ram (--tagger-model CHECKPOINT) or manual (--tags).")
+TaggerModelOpt = typer.Option(None, "--tagger-model", help="CLIP hub id or folder; for ram, the checkpoint file.")
+TopKOpt = typer.Option(5, "--top-k", min=1, help="CLIP tagger: tags kept per reference image.")
+TagsOpt = typer.Option(None, "--tags", help="Tags by hand for every category, comma separated (implies --tagger manual).")
+LlmOpt = typer.Option("transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible endpoint) or knowledge (offline).")
+LlmModelOpt = typer.Option(None, "--llm-model", help="transformers: hub id or folder (default Meta-Llama-3-8B-Instruct); openai: model name.")
+LlmBaseUrlOpt = typer.Option(None, "--llm-base-url", help="openai: server URL (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL).")
+LlmTimeoutOpt = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request.")
+LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs.")
+LlmFallbackOpt = typer.Option(
+    "auto", "--llm-fallback",
+    help="auto: when the LLM fails, a profile's nouns come from the knowledge vocabulary; never: stop with an error.",
+)
+KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
+ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
+ObjectJoinOpt = typer.Option(
+    "phrase", "--object-join",
+    help="Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
+    "with a comma to the last word (comma).",
+)
+PromptStyleOpt = typer.Option(
+    "reference", "--prompt-style",
+    help="Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording).",
+)
+RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
+ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
+FuseOpt = typer.Option(
+    False, "--fuse-object-detection", help="Take the object box from the caption's forward (one detector forward; not the paper's method)."
+)
+MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images with more pixels (decompression-bomb guard).")
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def _stage1_options(mode: str, **values: Any) -> Any:
+    """Stage1Options for mode iapas (None for base); a bad combination exits with a message."""
+    from iapas.evaluation import Stage1Options
+    from iapas.prompts.caption import split_word_list
+
+    if mode != "iapas":
+        return None
+    tags, prompts = values.pop("tags"), values.pop("prompts")
+    try:
+        return Stage1Options(
+            tags=split_word_list(tags) if tags else None,
+            nouns=split_word_list(prompts) if prompts is not None else None,
+            **values,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _settings(**values: Any) -> Any:
+    from iapas.evaluation import EvalSettings
+
+    try:
+        return EvalSettings(**values)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _pipeline(
+    detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float, fuse: bool
+) -> Any:
+    from iapas.models.loading import ModelLoadError
+    from iapas.pipeline import Pipeline, PipelineConfig
+
+    try:
+        config = PipelineConfig(
+            detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
+            box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse,
+        )
+        with console.status("loading models"):
+            return Pipeline.from_config(config)
+    except (ModelLoadError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _columns() -> tuple[Any, ...]:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+
+
+class _Bars:
+    """Progress per category (and per stage-1 step while a profile is made): rich bars on a
+    terminal, log lines elsewhere (:class:`iapas.cli.progress.RunProgress`)."""
+
+    def __init__(self, quiet: bool) -> None:
+        from iapas.cli.progress import RunProgress
+
+        self.progress = RunProgress(console, quiet, _columns)
+        self.tasks: dict[str, Any] = {}
+        self.prefix = ""
+
+    def hooks(self) -> Any:
+        from iapas.evaluation import ProgressHooks
+
+        return ProgressHooks(on_category=self.on_category, on_image=self.on_image, on_stage1=self.on_stage1)
+
+    def on_category(self, name: str, total: int) -> None:
+        self.tasks[name] = self.progress.add_task(f"{self.prefix}{name}", total=total)
+
+    def on_image(self, name: str, key: str, status: str) -> None:
+        if name in self.tasks:
+            self.progress.advance(self.tasks[name], status)
+
+    def on_stage1(self, name: str, step: str, done: int, total: int) -> None:
+        key = f"{name}:{step}"
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(f"{self.prefix}{name} (stage 1: {step})", total=total)
+        self.progress.update(self.tasks[key], completed=done)
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def print_fallback(fell_back: dict[str, str]) -> None:
+    """One line naming the categories whose anomaly nouns came from the knowledge fallback, and why."""
+    if fell_back:
+        console.print(
+            f"LLM fallback: the anomaly nouns of {', '.join(fell_back)} come from the knowledge vocabulary, not the LLM, "
+            f"because {next(iter(fell_back.values()))}", markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+def _run_guarded(fn: Any) -> Any:
+    """Run ``fn``; map the library's errors to one-line messages and exit codes."""
+    from iapas.data import DatasetError
+    from iapas.engine import EngineError
+    from iapas.evaluation import RunConflictError
+    from iapas.models.loading import ModelLoadError
+    from iapas.profile import ProfileError
+    from iapas.prompts.knowledge import KnowledgeError
+    from iapas.prompts.llm import LLMError
+    from iapas.prompts.tagging import TaggerError
+
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished images are saved; run the same command again to resume")
+        raise typer.Exit(130) from None
+    except (RunConflictError, DatasetError, ModelLoadError, TaggerError, LLMError, KnowledgeError, ProfileError, EngineError) as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        from iapas.storage import is_disk_full, stop_reason
+
+        if not is_disk_full(exc):
+            raise fail(str(exc)) from None
+        print_stopped(stop_reason(exc), "the run did not finish")  # e.g. while a profile was written
+        raise typer.Exit(1) from None
+
