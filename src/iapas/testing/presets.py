@@ -180,7 +180,8 @@ PRESETS: dict[str, Preset] = {
             MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
         ),
         # LLMDet tiny: MM-Grounding-DINO tiny's architecture (Swin-T, BERT base, the same detector
-        # dimensions and 4 feature levels in its hub config.json), other weights
+        # dimensions, 4 feature levels), other weights, as a published sweep of the hub
+        # config.json files lists it (not checked against the hub: no network here)
         Preset(
             "llmdet-tiny", "mm-grounding-dino", "iSEE-Laboratory/llmdet_tiny",
             MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
