@@ -125,6 +125,8 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=64)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", action="store_true",
+                        help="a --store station (segment run folders in a temporary folder) instead of the memory store")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -170,7 +172,8 @@ def main() -> int:
         return rate[0]
 
     app, worker = build_station(pipeline, {"tile": profile}, batch_size=args.batch_size,
-                                max_wait_ms=args.max_wait_ms, queue_size=args.queue_size)
+                                max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                                store_dir=tmp / "station" if args.store else None)
     rows: list[tuple[str, str]] = []
     refs: list[float] = []
     rounds: list[tuple[list[Answer], float, int, int]] = []  # answers, seconds, images, batches
@@ -224,10 +227,10 @@ def main() -> int:
     rows.append(("Retry-After of the 503s", ", ".join(sorted({r for code, _, r in burst_answers if code == 503})) or "-"))
     rows.append(("ratio served / Pipeline.run", f"{np.mean(ratios):.2f} (mean of the rounds; target >= 0.9)"))
     rows.append(("station RSS MiB", ", ".join(f"{name} {v:.0f}" for name, v in rss.items())
-                 + " (results kept: at most 256)"))
+                 + ("" if args.store else " (results kept: at most 256)")))
     width = max(len(k) for k, _ in rows)
     print(f"iapas serve load: tiny models, {args.size}x{args.size} PNGs, batch {args.batch_size}, "
-          f"max wait {args.max_wait_ms:g} ms, cpu, {os.cpu_count()} cores")
+          f"max wait {args.max_wait_ms:g} ms, {'--store' if args.store else 'memory'} store, cpu, {os.cpu_count()} cores")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
