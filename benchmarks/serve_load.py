@@ -24,6 +24,7 @@ import io
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -114,7 +115,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--clients", type=int, default=16,
                         help="closed-loop clients (each waits for its answer): twice the batch size keeps batches full")
     parser.add_argument("--requests", type=int, default=25, help="per client")
@@ -233,6 +234,7 @@ def main() -> int:
           f"max wait {args.max_wait_ms:g} ms, {'--store' if args.store else 'memory'} store, cpu, {os.cpu_count()} cores")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    shutil.rmtree(tmp, ignore_errors=True)  # the tiny models and a --store folder
     return 0
 
 
