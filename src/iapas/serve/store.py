@@ -144,19 +144,17 @@ class MemoryStore:
         decision = self.profiles[category].decision
         threshold = decision.threshold if decision is not None else MASK_THRESHOLD
         result_id = new_id()
-        mask = _verdict_mask(result, verdict, threshold)
+        record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
+        record.update(image=str(image.path), category=category, **extra)
+        record.pop("size", None), record.pop("mtime_ns", None)  # no file behind it
         held = _Held(
-            record={},
+            record=record,
             encoded_map=encode_map(result.anomaly_map),
-            packed_mask=np.packbits(mask > 0),
+            packed_mask=np.packbits(_verdict_mask(result, verdict, threshold) > 0),
             upload=(data, str(image.path)),
             light=dataclasses.replace(result, anomaly_map=np.zeros((0, 0), np.float32), masks=np.zeros((0, 0, 0), bool)),
             verdict=None if verdict is None else dataclasses.replace(verdict, mask=np.zeros((0, 0), bool)),
         )
-        record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
-        record.update(image=str(image.path), category=category, **extra)
-        record.pop("size", None), record.pop("mtime_ns", None)  # no file behind it
-        held.record = record
         with self._lock:
             self._items[result_id] = held
             self._bytes += held.nbytes
