@@ -102,6 +102,22 @@ def test_owlv2_one_vision_and_one_text_pass_for_all_captions(tiny_models: dict[s
         det.detect_with_object(IMAGES, "crack .", "magnetic tile")
 
 
+def test_owlv2_text_cache_is_bounded_and_a_full_cache_still_answers(tiny_models: dict[str, Path], monkeypatch):
+    """When a call's new phrases would overflow the cache, it is emptied first: the call's
+    phrases are all encoded again (one text pass) and it answers as with an empty cache."""
+    import iapas.models.owlv2 as owlv2
+
+    monkeypatch.setattr(owlv2, "_TEXT_CACHE_SIZE", 3)
+    det = load_detector(str(tiny_models["owlv2"]), device="cpu")
+    det.detect(IMAGES, "crack . hole .", box_threshold=0.05)
+    got = det.detect(IMAGES, "crack . scratch . stain .", box_threshold=0.05)  # 2 cached + 2 new > 3
+    assert det.text_count == 2 and set(det._text_cache) == {"crack", "scratch", "stain"}
+    fresh = load_detector(str(tiny_models["owlv2"]), device="cpu")
+    for a, b in zip(got, fresh.detect(IMAGES, "crack . scratch . stain .", box_threshold=0.05)):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        assert a.phrases == b.phrases
+
+
 def test_owlv2_refuses_a_phrase_longer_than_its_query_window(owl: Owlv2Detector):
     many_short = " . ".join(["crack", "hole", "scratch", "stain", "dent"] * 20)  # long caption, short queries
     owl.check_caption(many_short)

@@ -115,6 +115,10 @@ class Owlv2Detector:
         import torch
 
         new = [p for p in dict.fromkeys(phrases) if p not in self._text_cache]
+        if new and len(self._text_cache) + len(new) > _TEXT_CACHE_SIZE:
+            # bound the cache before encoding, so that every phrase of this call is in it after
+            self._text_cache.clear()
+            new = list(dict.fromkeys(phrases))
         if new:
             problem = self._too_long(new)
             if problem:
@@ -129,8 +133,6 @@ class Owlv2Detector:
                 ).pooler_output
                 text = text / torch.linalg.norm(text, ord=2, dim=-1, keepdim=True)
             self.text_count += 1
-            if len(self._text_cache) + len(new) > _TEXT_CACHE_SIZE:
-                self._text_cache.clear()
             for i, phrase in enumerate(new):
                 self._text_cache[phrase] = (text[i], bool(input_ids[i, 0] > 0))  # first token 0: padding
         rows = [self._text_cache[p] for p in phrases]
