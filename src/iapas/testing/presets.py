@@ -229,9 +229,9 @@ def _model_class(kind: str) -> Any:
 
     classes = {
         "grounding-dino": GroundingDinoForObjectDetection, "sam3": Sam3Model, "owlv2": Owlv2ForObjectDetection,
-        "sam2": Sam2Model, "mm-grounding-dino": MMGroundingDinoForObjectDetection, "sam_hq": SamHQModel,
+        "sam2": Sam2Model, "mm-grounding-dino": MMGroundingDinoForObjectDetection, "sam_hq": SamHQModel, "sam": SamModel,
     }
-    return classes.get(kind, SamModel)
+    return classes[kind]
 
 
 def count_parameters(name: str) -> int:
