@@ -39,20 +39,23 @@ def check_caption_length(caption: str, name_or_path: str) -> None:
     When they cannot be had, nothing is checked here: loading the model reports that, and
     :meth:`GroundingDinoDetector.check_caption` checks the caption once it is loaded."""
     name = DETECTOR_CHOICES.get(name_or_path, name_or_path)
+
+    def cached_first(load: Any) -> Any:
+        try:
+            return load(name, local_files_only=True)
+        except OSError:
+            return load(name)
+
     try:
         from transformers import AutoConfig, AutoTokenizer
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
-            config = AutoConfig.from_pretrained(name, local_files_only=True)
-        except OSError:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            config = AutoConfig.from_pretrained(name)
+        config = cached_first(AutoConfig.from_pretrained)
+        if getattr(config, "model_type", None) not in DETECTOR_MODEL_TYPES:
+            return  # another family's limit (OWLv2: per phrase) is its adapter's check_caption
+        tokenizer = cached_first(AutoTokenizer.from_pretrained)  # only for Grounding DINO's window
     except Exception as exc:  # noqa: BLE001 - the model load that follows says what is wrong
         logger.debug("caption not checked before loading %s: %s", name, exc)
         return
-    if getattr(config, "model_type", None) not in DETECTOR_MODEL_TYPES:
-        return  # another family's limit (OWLv2: per phrase) is its adapter's check_caption
     max_tokens = int(getattr(config, "max_text_len", 256))
     tokens = len(tokenizer(GroundingDinoDetector.normalize_caption(caption))["input_ids"])
     if tokens > max_tokens:
