@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from iapas.models.base import check_finite
-from iapas.models.loading import ModelLoadError, load_pretrained, one_line, resolve_device, resolve_dtype
+from iapas.models import registry
+from iapas.models.loading import ModelLoadError, load_checked_model, load_pretrained, one_line, resolve_device, resolve_dtype
 from iapas.prompts.caption import caption_phrases
 from iapas.types import Detections
 
@@ -121,20 +122,17 @@ class Sam3Detector:
     def from_pretrained(cls, name_or_path: str = "facebook/sam3", device: str = "auto", dtype: str = "auto") -> Sam3Detector:
         from transformers import AutoModel, AutoTokenizer
 
+        name_or_path = registry.resolve("detector", name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "SAM 3 detector"
-        types = tuple(SAM3_MODEL_TYPES)
-        tokenizer = load_pretrained(AutoTokenizer.from_pretrained, name_or_path, what=what, expected_model_types=types)
-        model = load_pretrained(AutoModel.from_pretrained, name_or_path, what=what, expected_model_types=types, dtype=torch_dtype)
-        model_type = getattr(model.config, "model_type", None)
-        if SAM3_MODEL_TYPES.get(model_type) != type(model).__name__:  # a hub id of another kind
-            raise ModelLoadError(
-                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); expected {' or '.join(types)}"
-            )
+        tokenizer = load_pretrained(
+            AutoTokenizer.from_pretrained, name_or_path, what=what, expected_model_types=tuple(SAM3_MODEL_TYPES)
+        )
+        model = load_checked_model(
+            AutoModel.from_pretrained, name_or_path, what=what, model_classes=SAM3_MODEL_TYPES, device=dev, dtype=torch_dtype
+        )
         settings = read_image_settings(name_or_path, what)
-        model = model.to(dev).eval()
-        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
         return cls(model, tokenizer, settings, dev, torch_dtype, name_or_path)
 
     def compile(self) -> None:
