@@ -274,12 +274,9 @@ class Sam3ProcessorFiles:
 
 def stand_in_clip_tokenizer() -> Any:
     """A CLIP tokenizer of the real vocabulary size and start/end ids (see the module docstring)."""
-    from transformers import CLIPTokenizer
+    from iapas.testing.tiny import char_clip_tokenizer
 
-    from iapas.testing.tiny import clip_vocab_and_merges
-
-    vocab, merges = clip_vocab_and_merges(TINY_WORDS, CLIP_VOCAB_SIZE)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    return char_clip_tokenizer(CLIP_VOCAB_SIZE, model_max_length=16, words=TINY_WORDS)
 
 
 def make_processor(kind: str, image_size: int = 960) -> Any:

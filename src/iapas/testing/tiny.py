@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import string
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +177,16 @@ def sam3_processor_config(height: int, width: int) -> dict:
     }
 
 
-def char_clip_tokenizer(vocab_size: int | None = None, model_max_length: int | None = None) -> Any:
+def char_clip_tokenizer(
+    vocab_size: int | None = None, model_max_length: int | None = None, words: Sequence[str] = ()
+) -> Any:
     """A character-level ``CLIPTokenizer`` (no merges: letters, digits and ``-'.,``, each also
-    as a word end). ``vocab_size`` pads the vocabulary with unused tokens (CLIP's 49408 for a
-    real-size model). bos and eos take the two highest ids, as in CLIP (its text pooling reads
-    the eos position)."""
+    as a word end), plus whole-word tokens for ``words`` (:func:`clip_vocab_and_merges`).
+    ``vocab_size`` pads the vocabulary with unused tokens (CLIP's 49408 for a real-size model).
+    bos and eos take the two highest ids, as in CLIP (its text pooling reads the eos position)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = clip_vocab_and_merges((), vocab_size)
+    vocab, merges = clip_vocab_and_merges(words, vocab_size)
     extra = {} if model_max_length is None else {"model_max_length": model_max_length}
     return CLIPTokenizer(vocab=vocab, merges=merges, **extra)
 
@@ -197,8 +200,6 @@ def make_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) ->
     """Write a tiny random ``Sam3Model`` (model type ``sam3``) with its tokenizer and processor
     settings to ``out_dir``. ``image_size`` (a multiple of 14 x 8) is the square every image is
     resized to (the hub model's 1008)."""
-    import json
-
     import torch
     from transformers import Sam3Config, Sam3Model
     from transformers.models.sam3.configuration_sam3 import Sam3ViTConfig, Sam3VisionConfig
@@ -269,14 +270,14 @@ def make_tiny_owlv2(out_dir: str | Path, seed: int = 0, image_size: int = 96) ->
     image processor padding to a square and resizing to ``image_size``, 16 px patches) to
     ``out_dir``."""
     import torch
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
     from transformers.models.owlv2.configuration_owlv2 import Owlv2TextConfig, Owlv2VisionConfig
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab, merges = clip_vocab_and_merges(TINY_WORDS)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    tokenizer = char_clip_tokenizer(model_max_length=16, words=TINY_WORDS)
+    vocab = tokenizer.get_vocab()
     text = Owlv2TextConfig(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         max_position_embeddings=16, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
