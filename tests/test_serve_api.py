@@ -438,30 +438,84 @@ def test_a_store_made_with_other_settings_is_refused(pipeline, tmp_path: Path):
         build_station(pipeline, make_profiles(), store_dir=store)
 
 
+class FakePipeline:
+    """Records (category, first pixel of each image) per call; answers empty results; when
+    ``hold`` is given, each call waits for it (after setting ``entered``)."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.hold, self.entered = hold, threading.Event()
+
+    def run(self, images, profile=None):
+        from iapas.types import Detections, SegmentationResult
+
+        self.entered.set()
+        if self.hold is not None:
+            assert self.hold.wait(60)
+        self.calls.append((profile.category, [int(im[0, 0, 0]) for im in images]))
+        empty = Detections.empty()
+        return [SegmentationResult(np.zeros(im.shape[:2], np.float32), empty, empty, np.zeros((0, *im.shape[:2]), bool),
+                                   None, None, 1.0, "default") for im in images]
+
+
+def small_image(value: int):
+    from iapas.io import LoadedImage
+
+    return LoadedImage(Path("x.png"), np.full((8, 8, 3), value, np.uint8), "RGB")
+
+
 def test_worker_batches_the_same_category_only_and_keeps_the_others_in_order():
     """Jobs bottle, screw, bottle, bottle queued before the worker starts, batch size 2: the
     first batch is the first two bottles, then the screw (older than the third bottle), then it."""
-    from iapas.io import LoadedImage
     from iapas.serve.worker import ModelWorker
-    from iapas.types import Detections, SegmentationResult
 
-    calls: list[tuple[str, list[int]]] = []
-
-    class FakePipeline:
-        def run(self, images, profile=None):
-            calls.append((profile.category, [int(im[0, 0, 0]) for im in images]))
-            empty = Detections.empty()
-            return [SegmentationResult(np.zeros(im.shape[:2], np.float32), empty, empty, np.zeros((0, *im.shape[:2]), bool),
-                                       None, None, 1.0, "default") for im in images]
-
-    worker = ModelWorker(FakePipeline(), make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
-    image = lambda v: LoadedImage(Path("x.png"), np.full((8, 8, 3), v, np.uint8), "RGB")  # noqa: E731
-    futures = [worker.submit(c, image(v)) for c, v in (("bottle", 1), ("screw", 2), ("bottle", 3), ("bottle", 4))]
+    pipeline = FakePipeline()
+    calls = pipeline.calls
+    worker = ModelWorker(pipeline, make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    futures = [worker.submit(c, small_image(v)) for c, v in (("bottle", 1), ("screw", 2), ("bottle", 3), ("bottle", 4))]
     with pytest.raises(Exception, match="queue is full"):
-        worker.submit("bottle", image(5))
+        worker.submit("bottle", small_image(5))
     worker.start()
     outcomes = [f.result(30) for f in futures]
     worker.stop()
     assert calls == [("bottle", [1, 3]), ("screw", [2]), ("bottle", [4])]
     assert [o.batch_size for o in outcomes] == [2, 1, 2, 1]
     assert worker.images_served == 4 and worker.batches == 3
+
+
+def test_worker_drops_a_request_cancelled_while_queued_and_goes_on():
+    """The worker is held inside its first batch; the request queued behind it is cancelled (as
+    asyncio.wrap_future does when the client leaves); released, the worker skips it (no
+    InvalidStateError killing the thread) and answers the next request."""
+    from iapas.serve.worker import ModelWorker
+
+    release = threading.Event()
+    pipeline = FakePipeline(hold=release)
+    worker = ModelWorker(pipeline, make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    worker.start()
+    try:
+        first = worker.submit("bottle", small_image(1))
+        assert pipeline.entered.wait(30)
+        cancelled = worker.submit("bottle", small_image(2))
+        assert cancelled.cancel()
+        release.set()
+        assert first.result(30).batch_size == 1
+        after = worker.submit("bottle", small_image(3))
+        assert after.result(30).batch_size == 1
+        assert worker._thread is not None and worker._thread.is_alive()
+        assert pipeline.calls == [("bottle", [1]), ("bottle", [3])] and worker.images_served == 2
+    finally:
+        release.set()
+        worker.stop()
+
+
+def test_worker_stop_fails_the_queued_requests_and_skips_the_cancelled_ones():
+    from iapas.serve.worker import ModelWorker
+
+    worker = ModelWorker(FakePipeline(), make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    cancelled, waiting = worker.submit("bottle", small_image(1)), worker.submit("screw", small_image(2))
+    assert cancelled.cancel()
+    worker.stop()
+    assert cancelled.cancelled()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        waiting.result(1)
