@@ -151,6 +151,24 @@ def test_decompression_bomb_guard_applies_to_uploads(pipeline):
         worker.stop()
 
 
+def test_overlay_of_an_upload_over_the_default_pixel_limit_but_under_max_pixels(pipeline, monkeypatch):
+    """A raised --max-pixels accepts a 128x96 image over the default limit (lowered here to
+    5000); its overlay, decoded again from the upload, is served too, not a 500."""
+    from iapas import io as iapas_io
+
+    settings = ServeSettings(max_pixels=20_000)
+    monkeypatch.setattr(iapas_io.read_image_bytes, "__defaults__", (5000,))
+    app, worker = build_station(pipeline, make_profiles(), settings=settings)
+    try:
+        with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+            body = inspect(client, png(4)).json()
+            overlay = client.get(f"/v1/results/{body['id']}/overlay.png")
+            assert overlay.status_code == 200
+            assert Image.open(io.BytesIO(overlay.content)).size == (128, 96)
+    finally:
+        worker.stop()
+
+
 def test_too_large_is_413_declared_or_streamed(pipeline):
     with station(pipeline, max_upload=50_000) as (url, worker), httpx.Client(base_url=url, timeout=60) as client:
         big = png(5, size=(300, 300))
