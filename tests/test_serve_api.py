@@ -410,6 +410,17 @@ def test_cli_refuses_other_hosts_without_a_token_before_loading_models(tmp_path:
     assert result.exit_code == 2 and "not a segment or evaluate folder" in result.output
 
 
+def test_a_whitespace_only_token_file_is_reported_empty(tmp_path: Path):
+    from iapas.serve.auth import TokenError, load_token
+
+    blank = tmp_path / "token"
+    blank.write_text("  \n\t\n\n")
+    with pytest.raises(TokenError, match=r"^.*token: the token file is empty$"):
+        load_token(blank, "127.0.0.1")
+    blank.write_text("\n  " + TOKEN + "  \nsecond line\n")
+    assert load_token(blank, "127.0.0.1") == TOKEN  # the first non-blank line
+
+
 def test_review_of_an_evaluate_folder_lists_every_image_by_score_with_verdicts(tmp_path: Path):
     import sys
 
