@@ -410,6 +410,32 @@ def test_cli_refuses_other_hosts_without_a_token_before_loading_models(tmp_path:
     assert result.exit_code == 2 and "not a segment or evaluate folder" in result.output
 
 
+def test_cli_binds_the_port_before_loading_models_and_closes_it_on_a_failed_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A taken port fails at once (exit 2, no model loaded); a load failing after the bind exits
+    2 and leaves the port free."""
+    from iapas.models.loading import ModelLoadError
+    from iapas.pipeline import Pipeline
+    from iapas.serve.server import bind
+
+    profile = make_profiles()["bottle"].save(tmp_path / "bottle.yaml")
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, *a, **k: pytest.fail("models loaded")))
+    taken = bind("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        result = runner.invoke(cli_app, ["serve", "--profile", str(profile), "--port", str(port)])
+        assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    finally:
+        taken.close()
+
+    def failed_load(cls, *args, **kwargs):
+        raise ModelLoadError("no such model")
+
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(failed_load))
+    result = runner.invoke(cli_app, ["serve", "--profile", str(profile), "--port", str(port)])
+    assert result.exit_code == 2 and "no such model" in result.output
+    bind("127.0.0.1", port).close()  # free again: the failed run closed its socket
+
+
 def test_a_whitespace_only_token_file_is_reported_empty(tmp_path: Path):
     from iapas.serve.auth import TokenError, load_token
 
