@@ -130,7 +130,15 @@ def main() -> int:
                         help="a --store station (segment run folders in a temporary folder) instead of the memory store")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="iapas-serve-load-"))
+    try:
+        return measure(args, tmp)
+    finally:  # also when a phase fails or the run is interrupted
+        shutil.rmtree(tmp, ignore_errors=True)  # the tiny models and a --store folder
 
+
+def measure(args: argparse.Namespace, tmp: Path) -> int:
+    """The whole measurement, its tiny models and any --store folder under ``tmp``."""
     from iapas.decision import Decision
     from iapas.io import read_image_bytes
     from iapas.pipeline import Pipeline, PipelineConfig
@@ -139,7 +147,6 @@ def main() -> int:
     from iapas.serve.server import BackgroundServer
     from iapas.testing import make_tiny_models
 
-    tmp = Path(tempfile.mkdtemp(prefix="iapas-serve-load-"))
     models = make_tiny_models(tmp / "models", detector_shortest_edge=320)
     pipeline = Pipeline.from_config(PipelineConfig(detector=str(models["grounding-dino"]), segmenter=str(models["sam"]), device="cpu"))
     profile = Profile.from_prompts("tile", "tile", ["scratch", "crack", "stain"])
@@ -234,7 +241,6 @@ def main() -> int:
           f"max wait {args.max_wait_ms:g} ms, {'--store' if args.store else 'memory'} store, cpu, {os.cpu_count()} cores")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    shutil.rmtree(tmp, ignore_errors=True)  # the tiny models and a --store folder
     return 0
 
 

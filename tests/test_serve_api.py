@@ -151,6 +151,24 @@ def test_decompression_bomb_guard_applies_to_uploads(pipeline):
         worker.stop()
 
 
+def test_overlay_of_an_upload_over_the_default_pixel_limit_but_under_max_pixels(pipeline, monkeypatch):
+    """A raised --max-pixels accepts a 128x96 image over the default limit (lowered here to
+    5000); its overlay, decoded again from the upload, is served too, not a 500."""
+    from iapas import io as iapas_io
+
+    settings = ServeSettings(max_pixels=20_000)
+    monkeypatch.setattr(iapas_io.read_image_bytes, "__defaults__", (5000,))
+    app, worker = build_station(pipeline, make_profiles(), settings=settings)
+    try:
+        with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+            body = inspect(client, png(4)).json()
+            overlay = client.get(f"/v1/results/{body['id']}/overlay.png")
+            assert overlay.status_code == 200
+            assert Image.open(io.BytesIO(overlay.content)).size == (128, 96)
+    finally:
+        worker.stop()
+
+
 def test_too_large_is_413_declared_or_streamed(pipeline):
     with station(pipeline, max_upload=50_000) as (url, worker), httpx.Client(base_url=url, timeout=60) as client:
         big = png(5, size=(300, 300))
@@ -392,6 +410,43 @@ def test_cli_refuses_other_hosts_without_a_token_before_loading_models(tmp_path:
     assert result.exit_code == 2 and "not a segment or evaluate folder" in result.output
 
 
+def test_cli_binds_the_port_before_loading_models_and_closes_it_on_a_failed_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A taken port fails at once (exit 2, no model loaded); a load failing after the bind exits
+    2 and leaves the port free."""
+    from iapas.models.loading import ModelLoadError
+    from iapas.pipeline import Pipeline
+    from iapas.serve.server import bind
+
+    profile = make_profiles()["bottle"].save(tmp_path / "bottle.yaml")
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, *a, **k: pytest.fail("models loaded")))
+    taken = bind("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        result = runner.invoke(cli_app, ["serve", "--profile", str(profile), "--port", str(port)])
+        assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    finally:
+        taken.close()
+
+    def failed_load(cls, *args, **kwargs):
+        raise ModelLoadError("no such model")
+
+    monkeypatch.setattr(Pipeline, "from_config", classmethod(failed_load))
+    result = runner.invoke(cli_app, ["serve", "--profile", str(profile), "--port", str(port)])
+    assert result.exit_code == 2 and "no such model" in result.output
+    bind("127.0.0.1", port).close()  # free again: the failed run closed its socket
+
+
+def test_a_whitespace_only_token_file_is_reported_empty(tmp_path: Path):
+    from iapas.serve.auth import TokenError, load_token
+
+    blank = tmp_path / "token"
+    blank.write_text("  \n\t\n\n")
+    with pytest.raises(TokenError, match=r"^.*token: the token file is empty$"):
+        load_token(blank, "127.0.0.1")
+    blank.write_text("\n  " + TOKEN + "  \nsecond line\n")
+    assert load_token(blank, "127.0.0.1") == TOKEN  # the first non-blank line
+
+
 def test_review_of_an_evaluate_folder_lists_every_image_by_score_with_verdicts(tmp_path: Path):
     import sys
 
@@ -438,30 +493,84 @@ def test_a_store_made_with_other_settings_is_refused(pipeline, tmp_path: Path):
         build_station(pipeline, make_profiles(), store_dir=store)
 
 
+class FakePipeline:
+    """Records (category, first pixel of each image) per call; answers empty results; when
+    ``hold`` is given, each call waits for it (after setting ``entered``)."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.hold, self.entered = hold, threading.Event()
+
+    def run(self, images, profile=None):
+        from iapas.types import Detections, SegmentationResult
+
+        self.entered.set()
+        if self.hold is not None:
+            assert self.hold.wait(60)
+        self.calls.append((profile.category, [int(im[0, 0, 0]) for im in images]))
+        empty = Detections.empty()
+        return [SegmentationResult(np.zeros(im.shape[:2], np.float32), empty, empty, np.zeros((0, *im.shape[:2]), bool),
+                                   None, None, 1.0, "default") for im in images]
+
+
+def small_image(value: int):
+    from iapas.io import LoadedImage
+
+    return LoadedImage(Path("x.png"), np.full((8, 8, 3), value, np.uint8), "RGB")
+
+
 def test_worker_batches_the_same_category_only_and_keeps_the_others_in_order():
     """Jobs bottle, screw, bottle, bottle queued before the worker starts, batch size 2: the
     first batch is the first two bottles, then the screw (older than the third bottle), then it."""
-    from iapas.io import LoadedImage
     from iapas.serve.worker import ModelWorker
-    from iapas.types import Detections, SegmentationResult
 
-    calls: list[tuple[str, list[int]]] = []
-
-    class FakePipeline:
-        def run(self, images, profile=None):
-            calls.append((profile.category, [int(im[0, 0, 0]) for im in images]))
-            empty = Detections.empty()
-            return [SegmentationResult(np.zeros(im.shape[:2], np.float32), empty, empty, np.zeros((0, *im.shape[:2]), bool),
-                                       None, None, 1.0, "default") for im in images]
-
-    worker = ModelWorker(FakePipeline(), make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
-    image = lambda v: LoadedImage(Path("x.png"), np.full((8, 8, 3), v, np.uint8), "RGB")  # noqa: E731
-    futures = [worker.submit(c, image(v)) for c, v in (("bottle", 1), ("screw", 2), ("bottle", 3), ("bottle", 4))]
+    pipeline = FakePipeline()
+    calls = pipeline.calls
+    worker = ModelWorker(pipeline, make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    futures = [worker.submit(c, small_image(v)) for c, v in (("bottle", 1), ("screw", 2), ("bottle", 3), ("bottle", 4))]
     with pytest.raises(Exception, match="queue is full"):
-        worker.submit("bottle", image(5))
+        worker.submit("bottle", small_image(5))
     worker.start()
     outcomes = [f.result(30) for f in futures]
     worker.stop()
     assert calls == [("bottle", [1, 3]), ("screw", [2]), ("bottle", [4])]
     assert [o.batch_size for o in outcomes] == [2, 1, 2, 1]
     assert worker.images_served == 4 and worker.batches == 3
+
+
+def test_worker_drops_a_request_cancelled_while_queued_and_goes_on():
+    """The worker is held inside its first batch; the request queued behind it is cancelled (as
+    asyncio.wrap_future does when the client leaves); released, the worker skips it (no
+    InvalidStateError killing the thread) and answers the next request."""
+    from iapas.serve.worker import ModelWorker
+
+    release = threading.Event()
+    pipeline = FakePipeline(hold=release)
+    worker = ModelWorker(pipeline, make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    worker.start()
+    try:
+        first = worker.submit("bottle", small_image(1))
+        assert pipeline.entered.wait(30)
+        cancelled = worker.submit("bottle", small_image(2))
+        assert cancelled.cancel()
+        release.set()
+        assert first.result(30).batch_size == 1
+        after = worker.submit("bottle", small_image(3))
+        assert after.result(30).batch_size == 1
+        assert worker._thread is not None and worker._thread.is_alive()
+        assert pipeline.calls == [("bottle", [1]), ("bottle", [3])] and worker.images_served == 2
+    finally:
+        release.set()
+        worker.stop()
+
+
+def test_worker_stop_fails_the_queued_requests_and_skips_the_cancelled_ones():
+    from iapas.serve.worker import ModelWorker
+
+    worker = ModelWorker(FakePipeline(), make_profiles(), batch_size=2, max_wait_ms=0, queue_size=4)
+    cancelled, waiting = worker.submit("bottle", small_image(1)), worker.submit("screw", small_image(2))
+    assert cancelled.cancel()
+    worker.stop()
+    assert cancelled.cancelled()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        waiting.result(1)

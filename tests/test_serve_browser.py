@@ -61,7 +61,11 @@ def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_
     profile = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "contamination"])
     profile.decision = Decision(threshold=0.05, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
     profile_file = profile.save(tmp_path / "bottle.yaml")
-    proc, url = start_serve(["--profile", str(profile_file), "--detector", str(tiny_models["grounding-dino"]),
+    # a second product whose every part is NG, for the review's product filter below
+    screw = Profile.from_prompts("screw", "screw", ["scratch"])
+    screw.decision = Decision(threshold=-1.0, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
+    screw_file = screw.save(tmp_path / "screw.yaml")
+    proc, url = start_serve(["--profile", str(profile_file), "--profile", str(screw_file), "--detector", str(tiny_models["grounding-dino"]),
                              "--segmenter", str(tiny_models["sam"]), "--device", "cpu", "--store", str(tmp_path / "station")],
                             tmp_path / "serve.log")
     shot = tmp_path / "station.png"
@@ -85,6 +89,8 @@ def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_
                 score = page.inner_text("#score")
                 assert re.fullmatch(r"score \d+\.\d{4} / threshold 0\.0500", score), score
                 assert page.eval_on_selector("#overlay", "i => i.naturalWidth") == 900  # the MVTec bottle is 900x900
+                # the thumbnail and the big picture share one fetch: the server renders the overlay once
+                assert sum(u.endswith("/overlay.png") for u in requests) == 1, requests
                 timings = page.eval_on_selector_all("#timings tr td:first-child", "cells => cells.map(c => c.textContent)")
                 assert {"detection", "segmentation", "total"} <= set(timings)
                 page.focus("#files")  # keyboard: the file input, then the picture toggles, are reachable
@@ -100,6 +106,10 @@ def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_
                 page.uncheck("#ng-only")
                 page.screenshot(path=str(shot))
                 assert all(u.startswith(url) or u.startswith("blob:") for u in requests)  # nothing from elsewhere
+                page.select_option("#category", "screw")
+                page.set_input_files("#files", str(image))
+                page.wait_for_function("document.querySelectorAll('#history li').length === 2", timeout=120_000)
+                assert page.inner_text("#verdict") == "NG"
             finally:
                 browser.close()
     finally:
@@ -119,6 +129,15 @@ def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_
                 assert page.inner_text("#mode-label") == "review (read-only)"
                 assert page.is_hidden("#upload-controls")
                 assert page.inner_text("#verdict") == verdict and page.inner_text("#score") == score
+                # the product chosen is bottle: the (NG) screw part stays hidden, "NG only" or not
+                shown = ("[...document.querySelectorAll('#history li')].map(li =>"
+                         " [state.items.find(i => i.id === li.firstChild.dataset.id).category, li.hidden])")
+                assert sorted(page.evaluate(shown)) == [["bottle", False], ["screw", True]]
+                page.check("#ng-only")
+                assert sorted(page.evaluate(shown)) == [["bottle", verdict == "OK"], ["screw", True]]
+                page.uncheck("#ng-only")
+                page.select_option("#category", "screw")
+                assert sorted(page.evaluate(shown)) == [["bottle", True], ["screw", False]]
                 page.wait_for_function("(() => { const i = document.getElementById('overlay');"
                                        " return i.complete && i.naturalWidth === 900; })()", timeout=30_000)
                 page.click(".toggles button[data-kind='mask']")

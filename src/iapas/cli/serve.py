@@ -80,32 +80,30 @@ def serve_cmd(
         raise fail(str(exc)) from None
     settings = ServeSettings(max_upload=int(max_upload_mb * 2**20), max_pixels=max_pixels, token=token,
                              cors=list(cors or []), device=device, dtype=dtype)
-    worker = None
-    if review is not None:
-        if profile_paths or store is not None:
-            raise fail("--review serves a finished folder as it is: leave out --profile and --store")
-        from iapas.serve.review import ReviewError, ReviewStore
-
-        try:
-            app = create_app(ReviewStore(review), {}, None, settings)
-        except ReviewError as exc:
-            raise fail(str(exc)) from None
-    else:
-        app, worker = _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batch_size,
-                               max_wait_ms, queue_size, keep, settings)
-    try:
+    if review is not None and (profile_paths or store is not None):
+        raise fail("--review serves a finished folder as it is: leave out --profile and --store")
+    try:  # before the models load (minutes): a taken port fails at once
         sock = bind(host, port)
     except OSError as exc:
-        if worker is not None:
-            worker.stop()
         raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    console.print(f"iapas serve: http://{shown}:{bound_port}/ (API docs at /docs); Ctrl+C stops",
-                  soft_wrap=True, highlight=False)
+    worker = None
     try:
+        if review is not None:
+            from iapas.serve.review import ReviewError, ReviewStore
+
+            try:
+                app = create_app(ReviewStore(review), {}, None, settings)
+            except ReviewError as exc:
+                raise fail(str(exc)) from None
+        else:
+            app, worker = _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batch_size,
+                                   max_wait_ms, queue_size, keep, settings)
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        console.print(f"iapas serve: http://{shown}:{bound_port}/ (API docs at /docs); Ctrl+C stops",
+                      soft_wrap=True, highlight=False)
         uvicorn_server(app, sock, log_level="info" if verbose else "warning").run(sockets=[sock])
-    finally:
+    finally:  # every way out, a failed load included, closes the socket
         if worker is not None:
             worker.stop()
         sock.close()

@@ -21,8 +21,8 @@ def load_token(token_file: Path | None, host: str) -> str | None:
     token: str | None = None
     if token_file is not None:
         try:
-            token = token_file.read_text(encoding="utf-8").strip().splitlines()[0].strip() if token_file.stat().st_size else ""
-        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            token = next(iter(token_file.read_text(encoding="utf-8").strip().splitlines()), "").strip()
+        except (OSError, UnicodeDecodeError) as exc:
             raise TokenError(f"{token_file}: cannot read the token: {getattr(exc, 'strerror', None) or exc}") from None
         if not token:
             raise TokenError(f"{token_file}: the token file is empty")

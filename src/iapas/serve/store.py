@@ -188,7 +188,8 @@ class MemoryStore:
             from iapas.io import read_image_bytes
 
             upload, name = held.upload
-            rgb = read_image_bytes(upload, name).rgb  # read once already: the same checks pass
+            # read once already under the station's --max-pixels: allow exactly its own size
+            rgb = read_image_bytes(upload, name, max_pixels=shape[0] * shape[1]).rgb
             light = dataclasses.replace(held.light, anomaly_map=decode_map(held.encoded_map))
             data = png_bytes(render_overlay(rgb, light, verdict=held.verdict), compress_level=1)
         with self._lock:

@@ -89,7 +89,8 @@ class ModelWorker:
             self._queue.clear()
             self._cond.notify_all()
         for job in left:
-            if not job.future.done():
+            # a job whose caller already cancelled it is dropped; the others cannot be cancelled now
+            if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(RuntimeError("the service is shutting down"))
         if self._thread is not None:
             self._thread.join(timeout)
@@ -118,19 +119,26 @@ class ModelWorker:
     # --- the worker's side ------------------------------------------------------------------
 
     def _take_batch(self) -> list[Job] | None:
+        """The next batch, or None when stopping. A job is taken only if its future can be set
+        running (the executor protocol): one its caller cancelled while it waited is dropped, and
+        a taken one can no longer be cancelled, so setting its result cannot fail."""
         with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                return None
-            first = self._queue.popleft()
-            batch = [first]
+            batch: list[Job] = []
+            while not batch:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return None
+                first = self._queue.popleft()
+                if first.future.set_running_or_notify_cancel():
+                    batch.append(first)
             deadline = time.perf_counter() + self.max_wait
             while len(batch) < self.batch_size:
                 same = [job for job in self._queue if job.category == first.category]
                 for job in same[: self.batch_size - len(batch)]:
                     self._queue.remove(job)
-                    batch.append(job)
+                    if job.future.set_running_or_notify_cancel():
+                        batch.append(job)
                 left = deadline - time.perf_counter()
                 if len(batch) >= self.batch_size or left <= 0 or self._stopping:
                     break

@@ -24,18 +24,24 @@ function fmt(value, digits = 4) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
-async function picture(item, kind) {
+// The promise of each picture's object URL is kept, not the URL, so that a second request made
+// before the first has answered (a new part's thumbnail, then show()) waits for the same fetch.
+function picture(item, kind) {
   const key = item.id + "/" + kind;
   if (state.blobs.has(key)) return state.blobs.get(key);
-  const response = await api(item.urls[kind]);
-  if (!response.ok) throw new Error(await detail(response));
-  const url = URL.createObjectURL(await response.blob());
-  state.blobs.set(key, url);
+  const promise = (async () => {
+    const response = await api(item.urls[kind]);
+    if (!response.ok) throw new Error(await detail(response));
+    return URL.createObjectURL(await response.blob());
+  })();
+  state.blobs.set(key, promise);
+  promise.catch(() => { if (state.blobs.get(key) === promise) state.blobs.delete(key); });  // retried next time
   if (state.blobs.size > 240) {  // keep memory bounded: drop the oldest pictures
-    const [oldKey, oldUrl] = state.blobs.entries().next().value;
-    URL.revokeObjectURL(oldUrl); state.blobs.delete(oldKey);
+    const [oldKey, oldPromise] = state.blobs.entries().next().value;
+    state.blobs.delete(oldKey);
+    oldPromise.then((url) => URL.revokeObjectURL(url), () => {});
   }
-  return url;
+  return promise;
 }
 
 async function showPicture() {
@@ -86,6 +92,19 @@ function show(item) {
   showPicture();
 }
 
+// Whether a part shows in the history: "NG only", and in a review the chosen product only.
+function visible(item) {
+  if ($("ng-only").checked && item.decision !== "NG") return false;
+  return !state.review || item.category === $("category").value;
+}
+
+function applyFilter() {
+  for (const li of $("history").children) {
+    const item = state.items.find((i) => i.id === li.firstChild.dataset.id);
+    li.hidden = !item || !visible(item);
+  }
+}
+
 function historyButton(item) {
   const li = document.createElement("li"), button = document.createElement("button");
   button.type = "button"; button.dataset.id = item.id; button.className = item.decision || "";
@@ -95,7 +114,7 @@ function historyButton(item) {
   button.append(img, label);
   button.addEventListener("click", () => show(item));
   li.append(button);
-  li.hidden = $("ng-only").checked && item.decision !== "NG";
+  li.hidden = !visible(item);
   picture(item, "overlay").then((url) => { img.src = url; }).catch(() => {});
   return li;
 }
@@ -160,7 +179,7 @@ async function load() {
   const listed = await (await api(query)).json();
   const items = listed.results.slice().reverse();  // addItem prepends: oldest (or lowest) first
   for (const item of items) addItem(item);
-  if (state.items.length) show(state.items[0]);
+  if (state.items.length) show(state.items.find(visible) || state.items[0]);  // the first one listed
   status(info.review ? listed.total + " part(s) in this run" :
     "ready: " + (info.models ? info.models.detector + " + " + info.models.segmenter : "") + " on " + info.device);
 }
@@ -177,16 +196,8 @@ for (const button of document.querySelectorAll(".toggles button")) {
     showPicture();
   });
 }
-$("ng-only").addEventListener("change", () => {
-  const only = $("ng-only").checked;
-  for (const li of $("history").children) li.hidden = only && !li.firstChild.classList.contains("NG");
-});
-$("category").addEventListener("change", () => {
-  if (state.review) for (const li of $("history").children) {
-    const item = state.items.find((i) => i.id === li.firstChild.dataset.id);
-    li.hidden = (item && item.category !== $("category").value) || ($("ng-only").checked && !li.firstChild.classList.contains("NG"));
-  }
-});
+$("ng-only").addEventListener("change", applyFilter);
+$("category").addEventListener("change", applyFilter);
 $("auth").addEventListener("submit", () => {
   sessionStorage.setItem("iapas-token", $("token").value.trim());
   $("auth").hidden = true; $("history").replaceChildren(); state.items = [];
