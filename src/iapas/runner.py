@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from iapas.decision import Decision, ImageDecision
-from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, prefetch_images, run_items
+from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, run_items
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -39,9 +39,9 @@ from iapas.profile import Profile
 from iapas.storage import is_disk_full, stop_reason
 from iapas.types import SegmentationResult
 
-__all__ = [  # ResultsLog, RunConflictError, RunSummary, prefetch_images: from iapas.engine, importable here as before
+__all__ = [  # ResultsLog, RunConflictError, RunSummary: from iapas.engine, importable here as before
     "RESULTS_FILE", "RUN_FILE", "ResultsLog", "RunConflictError", "RunSummary", "SegmentJob", "assign_keys", "is_done",
-    "match_finished", "precision_signature", "prefetch_images", "result_record", "run_segmentation", "run_signature",
+    "match_finished", "precision_signature", "result_record", "run_segmentation", "run_signature",
     "same_decision", "source_stamp",
 ]
 

@@ -3,7 +3,7 @@ with executors :mod:`.local` (threads) and :mod:`.ray` (Ray Data, the ``iapas[ra
 
 from iapas.engine.base import EngineError, Executor, ItemError, Job, PlainJob, RunSummary, Sink, WorkItem
 from iapas.engine.core import run_items
-from iapas.engine.local import LocalExecutor, prefetch_images
+from iapas.engine.local import LocalExecutor
 from iapas.engine.log import ResultsLog, RunConflictError, check_signature
 
 __all__ = [
@@ -19,6 +19,5 @@ __all__ = [
     "Sink",
     "WorkItem",
     "check_signature",
-    "prefetch_images",
     "run_items",
 ]
