@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iapas.engine.base import EngineError, Job, Sink, WorkItem, model_failure
+from iapas.engine.base import EngineError, Job, Sink, WorkItem, model_failure, precision_signature
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ class Stage2Actor:
         self.job: Job = pickle.loads(job)
         self.fault = fault
         self.batches = 0
-        here = {key: None if getattr(self.pipeline.detector, key, None) is None else str(getattr(self.pipeline.detector, key))
-                for key in expected}
+        here = {key: value for key, value in precision_signature(self.pipeline).items() if key in expected}
         if here != expected:  # a resumed run must not mix precisions or devices
             raise EngineError(f"a Ray worker's models run with {here}, the driver's with {expected}: give --device and --dtype")
 
@@ -180,8 +179,7 @@ class RayExecutor:
         fault = None
         if os.environ.get(KILL_AT_BATCH) and os.environ.get(KILL_MARKER):
             fault = (int(os.environ[KILL_AT_BATCH]), os.environ[KILL_MARKER])
-        expected = {key: None if getattr(pipeline.detector, key, None) is None else str(getattr(pipeline.detector, key))
-                    for key in ("dtype", "device")}
+        expected = precision_signature(pipeline)
         if config.get("device") == "auto":  # the workers resolve it on their own machine
             expected.pop("device")
         # one block per group (up to a bound): records reach the driver, the progress bar and the
