@@ -80,23 +80,22 @@ def default_gpus(device: str) -> float:
     return 1.0 if str(device).startswith("cuda") else 0.0
 
 
-def _decode_group(row: dict[str, Any], job: bytes, max_pixels: int) -> dict[str, Any]:
+def _decode_group(row: dict[str, Any], job: Job, max_pixels: int) -> dict[str, Any]:
     """CPU stage: each item of a group with its decoded image and prepared data (or why not)."""
     from iapas.engine.local import decode
 
-    the_job = pickle.loads(job)
     items: list[WorkItem] = pickle.loads(row["items"])
-    return {"group": pickle.dumps([(item, decode(item, the_job, max_pixels)) for item in items])}
+    return {"group": pickle.dumps([(item, decode(item, job, max_pixels)) for item in items])}
 
 
 class Stage2Actor:
     """One worker: builds the pipeline once, then runs stage 2 on groups and writes their files."""
 
-    def __init__(self, config: dict[str, Any], job: bytes, expected: dict[str, str | None], fault: tuple[int, str] | None) -> None:
+    def __init__(self, config: dict[str, Any], job: Job, expected: dict[str, str | None], fault: tuple[int, str] | None) -> None:
         from iapas.pipeline import Pipeline, PipelineConfig
 
         self.pipeline = Pipeline.from_config(PipelineConfig(**config))
-        self.job: Job = pickle.loads(job)
+        self.job = job
         self.fault = fault
         self.batches = 0
         here = {key: value for key, value in precision_signature(self.pipeline).items() if key in expected}
@@ -174,7 +173,6 @@ class RayExecutor:
         context.enable_progress_bars = False  # the command's own bar counts the images
         if not logger.isEnabledFor(logging.DEBUG):
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-second execution reports
-        job_bytes = pickle.dumps(job)
         groups = [pickle.dumps(list(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
         fault = None
         if os.environ.get(KILL_AT_BATCH) and os.environ.get(KILL_MARKER):
@@ -186,9 +184,9 @@ class RayExecutor:
         # results log as each batch finishes, not a block of batches at a time
         blocks = max(1, min(len(groups), MAX_BLOCKS_PER_WORKER * opts.workers))
         ds = ray.data.from_items([{"items": g} for g in groups], override_num_blocks=blocks)
-        ds = ds.map(_decode_group, fn_kwargs={"job": job_bytes, "max_pixels": max_pixels}, num_cpus=opts.decode_cpus)
+        ds = ds.map(_decode_group, fn_kwargs={"job": job, "max_pixels": max_pixels}, num_cpus=opts.decode_cpus)
         stage2 = dict(
-            fn_constructor_kwargs={"config": config, "job": job_bytes, "expected": expected, "fault": fault},
+            fn_constructor_kwargs={"config": config, "job": job, "expected": expected, "fault": fault},
             batch_size=1,  # one row is one group: one model batch
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=opts.workers),
