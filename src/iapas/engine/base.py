@@ -152,10 +152,9 @@ class Sink:
         if self.on_image:
             self.on_image(item.key, "ok")
 
-    def failed(self, item: WorkItem, message: str, *, logged: bool = False) -> None:
+    def failed(self, item: WorkItem, message: str) -> None:
         """An image that failed (the run goes on): record why."""
-        if not logged:
-            logger.error("%s", message)
+        logger.error("%s", message)
         with self._lock:
             self.summary.failed.append((str(item.path), message))
             try:
@@ -191,7 +190,5 @@ class Executor(Protocol):
     """Runs the pending items: decode, ``job.prepare``, batches of ``pipeline.run``,
     ``job.write``, and every outcome to ``sink`` (from one thread). Checks ``sink.stopped``
     before starting an image; lets KeyboardInterrupt through once finished images are recorded."""
-
-    name: str
 
     def run(self, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, *, batch_size: int, max_pixels: int) -> None: ...

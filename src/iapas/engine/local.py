@@ -44,8 +44,6 @@ def decode(item: WorkItem, job: Job, max_pixels: int) -> tuple[LoadedImage, Any]
 class LocalExecutor:
     """Prefetch thread, model on the calling thread, one writer thread."""
 
-    name = "local"
-
     def run(self, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, *, batch_size: int, max_pixels: int) -> None:
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iapas-write")
         queued: list[Future[None]] = []

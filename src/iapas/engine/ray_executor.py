@@ -140,11 +140,8 @@ def _cause(exc: BaseException) -> str:
 class RayExecutor:
     """Ray Data: decode on CPUs, stage 2 on an actor pool, records appended by the driver."""
 
-    name = "ray"
-
     def __init__(self, options: RayOptions | None = None) -> None:
         self.options = options or RayOptions()
-        self._started = False
 
     def run(self, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, *, batch_size: int, max_pixels: int) -> None:
         ray = require_ray()
@@ -157,14 +154,7 @@ class RayExecutor:
             else:
                 cpus = max(2, math.ceil(opts.workers * opts.cpus_per_worker + 1))
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            self._started = True
         self._run(ray, items, pipeline, job, sink, batch_size, max_pixels, config, gpus)
-
-    def close(self) -> None:
-        """Shut down the Ray this executor started (Ray also does at the process's exit)."""
-        if self._started:
-            require_ray().shutdown()
-            self._started = False
 
     def _run(self, ray: Any, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, batch_size: int,
              max_pixels: int, config: dict[str, Any], gpus: float) -> None:
