@@ -71,6 +71,10 @@ class RayOptions:
         if self.cpus_per_worker < 0 or (self.gpus_per_worker is not None and self.gpus_per_worker < 0):
             raise ValueError("--cpus-per-worker and --gpus-per-worker must be >= 0")
 
+    def local_cpus(self) -> int:
+        """The CPUs of a local Ray (no ``address``): the workers' and one for the decoding, at least 2."""
+        return max(2, math.ceil(self.workers * self.cpus_per_worker + 1))
+
 
 def default_gpus(device: str) -> float:
     if device == "auto":
@@ -152,8 +156,7 @@ class RayExecutor:
             if opts.address:
                 ray.init(address=opts.address, log_to_driver=False)
             else:
-                cpus = max(2, math.ceil(opts.workers * opts.cpus_per_worker + 1))
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=opts.local_cpus(), include_dashboard=False, log_to_driver=False)
         self._run(ray, items, pipeline, job, sink, batch_size, max_pixels, config, gpus)
 
     def _run(self, ray: Any, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, batch_size: int,
