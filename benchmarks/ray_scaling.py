@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,7 +74,15 @@ def main() -> int:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="iapas-ray-scaling-"))
+    try:
+        return measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace, work: Path) -> int:
+    """The table, from runs into the folder ``work`` (its images, models and outputs)."""
     import ray
     from rich.console import Console
     from rich.table import Table
@@ -83,7 +92,6 @@ def main() -> int:
     from iapas.profile import Profile
     from iapas.runner import run_segmentation
 
-    work = Path(tempfile.mkdtemp(prefix="iapas-ray-scaling-"))
     paths = images(args.images, work / "images")
     detector, segmenter = models(args.preset, work / "models")
     profile = Profile.from_prompts("magnetic_tile", "tile", ["crack", "blowhole", "fray"])
@@ -104,7 +112,7 @@ def main() -> int:
 
     timed("local", None)
     counts = [int(w) for w in args.workers.split(",") if w]
-    cpus = max(2, int(max(counts) * args.cpus_per_worker + 1))
+    cpus = RayOptions(workers=max(counts), cpus_per_worker=args.cpus_per_worker).local_cpus()  # as the executor's
     started = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.get(ray.remote(lambda: 0).remote())  # a first task: the worker processes are up

@@ -134,3 +134,12 @@ def test_jobs_travel_to_workers_with_the_profile_and_decision_as_plain_dicts(tmp
     back = pickle.loads(pickle.dumps(job))
     assert back.profile.to_dict() == profile.to_dict() and back.profile.caption == profile.caption
     assert back.decision.to_dict() == job.decision.to_dict() and back.out_dir == tmp_path and back.threshold == 0.4
+
+
+def test_local_ray_cpus_round_fractional_workers_up_and_are_at_least_two():
+    from iapas.engine.ray_executor import RayOptions
+
+    # 3 x 0.5 + 1 = 2.5 CPUs: 3, not 2 (the benchmark used int() before, the executor ceil())
+    assert RayOptions(workers=3, cpus_per_worker=0.5).local_cpus() == 3
+    assert RayOptions(workers=2, cpus_per_worker=2.0).local_cpus() == 5
+    assert RayOptions(workers=1, cpus_per_worker=0.0).local_cpus() == 2

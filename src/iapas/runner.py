@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from iapas.decision import Decision, ImageDecision
-from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, prefetch_images, run_items
+from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, precision_signature, run_items
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -39,9 +39,9 @@ from iapas.profile import Profile
 from iapas.storage import is_disk_full, stop_reason
 from iapas.types import SegmentationResult
 
-__all__ = [  # ResultsLog, RunConflictError, RunSummary, prefetch_images: from iapas.engine, importable here as before
+__all__ = [  # ResultsLog, RunConflictError, RunSummary, precision_signature: from iapas.engine, importable here as before
     "RESULTS_FILE", "RUN_FILE", "ResultsLog", "RunConflictError", "RunSummary", "SegmentJob", "assign_keys", "is_done",
-    "match_finished", "precision_signature", "prefetch_images", "result_record", "run_segmentation", "run_signature",
+    "match_finished", "precision_signature", "result_record", "run_segmentation", "run_signature",
     "same_decision", "source_stamp",
 ]
 
@@ -121,13 +121,6 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         # off, so the signatures of earlier runs still match)
         **({"compile": True} if getattr(cfg, "compile", False) else {}),
     }
-
-
-def precision_signature(pipeline: Pipeline) -> dict[str, str | None]:
-    """The detector's dtype and device as text: float16 and float32 give different scores, so a
-    resumed run must not mix them (part of every run signature)."""
-    values = {key: getattr(pipeline.detector, key, None) for key in ("dtype", "device")}
-    return {key: None if value is None else str(value) for key, value in values.items()}
 
 
 @dataclass

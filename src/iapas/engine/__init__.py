@@ -1,9 +1,9 @@
 """The run engine: one run over work items for ``segment`` and ``evaluate`` (see :mod:`.core`),
 with executors :mod:`.local` (threads) and :mod:`.ray` (Ray Data, the ``iapas[ray]`` extra)."""
 
-from iapas.engine.base import EngineError, Executor, ItemError, Job, PlainJob, RunSummary, Sink, WorkItem
+from iapas.engine.base import EngineError, Executor, ItemError, Job, PlainJob, RunSummary, Sink, WorkItem, precision_signature
 from iapas.engine.core import run_items
-from iapas.engine.local import LocalExecutor, prefetch_images
+from iapas.engine.local import LocalExecutor
 from iapas.engine.log import ResultsLog, RunConflictError, check_signature
 
 __all__ = [
@@ -19,6 +19,6 @@ __all__ = [
     "Sink",
     "WorkItem",
     "check_signature",
-    "prefetch_images",
+    "precision_signature",
     "run_items",
 ]

@@ -152,10 +152,9 @@ class Sink:
         if self.on_image:
             self.on_image(item.key, "ok")
 
-    def failed(self, item: WorkItem, message: str, *, logged: bool = False) -> None:
+    def failed(self, item: WorkItem, message: str) -> None:
         """An image that failed (the run goes on): record why."""
-        if not logged:
-            logger.error("%s", message)
+        logger.error("%s", message)
         with self._lock:
             self.summary.failed.append((str(item.path), message))
             try:
@@ -180,11 +179,16 @@ def model_failure(item: WorkItem, exc: BaseException) -> str:
     return f"{show_path(item.path)}: model failure: {exc}"
 
 
+def precision_signature(pipeline: Any) -> dict[str, str | None]:
+    """The detector's dtype and device as text: float16 and float32 give different scores, so a
+    resumed run must not mix them (part of every run signature; Ray workers must match it)."""
+    values = {key: getattr(pipeline.detector, key, None) for key in ("dtype", "device")}
+    return {key: None if value is None else str(value) for key, value in values.items()}
+
+
 class Executor(Protocol):
     """Runs the pending items: decode, ``job.prepare``, batches of ``pipeline.run``,
     ``job.write``, and every outcome to ``sink`` (from one thread). Checks ``sink.stopped``
     before starting an image; lets KeyboardInterrupt through once finished images are recorded."""
-
-    name: str
 
     def run(self, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, *, batch_size: int, max_pixels: int) -> None: ...

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,18 +14,6 @@ import numpy as np
 from iapas.engine.base import ItemError, Job, Sink, WorkItem, model_failure
 from iapas.io import ImageReadError, LoadedImage, read_image
 from iapas.types import SegmentationResult
-
-
-def prefetch_images(paths: Sequence[Path], max_pixels: int, ahead: int) -> Iterator[tuple[Path, LoadedImage | ImageReadError]]:
-    """Decode images in a background thread, ``ahead`` files in front of the consumer."""
-
-    def load(p: Path) -> LoadedImage | ImageReadError:
-        try:
-            return read_image(p, max_pixels=max_pixels)
-        except ImageReadError as exc:
-            return exc
-
-    yield from _ahead(paths, load, ahead)
 
 
 def _ahead(things: Sequence[Any], load: Callable[[Any], Any], ahead: int) -> Iterator[tuple[Any, Any]]:
@@ -56,8 +43,6 @@ def decode(item: WorkItem, job: Job, max_pixels: int) -> tuple[LoadedImage, Any]
 
 class LocalExecutor:
     """Prefetch thread, model on the calling thread, one writer thread."""
-
-    name = "local"
 
     def run(self, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, *, batch_size: int, max_pixels: int) -> None:
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iapas-write")

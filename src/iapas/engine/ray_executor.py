@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iapas.engine.base import EngineError, Job, Sink, WorkItem, model_failure
+from iapas.engine.base import EngineError, Job, Sink, WorkItem, model_failure, precision_signature
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ class RayOptions:
         if self.cpus_per_worker < 0 or (self.gpus_per_worker is not None and self.gpus_per_worker < 0):
             raise ValueError("--cpus-per-worker and --gpus-per-worker must be >= 0")
 
+    def local_cpus(self) -> int:
+        """The CPUs of a local Ray (no ``address``): the workers' and one for the decoding, at least 2."""
+        return max(2, math.ceil(self.workers * self.cpus_per_worker + 1))
+
 
 def default_gpus(device: str) -> float:
     if device == "auto":
@@ -80,27 +84,25 @@ def default_gpus(device: str) -> float:
     return 1.0 if str(device).startswith("cuda") else 0.0
 
 
-def _decode_group(row: dict[str, Any], job: bytes, max_pixels: int) -> dict[str, Any]:
+def _decode_group(row: dict[str, Any], job: Job, max_pixels: int) -> dict[str, Any]:
     """CPU stage: each item of a group with its decoded image and prepared data (or why not)."""
     from iapas.engine.local import decode
 
-    the_job = pickle.loads(job)
     items: list[WorkItem] = pickle.loads(row["items"])
-    return {"group": pickle.dumps([(item, decode(item, the_job, max_pixels)) for item in items])}
+    return {"group": pickle.dumps([(item, decode(item, job, max_pixels)) for item in items])}
 
 
 class Stage2Actor:
     """One worker: builds the pipeline once, then runs stage 2 on groups and writes their files."""
 
-    def __init__(self, config: dict[str, Any], job: bytes, expected: dict[str, str | None], fault: tuple[int, str] | None) -> None:
+    def __init__(self, config: dict[str, Any], job: Job, expected: dict[str, str | None], fault: tuple[int, str] | None) -> None:
         from iapas.pipeline import Pipeline, PipelineConfig
 
         self.pipeline = Pipeline.from_config(PipelineConfig(**config))
-        self.job: Job = pickle.loads(job)
+        self.job = job
         self.fault = fault
         self.batches = 0
-        here = {key: None if getattr(self.pipeline.detector, key, None) is None else str(getattr(self.pipeline.detector, key))
-                for key in expected}
+        here = {key: value for key, value in precision_signature(self.pipeline).items() if key in expected}
         if here != expected:  # a resumed run must not mix precisions or devices
             raise EngineError(f"a Ray worker's models run with {here}, the driver's with {expected}: give --device and --dtype")
 
@@ -142,11 +144,8 @@ def _cause(exc: BaseException) -> str:
 class RayExecutor:
     """Ray Data: decode on CPUs, stage 2 on an actor pool, records appended by the driver."""
 
-    name = "ray"
-
     def __init__(self, options: RayOptions | None = None) -> None:
         self.options = options or RayOptions()
-        self._started = False
 
     def run(self, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, *, batch_size: int, max_pixels: int) -> None:
         ray = require_ray()
@@ -157,16 +156,8 @@ class RayExecutor:
             if opts.address:
                 ray.init(address=opts.address, log_to_driver=False)
             else:
-                cpus = max(2, math.ceil(opts.workers * opts.cpus_per_worker + 1))
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-            self._started = True
+                ray.init(num_cpus=opts.local_cpus(), include_dashboard=False, log_to_driver=False)
         self._run(ray, items, pipeline, job, sink, batch_size, max_pixels, config, gpus)
-
-    def close(self) -> None:
-        """Shut down the Ray this executor started (Ray also does at the process's exit)."""
-        if self._started:
-            require_ray().shutdown()
-            self._started = False
 
     def _run(self, ray: Any, items: Sequence[WorkItem], pipeline: Any, job: Job, sink: Sink, batch_size: int,
              max_pixels: int, config: dict[str, Any], gpus: float) -> None:
@@ -175,22 +166,20 @@ class RayExecutor:
         context.enable_progress_bars = False  # the command's own bar counts the images
         if not logger.isEnabledFor(logging.DEBUG):
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-second execution reports
-        job_bytes = pickle.dumps(job)
         groups = [pickle.dumps(list(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
         fault = None
         if os.environ.get(KILL_AT_BATCH) and os.environ.get(KILL_MARKER):
             fault = (int(os.environ[KILL_AT_BATCH]), os.environ[KILL_MARKER])
-        expected = {key: None if getattr(pipeline.detector, key, None) is None else str(getattr(pipeline.detector, key))
-                    for key in ("dtype", "device")}
+        expected = precision_signature(pipeline)
         if config.get("device") == "auto":  # the workers resolve it on their own machine
             expected.pop("device")
         # one block per group (up to a bound): records reach the driver, the progress bar and the
         # results log as each batch finishes, not a block of batches at a time
         blocks = max(1, min(len(groups), MAX_BLOCKS_PER_WORKER * opts.workers))
         ds = ray.data.from_items([{"items": g} for g in groups], override_num_blocks=blocks)
-        ds = ds.map(_decode_group, fn_kwargs={"job": job_bytes, "max_pixels": max_pixels}, num_cpus=opts.decode_cpus)
+        ds = ds.map(_decode_group, fn_kwargs={"job": job, "max_pixels": max_pixels}, num_cpus=opts.decode_cpus)
         stage2 = dict(
-            fn_constructor_kwargs={"config": config, "job": job_bytes, "expected": expected, "fault": fault},
+            fn_constructor_kwargs={"config": config, "job": job, "expected": expected, "fault": fault},
             batch_size=1,  # one row is one group: one model batch
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=opts.workers),

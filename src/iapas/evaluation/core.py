@@ -45,18 +45,14 @@ from iapas.data import Category, DatasetBase, MaskError, get_dataset, sample_mas
 from iapas.engine import Executor, ItemError, PlainJob, ResultsLog, RunConflictError, WorkItem, run_items
 from iapas.evaluation.decisions import calibration_category, raw_scores, threshold_evidence
 from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importable from here as before)
-    MAPS_DIR,
-    PREDICTIONS_DIR,
     evaluated_map,
     failure_record,
-    has_pixel_truth,
     is_done,
     load_map_file,
     map_relpath,
     metrics_from_predictions,
     prediction_record,
     predictions_path,
-    raw_range,
     sample_keys,
     save_map_file,
 )
@@ -73,13 +69,9 @@ from iapas.evaluation.runfolder import (  # noqa: F401  (re-exported)
 )
 from iapas.evaluation.results import METRIC_COLUMNS, CategoryResult, DatasetResult, ImageFailure, json_safe
 from iapas.evaluation.settings import (  # noqa: F401  (re-exported)
-    IMAGE_SCORES,
-    MODES,
-    PROTOCOLS,
     EvalSettings,
     ProgressHooks,
     category_signature,
-    effective_size_threshold,
     model_names,
     stage2_pipeline,
     stage2_profile,

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 
 from iapas.data import DEFAULT_PROTOCOL
+from iapas.engine import precision_signature
 from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.protocol import EVAL_SIZE, resize_map, resize_mask
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
-from iapas.runner import precision_signature
 
 MODES = ("iapas", "base")
 PROTOCOLS = ("paper", "full")
