@@ -18,7 +18,7 @@ from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_out
 from iapas.cli.eval_common import (
     EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
     ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
-    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
     ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
     TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _split, _stage1_options,
     print_fallback,
@@ -87,6 +87,7 @@ def bench_cmd(
     object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
+    text_processing: str = TextProcessingOpt,
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -127,7 +128,7 @@ def bench_cmd(
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
         knowledge_file=knowledge_file,
         object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
-        prompt_style=prompt_style,
+        prompt_style=prompt_style, text_processing=text_processing,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.data import canonical_name

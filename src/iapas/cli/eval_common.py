@@ -82,6 +82,11 @@ PromptStyleOpt = typer.Option(
     "reference", "--prompt-style",
     help="Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording).",
 )
+TextProcessingOpt = typer.Option(
+    "iapas", "--text-processing",
+    help="Stage 1: iapas (aggregated tags with a stoplist, mapped object tag, parsed base-form nouns) or reference "
+    "(the reference code's: per-image tags, the raw detector phrase, its reply cleaning and exact caption string).",
+)
 RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
 ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
 FuseOpt = typer.Option(

@@ -21,7 +21,7 @@ from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerO
 from iapas.cli.eval_common import (
     EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
     ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
-    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
     ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
     TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _split, _stage1_options,
     print_fallback,
@@ -200,6 +200,7 @@ def evaluate_cmd(
     object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
+    text_processing: str = TextProcessingOpt,
     false_alarm_rate: float = typer.Option(
         0.01, "--false-alarm-rate", min=0.0001, max=0.9999,
         help="Target false-alarm rate of each category's calibrated OK/NG threshold.",
@@ -254,7 +255,7 @@ def evaluate_cmd(
         llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
         knowledge_file=knowledge_file,
         object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
-        prompt_style=prompt_style,
+        prompt_style=prompt_style, text_processing=text_processing,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature

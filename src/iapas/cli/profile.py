@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.cli.eval_common import TextProcessingOpt
 from iapas.models.registry import help_table
 from iapas.prompts.resources import LLMS, TAGGERS, LlmFallback, Stage1Models, Stage1Options
 
@@ -91,6 +92,7 @@ def profile_cmd(
         "reference", "--prompt-style",
         help="The LLM's messages: reference (the paper's reference code's, word for word) or inspector (iapas's own wording).",
     ),
+    text_processing: str = TextProcessingOpt,
     force: bool = typer.Option(
         False,
         "--force",
@@ -138,7 +140,7 @@ def profile_cmd(
             nouns=split_word_list(prompts) if prompts is not None else None,
             include_object_tag=object_in_caption, object_join=object_join, prompt_style=prompt_style,
             size_threshold=size_threshold, seed=seed, device=device, dtype=dtype, detector=detector,
-            llm_fallback=llm_fallback,
+            llm_fallback=llm_fallback, text_processing=text_processing,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -251,6 +253,8 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
         "mode": "manual", "object": opts.object_tag, "prompts": prompts, "size_threshold": opts.size_threshold,
         "include_object_tag": opts.include_object_tag, "object_join": opts.object_join,
     }
+    if opts.text_processing != "iapas":
+        settings["text_processing"] = opts.text_processing
     digest = input_hash(category, [], settings)
     decision = _keep_existing(out, digest, run.force, opts.size_threshold)
     if decision == "cached":
@@ -267,9 +271,11 @@ def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None
             object_join=opts.object_join,
             stage1={
                 "source": "manual", "prompts": prompts, "object_join": opts.object_join, "input_hash": digest,
-                "iapas_version": __version__,
+                "iapas_version": __version__, "text_processing": opts.text_processing,
             },
         )
+        if opts.text_processing == "reference":
+            profile = _reference_caption(profile, nouns)
         profile.save(out)
     except (ProfileError, OSError) as exc:
         raise fail(str(exc)) from None
@@ -365,6 +371,7 @@ def _make_one(
                 nouns=opts.nouns,
                 include_object_tag=opts.include_object_tag,
                 object_join=opts.object_join,
+                text_processing=opts.text_processing,
                 prompt_style=opts.prompt_style,
                 size_threshold=opts.size_threshold,
                 input_digest=digest,
@@ -480,3 +487,16 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
     _say(f"{name}: {len(written)} profile(s) written, {len(statuses) - len(written) - len(conflicts)} kept, in {out}{note}")
     if conflicts:
         raise typer.Exit(2)
+
+
+def _reference_caption(profile: Any, nouns: list[str]) -> Any:
+    """A hand-made profile with the reference code's caption: the typed nouns cleaned and
+    joined as it joins an LLM reply (:mod:`iapas.prompts.reference_text`)."""
+    from dataclasses import replace
+
+    from iapas.prompts.reference_text import reference_caption, reference_clean_reply
+
+    phrases = reference_clean_reply(", ".join(nouns))
+    caption = reference_caption(phrases, profile.object_tag, profile.include_object_tag)
+    kept = [p.strip() for p in phrases if p.strip() and p.strip() not in ("abnormal", "defect")]
+    return replace(profile, caption=caption, anomaly_nouns=kept)

@@ -93,6 +93,7 @@ def get_profile(
         nouns=o.nouns,
         include_object_tag=o.include_object_tag,
         object_join=o.object_join,
+        text_processing=o.text_processing,
         prompt_style=o.prompt_style,
         size_threshold=o.size_threshold,
         input_digest=digest,

@@ -10,8 +10,9 @@ Variants (``default`` is always run, first):
 ablation       variants
 =============  =====================================================================================
 references     ``references-1``: stage 1 from 1 reference image instead of 10
-prompt         ``prompt-fixed``: the fixed caption 'defect . abnormal .' instead of the LLM's, with
-               the object tag and the size filter kept (only the prompt changes)
+prompt         ``prompt-fixed``: the fixed caption instead of the LLM's, with the object tag and the
+               size filter kept (only the prompt changes); under the paper protocol the reference
+               code's one phrase 'defect, abnormal.' (test_ablation.py), else 'defect . abnormal .'
 size-filter    ``size-filter-off``: every box kept
 size-sweep     ``size-0.5`` ... ``size-1.5``: size thresholds (the default column is 0.8)
 wrong-tag      ``wrong-tag``: stage 1 run with each category's object tag replaced by another
@@ -39,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from iapas.evaluation.settings import EvalSettings
-from iapas.prompts.caption import BASE_CAPTION
+from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
 ABLATIONS: tuple[str, ...] = (
@@ -129,7 +130,8 @@ def ablation_variants(
             one = 1 if base.n_references != 1 else 10
             variants.append(Variant(f"references-{one}", f"{one} reference{'s' if one > 1 else ''}", n_references=one))
         elif ablation == "prompt":
-            variants.append(Variant("prompt-fixed", "fixed prompt", caption=BASE_CAPTION))
+            fixed = REFERENCE_BASE_CAPTION if base.protocol == "paper" else BASE_CAPTION
+            variants.append(Variant("prompt-fixed", "fixed prompt", caption=fixed))
         elif ablation == "size-filter":
             variants.append(Variant("size-filter-off", "no size filter", size_filter=False))
         elif ablation == "size-sweep":

@@ -43,7 +43,8 @@ class Stage1Options:
     DINO that :class:`Stage1Models` loads when it is given none: 'tiny', 'base', a hub id or a
     folder (None: the default detector). ``prompt_style`` names the LLM's messages ('reference',
     the paper's, or 'inspector'); ``object_join`` how the object tag joins the caption ('phrase'
-    or the reference code's 'comma'). Both are part of the profile's cache key. ``llm_fallback``
+    or the reference code's 'comma'); ``text_processing`` 'reference' does the tags, object tag,
+    reply cleaning and caption as the reference code (:mod:`iapas.prompts.reference_text`). All are part of the profile's cache key. ``llm_fallback``
     'auto' answers from the knowledge vocabulary when the LLM fails (to load, to reply, or with no
     usable noun); 'never' makes any such failure an :class:`~iapas.prompts.llm.LLMError`.
     """
@@ -69,6 +70,7 @@ class Stage1Options:
     dtype: str = "auto"
     detector: str | None = None
     llm_fallback: LlmFallback = "auto"
+    text_processing: str = "iapas"  # iapas.prompts.reference_text.TEXT_PROCESSINGS: 'reference' is the reference code's
 
     def __post_init__(self) -> None:
         if self.tags is not None and self.tagger == "clip":
@@ -82,7 +84,10 @@ class Stage1Options:
         from iapas.prompts.caption import check_object_join
         from iapas.prompts.llm import check_prompt_style
 
+        from iapas.prompts.reference_text import check_text_processing
+
         check_object_join(self.object_join)
+        check_text_processing(self.text_processing)
         check_prompt_style(self.prompt_style)
         if self.llm_fallback not in LLM_FALLBACKS:
             raise ValueError(f"unknown LLM fallback {self.llm_fallback!r}; choose one of {', '.join(LLM_FALLBACKS)}")
@@ -168,6 +173,8 @@ class Stage1Models:
             "seed": o.seed, "size_threshold": o.size_threshold, "include_object_tag": o.include_object_tag,
             "object_join": o.object_join, "object": o.object_tag, "detector": self.detector_id(),
         }
+        if o.text_processing != "iapas":  # absent by default: the keys of earlier profiles stay valid
+            s["text_processing"] = o.text_processing
         if not o.object_tag:
             s.update({"tagger": o.tagger, "tagger_model": self.tagger_id(o), "top_k": o.top_k, "tags": _as_typed(o.tags)})
         if o.nouns is not None:

@@ -53,6 +53,13 @@ from iapas.prompts.object_tag import (
     vote_object_tag,
 )
 from iapas.prompts.parsing import parse_word_list
+from iapas.prompts.reference_text import (
+    DEFAULT_TEXT_PROCESSING,
+    check_text_processing,
+    fit_reference_caption,
+    reference_reply_phrases,
+    reference_tags_and_object,
+)
 from iapas.prompts.tagging import ScoredTags, Tagger, aggregate_tags, drop_stop_tags, load_stoplist, normalize_tag
 
 logger = logging.getLogger(__name__)
@@ -318,6 +325,7 @@ def build_profile(
     models: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     llm_fallback: bool = True,
+    text_processing: str = DEFAULT_TEXT_PROCESSING,
 ) -> Profile:
     """Stage 1 for one category: reference images -> :class:`~iapas.profile.Profile`.
 
@@ -329,8 +337,11 @@ def build_profile(
     :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
     window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
     ``llm_fallback`` False: an LLM failure raises :class:`LLMError` instead of falling back to
-    the knowledge vocabulary (:func:`generate_nouns`).
+    the knowledge vocabulary (:func:`generate_nouns`). ``text_processing`` 'reference' does
+    steps 2-5 as the reference code (:mod:`~iapas.prompts.reference_text`; ``object_join`` and
+    ``stoplist`` then do not apply).
     """
+    reference = check_text_processing(text_processing) == "reference"
     t_start = time.perf_counter()
     category = category.strip()
     if not category:
@@ -375,11 +386,25 @@ def build_profile(
             per_image.append(tagger.tag([rgb])[0])
             tick("tagging")(i)
         timings["tagging_s"] = time.perf_counter() - t
+        record["tagger"] = {"backend": tagger.name, "model": tagger.model_id, **_tagger_settings(tagger)}
+    if given_object is None and reference:
+        t = time.perf_counter()
+        record["tags"], object_record, found = reference_tags_and_object(
+            detector, images, per_image, names, box_threshold=box_threshold, text_threshold=text_threshold,
+            nms_iou=nms_iou, on_image=tick("detecting"),
+        )
+        timings["detection_s"] = time.perf_counter() - t
+        first = next((normalize_tag(t) for tags in per_image for t, _ in tags if normalize_tag(t)), None)
+        if found is None and first is None:
+            raise Stage1Error("no detector phrase or tag on the reference images; give the object tag with --object")
+        chosen = found or str(first)
+        if found is None:
+            object_record.update(source="top tag (the detector found no box on any reference image)", tag=chosen)
+    elif given_object is None:
         ranked, stopped = drop_stop_tags(aggregate_tags(per_image), stoplist)
         ranked = ranked[:max_tags] if max_tags is not None else ranked
         tag_caption, tags_cut = fit_tag_caption(ranked, count_tokens, max_tokens)
         aggregated = [t for t in ranked if t not in tags_cut]
-        record["tagger"] = {"backend": tagger.name, "model": tagger.model_id, **_tagger_settings(tagger)}
         record["tags"] = {
             "per_image": [
                 {"image": name, "tags": [normalize_tag(t) for t, _ in tags], "scores": [round(float(s), 5) for _, s in tags]}
@@ -442,15 +467,23 @@ def build_profile(
 
     # step 5: the caption, within the detector's text window
     try:
-        caption, dropped = fit_caption(
-            noun_result.nouns, chosen, include_object_tag, count_tokens=count_tokens, max_tokens=max_tokens,
-            object_join=object_join,
-        )
+        if reference:
+            words = noun_result.parsed if noun_result.backend == "manual" else noun_result.nouns
+            phrases = reference_reply_phrases(noun_result.raw_text, words, noun_result.fallback_used)
+            caption, kept_phrases, dropped = fit_reference_caption(
+                phrases, chosen, include_object_tag, count_tokens, max_tokens
+            )
+            kept = [p.strip() for p in kept_phrases if p.strip() and p.strip() not in ALWAYS_ADDED]
+        else:
+            caption, dropped = fit_caption(
+                noun_result.nouns, chosen, include_object_tag, count_tokens=count_tokens, max_tokens=max_tokens,
+                object_join=object_join,
+            )
+            kept = [w for w in noun_result.nouns if w not in dropped]
     except ValueError as exc:
         raise Stage1Error(str(exc)) from None
     if dropped:
         logger.warning("caption over %d text tokens: dropped %d tail noun(s): %s", max_tokens, len(dropped), ", ".join(dropped))
-    kept = [w for w in noun_result.nouns if w not in dropped]
     record["caption"] = {
         "text": caption,
         "nouns": kept,
@@ -459,7 +492,8 @@ def build_profile(
         "max_tokens": max_tokens,
         "token_counter": counter,
         "include_object_tag": include_object_tag,
-        "object_join": object_join,
+        "object_join": "comma" if reference else object_join,
+        "text_processing": text_processing,
     }
     timings["total_s"] = time.perf_counter() - t_start
     record["timings"] = {k: round(v, 3) for k, v in timings.items()}

@@ -1,0 +1,262 @@
+"""The README's "Where iapas differs from the reference code" table, row by row (issue 19 part 4).
+
+The reference code (sybeam27/IAP-ZSAS, no licence: never copied into the repository) is written
+out plainly here where a row claims to reproduce it: ``clean_string``, ``process_anomaly_tags_2``'s
+caption assembly, ``get_grounding_output``'s caption normalisation and ``process_single_image``'s
+rewriting of RAM's tags. The one change made to it is named where it is made: its ``set`` of
+phrases (an order that changes from run to run) is first-seen order.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iapas.evaluation.settings import EvalSettings
+from iapas.evaluation.variants import ablation_variants
+from iapas.models.detector import GroundingDinoDetector
+from iapas.profile import Profile
+from iapas.prompts.caption import build_caption
+from iapas.prompts.reference_text import reference_caption, reference_clean_reply, reference_tag_caption
+from iapas.prompts.resources import Stage1Models, Stage1Options
+from iapas.prompts.stage1 import build_profile
+from iapas.types import Detections
+
+# --- the reference's code, written out ------------------------------------------------------------
+
+
+def ref_clean_string(s: str | None, ordered: bool) -> str:
+    """utils/function.py ``clean_string``; ``ordered``: ``dict.fromkeys`` instead of its ``set``."""
+    if s is None:
+        return ""
+    s = s.strip(".,")
+    s = s.replace("''", "").replace('""', "")
+    s = s.replace("word", "").replace("Word", "")
+    s = s.replace("none", "").replace("None", "")
+    s = re.sub(r"\bof\b", "", s)
+    s = re.sub(r"\bpart\b", "", s)
+    s = s + "," + "abnormal, defect"
+    parts = s.split(",")
+    cleaned_parts = []
+    for part in parts:
+        words = part.split()
+        unique_words = list(dict.fromkeys(words))
+        cleaned_parts.append(" ".join(unique_words))
+    cleaned_string = ", ".join(cleaned_parts)
+    if cleaned_string.startswith(","):
+        cleaned_string = cleaned_string[1:].strip()
+    unique_tags = dict.fromkeys(cleaned_string.split(", ")) if ordered else set(cleaned_string.split(", "))
+    cleaned_string = ", ".join(unique_tags)
+    return cleaned_string.replace(".", "").strip(".,").replace(",", ".")
+
+
+def ref_caption(reply: str, object_tag: str, ordered: bool = True) -> str:
+    """``process_anomaly_tags_2`` (top_k = 1: one object tag) then ``get_grounding_output``'s
+    normalisation of the caption it passes to Grounding DINO."""
+    llama_tags = ""
+    for tag in [object_tag]:
+        clean_result = ref_clean_string(reply, ordered)
+        llama_tags = llama_tags + " . " + clean_result + ", " + tag
+    llama_tags = llama_tags + "."
+    caption = llama_tags.lower().strip()
+    if not caption.endswith("."):
+        caption = caption + "."
+    return caption
+
+
+def ref_ram_caption(ram_line: str) -> str:
+    """``process_single_image``'s rewriting of RAM's ``'a | b'`` line, then the detector call's."""
+    img_tags = ram_line.strip(" ").replace("  ", " ").replace(" |", ".").replace("close-up", "").replace("number. ", "")
+    caption = img_tags.lower().strip()
+    return caption if caption.endswith(".") else caption + "."
+
+
+def bert_words(caption: str) -> list[str]:
+    """BERT's basic tokenisation (whitespace, then each punctuation mark its own token)."""
+    return re.findall(r"[a-z0-9]+|[^a-z0-9\s]", caption.lower())
+
+
+def phrases(caption: str) -> list[str]:
+    return sorted(p.strip() for p in re.split(r"[.,]", caption) if p.strip())
+
+
+REPLIES = [
+    "Scratch, Dent, crack",
+    "scratch, none, dent, defect",
+    "crack, sword, part of chip, chip chip, Of, dust.",
+    "Here are the nouns: scratches, cracks. holes",
+    "discoloration, bottle, contamination",
+]
+
+
+# --- caption: the reference option reproduces the reference's string -------------------------------
+
+
+@pytest.mark.parametrize("reply", REPLIES)
+def test_reference_text_processing_builds_the_reference_code_s_caption(reply: str) -> None:
+    ours = reference_caption(reference_clean_reply(reply), "glass bottle")
+    assert ours == ref_caption(reply, "glass bottle")
+    # the leading empty phrase is the reference's: ' . ' before the first word
+    assert ours.startswith(". ") and ours.endswith(", glass bottle.")
+    # the only change, the order: the verbatim code (a set) gives the same non-empty phrases
+    verbatim = ref_caption(reply, "glass bottle", ordered=False)
+    assert phrases(ours) == phrases(verbatim)
+    # and our detector sends it as the reference's detector call does (the same BERT tokens)
+    assert bert_words(GroundingDinoDetector.normalize_caption(ours)) == bert_words(ours)
+
+
+def test_reference_cleaning_keeps_what_iapas_cleans_away() -> None:
+    # no parsing, no base forms, the object tag kept, 'word' removed inside words ('sword' -> 's')
+    assert ref_caption("scratches, bottle, sword", "bottle") == ". scratches. bottle. s. abnormal. defect, bottle."
+    assert reference_caption(reference_clean_reply("scratches, bottle, sword"), "bottle") == (
+        ". scratches. bottle. s. abnormal. defect, bottle."
+    )
+    # an empty phrase between two commas stays an empty phrase
+    assert reference_caption(reference_clean_reply("scratch, none, dent"), "tile") == ". scratch. . dent. abnormal. defect, tile."
+
+
+def test_object_join_comma_is_not_the_reference_caption() -> None:
+    """The README row: --object-join comma gives the reference's last phrase ('defect, bottle')
+    but neither its leading empty phrase nor its reply cleaning."""
+    ours = build_caption(["scratch", "dent"], "bottle", object_join="comma")
+    reference = ref_caption("scratch, dent", "bottle")
+    assert ours == "scratch . dent . abnormal . defect, bottle ."
+    assert reference == ". scratch. dent. abnormal. defect, bottle."
+    assert ours != reference and bert_words(ours) == bert_words(reference)[1:]  # all but the leading '.'
+    # iapas cleans the reply first (base forms, the object tag removed): the phrases differ too
+    assert build_caption(["scratch"], "bottle", object_join="comma") != ref_caption("scratches, bottle", "bottle")
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [["bottle", "close-up", "glass"], ["metal", "number", "screw"], ["tile", "close-up"], ["floor"]],
+)
+def test_reference_tag_caption_is_ram_s_line_rewritten_as_the_reference_does(tags: list[str]) -> None:
+    ours = GroundingDinoDetector.normalize_caption(reference_tag_caption(tags))
+    assert bert_words(ours) == bert_words(ref_ram_caption(" | ".join(tags)))
+
+
+# --- stage 1 under --text-processing reference ------------------------------------------------------
+
+
+def index_of(rgb: np.ndarray) -> int:
+    return int(rgb[0, 0, 0]) // 40
+
+
+def dets(*rows: tuple[list[float], float, str]) -> Detections:
+    return Detections(
+        np.array([r[0] for r in rows], np.float32).reshape(-1, 4), np.array([r[1] for r in rows], np.float32),
+        tuple(r[2] for r in rows),
+    )
+
+
+class Tagger:
+    name, model_id = "fake", "fake-tagger"
+    TAGS = [[("bottle", 0.5), ("close-up", 0.4), ("glass", 0.1)], [("white", 0.9), ("glass", 0.6)]]
+
+    def tag(self, images):
+        return [self.TAGS[index_of(im)] for im in images]
+
+
+class Detector:
+    """Image 0: a phrase spanning two tags ('bottle glass', iapas maps it to a tag); image 1:
+    'glass', and a 'white' box below it."""
+
+    name = "fake-detector"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def detect(self, images, caption, *, box_threshold, text_threshold):
+        self.calls.append(caption)
+        i = index_of(images[0])
+        if caption in ("bottle", "bottle glass", "glass"):  # the object size
+            return [dets(([0, 0, 50, 50], 0.9, caption))]
+        table = [
+            dets(([0, 0, 60, 60], 0.8, "bottle glass")),
+            dets(([0, 0, 40, 40], 0.6, "glass"), ([0, 0, 100, 100], 0.55, "white")),
+        ]
+        return [table[i]]
+
+
+class LLM:
+    name, model_id = "fake", "fake-llm"
+    REPLY = "Scratches, crack, bottle glass, none"
+
+    def complete(self, messages, *, seed):
+        return self.REPLY
+
+
+@pytest.fixture
+def refs(tmp_path: Path) -> list[Path]:
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"ref{i}.png"
+        Image.fromarray(np.full((100, 100, 3), 40 * i, np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_reference_text_processing_in_stage1(refs: list[Path], tmp_path: Path) -> None:
+    det = Detector()
+    profile = build_profile("bottle", refs, tagger=Tagger(), detector=det, llm=LLM(), text_processing="reference")
+    # per-image tag captions, no stoplist ('white' stays, 'close-up' removed as the reference does)
+    assert det.calls[:2] == ["bottle. . glass", "white. glass"]
+    # the raw detector phrase is the object tag
+    assert profile.object_tag == "bottle glass"
+    assert profile.caption == ref_caption(LLM.REPLY, "bottle glass")
+    assert profile.caption == ". scratches. crack. bottle glass. . abnormal. defect, bottle glass."
+    s1 = profile.stage1
+    assert s1["caption"]["text_processing"] == "reference" and s1["caption"]["object_join"] == "comma"
+    assert [v["phrase"] for v in s1["object"]["per_image"]] == ["bottle glass", "glass"]
+    assert Profile.load(profile.save(tmp_path / "p.yaml")).caption == profile.caption
+
+
+def test_iapas_text_processing_is_what_the_table_says(refs: list[Path]) -> None:
+    det = Detector()
+    profile = build_profile("bottle", refs, tagger=Tagger(), detector=det, llm=LLM())
+    # one aggregated tag caption for every image, stoplisted tags ('close-up', 'white') dropped
+    assert det.calls[:2] == ["glass . bottle ."] * 2
+    # the phrase mapped to a tag (a tie: the caption's first); the reply parsed, base forms
+    assert profile.object_tag == "glass"
+    assert profile.caption == "scratch . crack . bottle glass . abnormal . defect . glass ."
+
+
+def test_text_processing_is_checked_recorded_and_in_the_cache_key() -> None:
+    with pytest.raises(ValueError, match="text processing 'ram'.*iapas, reference"):
+        Stage1Options(text_processing="ram")
+    default = Stage1Models(Stage1Options(llm="knowledge")).settings()
+    reference = Stage1Models(Stage1Options(llm="knowledge", text_processing="reference")).settings()
+    assert "text_processing" not in default  # profiles made before the option keep their key
+    assert reference == {**default, "text_processing": "reference"}
+
+
+def test_cli_profile_by_hand_with_the_reference_caption(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from iapas.cli import app
+
+    out = tmp_path / "tile.yaml"
+    args = ["profile", "-c", "tile", "--object", "tile", "--prompts", "Crack, none, blowhole", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--text-processing", "reference"])
+    assert result.exit_code == 0, result.output
+    profile = Profile.load(out)
+    assert profile.caption == ref_caption("Crack, none, blowhole", "tile") == ". crack. . blowhole. abnormal. defect, tile."
+    assert profile.stage1["text_processing"] == "reference"
+    bad = CliRunner().invoke(app, [*args, "--force", "--text-processing", "ram"])
+    assert bad.exit_code == 2 and "unknown text processing 'ram'" in bad.output
+
+
+# --- bench's fixed prompt ------------------------------------------------------------------------------
+
+
+def test_bench_fixed_prompt_is_the_reference_s_one_phrase_under_the_paper_protocol() -> None:
+    paper = {v.name: v for v in ablation_variants(["prompt"], EvalSettings(protocol="paper"))}
+    full = {v.name: v for v in ablation_variants(["prompt"], EvalSettings(protocol="full"))}
+    assert paper["prompt-fixed"].caption == "defect, abnormal."  # test_ablation.py's 'defect, abnormal'
+    assert full["prompt-fixed"].caption == "defect . abnormal ."
+    assert paper["prompt-fixed"].settings(EvalSettings(protocol="paper")).caption == "defect, abnormal."
