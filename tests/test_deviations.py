@@ -260,3 +260,60 @@ def test_bench_fixed_prompt_is_the_reference_s_one_phrase_under_the_paper_protoc
     assert paper["prompt-fixed"].caption == "defect, abnormal."  # test_ablation.py's 'defect, abnormal'
     assert full["prompt-fixed"].caption == "defect . abnormal ."
     assert paper["prompt-fixed"].settings(EvalSettings(protocol="paper")).caption == "defect, abnormal."
+
+
+# --- which images are references, per dataset and protocol ---------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["paper", "full"])
+def test_mtd_references_are_mt_free_images_left_out_of_the_test_set(protocol: str) -> None:
+    """The reference drew 10 MT_Free images and tested every MT_Free image, its references too;
+    iapas tests every MT_Free image but its references, under both protocols."""
+    from iapas.data import get_dataset
+    from tests.conftest import shared_data
+
+    root = shared_data("MTD")
+    ds = get_dataset("mtd", root)
+    cat = ds.load(ds.categories()[0], protocol=protocol, n_references=10, seed=0)
+    free = {p.resolve() for p in (root / "MT_Free" / "Imgs").glob("*.jpg")}
+    refs = {Path(p).resolve() for p in cat.references}
+    assert len(refs) == 10 and refs <= free
+    assert {Path(s.path).resolve() for s in cat.test if s.label == 0} == free - refs
+
+
+@pytest.mark.parametrize("protocol", ["paper", "full"])
+def test_visa_references_are_train_normals_never_tested(tmp_path: Path, protocol: str) -> None:
+    """The reference drew from every Normal image (both splits) and tested them; iapas draws from
+    the train split's normal images, which no protocol tests."""
+    from iapas.data import get_dataset
+    from tests.test_data import box_mask, write
+
+    root = tmp_path / "VisA"
+    rows = ["object,split,label,image,mask"]
+    for i in range(5):
+        image = f"candle/Data/Images/Normal/{i:04d}.JPG"
+        write(root / image, fmt="JPEG")
+        rows.append(f"candle,{'train' if i < 3 else 'test'},normal,{image},")
+    for i in range(2):
+        image, mask = f"candle/Data/Images/Anomaly/{i:03d}.JPG", f"candle/Data/Masks/Anomaly/{i:03d}.png"
+        write(root / image, fmt="JPEG")
+        write(root / mask, box_mask(1))
+        rows.append(f"candle,test,anomaly,{image},{mask}")
+    (root / "split_csv").mkdir(parents=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    cat = get_dataset("visa", root).load("candle", protocol=protocol, n_references=2, seed=0)
+    assert len(cat.references) == 2 and {Path(p).name for p in cat.references} <= {"0000.JPG", "0001.JPG", "0002.JPG"}
+    assert not {Path(p).name for p in cat.references} & {Path(s.path).name for s in cat.test}
+
+
+def test_the_reference_s_reassigned_ksdd_labels_break_its_results_table() -> None:
+    """The README's KSDD1/KSDD2 label row: test_zsas.py reassigns ``gt_list = [...]`` per image
+    (KSDD and KSDD2) while every other list grows, so its ``pd.DataFrame`` of the results raises."""
+    pd = pytest.importorskip("pandas")
+    names: list[str] = []
+    gt_list: list[int] = []
+    for sub_name, anomalous in [("Part0", False), ("Part1", True), ("Part2", False)]:
+        gt_list = [1 if anomalous else 0]
+        names += [f"kos01_{sub_name}_0"]
+    with pytest.raises(ValueError, match="same length"):
+        pd.DataFrame({"names": names, "gt_list": gt_list})
