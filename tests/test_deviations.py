@@ -317,3 +317,31 @@ def test_the_reference_s_reassigned_ksdd_labels_break_its_results_table() -> Non
         names += [f"kos01_{sub_name}_0"]
     with pytest.raises(ValueError, match="same length"):
         pd.DataFrame({"names": names, "gt_list": gt_list})
+
+
+def test_cli_profile_with_reference_text_processing_on_the_tiny_models(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Real CLIP tags and tiny Grounding DINO: each reference image detected with its own tag
+    caption, the raw phrase as the object tag, the reference's caption string within the window."""
+    from typer.testing import CliRunner
+
+    from iapas.cli import app
+    from tests.conftest import shared_data
+
+    refs = shared_data("MVTecAD") / "bottle" / "test" / "good"
+    out = tmp_path / "bottle.yaml"
+    result = CliRunner().invoke(app, [
+        "profile", "-c", "bottle", "-r", str(refs), "-n", "2", "--tagger-model", str(tiny_models["clip"]),
+        "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu", "--llm", "knowledge",
+        "--text-processing", "reference", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    profile = Profile.load(out)
+    s1 = profile.stage1
+    per_image = s1["tags"]["per_image"]
+    assert [e["caption"] for e in per_image] == [e["caption"] for e in s1["object"]["per_image"]]
+    assert all(e["caption"] == reference_tag_caption(e["tags"][: e["caption"].count(".") + 1]) for e in per_image)
+    # the best score wins, ties to the alphabetically first phrase (pandas' groupby, then nlargest)
+    assert profile.object_tag == min(s1["object"]["per_image"], key=lambda v: (-v["score"], v["phrase"]))["phrase"]
+    nouns = s1["caption"]["nouns"]  # the knowledge vocabulary's, trimmed at the tail to the tiny window
+    assert profile.caption == ref_caption(", ".join(nouns), profile.object_tag)
+    assert s1["caption"]["token_count"] <= s1["caption"]["max_tokens"] and s1["caption"]["text_processing"] == "reference"

@@ -142,13 +142,22 @@ def reference_object_vote(
     return ReferenceVote(tag, best[tag][0], best[tag][1], per_image)
 
 
+def fit_reference_tag_caption(tags: Sequence[str], count_tokens: Callable[[str], int], max_tokens: int) -> str:
+    """:func:`reference_tag_caption`, dropping tail tags until it fits the detector's text window
+    (the original Grounding DINO would cut its tokens at the window instead)."""
+    keep = list(tags)
+    while len(keep) > 1 and count_tokens(reference_tag_caption(keep)) > max_tokens:
+        keep.pop()
+    return reference_tag_caption(keep)
+
+
 def reference_tags_and_object(
     detector: Any, images: Sequence[np.ndarray], per_image: Sequence[Sequence[tuple[str, float]]],
-    names: Sequence[str], *, box_threshold: float, text_threshold: float, nms_iou: float,
-    on_image: Callable[[int], None] | None = None,
+    names: Sequence[str], *, count_tokens: Callable[[str], int], max_tokens: int,
+    box_threshold: float, text_threshold: float, nms_iou: float, on_image: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """Steps 1-2 of the module doc: ``(tags record, object record, object tag or None)``."""
-    captions = [reference_tag_caption([t for t, _ in tags]) for tags in per_image]
+    captions = [fit_reference_tag_caption([t for t, _ in tags], count_tokens, max_tokens) for tags in per_image]
     vote = reference_object_vote(
         detector, images, captions, names, box_threshold=box_threshold, text_threshold=text_threshold,
         nms_iou=nms_iou, on_image=on_image,

@@ -390,8 +390,8 @@ def build_profile(
     if given_object is None and reference:
         t = time.perf_counter()
         record["tags"], object_record, found = reference_tags_and_object(
-            detector, images, per_image, names, box_threshold=box_threshold, text_threshold=text_threshold,
-            nms_iou=nms_iou, on_image=tick("detecting"),
+            detector, images, per_image, names, count_tokens=count_tokens, max_tokens=max_tokens,
+            box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou, on_image=tick("detecting"),
         )
         timings["detection_s"] = time.perf_counter() - t
         first = next((normalize_tag(t) for tags in per_image for t, _ in tags if normalize_tag(t)), None)
