@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 # Words an LLM puts in a word list that name nothing on the object.
 FILLER_WORDS: frozenset[str] = frozenset(
@@ -131,3 +132,27 @@ def fit_caption(
                 f"nouns; the detector takes at most {max_tokens}"
             )
         dropped.append(keep.pop(droppable[-1]))
+
+
+def text_budget(detector: Any | None) -> tuple[Callable[[str], int], int, str]:
+    """``(count_tokens, max_tokens, how)`` for captions of ``detector``.
+
+    With a Grounding DINO adapter (``processor.tokenizer`` and ``model.config.max_text_len``) the
+    count is exact; otherwise :func:`estimate_token_count` against the released models' 256.
+    """
+    tokenizer = getattr(getattr(detector, "processor", None), "tokenizer", None)
+    config = getattr(getattr(detector, "model", None), "config", None)
+    max_len = getattr(config, "max_text_len", None)
+    max_tokens = int(max_len) if isinstance(max_len, int) and max_len > 0 else GROUNDING_DINO_MAX_TEXT_LEN
+    if tokenizer is not None:
+        return (lambda caption: len(tokenizer(caption)["input_ids"])), max_tokens, "detector tokenizer"
+    return estimate_token_count, max_tokens, "estimate"
+
+
+def fit_tag_caption(tags: Sequence[str], count_tokens: Callable[[str], int], max_tokens: int) -> tuple[str, list[str]]:
+    """The tags joined as a caption ('a . b .'), dropping tail tags until it fits."""
+    keep = list(tags)
+    dropped: list[str] = []
+    while keep and count_tokens(join_caption(keep)) > max_tokens:
+        dropped.append(keep.pop())
+    return join_caption(keep), dropped[::-1]

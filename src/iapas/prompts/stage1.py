@@ -16,14 +16,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +32,13 @@ from iapas.profile import Profile
 from iapas.prompts.caption import (
     ALWAYS_ADDED,
     DEFAULT_OBJECT_JOIN,
-    GROUNDING_DINO_MAX_TEXT_LEN,
     clean_nouns,
-    estimate_token_count,
     fit_caption,
-    join_caption,
+    fit_tag_caption,
+    text_budget,
 )
 from iapas.prompts.knowledge import Knowledge
-from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, LLM, PROMPT_STYLES, LLMError, Message, build_messages
+from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, LLM, LLMError, Message, build_messages
 from iapas.prompts.object_tag import (
     BOX_THRESHOLD,
     NMS_IOU,
@@ -53,6 +49,7 @@ from iapas.prompts.object_tag import (
     vote_object_tag,
 )
 from iapas.prompts.parsing import parse_word_list
+from iapas.prompts.profile_key import input_hash  # noqa: F401 - callers import it from here
 from iapas.prompts.reference_text import (
     DEFAULT_TEXT_PROCESSING,
     check_text_processing,
@@ -214,69 +211,6 @@ def llm_error_fallback(stage1: dict[str, Any]) -> str | None:
     because it replied nothing usable; else None. Such a profile is worth making again."""
     reason = fallback_reason(stage1)
     return reason if reason is not None and reason.startswith(LLM_ERROR_PREFIX) else None
-
-
-# --- the detector's text window ----------------------------------------------------------------
-
-
-def text_budget(detector: Any | None) -> tuple[Callable[[str], int], int, str]:
-    """``(count_tokens, max_tokens, how)`` for captions of ``detector``.
-
-    With a Grounding DINO adapter (``processor.tokenizer`` and ``model.config.max_text_len``) the
-    count is exact; otherwise :func:`estimate_token_count` against the released models' 256.
-    """
-    tokenizer = getattr(getattr(detector, "processor", None), "tokenizer", None)
-    config = getattr(getattr(detector, "model", None), "config", None)
-    max_len = getattr(config, "max_text_len", None)
-    max_tokens = int(max_len) if isinstance(max_len, int) and max_len > 0 else GROUNDING_DINO_MAX_TEXT_LEN
-    if tokenizer is not None:
-        return (lambda caption: len(tokenizer(caption)["input_ids"])), max_tokens, "detector tokenizer"
-    return estimate_token_count, max_tokens, "estimate"
-
-
-def fit_tag_caption(tags: Sequence[str], count_tokens: Callable[[str], int], max_tokens: int) -> tuple[str, list[str]]:
-    """The tags joined as a caption ('a . b .'), dropping tail tags until it fits."""
-    keep = list(tags)
-    dropped: list[str] = []
-    while keep and count_tokens(join_caption(keep)) > max_tokens:
-        dropped.append(keep.pop())
-    return join_caption(keep), dropped[::-1]
-
-
-# --- cache key -----------------------------------------------------------------------------------
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise Stage1Error(f"{path}: cannot read reference image: {exc.strerror or exc}") from None
-    return h.hexdigest()
-
-
-def _data_digest() -> str:
-    h = hashlib.sha256()
-    for name in ("tag_vocabulary.txt", "tag_stoplist.txt", "knowledge.yaml"):
-        h.update(resources.files("iapas.prompts").joinpath(name).read_bytes())
-    for style, (system, user) in PROMPT_STYLES.items():
-        h.update(f"{style}\0{system}\0{user}\0".encode())
-    return h.hexdigest()
-
-
-def input_hash(category: str, references: Sequence[Path], settings: dict[str, Any]) -> str:
-    """A digest of everything that decides a profile: the category, the reference files'
-    contents, the settings (models, seed, options) and iapas's prompt data files."""
-    payload = {
-        "category": category,
-        "references": [[Path(p).name, _file_digest(Path(p))] for p in references],
-        "settings": settings,
-        "data": _data_digest(),
-    }
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=True, default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 # --- the driver ------------------------------------------------------------------------------------
