@@ -345,3 +345,17 @@ def test_cli_profile_with_reference_text_processing_on_the_tiny_models(tmp_path:
     nouns = s1["caption"]["nouns"]  # the knowledge vocabulary's, trimmed at the tail to the tiny window
     assert profile.caption == ref_caption(", ".join(nouns), profile.object_tag)
     assert s1["caption"]["token_count"] <= s1["caption"]["max_tokens"] and s1["caption"]["text_processing"] == "reference"
+
+
+def test_an_evaluation_makes_its_profiles_with_the_reference_text_processing(tmp_path: Path) -> None:
+    """``--text-processing`` reaches evaluate's and bench's stage 1 (Stage1Options -> get_profile)."""
+    from iapas.data import get_dataset
+    from iapas.evaluation.profiles import get_profile
+    from tests.test_evaluation import OBJECT, BlobDetector, make_mvtec
+
+    category = get_dataset("mvtec", make_mvtec(tmp_path / "data", ("alpha",), n_good=2, n_bad=1)).load("alpha", n_references=2)
+    options = Stage1Options(tagger="manual", tags=[OBJECT], llm="knowledge", text_processing="reference")
+    profile = get_profile(category, tmp_path / "p", options, detector=BlobDetector())
+    assert profile.object_tag == OBJECT  # the detector's phrase with the image's own tag caption
+    assert profile.caption == ref_caption(", ".join(profile.anomaly_nouns), OBJECT)
+    assert profile.stage1["caption"]["text_processing"] == "reference"
