@@ -359,3 +359,19 @@ def test_an_evaluation_makes_its_profiles_with_the_reference_text_processing(tmp
     assert profile.object_tag == OBJECT  # the detector's phrase with the image's own tag caption
     assert profile.caption == ref_caption(", ".join(profile.anomaly_nouns), OBJECT)
     assert profile.stage1["caption"]["text_processing"] == "reference"
+
+
+@pytest.mark.parametrize("protocol", ["paper", "full"])
+def test_the_report_names_the_fixed_caption_and_the_text_processing_used(tmp_path: Path, protocol: str) -> None:
+    from iapas.evaluation.results import DatasetResult
+    from iapas.evaluation.tables import header_lines
+
+    def header(mode: str, stage1: dict | None) -> str:
+        settings = EvalSettings(mode=mode, protocol=protocol)
+        return "\n".join(header_lines(DatasetResult("mtd", "MTD", "root", tmp_path, settings, [], models={"stage1": stage1})))
+
+    fixed = "defect, abnormal." if protocol == "paper" else "defect . abnormal ."
+    assert f"Mode: base ('{fixed}', no size filter)" in header("base", None)
+    reference = Stage1Options(llm="knowledge", text_processing="reference").settings("tiny")
+    assert "the reference code's text processing." in header("iapas", reference)
+    assert "text processing" not in header("iapas", Stage1Options(llm="knowledge").settings("tiny"))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iapas.io import atomic_write_text
+from iapas.prompts.caption import fixed_caption
 
 if TYPE_CHECKING:
     from iapas.evaluation.results import DatasetResult
@@ -189,7 +190,7 @@ def header_lines(result: DatasetResult) -> list[str]:
         if s.mode == "base" or not s.size_filter
         else f"size threshold {s.size_threshold if s.size_threshold is not None else 'from each profile (0.8 by default)'}"
     )
-    mode = "iapas (image-aware caption from the profile, size filter)" if s.mode == "iapas" else "base ('defect . abnormal .', no size filter)"
+    mode = "iapas (image-aware caption from the profile, size filter)" if s.mode == "iapas" else f"base ('{fixed_caption(s.protocol)}', no size filter)"
     if s.caption is not None:
         mode += f", fixed caption '{s.caption}'"
     lines = [
@@ -204,12 +205,13 @@ def header_lines(result: DatasetResult) -> list[str]:
     ]
     stage1 = models.get("stage1")
     if stage1:
+        text = ", the reference code's text processing" if stage1.get("text_processing") == "reference" else ""
         lines.insert(
             4,
             f"Stage 1 (for profiles it had to make): tagger {stage1.get('tagger')}"
             f"{' ' + str(stage1.get('tagger_model')) if stage1.get('tagger_model') else ''}, LLM {stage1.get('llm')}"
             f"{' ' + str(stage1.get('llm_model')) if stage1.get('llm_model') else ''}"
-            f"{', object tag given: ' + str(stage1.get('object_tag')) if stage1.get('object_tag') else ''}.",
+            f"{', object tag given: ' + str(stage1.get('object_tag')) if stage1.get('object_tag') else ''}{text}.",
         )
     return lines
 

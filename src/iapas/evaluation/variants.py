@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from iapas.evaluation.settings import EvalSettings
-from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
+from iapas.prompts.caption import fixed_caption
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
 ABLATIONS: tuple[str, ...] = (
@@ -130,8 +130,7 @@ def ablation_variants(
             one = 1 if base.n_references != 1 else 10
             variants.append(Variant(f"references-{one}", f"{one} reference{'s' if one > 1 else ''}", n_references=one))
         elif ablation == "prompt":
-            fixed = REFERENCE_BASE_CAPTION if base.protocol == "paper" else BASE_CAPTION
-            variants.append(Variant("prompt-fixed", "fixed prompt", caption=fixed))
+            variants.append(Variant("prompt-fixed", "fixed prompt", caption=fixed_caption(base.protocol)))
         elif ablation == "size-filter":
             variants.append(Variant("size-filter-off", "no size filter", size_filter=False))
         elif ablation == "size-sweep":

@@ -17,6 +17,12 @@ BASE_CAPTION = "defect . abnormal ."  # the baseline as two phrases (iapas's)
 REFERENCE_BASE_CAPTION = "defect, abnormal."
 
 
+def fixed_caption(protocol: str) -> str:
+    """The fixed caption of mode 'base' and of the fixed-prompt ablation: the reference code's one
+    phrase under the paper protocol, iapas's two phrases otherwise."""
+    return REFERENCE_BASE_CAPTION if protocol == "paper" else BASE_CAPTION
+
+
 def clean_nouns(words: Iterable[str]) -> list[str]:
     """Lowercase, trim, drop fillers, empties and punctuation, de-duplicate keeping first order."""
     out: list[str] = []
