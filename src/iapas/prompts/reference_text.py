@@ -17,9 +17,12 @@ phrase back to a tag, parses the LLM's reply into base-form nouns and joins them
 4. the caption is the reference's string (:func:`reference_caption`):
    ``'. w1. w2. abnormal. defect, <tag>.'`` with its leading empty phrase.
 
-Bugs of the reference code are not reproduced: its ``set`` of phrases (an order that changes
-from run to run) is first-seen order here, and a reference image without any box is skipped
-(the reference's ``torch.max`` of no score raises).
+iapas's robustness stays: an LLM that fails, or whose reply iapas's parser finds no usable noun
+in, is replaced by the knowledge vocabulary (its nouns joined as a reply), and a tag caption
+too long for the detector's text window loses tail tags. Bugs of the reference code are not
+reproduced: its ``set`` of phrases (an order that changes from run to run) is first-seen order
+here, and a reference image without any box is skipped (the reference's ``torch.max`` of no
+score raises).
 """
 
 from __future__ import annotations
