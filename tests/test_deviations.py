@@ -375,3 +375,15 @@ def test_the_report_names_the_fixed_caption_and_the_text_processing_used(tmp_pat
     reference = Stage1Options(llm="knowledge", text_processing="reference").settings("tiny")
     assert "the reference code's text processing." in header("iapas", reference)
     assert "text processing" not in header("iapas", Stage1Options(llm="knowledge").settings("tiny"))
+
+
+@pytest.mark.parametrize("protocol", ["paper", "full"])
+def test_ksdd2_references_are_defect_free_train_images(tmp_path: Path, protocol: str) -> None:
+    """The reference drew defect-free test/ images and tested them; iapas draws train/ ones."""
+    from iapas.data import get_dataset
+    from tests.test_data_paper import ksdd2_tree
+
+    cat = get_dataset("ksdd2", ksdd2_tree(tmp_path / "KolektorSDD2")).load("ksdd2", protocol=protocol, n_references=3, seed=0)
+    assert len(cat.references) == 3
+    assert all(p.parent.name == "train" and p.stem not in ("10001", "10004") for p in cat.references)
+    assert all(Path(s.path).parent.name == "test" for s in cat.test)
