@@ -90,6 +90,9 @@ REPLIES = [
     "crack, sword, part of chip, chip chip, Of, dust.",
     "Here are the nouns: scratches, cracks. holes",
     "discoloration, bottle, contamination",
+    "1. Scratch\n2. crack\n3. dent",
+    "Words: None",
+    ",scratch,,crack,",
 ]
 
 
