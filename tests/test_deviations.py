@@ -323,17 +323,19 @@ def test_the_reference_s_reassigned_ksdd_labels_break_its_results_table() -> Non
 
 
 def test_cli_profile_with_reference_text_processing_on_the_tiny_models(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    """Real CLIP tags and tiny Grounding DINO: each reference image detected with its own tag
-    caption, the raw phrase as the object tag, the reference's caption string within the window."""
+    """The tiny Grounding DINO: each reference image detected with its own tag caption, the raw
+    phrase as the object tag, the reference's caption string within the text window."""
     from typer.testing import CliRunner
 
     from iapas.cli import app
-    from tests.conftest import shared_data
 
-    refs = shared_data("MVTecAD") / "bottle" / "test" / "good"
+    refs = tmp_path / "refs"
+    for i in range(1):  # one small image: the tiny detector's forwards are what the test pays for
+        refs.mkdir(exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(refs / f"{i}.png")
     out = tmp_path / "bottle.yaml"
     result = CliRunner().invoke(app, [
-        "profile", "-c", "bottle", "-r", str(refs), "-n", "2", "--tagger-model", str(tiny_models["clip"]),
+        "profile", "-c", "bottle", "-r", str(refs), "-n", "1", "--tags", "glass bottle, close-up, cork",
         "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu", "--llm", "knowledge",
         "--text-processing", "reference", "--out", str(out),
     ])
@@ -341,6 +343,7 @@ def test_cli_profile_with_reference_text_processing_on_the_tiny_models(tmp_path:
     profile = Profile.load(out)
     s1 = profile.stage1
     per_image = s1["tags"]["per_image"]
+    assert [e["caption"] for e in per_image] == ["glass bottle. . cork"]  # 'close-up' removed, no stoplist
     assert [e["caption"] for e in per_image] == [e["caption"] for e in s1["object"]["per_image"]]
     assert all(e["caption"] == reference_tag_caption(e["tags"][: e["caption"].count(".") + 1]) for e in per_image)
     # the best score wins, ties to the alphabetically first phrase (pandas' groupby, then nlargest)
@@ -390,3 +393,20 @@ def test_ksdd2_references_are_defect_free_train_images(tmp_path: Path, protocol:
     assert len(cat.references) == 3
     assert all(p.parent.name == "train" and p.stem not in ("10001", "10004") for p in cat.references)
     assert all(Path(s.path).parent.name == "test" for s in cat.test)
+
+
+def test_the_reference_vote_breaks_ties_as_pandas_groupby_nlargest() -> None:
+    from iapas.prompts.reference_text import reference_object_vote
+
+    class Tied:
+        def detect(self, images, caption, *, box_threshold, text_threshold):
+            phrase = {0: "zinc plate", 1: "apple", 2: ""}[index_of(images[0])]
+            return [dets(([0, 0, 10, 10], 0.5, phrase), ([0, 0, 9, 9], 0.4, "other"))]  # the second is NMS'd
+
+    images = [np.full((20, 20, 3), 40 * i, np.uint8) for i in range(3)]
+    vote = reference_object_vote(Tied(), images, ["a", "b", "c"], ["i0", "i1", "i2"], box_threshold=0.1, text_threshold=0.1, nms_iou=0.5)
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"Phrase": [v["phrase"] for v in vote.per_image if v["phrase"]], "Score": [0.5, 0.5]})
+    expected = frame.groupby("Phrase")["Score"].max().nlargest(1).reset_index()["Phrase"].tolist()[0]
+    assert vote.object_tag == expected == "apple" and vote.image == "i1"
+    assert len(vote.per_image) == 3  # the empty phrase is recorded but cannot win
