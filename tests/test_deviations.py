@@ -405,8 +405,8 @@ def test_the_reference_vote_breaks_ties_as_pandas_groupby_nlargest() -> None:
 
     images = [np.full((20, 20, 3), 40 * i, np.uint8) for i in range(3)]
     vote = reference_object_vote(Tied(), images, ["a", "b", "c"], ["i0", "i1", "i2"], box_threshold=0.1, text_threshold=0.1, nms_iou=0.5)
-    pd = pytest.importorskip("pandas")
-    frame = pd.DataFrame({"Phrase": [v["phrase"] for v in vote.per_image if v["phrase"]], "Score": [0.5, 0.5]})
-    expected = frame.groupby("Phrase")["Score"].max().nlargest(1).reset_index()["Phrase"].tolist()[0]
-    assert vote.object_tag == expected == "apple" and vote.image == "i1"
+    assert vote.object_tag == "apple" and vote.image == "i1"
     assert len(vote.per_image) == 3  # the empty phrase is recorded but cannot win
+    pd = pytest.importorskip("pandas")  # the reference's own rule, where pandas is installed
+    frame = pd.DataFrame({"Phrase": [v["phrase"] for v in vote.per_image if v["phrase"]], "Score": [0.5, 0.5]})
+    assert frame.groupby("Phrase")["Score"].max().nlargest(1).reset_index()["Phrase"].tolist() == ["apple"]
