@@ -351,6 +351,13 @@ def test_cli_profile_with_reference_text_processing_on_the_tiny_models(tmp_path:
     nouns = s1["caption"]["nouns"]  # the knowledge vocabulary's, trimmed at the tail to the tiny window
     assert profile.caption == ref_caption(", ".join(nouns), profile.object_tag)
     assert s1["caption"]["token_count"] <= s1["caption"]["max_tokens"] and s1["caption"]["text_processing"] == "reference"
+    # the detector's tokens for it are those of the reference's detector call (lower, strip, final '.')
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["grounding-dino"])
+    sent = tokenizer(GroundingDinoDetector.normalize_caption(profile.caption))["input_ids"]
+    assert sent == tokenizer(profile.caption.lower().strip())["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(sent)[:2] == ["[CLS]", "."]  # the leading empty phrase
 
 
 def test_an_evaluation_makes_its_profiles_with_the_reference_text_processing(tmp_path: Path) -> None:
