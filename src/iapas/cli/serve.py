@@ -45,6 +45,14 @@ def serve_cmd(
         None, help="File whose first line is the bearer token (else $IAPAS_TOKEN)."
     ),
     cors: list[str] = typer.Option(None, help="Allow browser calls from this origin (repeatable)."),
+    allowed_host: list[str] = typer.Option(
+        None, help="Accept requests whose Host is this name, besides loopback and the bound address (repeatable)."
+    ),
+    body_timeout: float = typer.Option(30.0, min=0.1, help="Seconds an upload may send nothing before it is dropped (408)."),
+    max_inflight_mb: float = typer.Option(256.0, min=1.0, help="Upload MB held by all requests in flight; beyond: 503."),
+    pixel_budget_mpx: float = typer.Option(
+        64.0, min=0.001, help="Megapixels of images in flight together; beyond: 503 (one image over it: 413)."
+    ),
     review: Path = typer.Option(
         None, help="Serve a finished segment or evaluate folder read-only."
     ),
@@ -79,7 +87,10 @@ def serve_cmd(
     except TokenError as exc:
         raise fail(str(exc)) from None
     settings = ServeSettings(max_upload=int(max_upload_mb * 2**20), max_pixels=max_pixels, token=token,
-                             cors=list(cors or []), device=device, dtype=dtype)
+                             cors=list(cors or []), device=device, dtype=dtype, allowed_hosts=list(allowed_host or []),
+                             bound_host=host, body_timeout=body_timeout,
+                             max_inflight_bytes=max(int(max_inflight_mb * 2**20), int(max_upload_mb * 2**20)),
+                             pixel_budget=int(pixel_budget_mpx * 1e6))
     if review is not None and (profile_paths or store is not None):
         raise fail("--review serves a finished folder as it is: leave out --profile and --store")
     try:  # before the models load (minutes): a taken port fails at once
