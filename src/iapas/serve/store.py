@@ -40,7 +40,6 @@ from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, RunConflictError, result_record, run_signature
 from iapas.runner import run_file_content as runner_run_file_content
-from iapas.storage import stop_reason
 from iapas.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -66,6 +65,12 @@ class StoreError(RuntimeError):
 def write_error_status(exc: OSError) -> int:
     """507 Insufficient Storage for a full disk or quota, 503 for anything else (read-only...)."""
     return 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 503
+
+
+def write_reason(exc: OSError) -> str:
+    """``'no space left on device (STORE/C/maps/ID.png)'``: a failed write, in words."""
+    words = (exc.strerror or str(exc)).lower()
+    return f"{words} ({exc.filename})" if exc.filename else words
 
 
 def record_problem(record: dict[str, Any]) -> str | None:
@@ -323,7 +328,7 @@ class DiskStore:
         try:
             stat = os.statvfs(folder)
         except OSError as exc:
-            return self._degrade(503, f"cannot read the store folder: {stop_reason(exc)}")
+            return self._degrade(503, f"cannot read the store folder: {write_reason(exc)}")
         free = stat.f_bavail * stat.f_frsize
         need = self.min_free + nbytes + STORED_BYTES_PER_PIXEL * pixels
         if free < need:
@@ -334,7 +339,7 @@ class DiskStore:
                 atomic_write_bytes(folder / PROBE_FILE, b"")
                 (folder / PROBE_FILE).unlink()
             except OSError as exc:
-                return self._degrade(write_error_status(exc), f"cannot write to the store: {stop_reason(exc)}")
+                return self._degrade(write_error_status(exc), f"cannot write to the store: {write_reason(exc)}")
             logger.info("the store takes inspections again")
             self.degraded = None
         return None
@@ -358,7 +363,7 @@ class DiskStore:
             for path in (upload, *(folder / f"{kind}s" / f"{result_id}.png" for kind in KINDS)):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
-            status, reason = self._degrade(write_error_status(exc), f"cannot write to the store: {stop_reason(exc)}")
+            status, reason = self._degrade(write_error_status(exc), f"cannot write to the store: {write_reason(exc)}")
             raise StoreError(status, f"{reason}; the inspection was not kept") from None
         self.degraded = None
         return self._records[result_id]
