@@ -417,7 +417,8 @@ def test_sigterm_answers_in_flight_requests_releases_the_lock_and_exits_0(tiny_m
     env = {**os.environ, "PYTHONPATH": str(Path(iapas.__file__).parents[1]), "NO_COLOR": "1", "COLUMNS": "200"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "iapas", "serve", "-p", str(profile), "--store", str(store), "--port", "0",
-         "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]), "--device", "cpu"],
+         "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]), "--device", "cpu",
+         "--allowed-host", "station.example", "--body-timeout", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     try:
         line = ""
@@ -427,6 +428,9 @@ def test_sigterm_answers_in_flight_requests_releases_the_lock_and_exits_0(tiny_m
             assert line or proc.poll() is None, "the station exited before serving"
         url = line.split("iapas serve: ")[1].split("/ ")[0]
         assert (store / "bottle" / ".iapas.lock").exists()
+        with httpx.Client(base_url=url, timeout=60) as client:  # the CLI's --allowed-host and --body-timeout
+            assert client.get("/v1/health", headers={"Host": "station.example"}).json()["limits"]["body_timeout_s"] == 5
+            assert client.get("/v1/health", headers={"Host": "evil.example"}).json() == {"detail": HOST_REFUSED.format("evil.example")}
         host, port = url.removeprefix("http://").rsplit(":", 1)
         data = png()
         with socket.create_connection((host, int(port)), timeout=60) as sock:  # a request in flight
