@@ -452,3 +452,23 @@ def test_sigterm_answers_in_flight_requests_releases_the_lock_and_exits_0(tiny_m
     assert not (store / "bottle" / ".iapas.lock").exists()
     assert "Traceback" not in out
     assert len((store / "bottle" / "results.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--allowed-host", "http://station.example", "--allowed-host 'http://station.example': give a host name or address, "
+                                                 "without a scheme or a port"),
+    ("--allowed-host", "station.example:8000", "--allowed-host 'station.example:8000': give a host name or address, "
+                                               "without a scheme or a port"),
+    ("--cors", "ui.example", "--cors 'ui.example': give an origin such as http://host:port"),
+])
+def test_the_cli_refuses_an_allowed_host_or_cors_origin_that_could_never_match(tmp_path: Path, option: str, value: str, message: str):
+    from typer.testing import CliRunner
+
+    from iapas.cli import app as cli_app
+
+    profile = tmp_path / "bottle.yaml"
+    Profile.from_prompts("bottle", "bottle", ["scratch"]).save(profile)
+    result = CliRunner().invoke(cli_app, ["serve", "--profile", str(profile), option, value])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == f"error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bottle.yaml"]
