@@ -220,6 +220,18 @@ def test_a_malformed_content_length_is_json(served, length: str):
     assert worker.images_served == 0
 
 
+@pytest.mark.parametrize(("headers", "body"), [
+    ("Transfer-Encoding: chunked", b"zz\r\nabc\r\n0\r\n\r\n"),  # a chunk size that is not hex
+    ("Transfer-Encoding: chunked\nContent-Length: 3", b"3\r\nabc\r\n0\r\n\r\n"),  # both framings: smuggling
+    ("Bad Header: x", b""),  # a space in a header name
+])
+def test_other_requests_the_http_parser_refuses_are_json(served, headers: str, body: bytes):
+    url, _, worker = served
+    head = f"POST /v1/inspect?category=bottle HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/png\n{headers}"
+    assert raw(url, head, body) == (400, {"detail": MALFORMED})
+    assert worker.images_served == 0
+
+
 def test_a_stalled_upload_is_dropped_after_the_body_timeout_and_gives_its_bytes_back(served, tmp_path: Path):
     url, app, worker = served
     host, port = url.removeprefix("http://").rsplit(":", 1)
