@@ -82,15 +82,7 @@ def serve_cmd(
     from iapas.serve.auth import TokenError, load_token
     from iapas.serve.server import bind, uvicorn_server
 
-    from iapas.serve.policy import origin_of, split_host
-
-    for name in allowed_host or []:
-        parsed = split_host(name if not (":" in name and not name.startswith("[")) else f"[{name}]")
-        if parsed is None or parsed[1] is not None:
-            raise fail(f"--allowed-host {name!r}: give a host name or address, without a scheme or a port")
-    for origin in cors or []:
-        if origin_of(origin) is None:
-            raise fail(f"--cors {origin!r}: give an origin such as http://host:port")
+    _check_hosts(allowed_host or [], cors or [])
     try:
         token = load_token(token_file, host)
     except TokenError as exc:
@@ -127,6 +119,19 @@ def serve_cmd(
         if worker is not None:
             worker.stop()
         sock.close()
+
+
+def _check_hosts(allowed_hosts: list[str], cors: list[str]) -> None:
+    """Refuse an --allowed-host or --cors value that could never match a request."""
+    from iapas.serve.policy import origin_of, split_host
+
+    for name in allowed_hosts:
+        parsed = split_host(name if not (":" in name and not name.startswith("[")) else f"[{name}]")
+        if parsed is None or parsed[1] is not None:
+            raise fail(f"--allowed-host {name!r}: give a host name or address, without a scheme or a port")
+    for origin in cors:
+        if origin_of(origin) is None:
+            raise fail(f"--cors {origin!r}: give an origin such as http://host:port")
 
 
 def _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batch_size, max_wait_ms,  # type: ignore[no-untyped-def]
