@@ -5,7 +5,12 @@ the clients in a process of their own, as a line camera or a MES is another prog
    image with ``?category=`` and a multipart form; every 20th request malformed (alternately a
    truncated PNG -> 400 and an unknown category -> 404); run twice (the second time to show
    memory flat once the bounded result store is full);
-2. a burst: BURST requests at once, more than the queue holds -> some 503 (only here).
+2. a burst: BURST requests at once, more than the queue holds -> some 503 (only here);
+3. the steady load once more with STALLED uploads in the mix (raw sockets in another process of
+   the clients that each declare and send STALLED_MB of an upload, then go silent, as a
+   slowloris client does): the station holds at most ``--max-inflight-mb`` of upload bytes
+   (beyond: 503 with Retry-After) and drops each stalled client after ``--body-timeout`` (408),
+   so its memory grows by that bound at most; reported next to the round without them.
 
 Reports requests/s, p50/p95/p99 latency of the answered inspections, answers by status, the
 station's resident memory (VmRSS) after the warm-up, after each steady load and after the
@@ -110,8 +115,81 @@ def client_phase(url: str, mode: str, clients: int, requests: int, size: int, se
     return answers, time.perf_counter() - t0
 
 
+def stalled_phase(url: str, n: int, megabytes: float) -> list[int]:
+    """``n`` uploads that each declare and send ``megabytes`` (all but one byte), then stay
+    silent until the station answers (408 after the body timeout, or 503 at once when the
+    upload bytes in flight are over the station's bound). The statuses."""
+    import socket
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    size = int(megabytes * 2**20)
+    chunk = b"\0" * 2**20
+
+    def one(_: int) -> int:
+        with socket.create_connection((host, int(port)), timeout=600) as sock:
+            try:
+                sock.sendall(b"POST /v1/inspect?category=tile HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: image/png\r\nContent-Length: " + str(size).encode() + b"\r\n\r\n")
+                left = size - 1
+                while left > 0:
+                    sent = sock.send(chunk[:min(left, len(chunk))])
+                    left -= sent
+            except OSError:  # refused mid-way: the station closed the connection
+                pass
+            answer = b""
+            try:
+                while part := sock.recv(65536):
+                    answer += part
+            except OSError:
+                pass
+        return int(answer.split()[1]) if answer.startswith(b"HTTP/") else 0
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+class PeakRss:
+    """The station's highest VmRSS while a phase runs (sampled every 50 ms in a thread)."""
+
+    def __enter__(self) -> PeakRss:
+        self.peak, self._stop = rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, rss_mib())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+def mixed_round(args: argparse.Namespace, url: str, worker, clients, rss: dict, reference, refs: list[float]):  # type: ignore[no-untyped-def]
+    """The steady load with ``--stalled`` stalled uploads started first, from a second client
+    process: (answers, seconds, images served, the stalled uploads' statuses, peak and starting RSS)."""
+    silent = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        silent.submit(time.sleep, 0).result()  # spawned before the round: its start-up is not timed
+        before = rss_mib()
+        served = worker.images_served
+        with PeakRss() as peak:
+            stalled = silent.submit(stalled_phase, url, args.stalled, args.stalled_mb)
+            time.sleep(1.0)  # the stalled uploads are in before the steady clients start
+            answers, seconds = clients.submit(client_phase, url, "steady", args.clients, args.requests,
+                                              args.size, args.seed).result()
+            images = worker.images_served - served
+            codes = stalled.result()
+        rss["stalled"] = rss_mib()
+        refs.append(reference())
+    finally:
+        silent.shutdown()
+    return answers, seconds, images, codes, peak.peak, before
 
 
 def main() -> int:
@@ -126,6 +204,10 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=64)
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stalled", type=int, default=20, help="stalled uploads in the last round (0: no such round)")
+    parser.add_argument("--stalled-mb", type=float, default=39.0, help="MB each stalled upload sends before going silent")
+    parser.add_argument("--max-inflight-mb", type=float, default=256.0, help="the station's bound on upload bytes in flight")
+    parser.add_argument("--body-timeout", type=float, default=10.0, help="the station's --body-timeout in seconds")
     parser.add_argument("--store", action="store_true",
                         help="a --store station (segment run folders in a temporary folder) instead of the memory store")
     args = parser.parse_args()
@@ -144,6 +226,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
     from iapas.pipeline import Pipeline, PipelineConfig
     from iapas.profile import Profile
     from iapas.serve import build_station
+    from iapas.serve.app import ServeSettings
     from iapas.serve.server import BackgroundServer
     from iapas.testing import make_tiny_models
 
@@ -179,9 +262,10 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
         thread.join()
         return rate[0]
 
+    settings = ServeSettings(max_inflight_bytes=int(args.max_inflight_mb * 2**20), body_timeout=args.body_timeout)
     app, worker = build_station(pipeline, {"tile": profile}, batch_size=args.batch_size,
                                 max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-                                store_dir=tmp / "station" if args.store else None)
+                                store_dir=tmp / "station" if args.store else None, settings=settings)
     rows: list[tuple[str, str]] = []
     refs: list[float] = []
     rounds: list[tuple[list[Answer], float, int, int]] = []  # answers, seconds, images, batches
@@ -205,6 +289,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
                 for name in ("burst 1", "burst 2"):
                     bursts.append(clients.submit(client_phase, url, "burst", args.burst, 1, args.size, args.seed).result())
                     rss[name] = rss_mib()
+                if args.stalled:
+                    stalled = mixed_round(args, url, worker, clients, rss, reference, refs)
             finally:
                 clients.shutdown()
     finally:
@@ -229,6 +315,17 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
                      f"{refs[k]:.2f} before, {refs[k + 1]:.2f} after; ratio {ratios[-1]:.2f}"))
     for k, (answers, seconds) in enumerate(bursts):
         describe(f"burst {k + 1} ({args.burst} at once, queue {args.queue_size})", answers, seconds)
+    if args.stalled:
+        answers, seconds, images_served, stalled_codes, peak, before = stalled
+        describe(f"steady + {args.stalled} stalled ({args.stalled_mb:g} MB each)", answers, seconds)
+        served_rate = images_served / seconds
+        rows.append(("  images/s served", f"{served_rate:.2f} (without stalled uploads: "
+                     f"{rounds[-1][2] / rounds[-1][1]:.2f}); Pipeline.run {refs[-2]:.2f} before, {refs[-1]:.2f} after; "
+                     f"ratio {served_rate / ((refs[-2] + refs[-1]) / 2):.2f}"))
+        rows.append(("  stalled uploads answered", ", ".join(f"{code}: {count}" for code, count in sorted(Counter(stalled_codes).items()))))
+        rows.append(("  station RSS MiB", f"before {before:.0f}, peak {peak:.0f} (+{peak - before:.0f}; bound: "
+                     f"--max-inflight-mb {args.max_inflight_mb:g} of upload bytes; without it, +{args.stalled * args.stalled_mb:.0f} MB), "
+                     f"after {rss['stalled']:.0f}"))
     steady_answers = [a for answers, *_ in rounds for a in answers]
     burst_answers = [a for answers, _ in bursts for a in answers]
     rows.append(("503 outside the bursts", str(sum(code == 503 for code, _, _ in steady_answers))))

@@ -111,3 +111,19 @@ def test_a_killed_driver_resumes_and_every_image_is_there_once(ray_session, tiny
     keys = [r["key"] for r in records(out)]
     assert sorted(keys) == sorted(p.stem for p in images) and len(set(keys)) == len(keys)
     assert all(r["status"] == "ok" for r in records(out))
+
+
+def test_a_batch_that_kills_every_retry_ends_with_one_line_and_no_traceback(tiny_models, tmp_path: Path):
+    """A group whose actor dies on every try (restarts and retries used up) fails the run with
+    one line naming the cause, not Ray's pages of traceback above it."""
+    mtd = shared_data("MTD")
+    argv = engine_golden.scenario_commands(tiny_models, mtd, tmp_path, ["--engine", "ray", "--workers", "1"])["segment"]
+    env = {**os.environ, "IAPAS_TEST_KILL_ACTOR_AT_BATCH": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("IAPAS_TEST_KILL_MARKER", None)  # no marker: the actor dies at its first batch every time
+    done = subprocess.run([sys.executable, "-m", "iapas", *argv], capture_output=True, text=True, env=env, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in output and "Full stack trace" not in output, output
+    assert lines[-1].startswith("error: the Ray run failed: a batch killed its worker on every try (4 restarts): "), output
+    assert "Some common causes" not in lines[-1]

@@ -45,6 +45,14 @@ def serve_cmd(
         None, help="File whose first line is the bearer token (else $IAPAS_TOKEN)."
     ),
     cors: list[str] = typer.Option(None, help="Allow browser calls from this origin (repeatable)."),
+    allowed_host: list[str] = typer.Option(
+        None, help="Accept requests whose Host is this name, besides loopback and the bound address (repeatable)."
+    ),
+    body_timeout: float = typer.Option(30.0, min=0.1, help="Seconds an upload may send nothing before it is dropped (408)."),
+    max_inflight_mb: float = typer.Option(256.0, min=1.0, help="Upload MB held by all requests in flight; beyond: 503."),
+    pixel_budget_mpx: float = typer.Option(
+        64.0, min=0.001, help="Megapixels of images in flight together; beyond: 503 (one image over it: 413)."
+    ),
     review: Path = typer.Option(
         None, help="Serve a finished segment or evaluate folder read-only."
     ),
@@ -74,12 +82,16 @@ def serve_cmd(
     from iapas.serve.auth import TokenError, load_token
     from iapas.serve.server import bind, uvicorn_server
 
+    _check_hosts(allowed_host or [], cors or [])
     try:
         token = load_token(token_file, host)
     except TokenError as exc:
         raise fail(str(exc)) from None
     settings = ServeSettings(max_upload=int(max_upload_mb * 2**20), max_pixels=max_pixels, token=token,
-                             cors=list(cors or []), device=device, dtype=dtype)
+                             cors=list(cors or []), device=device, dtype=dtype, allowed_hosts=list(allowed_host or []),
+                             bound_host=host, body_timeout=body_timeout,
+                             max_inflight_bytes=max(int(max_inflight_mb * 2**20), int(max_upload_mb * 2**20)),
+                             pixel_budget=int(pixel_budget_mpx * 1e6))
     if review is not None and (profile_paths or store is not None):
         raise fail("--review serves a finished folder as it is: leave out --profile and --store")
     try:  # before the models load (minutes): a taken port fails at once
@@ -107,6 +119,19 @@ def serve_cmd(
         if worker is not None:
             worker.stop()
         sock.close()
+
+
+def _check_hosts(allowed_hosts: list[str], cors: list[str]) -> None:
+    """Refuse an --allowed-host or --cors value that could never match a request."""
+    from iapas.serve.policy import origin_of, split_host
+
+    for name in allowed_hosts:
+        parsed = split_host(name if not (":" in name and not name.startswith("[")) else f"[{name}]")
+        if parsed is None or parsed[1] is not None:
+            raise fail(f"--allowed-host {name!r}: give a host name or address, without a scheme or a port")
+    for origin in cors:
+        if origin_of(origin) is None:
+            raise fail(f"--cors {origin!r}: give an origin such as http://host:port")
 
 
 def _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batch_size, max_wait_ms,  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "--engine ray needs Ray: install iapas[ray] (pip install 'iapas[ray]')"
 KILL_AT_BATCH = "IAPAS_TEST_KILL_ACTOR_AT_BATCH"  # fault switch for tests: an actor dies on its k-th batch
-KILL_MARKER = "IAPAS_TEST_KILL_MARKER"  # ... once: the file it creates tells its restarted self not to
+KILL_MARKER = "IAPAS_TEST_KILL_MARKER"  # ... once: the file it creates tells its restarted self not to (unset: every time)
 MAX_BLOCKS_PER_WORKER = 256  # beyond that, groups share blocks (Ray Data's per-block cost)
 MAX_RESTARTS = 4  # per actor; a group is retried as often (a group that kills every actor fails the run)
 
@@ -112,8 +112,10 @@ class Stage2Actor:
 
     def _run(self, group: list[tuple[WorkItem, Any]]) -> list[tuple[Any, ...]]:
         self.batches += 1
-        if self.fault is not None and self.batches == self.fault[0] and not os.path.exists(self.fault[1]):
-            Path(self.fault[1]).write_text(f"killed actor {os.getpid()} at batch {self.batches}\n")
+        marker = self.fault[1] if self.fault is not None else None
+        if self.fault is not None and self.batches == self.fault[0] and not (marker and os.path.exists(marker)):
+            if marker:
+                Path(marker).write_text(f"killed actor {os.getpid()} at batch {self.batches}\n")
             os._exit(1)
         out: list[tuple[Any, ...]] = []
         ready = [(item, decoded) for item, decoded in group if not isinstance(decoded, str)]
@@ -138,7 +140,10 @@ def _cause(exc: BaseException) -> str:
     """The line of a Ray error that says what went wrong (Ray wraps it in pages of advice)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
-    return (errors or lines or [type(exc).__name__])[-1]
+    cause = (errors or lines or [type(exc).__name__])[-1].split(" Some common causes include")[0]
+    if "ActorDiedError" in str(exc) or type(exc).__name__ == "ActorDiedError" or "The actor is dead" in cause:
+        cause = f"a batch killed its worker on every try ({MAX_RESTARTS} restarts): {cause}"
+    return cause
 
 
 class RayExecutor:
@@ -166,10 +171,13 @@ class RayExecutor:
         context.enable_progress_bars = False  # the command's own bar counts the images
         if not logger.isEnabledFor(logging.DEBUG):
             logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-second execution reports
+            # and its pages of stack trace above a failed run: the run's one line says why (-v shows them)
+            for name in ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         groups = [pickle.dumps(list(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
         fault = None
-        if os.environ.get(KILL_AT_BATCH) and os.environ.get(KILL_MARKER):
-            fault = (int(os.environ[KILL_AT_BATCH]), os.environ[KILL_MARKER])
+        if os.environ.get(KILL_AT_BATCH):
+            fault = (int(os.environ[KILL_AT_BATCH]), os.environ.get(KILL_MARKER) or None)
         expected = precision_signature(pipeline)
         if config.get("device") == "auto":  # the workers resolve it on their own machine
             expected.pop("device")

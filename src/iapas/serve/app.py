@@ -21,10 +21,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from iapas.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image_bytes
+from iapas.io import DEFAULT_MAX_PIXELS, UPLOAD_FORMATS, ImageReadError, read_image_bytes
 from iapas.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
-from iapas.serve.store import KINDS, ResultStore, valid_id
+from iapas.serve.limits import Budget, Held, header_pixels
+from iapas.serve.policy import RequestPolicyMiddleware
+from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
 from iapas.serve.worker import ModelWorker, QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,15 @@ class ServeSettings:
     cors: list[str] = field(default_factory=list)
     device: str = "cpu"
     dtype: str = "float32"
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names accepted besides loopback
+    bound_host: str | None = None  # the address bound (accepted as Host unless a wildcard)
+    body_timeout: float = 30.0  # seconds without upload data before the client is dropped (408)
+    max_inflight_bytes: int = 256 * 2**20  # upload bytes held by all requests in flight
+    pixel_budget: int = 64_000_000  # image pixels held by all requests in flight
+
+
+class ClientGone(Exception):
+    """The client disconnected before its upload was complete."""
 
 
 class BadRequest(Exception):
@@ -89,16 +100,47 @@ def profile_info(profile: Profile) -> dict[str, Any]:
     }
 
 
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+async def read_body(request: Any, settings: ServeSettings, held: Held) -> bytes:
+    """The request body, refused as soon as it passes the upload limit (413) or would take the
+    upload bytes in flight over their budget (503); a client that sends nothing for
+    ``body_timeout`` seconds is answered 408 and its connection closed."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        try:
+            message = await asyncio.wait_for(request.receive(), settings.body_timeout)
+        except TimeoutError:
+            raise BadRequest(408, f"the upload stalled: no data for {settings.body_timeout:g} s (--body-timeout)",
+                             {"Connection": "close"}) from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone(f"after {size} bytes")
+        chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, upload_too_large(limit))
+        if size > settings.max_upload:
+            raise BadRequest(413, upload_too_large(settings.max_upload), {"Connection": "close"})
+        if chunk and not held.take("bytes", len(chunk)):
+            raise BadRequest(503, f"too many uploads in flight (at most {settings.max_inflight_bytes / 2**20:g} MB "
+                                  "together, --max-inflight-mb); retry later",
+                             {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def reserve_pixels(data: bytes, settings: ServeSettings, held: Held) -> None:
+    """Reserve the image's pixels (read from its header, before decoding) from the budget of
+    pixels in flight: 413 when the image alone is over it, 503 when others hold too much now.
+    An image over --max-pixels or unreadable is left to the decoder, which says why."""
+    pixels = header_pixels(data, UPLOAD_FORMATS)
+    if pixels is None or pixels > settings.max_pixels:
+        return
+    budget = held.budgets["pixels"]
+    if pixels > budget.total:
+        raise BadRequest(413, f"the image has {pixels:,} pixels, over the station's budget of {budget.total:,} pixels "
+                              "in flight (--pixel-budget-mpx)")
+    if not held.take("pixels", pixels):
+        raise BadRequest(503, f"too many pixels in flight (at most {budget.total:,} together, --pixel-budget-mpx); "
+                              "retry later", {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, str, str | None]:
@@ -147,6 +189,13 @@ def create_app(
         "the score, the boxes and the map, mask and overlay PNGs.",
     )
     app.state.worker, app.state.store, app.state.profiles = worker, store, profiles
+    budgets = {"bytes": Budget(settings.max_inflight_bytes), "pixels": Budget(settings.pixel_budget)}
+    app.state.budgets = budgets
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> Response:
+        logger.info("%s %s: the client disconnected mid-upload (%s)", request.method, request.url.path, exc)
+        return Response(status_code=400)
 
     @app.exception_handler(BadRequest)
     async def _bad(request: Request, exc: BadRequest) -> JSONResponse:
@@ -184,10 +233,17 @@ def create_app(
     async def inspect(request: Request, category: str | None = None, filename: str | None = None) -> JSONResponse:
         """One image as multipart (`file`, `category`) or as the raw body with `?category=`.
         Answers the verdict, scores, boxes, per-stage milliseconds and the PNGs' URLs."""
-        started = time.perf_counter()
         if worker is None:
             raise BadRequest(405, "this station is a read-only review: it inspects nothing")
-        body = await read_body(request, settings.max_upload)
+        held = Held(budgets)
+        try:
+            return await inspect_held(request, category, held)
+        finally:
+            held.release()
+
+    async def inspect_held(request: Request, category: str | None, held: Held) -> JSONResponse:
+        started = time.perf_counter()
+        body = await read_body(request, settings, held)
         data, name, form_category = await parse_upload(request, body, settings.max_upload)
         category = form_category or category
         if not category:
@@ -195,6 +251,10 @@ def create_app(
         profile = profiles.get(category)
         if profile is None:
             raise BadRequest(404, f"unknown category {category!r}; known: {known()}")
+        await run_in_threadpool(reserve_pixels, data, settings, held)
+        refusal = getattr(store, "refusal", None)
+        if refusal is not None and (why := await run_in_threadpool(refusal, category, len(data), held.amounts.get("pixels", 0))):
+            raise BadRequest(why[0], f"{why[1]}; nothing was inspected: retry when the store can be written")
         t0 = time.perf_counter()
         try:
             image = await run_in_threadpool(read_image_bytes, data, name, settings.max_pixels)
@@ -220,7 +280,10 @@ def create_app(
                      "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
             return store.add(category, image, data, result, verdict, extra)
 
-        record = await run_in_threadpool(finish)
+        try:
+            record = await run_in_threadpool(finish)
+        except StoreError as exc:
+            raise BadRequest(exc.status, exc.detail) from None
         record["timings_ms"]["outputs"] = round(1000 * (time.perf_counter() - t0), 2)
         record["timings_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
         return JSONResponse(summary(record))
@@ -266,8 +329,13 @@ def create_app(
     @app.get("/v1/health", summary="Models, device, queue depth, images served")
     async def health() -> JSONResponse:
         pipeline = worker.pipeline if worker is not None else None
+        probe = getattr(store, "refusal", None)
+        if probe is not None and categories:  # space may have gone or returned since the last upload
+            await run_in_threadpool(probe, categories[0], 0)
+        degraded = getattr(store, "degraded", None)
         return JSONResponse({
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
+            "degraded": degraded,
             "version": __version__,
             "review": worker is None,
             "models": None if pipeline is None else {
@@ -283,6 +351,13 @@ def create_app(
             "images_served": worker.images_served if worker else 0,
             "batches": worker.batches if worker else 0,
             "results_kept": len(store),
+            "records_skipped": getattr(store, "skipped", 0),
+            "limits": {
+                "max_upload_bytes": settings.max_upload, "body_timeout_s": settings.body_timeout,
+                "max_pixels": settings.max_pixels, "max_inflight_bytes": budgets["bytes"].total,
+                "inflight_bytes": budgets["bytes"].used, "pixel_budget": budgets["pixels"].total,
+                "pixels_in_flight": budgets["pixels"].used,
+            },
             "categories": categories,
         })
 
@@ -297,4 +372,6 @@ def create_app(
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(GuardMiddleware, token=settings.token, max_upload=settings.max_upload)
+    app.add_middleware(RequestPolicyMiddleware, allowed_hosts=settings.allowed_hosts, bound_host=settings.bound_host,
+                       cors=settings.cors)
     return app

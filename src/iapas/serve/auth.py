@@ -61,7 +61,7 @@ class GuardMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.token is not None and not token_matches(headers.get("authorization"), self.token):
-            await _answer(send, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
+            await answer_json(send, 401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
                           [(b"www-authenticate", b"Bearer")])
             return
         length = headers.get("content-length")
@@ -69,10 +69,10 @@ class GuardMiddleware:
             try:
                 too_large = int(length) > self.max_upload
             except ValueError:
-                await _answer(send, 400, "invalid Content-Length")
+                await answer_json(send, 400, "invalid Content-Length")
                 return
             if too_large:
-                await _answer(send, 413, upload_too_large(self.max_upload))
+                await answer_json(send, 413, upload_too_large(self.max_upload))
                 return
         await self.app(scope, receive, send)
 
@@ -81,7 +81,8 @@ def upload_too_large(limit: int) -> str:
     return f"the upload is over the limit of {limit / 2**20:g} MB (--max-upload-mb)"
 
 
-async def _answer(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def answer_json(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send ``{"detail": detail}`` with ``status`` and close the connection."""
     body = json.dumps({"detail": detail}).encode("utf-8")
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close"), *(extra or [])]

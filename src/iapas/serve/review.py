@@ -28,6 +28,7 @@ import numpy as np
 
 from iapas.outputs import binary_mask, encode_map
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog
+from iapas.serve.store import usable
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class ReviewStore:
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.categories: list[str] = []
+        self.skipped = 0  # malformed records, not listed
         if (self.folder / RESULTS_FILE).is_file():
             self._add_segment(self.folder)
         elif (self.folder / "predictions").is_dir():
@@ -92,7 +94,7 @@ class ReviewStore:
         profile = _read_json(run / RUN_FILE).get("profile") or {}
         category = str(profile.get("category") or run.name)
         for record in ResultsLog(run / RESULTS_FILE).read().values():
-            if record.get("status") == "ok":
+            if record.get("status") == "ok" and self._usable(record, run / RESULTS_FILE):
                 self._add("segment", run, category, record)
 
     def _add_evaluate(self, out: Path) -> None:
@@ -106,13 +108,19 @@ class ReviewStore:
             category = path.stem
             threshold = thresholds.get(category)
             for record in ResultsLog(path).read().values():
-                if record.get("status") != "ok":
+                if record.get("status") != "ok" or not self._usable(record, path):
                     continue
                 score = float(record.get("map_max", record.get("image_score", 0.0)))
                 if record.get("decision") is None and threshold is not None:
                     record = {**record, "decision": "NG" if score > threshold else "OK", "threshold": threshold,
                               "decision_score": score}
                 self._add("evaluate", out, category, record)
+
+    def _usable(self, record: dict[str, Any], where: Path) -> bool:
+        if usable(record, where):
+            return True
+        self.skipped += 1
+        return False
 
     # --- the store interface ---------------------------------------------------------------------
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -26,13 +30,49 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+MALFORMED = "malformed HTTP request (the request line, a header or Content-Length is invalid)"
+
+
+def json_error_protocol() -> type:
+    """uvicorn's HTTP protocol (httptools, else h11) whose own 400 for a request it cannot
+    parse is JSON ``{"detail": ...}``, like every other error of the station."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # no httptools: the pure-Python parser
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class JsonErrorProtocol(Base):  # type: ignore[misc, valid-type]
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"detail": MALFORMED}).encode("utf-8")
+            head = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                    b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n")
+            self.transport.write(head + body)
+            self.transport.close()
+
+    return JsonErrorProtocol
+
+
 def uvicorn_server(app: Any, sock: socket.socket, log_level: str = "warning") -> Any:
     import uvicorn
 
+    class StationServer(uvicorn.Server):
+        """SIGTERM (systemd, Docker) ends the server as Ctrl+C does: requests in flight are
+        answered, then :meth:`run` returns (uvicorn would raise the signal again after a
+        graceful exit, and SIGTERM's default action kills the process before any cleanup,
+        leaving the output lock behind)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                if self._captured_signals:
+                    logger.info("stopping on signal %s", ", ".join(signal.Signals(s).name for s in self._captured_signals))
+                self._captured_signals.clear()
+
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5)
-    return uvicorn.Server(config)
+                            lifespan="off", timeout_graceful_shutdown=5, http=json_error_protocol())
+    return StationServer(config)
 
 
 class BackgroundServer:

@@ -14,10 +14,13 @@ segmented again like any other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -45,6 +48,55 @@ ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 KINDS = ("map", "mask", "overlay")
 UPLOAD_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 MASK_THRESHOLD = 0.3  # the mask threshold without a decision, as 'iapas segment'
+MIN_FREE_BYTES = 32 * 2**20  # a store with less free space takes no more inspections (507)
+STORED_BYTES_PER_PIXEL = 8  # at most: the 16-bit map, the mask and the RGB overlay PNGs
+PROBE_FILE = ".iapas-write-probe"
+NUMBER_FIELDS = ("image_score", "decision_score", "normalized_score", "threshold", "map_max")
+
+
+class StoreError(RuntimeError):
+    """An inspection cannot be stored: ``status`` 507 (no space) or 503 (read-only, other)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def write_error_status(exc: OSError) -> int:
+    """507 Insufficient Storage for a full disk or quota, 503 for anything else (read-only...)."""
+    return 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 503
+
+
+def write_reason(exc: OSError) -> str:
+    """``'no space left on device (STORE/C/maps/ID.png)'``: a failed write, in words."""
+    words = (exc.strerror or str(exc)).lower()
+    return f"{words} ({exc.filename})" if exc.filename else words
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What makes a stored record unusable for listing (one line), None when it is usable."""
+    if not isinstance(record.get("key"), str):
+        return f"key {record.get('key')!r} is not a string"
+    for name in NUMBER_FIELDS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            return f"{name} {value!r} is not a finite number"
+    if record.get("decision") not in (None, "OK", "NG"):
+        return f"decision {record.get('decision')!r} is not OK, NG or null"
+    for name in ("kept", "dropped"):
+        if not isinstance(record.get(name, []), list):
+            return f"{name} is not a list"
+    if not isinstance(record.get("outputs", {}), dict):
+        return "outputs is not an object"
+    return None
+
+
+def usable(record: Any, where: Any) -> bool:
+    """Whether a record read from ``where`` can be listed; one log line when it cannot."""
+    problem = record_problem(record) if isinstance(record, dict) else "not an object"
+    if problem is not None:
+        logger.warning("%s: skipping the record %r: %s", where, record.get("key") if isinstance(record, dict) else None, problem)
+    return problem is None
 
 
 def new_id() -> str:
@@ -219,9 +271,12 @@ class DiskStore:
 
     readonly = False
 
-    def __init__(self, root: Path, pipeline: Pipeline, profiles: dict[str, Profile]) -> None:
+    def __init__(self, root: Path, pipeline: Pipeline, profiles: dict[str, Profile], min_free: int = MIN_FREE_BYTES) -> None:
         self.root = Path(root)
         self.profiles = profiles
+        self.min_free = min_free
+        self.degraded: str | None = None  # why the last write failed, until one succeeds again
+        self.skipped = 0  # malformed records of earlier sessions, not listed
         self._lock = threading.Lock()
         self._logs: dict[str, ResultsLog] = {}
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -236,7 +291,10 @@ class DiskStore:
             self._logs[category] = log
             for key, record in log.read().items():  # the history of earlier sessions
                 if valid_id(key) and record.get("status") == "ok":
-                    self._records[key] = {**record, "category": category}
+                    if usable(record, log.path):
+                        self._records[key] = {**record, "category": category}
+                    else:
+                        self.skipped += 1
         self._records = OrderedDict(sorted(self._records.items()))  # ids sort by time
 
     @staticmethod
@@ -256,6 +314,36 @@ class DiskStore:
                 f"{folder} holds results made with other settings ({', '.join(changed)}); use another --store folder"
             )
 
+    def _degrade(self, status: int, reason: str) -> tuple[int, str]:
+        if self.degraded != reason:
+            logger.error("the store cannot take inspections: %s", reason)
+        self.degraded = reason
+        return status, reason
+
+    def refusal(self, category: str, nbytes: int, pixels: int = 0) -> tuple[int, str] | None:
+        """``(status, reason)`` when an inspection of ``nbytes`` (``pixels``) could not be
+        stored now: too little free space (507), or a failed write that a probe write still
+        repeats (507 or 503). None when it can; a probe that succeeds ends the degraded state."""
+        folder = self.root / category
+        try:
+            stat = os.statvfs(folder)
+        except OSError as exc:
+            return self._degrade(503, f"cannot read the store folder: {write_reason(exc)}")
+        free = stat.f_bavail * stat.f_frsize
+        need = self.min_free + nbytes + STORED_BYTES_PER_PIXEL * pixels
+        if free < need:
+            return self._degrade(507, f"the store is full: {free / 2**20:.1f} MiB free in {folder}, "
+                                      f"{need / 2**20:.1f} MiB needed to keep an inspection")
+        if self.degraded is not None:
+            try:
+                atomic_write_bytes(folder / PROBE_FILE, b"")
+                (folder / PROBE_FILE).unlink()
+            except OSError as exc:
+                return self._degrade(write_error_status(exc), f"cannot write to the store: {write_reason(exc)}")
+            logger.info("the store takes inspections again")
+            self.degraded = None
+        return None
+
     def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
             verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
         decision = self.profiles[category].decision
@@ -263,13 +351,21 @@ class DiskStore:
         folder = self.root / category
         result_id = new_id()
         upload = folder / "uploads" / f"{result_id}{upload_suffix(data)}"
-        atomic_write_bytes(upload, data)
-        stored = LoadedImage(path=Path(os.path.abspath(upload)), rgb=image.rgb, mode=image.mode)
-        outputs = write_image_outputs(folder, result_id, image.rgb, result, threshold, overlay=True, verdict=verdict)
-        record = result_record(result_id, stored, result, outputs, threshold, verdict)
-        with self._lock:  # one writer per results.jsonl
-            self._logs[category].append(record)
-            self._records[result_id] = {**record, "category": category, **extra}
+        try:
+            atomic_write_bytes(upload, data)
+            stored = LoadedImage(path=Path(os.path.abspath(upload)), rgb=image.rgb, mode=image.mode)
+            outputs = write_image_outputs(folder, result_id, image.rgb, result, threshold, overlay=True, verdict=verdict)
+            record = result_record(result_id, stored, result, outputs, threshold, verdict)
+            with self._lock:  # one writer per results.jsonl
+                self._logs[category].append(record)
+                self._records[result_id] = {**record, "category": category, **extra}
+        except OSError as exc:  # nothing half-stored is left: the record was not appended
+            for path in (upload, *(folder / f"{kind}s" / f"{result_id}.png" for kind in KINDS)):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            status, reason = self._degrade(write_error_status(exc), f"cannot write to the store: {write_reason(exc)}")
+            raise StoreError(status, f"{reason}; the inspection was not kept") from None
+        self.degraded = None
         return self._records[result_id]
 
     def get(self, result_id: str) -> dict[str, Any] | None:
