@@ -15,6 +15,7 @@ from iapas.evaluation.protocol import PR_POINTS, normalize_image, normalize_stac
 from iapas.evaluation.settings import IMAGE_SCORES
 from iapas.io import LoadedImage, atomic_path, file_stamp
 from iapas.metrics import CategoryMetrics, category_metrics
+from iapas.names import check_name
 from iapas.runner import assign_keys
 from iapas.types import SegmentationResult
 
@@ -26,11 +27,13 @@ MAPS_DIR = "maps"
 
 
 def predictions_path(out_dir: Path, category: str) -> Path:
-    return Path(out_dir) / PREDICTIONS_DIR / f"{category}.jsonl"
+    return Path(out_dir) / PREDICTIONS_DIR / f"{check_name(category, 'category')}.jsonl"
 
 
 def map_relpath(category: str, key: str) -> str:
-    return f"{MAPS_DIR}/{category}/{key}.npz"
+    """``maps/CATEGORY/KEY.npz``; write it through :func:`iapas.names.path_inside` (a key is a
+    relative path: ``good/004``)."""
+    return f"{MAPS_DIR}/{check_name(category, 'category')}/{key}.npz"
 
 
 def save_map_file(path: Path, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
