@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,17 @@ def stored_scores(out_dir: Path, records: dict[str, dict[str, Any]], keys: Seque
     return scores
 
 
+def check_finite(scores: Mapping[str, float]) -> None:
+    """Refuse (:class:`DecisionError`, naming the image) a score that is NaN or infinite: a
+    threshold computed from it would make every part OK or every part NG."""
+    for name, score in scores.items():
+        if not math.isfinite(score):
+            raise DecisionError(
+                f"{name}: its image score is {score} (not a finite number: the models gave NaN or infinity on it); "
+                "no threshold is written from it: check the image and the models (e.g. --dtype float32), or leave it out"
+            )
+
+
 @dataclass
 class RuleResult:
     """One rule's threshold and what it gives on the calibration images."""
@@ -199,6 +211,7 @@ __all__ = [
     "OverlapCheck",
     "RuleResult",
     "calibrate",
+    "check_finite",
     "check_reference_overlap",
     "file_sha256",
     "images_needed",

@@ -32,16 +32,16 @@ class OutsideRootError(ValueError):
 def _problem(value: str) -> str:
     if not value:
         return "it is empty"
-    if len(value) > MAX_NAME:
-        return f"it is {len(value)} characters long"
     if any(sep in value for sep in ("/", "\\")):
         return "it contains a path separator"
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         return "it contains a control character"
     if value[0] in ".-":
         return f"it starts with {value[0]!r}"
+    if len(value) > MAX_NAME:
+        return f"it is {len(value)} characters long"
     bad = next(c for c in value if not NAME_PATTERN.fullmatch("a" + c))
-    return f"it contains {bad!r}"
+    return f"it contains {ascii(bad)}"
 
 
 def check_name(value: object, what: str) -> str:
