@@ -234,6 +234,11 @@ def test_deep_nesting_is_one_line(tmp_path: Path, suffix: str) -> None:
 # --- the commands: one line, exit 2, nothing written ----------------------------------------------------
 
 
+def needs_serve_extra() -> None:
+    for module in ("fastapi", "uvicorn"):
+        pytest.importorskip(module)
+
+
 def images(folder: Path, count: int = 2) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -267,6 +272,8 @@ def test_commands_refuse_a_bad_decision_before_loading_models(
                       "--false-alarm-rate", "0.5"],
         "serve": ["serve", "--profile", str(profile), "--store", str(work / "store"), "--port", "0"],
     }[command]
+    if command == "serve":
+        needs_serve_extra()
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert error_lines(result.output) == [f"error: {profile}: decision: {expected}"]
@@ -288,6 +295,8 @@ def test_commands_refuse_a_category_that_leaves_the_folder(tmp_path: Path, comma
                       "--false-alarm-rate", "0.5"],
         "serve": ["serve", "--profile", str(profile), "--store", str(work / "store"), "--port", "0"],
     }[command]
+    if command == "serve":
+        needs_serve_extra()
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     shown = ascii(category) if len(category) <= 64 else ascii(category[:64]) + "..."
@@ -417,3 +426,17 @@ def test_calibrate_refuses_a_non_finite_score_naming_the_image(tmp_path: Path, m
         "no threshold is written from it: check the image and the models (e.g. --dtype float32), or leave it out"
     )
     assert profile.read_bytes() == saved  # the profile as it was: no decision section
+
+
+def test_build_station_refuses_a_decision_changed_after_loading(tmp_path: Path) -> None:
+    """A program that edits a profile's decision after loading it: refused when the station is
+    built (the models never run), not answered 500 on every inspection."""
+    from iapas.serve import build_station
+
+    needs_serve_extra()
+    profile = Profile.from_dict({**GOOD, "decision": DECISION})
+    profile.decision.threshold = float("inf")  # type: ignore[union-attr]
+    with pytest.raises(ProfileError) as info:
+        build_station(None, {"bottle": profile}, store_dir=tmp_path / "store")
+    assert str(info.value) == "profile 'bottle': decision: 'threshold' must be a finite number, got inf"
+    assert not (tmp_path / "store").exists()
