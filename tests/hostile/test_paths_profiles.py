@@ -440,3 +440,26 @@ def test_build_station_refuses_a_decision_changed_after_loading(tmp_path: Path) 
         build_station(None, {"bottle": profile}, store_dir=tmp_path / "store")
     assert str(info.value) == "profile 'bottle': decision: 'threshold' must be a finite number, got inf"
     assert not (tmp_path / "store").exists()
+
+
+# --- a hand-edited results.jsonl cannot reach outside its run folder -----------------------------------
+
+
+def test_resume_never_deletes_a_file_outside_the_run_folder(tmp_path: Path) -> None:
+    """A results.jsonl whose stale record names ``../victim.png``: the record is dropped, the
+    file outside the run folder is kept (today it was deleted with the record's outputs)."""
+    from iapas.engine import ResultsLog
+    from iapas.runner import match_finished, source_stamp
+
+    image = images(tmp_path / "img", 1) / "0.png"
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    record = {"key": "old", **source_stamp(image), "status": "failed", "error": "x",
+              "outputs": {"map": "../victim.png", "mask": "../../victim.png", "overlay": str(victim)}}
+    (out / "results.jsonl").write_text(json.dumps(record) + "\n")
+    finished = match_finished([image], ["0"], ResultsLog(out / "results.jsonl"), out, 0.3, True)
+    assert finished == {}
+    assert victim.read_bytes() == b"precious"
+    assert ResultsLog(out / "results.jsonl").read() == {}  # the stale record itself is dropped
