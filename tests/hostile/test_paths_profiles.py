@@ -463,3 +463,30 @@ def test_resume_never_deletes_a_file_outside_the_run_folder(tmp_path: Path) -> N
     assert finished == {}
     assert victim.read_bytes() == b"precious"
     assert ResultsLog(out / "results.jsonl").read() == {}  # the stale record itself is dropped
+
+
+API_NAMES = [
+    ("../../X", "'../../X'", "it contains a path separator"),
+    ("/etc", "'/etc'", "it contains a path separator"),
+    ("..", "'..'", "it starts with '.'"),
+    ("bottle\u0000", "'bottle\\x00'", "it contains a control character"),
+]
+
+
+@pytest.mark.parametrize(("category", "shown", "why"), API_NAMES, ids=range(len(API_NAMES)))
+def test_the_api_refuses_a_category_that_is_not_a_name(tmp_path: Path, category: str, shown: str, why: str) -> None:
+    """400 with the name rule, before the image is read or a model runs (the worker never starts)."""
+    needs_serve_extra()
+    from starlette.testclient import TestClient
+
+    from iapas.serve.app import create_app
+    from iapas.serve.store import MemoryStore
+    from iapas.serve.worker import ModelWorker
+
+    profiles = {"bottle": Profile.from_dict(GOOD)}
+    app = create_app(MemoryStore(profiles), profiles, ModelWorker(None, profiles))  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        response = client.post("/v1/inspect", files={"file": ("part.png", b"not read", "application/octet-stream")},
+                               data={"category": category})
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"{name_error('category', shown, why)}; known: bottle"}
