@@ -188,6 +188,11 @@ def calibrate(
     elif rule == "f1":
         raise DecisionError("--rule f1 needs labelled defective images (--anomalous)")
     threshold = thresholds[rule]
+    if threshold < 0:  # f1 at its best flags every image, one scoring 0 included: no threshold >= 0 says that
+        raise DecisionError(
+            f"the {rule} rule's best threshold flags every image, those scoring 0 included; a threshold (>= 0) cannot: "
+            "calibrate on more images, or use --rule conformal"
+        )
     every = np.concatenate([normal, anomalous])
     fa, det = _rates(threshold, normal, anomalous)
     decision = Decision(

@@ -490,3 +490,15 @@ def test_the_api_refuses_a_category_that_is_not_a_name(tmp_path: Path, category:
                                data={"category": category})
     assert response.status_code == 400
     assert response.json() == {"detail": f"{name_error('category', shown, why)}; known: bottle"}
+
+
+def test_calibrate_refuses_an_f1_threshold_below_zero() -> None:
+    """Best F1 when every image is NG, one defective image scoring 0: the threshold would be just
+    below 0, which a profile cannot hold (threshold >= 0)."""
+    from iapas.calibration import calibrate
+    from iapas.decision import DecisionError
+
+    with pytest.raises(DecisionError) as info:
+        calibrate([0.5], [0.0, 0.6], rule="f1")
+    assert str(info.value) == ("the f1 rule's best threshold flags every image, those scoring 0 included; a threshold (>= 0) "
+                               "cannot: calibrate on more images, or use --rule conformal")
