@@ -239,6 +239,17 @@ def needs_serve_extra() -> None:
         pytest.importorskip(module)
 
 
+def command_args(command: str, work: Path, profile: Path) -> list[str]:
+    """segment, calibrate or serve with ``profile``, writing under ``work`` (refused before any model)."""
+    if command == "serve":
+        needs_serve_extra()
+        return ["serve", "--profile", str(profile), "--store", str(work / "store"), "--port", "0"]
+    if command == "calibrate":
+        return ["calibrate", "--profile", str(profile), "--normal", str(work / "img"), "--out", str(work / "out"),
+                "--false-alarm-rate", "0.5"]
+    return ["segment", str(work / "img"), "--profile", str(profile), "--out", str(work / "out")]
+
+
 def images(folder: Path, count: int = 2) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -266,15 +277,7 @@ def test_commands_refuse_a_bad_decision_before_loading_models(
     images(work / "img")
     profile = write_yaml(work / "p.yaml", decision_yaml(field, value))
     before = tree(tmp_path)
-    args = {
-        "segment": ["segment", str(work / "img"), "--profile", str(profile), "--out", str(work / "out")],
-        "calibrate": ["calibrate", "--profile", str(profile), "--normal", str(work / "img"), "--out", str(work / "out"),
-                      "--false-alarm-rate", "0.5"],
-        "serve": ["serve", "--profile", str(profile), "--store", str(work / "store"), "--port", "0"],
-    }[command]
-    if command == "serve":
-        needs_serve_extra()
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, command_args(command, work, profile))
     assert result.exit_code == 2, result.output
     assert error_lines(result.output) == [f"error: {profile}: decision: {expected}"]
     assert tree(tmp_path) == before
@@ -289,15 +292,7 @@ def test_commands_refuse_a_category_that_leaves_the_folder(tmp_path: Path, comma
         category = str(tmp_path / "elsewhere")
     profile = write_yaml(work / "p.yaml", profile_yaml(category))
     before = tree(tmp_path)
-    args = {
-        "segment": ["segment", str(work / "img"), "--profile", str(profile), "--out", str(work / "out")],
-        "calibrate": ["calibrate", "--profile", str(profile), "--normal", str(work / "img"), "--out", str(work / "out"),
-                      "--false-alarm-rate", "0.5"],
-        "serve": ["serve", "--profile", str(profile), "--store", str(work / "store"), "--port", "0"],
-    }[command]
-    if command == "serve":
-        needs_serve_extra()
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, command_args(command, work, profile))
     assert result.exit_code == 2, result.output
     shown = ascii(category) if len(category) <= 64 else ascii(category[:64]) + "..."
     assert error_lines(result.output) == [f"error: {name_error(f'{profile}: {chr(39)}category{chr(39)}', shown, 'it contains a path separator')}"]
