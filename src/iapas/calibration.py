@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,17 @@ def stored_scores(out_dir: Path, records: dict[str, dict[str, Any]], keys: Seque
     return scores
 
 
+def check_finite(scores: Mapping[str, float]) -> None:
+    """Refuse (:class:`DecisionError`, naming the image) a score that is NaN or infinite: a
+    threshold computed from it would make every part OK or every part NG."""
+    for name, score in scores.items():
+        if not math.isfinite(score):
+            raise DecisionError(
+                f"{name}: its image score is {score} (not a finite number: the models gave NaN or infinity on it); "
+                "no threshold is written from it: check the image and the models (e.g. --dtype float32), or leave it out"
+            )
+
+
 @dataclass
 class RuleResult:
     """One rule's threshold and what it gives on the calibration images."""
@@ -176,6 +188,11 @@ def calibrate(
     elif rule == "f1":
         raise DecisionError("--rule f1 needs labelled defective images (--anomalous)")
     threshold = thresholds[rule]
+    if threshold < 0:  # f1 at its best flags every image, one scoring 0 included: no threshold >= 0 says that
+        raise DecisionError(
+            f"the {rule} rule's best threshold flags every image, those scoring 0 included; a threshold (>= 0) cannot: "
+            "calibrate on more images, or use --rule conformal"
+        )
     every = np.concatenate([normal, anomalous])
     fa, det = _rates(threshold, normal, anomalous)
     decision = Decision(
@@ -199,6 +216,7 @@ __all__ = [
     "OverlapCheck",
     "RuleResult",
     "calibrate",
+    "check_finite",
     "check_reference_overlap",
     "file_sha256",
     "images_needed",

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from iapas import fields as checks
+from iapas.fields import FieldError
 from iapas.outputs import MAP_SCALE, encode_map
 
 RULES = ("conformal", "f1", "manual")
@@ -230,19 +232,31 @@ class Decision:
         self.validate()
 
     def validate(self, source: str = "decision") -> None:
-        if self.rule not in RULES:
-            raise DecisionError(f"{source}: 'rule' must be one of {', '.join(RULES)}, got {self.rule!r}")
+        """Check every field (naming it) and take each in its type; :class:`DecisionError` else."""
         try:
-            self.threshold = float(self.threshold)
-            self.min_defect_area = int(self.min_defect_area)
-        except (TypeError, ValueError):
-            raise DecisionError(f"{source}: 'threshold' must be a number and 'min_defect_area' an integer") from None
-        if math.isnan(self.threshold):
-            raise DecisionError(f"{source}: 'threshold' is NaN")
-        if self.min_defect_area < 0:
-            raise DecisionError(f"{source}: 'min_defect_area' must be >= 0, got {self.min_defect_area}")
-        if not isinstance(self.signature, dict):
-            raise DecisionError(f"{source}: 'signature' must be a mapping")
+            self._check(source)
+        except FieldError as exc:
+            raise DecisionError(str(exc)) from None
+
+    def _check(self, source: str) -> None:
+        def what(name: str) -> str:
+            return f"{source}: {name!r}"
+
+        self.rule = checks.choice(self.rule, what("rule"), RULES)
+        self.threshold = checks.number(self.threshold, what("threshold"), low=0.0)
+        self.min_defect_area = checks.count(self.min_defect_area, what("min_defect_area"))
+        self.target_rate = checks.optional_number(self.target_rate, what("target_rate"), low=0.0, high=1.0,
+                                                  low_open=True, high_open=True)
+        for name in ("observed_false_alarm_rate", "detection_rate"):  # fractions of images: 0 and 1 happen
+            setattr(self, name, checks.optional_number(getattr(self, name), what(name), low=0.0, high=1.0))
+        self.n_calibration = checks.count(self.n_calibration, what("n_calibration"))
+        self.n_anomalous = checks.count(self.n_anomalous, what("n_anomalous"))
+        self.score_min = checks.number(self.score_min, what("score_min"))
+        self.score_max = checks.number(self.score_max, what("score_max"))
+        if self.score_min > self.score_max:
+            raise DecisionError(f"{source}: 'score_min' ({self.score_min:g}) must be <= 'score_max' ({self.score_max:g})")
+        self.signature = checks.mapping(self.signature, what("signature"))
+        self.date = checks.text(self.date, what("date"))
 
     @classmethod
     def manual(cls, threshold: float, calibrated: Decision | None = None) -> Decision:

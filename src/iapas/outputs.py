@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from iapas.io import save_png
+from iapas.names import path_inside
 from iapas.types import SegmentationResult
 
 # A map pixel value v is stored as round(v * MAP_SCALE) in a 16-bit PNG (so 1.0 -> 10000).
@@ -105,13 +106,14 @@ def write_image_outputs(
     is the map >= ``threshold``. Returns the written paths relative to ``out_dir``.
     """
     written = output_names(key, overlay)
-    save_png(out_dir / written["map"], encode_map(result.anomaly_map))
+    paths = {kind: path_inside(out_dir, name) for kind, name in written.items()}  # a key is a relative path
+    save_png(paths["map"], encode_map(result.anomaly_map))
     if verdict is not None:
         mask = np.where(verdict.mask, 255, 0).astype(np.uint8)
     else:
         mask = binary_mask(result.anomaly_map, threshold)
-    save_png(out_dir / written["mask"], mask)
+    save_png(paths["mask"], mask)
     if overlay:
         # overlays are for looking at: fast compression (they are photographic, and the largest)
-        save_png(out_dir / written["overlay"], render_overlay(rgb, result, verdict=verdict), compress_level=1)
+        save_png(paths["overlay"], render_overlay(rgb, result, verdict=verdict), compress_level=1)
     return written

@@ -16,11 +16,15 @@ from typing import Any
 import yaml
 
 from iapas import __version__
+from iapas import fields as checks
 from iapas.decision import Decision, DecisionError
+from iapas.fields import FieldError
 from iapas.io import atomic_write_text
+from iapas.names import BadNameError, check_name
 from iapas.prompts.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
 
 PROFILE_FORMAT = 1
+MAX_DEPTH = 32  # nesting levels a profile file may have (its own need 4)
 
 
 class ProfileError(ValueError):
@@ -70,30 +74,30 @@ class Profile:
         return profile
 
     def validate(self, source: str = "profile") -> None:
-        if not isinstance(self.category, str) or not self.category.strip():
-            raise ProfileError(f"{source}: 'category' must be a non-empty string")
-        if not isinstance(self.object_tag, str) or not self.object_tag.strip():
-            raise ProfileError(f"{source}: 'object_tag' must be a non-empty string")
-        if not isinstance(self.caption, str) or not caption_phrases(self.caption):
-            raise ProfileError(f"{source}: 'caption' is empty; it must list phrases like 'scratch . crack .'")
+        """Check every field (naming it) and take each in its type; :class:`ProfileError` else.
+        ``category`` becomes folder and file names: it must be a plain name (:mod:`iapas.names`)."""
         try:
-            self.size_threshold = float(self.size_threshold)
-        except (TypeError, ValueError):
-            raise ProfileError(f"{source}: 'size_threshold' must be a number, got {self.size_threshold!r}") from None
-        if not self.size_threshold > 0:
-            raise ProfileError(f"{source}: 'size_threshold' must be > 0, got {self.size_threshold}")
-        if self.object_size is not None:
-            try:
-                self.object_size = float(self.object_size)
-            except (TypeError, ValueError):
-                raise ProfileError(f"{source}: 'object_size' must be a number or null") from None
-            if not 0 < self.object_size <= 1:
-                raise ProfileError(f"{source}: 'object_size' must be in (0, 1], got {self.object_size}")
-        for name in ("models", "stage1"):
-            if not isinstance(getattr(self, name), dict):
-                raise ProfileError(f"{source}: '{name}' must be a mapping")
-        if not isinstance(self.anomaly_nouns, list):
-            raise ProfileError(f"{source}: 'anomaly_nouns' must be a list")
+            self._check(source)
+        except (FieldError, BadNameError) as exc:
+            raise ProfileError(str(exc)) from None
+
+    def _check(self, source: str) -> None:
+        def what(name: str) -> str:
+            return f"{source}: {name!r}"
+
+        check_name(self.category, what("category"))
+        self.object_tag = checks.text(self.object_tag, what("object_tag"), required=True)
+        checks.text(self.caption, what("caption"))
+        if not caption_phrases(self.caption):
+            raise ProfileError(f"{source}: 'caption' is empty; it must list phrases like 'scratch . crack .'")
+        self.anomaly_nouns = checks.strings(self.anomaly_nouns, what("anomaly_nouns"))
+        self.include_object_tag = checks.boolean(self.include_object_tag, what("include_object_tag"))
+        self.size_threshold = checks.number(self.size_threshold, what("size_threshold"), low=0.0, low_open=True)
+        self.object_size = checks.optional_number(self.object_size, what("object_size"), low=0.0, high=1.0, low_open=True)
+        self.models = checks.mapping(self.models, what("models"))
+        self.stage1 = checks.mapping(self.stage1, what("stage1"))
+        self.iapas_version = checks.text(self.iapas_version, what("iapas_version"))
+        self.format = checks.count(self.format, what("format"))
         if self.decision is not None:
             if not isinstance(self.decision, Decision):
                 raise ProfileError(f"{source}: 'decision' must be a Decision")
@@ -144,11 +148,57 @@ class Profile:
             raise ProfileError(f"{path}: profile file not found") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ProfileError(f"{path}: cannot read profile: {exc}") from None
+        language = "JSON" if path.suffix.lower() == ".json" else "YAML"
         try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+            data = json.loads(text) if language == "JSON" else yaml.load(text, Loader=_ProfileLoader)  # noqa: S506
+        except _Refused as exc:
+            raise ProfileError(f"{path}: line {exc.line}, column {exc.column}: {exc}") from None
+        except RecursionError:
+            raise ProfileError(f"{path}: lists or mappings nested more than {MAX_DEPTH} levels deep; refused") from None
         except (yaml.YAMLError, ValueError) as exc:
-            raise ProfileError(f"{path}: {_syntax_error(exc, 'JSON' if path.suffix.lower() == '.json' else 'YAML')}") from None
+            raise ProfileError(f"{path}: {_syntax_error(exc, language)}") from None
+        if _too_deep(data):
+            raise ProfileError(f"{path}: lists or mappings nested more than {MAX_DEPTH} levels deep; refused")
         return cls.from_dict(data, str(path))
+
+
+class _Refused(Exception):
+    """What a profile must not hold, found at a line and column of the file."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.line, self.column = mark.line + 1, mark.column + 1
+
+
+class _ProfileLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases (a 1 KB file of nested aliases expands to
+    gigabytes; a profile never needs them) and at most :data:`MAX_DEPTH` levels deep (the
+    composer recurses: thousands of levels end in a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused("anchors and aliases (&name, *name) are not allowed in a profile", event.start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(f"lists or mappings nested more than {MAX_DEPTH} levels deep; refused", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` (loaded JSON) holds lists or mappings more than :data:`MAX_DEPTH` deep."""
+    level = [data]
+    for _ in range(MAX_DEPTH):
+        level = [v for item in level if isinstance(item, (list, dict))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return any(isinstance(item, (list, dict)) for item in level)
 
 
 def check_fields(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from iapas.io import atomic_write_text
+from iapas.names import path_inside
 
 if TYPE_CHECKING:
     from iapas.evaluation.results import CategoryResult, DatasetResult
@@ -144,7 +145,7 @@ def gallery_panels(
         logger.warning("report: %s", exc)
         rgb = _placeholder(w, h)
     try:
-        amap, mask = load_map_file(out_dir / record["map"])
+        amap, mask = load_map_file(path_inside(out_dir, str(record["map"])))
         amap = evaluated_map(amap, record, image_norm)
     except (OSError, KeyError, ValueError) as exc:
         logger.warning("report: %s: %s", record.get("map"), exc)

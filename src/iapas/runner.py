@@ -33,6 +33,7 @@ from iapas.io import (
     clean_stale_temp_files,
     file_stamp,
 )
+from iapas.names import OutsideRootError, path_inside
 from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
@@ -306,8 +307,8 @@ def _rekey(
     superseded = drop | set(renames) | set(renames.values())
     kept = {k: r for k, r in records.items() if k not in superseded}
     kept.update(renamed)
-    referenced = {out_dir / rel for r in kept.values() for rel in r.get("outputs", {}).values()}
-    stale = [out_dir / rel for k in drop for rel in records[k].get("outputs", {}).values()]
+    referenced = {p for r in kept.values() for p in output_paths(out_dir, r)}
+    stale = [p for k in drop for p in output_paths(out_dir, records[k])]
     for path in [final for _, final in moves] + [p for p in stale if p not in referenced]:
         path.unlink(missing_ok=True)
         emptied.add(path.parent)
@@ -341,7 +342,21 @@ def is_done(record: dict[str, Any], path: Path, out_dir: Path, threshold: float,
     outputs = record.get("outputs", {})
     if overlay and "overlay" not in outputs:
         return False
-    return all((out_dir / f).exists() for f in outputs.values())
+    files = output_paths(out_dir, record)
+    return len(files) == len(outputs) and all(f.exists() for f in files)
+
+
+def output_paths(out_dir: Path, record: dict[str, Any]) -> list[Path]:
+    """The files a record's ``outputs`` name that lie inside ``out_dir``: a hand-edited
+    results.jsonl naming ``../../file`` never gets a file outside renamed or deleted."""
+    paths = []
+    outputs = record.get("outputs")
+    for rel in (outputs.values() if isinstance(outputs, dict) else ()):
+        try:
+            paths.append(path_inside(out_dir, str(rel)))
+        except OutsideRootError as exc:
+            logger.warning("%s: record %r: %s", out_dir / RESULTS_FILE, record.get("key"), exc)
+    return paths
 
 
 def same_decision(record: dict[str, Any], decision: Decision | None) -> bool:

@@ -14,7 +14,9 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_stopped, setup_logging
+from iapas.cli.common import (
+    QuietOption, VerboseOption, category_names, console, fail, hold_output_lock, print_stopped, setup_logging,
+)
 from iapas.cli.eval_common import (
     EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
     ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
@@ -44,7 +46,7 @@ def _parse_categories(values: list[str] | None) -> dict[str, list[str]]:
             key = canonical_name(name)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        out.setdefault(key, []).extend(c.strip() for c in cats.split(",") if c.strip())
+        out.setdefault(key, []).extend(category_names([cats], f"--categories {name}:"))
     return out
 
 

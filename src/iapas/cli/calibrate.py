@@ -63,7 +63,7 @@ def calibrate_cmd(
     Example: iapas calibrate --profile tile.yaml --normal good/ --false-alarm-rate 0.05 --out cal/
     """
     setup_logging(verbose, quiet)
-    from iapas.calibration import calibrate, check_reference_overlap, stored_scores
+    from iapas.calibration import calibrate, check_finite, check_reference_overlap, stored_scores
     from iapas.decision import DecisionError, images_needed
     from iapas.io import find_images_with_roots
     from iapas.models.loading import ModelLoadError
@@ -161,6 +161,8 @@ def calibrate_cmd(
                 continue
             (anomalous_scores if labels.get(p, True) else normal_scores).append(s)
     try:
+        for run_scores in scores:
+            check_finite(run_scores)
         decision, results = calibrate(
             normal_scores, anomalous_scores, rate=false_alarm_rate, min_area=min_defect_area, rule=rule,
             signature=run_signature(pipeline, profile),

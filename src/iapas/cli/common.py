@@ -103,3 +103,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 VerboseOption = typer.Option(False, "--verbose", "-v", help="Log debug details.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")
+
+
+def category_names(values: list[str] | None, option: str) -> list[str]:
+    """The names of a comma-separated, repeatable option, each a plain name (:mod:`iapas.names`:
+    it becomes folder and file names), else a one-line failure (exit 2)."""
+    from iapas.names import BadNameError, check_name
+
+    names = [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+    try:
+        return [check_name(name, option) for name in names]
+    except BadNameError as exc:
+        raise fail(str(exc)) from None

@@ -15,7 +15,9 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_stopped, setup_logging
+from iapas.cli.common import (
+    QuietOption, VerboseOption, category_names, console, fail, hold_output_lock, print_stopped, setup_logging,
+)
 from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
 from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
 from iapas.cli.eval_common import (
@@ -23,7 +25,7 @@ from iapas.cli.eval_common import (
     ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
     LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
     ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
-    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _split, _stage1_options,
+    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _stage1_options,
     print_fallback,
 )
 from iapas.models.registry import help_table
@@ -242,6 +244,8 @@ def evaluate_cmd(
     setup_logging(verbose, quiet)
     from iapas.evaluation import evaluate_dataset
 
+    categories = category_names(categories, "--categories")
+
     executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
     settings = _settings(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
@@ -281,7 +285,7 @@ def evaluate_cmd(
     with bars:
         result = _run_guarded(
             lambda: evaluate_dataset(
-                loader, None, out, pipeline, settings, stage1=stage1, categories=_split(categories) or None,
+                loader, None, out, pipeline, settings, stage1=stage1, categories=categories or None,
                 profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(), executor=executor,
             )
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, print_error, setup_logging
+from iapas.cli.common import QuietOption, VerboseOption, category_names, console, fail, print_error, setup_logging
 from iapas.cli.eval_common import TextProcessingOpt
 from iapas.models.registry import help_table
 from iapas.prompts.resources import LLMS, TAGGERS, LlmFallback, Stage1Models, Stage1Options
@@ -118,6 +118,13 @@ def profile_cmd(
     inputs need --force.
     """
     setup_logging(verbose, quiet)
+    from iapas.names import BadNameError, check_name
+
+    try:  # the category becomes file names (a --dataset's CATEGORY.yaml, a station's STORE/CATEGORY/)
+        category = None if category is None else check_name(category, "--category")
+    except BadNameError as exc:
+        raise fail(str(exc)) from None
+    categories = category_names(categories, "--categories")
     if tags is not None and tagger not in (None, "manual"):
         raise fail(f"--tags gives the tags by hand (the manual tagger); it cannot go with --tagger {tagger}")
     if tags is not None:

@@ -89,6 +89,13 @@ def segment_cmd(
     from iapas.engine import EngineError
     from iapas.runner import RunConflictError, run_segmentation, run_signature
 
+    if threshold is not None:  # the rule a profile's threshold follows: finite and >= 0
+        from iapas.fields import FieldError, number
+
+        try:
+            threshold = number(threshold, "--threshold", low=0.0)
+        except FieldError as exc:
+            raise fail(str(exc)) from None
     profile = None
     if profile_path is not None:
         try:

@@ -162,8 +162,14 @@ def _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batc
     if store is not None:
         if store.exists() and not store.is_dir():
             raise fail(f"--store {store} is a file; it must be a folder")
+        from iapas.serve.store import category_folder
+
         for category in profiles:  # a 'segment' into the same folder is refused while we serve
-            hold_output_lock(ctx, store / category, "serve")
+            try:
+                folder = category_folder(store, category)
+            except ValueError as exc:
+                raise fail(f"--store {store}: {exc}") from None
+            hold_output_lock(ctx, folder, "serve")
     try:
         config = PipelineConfig(detector=detector, segmenter=segmenter, device=device, dtype=dtype)
         with console.status("loading models"):

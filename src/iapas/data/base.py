@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from iapas.io import IMAGE_SUFFIXES
+from iapas.names import BadNameError, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +261,17 @@ class DatasetBase:
     def categories(self) -> list[str]:
         """The categories present under the root; DatasetError when none is recognisable."""
         found = self._discover()
-        if not found:
-            raise DatasetError(f"{self.root}: no {self.title} categories found; expected {self.layout}")
-        return found
+        named: list[str] = []
+        refused = ""
+        for category in found:  # a category becomes folder and file names (iapas.names)
+            try:
+                named.append(check_name(category, f"{self.title} category"))
+            except BadNameError as exc:
+                refused = f"{self.root}: {exc}"
+                logger.warning("%s; left out", refused)
+        if not named:
+            raise DatasetError(refused or f"{self.root}: no {self.title} categories found; expected {self.layout}")
+        return named
 
     def data_dirs(self) -> list[Path]:
         """The folders that hold this dataset's files (checked for empty sub-folders): the root."""

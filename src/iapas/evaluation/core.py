@@ -78,6 +78,7 @@ from iapas.evaluation.settings import (  # noqa: F401  (re-exported)
 )
 from iapas.io import ImageReadError, LoadedImage, atomic_write_text, clean_stale_temp_files
 from iapas.models import ModelOutputError
+from iapas.names import path_inside
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.storage import DiskFullError, is_disk_full, stop_reason
@@ -128,7 +129,7 @@ class EvaluateJob(PlainJob):
         map_eval = size_map(result.anomaly_map, self.settings.eval_size)
         mask_eval = size_mask(prepared, self.settings.eval_size)
         rel = map_relpath(self.category, item.key)
-        save_map_file(self.out_dir / rel, map_eval, mask_eval)
+        save_map_file(path_inside(self.out_dir, rel), map_eval, mask_eval)
         return prediction_record(item.key, item.context, image, result, map_eval, mask_eval, rel)
 
     def failure_record(self, item: WorkItem, message: str) -> dict[str, Any]:

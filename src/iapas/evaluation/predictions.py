@@ -15,6 +15,7 @@ from iapas.evaluation.protocol import PR_POINTS, normalize_image, normalize_stac
 from iapas.evaluation.settings import IMAGE_SCORES
 from iapas.io import LoadedImage, atomic_path, file_stamp
 from iapas.metrics import CategoryMetrics, category_metrics
+from iapas.names import path_inside
 from iapas.runner import assign_keys
 from iapas.types import SegmentationResult
 
@@ -26,10 +27,12 @@ MAPS_DIR = "maps"
 
 
 def predictions_path(out_dir: Path, category: str) -> Path:
-    return Path(out_dir) / PREDICTIONS_DIR / f"{category}.jsonl"
+    return path_inside(Path(out_dir) / PREDICTIONS_DIR, f"{category}.jsonl")
 
 
 def map_relpath(category: str, key: str) -> str:
+    """``maps/CATEGORY/KEY.npz``; write it through :func:`iapas.names.path_inside` (a key is a
+    relative path: ``good/004``)."""
     return f"{MAPS_DIR}/{category}/{key}.npz"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iapas.data import Category
+from iapas.names import path_inside
 from iapas.profile import Profile
 # Stage1Options and Stage1Models live in iapas.prompts.resources (iapas profile uses them too);
 # iapas.evaluation re-exports them from here.
@@ -32,7 +33,7 @@ ProgressCallback = Callable[[str, int, int], None]
 
 
 def profile_path(profiles_dir: Path, category: str) -> Path:
-    return Path(profiles_dir) / f"{category}.yaml"
+    return path_inside(profiles_dir, f"{category}.yaml")
 
 
 def get_profile(

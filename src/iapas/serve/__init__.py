@@ -33,7 +33,8 @@ def build_station(
     from iapas.serve.store import DiskStore, MemoryStore
     from iapas.serve.worker import ModelWorker
 
-    for profile in profiles.values():
+    for category, profile in profiles.items():  # a bad field refused now (ProfileError), not a 500 per request
+        profile.validate(f"profile {category!r}")
         pipeline.check(stage2_profile(profile))
     store = DiskStore(store_dir, pipeline, profiles) if store_dir is not None else MemoryStore(profiles, keep)
     worker = ModelWorker(pipeline, {c: stage2_profile(p) for c, p in profiles.items()},

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from iapas.io import DEFAULT_MAX_PIXELS, UPLOAD_FORMATS, ImageReadError, read_image_bytes
+from iapas.names import BadNameError, check_name
 from iapas.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
 from iapas.serve.limits import Budget, Held, header_pixels
@@ -248,6 +249,10 @@ def create_app(
         category = form_category or category
         if not category:
             raise BadRequest(400, f"no category: send the form field 'category' or ?category= (known: {known()})")
+        try:  # the rule of every name that becomes a path (the store's folders)
+            check_name(category, "category")
+        except BadNameError as exc:
+            raise BadRequest(400, f"{exc}; known: {known()}") from None
         profile = profiles.get(category)
         if profile is None:
             raise BadRequest(404, f"unknown category {category!r}; known: {known()}")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.names import OutsideRootError, path_inside
 from iapas.outputs import binary_mask, encode_map
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog
 from iapas.serve.store import usable
@@ -39,9 +40,10 @@ class ReviewError(ValueError):
 
 def _inside(folder: Path, relative: str) -> Path | None:
     """``folder/relative`` when it stays inside ``folder``, else None."""
-    base = folder.resolve()
-    path = (base / relative).resolve()
-    return path if base in path.parents else None
+    try:
+        return path_inside(folder, relative)
+    except OutsideRootError:
+        return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

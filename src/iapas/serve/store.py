@@ -35,6 +35,7 @@ import numpy as np
 
 from iapas.decision import ImageDecision
 from iapas.io import LoadedImage, atomic_write_bytes, atomic_write_text, clean_stale_temp_files
+from iapas.names import check_name, path_inside
 from iapas.outputs import binary_mask, decode_map, encode_map, render_overlay, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
@@ -259,6 +260,12 @@ class MemoryStore:
         return len(self._items)
 
 
+def category_folder(root: Path, category: str) -> Path:
+    """``root/category``: a plain name (:mod:`iapas.names`) whose folder resolves inside ``root``
+    (a category folder that is a link to elsewhere is refused too); ValueError else."""
+    return path_inside(root, check_name(category, "category"))
+
+
 def run_file_content(pipeline: Pipeline, profile: Profile) -> dict[str, Any]:
     """``run.json`` of a category folder, as :func:`iapas.runner.run_segmentation` writes it."""
     decision = profile.decision
@@ -281,7 +288,7 @@ class DiskStore:
         self._logs: dict[str, ResultsLog] = {}
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
         for category, profile in profiles.items():
-            folder = self.root / category
+            folder = category_folder(self.root, category)
             content = run_file_content(pipeline, profile)
             self._check(folder, content)
             folder.mkdir(parents=True, exist_ok=True)
@@ -348,7 +355,7 @@ class DiskStore:
             verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
         decision = self.profiles[category].decision
         threshold = decision.threshold if decision is not None else MASK_THRESHOLD
-        folder = self.root / category
+        folder = category_folder(self.root, category)
         result_id = new_id()
         upload = folder / "uploads" / f"{result_id}{upload_suffix(data)}"
         try:
