@@ -480,7 +480,7 @@ def test_the_api_refuses_a_category_that_is_not_a_name(tmp_path: Path, category:
 
     profiles = {"bottle": Profile.from_dict(GOOD)}
     app = create_app(MemoryStore(profiles), profiles, ModelWorker(None, profiles))  # type: ignore[arg-type]
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a loopback Host, as the station requires
         response = client.post("/v1/inspect", files={"file": ("part.png", b"not read", "application/octet-stream")},
                                data={"category": category})
     assert response.status_code == 400
