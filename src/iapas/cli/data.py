@@ -134,7 +134,7 @@ def _summary(
     plan: dict[str, object] | None = None,
 ) -> None:
     from iapas.data import DatasetError, MaskError, canonical_name, get_dataset
-    from iapas.evaluation.plan import plan_category, planned_tests
+    from iapas.evaluation.plan import plan_category, planned_tests, select_categories
     from iapas.evaluation.settings import EvalSettings
     from iapas.data.check import check_masks, empty_folders
     from iapas.data.registry import guess_datasets
@@ -162,18 +162,16 @@ def _summary(
             others = [n for n in guess_datasets(root) if n != name]
             hint = f" (it looks like --dataset {' or '.join(others)})" if others else ""
             raise fail(f"{exc}{hint}") from None
-        wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else available
-        unknown = [c for c in wanted if c not in available]
-        if unknown:
-            raise fail(f"{root}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
+        wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else []
+        selection = select_categories(loader, wanted, protocol)  # a wrong -c: one line listing the valid names
         if not categories:
             missing = loader.missing_categories()
             if missing:
                 notes.append(
                     f"{len(missing)} of the {len(loader.expected_categories)} {loader.title} categories are not here: {', '.join(missing)}"
                 )
-        for category in wanted:
-            cat, calibration = plan_category(loader, category, settings)  # evaluate's very plan
+        for category, parts in selection.items():
+            cat, calibration = plan_category(loader, category, settings, parts)  # evaluate's very plan
             for i, part in enumerate(cat.parts()):  # what evaluate scores: KSDD1's folders under the paper protocol
                 run = replace(part, test=planned_tests(part, settings))
                 summary[part.name] = {

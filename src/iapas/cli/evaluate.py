@@ -278,7 +278,9 @@ def evaluate_cmd(
         name = canonical_name(dataset)
         options = folder_options(normal, anomalous, masks, mask_pattern, reference_dir) if name == "folder" else {}
         loader = get_dataset(name, root, **options)
-        loader.categories()
+        from iapas.evaluation.plan import select_categories
+
+        select_categories(loader, _split(categories), protocol)  # a wrong -c: one line, before any model loads
         if not restart:  # refuse a conflicting folder before spending time on loading models
             check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
         if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models

@@ -366,6 +366,13 @@ class DatasetBase:
             split_parts=split,
         )
 
+    def part_names(self, category: str) -> list[str]:
+        """The names of the parts the paper protocol scores ``category`` by (KSDD1's folders); []
+        for a dataset that does not split its categories."""
+        if not self.paper_scores_parts:
+            return []
+        return sorted({s.part for s in self._scan(category).test if s.part}, key=natural_key)
+
     def held_out_normals(
         self, category: Category, n: int, seed: int = DEFAULT_SEED, *, from_test: bool = True
     ) -> tuple[list[Path], Category, str]:

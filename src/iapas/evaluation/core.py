@@ -47,7 +47,7 @@ from iapas import __version__
 from iapas.data import Category, DatasetBase, MaskError, get_dataset, sample_mask
 from iapas.engine import Executor, ItemError, PlainJob, ResultsLog, RunConflictError, WorkItem, run_items
 from iapas.evaluation.decisions import raw_scores, threshold_evidence
-from iapas.evaluation.plan import plan_category, restrict_to_pool  # noqa: F401  (re-exported)
+from iapas.evaluation.plan import plan_category, restrict_to_pool, select_categories  # noqa: F401  (re-exported)
 from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importable from here as before)
     evaluated_map,
     failure_record,
@@ -307,13 +307,7 @@ def measure_dataset(
     settings = settings or EvalSettings()
     hooks = progress or ProgressHooks()
     loader = get_dataset(dataset, root) if isinstance(dataset, str) else dataset
-    available = loader.categories()
-    wanted = list(categories) if categories else list(available)
-    unknown = [c for c in wanted if c not in available]
-    if unknown:
-        from iapas.data import DatasetError
-
-        raise DatasetError(f"{loader.root}: no {loader.title} categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; found: {', '.join(available)}")
+    selection = select_categories(loader, categories, settings.protocol)  # refuses an unknown name in one line
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     removed = clean_stale_temp_files(out)  # what a killed run was writing
@@ -361,8 +355,8 @@ def measure_dataset(
     # pass 1: categories, profiles, signatures
     prepared: list[tuple[Category, Profile | None, ProfileRecord, Category | None] | CategoryResult] = []
     product_notes: list[str] = []  # notes of categories scored per part: said once
-    for name in wanted:
-        category, calibration = plan_category(loader, name, settings)
+    for name, parts in selection.items():
+        category, calibration = plan_category(loader, name, settings, parts)
         path = profile_path(profiles, name)
         existed = path.exists()
         on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
@@ -417,8 +411,6 @@ def measure_dataset(
             results.append(CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
                                           profile=record, notes=list(category.notes), n_references=len(category.references)))
             continue
-        if hooks.on_category:
-            hooks.on_category(category.name, n)
         on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
         calibration_failures: list[ImageFailure] = []
         try:
@@ -426,6 +418,8 @@ def measure_dataset(
                 calibrated[calibration.name], calibration_failures = _calibrate(
                     pipeline, calibration, profile, out, settings, hooks, executor
                 )
+            if hooks.on_category:  # after the calibration: the step's rate and ETA count from its own start
+                hooks.on_category(category.name, n)
             result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image, executor=executor)
             if calibration is not None and result.keys:
                 records = ResultsLog(predictions_path(out, category.name)).read()
@@ -433,6 +427,7 @@ def measure_dataset(
                     calibrated[calibration.name], raw_scores(records, result.keys, 0), raw_scores(records, result.keys, 1),
                     settings.false_alarm_rate,
                 )
+                result.decision.calibration_set = calibration.name
             result.failures += calibration_failures
         except DiskFullError as exc:
             stopped = exc.strerror or str(exc)

@@ -43,6 +43,7 @@ class ThresholdEvidence:
     fp: int | None = None  # normal and NG
     tn: int | None = None  # normal and OK
     fn: int | None = None  # defective and OK
+    calibration_set: str = ""  # the calibration category (shared by a product's parts: counted once in totals)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
