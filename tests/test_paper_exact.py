@@ -102,11 +102,11 @@ def reference_normalize(scores):  # the reference's utils/function.py normalize,
     return (scores - min_value) / (max_value - min_value)
 
 
-def reference_metrics(out, image_norm: bool) -> dict[str, float]:
+def reference_metrics(out, image_norm: bool, category: str = "magnetic_tile") -> dict[str, float]:
     """The reference's test_zsas.py evaluation, written plainly, from ``full_maps/`` and the mask files."""
     import json
 
-    lines = [json.loads(line) for line in (out / "predictions" / "magnetic_tile.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "predictions" / f"{category}.jsonl").read_text().splitlines()]
     lines = [rec for rec in lines if rec["status"] == "ok"]
     test_scores, gt_mask_list, gt_list = [], [], []
     for rec in lines:
@@ -178,11 +178,14 @@ class EllipseSegmenter:
         return out
 
 
-@pytest.mark.parametrize("image_norm", [True, False])
-def test_evaluate_paper_equals_the_reference_chain_on_real_mtd_masks(tmp_path, image_norm: bool) -> None:
-    """Real MTD masks (anti-aliased: the > 128 threshold matters) and shapes, plateau maps with
-    overlaps and exact ties, some images without a box: pixel AP, image AP and both 100-threshold
-    F1-max of ``evaluate --protocol paper`` equal the reference chain's exactly."""
+@pytest.mark.parametrize(("dataset", "folder", "category", "image_norm"), [
+    ("mtd", "MTD", "magnetic_tile", True), ("mtd", "MTD", "magnetic_tile", False), ("mvtec", "MVTecAD", "bottle", True),
+])
+def test_evaluate_paper_equals_the_reference_chain_on_real_masks(tmp_path, dataset, folder, category, image_norm) -> None:
+    """Real MTD masks (anti-aliased: the > 128 threshold matters) and shapes, and MVTec AD's
+    900x900 bottles (the cubic shrink), plateau maps with overlaps and exact ties, some images
+    without a box: pixel AP, image AP and both 100-threshold F1-max of ``evaluate --protocol
+    paper`` equal the reference chain's exactly."""
     import json
 
     from tests.conftest import shared_data
@@ -191,11 +194,11 @@ def test_evaluate_paper_equals_the_reference_chain_on_real_mtd_masks(tmp_path, i
     from iapas.pipeline import Pipeline, PipelineConfig
 
     out = tmp_path / "out"
-    settings = EvalSettings(protocol="paper", mode="base", n_references=0, limit=24, image_norm=image_norm, save_full_maps=True)
+    settings = EvalSettings(protocol="paper", mode="base", n_references=0, limit=16, image_norm=image_norm, save_full_maps=True)
     pipeline = Pipeline(PlateauDetector(), EllipseSegmenter(), PipelineConfig(mode="base"))
-    evaluate_dataset("mtd", shared_data("MTD"), out, pipeline, settings, report=False)
-    ours = json.loads((out / "metrics.json").read_text())["categories"]["magnetic_tile"]["metrics"]
-    ref = reference_metrics(out, image_norm)
+    evaluate_dataset(dataset, shared_data(folder), out, pipeline, settings, categories=[category], report=False)
+    ours = json.loads((out / "metrics.json").read_text())["categories"][category]["metrics"]
+    ref = reference_metrics(out, image_norm, category)
     assert 0 < ref["pixel_ap"] < 1 and 0 < ref["image_ap"] < 1
     for name, value in ref.items():
         assert ours[name] == value, name
