@@ -237,6 +237,7 @@ class DatasetBase:
     expected_categories: tuple[str, ...] = ()
     paper_keeps_normals: bool = True
     paper_scores_parts: bool = False
+    has_paper_protocol: bool = True  # False: 'paper' is the same as 'full' (a user's own folder dataset)
     paper_note: str = ""
 
     def __init__(self, root: str | Path) -> None:

@@ -53,9 +53,8 @@ def plan_category(
     category = restrict_to_pool(loader, category, settings)
     if parts:
         category = replace(category, test=[s for s in category.test if s.part in set(parts)])
-    return calibration_category(
-        loader, category, settings.n_calibration, settings.seed, from_test=settings.calibration_takes_test
-    )
+    from_test = settings.calibration_takes_test or not loader.has_paper_protocol  # a folder dataset: as 'full'
+    return calibration_category(loader, category, settings.n_calibration, settings.seed, from_test=from_test)
 
 
 def planned_tests(part: Category, settings: EvalSettings) -> list[Sample]:
