@@ -95,16 +95,18 @@ def test_grey_ramp_bmp_with_values_0_1(tmp_path: Path) -> None:
     assert np.array_equal(load_mask(path), indices == 1)
 
 
-def test_anti_aliased_edges_binarised_at_128(tmp_path: Path) -> None:
+def test_anti_aliased_edges_binarised_above_128_as_the_reference(tmp_path: Path) -> None:
     values = np.array([[0, 1, 64, 127], [128, 129, 200, 255]], np.uint8)
     path = tmp_path / "aa.png"
     Image.fromarray(values, mode="L").save(path)
-    expected = np.array([[False, False, False, False], [True, True, True, True]])
+    expected = np.array([[False, False, False, False], [False, True, True, True]])  # 128 is not a defect
     assert np.array_equal(load_mask(path), expected)
+    cv2 = pytest.importorskip("cv2")  # the reference's cv2.threshold(gt, 128, 255, THRESH_BINARY)
+    assert np.array_equal(load_mask(path), cv2.threshold(values, 128, 255, cv2.THRESH_BINARY)[1] == 255)
 
 
 def test_sixteen_bit_mask_binarised_at_half_range(tmp_path: Path) -> None:
-    values = np.array([[0, 300, 32767], [32768, 40000, 65535]], np.uint16)
+    values = np.array([[0, 300, 32896], [32897, 40000, 65535]], np.uint16)  # > 128/255 of 65535 = 32896
     path = tmp_path / "m16.png"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode.startswith("I")
@@ -137,22 +139,22 @@ def test_label_map_with_many_instances_is_read_as_defect(tmp_path: Path) -> None
     wide.flat[:300] = np.arange(1, 301)
     Image.fromarray(wide).save(tmp_path / "instances16.png")
     assert int(load_mask(tmp_path / "instances16.png").sum()) == 300
-    # an anti-aliased 0/255 mask (MTD) is still binarised at 128
+    # an anti-aliased 0/255 mask (MTD) is still binarised above 128 (the reference's threshold)
     aa = np.zeros((4, 6), np.uint8)
     aa[1, 1:5] = 255
     aa[0, 1:5] = [30, 60, 90, 127]
     aa[2, 1:5] = [128, 150, 200, 250]
     Image.fromarray(aa, mode="L").save(tmp_path / "aa.png")
-    assert int(load_mask(tmp_path / "aa.png").sum()) == 8
+    assert int(load_mask(tmp_path / "aa.png").sum()) == 7  # 128 is not a defect
 
 
 def test_binarize_rules() -> None:
     assert np.array_equal(binarize_mask(np.array([0, 1, 1, 0])), [False, True, True, False])
-    assert np.array_equal(binarize_mask(np.array([0.0, 0.4, 0.5, 1.0]), 1.0), [False, False, True, True])
+    assert np.array_equal(binarize_mask(np.array([0.0, 0.4, 0.5, 0.51, 1.0]), 1.0), [False, False, False, True, True])
     # low values: a label map however many ids (was all False with 9+ distinct values)
     assert np.array_equal(binarize_mask(np.array([0, 10, 20, 30, 40, 50, 60, 70, 80]), 255.0), [False] + [True] * 8)
-    # 0/255 with anti-aliased edge values: max 255, binarised at 128
-    assert np.array_equal(binarize_mask(np.array([0, 40, 127, 128, 200, 255]), 255.0), [False, False, False, True, True, True])
+    # 0/255 with anti-aliased edge values: max 255, binarised above 128
+    assert np.array_equal(binarize_mask(np.array([0, 40, 128, 129, 200, 255]), 255.0), [False, False, False, True, True, True])
     assert binarize_mask(np.zeros((0, 3), np.uint8)).shape == (0, 3)
 
 
@@ -440,7 +442,8 @@ def test_visa_split_csv(tmp_path: Path) -> None:
     assert (len(cat.references), len(cat.test), cat.anomalous, cat.with_mask) == (2, 3, 2, 2)
     assert any("1 images listed in" in n and "999.JPG" in n for n in cat.notes)
     assert int(sample_mask(next(s for s in cat.test if s.label)).sum()) == 12  # 0/1 mask
-    assert len(ds.load("candle", protocol="paper").test) == 2
+    paper = ds.load("candle", protocol="paper").test  # the reference tests the Normal images too
+    assert (len(paper), sum(s.label for s in paper)) == (3, 2)
     # the same file saved with a byte-order mark (Excel's 'CSV UTF-8'): the first column is still 'object'
     (root / "split_csv" / "1cls.csv").write_bytes(b"\xef\xbb\xbf" + ("\n".join(rows) + "\n").encode())
     bom = get_dataset("visa", root)
@@ -505,7 +508,7 @@ def test_cli_json(tmp_path: Path) -> None:
     assert data == {
         "dataset": "mvtec",
         "protocol": "paper",
-        "categories": {"widget": {"references": 10, "test": 13, "anomalous": 3, "with_mask": 2, "defect_types": ["crack", "scratch"]}},
+        "categories": {"widget": {"references": 10, "test": 13, "anomalous": 3, "with_mask": 2, "calibration": 0, "defect_types": ["crack", "scratch"]}},
     }
     assert "excluded from the test set" in result.stderr
 

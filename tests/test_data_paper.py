@@ -315,12 +315,12 @@ def test_summary_knows_the_new_loaders_and_uses_evaluates_default_protocol(tmp_p
     wfdd = json.loads(run_summary("-d", "wfdd", "-r", str(wfdd_tree(tmp_path / "WFDD")), "-n", "2", "--json").stdout)
     assert wfdd["protocol"] == "paper"
     assert wfdd["categories"]["pink_flower"] == {
-        "references": 2, "test": 3, "anomalous": 3, "with_mask": 2, "defect_types": ["block_shape", "line_type"],
+        "references": 2, "test": 3, "anomalous": 3, "with_mask": 2, "calibration": 1, "defect_types": ["block_shape", "line_type"],
     }
     ksdd2 = run_summary("-d", "kolektorsdd2", "-r", str(ksdd2_tree(tmp_path / "KSDD2")), "-n", "3", "--protocol", "full", "--json")
     assert ksdd2.exit_code == 0, ksdd2.output
     assert json.loads(ksdd2.stdout)["categories"] == {
-        "ksdd2": {"references": 3, "test": 5, "anomalous": 2, "with_mask": 2, "defect_types": ["defect"]}
+        "ksdd2": {"references": 3, "test": 5, "anomalous": 2, "with_mask": 2, "calibration": 1, "defect_types": ["defect"]}
     }
     # KSDD1: one row per folder under the paper protocol, one pooled row under full. 'with mask'
     # counts the anomalous images' masks only, although the normal images have (empty) label files.
@@ -328,7 +328,10 @@ def test_summary_knows_the_new_loaders_and_uses_evaluates_default_protocol(tmp_p
     paper = json.loads(run_summary("-d", "ksdd1", "-r", str(root), "-n", "3", "--json").stdout)["categories"]
     assert list(paper) == ["kos01", "kos02", "kos03"] and all(r["with_mask"] == r["anomalous"] == 1 for r in paper.values())
     full = json.loads(run_summary("-d", "ksdd1", "-r", str(root), "-n", "3", "--protocol", "full", "--json").stdout)["categories"]
-    assert list(full) == ["kolektor"] and full["kolektor"]["test"] == 9 and full["kolektor"]["with_mask"] == 3
+    assert list(full) == ["kolektor"] and full["kolektor"]["with_mask"] == 3
+    # no training split: under full evaluate's calibration hold-out leaves the test set, and the summary says so
+    assert full["kolektor"]["calibration"] > 0 and full["kolektor"]["test"] + full["kolektor"]["calibration"] == 9
+    assert all(r["calibration"] == 0 for r in paper.values())  # under paper calibration never takes test images
     help_text = " ".join(run_summary("--help").stdout.split())
     assert "'with mask' counts the anomalous test images that have a mask file" in help_text
     assert "ksdd2" in help_text and "wfdd" in help_text

@@ -174,10 +174,11 @@ def test_paper_protocol_stores_opencv_resized_maps(tmp_path: Path):
     image = np.asarray(Image.open(line["image"]).convert("RGB"))
     gray = image.max(axis=2)
     ys, xs = np.nonzero(gray > 120)
-    native = np.zeros(gray.shape, np.float32)
-    native[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = np.float32(gray.max() / 255.0)
-    np.testing.assert_allclose(stored, _cv_cubic(native, 400), atol=1e-4, rtol=0)
-    gt = np.asarray(Image.open(line["mask"])) > 127
+    native = np.zeros(gray.shape, np.float64)  # the fused map, normalised per image (the box is its maximum: 1)
+    native[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = 1.0
+    assert stored.dtype == np.float64 and line["image_normalized"] is True
+    assert np.array_equal(stored, cv2.resize(native, (400, 400), interpolation=cv2.INTER_CUBIC))
+    gt = np.asarray(Image.open(line["mask"])) > 128
     np.testing.assert_array_equal(stored_mask, _cv_nearest(gt, 400))
     assert json.loads((out / "run.json").read_text())["signature"]["resize"] == "opencv"
 

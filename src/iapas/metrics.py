@@ -14,8 +14,11 @@ tied scores always move together. With ``P`` positives and, at threshold ``t``, 
 
 * precision ``TP / (TP + FP)``, recall ``TP / P``, FPR ``FP / N`` (``N`` negatives).
 * **average_precision**: ``sum_k (R_k - R_{k-1}) * P_k`` over the distinct thresholds in
-  decreasing order with ``R_0 = 0`` (the step-wise, non-interpolated AP; the same definition as
-  scikit-learn's ``average_precision_score``).
+  decreasing order with ``R_0 = 0`` (the step-wise, non-interpolated AP), in scikit-learn's
+  ``average_precision_score`` arithmetic to the last bit: ``R_k = TP_k / P`` and ``P_k = TP_k /
+  (TP_k + FP_k)`` in float64, one term ``(R_{k-1} - R_k) * P_k`` per distinct threshold (zero
+  where the recall does not move), laid out from the lowest threshold up and summed by
+  ``-np.sum`` (numpy's pairwise summation), so ties and plateaus give sklearn's very float.
 * **f1_max**: ``max_t 2 TP / (2 TP + FP + FN) = 2 TP / (TP + FP + P)`` over the distinct thresholds
   (the best F1 that any threshold actually achieves; what ``precision_recall_curve`` gives).
   Ties between thresholds are resolved towards the highest threshold (reported by
@@ -29,9 +32,11 @@ tied scores always move together. With ``P`` positives and, at threshold ``t``, 
   in float64 (a constant input normalises to all zeros), and the best F1 over a fixed list of
   thresholds, by default ``np.linspace(0, 1, 100)``, again predicting anomalous when
   ``s' >= t``. It is a lower bound of :func:`f1_max`. This is the reference code's
-  ``calculate_max_f1`` (utils/function.py): ``np.linspace(0, 1, 100)``, ``pred >= thres``, F1 0
-  where precision + recall is 0; it scans the already normalised stack, which the min-max here
-  leaves unchanged (up to float rounding).
+  ``calculate_max_f1`` (utils/function.py), in its arithmetic: ``np.linspace(0, 1, 100)``,
+  ``pred >= thres``, ``p = TP / (TP + FP)`` (0 when nothing is predicted), ``r = TP / P``,
+  ``F1 = 2 * p * r / (p + r)`` (0 where ``p + r`` is 0), the maximum and 0 at worst; it scans
+  the already normalised stack, which the min-max here leaves bit for bit unchanged (its minimum
+  is 0 and its maximum 1, so ``(s - 0) / 1 = s``).
 * **aupro**: the standard MVTec AD per-region overlap. Ground-truth regions are the 8-connected
   components of each 2-D mask (``scipy.ndimage.label`` with a 3x3 structure; components never
   span two images). At threshold ``t``, PRO(t) is the mean over *all* regions of the stack of the
@@ -47,7 +52,8 @@ Degenerate inputs (documented choices, not warnings)
 * No positive: AP, F1-max (both variants), AUROC and AUPRO are **nan** (undefined: recall has no
   denominator). scikit-learn (1.9) warns and returns 0.0 for AP here; we do not copy that.
 * No negative (everything anomalous): AP = 1.0 and F1-max = 1.0 (precision is 1 at every
-  threshold, the lowest threshold reaches recall 1); AUROC and AUPRO are **nan** (FPR undefined;
+  threshold, the lowest threshold reaches recall 1; scikit-learn's sum of the recall steps can
+  give 1 - 1e-16 here); AUROC and AUPRO are **nan** (FPR undefined;
   scikit-learn raises for ROC AUC).
 * Constant scores with both classes: one threshold, so AP = precision = ``P / (P + N)``,
   F1-max = ``2P / (2P + N)``, AUROC = 0.5.
@@ -59,7 +65,8 @@ their own dtype, i.e. 4 bytes per element for float32) which are sorted in place
 the input's size is allocated (a non-C-contiguous input is first copied). The curves are then
 swept in windows of at most about 2^20 elements per class, so the int64 counts and float64 terms
 never exist for the whole input (measured on 1,725 x 400 x 400 float32 maps: 1.16 GiB above the
-inputs, see benchmarks/README.md).
+inputs, see benchmarks/README.md), except AP's float64 terms, one per distinct score (8 bytes
+each, kept to be summed in scikit-learn's order).
 Heavily tied values (for example the many zeros of a map with no detection) are counted with
 binary searches, never expanded. :func:`aupro` additionally holds ~32 bytes per anomalous pixel
 (region weights and an argsort of the anomalous scores) and labels masks in batches of about
@@ -280,11 +287,16 @@ def _ranking_from_sorted(pos: np.ndarray, neg: np.ndarray) -> RankingMetrics:
     # (TP + FP + P) is, for a fixed TP, largest at the highest threshold (fewest FP); and the
     # ROC area is the Mann-Whitney count sum_k dTP_k (2 * negatives_below_k + dFP_k), i.e. each
     # positive beats the negatives below it and ties with those at its own score for 1/2.
-    ap_sum = 0.0
+    ap_terms: list[np.ndarray] = []  # sklearn's (R_{k-1} - R_k) * P_k, highest threshold first
+    r_prev = 0.0
     u2 = 0  # 2 * P * N * AUROC, exact (Python int accumulates the int64 window sums)
     best_f1, best_thr = -1.0, float("nan")
     pos_below_prev, neg_below_prev = n_pos, n_neg
     for thr, pos_below, neg_below in _sweep(pos, neg):
+        all_tp = n_pos - pos_below
+        recall = all_tp / n_pos
+        ap_terms.append((np.concatenate(([r_prev], recall[:-1])) - recall) * (all_tp / (all_tp + (n_neg - neg_below))))
+        r_prev = float(recall[-1])
         d_pos = np.concatenate(([pos_below_prev], pos_below[:-1])) - pos_below  # dTP
         k = np.flatnonzero(d_pos)
         if k.size:
@@ -293,7 +305,6 @@ def _ranking_from_sorted(pos: np.ndarray, neg: np.ndarray) -> RankingMetrics:
             nb_prev = np.where(k > 0, neg_below[np.maximum(k - 1, 0)], neg_below_prev)
             tp = n_pos - pos_below[k]
             fp = n_neg - nb
-            ap_sum += float(np.dot(d_tp.astype(np.float64), tp / (tp + fp)))
             u2 += int(np.dot(d_tp, 2 * nb + (nb_prev - nb)))
             f1 = 2.0 * tp / (tp + fp + n_pos)
             j = int(np.argmax(f1))
@@ -301,7 +312,16 @@ def _ranking_from_sorted(pos: np.ndarray, neg: np.ndarray) -> RankingMetrics:
                 best_f1, best_thr = float(f1[j]), float(thr[k[j]])
         pos_below_prev, neg_below_prev = int(pos_below[-1]), int(neg_below[-1])
     roc = u2 / (2.0 * n_pos * n_neg) if n_neg else float("nan")
-    return RankingMetrics(ap_sum / n_pos, best_f1, best_thr, roc, n_pos, n_neg)
+    ap = _sklearn_sum(ap_terms) if n_neg else 1.0  # sklearn's sum of recall steps can miss 1 by an ulp
+    return RankingMetrics(ap, best_f1, best_thr, roc, n_pos, n_neg)
+
+
+def _sklearn_sum(terms_desc: list[np.ndarray]) -> float:
+    """``max(0, -np.sum(terms))`` over the terms laid out from the lowest threshold up, as
+    scikit-learn's ``_binary_uninterpolated_average_precision`` sums them (a contiguous array:
+    numpy's pairwise summation depends on the layout, so the order is sklearn's)."""
+    terms = np.ascontiguousarray(np.concatenate(terms_desc)[::-1])
+    return float(max(0.0, -np.sum(terms)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +380,13 @@ def _f1_at_thresholds_from_sorted(
         transform = lambda v: v.astype(np.float64)  # noqa: E731
     tp = n_pos - _count_below(pos, thresholds, transform)
     fp = (n_neg - _count_below(neg, thresholds, transform)) if n_neg else np.zeros_like(tp)
-    return float(np.max(2.0 * tp / (tp + fp + n_pos)))
+    # the reference's calculate_max_f1, operation for operation (2 TP / (TP + FP + P) can differ in the last bit)
+    predicted = tp + fp
+    precision = np.divide(tp, predicted, out=np.zeros(tp.shape), where=predicted > 0)
+    recall = tp / n_pos
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(tp.shape), where=both > 0)
+    return float(max(0.0, float(np.max(f1))))
 
 
 # ---------------------------------------------------------------------------------------------

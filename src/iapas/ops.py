@@ -88,10 +88,12 @@ def size_filter(
     return dets.select(keep), dets.select(~keep)
 
 
-def fuse_masks(masks: np.ndarray, scores: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Anomaly map ``sum_i s_i * m_i`` as float32 of ``shape`` (all zeros without masks)."""
-    out = np.zeros(shape, dtype=np.float32)
+def fuse_masks(masks: np.ndarray, scores: np.ndarray, shape: tuple[int, int], dtype: type = np.float32) -> np.ndarray:
+    """Anomaly map ``sum_i s_i * m_i`` of ``shape`` (all zeros without masks), added box by box in
+    ``dtype`` with the float32 scores. float64 is the reference code's fusion to the bit
+    (``np.sum([m_i * s_i.item()], axis=0)``: float64, summed in box order)."""
+    out = np.zeros(shape, dtype=dtype)
     masks = np.asarray(masks)
     for mask, score in zip(masks, np.asarray(scores, dtype=np.float32).reshape(-1)):
-        out[mask.astype(bool)] += score
+        out[mask.astype(bool)] += dtype(score)
     return out

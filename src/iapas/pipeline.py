@@ -54,6 +54,8 @@ class PipelineConfig:
     # torch.compile the two models' heavy sub-modules (see the README's speed table): slower
     # start, outputs equal to float rounding only.
     compile: bool = False
+    # the fused map's precision: float64 is the reference code's fusion (evaluate --protocol paper)
+    map_float64: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
@@ -260,7 +262,7 @@ class Pipeline:
         results = []
         for rgb, k, dr, m, (obox, oscore, osize, osource) in zip(rgbs, kept, dropped, masks, object_info):
             t0 = time.perf_counter()
-            amap = fuse_masks(m, k.scores, rgb.shape[:2])
+            amap = fuse_masks(m, k.scores, rgb.shape[:2], np.float64 if self.config.map_float64 else np.float32)
             t = dict(timings, fusion=time.perf_counter() - t0)
             results.append(
                 SegmentationResult(

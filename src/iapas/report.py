@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 GALLERY_SIZE = 4  # images per gallery row
+# Above this many categories (KSDD1's 50 folders) the page stays light: per-category figures for the
+# FIGURE_CATEGORIES with the lowest pixel AP only, one picture per gallery row, galleries collapsed.
+MANY_CATEGORIES = 12
+FIGURE_CATEGORIES = 12
 THUMB = 192  # longest side of gallery pictures, in pixels
 
 _CSS = """
@@ -317,7 +321,16 @@ def render_report(
         "defective images without a mask file: they are left out of the pixel metrics and kept in the image "
         "metrics.</p>"
     )
-    figures = [(c, pr_figure(c)) for c in result.categories]
+    many = len(result.categories) > MANY_CATEGORIES
+    drawn = _figure_categories(result) if many else {c.name for c in result.categories}
+    if many:
+        gallery = min(gallery, 1)
+        parts.append(
+            f"<p>{len(result.categories)} categories: the figures are drawn for the {len(drawn)} with the lowest "
+            "pixel AP (every number is in the tables, metrics.json and curves.json), and each category's gallery "
+            "(one picture per row) is folded: click its name.</p>"
+        )
+    figures = [(c, pr_figure(c)) for c in result.categories if c.name in drawn]
     figures = [(c, f) for c, f in figures if f is not None]
     if figures:
         parts.append("<h2>Pixel precision-recall curves</h2><div class=\"curves\">")
@@ -332,7 +345,7 @@ def render_report(
         threshold = c.decision.threshold if c.decision is not None else None
         tabled.append((c, report_tool.image_rows(c.name, chosen, threshold)))
     if tabled:
-        parts.append(report_tool.threshold_section(tabled))
+        parts.append(report_tool.threshold_section([(c, rows) for c, rows in tabled if c.name in drawn]))
     parts.append("<h2>Profiles</h2>" + _profiles_table(result))
     failures = _failures(result)
     if failures:
@@ -351,6 +364,8 @@ def render_report(
             records = ResultsLog(out_dir / c.predictions).read()
             chosen = [records[k] for k in c.keys if k in records] if c.keys else list(records.values())
             _, hi = c.score_range
+            if many:
+                parts.append(f"<details><summary>{_esc(c.name)}</summary>")
             for label, group in select_gallery(chosen, gallery).items():
                 if not group:
                     continue
@@ -358,11 +373,49 @@ def render_report(
                 parts.append(f"<h3>{_esc(c.name)}: {heading}</h3><div class=\"gallery\">")
                 parts += [_gallery_item(out_dir, r, hi, thumb, s.image_norm) for r in group]
                 parts.append("</div>")
+            if many:
+                parts.append("</details>")
     if tabled:
         cap = report_tool.FULL_IMAGES if full_images is None else full_images
         parts.append(report_tool.image_table(out_dir, tabled, s.image_norm, cap))
     parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return _without_machine_paths("\n".join(parts) + "\n", result)
+
+
+def _figure_categories(result: DatasetResult) -> set[str]:
+    """The :data:`FIGURE_CATEGORIES` evaluated categories with the lowest pixel AP (the ones to look at)."""
+    scored = [c for c in result.categories if c.metrics is not None]
+    scored.sort(key=lambda c: (c.metrics.pixel_ap if c.metrics.pixel_ap == c.metrics.pixel_ap else -1.0, c.name))
+    return {c.name for c in scored[:FIGURE_CATEGORIES]}
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside nested dicts and lists."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _without_machine_paths(html: str, result: DatasetResult) -> str:
+    """The page without this machine's absolute paths: the dataset's folder shown by its name,
+    the evaluation folder as ``.``, model folders by their name (the page is shared, the paths
+    say nothing to its readers and tell them about the machine)."""
+    names: dict[str, str] = {}
+    candidates = [(result.out_dir, "."), (result.root, Path(str(result.root)).name)]
+    candidates += [(v, Path(v).name) for v in _strings(result.models) if v.startswith("/") and "\n" not in v]
+    for path, shown in candidates:
+        if not str(path):
+            continue
+        for form in {str(path), str(Path(path).resolve()), str(Path(path).absolute())}:
+            if Path(form).is_absolute() and form != "/":
+                names[form] = shown
+    for form in sorted(names, key=len, reverse=True):  # the longest first: a folder inside another
+        html = html.replace(_esc(form), _esc(names[form])).replace(form, names[form])
+    return html
 
 
 def write_report(result: DatasetResult, out_dir: str | Path | None = None, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB) -> Path:

@@ -86,7 +86,7 @@ class Detections:
 class SegmentationResult:
     """What stage 2 gives for one image.
 
-    ``anomaly_map`` is ``(H, W)`` float32 at the input image's own resolution:
+    ``anomaly_map`` is ``(H, W)`` float32 (float64 with ``PipelineConfig.map_float64``) at the input image's own resolution:
     ``sum_i s_i * m_i`` over the kept boxes. ``masks`` is ``(N_kept, H, W)`` bool, one per
     kept box in the order of ``kept``.
     """

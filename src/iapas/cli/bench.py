@@ -140,6 +140,7 @@ def bench_cmd(
     except ValueError as exc:
         raise fail(str(exc)) from None
     per_dataset = _parse_categories(categories)
+    _check_categories(root_dir, per_dataset, protocol)  # a wrong --categories: one line, before any model loads
     hold_output_lock(ctx, out, "bench")  # the whole bench folder, with every evaluation in it
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
     bars = _Bars(quiet)
@@ -157,6 +158,24 @@ def bench_cmd(
     _print_bench(bench)
     if bench.failed:
         raise typer.Exit(1)
+
+
+def _check_categories(root_dir: Path, per_dataset: dict[str, list[str]], protocol: str) -> None:
+    """Refuse a category a dataset of ``root_dir`` does not have (its valid names in the message)."""
+    from iapas.data import DatasetError, canonical_name, get_dataset
+    from iapas.evaluation.bench import find_datasets
+    from iapas.evaluation.plan import select_categories
+
+    if not per_dataset:
+        return
+    try:
+        found = find_datasets(root_dir)
+        for dataset, names in per_dataset.items():
+            name = canonical_name(dataset)
+            if name in found and names:
+                select_categories(get_dataset(name, found[name]), names, protocol)
+    except (DatasetError, ValueError) as exc:
+        raise fail(str(exc)) from None
 
 
 def _print_bench(bench: Any) -> None:

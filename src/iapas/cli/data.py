@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -42,9 +43,13 @@ SUMMARY_HELP = (
     "counts, and --check names it.\n\n"
     "--protocol paper (the default) keeps the test images the paper's reference code used: MVTec AD the whole "
     "test split; BTAD test/ko only; DAGM the labelled (defective) images of Train and Test; MPDD, DTD-Synthetic, "
-    "WFDD and VisA the defective images; MTD and KSDD2 every test image (so the same as full); KSDD1 every image, "
+    "WFDD the defective images; VisA, MTD and KSDD2 every test image (so the same as full); KSDD1 every image, "
     "each kosNN folder its own category (one row per folder; the references are shared). --protocol full: "
     "the whole test split, KSDD1 as one category. The folder dataset has no paper protocol (same as full).\n\n"
+    "'calibration' counts the normal images evaluate holds out to calibrate the OK/NG threshold (same "
+    "--calibration-images, --false-alarm-rate, --limit; under --protocol paper never test images, so 0 where there "
+    "is no normal training split beyond the references, unless --calibration-from-test); --limit counts what a "
+    "quick check runs.\n\n"
     "--check opens every mask: an unreadable mask, one of another size than its image, an empty folder (no "
     "image anywhere below it) or a category without test images make it exit 1; anomalous images whose mask is "
     "empty are named too, without failing.\n\n"
@@ -80,7 +85,14 @@ def summary_cmd(
         DEFAULT_PROTOCOL, "--protocol", help="'paper' (the paper's test images, as iapas evaluate) or 'full' (whole test split)."
     ),
     n_references: int = typer.Option(10, "--references", "-n", min=0, help="Number of normal reference images per category."),
-    seed: int = typer.Option(0, "--seed", help="Seed for drawing the references."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="As evaluate's --limit: at most N test (and calibration) images per category."),
+    calibration_images: int = typer.Option(
+        None, "--calibration-images", min=0, show_default=False,
+        help="As evaluate's: normal images held out to calibrate the OK/NG threshold (default: the fewest --false-alarm-rate needs).",
+    ),
+    false_alarm_rate: float = typer.Option(0.01, "--false-alarm-rate", min=0.0001, max=0.9999, help="As evaluate's."),
+    calibration_from_test: bool = typer.Option(False, "--calibration-from-test", help="As evaluate's."),
     check: bool = typer.Option(
         False, "--check", help="Also open every mask (slower): name bad, misfit and empty masks and empty folders; exit 1 on a problem."
     ),
@@ -99,8 +111,12 @@ def summary_cmd(
         # Each note printed below repeats a loader warning: say it once.
         data_logger.setLevel(logging.ERROR)
     try:
+        from iapas.cli.evaluate import _calibration_count
+
+        plan = dict(limit=limit, calibration_images=_calibration_count(calibration_images, false_alarm_rate),
+                    false_alarm_rate=false_alarm_rate, calibration_from_test=calibration_from_test)
         _summary(dataset, root, as_json, categories, protocol, n_references, seed, check,
-                 folder_options(normal, anomalous, masks, mask_pattern, reference_dir))
+                 folder_options(normal, anomalous, masks, mask_pattern, reference_dir), plan)
     finally:
         data_logger.setLevel(level)
 
@@ -115,8 +131,11 @@ def _summary(
     seed: int,
     check: bool,
     folder_options: dict[str, object],
+    plan: dict[str, object] | None = None,
 ) -> None:
     from iapas.data import DatasetError, MaskError, canonical_name, get_dataset
+    from iapas.evaluation.plan import plan_category, planned_tests, select_categories
+    from iapas.evaluation.settings import EvalSettings
     from iapas.data.check import check_masks, empty_folders
     from iapas.data.registry import guess_datasets
 
@@ -127,6 +146,10 @@ def _summary(
     except ValueError as exc:
         raise fail(str(exc)) from None
     options = folder_options if name == "folder" else {}
+    try:
+        settings = EvalSettings(protocol=protocol, n_references=n_references, seed=seed, **(plan or {}))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     summary: dict[str, dict[str, object]] = {}
     notes: list[str] = []
     problems: list[str] = []
@@ -139,25 +162,26 @@ def _summary(
             others = [n for n in guess_datasets(root) if n != name]
             hint = f" (it looks like --dataset {' or '.join(others)})" if others else ""
             raise fail(f"{exc}{hint}") from None
-        wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else available
-        unknown = [c for c in wanted if c not in available]
-        if unknown:
-            raise fail(f"{root}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
+        wanted = [c.strip() for c in categories.split(",") if c.strip()] if categories else []
+        selection = select_categories(loader, wanted, protocol)  # a wrong -c: one line listing the valid names
         if not categories:
             missing = loader.missing_categories()
             if missing:
                 notes.append(
                     f"{len(missing)} of the {len(loader.expected_categories)} {loader.title} categories are not here: {', '.join(missing)}"
                 )
-        for category in wanted:
-            cat = loader.load(category, protocol=protocol, n_references=n_references, seed=seed)
-            for part in cat.parts():  # what evaluate scores: KSDD1's folders under the paper protocol
+        for category, parts in selection.items():
+            cat, calibration = plan_category(loader, category, settings, parts)  # evaluate's very plan
+            for i, part in enumerate(cat.parts()):  # what evaluate scores: KSDD1's folders under the paper protocol
+                run = replace(part, test=planned_tests(part, settings))
                 summary[part.name] = {
-                    "references": len(part.references),
-                    "test": len(part.test),
-                    "anomalous": part.anomalous,
-                    "with_mask": part.with_mask,
-                    "defect_types": part.defect_types,
+                    "references": len(run.references),
+                    "test": len(run.test),
+                    "anomalous": run.anomalous,
+                    "with_mask": run.with_mask,
+                    # the product's calibration images (segmented once), on its first row
+                    "calibration": len(calibration.test) if calibration is not None and i == 0 else 0,
+                    "defect_types": run.defect_types,
                 }
                 if part.product:
                     summary[part.name]["product"] = part.product
@@ -205,7 +229,7 @@ def _print_table(title: str, root: str, protocol: str, summary: dict[str, dict[s
 
     table = Table(title=f"{title} at {root} ({protocol} protocol)")
     table.add_column("category")
-    for column in ("references", "test", "anomalous", "with mask"):
+    for column in ("references", "test", "anomalous", "with mask", "calibration"):
         table.add_column(column, justify="right")
     table.add_column("defect types")
     for category, row in summary.items():
@@ -215,6 +239,7 @@ def _print_table(title: str, root: str, protocol: str, summary: dict[str, dict[s
             str(row["test"]),
             str(row["anomalous"]),
             str(row["with_mask"]),
+            str(row["calibration"]),
             ", ".join(row["defect_types"]),  # type: ignore[arg-type]
         )
     Console().print(table)

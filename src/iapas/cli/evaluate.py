@@ -211,7 +211,18 @@ def evaluate_cmd(
         None, "--calibration-images", min=0, show_default=False,
         help="Normal images per category, held out from the references and the test set, to calibrate the "
         "threshold on (default: the fewest the rate needs, 99 for 0.01; 0: no calibration). Without a normal "
-        "training split they are drawn from the normal test images (at most half), which they leave.",
+        "training split they are drawn from the normal test images (at most half), which they leave: under "
+        "--protocol full, or with --calibration-from-test (under paper: no threshold then). --limit bounds them too.",
+    ),
+    calibration_from_test: bool = typer.Option(
+        False, "--calibration-from-test",
+        help="Under --protocol paper, where a dataset has no normal training images beyond the references, draw the "
+        "calibration images from the normal test images (which then leave the test set; the reference tests them).",
+    ),
+    save_full_maps: bool = typer.Option(
+        False, "--save-full-maps",
+        help="Also keep each test image's full-resolution fused map (float64, as the metrics used it, before any "
+        "normalisation) as OUT/full_maps/CATEGORY/KEY.npz (array 'map'), to recompute the metrics with your own tools.",
     ),
     restart: bool = RestartOpt,
     report: bool = ReportOpt,
@@ -227,12 +238,13 @@ def evaluate_cmd(
     """Evaluate IAP-AS on a benchmark dataset with the paper's protocol.
 
     Makes (or reuses) the stage-1 profile of each category in OUT/profiles, segments every test
-    image (resumable: a re-run skips finished images), resizes maps to 400x400 (bicubic) and masks
-    (nearest) with OpenCV's arithmetic under --protocol paper (PIL's under full), min-max normalises
-    each image's map (--no-image-norm: not) and then each category's maps over its stack, and
-    writes metrics.csv/json/md
+    image (resumable: a re-run skips finished images), min-max normalises each image's map
+    (--no-image-norm: not), resizes maps to 400x400 (bicubic) and masks (nearest) and normalises
+    each category's maps over its stack: under --protocol paper the reference code's arithmetic
+    to the bit (float64, normalise then OpenCV's cubic resize), under full PIL's resize of the
+    float32 map; writes metrics.csv/json/md
     (pixel AP, pixel F1-max and companions per category and their mean), predictions/CATEGORY.jsonl,
-    maps/ (float32 .npz) and a self-contained report.html. Each category's OK/NG threshold is
+    maps/ (.npz; --save-full-maps: full_maps/ too) and a self-contained report.html. Each category's OK/NG threshold is
     calibrated on held-out normal images (--calibration-images, --false-alarm-rate); the tables
     give the false-alarm rate it has on the normal test images, the detection rate and the counts.
     --engine ray runs stage 2 on a Ray Data pool of workers (stage 1 stays on this machine).
@@ -251,7 +263,8 @@ def evaluate_cmd(
         protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
         n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
         image_norm=image_norm, image_score=image_score, false_alarm_rate=false_alarm_rate,
-        calibration_images=_calibration_count(calibration_images, false_alarm_rate),
+        calibration_images=_calibration_count(calibration_images, false_alarm_rate), save_full_maps=save_full_maps,
+        calibration_from_test=calibration_from_test,
     )
     stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
     stage1 = _stage1_options(
@@ -270,7 +283,9 @@ def evaluate_cmd(
         name = canonical_name(dataset)
         options = folder_options(normal, anomalous, masks, mask_pattern, reference_dir) if name == "folder" else {}
         loader = get_dataset(name, root, **options)
-        loader.categories()
+        from iapas.evaluation.plan import select_categories
+
+        select_categories(loader, _split(categories), protocol)  # a wrong -c: one line, before any model loads
         if not restart:  # refuse a conflicting folder before spending time on loading models
             check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
         if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models

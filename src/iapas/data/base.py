@@ -238,6 +238,7 @@ class DatasetBase:
     expected_categories: tuple[str, ...] = ()
     paper_keeps_normals: bool = True
     paper_scores_parts: bool = False
+    has_paper_protocol: bool = True  # False: 'paper' is the same as 'full' (a user's own folder dataset)
     paper_note: str = ""
 
     def __init__(self, root: str | Path) -> None:
@@ -375,14 +376,24 @@ class DatasetBase:
             split_parts=split,
         )
 
-    def held_out_normals(self, category: Category, n: int, seed: int = DEFAULT_SEED) -> tuple[list[Path], Category, str]:
+    def part_names(self, category: str) -> list[str]:
+        """The names of the parts the paper protocol scores ``category`` by (KSDD1's folders); []
+        for a dataset that does not split its categories."""
+        if not self.paper_scores_parts:
+            return []
+        return sorted({s.part for s in self._scan(category).test if s.part}, key=natural_key)
+
+    def held_out_normals(
+        self, category: Category, n: int, seed: int = DEFAULT_SEED, *, from_test: bool = True
+    ) -> tuple[list[Path], Category, str]:
         """``n`` normal images of ``category`` that are neither references nor test images, drawn
         like the references (fixed ``seed``), to calibrate an OK/NG threshold on.
 
         From the normal training split when there is one (its images that are not references);
-        otherwise from the normal test images, at most half of them (as the references,
-        :func:`references_from_test_count`), which are then removed from the test set. Returns the
-        images, the category (its test set without them) and a sentence saying where they came from.
+        otherwise, when ``from_test``, from the normal test images, at most half of them (as the
+        references, :func:`references_from_test_count`), which are then removed from the test
+        set; without ``from_test`` none (the test set stays whole). Returns the images, the
+        category (its test set without them) and a sentence saying where they came from.
         """
         if n <= 0:
             return [], category, ""
@@ -396,6 +407,12 @@ class DatasetBase:
                 f"to calibrate the OK/NG threshold (asked for {n})."
             )
             return drawn, category, note
+        if not from_test:
+            return [], category, (
+                "Calibration: no OK/NG threshold: there are no normal training images beyond the references, and "
+                "under --protocol paper calibration never takes test images (the reference tests them all); "
+                "--calibration-from-test takes them from the normal test images instead."
+            )
         in_test = [s.path for s in category.test if s.label == 0]
         drawn = draw_references(in_test, references_from_test_count(len(in_test), n), seed, self.root)
         chosen = set(drawn)

@@ -28,6 +28,7 @@ class FolderDataset(DatasetBase):
         "ROOT/<masks>/ named by --mask-pattern, e.g. {stem}_mask.png; optional ROOT/<references>/"
     )
     paper_keeps_normals = True
+    has_paper_protocol = False  # no reference test set to keep whole: calibration may hold out normal test images
 
     def __init__(
         self,

@@ -37,6 +37,10 @@ class KSDD1(DatasetBase):
     def _part_dirs(self) -> list[Path]:
         return [d for d in subdirs(self.root) if any(p.stem.endswith(LABEL_SUFFIX) for p in list_images(d))]
 
+    def part_names(self, category: str) -> list[str]:
+        """The ``kosNN`` folders (the paper protocol's categories), without reading any mask."""
+        return [d.name for d in self._part_dirs()] if category == CATEGORY else []
+
     def _discover(self) -> list[str]:
         return [CATEGORY] if self._part_dirs() else []
 

@@ -8,8 +8,9 @@ file's RAW values (palette indices, not palette colours):
 - integer values all below half the range (max < 128 for 8-bit, < 32768 for 16-bit): a label map
   (0 = background, integers = defect or instance ids; VisA masks number their instances, so they
   can have any number of distinct values): defect where > 0;
-- otherwise: defect where the value is >= half of the largest value the format can hold
-  (>= 128 for 8-bit, >= 32768 for 16-bit), which binarises anti-aliased edges at 50% (a 0/255
+- otherwise: defect where the value is > 128/255 of the largest value the format can hold
+  (> 128 for 8-bit, as the paper's reference code's ``cv2.threshold(gt, 128, 255,
+  THRESH_BINARY)``; > 32896 for 16-bit), which binarises anti-aliased edges at about 50% (a 0/255
   mask with a few anti-aliased values in between has max 255, so it is binarised, not a label map).
 
 Colour masks use the largest channel, so a pure red mask is read as a mask.
@@ -67,7 +68,7 @@ def binarize_mask(values: np.ndarray, max_value: float = 255.0) -> np.ndarray:
     integral = bool(np.all(np.mod(distinct, 1) == 0))
     if integral and float(distinct.max()) < max_value / 2:
         return values > 0  # a label map, however many ids
-    return values >= max_value / 2
+    return values > max_value * 128 / 255  # exact: 8-bit > 128 (the reference's threshold), 16-bit > 32896
 
 
 def _size_of(path: Path) -> tuple[int, int]:

@@ -5,8 +5,8 @@ root (``<cat>/Data/Images/{Normal,Anomaly}/*.JPG``, ``<cat>/Data/Masks/Anomaly/*
 come from the normal images of the train split. Masks are 0/255 or small label maps (0 = background),
 both read by :func:`iapas.data.masks.load_mask`.
 
-Paper protocol: as we read METHOD.md, the reference code skipped the normal test images for every
-dataset but MVTec AD, so it uses the anomalous test images only.
+Paper protocol: the reference code tests the ``Normal`` images too (its label rule is ``0 if
+sub_name in ['good', 'Normal', 'MT_Free'] else 1``), so both classes of the test split are used.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class VisA(DatasetBase):
         "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
         "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
     )  # fmt: skip
-    paper_keeps_normals = False
+    paper_keeps_normals = True  # the reference tests the Normal images too
 
     def _rows(self) -> list[dict[str, str]]:
         path = self.root / SPLIT_FILE

@@ -51,6 +51,7 @@ from iapas.evaluation.bench_results import (  # noqa: F401  (re-exported: import
     write_bench,
 )
 from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks
+from iapas.evaluation.plan import select_categories
 from iapas.evaluation.run import evaluate_dataset
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags
 from iapas.evaluation.variants import (  # noqa: F401  (re-exported: importable from here as before)
@@ -304,9 +305,7 @@ def run_bench(
             bench.errors.setdefault(name, {})["*"] = str(exc)
             continue
         wanted = list((categories or {}).get(name, ()))
-        unknown = [c for c in wanted if c not in available]
-        if unknown:
-            raise DatasetError(f"{folder}: no {loader.title} category {', '.join(unknown)}; found: {', '.join(available)}")
+        select_categories(loader, wanted, settings.protocol)  # an unknown name: one line listing the valid ones
         chosen = wanted or None
         ablation_chosen = chosen
         if not wanted and len(variants) > 1 and name in ABLATION_CATEGORIES:

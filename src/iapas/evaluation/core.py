@@ -10,7 +10,10 @@ Layout of an evaluation folder ``OUT``::
     OUT/run.json                    settings, models and per-category signature (for resuming)
     OUT/profiles/<category>.yaml    stage-1 profiles (reused when present; editable)
     OUT/predictions/<category>.jsonl  one JSON line per test image, appended as it finishes
-    OUT/maps/<category>/<key>.npz   the 400x400 map (float32, raw: before any normalisation) and mask (bool)
+    OUT/maps/<category>/<key>.npz   the 400x400 map and mask (bool): under --protocol paper float64,
+                                    normalised per image before resizing (the reference's order);
+                                    under full float32, raw (normalised when the metrics are computed)
+    OUT/full_maps/<category>/<key>.npz  with --save-full-maps: the full-resolution fused map (float64, raw)
     OUT/metrics.{csv,json,md}, OUT/curves.json, OUT/report.html
 
 Resuming: each finished image is one line of ``predictions/<category>.jsonl`` (flushed and
@@ -43,10 +46,12 @@ import numpy as np
 from iapas import __version__
 from iapas.data import Category, DatasetBase, MaskError, get_dataset, sample_mask
 from iapas.engine import Executor, ItemError, PlainJob, ResultsLog, RunConflictError, WorkItem, run_items
-from iapas.evaluation.decisions import calibration_category, raw_scores, threshold_evidence
+from iapas.evaluation.decisions import raw_scores, threshold_evidence
+from iapas.evaluation.plan import plan_category, restrict_to_pool, select_categories  # noqa: F401  (re-exported)
 from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importable from here as before)
     evaluated_map,
     failure_record,
+    full_map_relpath,
     is_done,
     load_map_file,
     map_relpath,
@@ -57,7 +62,7 @@ from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importab
     save_map_file,
 )
 from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
-from iapas.evaluation.protocol import limit_samples
+from iapas.evaluation.protocol import limit_samples, normalize_full_map
 from iapas.evaluation.runfolder import (  # noqa: F401  (re-exported)
     RUN_FILE,
     _differences,
@@ -125,18 +130,30 @@ class EvaluateJob(PlainJob):
             raise ItemError(str(exc)) from None
 
     def write(self, item: WorkItem, image: LoadedImage, result: SegmentationResult, prepared: np.ndarray) -> dict[str, Any]:
-        size_map, size_mask = self.settings.resizers()
-        map_eval = size_map(result.anomaly_map, self.settings.eval_size)
-        mask_eval = size_mask(prepared, self.settings.eval_size)
+        settings = self.settings
+        size_map, size_mask = settings.resizers()
+        full = result.anomaly_map  # float64 under the paper protocol (stage2_pipeline asks for it)
+        if settings.paper_arithmetic:  # the reference's order, in float64: fuse, normalise, resize
+            full = full.astype(np.float64, copy=False)
+        normalized = settings.paper_arithmetic and bool(settings.image_norm)
+        map_eval = size_map(normalize_full_map(full) if normalized else full, settings.eval_size)
+        mask_eval = size_mask(prepared, settings.eval_size)
+        full_rel = None
+        if settings.save_full_maps:
+            full_rel = full_map_relpath(self.category, item.key)
+            save_map_file(path_inside(self.out_dir, full_rel), full.astype(np.float64))
         rel = map_relpath(self.category, item.key)
         save_map_file(path_inside(self.out_dir, rel), map_eval, mask_eval)
-        return prediction_record(item.key, item.context, image, result, map_eval, mask_eval, rel)
+        return prediction_record(
+            item.key, item.context, image, result, map_eval, mask_eval, rel, image_normalized=normalized, full_map=full_rel
+        )
 
     def failure_record(self, item: WorkItem, message: str) -> dict[str, Any]:
         return failure_record(item.key, item.context, message)
 
     def cleanup(self, item: WorkItem) -> None:
         (self.out_dir / map_relpath(self.category, item.key)).unlink(missing_ok=True)
+        (self.out_dir / full_map_relpath(self.category, item.key)).unlink(missing_ok=True)
 
 
 def evaluate_category(
@@ -189,7 +206,11 @@ def evaluate_category(
     log = ResultsLog(predictions_path(out, category.name))
     log.path.parent.mkdir(parents=True, exist_ok=True)
     previous = log.read()
-    finished = {keys[s.path]: previous[keys[s.path]] for s in samples if is_done(previous.get(keys[s.path]), out, s)}
+    finished = {
+        keys[s.path]: previous[keys[s.path]]
+        for s in samples
+        if is_done(previous.get(keys[s.path]), out, s, full_map=settings.save_full_maps)
+    }
     if finished:
         logger.info("%s: resuming: %d of %d image(s) already done", category.name, len(finished), len(samples))
     summary = run_items(
@@ -239,8 +260,8 @@ def _calibrate(
     pipeline: Pipeline, calibration: Category, profile: Profile | None, out: Path, settings: EvalSettings, hooks: ProgressHooks,
     executor: Executor | None = None,
 ) -> tuple[list[float], list[ImageFailure]]:
-    """Segment the calibration images (resuming; all of them, whatever ``--limit``): their raw
-    image scores and failures (keys prefixed with the calibration category's name)."""
+    """Segment the calibration images (resuming; all of them: ``--limit`` bounded them when they
+    were drawn): their raw image scores and failures (keys prefixed with the calibration category's name)."""
     if hooks.on_category:
         hooks.on_category(calibration.name, len(calibration.test))
     on_image = (lambda key, status: hooks.on_image(calibration.name, key, status)) if hooks.on_image else None
@@ -250,31 +271,6 @@ def _calibrate(
     scores = raw_scores(ResultsLog(predictions_path(out, calibration.name)).read(), done.keys)
     failures = [replace(f, key=f"{calibration.name}/{f.key}") for f in done.failures]
     return scores, failures
-
-
-def restrict_to_pool(loader: DatasetBase, category: Category, settings: EvalSettings) -> Category:
-    """``category`` with only the test images that drawing ``settings.test_pool_references``
-    references (same seed) leaves; unchanged when that is unset or equals ``n_references``.
-
-    The draws are prefixes of one seeded order (:func:`~iapas.data.base.draw_references`), so the
-    larger draw's test set is inside the smaller one's: the images left out are exactly the
-    extra references, and every reference count scores the same images.
-    """
-    k = settings.test_pool_references
-    if k is None or k == settings.n_references:
-        return category
-    pool = loader.load(category.name, protocol=settings.protocol, n_references=k, seed=settings.seed)
-    keep = {s.path for s in pool.test}
-    test = [s for s in category.test if s.path in keep]
-    dropped = len(category.test) - len(test)
-    if not dropped:
-        return category
-    note = (
-        f"{dropped} test image(s) left out: the test set is the one left after drawing {k} references (seed "
-        f"{settings.seed}), so that every reference count is scored on the same images."
-    )
-    return replace(category, test=test, notes=[*category.notes, note])
-
 
 
 def measure_dataset(
@@ -312,13 +308,7 @@ def measure_dataset(
     settings = settings or EvalSettings()
     hooks = progress or ProgressHooks()
     loader = get_dataset(dataset, root) if isinstance(dataset, str) else dataset
-    available = loader.categories()
-    wanted = list(categories) if categories else list(available)
-    unknown = [c for c in wanted if c not in available]
-    if unknown:
-        from iapas.data import DatasetError
-
-        raise DatasetError(f"{loader.root}: no {loader.title} categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; found: {', '.join(available)}")
+    selection = select_categories(loader, categories, settings.protocol)  # refuses an unknown name in one line
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     removed = clean_stale_temp_files(out)  # what a killed run was writing
@@ -366,10 +356,8 @@ def measure_dataset(
     # pass 1: categories, profiles, signatures
     prepared: list[tuple[Category, Profile | None, ProfileRecord, Category | None] | CategoryResult] = []
     product_notes: list[str] = []  # notes of categories scored per part: said once
-    for name in wanted:
-        category = loader.load(name, protocol=settings.protocol, n_references=settings.n_references, seed=settings.seed)
-        category = restrict_to_pool(loader, category, settings)
-        category, calibration = calibration_category(loader, category, settings.calibration_images, settings.seed)
+    for name, parts in selection.items():
+        category, calibration = plan_category(loader, name, settings, parts)
         path = profile_path(profiles, name)
         existed = path.exists()
         on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
@@ -424,8 +412,6 @@ def measure_dataset(
             results.append(CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
                                           profile=record, notes=list(category.notes), n_references=len(category.references)))
             continue
-        if hooks.on_category:
-            hooks.on_category(category.name, n)
         on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
         calibration_failures: list[ImageFailure] = []
         try:
@@ -433,6 +419,8 @@ def measure_dataset(
                 calibrated[calibration.name], calibration_failures = _calibrate(
                     pipeline, calibration, profile, out, settings, hooks, executor
                 )
+            if hooks.on_category:  # after the calibration: the step's rate and ETA count from its own start
+                hooks.on_category(category.name, n)
             result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image, executor=executor)
             if calibration is not None and result.keys:
                 records = ResultsLog(predictions_path(out, category.name)).read()
@@ -440,6 +428,7 @@ def measure_dataset(
                     calibrated[calibration.name], raw_scores(records, result.keys, 0), raw_scores(records, result.keys, 1),
                     settings.false_alarm_rate,
                 )
+                result.decision.calibration_set = calibration.name
             result.failures += calibration_failures
         except DiskFullError as exc:
             stopped = exc.strerror or str(exc)
@@ -450,9 +439,13 @@ def measure_dataset(
 
     notes = list(extra_notes) + product_notes
     if settings.limit is not None:
+        calibration = (
+            f" and at most {settings.limit} calibration images per product (asked for {settings.calibration_images})"
+            if settings.calibration_images > settings.limit else ""
+        )
         notes.append(
             f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}, "
-            "anomalous and normal alternately while both last); "
+            f"anomalous and normal alternately while both last){calibration}; "
             "these are not full-benchmark numbers."
         )
     if stopped is not None:

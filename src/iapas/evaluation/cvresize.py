@@ -6,10 +6,16 @@ arithmetic here, without OpenCV at run time (the tests compare with ``opencv-pyt
 
 Cubic (:func:`resize_map_cubic`), separable, horizontal pass first, as OpenCV's generic resize:
 
-* scale ``s = src / dst`` (from OpenCV's ``inv_scale = dst / src`` in double); destination
-  pixel ``d`` samples the source at ``f = (d + 0.5) * s - 0.5`` (double), ``i = floor(f)``,
-  ``t = float32(f - i)``, and the 4 source pixels ``i - 1 .. i + 2`` clamped to the image
-  (OpenCV's ``BORDER_REPLICATE``); the horizontal pass's rows and the result are float32;
+* scale ``s = 1 / (dst / src)`` (OpenCV's ``inv_scale = dst / src`` in double, inverted);
+  destination pixel ``d`` samples the source at ``fx = (float)((d + 0.5) * s - 0.5)`` (computed
+  in double, rounded to float32: OpenCV's ``resizeGeneric`` rule), ``i = floor(fx)``,
+  ``t = fx - i`` (float32), and the 4 source pixels ``i - 1 .. i + 2`` clamped to the image
+  (OpenCV's ``BORDER_REPLICATE``);
+* a float64 map (OpenCV's ``CV_64F``, what ``--protocol paper`` resizes, as the reference code
+  does) is interpolated in float64 with the float32 weights: each pass sums its 4 products left
+  to right, which is bit-identical to ``cv2.resize`` (the tests compare with equality on many
+  sizes); a float32 map keeps float32 rows and result (within float32 rounding of OpenCV's
+  vectorised ``CV_32F`` path);
 * weights (float32), the cubic convolution kernel with ``A = -0.75`` and no antialiasing when
   shrinking (PIL's bicubic uses ``A = -0.5`` and widens the kernel by the scale)::
 
@@ -38,9 +44,9 @@ def cubic_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     if src < 1 or dst < 1:
         raise ValueError(f"sizes must be >= 1, got {src} -> {dst}")
     scale = 1.0 / (dst / src)
-    f = (np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5
-    i = np.floor(f)
-    t = (f - i).astype(np.float32)
+    fx = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)  # OpenCV: (float)(...)
+    i = np.floor(fx)
+    t = (fx - i).astype(np.float32)
     a = np.float32(CUBIC_A)
     one = np.float32(1.0)
     t1 = t + one
@@ -55,18 +61,25 @@ def cubic_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resize_map_cubic(anomaly_map: np.ndarray, size: int) -> np.ndarray:
-    """``(size, size)`` float32, as ``cv2.resize(map, (size, size), interpolation=cv2.INTER_CUBIC)``."""
-    arr = np.asarray(anomaly_map, dtype=np.float32)
+    """``(size, size)`` as ``cv2.resize(map, (size, size), interpolation=cv2.INTER_CUBIC)``.
+
+    A float64 map gives float64, bit-identical to OpenCV; anything else is resized as float32.
+    """
+    arr = np.asarray(anomaly_map)
+    dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    arr = arr.astype(dtype, copy=False)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"expected a non-empty (H, W) map, got shape {arr.shape}")
     h, w = arr.shape
     xi, xw = cubic_taps(w, size)
     yi, yw = cubic_taps(h, size)
-    rows = np.zeros((h, size), dtype=np.float32)  # horizontal pass
-    for k in range(4):
+    xw, yw = xw.astype(dtype), yw.astype(dtype)  # float32 weights, exact in float64
+    # horizontal pass, then vertical, each ((a + b) + c) + d in the map's precision, as OpenCV
+    rows = arr[:, xi[:, 0]] * xw[None, :, 0]
+    for k in range(1, 4):
         rows += arr[:, xi[:, k]] * xw[None, :, k]
-    out = np.zeros((size, size), dtype=np.float32)  # vertical pass
-    for k in range(4):
+    out = rows[yi[:, 0], :] * yw[:, 0, None]
+    for k in range(1, 4):
         out += rows[yi[:, k], :] * yw[:, k, None]
     return out
 

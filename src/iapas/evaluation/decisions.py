@@ -43,6 +43,7 @@ class ThresholdEvidence:
     fp: int | None = None  # normal and NG
     tn: int | None = None  # normal and OK
     fn: int | None = None  # defective and OK
+    calibration_set: str = ""  # the calibration category (shared by a product's parts: counted once in totals)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,12 +75,17 @@ def threshold_evidence(
     )
 
 
-def calibration_category(loader: DatasetBase, category: Category, n: int, seed: int) -> tuple[Category, Category | None]:
+def calibration_category(
+    loader: DatasetBase, category: Category, n: int, seed: int, *, from_test: bool = True
+) -> tuple[Category, Category | None]:
     """``category`` without its calibration images (and with a note on them), and the category of
-    ``n`` held-out normal images to segment (None when ``n`` is 0)."""
+    ``n`` held-out normal images to segment (None when ``n`` is 0, or when there are none to
+    take: no normal training images beyond the references and not ``from_test``)."""
     if n <= 0:
         return category, None
-    drawn, category, note = loader.held_out_normals(category, n, seed)
+    drawn, category, note = loader.held_out_normals(category, n, seed, from_test=from_test)
+    if not drawn:
+        return replace(category, notes=[*category.notes, note]), None
     calibration = Category(
         name=category.name + CALIBRATION_SUFFIX,
         references=list(category.references),

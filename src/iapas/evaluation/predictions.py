@@ -21,6 +21,7 @@ from iapas.types import SegmentationResult
 
 PREDICTIONS_DIR = "predictions"
 MAPS_DIR = "maps"
+FULL_MAPS_DIR = "full_maps"
 
 
 # --- per-image files -----------------------------------------------------------------------------------
@@ -36,39 +37,58 @@ def map_relpath(category: str, key: str) -> str:
     return f"{MAPS_DIR}/{category}/{key}.npz"
 
 
-def save_map_file(path: Path, anomaly_map: np.ndarray, mask: np.ndarray) -> None:
-    """Write ``map`` (float32) and ``mask`` (bool) into a compressed ``.npz``, atomically."""
+def full_map_relpath(category: str, key: str) -> str:
+    return f"{FULL_MAPS_DIR}/{category}/{key}.npz"
+
+
+def _map_dtype(anomaly_map: np.ndarray) -> type:
+    return np.float64 if anomaly_map.dtype == np.float64 else np.float32
+
+
+def save_map_file(path: Path, anomaly_map: np.ndarray, mask: np.ndarray | None = None) -> None:
+    """Write ``map`` (float64 stays float64, the paper protocol's; anything else float32) and
+    ``mask`` (bool, when given) into a compressed ``.npz``, atomically."""
+    arrays = {"map": anomaly_map.astype(_map_dtype(anomaly_map), copy=False)}
+    if mask is not None:
+        arrays["mask"] = mask.astype(bool, copy=False)
     with atomic_path(path) as tmp:  # synced to disk before the rename
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, map=anomaly_map.astype(np.float32, copy=False), mask=mask.astype(bool, copy=False))
+            np.savez_compressed(fh, **arrays)
 
 
 def load_map_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(map, mask)`` of a stored prediction."""
+    """``(map, mask)`` of a stored prediction (the map float64 or float32, as stored)."""
     with np.load(path) as data:
-        return np.asarray(data["map"], dtype=np.float32), np.asarray(data["mask"], dtype=bool)
+        amap = np.asarray(data["map"])
+        return amap.astype(_map_dtype(amap), copy=False), np.asarray(data["mask"], dtype=bool)
 
 
-def is_done(record: Mapping[str, Any] | None, out_dir: Path, sample: Sample) -> bool:
-    """Whether ``record`` is a finished prediction of this very file (same path, size and mtime)."""
+def is_done(record: Mapping[str, Any] | None, out_dir: Path, sample: Sample, *, full_map: bool = False) -> bool:
+    """Whether ``record`` is a finished prediction of this very file (same path, size and mtime),
+    with its full-resolution map file too when ``full_map`` (``--save-full-maps``)."""
     if not record or record.get("status") != "ok":
         return False
     if record.get("image") != str(sample.path) or record.get("file") != file_stamp(sample.path):
         return False
     if "map_min" not in record or "map_max" not in record:  # made before the raw range was recorded
         return False
+    if full_map and not (out_dir / str(record.get("full_map", ""))).is_file():
+        return False
     return (out_dir / str(record.get("map", ""))).is_file()
 
 
 def prediction_record(
-    key: str, sample: Sample, image: LoadedImage, result: SegmentationResult, map_eval: np.ndarray, mask_eval: np.ndarray, map_file: str
+    key: str, sample: Sample, image: LoadedImage, result: SegmentationResult, map_eval: np.ndarray, mask_eval: np.ndarray, map_file: str,
+    *, image_normalized: bool = False, full_map: str | None = None,
 ) -> dict[str, Any]:
     """The JSON line of one evaluated image.
 
     ``map_min`` and ``map_max`` are the raw full-resolution map's range at full precision: the
     per-image normalisation and the image score (``map_max``; ``image_score`` is the same,
     rounded) come from them. ``score`` is the resized map's maximum (bicubic overshoot included),
-    kept for information: it feeds no metric.
+    kept for information: it feeds no metric. ``image_normalized``: the stored map was min-max
+    normalised per image before it was resized (the paper protocol's order); ``full_map``: the
+    full-resolution map's file, when kept.
     """
     raw = result.anomaly_map
     return {
@@ -87,6 +107,8 @@ def prediction_record(
         "score": float(map_eval.max()),  # max of the resized map, before normalisation: not a metric input
         "anomalous_pixels": int(mask_eval.sum()),
         "map": map_file,
+        **({"image_normalized": True} if image_normalized else {}),
+        **({"full_map": full_map} if full_map is not None else {}),
     }
 
 
@@ -128,8 +150,9 @@ def raw_range(record: Mapping[str, Any]) -> tuple[float, float]:
 
 def evaluated_map(anomaly_map: np.ndarray, record: Mapping[str, Any], image_norm: bool) -> np.ndarray:
     """A stored 400x400 map as the metrics see it before the stack normalisation: per-image
-    normalised with the record's raw range when ``image_norm``, else as stored."""
-    if not image_norm:
+    normalised with the record's raw range when ``image_norm``, else as stored; a map that was
+    normalised before it was resized (the paper protocol's, ``image_normalized``) as stored."""
+    if not image_norm or record.get("image_normalized"):
         return anomaly_map
     lo, hi = raw_range(record)
     return normalize_image(anomaly_map, lo, hi)
@@ -171,7 +194,7 @@ def metrics_from_predictions(
         raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {image_score!r}")
     first_map, first_mask = load_map_file(Path(out_dir) / records[0]["map"])
     shape = first_map.shape
-    maps = np.empty((len(records), *shape), dtype=np.float32)
+    maps = np.empty((len(records), *shape), dtype=first_map.dtype)  # float64 under the paper protocol
     masks = np.empty((len(records), *shape), dtype=bool)
     for i, rec in enumerate(records):
         m, g = (first_map, first_mask) if i == 0 else load_map_file(Path(out_dir) / rec["map"])

@@ -81,35 +81,47 @@ def stack_range(maps: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
-def normalize_image(anomaly_map: np.ndarray, lo: float, hi: float) -> np.ndarray:
+def normalize_image(anomaly_map: np.ndarray, lo: float, hi: float, dtype: type = np.float32) -> np.ndarray:
     """One map min-max normalised with the range ``(lo, hi)`` of its raw full-resolution map.
 
-    ``(m - lo) / (hi - lo)`` in float64, returned as float32; all zeros when ``hi <= lo`` (a
+    ``(m - lo) / (hi - lo)`` in float64, returned as ``dtype``; all zeros when ``hi <= lo`` (a
     constant map). On a resized map the result can leave [0, 1] slightly (bicubic overshoot).
+    With ``lo, hi`` the map's own range and ``dtype`` float64 this is the reference code's
+    ``normalize`` (utils/function.py) to the bit.
     """
     arr = np.asarray(anomaly_map, dtype=np.float64)
     span = float(hi) - float(lo)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"the raw map's range ({lo}, {hi}) is not finite")
     if span <= 0:
-        return np.zeros(arr.shape, dtype=np.float32)
-    return ((arr - float(lo)) / span).astype(np.float32)
+        return np.zeros(arr.shape, dtype=dtype)
+    return ((arr - float(lo)) / span).astype(dtype, copy=False)
+
+
+def normalize_full_map(anomaly_map: np.ndarray) -> np.ndarray:
+    """A full-resolution float64 map min-max normalised over itself, in float64 (constant: zeros)."""
+    arr = np.asarray(anomaly_map, dtype=np.float64)
+    lo, hi = stack_range(arr)
+    return normalize_image(arr, lo, hi, np.float64)
 
 
 def normalize_stack(maps: np.ndarray, *, in_place: bool = False) -> tuple[np.ndarray, float, float]:
-    """Min-max normalise a ``(N, H, W)`` float32 stack over the whole stack.
+    """Min-max normalise a ``(N, H, W)`` stack over the whole stack.
 
-    Returns ``(normalised, min, max)``. Arithmetic is float64 per image, the result float32; a
-    constant stack becomes all zeros. With ``in_place`` the input array is overwritten (saves one
-    copy of the stack, which matters for datasets with a thousand test images).
+    Returns ``(normalised, min, max)``. Arithmetic is float64 per image; the result is float64
+    for a float64 stack (the paper protocol's: the reference code's ``normalize`` of its stack,
+    bit for bit), else float32. A constant stack becomes all zeros. With ``in_place`` the input
+    array is overwritten (saves one copy of the stack, which matters for datasets with a
+    thousand test images).
     """
     arr = np.asarray(maps)
     if arr.ndim != 3:
         raise ValueError(f"expected an (N, H, W) stack, got shape {arr.shape}")
     lo, hi = stack_range(arr)
-    out = arr if (in_place and arr.dtype == np.float32) else np.empty(arr.shape, dtype=np.float32)
-    for i in range(arr.shape[0]):  # one image at a time: no float64 copy of the whole stack
-        out[i] = normalize_image(arr[i], lo, hi)
+    dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    out = arr if (in_place and arr.dtype == dtype) else np.empty(arr.shape, dtype=dtype)
+    for i in range(arr.shape[0]):  # one image at a time: no float64 copy of a float32 stack
+        out[i] = normalize_image(arr[i], lo, hi, dtype)
     return out, lo, hi
 
 

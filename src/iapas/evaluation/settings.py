@@ -53,7 +53,20 @@ class EvalSettings:
     ``calibration_images``: per category, segment this many normal images held out from the
     references and the test set and calibrate a conformal OK/NG threshold on them for the target
     ``false_alarm_rate`` (see :mod:`~iapas.evaluation.decisions`); 0 (the default): none. Without
-    a normal training split they are drawn from the normal test images, which they then leave.
+    a normal training split they are drawn from the normal test images, which they then leave,
+    under 'full' or with ``calibration_from_test``; under 'paper' calibration never takes test
+    images (the reference tests them all): no threshold then, and the notes say why. With
+    ``limit``, at most ``limit`` calibration images too (a quick check bounds the whole run).
+    ``save_full_maps``: also keep each test image's full-resolution fused map (float64, before
+    any normalisation) as ``full_maps/CATEGORY/KEY.npz``, so that anyone can recompute the
+    metrics with their own tools.
+
+    Under 'paper' the evaluation is the reference code's arithmetic to the bit: the fused map in
+    float64, min-max normalised per image in float64 (when ``image_norm``) BEFORE the OpenCV
+    cubic resize of the float64 map, the stack normalisation in float64; the per-image
+    normalisation is then baked into the stored maps and part of the resume signature. Under
+    'full' the 400x400 map is resized from the float32 map and stored raw (normalised when the
+    metrics are computed).
     """
 
     protocol: str = DEFAULT_PROTOCOL
@@ -72,6 +85,8 @@ class EvalSettings:
     test_pool_references: int | None = None
     calibration_images: int = 0
     false_alarm_rate: float = 0.01
+    save_full_maps: bool = False
+    calibration_from_test: bool = False
 
     def __post_init__(self) -> None:
         if self.image_norm is None:  # the reference code's baseline skips the per-image normalisation
@@ -117,6 +132,8 @@ class EvalSettings:
             "seed": self.seed,
             "eval_size": self.eval_size,
             "resize": self.resize_method,
+            # the paper's maps are normalised per image before resizing (baked into the stored maps)
+            **({"map_dtype": "float64", "image_norm": self.image_norm} if self.paper_arithmetic else {}),
             # a pool equal to the references drawn changes nothing: the same signature as without one
             "test_pool_references": None if self.test_pool_references == self.n_references else self.test_pool_references,
         }
@@ -127,6 +144,21 @@ class EvalSettings:
         if self.image_score is not None:
             return self.image_score
         return "paper" if self.protocol == "paper" else "raw"
+
+    @property
+    def calibration_takes_test(self) -> bool:
+        """Whether calibration may draw normal test images (where there is no training split)."""
+        return self.protocol == "full" or self.calibration_from_test
+
+    @property
+    def n_calibration(self) -> int:
+        """Calibration images to draw: ``calibration_images``, at most ``limit``."""
+        return self.calibration_images if self.limit is None else min(self.calibration_images, self.limit)
+
+    @property
+    def paper_arithmetic(self) -> bool:
+        """Whether maps are the reference code's float64 chain (normalise, then resize): under 'paper'."""
+        return self.protocol == "paper"
 
     @property
     def resize_method(self) -> str:
@@ -161,6 +193,7 @@ def stage2_pipeline(pipeline: Pipeline, settings: EvalSettings) -> Pipeline:
         size_threshold=None if settings.mode == "base" else settings.size_threshold,
         size_filter=settings.size_filter,
         base_caption=REFERENCE_BASE_CAPTION if settings.protocol == "paper" else BASE_CAPTION,
+        map_float64=settings.paper_arithmetic,
     )
     return Pipeline(pipeline.detector, pipeline.segmenter, config)
 
