@@ -1,0 +1,96 @@
+"""The detector's preprocessing and text handling are the original Grounding DINO's.
+
+Resize: the original's ``datasets/transforms.py`` rule (written out below from its code, and a
+table made by rf-groundingdino's transform itself, ``benchmarks/reference_side.py resize-table``),
+not transformers' size helper, which gives a long side one pixel longer for many capped shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iapas.models.detector import GroundingDinoDetector, original_resized_shape
+
+DATA = Path(__file__).parent / "data"
+
+
+def groundingdino_get_size_with_aspect_ratio(image_size, size, max_size=None):
+    """GroundingDINO ``datasets/transforms.py`` ``resize.get_size_with_aspect_ratio``, verbatim
+    but for the argument order of ``image_size`` (the original takes PIL's (w, h))."""
+    w, h = image_size
+    if max_size is not None:
+        min_original_size = float(min((w, h)))
+        max_original_size = float(max((w, h)))
+        if max_original_size / min_original_size * size > max_size:
+            size = int(round(max_size * min_original_size / max_original_size))
+
+    if (w <= h and w == size) or (h <= w and h == size):
+        return (h, w)
+
+    if w < h:
+        ow = size
+        oh = int(size * h / w)
+    else:
+        oh = size
+        ow = int(size * w / h)
+
+    return (oh, ow)
+
+
+SHAPES = [(h, w) for h in range(40, 1700, 37) for w in range(40, 1700, 53)]
+
+
+@pytest.mark.parametrize(("size", "max_size"), [(800, 1333), (320, 533)])
+def test_resize_rule_is_the_original_code(size: int, max_size: int):
+    for h, w in SHAPES:
+        assert original_resized_shape(h, w, size, max_size) == groundingdino_get_size_with_aspect_ratio((w, h), size, max_size), (h, w)
+
+
+def test_resize_of_the_capped_dataset_shapes_by_hand():
+    # 250x700: short side round(1333*250/700) = 476, long side int(476*700/250) = int(1332.8)
+    assert original_resized_shape(250, 700, 800, 1333) == (476, 1332)
+    assert original_resized_shape(500, 1257, 800, 1333) == (530, 1332)  # KSDD1
+    assert original_resized_shape(1257, 500, 800, 1333) == (1332, 530)
+    assert original_resized_shape(232, 640, 800, 1333) == (483, 1332)  # KSDD2
+    assert original_resized_shape(600, 800, 800, 1333) == (800, 1066)  # uncapped
+    assert original_resized_shape(800, 900, 800, 1333) == (800, 900)  # already the size
+
+
+def test_resize_equals_rf_groundingdino_transform():
+    """Sizes the original transform itself produced on real PIL images (rf-groundingdino 0.3.0)."""
+    table = json.loads((DATA / "gdino_original_resize.json").read_text())
+    rows = table["rows"]
+    assert len(rows) > 100
+    for size, max_size, h, w, oh, ow in rows:
+        assert original_resized_shape(h, w, size, max_size) == (oh, ow), (size, max_size, h, w)
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_models: dict[str, Path]) -> GroundingDinoDetector:
+    return GroundingDinoDetector.from_pretrained(str(tiny_models["grounding-dino"]), device="cpu")
+
+
+def test_detector_resizes_capped_images_by_the_original_rule(detector: GroundingDinoDetector, monkeypatch):
+    """The tiny processor's 320/533: 250x700 is 190x532 in the original (transformers: 190x533).
+    Both preprocessing paths give that shape, and the values of a PIL bilinear resize to it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (250, 700, 3), dtype=np.uint8)
+    assert detector._resized_shape(image) == (190, 532)
+    assert detector._shape_groups([image, image[:, :699], image]) == [[0, 2], [1]]  # 250x699: 190x531
+    fast = detector._pixels([image])
+    assert detector._fast_preprocessing()
+    monkeypatch.setattr(detector, "_fast_preprocessing", lambda: False)
+    slow = detector._pixels([image])
+    assert tuple(fast["pixel_values"].shape) == tuple(slow["pixel_values"].shape) == (1, 3, 190, 532)
+    assert int(slow["pixel_mask"].sum()) == int(fast["pixel_mask"].sum()) == 190 * 532
+    ip = detector.processor.image_processor
+    resized = np.asarray(Image.fromarray(image).resize((532, 190), Image.Resampling.BILINEAR), dtype=np.float32)
+    expected = (resized / 255.0 - np.array(ip.image_mean, dtype=np.float32)) / np.array(ip.image_std, dtype=np.float32)
+    for out in (fast, slow):
+        np.testing.assert_allclose(out["pixel_values"][0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
