@@ -3,6 +3,9 @@
 Resize: the original's ``datasets/transforms.py`` rule (written out below from its code, and a
 table made by rf-groundingdino's transform itself, ``benchmarks/reference_side.py resize-table``),
 not transformers' size helper, which gives a long side one pixel longer for many capped shapes.
+Phrases: the tiny tokenizer has bert-base-uncased's ids for [CLS], [SEP], "." and "?", which
+transformers' Grounding DINO hard-codes as phrase delimiters, so the tiny model splits a caption
+into phrases as the real one does.
 """
 
 from __future__ import annotations
@@ -94,3 +97,50 @@ def test_detector_resizes_capped_images_by_the_original_rule(detector: Grounding
     expected = (resized / 255.0 - np.array(ip.image_mean, dtype=np.float32)) / np.array(ip.image_std, dtype=np.float32)
     for out in (fast, slow):
         np.testing.assert_allclose(out["pixel_values"][0].permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def test_tiny_vocabulary_has_bert_base_delimiter_ids(detector: GroundingDinoDetector):
+    from transformers.models.grounding_dino import modeling_grounding_dino
+
+    tok = detector.processor.tokenizer
+    ids = tok.convert_tokens_to_ids(["[CLS]", "[SEP]", ".", "?", "[PAD]", "[UNK]", "[MASK]"])
+    assert ids == [101, 102, 1012, 1029, 0, 100, 103]
+    assert modeling_grounding_dino.SPECIAL_TOKENS == ids[:4]  # what the model splits at
+    assert tok("scratch . crack hole ?")["input_ids"] == [101, tok.convert_tokens_to_ids("scratch"), 1012,
+                                                          *tok.convert_tokens_to_ids(["crack", "hole"]), 1029, 102]
+    assert detector.model.config.text_config.vocab_size == len(tok) == 1030
+
+
+def test_tiny_detector_splits_the_caption_into_phrases(detector: GroundingDinoDetector):
+    """As the original's ``generate_masks_with_special_tokens_and_transfer_map``: each phrase with
+    its closing '.' attends only to itself, positions restart per phrase; so a phrase's text
+    features do not depend on the other phrases (checked on the model's own BERT output)."""
+    import torch
+
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        generate_masks_with_special_tokens_and_transfer_map,
+    )
+
+    tok = detector.processor.tokenizer
+    ids = torch.tensor([tok("scratch . crack hole .")["input_ids"]])  # [CLS] s . c h . [SEP]
+    mask, positions = generate_masks_with_special_tokens_and_transfer_map(ids, detector.model.model.special_tokens)
+    expected = np.eye(7, dtype=bool)
+    expected[1:3, 1:3] = True  # "scratch ."
+    expected[3:6, 3:6] = True  # "crack hole ."
+    assert np.array_equal(mask[0].numpy(), expected)
+    assert positions[0].tolist() == [0, 0, 1, 0, 1, 2, 0]
+
+    features = []
+    hook = detector.model.model.text_backbone.register_forward_hook(
+        lambda module, args, output: features.append(output.last_hidden_state[0].clone())
+    )
+    try:
+        image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        detector.cache_text_features = False
+        for caption in ("scratch . crack hole .", "scratch . stain ."):
+            detector.detect([image], caption)
+    finally:
+        hook.remove()
+        detector.cache_text_features = True
+    assert torch.equal(features[0][1:3], features[1][1:3])  # "scratch ." alone in its phrase
+    assert not torch.equal(features[0][3:5], features[1][3:5])
