@@ -1,6 +1,7 @@
 """The reference side of ``benchmarks/reference_diff.py``: runs in its own environment with the
 original packages (rf-groundingdino 0.3.0, segment-anything 1.0, transformers 4.42.4, numpy<2,
-CPU torch; see reference_diff.py for the recipe), never in iapas's. It imports nothing of iapas.
+CPU torch; see reference_diff.py for the recipe), never in iapas's. It imports no iapas package:
+it loads two torch-only files of ``iapas/testing`` by path (the tiny vocabulary, the seeded weights).
 
 Commands (each writes one npz or json file that iapas's side reads):
   resize-table OUT.json            the original Grounding DINO transform's output size for a
