@@ -23,6 +23,9 @@ from iapas.testing.reference_weights import (
 from tests.conftest import shared_data
 
 GOLDEN = Path(__file__).parent / "data" / "reference_golden"
+# about 50 s of CPU: ten forwards of a Grounding DINO at the real 800 px input size (its
+# d_model stays 256, as the original hard-codes) and three SAM encodings at 1024
+pytestmark = pytest.mark.slow
 MAX_FLIPS = 20  # per image; the goldens' run had at most 5
 
 
