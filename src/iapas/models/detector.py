@@ -62,6 +62,23 @@ def check_caption_length(caption: str, name_or_path: str) -> None:
         raise ValueError(caption_too_long(caption, tokens, name, max_tokens))
 
 
+def original_resized_shape(height: int, width: int, size: int, max_size: int) -> tuple[int, int]:
+    """(height, width) after the original Grounding DINO's resize (``RandomResize([size],
+    max_size)`` in its ``datasets/transforms.py``, its training and inference preprocessing): the
+    short side becomes ``size``, lowered to ``int(round(max_size * short / long))`` when the long
+    side would pass ``max_size``; the long side is then truncated from that rounded short side.
+    transformers' helper computes the long side from the unrounded short side, which differs by
+    one pixel for many capped shapes (250x700: 476x1332 here, 476x1333 there)."""
+    short, long = float(min(height, width)), float(max(height, width))
+    if long / short * size > max_size:
+        size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
 # config.json model types this adapter runs, and their transformers classes (same processor,
 # same outputs): Grounding DINO, and MM-Grounding-DINO (LLMDet checkpoints load as the latter).
 DETECTOR_MODEL_TYPES = {
@@ -74,8 +91,9 @@ class GroundingDinoDetector:
     """Adapter for ``GroundingDinoForObjectDetection`` and ``MMGroundingDinoForObjectDetection``
     (see :data:`DETECTOR_MODEL_TYPES`) behind :class:`iapas.models.Detector`.
 
-    The processor's own resize (shortest side 800, longest at most 1333 for the hub models) is
-    the method's; box scores are the maximum token probability; boxes are NOT clipped to the image
+    Images are resized by the original Grounding DINO's rule (:func:`original_resized_shape`)
+    with the processor's edges (shortest side 800, longest at most 1333 for the hub models), then
+    normalised as the processor does; box scores are the maximum token probability; boxes are NOT clipped to the image
     (a box may reach past its edges, as in the reference code, whose NMS, object size and size
     filter see the unclipped boxes; the pipeline clamps them only as SAM prompts).
     The caption's tokenisation is computed once per caption and reused across batches.
@@ -187,7 +205,13 @@ class GroundingDinoDetector:
         """The processor's resize/normalise/pad, on the device (shared by every caption)."""
         if self._fast_preprocessing():
             return self._pixels_fast(images)
-        pixel = self.processor.image_processor(images=list(images), return_tensors="pt")
+        ip = self.processor.image_processor
+        size = getattr(ip, "size", None)
+        explicit: dict[str, Any] = {}
+        if getattr(size, "shortest_edge", None) and getattr(size, "longest_edge", None):
+            h, w = self._resized_shape(images[0])  # one shape per call (see :meth:`_shape_groups`)
+            explicit["size"] = {"height": h, "width": w}  # the original's rule, not transformers'
+        pixel = ip(images=list(images), return_tensors="pt", **explicit)
         return {
             "pixel_values": pixel["pixel_values"].to(self.device, self.dtype),
             "pixel_mask": pixel["pixel_mask"].to(self.device),
@@ -275,15 +299,14 @@ class GroundingDinoDetector:
         return results
 
     def _resized_shape(self, image: np.ndarray) -> tuple[int, int]:
-        """The (height, width) the processor resizes ``image`` to (its own shape when unknown)."""
+        """The (height, width) ``image`` is resized to: the original Grounding DINO's rule
+        (:func:`original_resized_shape`) with the processor's shortest/longest edge; its own
+        shape when the processor has none."""
         size = getattr(self.processor.image_processor, "size", None)
         shortest, longest = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
         if not (shortest and longest):
             return int(image.shape[0]), int(image.shape[1])
-        from transformers.image_transforms import get_size_with_aspect_ratio
-
-        h, w = get_size_with_aspect_ratio(image.shape[:2], shortest, longest)
-        return int(h), int(w)
+        return original_resized_shape(int(image.shape[0]), int(image.shape[1]), int(shortest), int(longest))
 
     def _shape_groups(self, images: Sequence[np.ndarray]) -> list[list[int]]:
         """Indices of ``images`` grouped by resized shape, in first-seen order.

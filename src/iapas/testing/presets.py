@@ -12,8 +12,8 @@ random, so the outputs are noise: these folders are for measuring speed and memo
 cost without a download, never for judging quality.
 
 The Grounding DINO tokenizer is a stand-in for ``bert-base-uncased`` (which cannot be built
-offline): the real vocabulary size (30522) and special-token ids ([PAD] 0, [UNK] 100, [CLS] 101,
-[SEP] 102, [MASK] 103), the words of :data:`iapas.testing.TINY_WORDS`, letters and digits with
+offline): the real vocabulary size (30522) and ids of the special tokens and of the phrase
+delimiters ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, "." 1012, "?" 1029), the words of :data:`iapas.testing.TINY_WORDS`, letters and digits with
 their ``##`` forms, and ``[unusedN]`` fillers, so captions tokenise to about as many tokens.
 OWLv2's CLIP tokenizer is stood in for the same way: the real vocabulary size (49408) and
 start/end ids (49406, 49407), whole-word tokens for those words.
@@ -22,13 +22,12 @@ start/end ids (49406, 49407), whole-word tokens for those words.
 from __future__ import annotations
 
 import logging
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iapas.testing.tiny import TINY_WORDS
+from iapas.testing.tiny import TINY_WORDS, bert_base_shaped_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -246,16 +245,7 @@ def count_parameters(name: str) -> int:
 
 def stand_in_bert_vocab() -> dict[str, int]:
     """A ``bert-base-uncased``-shaped vocabulary (see the module docstring)."""
-    tokens: dict[int, str] = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
-    words = list(".,;:!?'\"-()/") + list(TINY_WORDS)
-    chars = string.ascii_lowercase + string.digits
-    words += list(chars) + [f"##{c}" for c in chars]
-    free = (i for i in range(1, BERT_VOCAB_SIZE) if i not in tokens)
-    for word in dict.fromkeys(words):
-        tokens[next(free)] = word
-    for i in free:
-        tokens[i] = f"[unused{i}]"
-    return {tokens[i]: i for i in range(BERT_VOCAB_SIZE)}
+    return bert_base_shaped_vocab(TINY_WORDS, BERT_VOCAB_SIZE)
 
 
 class Sam3ProcessorFiles:

@@ -20,16 +20,25 @@ TINY_WORDS: tuple[str, ...] = (
 )
 
 
-def _bert_vocab(words: tuple[str, ...]) -> dict[str, int]:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(".,;:!?'\"-()/")
-    tokens += list(words)
+# bert-base-uncased's ids of the tokens models rely on: transformers' Grounding DINO splits a
+# caption into phrases at [CLS], [SEP], "." and "?" by these very ids (its SPECIAL_TOKENS).
+BERT_BASE_IDS: dict[str, int] = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+TINY_BERT_VOCAB_SIZE = max(BERT_BASE_IDS.values()) + 1  # 1030: the smallest that holds them
+
+
+def bert_base_shaped_vocab(words: Sequence[str], size: int = TINY_BERT_VOCAB_SIZE) -> dict[str, int]:
+    """A WordPiece vocabulary of ``size`` ids with :data:`BERT_BASE_IDS` where bert-base-uncased
+    has them, then punctuation, ``words``, letters and digits with their ``##`` forms in the
+    free ids from 1 up, and ``[unusedN]`` fillers."""
+    tokens: dict[int, str] = {i: t for t, i in BERT_BASE_IDS.items()}
     chars = string.ascii_lowercase + string.digits
-    tokens += list(chars) + [f"##{c}" for c in chars]
-    seen: dict[str, int] = {}
-    for tok in tokens:
-        seen.setdefault(tok, len(seen))
-    return seen
+    rest = [*".,;:!?'\"-()/", *words, *chars, *(f"##{c}" for c in chars)]
+    free = (i for i in range(1, size) if i not in tokens)
+    for word in dict.fromkeys(t for t in rest if t not in BERT_BASE_IDS):
+        tokens[next(free)] = word
+    for i in free:
+        tokens[i] = f"[unused{i}]"
+    return {tokens[i]: i for i in range(size)}
 
 
 def make_tiny_grounding_dino(
@@ -58,7 +67,7 @@ def make_tiny_grounding_dino(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = BertTokenizer(vocab=_bert_vocab(TINY_WORDS), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab=bert_base_shaped_vocab(TINY_WORDS), do_lower_case=True)
     backbone = SwinConfig(
         embed_dim=16,
         depths=[1, 1, 1, 1],
