@@ -285,7 +285,7 @@ def evaluate_cmd(
         loader = get_dataset(name, root, **options)
         from iapas.evaluation.plan import select_categories
 
-        select_categories(loader, _split(categories), protocol)  # a wrong -c: one line, before any model loads
+        select_categories(loader, categories, protocol)  # a wrong -c: one line, before any model loads
         if not restart:  # refuse a conflicting folder before spending time on loading models
             check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
         if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models
