@@ -79,13 +79,14 @@ def test_cli_json_on_mtd() -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "dataset": "mtd",
-        "protocol": "paper",  # evaluate's default; the same as full on MTD
+        "protocol": "paper",  # evaluate's default: MTD has no train split, so no calibration images under paper
         "categories": {
             "magnetic_tile": {
                 "references": 10,
                 "test": 1334,
                 "anomalous": 392,
                 "with_mask": 392,
+                "calibration": 0,
                 "defect_types": ["Blowhole", "Break", "Crack", "Fray", "Uneven"],
             }
         },
