@@ -26,6 +26,7 @@ from typing import Any
 
 from iapas.decision import Decision, ImageDecision
 from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, precision_signature, run_items
+from iapas.models.fingerprint import pipeline_identity
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -114,8 +115,7 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "nms_iou": cfg.nms_iou,
         "size_filter": cfg.size_filter,
         "fuse_object_detection": cfg.fuse_object_detection,
-        "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
-        "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+        **pipeline_identity(pipeline),  # names (informative) and fingerprints (compared), see iapas.models.fingerprint
         **precision_signature(pipeline),
         # compiled models agree only to float rounding: a resumed run must not mix them (absent when
         # off, so the signatures of earlier runs still match)

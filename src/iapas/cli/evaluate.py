@@ -64,16 +64,21 @@ def _joint_detector(detector: str) -> bool:
 def _model_names(
     detector: str, segmenter: str, device: str, dtype: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> dict[str, Any]:
-    """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded."""
-    from iapas.models.detector import DETECTOR_CHOICES
+    """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded: the
+    models' fingerprints are computed from their folders or hub ids, without loading them (a
+    model folder that does not exist raises ModelLoadError)."""
+    from iapas.models.fingerprint import model_identity
     from iapas.models.loading import resolve_device, resolve_dtype
-    from iapas.models.segmenter import SEGMENTER_CHOICES
+    from iapas.models.registry import resolve
     from iapas.pipeline import NoSegmenter, PipelineConfig
 
     resolved = resolve_device(device)
     return {
-        "detector": DETECTOR_CHOICES.get(detector, detector),
-        "segmenter": NoSegmenter.name if _joint_detector(detector) else SEGMENTER_CHOICES.get(segmenter, segmenter),
+        **model_identity(
+            resolve("detector", detector),
+            NoSegmenter.name if _joint_detector(detector) else resolve("segmenter", segmenter),
+            strict=True,
+        ),
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,
@@ -258,6 +263,7 @@ def evaluate_cmd(
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
+    from iapas.models.loading import ModelLoadError
 
     try:
         from iapas.data import DatasetError, canonical_name, get_dataset
@@ -272,7 +278,7 @@ def evaluate_cmd(
             from iapas.models.detector import check_caption_length
 
             check_caption_length(caption, detector)
-    except (DatasetError, ValueError, RunConflictError) as exc:
+    except (DatasetError, ValueError, RunConflictError, ModelLoadError) as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)

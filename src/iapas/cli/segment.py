@@ -189,13 +189,18 @@ def segment_cmd(
 
 
 def warn_if_other_settings(decision: "Decision", signature: dict) -> None:  # noqa: F821
-    """The threshold holds for the models and settings it was calibrated with: say when they differ."""
+    """The threshold holds for the models and settings it was calibrated with: say when they
+    differ (models by fingerprint, whatever their paths; see :mod:`iapas.models.fingerprint`)."""
+    from rich.markup import escape
+
+    from iapas.models.fingerprint import signature_diff
+
     if not decision.signature:
         return
-    changed = sorted(k for k in set(signature) | set(decision.signature) if decision.signature.get(k) != signature.get(k))
-    if changed:
+    diff = signature_diff(decision.signature, signature)
+    if diff:
         console.print(
-            f"[yellow]warning[/]: the profile's threshold was calibrated with other settings ({', '.join(changed)}); "
+            f"[yellow]warning[/]: the profile's threshold was calibrated on results {escape(diff.describe())}; "
             "its false-alarm rate does not hold for this run: run 'iapas calibrate' again with these settings",
             soft_wrap=True, highlight=False,
         )
