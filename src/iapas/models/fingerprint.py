@@ -178,10 +178,12 @@ def model_fingerprint(name_or_path: str, *, strict: bool = False, what: str = "m
 def model_identity(detector: str, segmenter: str, *, strict: bool = False) -> dict[str, str]:
     """The models of a signature: each one's name (informative) and fingerprint (compared).
     ``detector`` and ``segmenter`` are hub ids or folders (registry names resolved), or
-    ``'none'`` for no segmenter. The one place a signature's model identity is made."""
+    ``'none'`` for no segmenter; a folder's name is recorded as its absolute path (to say
+    where the model of a refused run was). The one place a signature's model identity is made."""
     identity: dict[str, str] = {}
     for kind, name in zip(KINDS, (detector, segmenter)):
-        identity[kind] = name
+        folder = Path(name).expanduser()
+        identity[kind] = os.path.abspath(folder) if name != NO_SEGMENTER and folder.is_dir() else name
         identity[f"{kind}_fingerprint"] = NO_SEGMENTER if kind == "segmenter" and name == NO_SEGMENTER else (
             model_fingerprint(name, strict=strict, what=kind)
         )
