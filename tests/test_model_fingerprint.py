@@ -185,3 +185,35 @@ def test_signatures_differ_by_fingerprint_not_by_path():
     legacy = {"caption": "a .", "detector": "models/gdino", "segmenter": "sam"}
     assert signature_diff(legacy, old).older and signature_diff(legacy, old).describe() == OLDER
     assert signature_diff({**old, "compile": True}, old).changed == ["compile"]  # a key only the record has counts
+
+
+def test_a_folder_that_is_no_model_is_not_hashed_and_an_unreadable_file_is_no_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``evaluate --detector ~/Downloads`` must not read gigabytes before saying it is no model."""
+    from iapas.cli.evaluate import _model_names
+    from iapas.models.loading import ModelLoadError
+
+    downloads = tmp_path / "Downloads"
+    downloads.mkdir()
+    (downloads / "disk.iso").write_bytes(b"\0" * 1000)
+    calls: list[Path] = []
+    monkeypatch.setattr(fingerprint, "hash_file", lambda p: calls.append(p) or "x")
+    seg = model_folder(tmp_path / "seg")
+    with pytest.raises(ModelLoadError, match=rf"^detector: {downloads} has no config.json; expected a model folder$"):
+        _model_names(str(downloads), str(seg), "cpu", "float32", 0.35, 0.25, False)
+    assert model_fingerprint(str(downloads)) == f"name:{downloads}" and calls == []
+
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    real = fingerprint.file_sha256
+
+    def unreadable(path, cache=None):
+        if Path(path).name == "tokenizer.json":
+            raise PermissionError(13, "Permission denied")
+        return real(path, cache)
+
+    monkeypatch.setattr(fingerprint, "file_sha256", unreadable)
+    lines = "".join(f"{n}\t{hashlib.sha256((seg / n).read_bytes()).hexdigest()}\n" for n in ("config.json", "model.safetensors"))
+    lines += "tokenizer.json\tunreadable (Permission denied)\n"
+    assert model_fingerprint(str(seg)) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()

@@ -121,7 +121,11 @@ def folder_fingerprint(folder: str | Path) -> str:
     before = dict(cache)
     manifest = hashlib.sha256()
     for path in model_files(folder):
-        manifest.update(f"{path.name}\t{file_sha256(path, cache)}\n".encode())
+        try:
+            digest = file_sha256(path, cache)
+        except OSError as exc:  # what the loader cannot read either: known by the error, not skipped
+            digest = f"unreadable ({exc.strerror or type(exc).__name__})"
+        manifest.update(f"{path.name}\t{digest}\n".encode())
     if cache != before:  # keep what another process cached meanwhile
         _write_cache(where, {**_read_cache(where), **{k: v for k, v in cache.items() if before.get(k) != v}})
     return f"sha256:{manifest.hexdigest()}"
@@ -156,17 +160,23 @@ def hub_revision(repo_id: str) -> str | None:
 
 def model_fingerprint(name_or_path: str, *, strict: bool = False, what: str = "model") -> str:
     """What the model ``name_or_path`` (a folder or a hub id, as given to the loader) is, by
-    content (see the module docstring). ``strict``: a path that names no existing folder raises
+    content (see the module docstring). A folder without ``config.json`` is not hashed (it is no
+    model folder: loading it fails). ``strict``: a path that names no model folder raises
     :class:`~iapas.models.loading.ModelLoadError` (as loading it would) instead of being
     identified by its name."""
     from iapas.models.loading import ModelLoadError, looks_like_local_path
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        try:
-            return folder_fingerprint(path)
-        except OSError as exc:
-            raise ModelLoadError(f"{what}: cannot read the model folder {name_or_path} to fingerprint it: {exc}") from exc
+        problem = None if (path / "config.json").is_file() else f"{path} has no config.json; expected a model folder"
+        if problem is None:
+            try:
+                return folder_fingerprint(path)
+            except OSError as exc:
+                problem = f"cannot read the model folder {path}: {exc}"
+        if strict:
+            raise ModelLoadError(f"{what}: {problem}")
+        return f"name:{os.path.abspath(path)}"
     if looks_like_local_path(name_or_path):
         if strict:
             raise ModelLoadError(f"{what}: model folder {name_or_path} does not exist")
