@@ -26,6 +26,7 @@ from typing import Any
 
 from iapas.decision import Decision, ImageDecision
 from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, precision_signature, run_items
+from iapas.models.fingerprint import pipeline_identity
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -33,7 +34,6 @@ from iapas.io import (
     clean_stale_temp_files,
     file_stamp,
 )
-from iapas.models.fingerprint import pipeline_identity
 from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
