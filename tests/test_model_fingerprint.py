@@ -217,3 +217,28 @@ def test_a_folder_that_is_no_model_is_not_hashed_and_an_unreadable_file_is_no_tr
     lines = "".join(f"{n}\t{hashlib.sha256((seg / n).read_bytes()).hexdigest()}\n" for n in ("config.json", "model.safetensors"))
     lines += "tokenizer.json\tunreadable (Permission denied)\n"
     assert model_fingerprint(str(seg)) == "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_an_evaluation_folder_of_an_older_iapas_or_without_run_file_is_refused(tmp_path: Path):
+    from iapas.evaluation.runfolder import check_existing_run
+    from iapas.runner import RunConflictError
+
+    out = tmp_path / "eval"
+    (out / "predictions").mkdir(parents=True)
+    (out / "predictions" / "alpha.jsonl").write_text('{"key": "a"}\n')
+    now = {"dataset": "mvtec", "seed": 0, "detector": "/m/gdino", "detector_fingerprint": "sha256:" + "1" * 64,
+           "segmenter": "/m/sam", "segmenter_fingerprint": "sha256:" + "2" * 64}
+    advice = "use another --out folder, or --restart to discard them"
+    with pytest.raises(RunConflictError) as missing:
+        check_existing_run(out, now)
+    assert str(missing.value) == f"{out} holds predictions but no readable run.json signature; {advice}"
+    (out / "run.json").write_text(json.dumps({"signature": {"dataset": "mvtec", "seed": 0, "detector": "models/gdino", "segmenter": "sam"}}))
+    with pytest.raises(RunConflictError) as older:
+        check_existing_run(out, now)
+    assert str(older.value) == f"{out} holds results made by an older iapas without model fingerprints; {advice}"
+    (out / "run.json").write_text(json.dumps({"signature": {**now, "detector": "elsewhere/gdino", "seed": 1}}))
+    with pytest.raises(RunConflictError) as seed:  # another path alone is no conflict; the seed is
+        check_existing_run(out, now)
+    assert str(seed.value) == f"{out} holds results made with other settings (seed: 1 -> 0); {advice}"
+    (out / "run.json").write_text(json.dumps({"signature": {**now, "detector": "elsewhere/gdino"}}))
+    check_existing_run(out, now)
