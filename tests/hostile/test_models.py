@@ -331,12 +331,23 @@ def test_a_profile_calibrated_with_other_weights_warns_at_segment(lab: Lab, tmp_
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     profile = Path(shutil.copy(lab.profile, tmp_path / "part.yaml"))
     monkeypatch.chdir(lab.w1)
-    calibrated = runner.invoke(app, ["calibrate", "--profile", str(profile), "--normal", str(lab.image), "--false-alarm-rate", "0.5",
-                                     "--out", str(tmp_path / "cal"), "--detector", "models/gdino", "--segmenter", "models/sam",
-                                     "--device", "cpu"])
+    calibrate_args = ["calibrate", "--normal", str(lab.image), "--false-alarm-rate", "0.5", "--out", str(tmp_path / "cal"),
+                      "--detector", "models/gdino", "--segmenter", "models/sam", "--device", "cpu"]
+    calibrated = runner.invoke(app, [*calibrate_args, "--profile", str(profile)])
     assert calibrated.exit_code == 0, calibrated.output
     signature = Profile.load(profile).decision.signature
     assert signature["detector_fingerprint"] == fingerprint(lab.w1 / "models/gdino")
+    # its stage 2 results of an older iapas: refused, with an option calibrate has; --restart redoes them
+    cal = tmp_path / "cal"
+    run = json.loads((cal / "run.json").read_text())
+    del run["signature"]["detector_fingerprint"], run["signature"]["segmenter_fingerprint"]
+    (cal / "run.json").write_text(json.dumps(run))
+    before = snapshot(cal)
+    again = runner.invoke(app, [*calibrate_args, "--profile", str(profile)])
+    assert_refused(again, f"error: {cal} holds results made by an older iapas without model fingerprints; {ADVICE}", cal, before)
+    restarted = runner.invoke(app, [*calibrate_args, "--profile", str(profile), "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert "detector_fingerprint" in json.loads((cal / "run.json").read_text())["signature"]
     assert signature["segmenter_fingerprint"] == fingerprint(lab.w1 / "models/sam")
     warning = "warning: the profile's threshold was calibrated on results made with another detector"
 
