@@ -52,23 +52,20 @@ def short(folder: Path) -> str:
     return fingerprint(folder)[: len("sha256:") + 12]
 
 
-def segment(cwd: Path, out: Path, detector: str = "models/gdino", segmenter: str = "models/sam", *extra: str, profile: Path | None = None):
+def segment(lab: Lab, cwd: Path, out: Path, detector: str = "models/gdino", segmenter: str = "models/sam", *extra: str,
+            profile: Path | None = None):
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        args = ["segment", str(LAB.image), "--profile", str(profile or LAB.profile), "--out", str(out),
+        args = ["segment", str(lab.image), "--profile", str(profile or lab.profile), "--out", str(out),
                 "--detector", detector, "--segmenter", segmenter, "--device", "cpu", *extra]
         return runner.invoke(app, args, env={"COLUMNS": "200"})
     finally:
         os.chdir(old)
 
 
-LAB: Lab  # set by the lab fixture (segment() reads the image and profile from it)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Lab:
-    global LAB
     from iapas.testing.tiny import make_tiny_grounding_dino, make_tiny_sam
 
     root = tmp_path_factory.mktemp("lab")
@@ -83,10 +80,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) 
         image = root / "img" / "part.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(image)
         profile = Profile.from_prompts("part", "part", ["scratch"]).save(root / "part.yaml")
-        LAB = Lab(root, root / "w1", root / "w2", other_sam, image, profile, root / "out")
-        first = segment(LAB.w1, LAB.out)
+        lab = Lab(root, root / "w1", root / "w2", other_sam, image, profile, root / "out")
+        first = segment(lab, lab.w1, lab.out)
         assert first.exit_code == 0, first.output
-    return LAB
+    return lab
 
 
 @pytest.fixture()
@@ -130,7 +127,7 @@ def assert_resumed(result, out: Path, before: dict) -> None:
 
 def test_the_same_relative_folder_in_another_directory_with_other_weights_is_refused(lab: Lab, out: Path):
     before = snapshot(out)
-    result = segment(lab.w2, out)
+    result = segment(lab, lab.w2, out)
     expected = refused_model(out, "detector", str(lab.w2 / "models/gdino"), lab.w2 / "models/gdino",
                              str(lab.w1 / "models/gdino"), lab.w1 / "models/gdino")
     assert_refused(result, expected, out, before)
@@ -139,9 +136,9 @@ def test_the_same_relative_folder_in_another_directory_with_other_weights_is_ref
 
 def test_the_same_weights_by_absolute_path_or_from_another_directory_resume(lab: Lab, out: Path):
     before = snapshot(out)
-    assert_resumed(segment(lab.root, out, str(lab.w1 / "models/gdino"), str(lab.w1 / "models/sam")), out, before)
+    assert_resumed(segment(lab, lab.root, out, str(lab.w1 / "models/gdino"), str(lab.w1 / "models/sam")), out, before)
     (lab.w1 / "sub").mkdir(exist_ok=True)
-    assert_resumed(segment(lab.w1 / "sub", out, "../models/gdino", "../models/sam"), out, before)
+    assert_resumed(segment(lab, lab.w1 / "sub", out, "../models/gdino", "../models/sam"), out, before)
     assert json.loads((out / "run.json").read_text())["signature"]["detector"] == str(lab.w1 / "models/gdino")
 
 
@@ -151,7 +148,7 @@ def test_a_copied_folder_with_a_model_card_and_download_metadata_resumes(lab: La
     (copy / "gdino" / ".cache" / "huggingface").mkdir(parents=True)  # what 'hf download --local-dir' leaves
     (copy / "gdino" / ".cache" / "huggingface" / ".gitignore").write_text("*\n")
     before = snapshot(out)
-    assert_resumed(segment(tmp_path / "elsewhere", out), out, before)
+    assert_resumed(segment(lab, tmp_path / "elsewhere", out), out, before)
     assert json.loads((out / "run.json").read_text())["signature"]["detector"] == str(copy / "gdino")
 
 
@@ -163,7 +160,7 @@ def test_weights_overwritten_in_place_are_refused(lab: Lab, out: Path, tmp_path:
     (models / "gdino" / "model.safetensors").write_bytes((lab.w2 / "models/gdino/model.safetensors").read_bytes())
     before = snapshot(out)
     expected = refused_model(out, "detector", str(models / "gdino"), models / "gdino", str(lab.w1 / "models/gdino"), lab.w1 / "models/gdino")
-    assert_refused(segment(tmp_path / "w", out), expected, out, before)
+    assert_refused(segment(lab, tmp_path / "w", out), expected, out, before)
 
 
 def test_weights_swapped_with_size_and_modification_time_kept_are_refused(lab: Lab, out: Path, tmp_path: Path):
@@ -174,7 +171,7 @@ def test_weights_swapped_with_size_and_modification_time_kept_are_refused(lab: L
     models = Path(shutil.copytree(lab.w1 / "models", tmp_path / "w" / "models"))
     weights = models / "gdino" / "model.safetensors"
     before = snapshot(out)
-    assert_resumed(segment(tmp_path / "w", out), out, before)  # its hash is in the cache now
+    assert_resumed(segment(lab, tmp_path / "w", out), out, before)  # its hash is in the cache now
     before = snapshot(out)
     other = (lab.w2 / "models/gdino/model.safetensors").read_bytes()
     stat = weights.stat()
@@ -186,7 +183,7 @@ def test_weights_swapped_with_size_and_modification_time_kept_are_refused(lab: L
     assert (weights.stat().st_size, weights.stat().st_mtime_ns, weights.stat().st_ino) == (stat.st_size, stat.st_mtime_ns, stat.st_ino)
     # the resumed run recorded this folder's path; the weights it recorded are w1's
     expected = refused_model(out, "detector", str(models / "gdino"), models / "gdino", str(models / "gdino"), lab.w1 / "models/gdino")
-    assert_refused(segment(tmp_path / "w", out), expected, out, before)
+    assert_refused(segment(lab, tmp_path / "w", out), expected, out, before)
 
 
 def test_an_edited_processor_config_is_another_model(lab: Lab, out: Path, tmp_path: Path):
@@ -197,7 +194,7 @@ def test_an_edited_processor_config_is_another_model(lab: Lab, out: Path, tmp_pa
     config.write_text(json.dumps(data))
     before = snapshot(out)
     expected = refused_model(out, "detector", str(models / "gdino"), models / "gdino", str(lab.w1 / "models/gdino"), lab.w1 / "models/gdino")
-    assert_refused(segment(tmp_path / "w", out), expected, out, before)
+    assert_refused(segment(lab, tmp_path / "w", out), expected, out, before)
 
 
 def test_a_symlink_pointed_at_other_weights_is_refused(lab: Lab, out: Path, tmp_path: Path):
@@ -206,7 +203,7 @@ def test_a_symlink_pointed_at_other_weights_is_refused(lab: Lab, out: Path, tmp_
     link.symlink_to(lab.w2 / "models/gdino", target_is_directory=True)
     before = snapshot(out)
     expected = refused_model(out, "detector", str(link), lab.w2 / "models/gdino", str(lab.w1 / "models/gdino"), lab.w1 / "models/gdino")
-    assert_refused(segment(tmp_path / "w", out, "models/gdino", str(lab.w1 / "models/sam")), expected, out, before)
+    assert_refused(segment(lab, tmp_path / "w", out, "models/gdino", str(lab.w1 / "models/sam")), expected, out, before)
 
 
 def test_other_segmenter_weights_under_the_same_name_are_refused(lab: Lab, out: Path, tmp_path: Path):
@@ -215,7 +212,7 @@ def test_other_segmenter_weights_under_the_same_name_are_refused(lab: Lab, out: 
     shutil.copytree(lab.other_sam, models / "sam")
     before = snapshot(out)
     expected = refused_model(out, "segmenter", str(models / "sam"), models / "sam", str(lab.w1 / "models/sam"), lab.w1 / "models/sam")
-    assert_refused(segment(tmp_path / "w", out), expected, out, before)
+    assert_refused(segment(lab, tmp_path / "w", out), expected, out, before)
 
 
 # --- hand-edited or missing run files -----------------------------------------------------------------------
@@ -229,8 +226,8 @@ def test_a_run_of_an_older_iapas_is_refused_until_restarted(lab: Lab, out: Path)
     (out / "run.json").write_text(json.dumps(run))
     before = snapshot(out)
     expected = f"error: {out} holds results made by an older iapas without model fingerprints; {ADVICE}"
-    assert_refused(segment(lab.w1, out), expected, out, before)
-    restarted = segment(lab.w1, out, "models/gdino", "models/sam", "--restart")
+    assert_refused(segment(lab, lab.w1, out), expected, out, before)
+    restarted = segment(lab, lab.w1, out, "models/gdino", "models/sam", "--restart")
     assert restarted.exit_code == 0 and "segmented now          │ 1" in restarted.output, restarted.output
     signature = json.loads((out / "run.json").read_text())["signature"]
     assert signature["detector_fingerprint"] == fingerprint(lab.w1 / "models/gdino")
@@ -240,14 +237,14 @@ def test_a_run_of_an_older_iapas_is_refused_until_restarted(lab: Lab, out: Path)
 def test_results_without_their_run_file_are_refused(lab: Lab, out: Path):
     (out / "run.json").unlink()
     before = snapshot(out)
-    assert_refused(segment(lab.w2, out), f"error: {out} holds results but no run.json saying what made them; {ADVICE}", out, before)
+    assert_refused(segment(lab, lab.w2, out), f"error: {out} holds results but no run.json saying what made them; {ADVICE}", out, before)
 
 
 @pytest.mark.parametrize("text", ["[]", '{"signature": "models/gdino"}', '{"signature": {"detector"', ""])
 def test_an_unreadable_run_file_is_refused_in_one_line(lab: Lab, out: Path, text: str):
     (out / "run.json").write_text(text)
     before = snapshot(out)
-    assert_refused(segment(lab.w2, out), f"error: {out / 'run.json'}: unreadable, no signature of its results; {ADVICE}", out, before)
+    assert_refused(segment(lab, lab.w2, out), f"error: {out / 'run.json'}: unreadable, no signature of its results; {ADVICE}", out, before)
 
 
 def test_a_forged_empty_fingerprint_is_another_model(lab: Lab, out: Path):
@@ -257,7 +254,7 @@ def test_a_forged_empty_fingerprint_is_another_model(lab: Lab, out: Path):
     before = snapshot(out)
     expected = (f"error: {out} holds results made with another detector: {lab.w1 / 'models/gdino'} ({short(lab.w1 / 'models/gdino')}) "
                 f"is not the model its results were made with ({lab.w1 / 'models/gdino'}, None); {ADVICE}")
-    assert_refused(segment(lab.w1, out), expected, out, before)
+    assert_refused(segment(lab, lab.w1, out), expected, out, before)
 
 
 # --- evaluate, bench, the station's store, a calibrated profile ------------------------------------------
@@ -351,9 +348,9 @@ def test_a_profile_calibrated_with_other_weights_warns_at_segment(lab: Lab, tmp_
     assert signature["segmenter_fingerprint"] == fingerprint(lab.w1 / "models/sam")
     warning = "warning: the profile's threshold was calibrated on results made with another detector"
 
-    same = segment(lab.root, tmp_path / "a", str(lab.w1 / "models/gdino"), str(lab.w1 / "models/sam"), profile=profile)
+    same = segment(lab, lab.root, tmp_path / "a", str(lab.w1 / "models/gdino"), str(lab.w1 / "models/sam"), profile=profile)
     assert same.exit_code == 0 and "warning" not in same.output, same.output
-    other = segment(lab.w2, tmp_path / "b", profile=profile)
+    other = segment(lab, lab.w2, tmp_path / "b", profile=profile)
     assert other.exit_code == 0, other.output
     text = " ".join(other.output.split())
     assert (f"{warning}: {lab.w2 / 'models/gdino'} ({short(lab.w2 / 'models/gdino')}) is not the model its results were made with "
@@ -362,7 +359,7 @@ def test_a_profile_calibrated_with_other_weights_warns_at_segment(lab: Lab, tmp_
     old = Profile.load(profile)  # calibrated by an iapas without fingerprints
     del old.decision.signature["detector_fingerprint"], old.decision.signature["segmenter_fingerprint"]
     old.save(profile)
-    legacy = segment(lab.w1, tmp_path / "c", profile=profile)
+    legacy = segment(lab, lab.w1, tmp_path / "c", profile=profile)
     assert legacy.exit_code == 0, legacy.output
     assert ("warning: the profile's threshold was calibrated on results made by an older iapas without model fingerprints; "
             "its false-alarm rate does not hold") in " ".join(legacy.output.split())
