@@ -123,6 +123,24 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
     }
 
 
+def check_models(out_dir: Path, detector: str, segmenter: str) -> None:
+    """Refuse, before any model is loaded, a run folder whose results were made with other models
+    (by fingerprint, whatever the paths) or by an older iapas: :func:`check_signature` of the
+    recorded signature with these models in it. Other settings, an unreadable run.json and a
+    model folder that does not exist are left to the full check and to loading."""
+    from iapas.models.fingerprint import named_identity
+    from iapas.models.loading import ModelLoadError
+
+    run_file = out_dir / RUN_FILE
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8")).get("signature")
+        models = named_identity(detector, segmenter, strict=True)
+    except (OSError, ValueError, AttributeError, ModelLoadError):
+        return
+    if isinstance(previous, dict):
+        check_signature(run_file, ResultsLog(out_dir / RESULTS_FILE), {**previous, **models}, out_dir)
+
+
 @dataclass
 class SegmentJob(PlainJob):
     """What ``segment`` writes per image (:class:`iapas.engine.Job`): ``maps/``, ``masks/``,

@@ -131,6 +131,7 @@ def test_the_same_relative_folder_in_another_directory_with_other_weights_is_ref
     expected = refused_model(out, "detector", str(lab.w2 / "models/gdino"), lab.w2 / "models/gdino",
                              str(lab.w1 / "models/gdino"), lab.w1 / "models/gdino")
     assert_refused(result, expected, out, before)
+    assert "loaded" not in result.output, "refused before loading the models"
     assert fingerprint(lab.w1 / "models/gdino") != fingerprint(lab.w2 / "models/gdino")
 
 

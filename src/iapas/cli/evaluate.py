@@ -49,36 +49,19 @@ def _calibration_count(n: int | None, rate: float) -> int:
     return images_needed(rate) if n is None else n
 
 
-def _joint_detector(detector: str) -> bool:
-    """Whether ``detector`` segments too (SAM 3: no segmenter runs, recorded as 'none'); False
-    when its config cannot be read (loading it reports why)."""
-    from iapas.models.factory import returns_masks
-    from iapas.models.loading import ModelLoadError
-
-    try:
-        return returns_masks(detector)
-    except (ModelLoadError, OSError, ValueError):
-        return False
-
-
 def _model_names(
     detector: str, segmenter: str, device: str, dtype: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> dict[str, Any]:
     """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded: the
     models' fingerprints are computed from their folders or hub ids, without loading them (a
     model folder that does not exist raises ModelLoadError)."""
-    from iapas.models.fingerprint import model_identity
+    from iapas.models.fingerprint import named_identity
     from iapas.models.loading import resolve_device, resolve_dtype
-    from iapas.models.registry import resolve
-    from iapas.pipeline import NoSegmenter, PipelineConfig
+    from iapas.pipeline import PipelineConfig
 
     resolved = resolve_device(device)
     return {
-        **model_identity(
-            resolve("detector", detector),
-            NoSegmenter.name if _joint_detector(detector) else resolve("segmenter", segmenter),
-            strict=True,
-        ),
+        **named_identity(detector, segmenter, strict=True),
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,

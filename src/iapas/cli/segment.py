@@ -87,7 +87,7 @@ def segment_cmd(
     from iapas.profile import Profile, ProfileError
     from iapas.decision import Decision
     from iapas.engine import EngineError
-    from iapas.runner import RunConflictError, run_segmentation, run_signature
+    from iapas.runner import RunConflictError, check_models, run_segmentation, run_signature
 
     profile = None
     if profile_path is not None:
@@ -139,6 +139,11 @@ def segment_cmd(
         try:
             check_caption_length(profile.caption, detector)
         except ValueError as exc:
+            raise fail(str(exc)) from None
+    if not restart:  # results of other models: refused before loading these
+        try:
+            check_models(out, detector, segmenter)
+        except RunConflictError as exc:
             raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
     try:

@@ -200,6 +200,23 @@ def model_identity(detector: str, segmenter: str, *, strict: bool = False) -> di
     return identity
 
 
+def named_identity(detector: str, segmenter: str, *, strict: bool = False) -> dict[str, str]:
+    """:func:`model_identity` of the models a command line names, before loading them: registry
+    names resolved, and a joint detector's segmenter ``'none'`` (SAM 3 segments itself; a
+    detector whose config cannot be read counts as not joint: loading it reports why)."""
+    from iapas.models import registry
+    from iapas.models.factory import returns_masks
+    from iapas.models.loading import ModelLoadError
+
+    try:
+        joint = returns_masks(detector)
+    except (ModelLoadError, OSError, ValueError):
+        joint = False
+    return model_identity(
+        registry.resolve("detector", detector), NO_SEGMENTER if joint else registry.resolve("segmenter", segmenter), strict=strict
+    )
+
+
 def pipeline_identity(pipeline: Any) -> dict[str, str]:
     """:func:`model_identity` of a pipeline's loaded models (by the names they were loaded from)."""
     names = [getattr(model, "name", type(model).__name__) for model in (pipeline.detector, pipeline.segmenter)]
