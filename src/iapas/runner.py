@@ -126,19 +126,23 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
 def check_models(out_dir: Path, detector: str, segmenter: str) -> None:
     """Refuse, before any model is loaded, a run folder whose results were made with other models
     (by fingerprint, whatever the paths) or by an older iapas: :func:`check_signature` of the
-    recorded signature with these models in it. Other settings, an unreadable run.json and a
-    model folder that does not exist are left to the full check and to loading."""
-    from iapas.models.fingerprint import named_identity
+    recorded signature with these models in it. Only models known by content (a folder, a cached
+    hub revision) are compared here: what a hub id not in the cache loads is known once loaded.
+    Other settings, an unreadable run.json and a model folder that does not exist are left to
+    the full check and to loading."""
+    from iapas.models.fingerprint import KINDS, named_identity
     from iapas.models.loading import ModelLoadError
 
     run_file = out_dir / RUN_FILE
     try:
         previous = json.loads(run_file.read_text(encoding="utf-8")).get("signature")
-        models = named_identity(detector, segmenter, strict=True)
+        identity = named_identity(detector, segmenter, strict=True)
     except (OSError, ValueError, AttributeError, ModelLoadError):
         return
-    if isinstance(previous, dict):
-        check_signature(run_file, ResultsLog(out_dir / RESULTS_FILE), {**previous, **models}, out_dir)
+    known = {key: identity[key] for kind in KINDS if not identity[f"{kind}_fingerprint"].startswith("name:")
+             for key in (kind, f"{kind}_fingerprint")}
+    if isinstance(previous, dict) and known:
+        check_signature(run_file, ResultsLog(out_dir / RESULTS_FILE), {**previous, **known}, out_dir)
 
 
 @dataclass
