@@ -26,6 +26,7 @@ from typing import Any
 
 from iapas.decision import Decision, ImageDecision
 from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, precision_signature, run_items
+from iapas.models.fingerprint import pipeline_identity
 from iapas.io import (
     DEFAULT_MAX_PIXELS,
     LoadedImage,
@@ -115,13 +116,34 @@ def run_signature(pipeline: Pipeline, profile: Profile | None) -> dict[str, Any]
         "nms_iou": cfg.nms_iou,
         "size_filter": cfg.size_filter,
         "fuse_object_detection": cfg.fuse_object_detection,
-        "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
-        "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+        **pipeline_identity(pipeline),  # names (informative) and fingerprints (compared), see iapas.models.fingerprint
         **precision_signature(pipeline),
         # compiled models agree only to float rounding: a resumed run must not mix them (absent when
         # off, so the signatures of earlier runs still match)
         **({"compile": True} if getattr(cfg, "compile", False) else {}),
     }
+
+
+def check_models(out_dir: Path, detector: str, segmenter: str) -> None:
+    """Refuse, before any model is loaded, a run folder whose results were made with other models
+    (by fingerprint, whatever the paths) or by an older iapas: :func:`check_signature` of the
+    recorded signature with these models in it. Only models known by content (a folder, a cached
+    hub revision) are compared here: what a hub id not in the cache loads is known once loaded.
+    Other settings, an unreadable run.json and a model folder that does not exist are left to
+    the full check and to loading."""
+    from iapas.models.fingerprint import KINDS, named_identity
+    from iapas.models.loading import ModelLoadError
+
+    run_file = out_dir / RUN_FILE
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8")).get("signature")
+        identity = named_identity(detector, segmenter, strict=True)
+    except (OSError, ValueError, AttributeError, ModelLoadError):
+        return
+    known = {key: identity[key] for kind in KINDS if not identity[f"{kind}_fingerprint"].startswith("name:")
+             for key in (kind, f"{kind}_fingerprint")}
+    if isinstance(previous, dict) and known:
+        check_signature(run_file, ResultsLog(out_dir / RESULTS_FILE), {**previous, **known}, out_dir)
 
 
 @dataclass

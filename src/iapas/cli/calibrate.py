@@ -48,6 +48,9 @@ def calibrate_cmd(
         False, "--fuse-object-detection", help="As for 'iapas segment' (not the paper's method)."
     ),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images with more pixels than this."),
+    restart: bool = typer.Option(
+        False, "--restart", help="Discard the stage 2 results already in --out (e.g. made with other models) and segment again."
+    ),
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -141,6 +144,7 @@ def calibrate_cmd(
         try:
             summary = run_segmentation(  # no decision: the records keep the raw scores and maps
                 run_paths, pipeline, profile, run_out, batch_size=batch_size, max_pixels=max_pixels, roots=roots,
+                restart=restart,
             )
         except (RunConflictError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None

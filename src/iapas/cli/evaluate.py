@@ -51,31 +51,19 @@ def _calibration_count(n: int | None, rate: float) -> int:
     return images_needed(rate) if n is None else n
 
 
-def _joint_detector(detector: str) -> bool:
-    """Whether ``detector`` segments too (SAM 3: no segmenter runs, recorded as 'none'); False
-    when its config cannot be read (loading it reports why)."""
-    from iapas.models.factory import returns_masks
-    from iapas.models.loading import ModelLoadError
-
-    try:
-        return returns_masks(detector)
-    except (ModelLoadError, OSError, ValueError):
-        return False
-
-
 def _model_names(
     detector: str, segmenter: str, device: str, dtype: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> dict[str, Any]:
-    """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded."""
-    from iapas.models.detector import DETECTOR_CHOICES
+    """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded: the
+    models' fingerprints are computed from their folders or hub ids, without loading them (a
+    model folder that does not exist raises ModelLoadError)."""
+    from iapas.models.fingerprint import named_identity
     from iapas.models.loading import resolve_device, resolve_dtype
-    from iapas.models.segmenter import SEGMENTER_CHOICES
-    from iapas.pipeline import NoSegmenter, PipelineConfig
+    from iapas.pipeline import PipelineConfig
 
     resolved = resolve_device(device)
     return {
-        "detector": DETECTOR_CHOICES.get(detector, detector),
-        "segmenter": NoSegmenter.name if _joint_detector(detector) else SEGMENTER_CHOICES.get(segmenter, segmenter),
+        **named_identity(detector, segmenter, strict=True),
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,
@@ -276,6 +264,7 @@ def evaluate_cmd(
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
+    from iapas.models.loading import ModelLoadError
 
     try:
         from iapas.data import DatasetError, canonical_name, get_dataset
@@ -292,7 +281,7 @@ def evaluate_cmd(
             from iapas.models.detector import check_caption_length
 
             check_caption_length(caption, detector)
-    except (DatasetError, ValueError, RunConflictError) as exc:
+    except (DatasetError, ValueError, RunConflictError, ModelLoadError) as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
     pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)

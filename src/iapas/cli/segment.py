@@ -87,7 +87,7 @@ def segment_cmd(
     from iapas.profile import Profile, ProfileError
     from iapas.decision import Decision
     from iapas.engine import EngineError
-    from iapas.runner import RunConflictError, run_segmentation, run_signature
+    from iapas.runner import RunConflictError, check_models, run_segmentation, run_signature
 
     if threshold is not None:  # the rule a profile's threshold follows: finite and >= 0
         from iapas.fields import FieldError, number
@@ -147,6 +147,11 @@ def segment_cmd(
             check_caption_length(profile.caption, detector)
         except ValueError as exc:
             raise fail(str(exc)) from None
+    if not restart:  # results of other models: refused before loading these
+        try:
+            check_models(out, detector, segmenter)
+        except RunConflictError as exc:
+            raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
     try:
         config = PipelineConfig(
@@ -196,13 +201,18 @@ def segment_cmd(
 
 
 def warn_if_other_settings(decision: "Decision", signature: dict) -> None:  # noqa: F821
-    """The threshold holds for the models and settings it was calibrated with: say when they differ."""
+    """The threshold holds for the models and settings it was calibrated with: say when they
+    differ (models by fingerprint, whatever their paths; see :mod:`iapas.models.fingerprint`)."""
+    from rich.markup import escape
+
+    from iapas.models.fingerprint import signature_diff
+
     if not decision.signature:
         return
-    changed = sorted(k for k in set(signature) | set(decision.signature) if decision.signature.get(k) != signature.get(k))
-    if changed:
+    diff = signature_diff(decision.signature, signature)
+    if diff:
         console.print(
-            f"[yellow]warning[/]: the profile's threshold was calibrated with other settings ({', '.join(changed)}); "
+            f"[yellow]warning[/]: the profile's threshold was calibrated on results {escape(diff.describe())}; "
             "its false-alarm rate does not hold for this run: run 'iapas calibrate' again with these settings",
             soft_wrap=True, highlight=False,
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from iapas.io import atomic_write_text
+from iapas.models.fingerprint import signature_diff
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +92,25 @@ class ResultsLog:
 
 
 
-def check_signature(run_file: Path, log: ResultsLog, signature: Mapping[str, Any], out_dir: Path) -> None:
+def check_signature(
+    run_file: Path, log: ResultsLog, signature: Mapping[str, Any], out_dir: Path,
+    advice: str = "use another --out folder, or --restart to discard them",
+) -> None:
     """Raise :class:`RunConflictError` when ``run_file`` records another signature for results
-    that are still in ``log`` (an unreadable run file counts as none)."""
-    if not (run_file.exists() and log.path.exists()):
+    that are still in ``log``: other settings, other models by fingerprint (their paths are
+    informative only), no fingerprints at all (a run of an older iapas; see
+    :func:`iapas.models.fingerprint.signature_diff`), or no readable signature (run.json is
+    written before the first result, so results without one cannot be told apart)."""
+    if not (log.path.exists() and log.path.stat().st_size > 0):
         return
     try:
-        previous = json.loads(run_file.read_text()).get("signature")
-    except ValueError:
-        previous = None
-    if previous is not None and previous != signature:
-        changed = sorted(k for k in signature if previous.get(k) != signature[k])
-        raise RunConflictError(
-            f"{out_dir} holds results made with other settings ({', '.join(changed)}); "
-            "use another --out folder, or --restart to discard them"
-        )
+        previous = json.loads(run_file.read_text(encoding="utf-8")).get("signature")
+    except FileNotFoundError:
+        raise RunConflictError(f"{out_dir} holds results but no {run_file.name} saying what made them; {advice}") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        previous = exc
+    if not isinstance(previous, dict):
+        raise RunConflictError(f"{run_file}: unreadable, no signature of its results; {advice}")
+    diff = signature_diff(previous, signature)
+    if diff:
+        raise RunConflictError(f"{out_dir} holds results {diff.describe()}; {advice}")

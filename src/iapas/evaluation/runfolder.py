@@ -12,6 +12,7 @@ from typing import Any
 from iapas.engine.log import RunConflictError
 from iapas.evaluation.predictions import MAPS_DIR, PREDICTIONS_DIR, predictions_path
 from iapas.evaluation.settings import EvalSettings
+from iapas.models.fingerprint import signature_diff
 
 RUN_FILE = "run.json"
 
@@ -56,16 +57,22 @@ def run_signature(dataset: str, settings: EvalSettings, models: Mapping[str, Any
 
 
 def check_existing_run(out_dir: str | Path, signature: Mapping[str, Any]) -> None:
-    """Raise :class:`RunConflictError` when ``out_dir`` holds predictions made with another signature.
+    """Raise :class:`RunConflictError` when ``out_dir`` holds predictions made with another
+    signature: other settings, other models by fingerprint (paths are informative only), or no
+    fingerprints (an older iapas), see :func:`iapas.models.fingerprint.signature_diff`.
 
     Cheap (reads ``run.json``): a command line can call it before loading any model.
     """
     out = Path(out_dir)
     previous = _read_run(out / RUN_FILE) or {}
-    if previous and _has_predictions(out):
-        changed = _differences(previous.get("signature", {}), dict(signature))
-        if changed:
-            raise RunConflictError(
-                f"{out} holds results made with other settings ({'; '.join(changed)}); use another --out folder, "
-                "or --restart to discard them"
-            )
+    if not _has_predictions(out):
+        return
+    recorded = previous.get("signature")
+    if not isinstance(recorded, dict):
+        raise RunConflictError(f"{out} holds predictions but no readable {RUN_FILE} signature; use another --out folder, or --restart to discard them")
+    diff = signature_diff(recorded, signature)
+    if diff:
+        details = [item for item in _differences(recorded, dict(signature)) if item.split(":", 1)[0] in diff.changed]
+        raise RunConflictError(
+            f"{out} holds results {diff.describe(details)}; use another --out folder, or --restart to discard them"
+        )

@@ -14,6 +14,7 @@ from iapas.engine import precision_signature
 from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.protocol import EVAL_SIZE, resize_map, resize_mask
 from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.models.fingerprint import pipeline_identity
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
 from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
@@ -218,8 +219,7 @@ def model_names(pipeline: Pipeline) -> dict[str, Any]:
     """The models and detector settings of ``pipeline`` (part of the run signature)."""
     cfg = pipeline.config
     return {
-        "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
-        "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+        **pipeline_identity(pipeline),  # names (informative) and fingerprints (compared), see iapas.models.fingerprint
         "box_threshold": cfg.box_threshold,
         "text_threshold": cfg.text_threshold,
         "nms_iou": cfg.nms_iou,

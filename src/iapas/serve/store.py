@@ -39,7 +39,8 @@ from iapas.names import check_name, path_inside
 from iapas.outputs import binary_mask, decode_map, encode_map, render_overlay, write_image_outputs
 from iapas.pipeline import Pipeline
 from iapas.profile import Profile
-from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, RunConflictError, result_record, run_signature
+from iapas.engine import check_signature
+from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, result_record, run_signature
 from iapas.runner import run_file_content as runner_run_file_content
 from iapas.types import SegmentationResult
 
@@ -307,19 +308,7 @@ class DiskStore:
     @staticmethod
     def _check(folder: Path, content: dict[str, Any]) -> None:
         """Refuse a folder whose results were made with other settings (as segment does)."""
-        run_file = folder / RUN_FILE
-        if not (run_file.exists() and (folder / RESULTS_FILE).exists()):
-            return
-        try:
-            previous = json.loads(run_file.read_text()).get("signature")
-        except ValueError:
-            previous = None
-        signature = content["signature"]
-        if previous is not None and previous != signature:
-            changed = sorted(k for k in signature if previous.get(k) != signature[k])
-            raise RunConflictError(
-                f"{folder} holds results made with other settings ({', '.join(changed)}); use another --store folder"
-            )
+        check_signature(folder / RUN_FILE, ResultsLog(folder / RESULTS_FILE), content["signature"], folder, "use another --store folder")
 
     def _degrade(self, status: int, reason: str) -> tuple[int, str]:
         if self.degraded != reason:
