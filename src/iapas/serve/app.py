@@ -25,6 +25,7 @@ from iapas.io import DEFAULT_MAX_PIXELS, UPLOAD_FORMATS, ImageReadError, read_im
 from iapas.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
 from iapas.serve.limits import Budget, Held, header_pixels
+from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
 from iapas.serve.worker import ModelWorker, QueueFullError
@@ -68,6 +69,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "category": record.get("category"),
         "key": record.get("key"),
         "filename": record.get("filename"),
+        "part_id": record.get("part_id"),
         "decision": record.get("decision"),
         "normalized_score": record.get("normalized_score"),
         "decision_score": record.get("decision_score"),
@@ -143,14 +145,14 @@ def reserve_pixels(data: bytes, settings: ServeSettings, held: Held) -> None:
                               "retry later", {"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, str, str | None]:
-    """``(image bytes, file name, category from the form)`` of a multipart or raw upload."""
+async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, str, str | None, str | None]:
+    """``(image bytes, file name, category, part id from the form)`` of a multipart or raw upload."""
     from starlette.datastructures import Headers, UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        return body, request.query_params.get("filename") or "upload", None
+        return body, request.query_params.get("filename") or "upload", None, None
 
     class InMemoryParser(MultiPartParser):
         spool_max_size = limit + 1  # the body is already in memory: never spill to a temporary file
@@ -166,9 +168,10 @@ async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, st
     if not isinstance(upload, UploadFile):
         raise BadRequest(400, "the multipart body has no 'file' part (send the image as the form field 'file')")
     data = await upload.read()
-    category = form.get("category")
+    category, part_id = form.get("category"), form.get("part_id")
     await form.close()
-    return data, upload.filename or "upload", category if isinstance(category, str) else None
+    return (data, upload.filename or "upload", category if isinstance(category, str) else None,
+            part_id if isinstance(part_id, str) else None)
 
 
 def create_app(
@@ -226,26 +229,31 @@ def create_app(
         summary="Inspect one image",
         openapi_extra={"requestBody": {"content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary"}, "category": {"type": "string"}}}},
+                "file": {"type": "string", "format": "binary"}, "category": {"type": "string"},
+                "part_id": {"type": "string"}}}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         }}},
     )
-    async def inspect(request: Request, category: str | None = None, filename: str | None = None) -> JSONResponse:
-        """One image as multipart (`file`, `category`) or as the raw body with `?category=`.
+    async def inspect(request: Request, category: str | None = None, filename: str | None = None,
+                      part_id: str | None = None) -> JSONResponse:
+        """One image as multipart (`file`, `category`, optional `part_id`) or as the raw body with
+        `?category=` (`?part_id=`, `?filename=`).
         Answers the verdict, scores, boxes, per-stage milliseconds and the PNGs' URLs."""
         if worker is None:
             raise BadRequest(405, "this station is a read-only review: it inspects nothing")
         held = Held(budgets)
         try:
-            return await inspect_held(request, category, held)
+            return await inspect_held(request, category, held, part_id)
         finally:
             held.release()
 
-    async def inspect_held(request: Request, category: str | None, held: Held) -> JSONResponse:
+    async def inspect_held(request: Request, category: str | None, held: Held, part_id: str | None) -> JSONResponse:
         started = time.perf_counter()
         body = await read_body(request, settings, held)
-        data, name, form_category = await parse_upload(request, body, settings.max_upload)
-        category = form_category or category
+        data, name, form_category, form_part_id = await parse_upload(request, body, settings.max_upload)
+        category, part_id, name = form_category or category, form_part_id or part_id, clean_filename(name)
+        if part_id is not None and (problem := part_id_problem(part_id)):
+            raise BadRequest(422, problem)
         if not category:
             raise BadRequest(400, f"no category: send the form field 'category' or ?category= (known: {known()})")
         profile = profiles.get(category)
@@ -276,7 +284,7 @@ def create_app(
         def finish() -> dict[str, Any]:
             verdict = decision.decide(result.anomaly_map) if decision is not None else None
             timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
-            extra = {"filename": name, "batch_size": outcome.batch_size,
+            extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size,
                      "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
             return store.add(category, image, data, result, verdict, extra)
 
@@ -289,18 +297,23 @@ def create_app(
         return JSONResponse(summary(record))
 
     @app.get("/v1/results", summary="Recent inspections")
-    async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time") -> JSONResponse:
+    async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time",
+                      part_id: str | None = None, after: str | None = None) -> JSONResponse:
         """Newest first (`sort=time`) or highest image score first (`sort=score`); `decision=NG`
-        or `OK` filters."""
+        or `OK`, `category=` and `part_id=` filter. `after=ID` (a result id or its first hex
+        digits): the results stored after it, oldest first, for a page that polls."""
         if decision is not None and decision not in ("OK", "NG"):
             raise BadRequest(422, "decision must be OK or NG")
         if sort not in ("time", "score"):
             raise BadRequest(422, "sort must be time or score")
         if not 1 <= limit <= MAX_LIST:
             raise BadRequest(422, f"limit must be in 1..{MAX_LIST}")
-        records = [r for r in store.records()
-                   if (decision is None or r.get("decision") == decision) and (category is None or r.get("category") == category)]
-        if sort == "score":
+        if after is not None and (problem := after_problem(after)):
+            raise BadRequest(422, problem)
+        records = select(store.records(), decision=decision, category=category, part_id=part_id, after=after)
+        if after is not None:
+            records.sort(key=lambda r: r.get("id") or r["key"])
+        elif sort == "score":
             records.sort(key=lambda r: -float(r.get("image_score") or 0.0))
         else:
             records.reverse()

@@ -1,0 +1,67 @@
+"""The station's part names and live history over the REST API (issue 20): ``part_id`` checked
+where it comes in, stored with the file name, timings and batch size in results.jsonl so that
+they survive a restart, searchable; ``?after=`` for a page that polls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from iapas.serve.parts import clean_filename, part_id_problem  # noqa: E402
+from tests.test_serve_api import inspect, pipeline, png, station  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("value", ["", "../etc/passwd", "a/../b", "/abs", ".hidden", "a b", "x" * 65, "a\nb", "ä"])
+def test_a_bad_part_id_is_refused(value: str):
+    assert part_id_problem(value) is not None
+
+
+@pytest.mark.parametrize("value", ["A1", "lot-7/part.0042", "SN:00017", "x" * 64])
+def test_a_part_id_from_the_line_is_accepted(value: str):
+    assert part_id_problem(value) is None
+
+
+def test_file_names_lose_their_folders_and_control_characters():
+    assert clean_filename("C:\\cam\\part 1.png") == "part 1.png"
+    assert clean_filename("../../x\x00y.png") == "xy.png"
+    assert clean_filename("///") == "upload"
+
+
+def test_part_id_and_file_name_are_stored_searchable_and_survive_a_restart(pipeline, tmp_path: Path):  # noqa: F811
+    store = tmp_path / "station"
+    with station(pipeline, store_dir=store) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        bad = client.post("/v1/inspect", files={"file": ("a.png", png(1), "image/png")},
+                          data={"category": "bottle", "part_id": "../../x"})
+        assert bad.status_code == 422 and bad.json()["detail"].startswith("part_id '../../x' is not a part id")
+        first = client.post("/v1/inspect", files={"file": ("cam1/left.png", png(1), "image/png")},
+                            data={"category": "bottle", "part_id": "SN-001"}).json()
+        raw = client.post("/v1/inspect?category=bottle&part_id=SN-002&filename=right.png", content=png(2),
+                          headers={"Content-Type": "image/png"}).json()
+        assert (first["part_id"], first["filename"]) == ("SN-001", "left.png")
+        assert (raw["part_id"], raw["filename"]) == ("SN-002", "right.png")
+    lines = [json.loads(line) for line in (store / "bottle" / "results.jsonl").read_text().splitlines()]
+    assert [(r["part_id"], r["filename"], r["batch_size"]) for r in lines] == [("SN-001", "left.png", 1), ("SN-002", "right.png", 1)]
+    assert {"decode", "queue", "detection"} <= set(lines[0]["timings_ms"])
+    with station(pipeline, store_dir=store) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        listed = client.get("/v1/results").json()["results"]
+        assert [(r["id"], r["part_id"], r["filename"]) for r in listed] == [
+            (raw["id"], "SN-002", "right.png"), (first["id"], "SN-001", "left.png")]
+        assert listed[1]["timings_ms"]["detection"] == first["timings_ms"]["detection"]
+        found = client.get("/v1/results", params={"part_id": "SN-001"}).json()
+        assert found["total"] == 1 and found["results"][0]["id"] == first["id"]
+
+
+def test_after_lists_the_later_results_oldest_first(pipeline):  # noqa: F811
+    with station(pipeline) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        ids = [inspect(client, png(i), name=f"p{i}.png").json()["id"] for i in range(3)]
+        assert [r["id"] for r in client.get("/v1/results", params={"after": ids[0]}).json()["results"]] == ids[1:]
+        assert [r["id"] for r in client.get("/v1/results", params={"after": "0"}).json()["results"]] == ids
+        assert client.get("/v1/results", params={"after": ids[2]}).json() == {"total": 0, "results": []}
+        bad = client.get("/v1/results", params={"after": "../x"})
+        assert bad.status_code == 422 and "after must be" in bad.json()["detail"]
