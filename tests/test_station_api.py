@@ -65,3 +65,25 @@ def test_after_lists_the_later_results_oldest_first(pipeline):  # noqa: F811
         assert client.get("/v1/results", params={"after": ids[2]}).json() == {"total": 0, "results": []}
         bad = client.get("/v1/results", params={"after": "../x"})
         assert bad.status_code == 422 and "after must be" in bad.json()["detail"]
+
+
+def test_review_of_a_calibrated_evaluate_folder_lists_its_categories_with_their_thresholds(tmp_path: Path):
+    """Not ``alpha.calibration`` (the calibration images' predictions) as a product, and the
+    threshold the records were judged against, not "no threshold"."""
+    from iapas.evaluation import EvalSettings, evaluate_dataset
+    from iapas.serve.app import create_app
+    from iapas.serve.review import ReviewStore
+    from iapas.serve.server import BackgroundServer
+    from tests.test_eval_decisions import make_tree, score
+    from tests.test_evaluation import fake_pipeline, write_profiles
+
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    settings = EvalSettings(protocol="full", n_references=2, calibration_images=20, false_alarm_rate=0.2)
+    evaluate_dataset("mvtec", make_tree(tmp_path / "data"), out, fake_pipeline(), settings, report=False)
+    assert (out / "predictions" / "alpha.calibration.jsonl").is_file()
+    with BackgroundServer(create_app(ReviewStore(out), {}, None)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/profiles").json()["profiles"] == [{"category": "alpha", "decision": {"threshold": score(165)}}]
+        listed = client.get("/v1/results?limit=1000").json()["results"]
+        assert len(listed) == 9 and {r["category"] for r in listed} == {"alpha"}  # the 9 test images only
+        assert client.get("/v1/health").json()["categories"] == ["alpha"]

@@ -336,7 +336,9 @@ def create_app(
     @app.get("/v1/profiles", summary="The categories served")
     async def list_profiles() -> JSONResponse:
         if not profiles:  # a review: the folder's categories, no profiles loaded
-            return JSONResponse({"profiles": [{"category": c, "decision": None} for c in categories]})
+            thresholds = getattr(store, "thresholds", {})  # what the folder's records were judged against
+            return JSONResponse({"profiles": [{"category": c, "decision": None if c not in thresholds else
+                                               {"threshold": thresholds[c]}} for c in categories]})
         return JSONResponse({"profiles": [profile_info(p) for _, p in sorted(profiles.items())]})
 
     @app.get("/v1/health", summary="Models, device, queue depth, images served")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.evaluation.decisions import CALIBRATION_SUFFIX
 from iapas.outputs import binary_mask, encode_map
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog
 from iapas.serve.store import usable
@@ -42,6 +43,10 @@ def _inside(folder: Path, relative: str) -> Path | None:
     base = folder.resolve()
     path = (base / relative).resolve()
     return path if base in path.parents else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -66,6 +71,7 @@ class ReviewStore:
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.categories: list[str] = []
+        self.thresholds: dict[str, float] = {}  # each category's calibrated threshold, where it has one
         self.skipped = 0  # malformed records, not listed
         if (self.folder / RESULTS_FILE).is_file():
             self._add_segment(self.folder)
@@ -91,8 +97,12 @@ class ReviewStore:
             self.categories.append(category)
 
     def _add_segment(self, run: Path) -> None:
-        profile = _read_json(run / RUN_FILE).get("profile") or {}
+        content = _read_json(run / RUN_FILE)
+        profile = content.get("profile") or {}
         category = str(profile.get("category") or run.name)
+        decision = content.get("decision")
+        if isinstance(decision, dict) and _number(decision.get("threshold")):
+            self.thresholds[category] = float(decision["threshold"])
         for record in ResultsLog(run / RESULTS_FILE).read().values():
             if record.get("status") == "ok" and self._usable(record, run / RESULTS_FILE):
                 self._add("segment", run, category, record)
@@ -106,15 +116,20 @@ class ReviewStore:
                 thresholds[str(name or c.get("name"))] = float(decision["threshold"])
         for path in sorted((out / "predictions").glob("*.jsonl")):
             category = path.stem
+            if category.endswith(CALIBRATION_SUFFIX):  # the calibration images: the threshold's input, not a product
+                continue
             threshold = thresholds.get(category)
             for record in ResultsLog(path).read().values():
                 if record.get("status") != "ok" or not self._usable(record, path):
                     continue
+                if threshold is None and record.get("decision") is not None and _number(record.get("threshold")):
+                    threshold = thresholds[category] = float(record["threshold"])  # a calibrated run's own
                 score = float(record.get("map_max", record.get("image_score", 0.0)))
                 if record.get("decision") is None and threshold is not None:
                     record = {**record, "decision": "NG" if score > threshold else "OK", "threshold": threshold,
                               "decision_score": score}
                 self._add("evaluate", out, category, record)
+        self.thresholds.update(thresholds)
 
     def _usable(self, record: dict[str, Any], where: Path) -> bool:
         if usable(record, where):

@@ -186,9 +186,10 @@ function observe(li) {
   if (thumbs) thumbs.observe(li.firstChild); else loadThumb(li.firstChild);
 }
 
-function renderCounts() {
-  const ng = state.items.filter((i) => i.decision === "NG").length;
-  $("counts").textContent = state.items.length + " part(s), " + ng + " NG";
+function renderCounts() {  // in a review, of the chosen product
+  const items = state.review ? state.items.filter((i) => i.category === $("category").value) : state.items;
+  const ng = items.filter((i) => i.decision === "NG").length;
+  $("counts").textContent = items.length + " part(s), " + ng + " NG";
   renderShift();
 }
 
@@ -332,7 +333,7 @@ async function load() {
   $("category").replaceChildren(...profiles.profiles.map((p) => {
     const option = document.createElement("option");
     option.value = p.category;
-    option.textContent = p.category + (p.decision ? "" : " (no threshold)");
+    option.textContent = p.category + (p.decision ? " (threshold " + fmt(p.decision.threshold) + ")" : " (no threshold)");
     return option;
   }));
   chooseProduct(profiles.profiles.map((p) => p.category));
@@ -384,7 +385,7 @@ for (const button of document.querySelectorAll(".toggles button")) button.addEve
 $("ng-only").addEventListener("change", applyFilter);
 $("follow").addEventListener("change", () => { if (following() && newest()) show(newest()); });
 $("category").addEventListener("change", () => {
-  rememberProduct(); applyFilter();
+  rememberProduct(); applyFilter(); renderCounts();
   if (state.review) { const first = state.items.find(visible); if (first) show(first); else screen("idle", "–", "no part of this product"); }
 });
 $("shift-reset").addEventListener("click", () => { localStorage.setItem("iapas-shift-start", String(Date.now())); renderShift(); });
