@@ -87,3 +87,25 @@ def test_review_of_a_calibrated_evaluate_folder_lists_its_categories_with_their_
         listed = client.get("/v1/results?limit=1000").json()["results"]
         assert len(listed) == 9 and {r["category"] for r in listed} == {"alpha"}  # the 9 test images only
         assert client.get("/v1/health").json()["categories"] == ["alpha"]
+
+
+def test_whatif_counts_equal_a_recount_of_results_jsonl(pipeline, tmp_path: Path):  # noqa: F811
+    store = tmp_path / "station"
+    with station(pipeline, store_dir=store) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        for i in range(8):
+            inspect(client, png(300 + i, (64, 64)), name=f"w{i}.png")
+        lines = [json.loads(line) for line in (store / "bottle" / "results.jsonl").read_text().splitlines()]
+        scores = sorted(r["decision_score"] for r in lines)
+        at_stored = client.get("/v1/whatif", params={"category": "bottle"}).json()
+        assert at_stored["threshold"] == 0.05 and at_stored["n_changed"] == 0
+        assert at_stored["counts"] == at_stored["stored"] == {"OK": sum(r["decision"] == "OK" for r in lines),
+                                                              "NG": sum(r["decision"] == "NG" for r in lines)}
+        for t in [scores[0] - 1, *scores, (scores[2] + scores[3]) / 2, scores[-1] + 1]:
+            got = client.get("/v1/whatif", params={"category": "bottle", "threshold": t}).json()
+            ng = sum(r["decision_score"] > t for r in lines)  # NG strictly above, as Decision.decide
+            assert got["counts"] == {"OK": len(lines) - ng, "NG": ng}, t
+            flipped = {r["key"] for r in lines if (r["decision_score"] > t) != (r["decision"] == "NG")}
+            assert {c["id"] for c in got["changed"]} == flipped and got["n_changed"] == len(flipped)
+            assert sum(got["histogram"]["counts"]) == len(lines)
+        assert client.get("/v1/whatif", params={"category": "screw"}).status_code == 404  # nothing judged
+        assert client.get("/v1/whatif", params={"category": "bottle", "threshold": "nan"}).status_code == 422

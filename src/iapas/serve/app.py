@@ -28,6 +28,7 @@ from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
+from iapas.serve.whatif import add_whatif_route
 from iapas.serve.worker import ModelWorker, QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -332,6 +333,8 @@ def create_app(
         if data is None:
             raise BadRequest(404, f"no result {result_id} (results in memory are kept for the last ones only)")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    add_whatif_route(app, store, BadRequest)
 
     @app.get("/v1/profiles", summary="The categories served")
     async def list_profiles() -> JSONResponse:
