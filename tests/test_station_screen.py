@@ -173,6 +173,52 @@ def test_a_reload_keeps_the_product_and_names_it(station: Station, page):
     assert page.inner_text("#verdict") == "NG" and "product screw" in page.inner_text("#verdict-part")
 
 
+def test_the_layout_holds_with_a_thousand_parts_in_the_history(station: Station, page):
+    other = page.context.browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+    try:
+        other.goto(station.url + "/")
+        other.wait_for_function("document.getElementById('status').textContent.startsWith('ready')", timeout=30_000)
+        other.evaluate("""() => { const t = Date.now() - 3600e3;
+            for (let i = 0; i < 1000; i++) {
+              const id = (t + i).toString(16).padStart(12, '0') + 'f'.repeat(20);
+              addItem({id, category: 'bottle', decision: i % 7 ? 'OK' : 'NG', part_id: 'SYN' + i, kept: [], dropped: [],
+                       urls: {overlay: '/v1/results/' + id + '/overlay.png'}});
+            } }""")
+        assert other.evaluate("document.querySelectorAll('#history li').length") >= 1000
+        other.click("#history button >> nth=0")
+        assert other.evaluate("document.documentElement.scrollWidth") == WIDTH
+        assert panel_in_view(other)
+        strip = other.eval_on_selector("#history", "h => [h.scrollWidth, h.clientWidth, h.getBoundingClientRect().bottom]")
+        assert strip[0] > 50 * strip[1] and strip[2] <= HEIGHT
+    finally:
+        other.close()
+
+
+def test_the_whatif_slider_counts_equal_a_recount_of_results_jsonl(station: Station, page):
+    import json
+
+    page.select_option("#category", "bottle")
+    page.click("#whatif-open")
+    page.wait_for_function("document.getElementById('whatif-summary').textContent.includes('calibrated 0.0500')")
+    lines = [json.loads(x) for x in (station.folder / "station" / "bottle" / "results.jsonl").read_text().splitlines()]
+    scores = sorted(r["decision_score"] for r in lines)
+    for target in (scores[0] - 0.5, scores[-1] + 0.5, (scores[len(scores) // 2] + scores[-1]) / 2):
+        value = page.eval_on_selector("#whatif-slider", "(s, t) => { s.value = t; s.dispatchEvent(new Event('input'));"
+                                      " return s.value; }", target)
+        page.wait_for_function("v => document.getElementById('whatif-summary').textContent.startsWith("
+                               "'threshold ' + Number(v).toFixed(4) + ':')", arg=value)
+        t = float(value)  # the slider's own step
+        ng = sum(r["decision_score"] > t for r in lines)
+        changed = sum((r["decision_score"] > t) != (r["decision"] == "NG") for r in lines)
+        assert [page.inner_text(f"#whatif-{k}") for k in ("ok", "ng", "n-changed")] == [str(len(lines) - ng), str(ng), str(changed)]
+        assert page.eval_on_selector_all("#whatif-changed li", "ls => ls.length") == min(changed, 200)
+    assert page.evaluate("document.documentElement.scrollWidth") == WIDTH
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "station-engineer-whatif.png"))
+    page.click("#whatif-open")
+    assert page.is_visible("#viewer") and page.is_hidden("#engineer")
+
+
 def test_a_stopped_station_shows_offline_within_5_s_and_names_survive_a_restart(station: Station, page):
     station.stop()
     stopped = time.monotonic()
