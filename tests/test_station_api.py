@@ -109,3 +109,33 @@ def test_whatif_counts_equal_a_recount_of_results_jsonl(pipeline, tmp_path: Path
             assert sum(got["histogram"]["counts"]) == len(lines)
         assert client.get("/v1/whatif", params={"category": "screw"}).status_code == 404  # nothing judged
         assert client.get("/v1/whatif", params={"category": "bottle", "threshold": "nan"}).status_code == 422
+
+
+def test_thumbnails_are_the_overlay_scaled_to_160_px(pipeline):  # noqa: F811
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with station(pipeline) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        body = inspect(client, png(7, (300, 400))).json()
+        assert body["urls"]["thumb"] == f"/v1/results/{body['id']}/thumb.png"
+        thumb, overlay = client.get(body["urls"]["thumb"]), client.get(body["urls"]["overlay"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        small = np.asarray(Image.open(io.BytesIO(thumb.content)))
+        assert small.shape == (120, 160, 3) and len(thumb.content) < len(overlay.content)
+        expected = np.asarray(Image.open(io.BytesIO(overlay.content)).convert("RGB").resize((160, 120), Image.BILINEAR, reducing_gap=None))
+        assert np.abs(small.astype(int) - expected.astype(int)).mean() < 8  # the same picture, smaller
+        assert client.get(body["urls"]["thumb"]).content == thumb.content
+        assert client.get("/v1/results/" + "0" * 32 + "/thumb.png").status_code == 404
+        assert client.get("/v1/results/nothex/thumb.png").status_code == 404
+
+
+def test_before_pages_back_through_the_history(pipeline):  # noqa: F811
+    with station(pipeline) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        ids = [inspect(client, png(i), name=f"b{i}.png").json()["id"] for i in range(4)]
+        page = client.get("/v1/results", params={"before": ids[3], "limit": 2}).json()
+        assert page["total"] == 3 and [r["id"] for r in page["results"]] == [ids[2], ids[1]]
+        page = client.get("/v1/results", params={"before": ids[1], "limit": 2}).json()
+        assert page["total"] == 1 and [r["id"] for r in page["results"]] == [ids[0]]
+        assert client.get("/v1/results", params={"before": "x"}).status_code == 422

@@ -145,9 +145,9 @@ def test_a_picture_that_answers_late_is_never_painted_over_a_later_part(station:
         wait_shown(page, "NEXT")
         page.wait_for_function("(id) => { const i = document.getElementById('overlay');"
                                " return i.dataset.part === id && i.complete && i.naturalWidth === 96; }", arg=later["id"])
-        held[0].continue_()  # the early part's picture answers now
-        page.wait_for_function(f"document.querySelector('#history button[data-id=\"{early['id']}\"] img').naturalWidth === 64")
-        page.wait_for_timeout(300)
+        with page.expect_response(lambda r: r.url.endswith(f"/{early['id']}/overlay.png")):
+            held[0].continue_()  # the early part's picture answers now
+        page.wait_for_timeout(500)
         assert page.eval_on_selector("#overlay", "i => [i.dataset.part, i.naturalWidth]") == [later["id"], 96]
         assert "part NEXT " in page.inner_text("#verdict-part")
     finally:

@@ -28,6 +28,7 @@ from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
+from iapas.serve.thumbs import add_thumb_route
 from iapas.serve.whatif import add_whatif_route
 from iapas.serve.worker import ModelWorker, QueueFullError
 
@@ -85,7 +86,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "timings_ms": record.get("timings_ms")
         or {k: round(1000 * v, 2) for k, v in (record.get("timings") or {}).items()},
         "batch_size": record.get("batch_size"),
-        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in KINDS},
+        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in (*KINDS, "thumb")},
     }
 
 
@@ -299,19 +300,21 @@ def create_app(
 
     @app.get("/v1/results", summary="Recent inspections")
     async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time",
-                      part_id: str | None = None, after: str | None = None) -> JSONResponse:
+                      part_id: str | None = None, after: str | None = None, before: str | None = None) -> JSONResponse:
         """Newest first (`sort=time`) or highest image score first (`sort=score`); `decision=NG`
         or `OK`, `category=` and `part_id=` filter. `after=ID` (a result id or its first hex
-        digits): the results stored after it, oldest first, for a page that polls."""
+        digits): the results stored after it, oldest first, for a page that polls; `before=ID`: the
+        ones stored before it (a page of older ones)."""
         if decision is not None and decision not in ("OK", "NG"):
             raise BadRequest(422, "decision must be OK or NG")
         if sort not in ("time", "score"):
             raise BadRequest(422, "sort must be time or score")
         if not 1 <= limit <= MAX_LIST:
             raise BadRequest(422, f"limit must be in 1..{MAX_LIST}")
-        if after is not None and (problem := after_problem(after)):
-            raise BadRequest(422, problem)
-        records = select(store.records(), decision=decision, category=category, part_id=part_id, after=after)
+        for name, value in (("after", after), ("before", before)):
+            if value is not None and (problem := after_problem(value, name)):
+                raise BadRequest(422, problem)
+        records = select(store.records(), decision=decision, category=category, part_id=part_id, after=after, before=before)
         if after is not None:
             records.sort(key=lambda r: r.get("id") or r["key"])
         elif sort == "score":
@@ -319,6 +322,8 @@ def create_app(
         else:
             records.reverse()
         return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]]})
+
+    add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
 
     @app.get("/v1/results/{result_id}/{name}", summary="A result's map, mask or overlay PNG",
              responses={200: {"content": {"image/png": {}}}})

@@ -31,19 +31,21 @@ def clean_filename(name: str) -> str:
     return base or "upload"
 
 
-def after_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an ``after`` bound (a result id or a prefix of one), None when it can."""
-    return None if AFTER_PATTERN.fullmatch(value) else "after must be a result id or its first hex digits (0-9a-f)"
+def after_problem(value: str, name: str = "after") -> str | None:
+    """Why ``value`` cannot be an ``after`` (``before``) bound (a result id or a prefix of one), None when it can."""
+    return None if AFTER_PATTERN.fullmatch(value) else f"{name} must be a result id or its first hex digits (0-9a-f)"
 
 
 def select(records: list[dict[str, Any]], *, decision: str | None = None, category: str | None = None,
-           part_id: str | None = None, after: str | None = None) -> list[dict[str, Any]]:
-    """The records that pass every filter given, in the order given. ``after``: ids that sort
-    after it (ids start with their time in milliseconds, so a prefix of 12 hex digits is a time)."""
+           part_id: str | None = None, after: str | None = None, before: str | None = None) -> list[dict[str, Any]]:
+    """The records that pass every filter given, in the order given. ``after`` / ``before``: ids
+    that sort after / before it (ids start with their time in milliseconds, so a prefix of 12 hex
+    digits is a time); ``before`` pages back through the history."""
     def keep(r: dict[str, Any]) -> bool:
         rid = r.get("id") or r.get("key") or ""
         return ((decision is None or r.get("decision") == decision)
                 and (category is None or r.get("category") == category)
                 and (part_id is None or r.get("part_id") == part_id)
-                and (after is None or rid > after))
+                and (after is None or rid > after)
+                and (before is None or rid < before))
     return [r for r in records if keep(r)]

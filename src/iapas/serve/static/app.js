@@ -150,12 +150,13 @@ function visible(item) {
 
 function applyFilter() {
   for (const li of $("history").children) {
+    if (li.id === "more") continue;
     const item = state.items.find((i) => i.id === li.firstChild.dataset.id);
     li.hidden = !item || !visible(item);
   }
 }
 
-// Thumbnails are fetched only when their button scrolls into the history strip.
+// Thumbnails (at most 160 px, made by the station) are fetched only when their button scrolls into the history strip.
 const thumbs = "IntersectionObserver" in window ? new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
@@ -166,7 +167,7 @@ const thumbs = "IntersectionObserver" in window ? new IntersectionObserver((entr
 
 function loadThumb(button) {
   const item = state.items.find((i) => i.id === button.dataset.id), img = button.querySelector("img");
-  if (item) picture(item, "overlay").then((url) => { img.src = url; }).catch(() => {});
+  if (item) picture(item, item.urls.thumb ? "thumb" : "overlay").then((url) => { img.src = url; }).catch(() => {});
 }
 
 function historyButton(item) {
@@ -218,6 +219,22 @@ function addItem(item) {
   observe(li);
   renderCounts();
   return true;
+}
+
+// "Older parts": the next page of the history, the 100 stored before the oldest listed.
+function moreButton() {
+  const li = document.createElement("li"), button = document.createElement("button");
+  li.id = "more"; button.type = "button"; button.textContent = "older parts…";
+  button.addEventListener("click", async () => {
+    const oldest = state.items[state.items.length - 1];
+    const response = await api("/v1/results?limit=100&before=" + (oldest ? oldest.id : "f"));
+    if (!response.ok) { status("error: " + (await detail(response))); return; }
+    const listed = await response.json();
+    for (const item of listed.results) addItem(item);
+    if (listed.total <= listed.results.length) li.remove(); else $("history").append(li);
+  });
+  li.append(button);
+  return li;
 }
 
 function following() { return $("follow").checked; }
@@ -341,6 +358,7 @@ async function load() {
   const listed = await (await api(query)).json();
   const items = listed.results.slice().reverse();  // addItem prepends: oldest (or lowest) first
   for (const item of items) addItem(item);
+  if (!info.review && listed.total > listed.results.length) $("history").append(moreButton());
   if (info.review) {
     if (state.items.length) show(state.items.find(visible) || state.items[0]);  // the first one listed
     status(listed.total + " part(s) in this run");
