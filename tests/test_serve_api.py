@@ -288,7 +288,8 @@ def test_every_endpoint(pipeline):
         assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
         assert client.get("/docs").status_code == 200
         paths = client.get("/openapi.json").json()["paths"]
-        assert {"/v1/inspect", "/v1/results", "/v1/results/{result_id}/{name}", "/v1/profiles", "/v1/health"} <= set(paths)
+        assert {"/v1/inspect", "/v1/results", "/v1/results/{result_id}/{name}", "/v1/profiles", "/v1/health",
+                "/v1/results/{result_id}/thumb.png", "/v1/whatif"} <= set(paths)
         assert "access-control-allow-origin" not in client.get("/v1/health", headers={"Origin": "http://evil"}).headers
 
 

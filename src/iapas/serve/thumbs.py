@@ -9,6 +9,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
 THUMB_SIZE = 160
 CACHE_BYTES = 32 * 2**20
 
@@ -56,9 +59,6 @@ class ThumbCache:
 
 def add_thumb_route(app: Any, store: Any, bad_request: Any, valid_id: Any) -> None:
     """``GET /v1/results/{id}/thumb.png`` on ``app`` (register it before the map/mask/overlay route)."""
-    from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
-
     cache = ThumbCache()
 
     @app.get("/v1/results/{result_id}/thumb.png", summary="A result's overlay, at most 160 px",

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
+from fastapi.responses import JSONResponse
 
 BINS = 24
 MAX_CHANGED = 200
@@ -59,8 +60,6 @@ def what_if(records: list[dict[str, Any]], category: str, threshold: float | Non
 
 def add_whatif_route(app: Any, store: Any, bad_request: Any) -> None:
     """``GET /v1/whatif?category=C&threshold=T`` on ``app``; ``bad_request(status, detail)`` raises."""
-    from fastapi.responses import JSONResponse
-
     @app.get("/v1/whatif", summary="A product's stored scores judged again at another threshold")
     async def whatif(category: str, threshold: float | None = None) -> JSONResponse:
         """No model runs: each stored `decision_score` is NG above `threshold` (default: the stored
