@@ -62,7 +62,7 @@ def test_after_lists_the_later_results_oldest_first(pipeline):  # noqa: F811
         ids = [inspect(client, png(i), name=f"p{i}.png").json()["id"] for i in range(3)]
         assert [r["id"] for r in client.get("/v1/results", params={"after": ids[0]}).json()["results"]] == ids[1:]
         assert [r["id"] for r in client.get("/v1/results", params={"after": "0"}).json()["results"]] == ids
-        assert client.get("/v1/results", params={"after": ids[2]}).json() == {"total": 0, "results": []}
+        assert client.get("/v1/results", params={"after": ids[2]}).json() == {"total": 0, "results": [], "in_flight": 0}
         bad = client.get("/v1/results", params={"after": "../x"})
         assert bad.status_code == 422 and "after must be" in bad.json()["detail"]
 

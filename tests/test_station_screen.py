@@ -161,6 +161,17 @@ def test_a_broken_upload_shows_not_judged_with_the_reason(page):
     assert page.get_attribute("#overlay", "src") is None  # no other part's picture under it
 
 
+def test_a_part_in_flight_from_another_client_shows_inspecting_then_not_judged_when_it_fails(station: Station, page):
+    with socket.create_connection(("127.0.0.1", station.port)) as sock:  # an upload that is still coming
+        sock.sendall(f"POST /v1/inspect?category=bottle&part_id=SLOW HTTP/1.1\r\nHost: 127.0.0.1:{station.port}\r\n"
+                     "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n".encode() + png(5)[:500])
+        page.wait_for_function("document.getElementById('verdict').textContent === 'INSPECTING'", timeout=3_000)
+        assert "in flight" in page.inner_text("#verdict-part") and page.get_attribute("#overlay", "src") is None
+    # the sender went away: its part was not judged, and the screen says so instead of an older verdict
+    page.wait_for_function("document.getElementById('verdict').textContent === 'NOT JUDGED'", timeout=3_000)
+    assert "refused or failed" in page.inner_text("#verdict-reason")
+
+
 def test_a_reload_keeps_the_product_and_names_it(station: Station, page):
     page.select_option("#category", "screw")
     page.reload()

@@ -196,6 +196,7 @@ def create_app(
     app.state.worker, app.state.store, app.state.profiles = worker, store, profiles
     budgets = {"bytes": Budget(settings.max_inflight_bytes), "pixels": Budget(settings.pixel_budget)}
     app.state.budgets = budgets
+    in_flight = {"n": 0}  # inspections being received or run now (the page's INSPECTING); one event loop
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> Response:
@@ -244,9 +245,11 @@ def create_app(
         if worker is None:
             raise BadRequest(405, "this station is a read-only review: it inspects nothing")
         held = Held(budgets)
+        in_flight["n"] += 1
         try:
             return await inspect_held(request, category, held, part_id)
         finally:
+            in_flight["n"] -= 1
             held.release()
 
     async def inspect_held(request: Request, category: str | None, held: Held, part_id: str | None) -> JSONResponse:
@@ -304,7 +307,7 @@ def create_app(
         """Newest first (`sort=time`) or highest image score first (`sort=score`); `decision=NG`
         or `OK`, `category=` and `part_id=` filter. `after=ID` (a result id or its first hex
         digits): the results stored after it, oldest first, for a page that polls; `before=ID`: the
-        ones stored before it (a page of older ones)."""
+        ones stored before it (a page of older ones). `in_flight`: inspections under way now."""
         if decision is not None and decision not in ("OK", "NG"):
             raise BadRequest(422, "decision must be OK or NG")
         if sort not in ("time", "score"):
@@ -321,7 +324,8 @@ def create_app(
             records.sort(key=lambda r: -float(r.get("image_score") or 0.0))
         else:
             records.reverse()
-        return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]]})
+        return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]],
+                             "in_flight": in_flight["n"]})
 
     add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
 

@@ -8,7 +8,7 @@ const POLL_MS = 500, POLL_TIMEOUT_MS = 2000, OVERLAP_MS = 5000;
 const ID = /^[0-9a-f]{32}$/;
 const state = {
   review: false, items: [], seen: new Set(), current: null, kind: "overlay", blobs: new Map(), busy: 0,
-  offlineSince: null, pollTimer: null,
+  offlineSince: null, pollTimer: null, flying: 0,
 };
 
 function token() { return sessionStorage.getItem("iapas-token") || ""; }
@@ -237,6 +237,17 @@ function moreButton() {
   return li;
 }
 
+// The optional sound on NG (a short tone, made here: nothing is downloaded).
+function isNg(item) { return item.decision === "NG"; }
+function beep() {
+  if (!$("sound").checked) return;
+  try {
+    const ctx = new AudioContext(), osc = ctx.createOscillator();
+    osc.frequency.value = 880; osc.connect(ctx.destination); osc.start(); osc.stop(ctx.currentTime + 0.25);
+    osc.onended = () => ctx.close();
+  } catch (e) { /* no audio device: the screen still says NG */ }
+}
+
 function following() { return $("follow").checked; }
 function setFollow(on) { $("follow").checked = on; }
 function newest() { return state.items[0]; }
@@ -269,7 +280,7 @@ async function inspectFiles(files) {
   status("inspecting " + state.busy + " image(s)…");
   const errors = [];
   await Promise.all(Array.from(files).map(async (file) => {
-    try { const item = await inspectFile(file, category); addItem(item); if (following() || !state.busy) show(item); } catch (e) { errors.push(e.message); } finally { state.busy -= 1; }
+    try { const item = await inspectFile(file, category); if (addItem(item) && isNg(item)) beep(); if (following() || !state.busy) show(item); } catch (e) { errors.push(e.message); } finally { state.busy -= 1; }
   }));
   if (errors.length && !state.offlineSince) screen("notjudged", "NOT JUDGED", "product " + category, errors.join("; "));
   status(errors.length ? "error: " + errors.join("; ") : (state.busy ? "inspecting " + state.busy + " image(s)…" : "ready"));
@@ -310,7 +321,17 @@ async function poll() {
     setOnline();
     let latest = null;
     for (const item of listed.results) if (addItem(item)) latest = item;
-    if (latest && following() && newest() && !state.busy) show(newest());
+    if (latest && isNg(latest)) beep();
+    const flying = listed.in_flight || 0;
+    if (following() && !state.busy) {  // the page's own uploads say INSPECTING and their outcome themselves
+      if (latest) show(newest());
+      else if (flying > 0) {
+        if ($("verdict").className !== "inspecting") screen("inspecting", "INSPECTING", flying + " part(s) sent to the station, in flight");
+      } else if (state.flying > 0 && $("verdict").className === "inspecting") {
+        screen("notjudged", "NOT JUDGED", "the part that was in flight", "it was refused or failed: its sender got the reason");
+      }
+    }
+    state.flying = flying;
   } catch (e) {
     setOffline(e.name === "AbortError" ? "no answer in " + POLL_TIMEOUT_MS / 1000 + " s" : e.message);
   } finally {
@@ -406,6 +427,8 @@ $("category").addEventListener("change", () => {
   rememberProduct(); applyFilter(); renderCounts();
   if (state.review) { const first = state.items.find(visible); if (first) show(first); else screen("idle", "–", "no part of this product"); }
 });
+$("sound").checked = localStorage.getItem("iapas-sound") === "1";
+$("sound").addEventListener("change", () => localStorage.setItem("iapas-sound", $("sound").checked ? "1" : "0"));
 $("shift-reset").addEventListener("click", () => { localStorage.setItem("iapas-shift-start", String(Date.now())); renderShift(); });
 $("auth").addEventListener("submit", () => {
   sessionStorage.setItem("iapas-token", $("token").value.trim());
