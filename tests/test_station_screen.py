@@ -25,6 +25,7 @@ httpx = pytest.importorskip("httpx")
 
 WIDTH, HEIGHT = 1366, 768
 SHOTS = os.environ.get("IAPAS_SCREENSHOT_DIR")
+PAGE_ERRORS: list[str] = []  # uncaught errors of the page's script, over the whole module
 
 
 def png(seed: int, size: tuple[int, int] = (48, 64)) -> bytes:
@@ -83,6 +84,7 @@ def page(station: Station):
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.on("pageerror", lambda error: PAGE_ERRORS.append(str(error)))
             page.goto(station.url + "/")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('ready')", timeout=30_000)
             yield page
@@ -247,3 +249,4 @@ def test_a_stopped_station_shows_offline_within_5_s_and_names_survive_a_restart(
     page.click("#history button >> nth=0")
     wait_shown(page, "S1")
     assert "part S1 (cam-200.png) · product screw" in page.inner_text("#verdict-part")
+    assert PAGE_ERRORS == []
