@@ -139,3 +139,34 @@ def test_before_pages_back_through_the_history(pipeline):  # noqa: F811
         page = client.get("/v1/results", params={"before": ids[1], "limit": 2}).json()
         assert page["total"] == 1 and [r["id"] for r in page["results"]] == [ids[0]]
         assert client.get("/v1/results", params={"before": "x"}).status_code == 422
+
+
+def test_heat_and_outline_pictures_a_person_can_read(pipeline):  # noqa: F811
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    def get(client, link):
+        response = client.get(link)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        return np.asarray(Image.open(io.BytesIO(response.content)))
+
+    with station(pipeline) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        for seed in range(400, 412):
+            body = inspect(client, png(seed, (120, 160))).json()
+            if body["decision"] == "NG":
+                break
+        assert body["decision"] == "NG", "no NG part among the seeds"
+        mask, overlay = get(client, body["urls"]["mask"]) > 0, get(client, body["urls"]["overlay"])
+        outlined = get(client, body["urls"]["outline"])
+        eroded = cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
+                           borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        edge = mask & ~eroded
+        assert edge.any()
+        assert (outlined[edge] == (0, 255, 255)).all() and (outlined[~edge] == overlay[~edge]).all()
+        coloured = get(client, body["urls"]["heat"])
+        assert coloured.shape[0] == 120 and coloured.shape[1] > 160 and coloured.shape[2] == 3
+        assert (coloured[..., 0] != coloured[..., 2]).any()  # colours, not grey
+        assert client.get("/v1/results/" + "0" * 32 + "/heat.png").status_code == 404

@@ -131,6 +131,13 @@ def test_thirty_parts_posted_by_another_client_appear_live_in_order_and_the_layo
     assert picture[0] <= WIDTH and picture[1] <= HEIGHT
     if SHOTS:
         page.screenshot(path=str(Path(SHOTS) / "station-30-parts.png"))
+    page.keyboard.press("m")  # the map, in colour with its bar (wider than the part), by its key
+    page.wait_for_function("(() => { const i = document.getElementById('overlay');"
+                           " return i.alt.startsWith('map of P29') && i.complete && i.naturalWidth > 64; })()")
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "station-map.png"))
+    page.keyboard.press("o")
+    page.wait_for_function("document.getElementById('overlay').alt.startsWith('overlay of P29')")
 
 
 def test_a_picture_that_answers_late_is_never_painted_over_a_later_part(station: Station, page):

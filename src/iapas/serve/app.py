@@ -28,6 +28,7 @@ from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
+from iapas.serve.pictures import add_picture_routes
 from iapas.serve.thumbs import add_thumb_route
 from iapas.serve.whatif import add_whatif_route
 from iapas.serve.worker import ModelWorker, QueueFullError
@@ -86,7 +87,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "timings_ms": record.get("timings_ms")
         or {k: round(1000 * v, 2) for k, v in (record.get("timings") or {}).items()},
         "batch_size": record.get("batch_size"),
-        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in (*KINDS, "thumb")},
+        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in (*KINDS, "thumb", "heat", "outline")},
     }
 
 
@@ -328,6 +329,7 @@ def create_app(
                              "in_flight": in_flight["n"]})
 
     add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
+    add_picture_routes(app, store, BadRequest, valid_id)  # heat.png, outline.png: the same
 
     @app.get("/v1/results/{result_id}/{name}", summary="A result's map, mask or overlay PNG",
              responses={200: {"content": {"image/png": {}}}})

@@ -25,7 +25,7 @@ async function detail(response) {
   try { return (await response.json()).detail || response.statusText; } catch (e) { return response.statusText; }
 }
 
-function status(text) { $("status").textContent = text; }
+function status(text) { $("status").textContent = text; $("status").title = text; }
 
 function fmt(value, digits = 4) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
@@ -68,8 +68,9 @@ async function showPicture() {
   }
   if (!item) { img.alt = "no part shown"; return; }
   img.alt = "loading the " + kind + " of " + partName(item);
+  const readable = { map: "heat", mask: "outline" }[kind];  // the map in colour with its bar; the mask as an outline
   let url;
-  try { url = await picture(item, kind); } catch (e) {
+  try { url = await picture(item, readable && item.urls[readable] ? readable : kind); } catch (e) {
     if (state.current === item && state.kind === kind) { img.removeAttribute("src"); img.alt = "cannot load the " + kind + ": " + e.message; }
     return;
   }
