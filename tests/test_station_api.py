@@ -170,3 +170,35 @@ def test_heat_and_outline_pictures_a_person_can_read(pipeline):  # noqa: F811
         assert coloured.shape[0] == 120 and coloured.shape[1] > 160 and coloured.shape[2] == 3
         assert (coloured[..., 0] != coloured[..., 2]).any()  # colours, not grey
         assert client.get("/v1/results/" + "0" * 32 + "/heat.png").status_code == 404
+
+
+def test_review_of_an_evaluate_folder_shows_the_ground_truth_outline(tmp_path: Path):
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from iapas.evaluation import EvalSettings, evaluate_dataset
+    from iapas.evaluation.predictions import load_map_file
+    from iapas.serve.app import create_app
+    from iapas.serve.review import ReviewStore
+    from iapas.serve.server import BackgroundServer
+    from tests.test_eval_decisions import make_tree
+    from tests.test_evaluation import fake_pipeline, write_profiles
+
+    out = tmp_path / "out"
+    write_profiles(out / "profiles", ["alpha"])
+    evaluate_dataset("mvtec", make_tree(tmp_path / "data"), out, fake_pipeline(), EvalSettings(protocol="full"), report=False)
+    with BackgroundServer(create_app(ReviewStore(out), {}, None)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        listed = client.get("/v1/results?limit=1000").json()["results"]
+        crack = next(r for r in listed if "/crack/" in r["key"] or "crack" in str(r.get("key")))
+        records = [json.loads(line) for line in (out / "predictions" / "alpha.jsonl").read_text().splitlines()]
+        _, truth = load_map_file(out / next(r for r in records if r["key"] == crack["key"])["map"])
+        assert truth.any()
+        gt = np.asarray(Image.open(io.BytesIO(client.get(crack["urls"]["gt"]).content)))
+        overlay = np.asarray(Image.open(io.BytesIO(client.get(crack["urls"]["overlay"]).content)))
+        eroded = cv2.erode(truth.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
+                           borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        edge = truth & ~eroded  # 400x400: one pixel wide
+        assert (gt[edge] == (255, 0, 255)).all() and (gt[~edge] == overlay[~edge]).all()

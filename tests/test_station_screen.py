@@ -257,3 +257,40 @@ def test_a_stopped_station_shows_offline_within_5_s_and_names_survive_a_restart(
     wait_shown(page, "S1")
     assert "part S1 (cam-200.png) · product screw" in page.inner_text("#verdict-part")
     assert PAGE_ERRORS == []
+
+
+def test_review_of_an_evaluate_folder_lists_its_categories_with_thresholds_and_a_ground_truth_toggle(tmp_path: Path):
+    from iapas.evaluation import EvalSettings, evaluate_dataset
+    from tests.test_eval_decisions import make_tree, score
+    from tests.test_evaluation import fake_pipeline, write_profiles
+
+    out = tmp_path / "eval"
+    write_profiles(out / "profiles", ["alpha"])
+    settings = EvalSettings(protocol="full", n_references=2, calibration_images=20, false_alarm_rate=0.2)
+    evaluate_dataset("mvtec", make_tree(tmp_path / "data"), out, fake_pipeline(), settings, report=False)
+    sync_playwright, chromium = require_chromium()
+    proc, url = start_serve(["--review", str(out)], tmp_path / "review.log")
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+                page.goto(url + "/")
+                page.wait_for_function("document.getElementById('status').textContent.endsWith('in this run')", timeout=30_000)
+                options = page.eval_on_selector_all("#category option", "os => os.map(o => o.textContent)")
+                assert options == [f"alpha (threshold {score(165):.4f})"]  # not alpha.calibration, not "(no threshold)"
+                assert page.inner_text("#counts") == "9 part(s), " + str(
+                    sum(1 for r in httpx.get(url + "/v1/results?limit=1000").json()["results"] if r["decision"] == "NG")) + " NG"
+                crack = page.eval_on_selector_all("#history button", "bs => bs.map(b => b.dataset.id)")[0]
+                page.click(f"#history button[data-id='{crack}']")
+                gt = page.locator(".toggles button[data-kind='gt']")
+                assert gt.is_visible()
+                page.keyboard.press("g")
+                page.wait_for_function("(() => { const i = document.getElementById('overlay');"
+                                       " return i.alt.startsWith('gt of') && i.complete && i.naturalWidth === 400; })()")
+                assert page.evaluate("document.documentElement.scrollWidth") == WIDTH
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)

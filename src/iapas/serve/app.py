@@ -87,7 +87,8 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "timings_ms": record.get("timings_ms")
         or {k: round(1000 * v, 2) for k, v in (record.get("timings") or {}).items()},
         "batch_size": record.get("batch_size"),
-        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in (*KINDS, "thumb", "heat", "outline")},
+        "urls": {kind: f"/v1/results/{result_id}/{kind}.png"
+                 for kind in (*KINDS, "thumb", "heat", "outline", *(("gt",) if "label" in record else ()))},
     }
 
 

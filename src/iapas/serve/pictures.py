@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from iapas.outputs import decode_map
 
 OUTLINE = (0, 255, 255)
+GT_OUTLINE = (255, 0, 255)
 
 
 def _font(size: int) -> Any:
@@ -61,8 +62,8 @@ def heat(map_png: bytes, threshold: float | None) -> bytes:
     return _png(np.asarray(canvas))
 
 
-def outline(overlay_png: bytes, mask_png: bytes) -> bytes:
-    """The overlay with the mask's outline drawn over it (thicker on larger images)."""
+def outline(overlay_png: bytes, mask_png: bytes, colour: tuple[int, int, int] = OUTLINE) -> bytes:
+    """The overlay with the mask's outline drawn over it in ``colour`` (thicker on larger images)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(overlay_png), formats=("PNG",)) as im:
@@ -77,12 +78,13 @@ def outline(overlay_png: bytes, mask_png: bytes) -> bytes:
     for _ in range(max(0, round(max(mask.shape) / 300) - 1)):  # thicken: grow the edge by one pixel
         p = np.pad(edge, 1)
         edge = edge | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
-    rgb[edge] = OUTLINE
+    rgb[edge] = colour
     return _png(rgb)
 
 
 def add_picture_routes(app: Any, store: Any, bad_request: Any, valid_id: Any) -> None:
-    """``heat.png`` and ``outline.png`` of a result (register before the map/mask/overlay route)."""
+    """``heat.png``, ``outline.png`` and (a reviewed evaluate folder's) ``gt.png`` of a result
+    (register before the map/mask/overlay route)."""
 
     async def made(result_id: str, make: Any) -> Response:
         if not valid_id(result_id):
@@ -98,6 +100,16 @@ def add_picture_routes(app: Any, store: Any, bad_request: Any, valid_id: Any) ->
         def make() -> bytes | None:
             record, data = store.get(result_id), store.png(result_id, "map")
             return None if record is None or data is None else heat(data, record.get("threshold"))
+        return await made(result_id, make)
+
+    @app.get("/v1/results/{result_id}/gt.png", summary="A reviewed evaluate result's overlay with the ground truth's outline",
+             responses={200: {"content": {"image/png": {}}}})
+    async def result_gt(result_id: str) -> Response:
+        def make() -> bytes | None:
+            truth = getattr(store, "ground_truth", None)
+            mask = truth(result_id) if truth is not None else None
+            overlay = store.png(result_id, "overlay") if mask is not None else None
+            return None if overlay is None else outline(overlay, _png(np.where(mask, 255, 0).astype(np.uint8)), GT_OUTLINE)
         return await made(result_id, make)
 
     @app.get("/v1/results/{result_id}/outline.png", summary="A result's overlay with the mask's outline",

@@ -151,6 +151,21 @@ class ReviewStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    def ground_truth(self, result_id: str) -> np.ndarray | None:
+        """The ground-truth mask (bool, at the map's size) of an evaluate record, None for others."""
+        record = self._records.get(result_id)
+        if record is None or self._where[result_id][0] != "evaluate" or "label" not in record:
+            return None
+        path = _inside(self.folder, str(record.get("map", "")))
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return np.asarray(data["mask"], dtype=bool)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("%s: cannot read the ground truth of %s: %s", self.folder, record.get("key"), exc)
+            return None
+
     def png(self, result_id: str, kind: str) -> bytes | None:
         record = self._records.get(result_id)
         if record is None:

@@ -134,6 +134,9 @@ function show(item) {
     return li;
   }));
   markCurrent();
+  const gt = document.querySelector(".toggles button[data-kind='gt']");
+  gt.hidden = !item.urls.gt;  // a reviewed evaluate folder's ground truth
+  if (gt.hidden && state.kind === "gt") { setKind("overlay"); return; }
   showPicture();
 }
 
@@ -406,6 +409,7 @@ function step(delta) {  // the next (older) or previous (newer) part in the hist
 
 const KEYS = {
   o: () => setKind("overlay"), m: () => setKind("map"), k: () => setKind("mask"),
+  g: () => { if (state.current && state.current.urls.gt) setKind("gt"); },
   f: () => { setFollow(!following()); if (following() && newest()) show(newest()); },
   n: () => { $("ng-only").checked = !$("ng-only").checked; applyFilter(); },
   ArrowLeft: () => step(-1), ArrowRight: () => step(1),
