@@ -131,6 +131,12 @@ def test_thirty_parts_posted_by_another_client_appear_live_in_order_and_the_layo
     assert picture[0] <= WIDTH and picture[1] <= HEIGHT
     if SHOTS:
         page.screenshot(path=str(Path(SHOTS) / "station-30-parts.png"))
+    ok = httpx.get(station.url + "/v1/results?decision=OK&limit=1").json()["total"]
+    page.wait_for_function("n => document.getElementById('shift-ok').textContent === String(n)", arg=ok)
+    assert page.inner_text("#shift-ng") == str(30 - ok) and page.inner_text("#shift-rate") == f"{100 * (30 - ok) / 30:.1f} %"
+    page.click("#shift-reset")  # a new shift: counted from now, by the station
+    page.wait_for_function("document.getElementById('shift-ok').textContent === '0'"
+                           " && document.getElementById('shift-ng').textContent === '0'")
     page.keyboard.press("m")  # the map, in colour with its bar (wider than the part), by its key
     page.wait_for_function("(() => { const i = document.getElementById('overlay');"
                            " return i.alt.startsWith('map of P29') && i.complete && i.naturalWidth > 64; })()")
@@ -191,6 +197,9 @@ def test_a_reload_keeps_the_product_and_names_it(station: Station, page):
     station.post(200, "S1", category="screw")
     wait_shown(page, "S1")
     assert page.inner_text("#verdict") == "NG" and "product screw" in page.inner_text("#verdict-part")
+    assert "main reason: scratch" in page.inner_text("#verdict-reason") or not httpx.get(
+        station.url + "/v1/results?part_id=S1").json()["results"][0]["kept"]  # the top kept phrase, when a box was kept
+    page.wait_for_function("Number(document.getElementById('shift-ng').textContent) >= 1")  # counted since the reset
 
 
 def test_the_layout_holds_with_a_thousand_parts_in_the_history(station: Station, page):
@@ -259,7 +268,7 @@ def test_a_stopped_station_shows_offline_within_5_s_and_names_survive_a_restart(
     assert PAGE_ERRORS == []
 
 
-def test_review_of_an_evaluate_folder_lists_its_categories_with_thresholds_and_a_ground_truth_toggle(tmp_path: Path):
+def test_review_of_an_evaluate_folder_lists_its_categories_with_thresholds_and_a_ground_truth_toggle(tmp_path: Path, page):
     from iapas.evaluation import EvalSettings, evaluate_dataset
     from tests.test_eval_decisions import make_tree, score
     from tests.test_evaluation import fake_pipeline, write_profiles
@@ -268,29 +277,23 @@ def test_review_of_an_evaluate_folder_lists_its_categories_with_thresholds_and_a
     write_profiles(out / "profiles", ["alpha"])
     settings = EvalSettings(protocol="full", n_references=2, calibration_images=20, false_alarm_rate=0.2)
     evaluate_dataset("mvtec", make_tree(tmp_path / "data"), out, fake_pipeline(), settings, report=False)
-    sync_playwright, chromium = require_chromium()
     proc, url = start_serve(["--review", str(out)], tmp_path / "review.log")
+    review = page.context.browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})  # one Playwright per process
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-            try:
-                page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-                page.goto(url + "/")
-                page.wait_for_function("document.getElementById('status').textContent.endsWith('in this run')", timeout=30_000)
-                options = page.eval_on_selector_all("#category option", "os => os.map(o => o.textContent)")
-                assert options == [f"alpha (threshold {score(165):.4f})"]  # not alpha.calibration, not "(no threshold)"
-                assert page.inner_text("#counts") == "9 part(s), " + str(
-                    sum(1 for r in httpx.get(url + "/v1/results?limit=1000").json()["results"] if r["decision"] == "NG")) + " NG"
-                crack = page.eval_on_selector_all("#history button", "bs => bs.map(b => b.dataset.id)")[0]
-                page.click(f"#history button[data-id='{crack}']")
-                gt = page.locator(".toggles button[data-kind='gt']")
-                assert gt.is_visible()
-                page.keyboard.press("g")
-                page.wait_for_function("(() => { const i = document.getElementById('overlay');"
-                                       " return i.alt.startsWith('gt of') && i.complete && i.naturalWidth === 400; })()")
-                assert page.evaluate("document.documentElement.scrollWidth") == WIDTH
-            finally:
-                browser.close()
+        review.goto(url + "/")
+        review.wait_for_function("document.getElementById('status').textContent.endsWith('in this run')", timeout=30_000)
+        options = review.eval_on_selector_all("#category option", "os => os.map(o => o.textContent)")
+        assert options == [f"alpha (threshold {score(165):.4f})"]  # not alpha.calibration, not "(no threshold)"
+        ng = sum(r["decision"] == "NG" for r in httpx.get(url + "/v1/results?limit=1000").json()["results"])
+        assert review.inner_text("#counts") == f"9 part(s), {ng} NG"
+        first = review.eval_on_selector_all("#history button", "bs => bs.map(b => b.dataset.id)")[0]
+        review.click(f"#history button[data-id='{first}']")
+        assert review.locator(".toggles button[data-kind='gt']").is_visible()
+        review.keyboard.press("g")
+        review.wait_for_function("(() => { const i = document.getElementById('overlay');"
+                                 " return i.alt.startsWith('gt of') && i.complete && i.naturalWidth === 400; })()")
+        assert review.evaluate("document.documentElement.scrollWidth") == WIDTH
     finally:
+        review.close()
         proc.terminate()
         proc.wait(30)

@@ -198,15 +198,27 @@ function renderCounts() {  // in a review, of the chosen product
   renderShift();
 }
 
-// The operator's shift counters: the parts this page has seen since the last reset.
+// The operator's shift counters: the station's OK and NG parts stored since the last reset
+// (counted by the station, not only the parts listed here; the reset time is this browser's clock).
 function shiftStart() { return Number(localStorage.getItem("iapas-shift-start") || "0"); }
+let shiftTimer = null;
 function renderShift() {
-  const since = shiftStart();
-  const parts = state.items.filter((i) => (idTime(i.id) || 0) >= since);
-  const ok = parts.filter((i) => i.decision === "OK").length, ng = parts.filter((i) => i.decision === "NG").length;
+  if (state.review) return;
+  clearTimeout(shiftTimer);
+  shiftTimer = setTimeout(countShift, 200);  // once for a burst of parts
+}
+async function countShift() {
+  const since = shiftStart(), after = since ? "&after=" + since.toString(16).padStart(12, "0") : "";
+  const total = async (decision) => {
+    const response = await api("/v1/results?limit=1&decision=" + decision + after);
+    if (!response.ok) throw new Error(await detail(response));
+    return (await response.json()).total;
+  };
+  let ok, ng;
+  try { [ok, ng] = await Promise.all([total("OK"), total("NG")]); } catch (e) { return; }
   $("shift-ok").textContent = ok; $("shift-ng").textContent = ng;
   $("shift-rate").textContent = ok + ng ? (100 * ng / (ok + ng)).toFixed(1) + " %" : "–";
-  $("shift-since").textContent = since ? "since " + clock(since) : "all parts listed";
+  $("shift-since").textContent = since ? "since " + clock(since) : "all parts stored";
 }
 
 // Station history: newest first, by id (ids sort by time), whatever order the answers came in.
@@ -284,7 +296,7 @@ async function inspectFiles(files) {
   status("inspecting " + state.busy + " image(s)…");
   const errors = [];
   await Promise.all(Array.from(files).map(async (file) => {
-    try { const item = await inspectFile(file, category); if (addItem(item) && isNg(item)) beep(); if (following() || !state.busy) show(item); } catch (e) { errors.push(e.message); } finally { state.busy -= 1; }
+    try { const item = await inspectFile(file, category); if (addItem(item) && isNg(item)) beep(); show(item); } catch (e) { errors.push(e.message); } finally { state.busy -= 1; }
   }));
   if (errors.length && !state.offlineSince) screen("notjudged", "NOT JUDGED", "product " + category, errors.join("; "));
   status(errors.length ? "error: " + errors.join("; ") : (state.busy ? "inspecting " + state.busy + " image(s)…" : "ready"));
