@@ -288,7 +288,8 @@ def test_every_endpoint(pipeline):
         assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
         assert client.get("/docs").status_code == 200
         paths = client.get("/openapi.json").json()["paths"]
-        assert {"/v1/inspect", "/v1/results", "/v1/results/{result_id}/{name}", "/v1/profiles", "/v1/health"} <= set(paths)
+        assert {"/v1/inspect", "/v1/results", "/v1/results/{result_id}/{name}", "/v1/profiles", "/v1/health",
+                "/v1/results/{result_id}/thumb.png", "/v1/whatif"} <= set(paths)
         assert "access-control-allow-origin" not in client.get("/v1/health", headers={"Origin": "http://evil"}).headers
 
 
@@ -354,8 +355,10 @@ def test_store_folder_reads_like_a_segment_run_of_the_same_image(pipeline, tiny_
     seg = tmp_path / "seg"
     ours, theirs = ResultsLog(served / "results.jsonl").read(), ResultsLog(seg / "results.jsonl").read()
     (key, rec), (_, ref) = next(iter(ours.items())), next(iter(theirs.items()))
-    assert key == body["id"] and set(rec) == set(ref)
-    different = {"key", "image", "size", "mtime_ns", "outputs", "timings"}
+    # segment's record, and the station's own fields (file name, part id, timings, batch size)
+    assert key == body["id"] and set(rec) == set(ref) | {"filename", "part_id", "timings_ms", "batch_size"}
+    assert rec["filename"] == "part.png" and rec["part_id"] is None and rec["batch_size"] == 1
+    different = {"key", "image", "size", "mtime_ns", "outputs", "timings", "filename", "part_id", "timings_ms", "batch_size"}
     assert {k: rec[k] for k in rec if k not in different} == {k: ref[k] for k in ref if k not in different}
     assert rec["outputs"] == {"map": f"maps/{key}.png", "mask": f"masks/{key}.png", "overlay": f"overlays/{key}.png"}
     assert Path(rec["image"]).read_bytes() == image.read_bytes() and rec["size"] == ref["size"]

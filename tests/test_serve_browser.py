@@ -37,12 +37,12 @@ def part_image(tmp_path: Path) -> Path:
     return path
 
 
-def start_serve(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """`iapas serve ARGS --port 0` in a subprocess; returns it and the URL it printed."""
+def start_serve(args: list[str], log: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """`iapas serve ARGS --port PORT` (a free one by default) in a subprocess; returns it and the URL it printed."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(log, "w") as err:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "iapas", "serve", *args, "--port", "0"], stdout=err, stderr=err, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "iapas", "serve", *args, "--port", str(port)], stdout=err, stderr=err, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())

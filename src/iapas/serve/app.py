@@ -26,8 +26,12 @@ from iapas.names import BadNameError, check_name
 from iapas.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
 from iapas.serve.limits import Budget, Held, header_pixels
+from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
+from iapas.serve.pictures import add_picture_routes
+from iapas.serve.thumbs import add_thumb_route
+from iapas.serve.whatif import add_whatif_route
 from iapas.serve.worker import ModelWorker, QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "category": record.get("category"),
         "key": record.get("key"),
         "filename": record.get("filename"),
+        "part_id": record.get("part_id"),
         "decision": record.get("decision"),
         "normalized_score": record.get("normalized_score"),
         "decision_score": record.get("decision_score"),
@@ -83,7 +88,8 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "timings_ms": record.get("timings_ms")
         or {k: round(1000 * v, 2) for k, v in (record.get("timings") or {}).items()},
         "batch_size": record.get("batch_size"),
-        "urls": {kind: f"/v1/results/{result_id}/{kind}.png" for kind in KINDS},
+        "urls": {kind: f"/v1/results/{result_id}/{kind}.png"
+                 for kind in (*KINDS, "thumb", "heat", "outline", *(("gt",) if "label" in record else ()))},
     }
 
 
@@ -144,14 +150,14 @@ def reserve_pixels(data: bytes, settings: ServeSettings, held: Held) -> None:
                               "retry later", {"Retry-After": str(RETRY_AFTER_S)})
 
 
-async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, str, str | None]:
-    """``(image bytes, file name, category from the form)`` of a multipart or raw upload."""
+async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, str, str | None, str | None]:
+    """``(image bytes, file name, category, part id from the form)`` of a multipart or raw upload."""
     from starlette.datastructures import Headers, UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        return body, request.query_params.get("filename") or "upload", None
+        return body, request.query_params.get("filename") or "upload", None, None
 
     class InMemoryParser(MultiPartParser):
         spool_max_size = limit + 1  # the body is already in memory: never spill to a temporary file
@@ -167,9 +173,10 @@ async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, st
     if not isinstance(upload, UploadFile):
         raise BadRequest(400, "the multipart body has no 'file' part (send the image as the form field 'file')")
     data = await upload.read()
-    category = form.get("category")
+    category, part_id = form.get("category"), form.get("part_id")
     await form.close()
-    return data, upload.filename or "upload", category if isinstance(category, str) else None
+    return (data, upload.filename or "upload", category if isinstance(category, str) else None,
+            part_id if isinstance(part_id, str) else None)
 
 
 def create_app(
@@ -192,6 +199,7 @@ def create_app(
     app.state.worker, app.state.store, app.state.profiles = worker, store, profiles
     budgets = {"bytes": Budget(settings.max_inflight_bytes), "pixels": Budget(settings.pixel_budget)}
     app.state.budgets = budgets
+    in_flight = {"n": 0}  # inspections being received or run now (the page's INSPECTING); one event loop
 
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> Response:
@@ -227,26 +235,33 @@ def create_app(
         summary="Inspect one image",
         openapi_extra={"requestBody": {"content": {
             "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary"}, "category": {"type": "string"}}}},
+                "file": {"type": "string", "format": "binary"}, "category": {"type": "string"},
+                "part_id": {"type": "string"}}}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         }}},
     )
-    async def inspect(request: Request, category: str | None = None, filename: str | None = None) -> JSONResponse:
-        """One image as multipart (`file`, `category`) or as the raw body with `?category=`.
+    async def inspect(request: Request, category: str | None = None, filename: str | None = None,
+                      part_id: str | None = None) -> JSONResponse:
+        """One image as multipart (`file`, `category`, optional `part_id`) or as the raw body with
+        `?category=` (`?part_id=`, `?filename=`).
         Answers the verdict, scores, boxes, per-stage milliseconds and the PNGs' URLs."""
         if worker is None:
             raise BadRequest(405, "this station is a read-only review: it inspects nothing")
         held = Held(budgets)
+        in_flight["n"] += 1
         try:
-            return await inspect_held(request, category, held)
+            return await inspect_held(request, category, held, part_id)
         finally:
+            in_flight["n"] -= 1
             held.release()
 
-    async def inspect_held(request: Request, category: str | None, held: Held) -> JSONResponse:
+    async def inspect_held(request: Request, category: str | None, held: Held, part_id: str | None) -> JSONResponse:
         started = time.perf_counter()
         body = await read_body(request, settings, held)
-        data, name, form_category = await parse_upload(request, body, settings.max_upload)
-        category = form_category or category
+        data, name, form_category, form_part_id = await parse_upload(request, body, settings.max_upload)
+        category, part_id, name = form_category or category, form_part_id or part_id, clean_filename(name)
+        if part_id is not None and (problem := part_id_problem(part_id)):
+            raise BadRequest(422, problem)
         if not category:
             raise BadRequest(400, f"no category: send the form field 'category' or ?category= (known: {known()})")
         try:  # the rule of every name that becomes a path (the store's folders)
@@ -281,7 +296,7 @@ def create_app(
         def finish() -> dict[str, Any]:
             verdict = decision.decide(result.anomaly_map) if decision is not None else None
             timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
-            extra = {"filename": name, "batch_size": outcome.batch_size,
+            extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size,
                      "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
             return store.add(category, image, data, result, verdict, extra)
 
@@ -294,22 +309,33 @@ def create_app(
         return JSONResponse(summary(record))
 
     @app.get("/v1/results", summary="Recent inspections")
-    async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time") -> JSONResponse:
+    async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time",
+                      part_id: str | None = None, after: str | None = None, before: str | None = None) -> JSONResponse:
         """Newest first (`sort=time`) or highest image score first (`sort=score`); `decision=NG`
-        or `OK` filters."""
+        or `OK`, `category=` and `part_id=` filter. `after=ID` (a result id or its first hex
+        digits): the results stored after it, oldest first, for a page that polls; `before=ID`: the
+        ones stored before it (a page of older ones). `in_flight`: inspections under way now."""
         if decision is not None and decision not in ("OK", "NG"):
             raise BadRequest(422, "decision must be OK or NG")
         if sort not in ("time", "score"):
             raise BadRequest(422, "sort must be time or score")
         if not 1 <= limit <= MAX_LIST:
             raise BadRequest(422, f"limit must be in 1..{MAX_LIST}")
-        records = [r for r in store.records()
-                   if (decision is None or r.get("decision") == decision) and (category is None or r.get("category") == category)]
-        if sort == "score":
+        for name, value in (("after", after), ("before", before)):
+            if value is not None and (problem := after_problem(value, name)):
+                raise BadRequest(422, problem)
+        records = select(store.records(), decision=decision, category=category, part_id=part_id, after=after, before=before)
+        if after is not None:
+            records.sort(key=lambda r: r.get("id") or r["key"])
+        elif sort == "score":
             records.sort(key=lambda r: -float(r.get("image_score") or 0.0))
         else:
             records.reverse()
-        return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]]})
+        return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]],
+                             "in_flight": in_flight["n"]})
+
+    add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
+    add_picture_routes(app, store, BadRequest, valid_id)  # heat.png, outline.png: the same
 
     @app.get("/v1/results/{result_id}/{name}", summary="A result's map, mask or overlay PNG",
              responses={200: {"content": {"image/png": {}}}})
@@ -325,10 +351,14 @@ def create_app(
             raise BadRequest(404, f"no result {result_id} (results in memory are kept for the last ones only)")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
+    add_whatif_route(app, store, BadRequest)
+
     @app.get("/v1/profiles", summary="The categories served")
     async def list_profiles() -> JSONResponse:
         if not profiles:  # a review: the folder's categories, no profiles loaded
-            return JSONResponse({"profiles": [{"category": c, "decision": None} for c in categories]})
+            thresholds = getattr(store, "thresholds", {})  # what the folder's records were judged against
+            return JSONResponse({"profiles": [{"category": c, "decision": None if c not in thresholds else
+                                               {"threshold": thresholds[c]}} for c in categories]})
         return JSONResponse({"profiles": [profile_info(p) for _, p in sorted(profiles.items())]})
 
     @app.get("/v1/health", summary="Models, device, queue depth, images served")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.evaluation.decisions import CALIBRATION_SUFFIX
 from iapas.names import OutsideRootError, path_inside
 from iapas.outputs import binary_mask, encode_map
 from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog
@@ -44,6 +45,10 @@ def _inside(folder: Path, relative: str) -> Path | None:
         return path_inside(folder, relative)
     except OutsideRootError:
         return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -68,6 +73,7 @@ class ReviewStore:
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.categories: list[str] = []
+        self.thresholds: dict[str, float] = {}  # each category's calibrated threshold, where it has one
         self.skipped = 0  # malformed records, not listed
         if (self.folder / RESULTS_FILE).is_file():
             self._add_segment(self.folder)
@@ -93,8 +99,12 @@ class ReviewStore:
             self.categories.append(category)
 
     def _add_segment(self, run: Path) -> None:
-        profile = _read_json(run / RUN_FILE).get("profile") or {}
+        content = _read_json(run / RUN_FILE)
+        profile = content.get("profile") or {}
         category = str(profile.get("category") or run.name)
+        decision = content.get("decision")
+        if isinstance(decision, dict) and _number(decision.get("threshold")):
+            self.thresholds[category] = float(decision["threshold"])
         for record in ResultsLog(run / RESULTS_FILE).read().values():
             if record.get("status") == "ok" and self._usable(record, run / RESULTS_FILE):
                 self._add("segment", run, category, record)
@@ -108,15 +118,20 @@ class ReviewStore:
                 thresholds[str(name or c.get("name"))] = float(decision["threshold"])
         for path in sorted((out / "predictions").glob("*.jsonl")):
             category = path.stem
+            if category.endswith(CALIBRATION_SUFFIX):  # the calibration images: the threshold's input, not a product
+                continue
             threshold = thresholds.get(category)
             for record in ResultsLog(path).read().values():
                 if record.get("status") != "ok" or not self._usable(record, path):
                     continue
+                if threshold is None and record.get("decision") is not None and _number(record.get("threshold")):
+                    threshold = thresholds[category] = float(record["threshold"])  # a calibrated run's own
                 score = float(record.get("map_max", record.get("image_score", 0.0)))
                 if record.get("decision") is None and threshold is not None:
                     record = {**record, "decision": "NG" if score > threshold else "OK", "threshold": threshold,
                               "decision_score": score}
                 self._add("evaluate", out, category, record)
+        self.thresholds.update(thresholds)
 
     def _usable(self, record: dict[str, Any], where: Path) -> bool:
         if usable(record, where):
@@ -137,6 +152,21 @@ class ReviewStore:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def ground_truth(self, result_id: str) -> np.ndarray | None:
+        """The ground-truth mask (bool, at the map's size) of an evaluate record, None for others."""
+        record = self._records.get(result_id)
+        if record is None or self._where[result_id][0] != "evaluate" or "label" not in record:
+            return None
+        path = _inside(self.folder, str(record.get("map", "")))
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return np.asarray(data["mask"], dtype=bool)
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning("%s: cannot read the ground truth of %s: %s", self.folder, record.get("key"), exc)
+            return None
 
     def png(self, result_id: str, kind: str) -> bytes | None:
         record = self._records.get(result_id)

@@ -53,6 +53,7 @@ MASK_THRESHOLD = 0.3  # the mask threshold without a decision, as 'iapas segment
 MIN_FREE_BYTES = 32 * 2**20  # a store with less free space takes no more inspections (507)
 STORED_BYTES_PER_PIXEL = 8  # at most: the 16-bit map, the mask and the RGB overlay PNGs
 PROBE_FILE = ".iapas-write-probe"
+STATION_FIELDS = ("filename", "part_id", "timings_ms", "batch_size")  # kept in results.jsonl too
 NUMBER_FIELDS = ("image_score", "decision_score", "normalized_score", "threshold", "map_max")
 
 
@@ -83,6 +84,9 @@ def record_problem(record: dict[str, Any]) -> str | None:
         value = record.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
             return f"{name} {value!r} is not a finite number"
+    for name in ("filename", "part_id"):
+        if not isinstance(record.get(name, ""), (str, type(None))):
+            return f"{name} {record.get(name)!r} is not a string"
     if record.get("decision") not in (None, "OK", "NG"):
         return f"decision {record.get('decision')!r} is not OK, NG or null"
     for name in ("kept", "dropped"):
@@ -99,6 +103,12 @@ def usable(record: Any, where: Any) -> bool:
     if problem is not None:
         logger.warning("%s: skipping the record %r: %s", where, record.get("key") if isinstance(record, dict) else None, problem)
     return problem is None
+
+
+def persisted(extra: dict[str, Any]) -> dict[str, Any]:
+    """What a station keeps of an inspection besides ``segment``'s record (its file name, part
+    id, per-stage milliseconds and batch size), so that the history survives a restart with its names."""
+    return {k: extra[k] for k in STATION_FIELDS if k in extra}
 
 
 def new_id() -> str:
@@ -351,7 +361,7 @@ class DiskStore:
             atomic_write_bytes(upload, data)
             stored = LoadedImage(path=Path(os.path.abspath(upload)), rgb=image.rgb, mode=image.mode)
             outputs = write_image_outputs(folder, result_id, image.rgb, result, threshold, overlay=True, verdict=verdict)
-            record = result_record(result_id, stored, result, outputs, threshold, verdict)
+            record = {**result_record(result_id, stored, result, outputs, threshold, verdict), **persisted(extra)}
             with self._lock:  # one writer per results.jsonl
                 self._logs[category].append(record)
                 self._records[result_id] = {**record, "category": category, **extra}
