@@ -9,7 +9,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
+
+# The model-fingerprint hash cache ($XDG_CACHE_HOME/iapas) of every test and the commands it starts
+# goes to a folder of this session, never to the user's ~/.cache (tests that check it set their own).
+_CACHE_HOME = tempfile.mkdtemp(prefix="iapas-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, True)
 
 import pytest
 
