@@ -21,10 +21,10 @@ from iapas.decision import Decision, DecisionError
 from iapas.fields import FieldError
 from iapas.io import atomic_write_text
 from iapas.names import BadNameError, check_name
+from iapas.plaindata import PlainDataError, load_plain
 from iapas.prompts.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
 
 PROFILE_FORMAT = 1
-MAX_DEPTH = 32  # nesting levels a profile file may have (its own need 4)
 
 
 class ProfileError(ValueError):
@@ -150,55 +150,10 @@ class Profile:
             raise ProfileError(f"{path}: cannot read profile: {exc}") from None
         language = "JSON" if path.suffix.lower() == ".json" else "YAML"
         try:
-            data = json.loads(text) if language == "JSON" else yaml.load(text, Loader=_ProfileLoader)  # noqa: S506
-        except _Refused as exc:
-            raise ProfileError(f"{path}: line {exc.line}, column {exc.column}: {exc}") from None
-        except RecursionError:
-            raise ProfileError(f"{path}: lists or mappings nested more than {MAX_DEPTH} levels deep; refused") from None
-        except (yaml.YAMLError, ValueError) as exc:
-            raise ProfileError(f"{path}: {_syntax_error(exc, language)}") from None
-        if _too_deep(data):
-            raise ProfileError(f"{path}: lists or mappings nested more than {MAX_DEPTH} levels deep; refused")
+            data = load_plain(text, language, "a profile")
+        except PlainDataError as exc:
+            raise ProfileError(f"{path}: {exc}") from None
         return cls.from_dict(data, str(path))
-
-
-class _Refused(Exception):
-    """What a profile must not hold, found at a line and column of the file."""
-
-    def __init__(self, message: str, mark: Any) -> None:
-        super().__init__(message)
-        self.line, self.column = mark.line + 1, mark.column + 1
-
-
-class _ProfileLoader(yaml.SafeLoader):
-    """YAML's safe loader without anchors and aliases (a 1 KB file of nested aliases expands to
-    gigabytes; a profile never needs them) and at most :data:`MAX_DEPTH` levels deep (the
-    composer recurses: thousands of levels end in a RecursionError)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused("anchors and aliases (&name, *name) are not allowed in a profile", event.start_mark)
-        if self._depth >= MAX_DEPTH:
-            raise _Refused(f"lists or mappings nested more than {MAX_DEPTH} levels deep; refused", event.start_mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _too_deep(data: Any) -> bool:
-    """Whether ``data`` (loaded JSON) holds lists or mappings more than :data:`MAX_DEPTH` deep."""
-    level = [data]
-    for _ in range(MAX_DEPTH):
-        level = [v for item in level if isinstance(item, (list, dict))
-                 for v in (item.values() if isinstance(item, dict) else item)]
-        if not level:
-            return False
-    return any(isinstance(item, (list, dict)) for item in level)
 
 
 def check_fields(
@@ -215,20 +170,6 @@ def check_fields(
     missing = [k for k in required if k not in data]
     if missing:
         raise error(f"{source}: missing field(s) {', '.join(missing)}")
-
-
-def _syntax_error(exc: Exception, language: str) -> str:
-    """One line for a YAML or JSON syntax error: line, column and the problem (PyYAML's own
-    message spans four lines with a copy of the text)."""
-    if isinstance(exc, json.JSONDecodeError):
-        return f"line {exc.lineno}, column {exc.colno}: not valid {language}: {exc.msg}"
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None)
-    if mark is not None and problem:
-        context = getattr(exc, "context", None)
-        detail = f"{problem} ({context})" if context else problem
-        return f"line {mark.line + 1}, column {mark.column + 1}: not valid {language}: {detail}"
-    return f"not valid {language}: {' '.join(str(exc).split())}"
 
 
 def base_profile(category: str = "base", object_tag: str = "object") -> Profile:

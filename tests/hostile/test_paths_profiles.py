@@ -231,6 +231,24 @@ def test_deep_nesting_is_one_line(tmp_path: Path, suffix: str) -> None:
     assert str(info.value) == f"{path}: {where}lists or mappings nested more than 32 levels deep; refused"
 
 
+def test_a_knowledge_file_is_read_as_safely_as_a_profile(tmp_path: Path) -> None:
+    """`--knowledge-file` is edited by hand too: the same refusals, one line each, naming the file."""
+    from iapas.prompts.knowledge import Knowledge, KnowledgeError
+
+    cases = {
+        "bomb.yaml": (alias_bomb(), "line 6, column 6: anchors and aliases (&name, *name) are not allowed in a knowledge file"),
+        "deep.yaml": ("objects: " + "[" * 5000 + "]" * 5000 + "\n",
+                      "line 1, column 41: lists or mappings nested more than 32 levels deep; refused"),
+        "broken.yaml": ("objects: [unclosed\n", "line 2, column 1: not valid YAML: expected ',' or ']', but got '<stream end>'"
+                        " (while parsing a flow sequence)"),
+    }
+    for name, (text, message) in cases.items():
+        path = write_yaml(tmp_path / name, text)
+        with pytest.raises(KnowledgeError) as info:
+            Knowledge.load(path)
+        assert str(info.value) == f"{path}: {message}"
+
+
 # --- the commands: one line, exit 2, nothing written ----------------------------------------------------
 
 

@@ -15,8 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from iapas.plaindata import PlainDataError, load_plain
 from iapas.prompts.caption import clean_nouns
 
 DEFAULT_FAMILY = "default"
@@ -103,10 +102,10 @@ class Knowledge:
             except (OSError, UnicodeDecodeError) as exc:
                 raise KnowledgeError(f"{path}: cannot read knowledge file: {exc}") from None
             source = str(path)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise KnowledgeError(f"{source}: not valid YAML: {exc}") from None
+        try:  # no anchors or aliases, bounded depth, one line: as a profile (a knowledge file is edited by hand too)
+            data = load_plain(text, "YAML", "a knowledge file")
+        except PlainDataError as exc:
+            raise KnowledgeError(f"{source}: {exc}") from None
         return cls.from_dict(data, source)
 
     def family_of(self, phrase: str) -> tuple[str, str] | None:
