@@ -35,6 +35,13 @@ def test_conformal_rank_and_threshold_by_hand():
     assert conformal_threshold([3, 1, 2, 9, 4, 5, 6, 7, 8], 0.1) == 9.0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_conformal_threshold_refuses_a_non_finite_score(bad):
+    # 9 scores, rate 0.1: k = 9, the maximum; an infinite maximum would be a threshold no part passes
+    with pytest.raises(DecisionError, match=r"^the calibration scores contain NaN or infinity: the models gave a non-finite map$"):
+        conformal_threshold([3, 1, 2, bad, 4, 5, 6, 7, 8], 0.1)
+
+
 def test_conformal_ties_many_exact_zeros():
     # 15 zeros and 5 distinct scores, rate 0.25: k = ceil(21 * 0.75) = ceil(15.75) = 16 -> 0.2
     scores = [0.0] * 15 + [0.2, 0.3, 0.5, 0.7, 0.9]

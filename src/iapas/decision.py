@@ -70,8 +70,8 @@ def conformal_threshold(scores: Any, rate: float) -> float:
     Raises :class:`DecisionError` with the number of images needed when ``k > n``.
     """
     values = np.sort(np.asarray(scores, dtype=np.float64).reshape(-1))
-    if np.isnan(values).any():
-        raise DecisionError("the calibration scores contain NaN")
+    if not np.isfinite(values).all():  # an infinite k-th score would make every part OK
+        raise DecisionError("the calibration scores contain NaN or infinity: the models gave a non-finite map")
     n = len(values)
     k = conformal_rank(n, rate)
     if k > n:
