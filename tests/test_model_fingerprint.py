@@ -242,3 +242,33 @@ def test_an_evaluation_folder_of_an_older_iapas_or_without_run_file_is_refused(t
     assert str(seed.value) == f"{out} holds results made with other settings (seed: 1 -> 0); {advice}"
     (out / "run.json").write_text(json.dumps({"signature": {**now, "detector": "elsewhere/gdino"}}))
     check_existing_run(out, now)
+
+
+def test_a_ray_worker_with_other_model_files_at_the_same_path_is_refused(tmp_path: Path) -> None:
+    """The Ray executor's check of each worker against the driver, without Ray: the worker's
+    signature carries the fingerprints of the files it loaded, and other files under the same path
+    stop the run in one line (dtype and device are compared as before)."""
+    from types import SimpleNamespace
+
+    from iapas.engine.base import EngineError
+    from iapas.engine.ray_executor import check_worker_models, worker_signature
+
+    def pipeline(det: Path, seg: Path, dtype: str = "torch.float32") -> SimpleNamespace:
+        return SimpleNamespace(detector=SimpleNamespace(name=str(det), dtype=dtype, device="cpu"),
+                               segmenter=SimpleNamespace(name=str(seg)))
+
+    det, seg = model_folder(tmp_path / "driver" / "gdino"), model_folder(tmp_path / "driver" / "sam", b"\x02" * 64)
+    driver = worker_signature(pipeline(det, seg))
+    files = ["config.json", "model.safetensors", "tokenizer.json"]
+    assert driver == {"dtype": "torch.float32", "device": "cpu", "detector_fingerprint": oracle(det, files),
+                      "segmenter_fingerprint": oracle(seg, files)}
+    check_worker_models(worker_signature(pipeline(det, seg)), driver)  # the same files: accepted
+    other = model_folder(tmp_path / "worker" / "gdino", b"\x03" * 64)  # the worker's machine: other weights
+    with pytest.raises(EngineError) as info:
+        check_worker_models(worker_signature(pipeline(other, seg)), driver)
+    assert str(info.value) == (f"a Ray worker loaded another detector than the driver ({oracle(other, files)[:19]}, "
+                               f"the driver's {oracle(det, files)[:19]}): the model's path holds other files on that machine")
+    with pytest.raises(EngineError, match=r"^a Ray worker's models run with \{'dtype': 'torch.float16', 'device': 'cpu'\}"):
+        check_worker_models(worker_signature(pipeline(det, seg, "torch.float16")), driver)
+    auto = {k: v for k, v in driver.items() if k != "device"}  # --device auto: each worker resolves its own
+    check_worker_models({**worker_signature(pipeline(det, seg)), "device": "cuda:0"}, auto)

@@ -92,6 +92,31 @@ def _decode_group(row: dict[str, Any], job: Job, max_pixels: int) -> dict[str, A
     return {"group": pickle.dumps([(item, decode(item, job, max_pixels)) for item in items])}
 
 
+def worker_signature(pipeline: Any) -> dict[str, str | None]:
+    """What a worker's models must share with the driver's: dtype, device and each model's
+    fingerprint (a path on a worker's machine may hold other files than on the driver's)."""
+    from iapas.models.fingerprint import pipeline_identity
+
+    fingerprints = {k: v for k, v in pipeline_identity(pipeline).items() if k.endswith("_fingerprint")}
+    return {**precision_signature(pipeline), **fingerprints}
+
+
+def check_worker_models(here: dict[str, str | None], expected: dict[str, str | None]) -> None:
+    """:class:`EngineError` (one line) when a worker's ``here`` differs from the driver's ``expected``
+    on a key the driver gives: other model files first, then precision or device."""
+    from iapas.models.fingerprint import short
+
+    for key in (k for k in expected if k.endswith("_fingerprint")):
+        if here.get(key) != expected[key]:
+            kind = key.removesuffix("_fingerprint")
+            raise EngineError(f"a Ray worker loaded another {kind} than the driver ({short(here.get(key))}, the driver's "
+                              f"{short(expected[key])}): the model's path holds other files on that machine")
+    here = {key: value for key, value in here.items() if key in expected and not key.endswith("_fingerprint")}
+    want = {key: value for key, value in expected.items() if not key.endswith("_fingerprint")}
+    if here != want:  # a resumed run must not mix precisions or devices
+        raise EngineError(f"a Ray worker's models run with {here}, the driver's with {want}: give --device and --dtype")
+
+
 class Stage2Actor:
     """One worker: builds the pipeline once, then runs stage 2 on groups and writes their files."""
 
@@ -102,9 +127,7 @@ class Stage2Actor:
         self.job = job
         self.fault = fault
         self.batches = 0
-        here = {key: value for key, value in precision_signature(self.pipeline).items() if key in expected}
-        if here != expected:  # a resumed run must not mix precisions or devices
-            raise EngineError(f"a Ray worker's models run with {here}, the driver's with {expected}: give --device and --dtype")
+        check_worker_models(worker_signature(self.pipeline), expected)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         outcomes = [pickle.dumps(self._run(pickle.loads(group))) for group in batch["group"]]
@@ -178,7 +201,7 @@ class RayExecutor:
         fault = None
         if os.environ.get(KILL_AT_BATCH):
             fault = (int(os.environ[KILL_AT_BATCH]), os.environ.get(KILL_MARKER) or None)
-        expected = precision_signature(pipeline)
+        expected = worker_signature(pipeline)
         if config.get("device") == "auto":  # the workers resolve it on their own machine
             expected.pop("device")
         # one block per group (up to a bound): records reach the driver, the progress bar and the
