@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
 
+from iapas.cli import app
 from iapas.decision import ImageDecision
 from iapas.outputs import render_overlay
 from iapas.types import Detections, SegmentationResult
+from tests.test_cli_segment import read_results, segment_args
 
 GREY = 90
 
@@ -101,3 +104,50 @@ def test_dropped_boxes_are_drawn_only_when_asked() -> None:
     assert (hidden == GREY).all()  # no box, no label: the image as it was
     shown = render_overlay(grey(shape), result, show_dropped=True)
     assert (shown[edge] == 160).all() and (shown[~edge] == GREY).all()
+
+
+def test_segment_show_dropped_end_to_end(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    image = tmp_path / "in" / "part.png"
+    image.parent.mkdir()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(image)
+    runner = CliRunner()
+    # a tiny size threshold drops every box the tiny detector finds
+    profile = tmp_path / "p.yaml"
+    made = runner.invoke(app, ["profile", "--category", "part", "--object", "part", "--prompts", "scratch", "--out", str(profile)])
+    assert made.exit_code == 0, made.output
+    overlays = {}
+    for name, extra in (("default", ()), ("shown", ("--show-dropped",))):
+        out = tmp_path / name
+        ran = runner.invoke(app, segment_args(tiny_models, str(image), "--profile", str(profile), "--size-threshold", "1e-6",
+                                              "--out", str(out), *extra))
+        assert ran.exit_code == 0, ran.output
+        (record,) = read_results(out)
+        overlays[name] = np.asarray(Image.open(out / record["outputs"]["overlay"]).convert("RGB"))
+    assert record["dropped"] and not record["kept"], record
+    plain = np.asarray(Image.open(image).convert("RGB"))
+    edge = np.zeros(plain.shape[:2], bool)
+    for d in record["dropped"]:
+        x0, y0, x1, y1 = (int(round(v)) for v in d["box"])
+        edge |= dropped_outline(plain.shape[:2], [max(x0, 0), max(y0, 0), min(x1, 127), min(y1, 95)])
+    changed = (overlays["shown"] != overlays["default"]).any(axis=2)
+    assert changed.any() and (overlays["shown"][changed] == 160).all()
+    outline_default = overlays["default"][edge]
+    assert (outline_default != 160).any()  # the random image's pixels, not the grey outline
+
+
+@pytest.mark.parametrize("show", [False, True])
+def test_the_station_draws_dropped_boxes_only_with_show_dropped(show: bool) -> None:
+    import io
+
+    from iapas.io import LoadedImage
+    from iapas.profile import Profile
+    from iapas.serve.store import MemoryStore
+
+    shape, box = (200, 300), [150, 60, 260, 160]
+    buffer = io.BytesIO()
+    Image.fromarray(grey(shape)).save(buffer, format="PNG")
+    store = MemoryStore({"part": Profile.from_prompts("part", "part", ["scratch"])}, show_dropped=show)
+    image = LoadedImage(path=Path("part.png"), rgb=grey(shape), mode="RGB")
+    record = store.add("part", image, buffer.getvalue(), result_with([], [box], shape), None, {})
+    overlay = np.asarray(Image.open(io.BytesIO(store.png(record["key"], "overlay"))).convert("RGB"))
+    assert (overlay[dropped_outline(shape, box)] == (160 if show else GREY)).all()
