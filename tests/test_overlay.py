@@ -151,3 +151,14 @@ def test_the_station_draws_dropped_boxes_only_with_show_dropped(show: bool) -> N
     record = store.add("part", image, buffer.getvalue(), result_with([], [box], shape), None, {})
     overlay = np.asarray(Image.open(io.BytesIO(store.png(record["key"], "overlay"))).convert("RGB"))
     assert (overlay[dropped_outline(shape, box)] == (160 if show else GREY)).all()
+
+
+def test_segment_and_serve_share_one_show_dropped_option() -> None:
+    import typer.main
+
+    from iapas.cli.common import ShowDroppedOption
+
+    for name in ("segment", "serve"):
+        command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+        (param,) = [p for p in command.params if p.name == "show_dropped"]
+        assert param.opts == ["--show-dropped"] and param.default is False and param.help == ShowDroppedOption.help
