@@ -32,6 +32,57 @@ def binary_mask(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(on, 255, 0).astype(np.uint8)
 
 
+LABEL_TEXT = (255, 255, 255)
+KEPT_COLOUR = (220, 0, 0)
+DROPPED_COLOUR = (160, 160, 160)
+OBJECT_COLOUR = (0, 200, 0)
+OK_COLOUR = (0, 160, 0)
+
+
+def label_font(shape: tuple[int, ...]) -> Any:
+    """Pillow's scalable default font at a size that reads on an image of this ``shape``: 1/40
+    of its longer side (22 px on a 900 px image), at most 1/8 of its shorter, never under 10 px."""
+    from PIL import ImageFont
+
+    height, width = shape[:2]
+    size = max(10, round(min(max(height, width) / 40, min(height, width) / 8)))
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, ImportError):  # a Pillow built without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
+
+
+def label_rect(
+    draw: Any, text: str, font: Any, anchor: tuple[float, float], size: tuple[int, int], avoid: list[float] | None = None
+) -> tuple[list[float], tuple[float, float]]:
+    """Where a label goes: ``(background rectangle, text position)``. Its bottom left corner is
+    at ``anchor`` (a box's top left corner, so the label sits on the box); with no room above,
+    just below ``anchor`` (inside the box); then moved left or up to stay inside the ``size``
+    (width, height) image, and below the rectangle ``avoid`` (the verdict's) if it would cover it."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(1, round((bottom - top) / 6))
+    w, h = right - left + 2 * pad, bottom - top + 2 * pad
+    x, y = anchor
+    y = y - h if y - h >= 0 else y
+    if avoid is not None and x < avoid[2] and x + w > avoid[0] and y < avoid[3] and y + h > avoid[1]:
+        y = avoid[3] + 1
+    x, y = max(0, min(x, size[0] - w)), max(0, min(y, size[1] - h))
+    return [x, y, x + w - 1, y + h - 1], (x + pad - left, y + pad - top)
+
+
+def draw_label(draw: Any, text: str, font: Any, anchor: tuple[float, float], size: tuple[int, int],
+               fill: tuple[int, int, int], avoid: list[float] | None = None) -> list[float]:
+    """White ``text`` on a ``fill`` rectangle placed by :func:`label_rect` (the font made
+    smaller where the text is wider than the image); returns the rectangle."""
+    rect, at = label_rect(draw, text, font, anchor, size, avoid)
+    if rect[2] - rect[0] + 1 > size[0] and hasattr(font, "font_variant"):
+        font = font.font_variant(size=max(6, int(font.size * size[0] / (rect[2] - rect[0] + 1))))
+        rect, at = label_rect(draw, text, font, anchor, size, avoid)
+    draw.rectangle(rect, fill=fill)
+    draw.text(at, text, font=font, fill=LABEL_TEXT)
+    return rect
+
+
 def render_overlay(
     rgb: np.ndarray,
     result: SegmentationResult,
@@ -40,14 +91,17 @@ def render_overlay(
     alpha: float = 0.5,
     draw_boxes: bool = True,
     verdict: Any = None,
+    show_dropped: bool = False,
 ) -> np.ndarray:
     """The image with the map as a heat colour where it is > 0, kept boxes in red with their
-    phrase and score, dropped boxes in grey and the object box in green.
+    phrase and score, the object box in green, and, with ``show_dropped``, the boxes the size
+    filter dropped in grey.
 
     The colour scale is the same for every image: 0 to ``vmax``, or, with a ``verdict``
     (:class:`iapas.decision.ImageDecision`), the decision's normalised score (the threshold at
     the middle of the scale); the verdict and its score are written in the top left corner
-    (green OK, red NG)."""
+    (green OK, red NG). Labels are written in a font that scales with the image
+    (:func:`label_font`), on a filled background, inside the image."""
     import matplotlib
     from PIL import Image, ImageDraw
 
@@ -64,21 +118,25 @@ def render_overlay(
         return blended
     image = Image.fromarray(blended)
     draw = ImageDraw.Draw(image)
+    size = image.size
     width = max(1, round(max(rgb.shape[:2]) / 400))
-    for box in result.dropped.boxes:
-        draw.rectangle([float(v) for v in box], outline=(160, 160, 160), width=width)
-    if result.object_box is not None:
-        draw.rectangle([float(v) for v in result.object_box], outline=(0, 200, 0), width=width)
-    for box, score, phrase in zip(result.kept.boxes, result.kept.scores, result.kept.phrases):
-        draw.rectangle([float(v) for v in box], outline=(255, 0, 0), width=width)
-        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{phrase} {score:.2f}", fill=(255, 255, 0))
+    font = label_font(rgb.shape)
+    verdict_label, verdict_rect = None, None
     if verdict is not None:
-        label = f"{verdict.verdict} {verdict.score:.4f} (threshold {verdict.threshold:.4f})"
-        colour = (220, 0, 0) if verdict.verdict == "NG" else (0, 160, 0)
-        x1, y1 = draw.textbbox((4, 4), label)[2:]
-        draw.rectangle([0, 0, x1 + 4, y1 + 4], fill=colour)
-        draw.text((4, 4), label, fill=(255, 255, 255))
-        draw.rectangle([0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1], outline=colour, width=2 * width)
+        verdict_label = f"{verdict.verdict} {verdict.score:.4f} (threshold {verdict.threshold:.4f})"
+        verdict_rect = label_rect(draw, verdict_label, font, (0, 0), size)[0]
+    for box in result.dropped.boxes if show_dropped else ():
+        draw.rectangle([float(v) for v in box], outline=DROPPED_COLOUR, width=width)
+    if result.object_box is not None:
+        draw.rectangle([float(v) for v in result.object_box], outline=OBJECT_COLOUR, width=width)
+    for box in result.kept.boxes:
+        draw.rectangle([float(v) for v in box], outline=KEPT_COLOUR, width=width)
+    for box, score, phrase in zip(result.kept.boxes, result.kept.scores, result.kept.phrases):
+        draw_label(draw, f"{phrase} {score:.2f}", font, (float(box[0]), float(box[1])), size, KEPT_COLOUR, verdict_rect)
+    if verdict is not None:
+        colour = KEPT_COLOUR if verdict.verdict == "NG" else OK_COLOUR
+        draw.rectangle([0, 0, size[0] - 1, size[1] - 1], outline=colour, width=2 * width)
+        draw_label(draw, verdict_label, font, (0, 0), size, colour)
     return np.asarray(image)
 
 
@@ -98,12 +156,14 @@ def write_image_outputs(
     threshold: float,
     overlay: bool = True,
     verdict: Any = None,
+    show_dropped: bool = False,
 ) -> dict[str, str]:
     """Write ``maps/KEY.png``, ``masks/KEY.png`` and ``overlays/KEY.png`` atomically.
 
     With a ``verdict`` (:class:`iapas.decision.ImageDecision`) the mask is the decision mask
     (empty exactly when the verdict is OK) and the overlay shows the verdict; without, the mask
-    is the map >= ``threshold``. Returns the written paths relative to ``out_dir``.
+    is the map >= ``threshold``; ``show_dropped`` draws the dropped boxes on the overlay.
+    Returns the written paths relative to ``out_dir``.
     """
     written = output_names(key, overlay)
     paths = {kind: path_inside(out_dir, name) for kind, name in written.items()}  # a key is a relative path
@@ -115,5 +175,5 @@ def write_image_outputs(
     save_png(paths["mask"], mask)
     if overlay:
         # overlays are for looking at: fast compression (they are photographic, and the largest)
-        save_png(paths["overlay"], render_overlay(rgb, result, verdict=verdict), compress_level=1)
+        save_png(paths["overlay"], render_overlay(rgb, result, verdict=verdict, show_dropped=show_dropped), compress_level=1)
     return written

@@ -159,13 +159,15 @@ class SegmentJob(PlainJob):
     overlay: bool = True
     stage2_profile: Profile | None = None
     decision: Decision | None = None
+    show_dropped: bool = False
 
     def prepare(self, item: WorkItem, image: LoadedImage) -> None:
         return None
 
     def write(self, item: WorkItem, image: LoadedImage, result: SegmentationResult, prepared: Any) -> dict[str, Any]:
         verdict = self.decision.decide(result.anomaly_map) if self.decision is not None else None
-        outputs = write_image_outputs(self.out_dir, item.key, image.rgb, result, self.threshold, overlay=self.overlay, verdict=verdict)
+        outputs = write_image_outputs(self.out_dir, item.key, image.rgb, result, self.threshold, overlay=self.overlay, verdict=verdict,
+                                      show_dropped=self.show_dropped)
         return result_record(item.key, image, result, outputs, self.threshold, verdict)
 
     def failure_record(self, item: WorkItem, message: str) -> dict[str, Any]:
@@ -205,6 +207,7 @@ def run_segmentation(
     roots: Sequence[Path] | None = None,
     decision: Decision | None = None,
     executor: Executor | None = None,
+    show_dropped: bool = False,
 ) -> RunSummary:
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
@@ -218,7 +221,8 @@ def run_segmentation(
     mask in masks/, the verdict on the overlay); ``threshold`` is then ``decision.threshold``.
     Without, ``decision`` is null and the mask is the map >= ``threshold``. The profile's own
     decision section is not used here: pass it as ``decision``. ``executor``: where the images
-    run (:mod:`iapas.engine`; default: this machine's threads).
+    run (:mod:`iapas.engine`; default: this machine's threads). ``show_dropped``: draw the
+    dropped boxes on the overlays.
     """
     if decision is not None:
         threshold = decision.threshold
@@ -251,7 +255,7 @@ def run_segmentation(
     }
     if finished:
         logger.info("resuming: %d of %d image(s) already done in %s", len(finished), len(paths), out_dir)
-    job = SegmentJob(out_dir, threshold, overlay, profile, decision)
+    job = SegmentJob(out_dir, threshold, overlay, profile, decision, show_dropped)
     summary = run_items(
         [WorkItem(key, Path(p)) for p, key in zip(paths, keys)], pipeline, job, log, finished=finished,
         executor=executor, batch_size=batch_size, max_pixels=max_pixels, on_image=on_image,

@@ -103,6 +103,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 VerboseOption = typer.Option(False, "--verbose", "-v", help="Log debug details.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")
+ShowDroppedOption = typer.Option(
+    False, "--show-dropped", help="Draw the boxes the size filter dropped (grey) on the overlays; off: only the kept boxes."
+)
 
 
 def category_names(values: list[str] | None, option: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from iapas.cli.common import (
-    QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, print_stopped, setup_logging,
+    QuietOption, ShowDroppedOption, VerboseOption, console, fail, hold_output_lock, print_error, print_stopped, setup_logging,
 )
 from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
 from iapas.io import DEFAULT_MAX_PIXELS
@@ -56,6 +56,7 @@ def segment_cmd(
         help="torch.compile both models: each new image size first pays a compilation (tens of seconds to minutes), then forwards run faster, mostly on a GPU. Outputs equal the uncompiled ones to float rounding, not bitwise.",
     ),
     overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="Write colour overlays with the boxes."),
+    show_dropped: bool = ShowDroppedOption,
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (decompression-bomb guard)."),
     restart: bool = typer.Option(False, "--restart", help="Discard the results already in --out instead of resuming."),
     engine: str = EngineOpt,
@@ -187,7 +188,7 @@ def segment_cmd(
             summary = run_segmentation(
                 paths, pipeline, profile, out,
                 threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size,
-                overlay=overlay, max_pixels=max_pixels, restart=restart,
+                overlay=overlay, show_dropped=show_dropped, max_pixels=max_pixels, restart=restart,
                 on_image=lambda key, status: progress.advance(task, status), roots=roots, executor=executor,
             )
         except (RunConflictError, EngineError, OSError, ValueError) as exc:

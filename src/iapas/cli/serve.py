@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, setup_logging
+from iapas.cli.common import QuietOption, ShowDroppedOption, VerboseOption, console, fail, hold_output_lock, setup_logging
 from iapas.io import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -56,6 +56,7 @@ def serve_cmd(
     review: Path = typer.Option(
         None, help="Serve a finished segment or evaluate folder read-only."
     ),
+    show_dropped: bool = ShowDroppedOption,
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -109,7 +110,7 @@ def serve_cmd(
                 raise fail(str(exc)) from None
         else:
             app, worker = _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batch_size,
-                                   max_wait_ms, queue_size, keep, settings)
+                                   max_wait_ms, queue_size, keep, settings, show_dropped)
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         console.print(f"iapas serve: http://{shown}:{bound_port}/ (API docs at /docs); Ctrl+C stops",
@@ -135,7 +136,7 @@ def _check_hosts(allowed_hosts: list[str], cors: list[str]) -> None:
 
 
 def _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batch_size, max_wait_ms,  # type: ignore[no-untyped-def]
-             queue_size, keep, settings):
+             queue_size, keep, settings, show_dropped=False):
     """Load the profiles and the models, as 'iapas segment' does, and build the station."""
     from iapas.models.detector import check_caption_length
     from iapas.models.loading import ModelLoadError
@@ -175,7 +176,8 @@ def _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batc
         with console.status("loading models"):
             pipeline = Pipeline.from_config(config)
         app, worker = build_station(pipeline, profiles, store_dir=store, batch_size=batch_size,
-                                    max_wait_ms=max_wait_ms, queue_size=queue_size, keep=keep, settings=settings)
+                                    max_wait_ms=max_wait_ms, queue_size=queue_size, keep=keep, settings=settings,
+                                    show_dropped=show_dropped)
     except (ModelLoadError, RunConflictError, OSError, ValueError) as exc:
         raise fail(str(exc)) from None
     settings.device = str(getattr(pipeline.detector, "device", device))

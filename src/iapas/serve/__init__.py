@@ -26,9 +26,11 @@ def build_station(
     queue_size: int = 64,
     keep: int = 256,
     settings: Any = None,
+    show_dropped: bool = False,
 ) -> tuple[Any, Any]:
     """``(app, worker)`` serving ``profiles`` (category -> profile) with ``pipeline``; the
-    worker is started; stop it with ``worker.stop()``."""
+    worker is started; stop it with ``worker.stop()``. ``show_dropped``: draw the dropped boxes
+    on the overlays."""
     from iapas.serve.app import create_app
     from iapas.serve.store import DiskStore, MemoryStore
     from iapas.serve.worker import ModelWorker
@@ -36,7 +38,8 @@ def build_station(
     for category, profile in profiles.items():  # a bad field refused now (ProfileError), not a 500 per request
         profile.validate(f"profile {category!r}")
         pipeline.check(stage2_profile(profile))
-    store = DiskStore(store_dir, pipeline, profiles) if store_dir is not None else MemoryStore(profiles, keep)
+    store = (DiskStore(store_dir, pipeline, profiles, show_dropped=show_dropped) if store_dir is not None
+             else MemoryStore(profiles, keep, show_dropped=show_dropped))
     worker = ModelWorker(pipeline, {c: stage2_profile(p) for c, p in profiles.items()},
                          batch_size=batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size)
     worker.start()

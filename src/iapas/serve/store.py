@@ -195,8 +195,10 @@ class MemoryStore:
 
     readonly = False
 
-    def __init__(self, profiles: dict[str, Profile], capacity: int = 256, max_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, profiles: dict[str, Profile], capacity: int = 256, max_bytes: int = 512 * 2**20,
+                 show_dropped: bool = False) -> None:
         self.capacity = capacity
+        self.show_dropped = show_dropped
         self.max_bytes = max_bytes
         self.profiles = profiles
         self._items: OrderedDict[str, _Held] = OrderedDict()
@@ -255,7 +257,7 @@ class MemoryStore:
             # read once already under the station's --max-pixels: allow exactly its own size
             rgb = read_image_bytes(upload, name, max_pixels=shape[0] * shape[1]).rgb
             light = dataclasses.replace(held.light, anomaly_map=decode_map(held.encoded_map))
-            data = png_bytes(render_overlay(rgb, light, verdict=held.verdict), compress_level=1)
+            data = png_bytes(render_overlay(rgb, light, verdict=held.verdict, show_dropped=self.show_dropped), compress_level=1)
         with self._lock:
             if result_id in self._items and kind not in held.pngs:
                 held.pngs[kind] = data
@@ -289,8 +291,10 @@ class DiskStore:
 
     readonly = False
 
-    def __init__(self, root: Path, pipeline: Pipeline, profiles: dict[str, Profile], min_free: int = MIN_FREE_BYTES) -> None:
+    def __init__(self, root: Path, pipeline: Pipeline, profiles: dict[str, Profile], min_free: int = MIN_FREE_BYTES,
+                 show_dropped: bool = False) -> None:
         self.root = Path(root)
+        self.show_dropped = show_dropped
         self.profiles = profiles
         self.min_free = min_free
         self.degraded: str | None = None  # why the last write failed, until one succeeds again
@@ -360,7 +364,8 @@ class DiskStore:
         try:
             atomic_write_bytes(upload, data)
             stored = LoadedImage(path=Path(os.path.abspath(upload)), rgb=image.rgb, mode=image.mode)
-            outputs = write_image_outputs(folder, result_id, image.rgb, result, threshold, overlay=True, verdict=verdict)
+            outputs = write_image_outputs(folder, result_id, image.rgb, result, threshold, overlay=True, verdict=verdict,
+                                          show_dropped=self.show_dropped)
             record = {**result_record(result_id, stored, result, outputs, threshold, verdict), **persisted(extra)}
             with self._lock:  # one writer per results.jsonl
                 self._logs[category].append(record)
