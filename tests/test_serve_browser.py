@@ -62,8 +62,8 @@ def test_station_page_in_headless_chromium_shows_verdict_score_and_overlay(tiny_
     profile.decision = Decision(threshold=0.05, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
     profile_file = profile.save(tmp_path / "bottle.yaml")
     # a second product whose every part is NG, for the review's product filter below
-    screw = Profile.from_prompts("screw", "screw", ["scratch"])
-    screw.decision = Decision(threshold=-1.0, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
+    screw = Profile.from_prompts("screw", "screw", ["scratch"], size_threshold=1000.0)  # no box too large: every part NG
+    screw.decision = Decision(threshold=0.0, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
     screw_file = screw.save(tmp_path / "screw.yaml")
     proc, url = start_serve(["--profile", str(profile_file), "--profile", str(screw_file), "--detector", str(tiny_models["grounding-dino"]),
                              "--segmenter", str(tiny_models["sam"]), "--device", "cpu", "--store", str(tmp_path / "station")],

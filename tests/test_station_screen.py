@@ -47,8 +47,8 @@ class Station:
     def __init__(self, tiny_models: dict[str, Path], folder: Path) -> None:
         bottle = Profile.from_prompts("bottle", "bottle", ["scratch", "crack"])
         bottle.decision = Decision(threshold=0.05, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
-        screw = Profile.from_prompts("screw", "screw", ["scratch"])
-        screw.decision = Decision(threshold=-1.0, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
+        screw = Profile.from_prompts("screw", "screw", ["scratch"], size_threshold=1000.0)  # no box too large: every part NG
+        screw.decision = Decision(threshold=0.0, score_min=0.0, score_max=0.1, n_calibration=20, target_rate=0.1)
         self.args = ["--profile", str(bottle.save(folder / "bottle.yaml")), "--profile", str(screw.save(folder / "screw.yaml")),
                      "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]),
                      "--device", "cpu", "--store", str(folder / "station")]
