@@ -420,10 +420,11 @@ def test_dagm_without_labels_txt_uses_label_files(tmp_path: Path) -> None:
 # --- VisA -----------------------------------------------------------------------------------------
 
 
-def test_visa_split_csv(tmp_path: Path) -> None:
-    root = tmp_path / "VisA"
+def visa_candle(root: Path, n_normal: int, extra_rows: tuple[str, ...] = ()) -> list[str]:
+    """A VisA folder of candle: ``n_normal`` Normal JPEGs (the first 3 in train, the rest in test)
+    and 2 anomalous ones with 0/1 masks, listed in split_csv/1cls.csv with ``extra_rows``; its rows."""
     rows = ["object,split,label,image,mask"]
-    for i in range(4):
+    for i in range(n_normal):
         image = f"candle/Data/Images/Normal/{i:04d}.JPG"
         write(root / image, fmt="JPEG")
         rows.append(f"candle,{'train' if i < 3 else 'test'},normal,{image},")
@@ -432,9 +433,15 @@ def test_visa_split_csv(tmp_path: Path) -> None:
         write(root / image, fmt="JPEG")
         write(root / mask, box_mask(1))
         rows.append(f"candle,test,anomaly,{image},{mask}")
-    rows.append("candle,test,anomaly,candle/Data/Images/Anomaly/999.JPG,candle/Data/Masks/Anomaly/999.png")
+    rows += extra_rows
     (root / "split_csv").mkdir(parents=True)
     (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return rows
+
+
+def test_visa_split_csv(tmp_path: Path) -> None:
+    root = tmp_path / "VisA"
+    rows = visa_candle(root, 4, ("candle,test,anomaly,candle/Data/Images/Anomaly/999.JPG,candle/Data/Masks/Anomaly/999.png",))
     ds = get_dataset("visa", root)
     assert ds.categories() == ["candle"]
     cat = ds.load("candle", n_references=2)

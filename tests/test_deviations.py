@@ -289,21 +289,10 @@ def test_visa_references_are_train_normals_never_tested(tmp_path: Path, protocol
     """The reference drew from every Normal image (both splits) and tested them; iapas draws from
     the train split's normal images, which no protocol tests."""
     from iapas.data import get_dataset
-    from tests.test_data import box_mask, write
+    from tests.test_data import visa_candle
 
     root = tmp_path / "VisA"
-    rows = ["object,split,label,image,mask"]
-    for i in range(5):
-        image = f"candle/Data/Images/Normal/{i:04d}.JPG"
-        write(root / image, fmt="JPEG")
-        rows.append(f"candle,{'train' if i < 3 else 'test'},normal,{image},")
-    for i in range(2):
-        image, mask = f"candle/Data/Images/Anomaly/{i:03d}.JPG", f"candle/Data/Masks/Anomaly/{i:03d}.png"
-        write(root / image, fmt="JPEG")
-        write(root / mask, box_mask(1))
-        rows.append(f"candle,test,anomaly,{image},{mask}")
-    (root / "split_csv").mkdir(parents=True)
-    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    visa_candle(root, 5)
     cat = get_dataset("visa", root).load("candle", protocol=protocol, n_references=2, seed=0)
     assert len(cat.references) == 2 and {Path(p).name for p in cat.references} <= {"0000.JPG", "0001.JPG", "0002.JPG"}
     assert not {Path(p).name for p in cat.references} & {Path(s.path).name for s in cat.test}
