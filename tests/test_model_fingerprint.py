@@ -272,3 +272,20 @@ def test_a_ray_worker_with_other_model_files_at_the_same_path_is_refused(tmp_pat
         check_worker_models(worker_signature(pipeline(det, seg, "torch.float16")), driver)
     auto = {k: v for k, v in driver.items() if k != "device"}  # --device auto: each worker resolves its own
     check_worker_models({**worker_signature(pipeline(det, seg)), "device": "cuda:0"}, auto)
+
+
+def test_evaluate_s_early_check_leaves_a_hub_id_not_in_the_cache_to_the_full_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id missing from the local cache (cleared, another HF_HUB_CACHE) is 'name:ID' before
+    loading, where the run recorded 'hub:ID@COMMIT': the check before loading must not refuse the
+    resume for that (runner.check_models skips such models too); a folder is still compared."""
+    from iapas.cli.evaluate import _model_names
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    sam = model_folder(tmp_path / "sam")
+    names = _model_names("IDEA-Research/grounding-dino-tiny", str(sam), "cpu", "float32", 0.1, 0.1, False)
+    assert "detector" not in names and "detector_fingerprint" not in names
+    assert names["segmenter_fingerprint"] == oracle(sam, ["config.json", "model.safetensors", "tokenizer.json"])
+    previous = {"detector": "IDEA-Research/grounding-dino-tiny", "detector_fingerprint": "hub:IDEA-Research/grounding-dino-tiny@abc",
+                **{k: v for k, v in names.items() if not k.startswith("detector")}}
+    diff = signature_diff(previous, names)
+    assert not diff.models and not diff.changed and not diff.older

@@ -202,3 +202,14 @@ def test_review_of_an_evaluate_folder_shows_the_ground_truth_outline(tmp_path: P
                            borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
         edge = truth & ~eroded  # 400x400: one pixel wide
         assert (gt[edge] == (255, 0, 255)).all() and (gt[~edge] == overlay[~edge]).all()
+
+
+def test_whatif_of_scores_a_few_ulps_apart_answers_a_histogram() -> None:
+    """One part scored 0.5 at a threshold of 0.5, asked about the next float up: numpy refused a
+    histogram range that narrow (a 500 from /v1/whatif); the counts are still a plain recount."""
+    from iapas.serve.whatif import what_if
+
+    record = {"category": "c", "status": "ok", "decision": "OK", "decision_score": 0.5, "threshold": 0.5}
+    for asked in (0.5000000000000001, None):
+        answer = what_if([record], "c", asked)
+        assert answer["n"] == 1 and sum(answer["histogram"]["counts"]) == 1, answer

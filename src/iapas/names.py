@@ -55,6 +55,14 @@ def check_name(value: object, what: str) -> str:
     raise BadNameError(f"{what} {shown} is not a valid name ({_problem(value)}): use {NAME_RULE}")
 
 
+def name_from(value: str, fallback: str = "folder") -> str:
+    """A valid name made from ``value`` (a folder's own name, say): each character outside the
+    rule becomes ``_``, leading ``.``, ``-`` and ``_`` go, at most :data:`MAX_NAME` characters;
+    ``fallback`` when nothing is left."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", value).lstrip(".-_")[:MAX_NAME]
+    return cleaned if NAME_PATTERN.fullmatch(cleaned) else fallback
+
+
 def path_inside(root: str | os.PathLike[str], *parts: str) -> Path:
     """``root/parts...``, after checking that it resolves (symbolic links and ``..`` followed)
     inside ``root`` and is not ``root`` itself; else :class:`OutsideRootError`. The path is
@@ -68,4 +76,4 @@ def path_inside(root: str | os.PathLike[str], *parts: str) -> Path:
     return path
 
 
-__all__ = ["MAX_NAME", "NAME_PATTERN", "NAME_RULE", "BadNameError", "OutsideRootError", "check_name", "path_inside"]
+__all__ = ["MAX_NAME", "NAME_PATTERN", "NAME_RULE", "BadNameError", "OutsideRootError", "check_name", "name_from", "path_inside"]

@@ -364,15 +364,16 @@ def test_category_options_are_checked_where_they_enter(tmp_path: Path, command: 
     assert tree(tmp_path) == before
 
 
-def test_a_folder_dataset_named_like_no_category_is_refused(tmp_path: Path) -> None:
-    root = tmp_path / "my parts"
-    images(root / "good")
-    images(root / "defect")
-    before = tree(tmp_path)
-    result = runner.invoke(app, ["evaluate", "--dataset", "folder", "--root", str(root), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2, result.output
-    assert error_lines(result.output)[-1] == f"error: {root}: {name_error('folder dataset category', repr('my parts'), 'it contains ' + repr(' '))}"
-    assert tree(tmp_path) == before
+def test_a_folder_dataset_whose_folder_is_no_valid_name_gets_one(tmp_path: Path) -> None:
+    """A user's own folder ("my parts", "Ürün 1") names the folder dataset's category: made
+    valid, not refused (nothing else could name it); a name that leaves nothing gets 'folder'."""
+    from iapas.data import get_dataset
+
+    for folder, expected in (("my parts", "my_parts"), ("Ürün 1", "r_n_1"), ("...", "folder"), ("-x y", "x_y")):
+        root = tmp_path / folder
+        images(root / "good")
+        images(root / "defect")
+        assert get_dataset("folder", root).categories() == [expected], folder
 
 
 # --- the station's store ----------------------------------------------------------------------------------

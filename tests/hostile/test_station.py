@@ -210,6 +210,19 @@ def test_the_pages_own_requests_and_cors_origins_pass(served, tmp_path: Path):
     assert worker.images_served == 5 and len(stored(tmp_path)) == 10
 
 
+def test_a_multipart_type_written_in_capitals_is_parsed_as_multipart(served, tmp_path: Path):
+    """Media types are case-insensitive: the policy lets `Multipart/Form-Data` through, so the
+    upload must be read as the form it is (it was decoded as one raw image: 'corrupt image')."""
+    url, _, worker = served
+    body, content_type = multipart(png(2))
+    shouted = content_type.replace("multipart/form-data", "Multipart/Form-Data")
+    assert shouted != content_type
+    with httpx.Client(base_url=url, timeout=60) as client:
+        response = client.post("/v1/inspect", content=body, headers={"Content-Type": shouted})
+    assert response.status_code == 200, response.text
+    assert response.json()["category"] == "bottle" and worker.images_served == 1
+
+
 # --- part 5: the HTTP layer ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("length", ["abc", "-1", "1, 2", "99999999999999999999999"])
@@ -267,14 +280,15 @@ def test_a_client_gone_mid_upload_is_one_log_line(served, caplog: pytest.LogCapt
 
 # --- part 5: pixels and bytes in flight -----------------------------------------------------------
 
-def test_a_pixel_bomb_under_max_pixels_but_over_the_budget_is_413_before_decoding(served, tmp_path: Path):
+@pytest.mark.parametrize("side", [12_000, 14_000])  # 14,000^2 = 196 Mpx: over PIL's own 2 x 89.5 Mpx bomb limit
+def test_a_pixel_bomb_under_max_pixels_but_over_the_budget_is_413_before_decoding(served, tmp_path: Path, side: int):
     url, app, worker = served
-    bomb = header_only_png(12_000, 12_000)  # 144 Mpx in 100 bytes
+    bomb = header_only_png(side, side)  # 144 or 196 Mpx in 100 bytes
     assert len(bomb) < 200
     with httpx.Client(base_url=url, timeout=30) as client:
         response = client.post("/v1/inspect?category=bottle", content=bomb, headers={"Content-Type": "image/png"})
     assert (response.status_code, response.json()) == (413, {"detail": (
-        "the image has 144,000,000 pixels, over the station's budget of 64,000,000 pixels in flight (--pixel-budget-mpx)")})
+        f"the image has {side * side:,} pixels, over the station's budget of 64,000,000 pixels in flight (--pixel-budget-mpx)")})
     assert app.state.budgets["pixels"].peak == 0 and worker.images_served == 0 and stored(tmp_path) == []
 
 

@@ -57,13 +57,17 @@ def _model_names(
     """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded: the
     models' fingerprints are computed from their folders or hub ids, without loading them (a
     model folder that does not exist raises ModelLoadError)."""
-    from iapas.models.fingerprint import named_identity
+    from iapas.models.fingerprint import KINDS, named_identity
     from iapas.models.loading import resolve_device, resolve_dtype
     from iapas.pipeline import PipelineConfig
 
     resolved = resolve_device(device)
+    identity = named_identity(detector, segmenter, strict=True)
+    for kind in KINDS:  # a hub id not in the local cache is known only once loaded (the full check then compares it)
+        if identity[f"{kind}_fingerprint"].startswith("name:"):
+            del identity[kind], identity[f"{kind}_fingerprint"]
     return {
-        **named_identity(detector, segmenter, strict=True),
+        **identity,
         "box_threshold": box_threshold,
         "text_threshold": text_threshold,
         "nms_iou": PipelineConfig().nms_iou,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iapas.data.base import DatasetBase, DatasetError, Sample, Scan, is_image, list_images
+from iapas.names import name_from
 
 
 class FolderDataset(DatasetBase):
@@ -49,7 +50,7 @@ class FolderDataset(DatasetBase):
         self.masks = masks
         self.mask_pattern = mask_pattern
         self.references = references
-        self.category = category or self.root.resolve().name
+        self.category = category or name_from(self.root.resolve().name)  # "My Parts" -> "My_Parts": it names folders
         self.layout = (
             f"ROOT/{normal}/ (normal images), ROOT/{anomalous}/ (anomalous images, subfolders = defect types), "
             f"masks ROOT/{masks}/{mask_pattern}" + (f", references ROOT/{references}/" if references else "")

@@ -82,8 +82,11 @@ def _stamp(stat: os.stat_result) -> dict[str, int]:
 
 def hash_file(path: Path) -> str:
     """The SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()  # in 1 MiB reads (hashlib.file_digest is Python 3.11+; we support 3.10)
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | Path, cache: dict[str, Any] | None = None) -> str:

@@ -116,7 +116,7 @@ async def read_body(request: Any, settings: ServeSettings, held: Held) -> bytes:
     while True:
         try:
             message = await asyncio.wait_for(request.receive(), settings.body_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
             raise BadRequest(408, f"the upload stalled: no data for {settings.body_timeout:g} s (--body-timeout)",
                              {"Connection": "close"}) from None
         if message["type"] == "http.disconnect":
@@ -138,7 +138,7 @@ def reserve_pixels(data: bytes, settings: ServeSettings, held: Held) -> None:
     """Reserve the image's pixels (read from its header, before decoding) from the budget of
     pixels in flight: 413 when the image alone is over it, 503 when others hold too much now.
     An image over --max-pixels or unreadable is left to the decoder, which says why."""
-    pixels = header_pixels(data, UPLOAD_FORMATS)
+    pixels = header_pixels(data, UPLOAD_FORMATS, settings.max_pixels)
     if pixels is None or pixels > settings.max_pixels:
         return
     budget = held.budgets["pixels"]
@@ -156,7 +156,7 @@ async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, st
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
+    if not content_type.lower().startswith("multipart/form-data"):  # media types are case-insensitive
         return body, request.query_params.get("filename") or "upload", None, None
 
     class InMemoryParser(MultiPartParser):

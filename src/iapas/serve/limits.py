@@ -58,13 +58,17 @@ class Held:
         self.amounts.clear()
 
 
-def header_pixels(data: bytes, formats: tuple[str, ...]) -> int | None:
+def header_pixels(data: bytes, formats: tuple[str, ...], max_pixels: int) -> int | None:
     """Width x height read from the image header only (PIL opens lazily: nothing is decoded);
-    None when PIL cannot open it (the decoder then says why)."""
+    None when PIL cannot open it (the decoder then says why). PIL's own bomb limit is raised to
+    ``max_pixels`` as the decoder raises it, so that an image the decoder will accept is never
+    unreadable here (and so never left out of the budget)."""
     from PIL import Image
 
+    from iapas.io import _pil_pixel_limit
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data), formats=formats) as im:
                 width, height = im.size

@@ -43,7 +43,9 @@ def what_if(records: list[dict[str, Any]], category: str, threshold: float | Non
     changed = [r for r in parts if target is not None and verdict(float(r["decision_score"]), target) != r["decision"]]
     lo = float(min(scores.min(), *(t for t in (stored, target) if t is not None))) if len(scores) else 0.0
     hi = float(max(scores.max(), *(t for t in (stored, target) if t is not None))) if len(scores) else 1.0
-    counts, edges = np.histogram(scores, bins=BINS, range=(lo, hi if hi > lo else lo + 1.0))
+    if hi - lo < max(1e-9, abs(lo) * 1e-9):  # equal, or a few ulps apart (numpy refuses that range)
+        hi = lo + 1.0
+    counts, edges = np.histogram(scores, bins=BINS, range=(lo, hi))
     ng_now = sum(r["decision"] == "NG" for r in parts)
     ng_then = int((scores > target).sum()) if target is not None else ng_now
     return {

@@ -335,12 +335,11 @@ async function poll() {
     if (!response.ok) return;
     const listed = await response.json();
     setOnline();
-    let latest = null;
-    for (const item of listed.results) if (addItem(item)) latest = item;
-    if (latest && isNg(latest)) beep();
+    const added = listed.results.filter(addItem);  // every new part, whatever order the store wrote them in
+    if (added.some(isNg)) beep();  // any new NG part, not only the last one listed
     const flying = listed.in_flight || 0;
     if (following() && !state.busy) {  // the page's own uploads say INSPECTING and their outcome themselves
-      if (latest) show(newest());
+      if (added.length) show(newest());
       else if (flying > 0) {
         if ($("verdict").className !== "inspecting") screen("inspecting", "INSPECTING", flying + " part(s) sent to the station, in flight");
       } else if (state.flying > 0 && $("verdict").className === "inspecting") {
