@@ -29,7 +29,7 @@ from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
-from iapas.serve.pictures import add_picture_routes
+from iapas.serve.pictures import add_picture_routes, png_answer
 from iapas.serve.thumbs import add_thumb_route
 from iapas.serve.whatif import add_whatif_route
 from iapas.serve.worker import ModelWorker, QueueFullError
@@ -344,12 +344,7 @@ def create_app(
         kind = name[: -len(".png")] if name.endswith(".png") else ""
         if kind not in KINDS:
             raise BadRequest(404, f"no such picture {name!r}: use map.png, mask.png or overlay.png")
-        if not valid_id(result_id):
-            raise BadRequest(404, "invalid result id (32 lowercase hex digits)")
-        data = await run_in_threadpool(store.png, result_id, kind)
-        if data is None:
-            raise BadRequest(404, f"no result {result_id} (results in memory are kept for the last ones only)")
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return await png_answer(result_id, lambda: store.png(result_id, kind), BadRequest, valid_id)
 
     add_whatif_route(app, store, BadRequest)
 

@@ -82,17 +82,23 @@ def outline(overlay_png: bytes, mask_png: bytes, colour: tuple[int, int, int] = 
     return _png(rgb)
 
 
+async def png_answer(result_id: str, make: Any, bad_request: Any, valid_id: Any) -> Response:
+    """The PNG ``make()`` gives for a result (run in a worker thread), or 404 for an invalid id or
+    a result the store does not have: the one answer of every picture route of the station."""
+    if not valid_id(result_id):
+        raise bad_request(404, "invalid result id (32 lowercase hex digits)")
+    data = await run_in_threadpool(make)
+    if data is None:
+        raise bad_request(404, f"no result {result_id} (results in memory are kept for the last ones only)")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
 def add_picture_routes(app: Any, store: Any, bad_request: Any, valid_id: Any) -> None:
     """``heat.png``, ``outline.png`` and (a reviewed evaluate folder's) ``gt.png`` of a result
     (register before the map/mask/overlay route)."""
 
     async def made(result_id: str, make: Any) -> Response:
-        if not valid_id(result_id):
-            raise bad_request(404, "invalid result id (32 lowercase hex digits)")
-        data = await run_in_threadpool(make)
-        if data is None:
-            raise bad_request(404, f"no result {result_id} (results in memory are kept for the last ones only)")
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return await png_answer(result_id, make, bad_request, valid_id)
 
     @app.get("/v1/results/{result_id}/heat.png", summary="A result's map in colour with a colour bar",
              responses={200: {"content": {"image/png": {}}}})

@@ -10,7 +10,8 @@ from collections import OrderedDict
 from typing import Any
 
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
+
+from iapas.serve.pictures import png_answer
 
 THUMB_SIZE = 160
 CACHE_BYTES = 32 * 2**20
@@ -64,9 +65,4 @@ def add_thumb_route(app: Any, store: Any, bad_request: Any, valid_id: Any) -> No
     @app.get("/v1/results/{result_id}/thumb.png", summary="A result's overlay, at most 160 px",
              responses={200: {"content": {"image/png": {}}}})
     async def result_thumb(result_id: str) -> Response:
-        if not valid_id(result_id):
-            raise bad_request(404, "invalid result id (32 lowercase hex digits)")
-        data = await run_in_threadpool(cache.get, store, result_id)
-        if data is None:
-            raise bad_request(404, f"no result {result_id} (results in memory are kept for the last ones only)")
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return await png_answer(result_id, lambda: cache.get(store, result_id), bad_request, valid_id)
