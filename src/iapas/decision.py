@@ -119,6 +119,11 @@ def f1_threshold(normal_scores: Any, anomalous_scores: Any) -> tuple[float, floa
     return threshold, float(f1[best])
 
 
+def verdict_at(score: float, threshold: float) -> str:
+    """'NG' when ``score`` is strictly above ``threshold``, else 'OK': the one rule of a verdict."""
+    return "NG" if score > threshold else "OK"
+
+
 def normalized_score(score: float, threshold: float, score_min: float, score_max: float) -> float:
     """anomalib's min-max normalisation: ``(score - threshold) / (max - min) + 0.5``, clipped to
     [0, 1] (0.5 at the threshold). ``min``/``max`` are the calibration scores'; when they are
@@ -293,7 +298,7 @@ class Decision:
         units = stored_units(anomaly_map) if self.min_defect_area > 1 else anomaly_map
         score = self.score(units)
         return ImageDecision(
-            verdict="NG" if score > self.threshold else "OK",
+            verdict=verdict_at(score, self.threshold),
             score=score,
             threshold=self.threshold,
             normalized_score=self.normalize(score),

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from iapas.decision import verdict_at
 from iapas.report import _boxes_text, _esc, _img, gallery_panels, image_score
 
 if TYPE_CHECKING:
@@ -68,9 +69,7 @@ class ImageRow:
 
 def verdict(score: float, threshold: float | None) -> str:
     """'NG' when ``score`` is strictly above ``threshold``, 'OK' otherwise, '-' without one."""
-    if threshold is None:
-        return "-"
-    return "NG" if score > threshold else "OK"
+    return "-" if threshold is None else verdict_at(score, threshold)
 
 
 def image_rows(category: str, records: Sequence[Mapping[str, Any]], threshold: float | None) -> list[ImageRow]:

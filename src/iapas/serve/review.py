@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from iapas.decision import verdict_at
 from iapas.evaluation.decisions import CALIBRATION_SUFFIX
 from iapas.names import OutsideRootError, path_inside
 from iapas.outputs import binary_mask, encode_map
@@ -128,7 +129,7 @@ class ReviewStore:
                     threshold = thresholds[category] = float(record["threshold"])  # a calibrated run's own
                 score = float(record.get("map_max", record.get("image_score", 0.0)))
                 if record.get("decision") is None and threshold is not None:
-                    record = {**record, "decision": "NG" if score > threshold else "OK", "threshold": threshold,
+                    record = {**record, "decision": verdict_at(score, threshold), "threshold": threshold,
                               "decision_score": score}
                 self._add("evaluate", out, category, record)
         self.thresholds.update(thresholds)

@@ -15,13 +15,10 @@ from typing import Any
 import numpy as np
 from fastapi.responses import JSONResponse
 
+from iapas.decision import verdict_at
+
 BINS = 24
 MAX_CHANGED = 200
-
-
-def verdict(score: float, threshold: float) -> str:
-    """The verdict of a decision score at ``threshold``, as :meth:`Decision.decide` gives it."""
-    return "NG" if score > threshold else "OK"
 
 
 def judged(records: list[dict[str, Any]], category: str) -> list[dict[str, Any]]:
@@ -40,7 +37,7 @@ def what_if(records: list[dict[str, Any]], category: str, threshold: float | Non
     stored = parts[-1].get("threshold") if parts else None
     target = stored if threshold is None else threshold
     scores = np.array([float(r["decision_score"]) for r in parts], dtype=np.float64)
-    changed = [r for r in parts if target is not None and verdict(float(r["decision_score"]), target) != r["decision"]]
+    changed = [r for r in parts if target is not None and verdict_at(float(r["decision_score"]), target) != r["decision"]]
     lo = float(min(scores.min(), *(t for t in (stored, target) if t is not None))) if len(scores) else 0.0
     hi = float(max(scores.max(), *(t for t in (stored, target) if t is not None))) if len(scores) else 1.0
     if hi - lo < max(1e-9, abs(lo) * 1e-9):  # equal, or a few ulps apart (numpy refuses that range)
@@ -54,7 +51,7 @@ def what_if(records: list[dict[str, Any]], category: str, threshold: float | Non
         "counts": {"OK": len(parts) - ng_then, "NG": ng_then},
         "n_changed": len(changed),
         "changed": [{"id": r.get("id") or r["key"], "part_id": r.get("part_id"), "filename": r.get("filename"),
-                     "decision_score": r["decision_score"], "from": r["decision"], "to": verdict(float(r["decision_score"]), target)}
+                     "decision_score": r["decision_score"], "from": r["decision"], "to": verdict_at(float(r["decision_score"]), target)}
                     for r in changed[-MAX_CHANGED:][::-1]],
         "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
     }
