@@ -133,7 +133,7 @@ def row(args: argparse.Namespace, det: Any, seg: Any, dtype: str, compiled: bool
 
     from savings import StageTimer, attach_stages
 
-    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 
     cuda = args.device.startswith("cuda")
     n_images = len(images)
@@ -199,8 +199,8 @@ def main() -> int:
     from savings import StageTimer, attach_stages
     from throughput import make_images
 
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
 
     started = time.perf_counter()
     cuda = args.device.startswith("cuda")

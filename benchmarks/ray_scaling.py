@@ -1,7 +1,7 @@
 """Images/s of ``segment``'s run with the local engine and with Ray Data (1 and 2 workers), on the
 same images with the same models, and what starting Ray costs.
 
-Each row runs :func:`iapas.runner.run_segmentation` into a fresh folder (maps, masks, overlays,
+Each row runs :func:`iapas.engine.runner.run_segmentation` into a fresh folder (maps, masks, overlays,
 results.jsonl). The local row uses models loaded before the clock starts; each Ray row's wall
 time includes starting its actor pool, where every worker loads its own models once (the
 per-actor load), which a long run pays once. ``first record s`` is the time to the first
@@ -88,9 +88,9 @@ def measure(args: argparse.Namespace, work: Path) -> int:
     from rich.table import Table
 
     from iapas.engine.ray_executor import RayExecutor, RayOptions
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
-    from iapas.runner import run_segmentation
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
+    from iapas.engine.runner import run_segmentation
 
     paths = images(args.images, work / "images")
     detector, segmenter = models(args.preset, work / "models")

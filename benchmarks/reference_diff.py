@@ -126,7 +126,7 @@ def clamp_effect(folder: Path, items: list[dict[str, Any]]) -> dict[str, Any]:
     import torch
 
     from iapas.models.detector import GroundingDinoDetector
-    from iapas.pipeline import as_rgb
+    from iapas.pipeline.stage2 import as_rgb
 
     det = GroundingDinoDetector.from_pretrained(str(folder), device="cpu", dtype="float32")
     caption = golden_profile().caption

@@ -221,10 +221,10 @@ def main() -> int:
 
 def measure(args: argparse.Namespace, tmp: Path) -> int:
     """The whole measurement, its tiny models and any --store folder under ``tmp``."""
-    from iapas.decision import Decision
-    from iapas.io import read_image_bytes
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
+    from iapas.product.decision import Decision
+    from iapas.core.images import read_image_bytes
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
     from iapas.serve import build_station
     from iapas.serve.app import ServeSettings
     from iapas.serve.server import BackgroundServer

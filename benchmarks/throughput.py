@@ -91,9 +91,9 @@ def main() -> int:
 
     import torch
 
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
-    from iapas.runner import run_segmentation
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
+    from iapas.engine.runner import run_segmentation
 
     torch.manual_seed(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="iapas-throughput-"))
@@ -173,8 +173,8 @@ def main_real(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from savings import report, run_savings
 
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
     from iapas.testing.presets import make_random_model
 
     torch.manual_seed(args.seed)

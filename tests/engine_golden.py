@@ -38,7 +38,7 @@ def mtd_images(mtd: Path) -> list[Path]:
 
 
 def write_profile(folder: Path) -> Path:
-    from iapas.profile import Profile
+    from iapas.product.profile import Profile
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "magnetic_tile.yaml"

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from iapas.calibration import calibrate, check_reference_overlap
+from iapas.product.calibration import calibrate, check_reference_overlap
 from iapas.cli import app
-from iapas.decision import Decision
-from iapas.profile import Profile
+from iapas.product.decision import Decision
+from iapas.product.profile import Profile
 from tests.conftest import shared_data
 
 runner = CliRunner()

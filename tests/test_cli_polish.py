@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.profile import Profile
+from iapas.product.profile import Profile
 
 runner = CliRunner()
 
@@ -34,7 +34,7 @@ def write_image(path: Path, seed: int = 0) -> Path:
 def refuse_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any stage-2 or detector load fails the test: what is checked must be checked before."""
     from iapas.models.detector import GroundingDinoDetector
-    from iapas.pipeline import Pipeline
+    from iapas.pipeline.stage2 import Pipeline
 
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -122,7 +122,8 @@ def test_threshold_zero_and_max_pixels_one_are_accepted(tmp_path: Path, monkeypa
 
 
 def test_file_names_with_a_newline_are_quoted_on_one_line(tmp_path: Path):
-    from iapas.io import ImageReadError, find_images_with_roots, read_image, show_path
+    from iapas.core.images import ImageReadError, read_image, show_path
+    from iapas.data.search import find_images_with_roots
 
     assert show_path(Path("/data/a b.png")) == "/data/a b.png"  # printable names stay as they are
     odd = tmp_path / "bad\nname.png"

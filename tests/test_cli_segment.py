@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.outputs import decode_map
+from iapas.core.maps import decode_map
 from tests.conftest import shared_data
 
 runner = CliRunner()
@@ -217,9 +217,9 @@ def test_resume_with_another_dtype_is_refused(tmp_path: Path, tiny_models: dict[
 
 
 def test_queued_results_do_not_keep_the_per_box_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.runner import run_segmentation
-    from iapas.types import Detections, SegmentationResult
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.engine.runner import run_segmentation
+    from iapas.core.types import Detections, SegmentationResult
 
     class StubPipeline(Pipeline):
         def check(self, profile):
@@ -237,7 +237,7 @@ def test_queued_results_do_not_keep_the_per_box_masks(tmp_path: Path, monkeypatc
     for i in range(3):
         Image.new("RGB", (40, 40)).save(tmp_path / f"{i}.png")
     seen: list[int] = []
-    import iapas.runner as runner_module
+    import iapas.engine.runner as runner_module
 
     real = runner_module.write_image_outputs
 

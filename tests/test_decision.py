@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iapas.decision import (
+from iapas.product.decision import (
     Decision,
     DecisionError,
     conformal_rank,
@@ -19,7 +19,7 @@ from iapas.decision import (
     min_area_score,
     normalized_score,
 )
-from iapas.profile import Profile, ProfileError
+from iapas.product.profile import Profile, ProfileError
 
 
 def test_conformal_rank_and_threshold_by_hand():

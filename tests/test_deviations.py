@@ -19,12 +19,12 @@ from PIL import Image
 from iapas.evaluation.settings import EvalSettings
 from iapas.evaluation.variants import ablation_variants
 from iapas.models.detector import GroundingDinoDetector
-from iapas.profile import Profile
-from iapas.prompts.caption import build_caption
+from iapas.product.profile import Profile
+from iapas.core.caption import build_caption
 from iapas.prompts.reference_text import reference_caption, reference_clean_reply, reference_tag_caption
 from iapas.prompts.resources import Stage1Models, Stage1Options
 from iapas.prompts.stage1 import build_profile
-from iapas.types import Detections
+from iapas.core.types import Detections
 
 # --- the reference's code, written out ------------------------------------------------------------
 

@@ -55,21 +55,21 @@ def reaches(module: str, banned: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize(
     ("module", "banned"),
     [
-        ("iapas.engine.base", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
-        ("iapas.engine.core", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
-        ("iapas.engine.local", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
-        ("iapas.engine.log", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
-        ("iapas.engine.ray_executor", ("iapas.evaluation", "iapas.cli", "iapas.runner", "iapas.report")),
-        ("iapas.runner", ("iapas.evaluation", "iapas.cli", "iapas.report")),
-        ("iapas.evaluation.core", ("iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run", "iapas.cli")),
-        ("iapas.evaluation.settings", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
-        ("iapas.evaluation.results", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
-        ("iapas.evaluation.predictions", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run")),
-        ("iapas.evaluation.variants", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report", "iapas.evaluation.run", "iapas.evaluation.bench", "iapas.cli")),
+        ("iapas.engine.base", ("iapas.evaluation", "iapas.cli", "iapas.engine.runner", "iapas.evaluation.report")),
+        ("iapas.engine.core", ("iapas.evaluation", "iapas.cli", "iapas.engine.runner", "iapas.evaluation.report")),
+        ("iapas.engine.local", ("iapas.evaluation", "iapas.cli", "iapas.engine.runner", "iapas.evaluation.report")),
+        ("iapas.engine.log", ("iapas.evaluation", "iapas.cli", "iapas.engine.runner", "iapas.evaluation.report")),
+        ("iapas.engine.ray_executor", ("iapas.evaluation", "iapas.cli", "iapas.engine.runner", "iapas.evaluation.report")),
+        ("iapas.engine.runner", ("iapas.evaluation", "iapas.cli", "iapas.evaluation.report")),
+        ("iapas.evaluation.core", ("iapas.evaluation.tables", "iapas.evaluation.report", "iapas.evaluation.run", "iapas.cli")),
+        ("iapas.evaluation.settings", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.evaluation.report", "iapas.evaluation.run")),
+        ("iapas.evaluation.results", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.evaluation.report", "iapas.evaluation.run")),
+        ("iapas.evaluation.predictions", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.evaluation.report", "iapas.evaluation.run")),
+        ("iapas.evaluation.variants", ("iapas.evaluation.core", "iapas.evaluation.tables", "iapas.evaluation.report", "iapas.evaluation.run", "iapas.evaluation.bench", "iapas.cli")),
         ("iapas.evaluation.bench_results", ("iapas.evaluation.core", "iapas.evaluation.run", "iapas.evaluation.bench", "iapas.cli")),
-        ("iapas.metrics", ("iapas.evaluation", "iapas.report")),
-        ("iapas.evaluation.tables", ("iapas.evaluation.core", "iapas.evaluation.run", "iapas.report")),
-        ("iapas.report", ("iapas.evaluation.core", "iapas.evaluation.run")),
+        ("iapas.metrics", ("iapas.evaluation", "iapas.evaluation.report")),
+        ("iapas.evaluation.tables", ("iapas.evaluation.core", "iapas.evaluation.run", "iapas.evaluation.report")),
+        ("iapas.evaluation.report", ("iapas.evaluation.core", "iapas.evaluation.run")),
     ],
 )
 def test_results_flow_one_way(module: str, banned: tuple[str, ...]):
@@ -79,12 +79,12 @@ def test_results_flow_one_way(module: str, banned: tuple[str, ...]):
 
 
 def test_no_import_cycle_among_engine_runner_evaluation_and_report():
-    scope = ("iapas.engine", "iapas.runner", "iapas.evaluation", "iapas.report", "iapas.metrics", "iapas.outputs")
+    scope = ("iapas.engine", "iapas.engine.runner", "iapas.evaluation", "iapas.evaluation.report", "iapas.metrics", "iapas.engine.outputs")
     modules = {
         f"iapas.{p.relative_to(SRC).with_suffix('').as_posix().replace('/', '.')}".removesuffix(".__init__")
         for p in SRC.rglob("*.py")
     }
-    modules = {m for m in modules if m.startswith(scope) and m != "iapas.report_tool"}
+    modules = {m for m in modules if m.startswith(scope) and m != "iapas.evaluation.report_tool"}
     graph = {m: {i for i in imports_of(module_file(m)) if i in modules and i != m} for m in modules}
     # a package's __init__ only gathers names: leave its edges out, as importing a submodule does not run a cycle through it
     graph = {m: {i for i in deps if not module_file(i).name == "__init__.py"} for m, deps in graph.items()}
@@ -102,7 +102,7 @@ def test_no_import_cycle_among_engine_runner_evaluation_and_report():
     for m in sorted(modules):
         if m not in state:
             visit(m, [m])
-    assert {"iapas.evaluation.core", "iapas.evaluation.tables", "iapas.report"} <= modules
+    assert {"iapas.evaluation.core", "iapas.evaluation.tables", "iapas.evaluation.report"} <= modules
 
 
 def test_engine_ray_without_ray_installed_says_install_the_extra_and_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -123,9 +123,9 @@ def test_engine_ray_without_ray_installed_says_install_the_extra_and_exits_2(mon
 def test_jobs_travel_to_workers_with_the_profile_and_decision_as_plain_dicts(tmp_path: Path):
     import pickle
 
-    from iapas.decision import Decision
-    from iapas.profile import Profile
-    from iapas.runner import SegmentJob
+    from iapas.product.decision import Decision
+    from iapas.product.profile import Profile
+    from iapas.engine.runner import SegmentJob
 
     profile = Profile.from_prompts("bottle", "bottle", ["scratch"])
     job = SegmentJob(tmp_path, 0.4, True, profile, Decision(threshold=0.4, min_defect_area=20))

@@ -87,7 +87,7 @@ def test_paper_image_score_is_the_maximum_of_the_normalised_stack(tmp_path: Path
     paper = evaluate_dataset("mvtec", root, out, fake_pipeline(), EvalSettings(protocol="full", image_score="paper"), report=False)
     assert paper.categories[0].n_new == 0  # a metric-time switch: nothing segmented again
     from iapas.evaluation.core import evaluated_map, load_map_file, predictions_path
-    from iapas.runner import ResultsLog
+    from iapas.engine.runner import ResultsLog
 
     records = ResultsLog(predictions_path(out, "alpha")).read()
     ordered = [records[k] for k in paper.categories[0].keys]
@@ -220,7 +220,7 @@ def test_evaluate_and_bench_default_to_float32_and_say_so(tmp_path: Path, monkey
         help_text = " ".join(CliRunner().invoke(app, [args[0], "--help"], env={"COLUMNS": "80"}).output.split())
         assert "float32 (the default: the reference code's)" in help_text
     # segment and the Python API keep auto
-    from iapas.pipeline import PipelineConfig
+    from iapas.pipeline.stage2 import PipelineConfig
 
     assert PipelineConfig().dtype == "auto"
 
@@ -239,7 +239,7 @@ def test_defective_images_without_a_mask_are_left_out_of_the_pixel_metrics(tmp_p
 
     # the same metrics by hand: pixel metrics over the 5 images with ground truth, image metrics over all 6
     from iapas.evaluation.core import evaluated_map, load_map_file
-    from iapas.runner import ResultsLog
+    from iapas.engine.runner import ResultsLog
 
     records = ResultsLog(out / "predictions" / "alpha.jsonl").read()
     ordered = [records[k] for k in result.categories[0].keys]
@@ -310,7 +310,7 @@ def test_bench_scores_every_reference_count_on_the_same_test_images(tmp_path: Pa
 
 def test_prompt_transfer_matrix_with_the_fake_pipeline(tmp_path: Path):
     from iapas.evaluation.bench import run_bench
-    from iapas.profile import Profile
+    from iapas.product.profile import Profile
 
     datasets = tmp_path / "datasets"
     make_mvtec(datasets / "MVTecAD", ("alpha", "beta", "gamma"))

@@ -36,9 +36,9 @@ from iapas.evaluation import (
 )
 from iapas.evaluation.core import RunConflictError, load_map_file, metrics_from_predictions
 from iapas.metrics import category_metrics
-from iapas.pipeline import Pipeline, PipelineConfig
-from iapas.profile import Profile
-from iapas.types import Detections
+from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+from iapas.product.profile import Profile
+from iapas.core.types import Detections
 
 OBJECT = "widget"
 

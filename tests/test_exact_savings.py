@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iapas.pipeline import Pipeline, PipelineConfig
-from iapas.profile import Profile
+from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+from iapas.product.profile import Profile
 
 PROFILE = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "hole", "stain"], size_threshold=1000.0)
 

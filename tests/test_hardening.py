@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.profile import Profile
+from iapas.product.profile import Profile
 
 runner = CliRunner()
 

@@ -17,9 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.io import ImageReadError, clean_stale_temp_files, find_images, mask_rule, read_image, search_images
-from iapas.pipeline import Pipeline
-from iapas.runner import RESULTS_FILE, ResultsLog, assign_keys, match_finished, source_stamp
+from iapas.core.images import ImageReadError, read_image
+from iapas.core.files import clean_stale_temp_files
+from iapas.data.search import find_images, mask_rule, search_images
+from iapas.pipeline.stage2 import Pipeline
+from iapas.engine.runner import RESULTS_FILE, ResultsLog, assign_keys, match_finished, source_stamp
 
 runner = CliRunner()
 
@@ -122,7 +124,7 @@ def test_mtd_masks_are_the_pngs_beside_the_jpgs(tmp_path: Path):
 
 def test_kolektor_folder_search_leaves_out_the_labels_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     root = kolektor(tmp_path / "KolektorSDD")
-    with caplog.at_level(logging.WARNING, logger="iapas.io"):
+    with caplog.at_level(logging.WARNING, logger="iapas.data.search"):
         search = search_images([str(root / "kos01")])
     assert rel(search.paths, root) == ["kos01/Part0.jpg", "kos01/Part1.jpg"]
     assert rel([m for m, _ in search.masks], root) == ["kos01/Part0_label.bmp", "kos01/Part1_label.bmp"]
@@ -136,7 +138,7 @@ def test_kolektor_folder_search_leaves_out_the_labels_and_says_so(tmp_path: Path
 
 def test_mvtec_category_search_leaves_out_ground_truth(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     category = mvtec(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="iapas.io"):
+    with caplog.at_level(logging.WARNING, logger="iapas.data.search"):
         paths, problems = find_images([str(category)])
     assert rel(paths, category) == ["test/broken/000.png", "test/broken/001.png", "test/good/000.png"] and problems == []
     assert "left out 2 mask image(s)" in caplog.text and "*_mask.* 1, ground_truth/ 1" in caplog.text
@@ -254,7 +256,7 @@ def test_swapped_keys_move_each_images_files_to_its_new_name(tmp_path: Path):
 
 
 def test_a_rename_cut_short_never_gives_an_image_another_ones_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import iapas.runner
+    import iapas.engine.runner
 
     a, b = photo(tmp_path / "in" / "a.png"), photo(tmp_path / "in" / "b.png", 1)
     out = tmp_path / "out"
@@ -263,7 +265,7 @@ def test_a_rename_cut_short_never_gives_an_image_another_ones_files(tmp_path: Pa
     def killed(path, text):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(iapas.runner, "atomic_write_text", killed)
+    monkeypatch.setattr(iapas.engine.runner, "atomic_write_text", killed)
     with pytest.raises(KeyboardInterrupt):
         match_finished([a, b], ["y", "x"], log, out, 0.3, overlay=False)
     monkeypatch.undo()

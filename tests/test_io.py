@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import iapas.io as iapas_io
-from iapas.io import (
-    ImageReadError,
-    atomic_write_text,
-    clean_stale_temp_files,
-    find_images,
-    find_images_with_roots,
-    glob_root,
-    read_image,
-    save_png,
-)
+import iapas.core.files as iapas_io
+from iapas.core.images import ImageReadError, read_image
+from iapas.core.files import atomic_write_text, clean_stale_temp_files, save_png
+from iapas.data.search import find_images, find_images_with_roots, glob_root
 
 
 def gradient(h: int = 24, w: int = 32) -> np.ndarray:

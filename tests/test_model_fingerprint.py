@@ -221,7 +221,7 @@ def test_a_folder_that_is_no_model_is_not_hashed_and_an_unreadable_file_is_no_tr
 
 def test_an_evaluation_folder_of_an_older_iapas_or_without_run_file_is_refused(tmp_path: Path):
     from iapas.evaluation.runfolder import check_existing_run
-    from iapas.runner import RunConflictError
+    from iapas.engine.runner import RunConflictError
 
     out = tmp_path / "eval"
     (out / "predictions").mkdir(parents=True)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from iapas.cli import app
 from iapas.models.detector import GroundingDinoDetector
 from iapas.models.loading import ModelLoadError
-from iapas.pipeline import Pipeline, PipelineConfig
-from iapas.profile import Profile
+from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+from iapas.product.profile import Profile
 from tests.conftest import shared_data
 
 runner = CliRunner()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iapas.ops import apply_nms, clip_boxes, fuse_masks, iou_matrix, nms, normalized_areas, size_filter
-from iapas.types import Detections
+from iapas.core.ops import apply_nms, clip_boxes, fuse_masks, iou_matrix, nms, normalized_areas, size_filter
+from iapas.core.types import Detections
 
 
 def dets(boxes, scores, phrases=None) -> Detections:

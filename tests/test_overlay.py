@@ -11,9 +11,9 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.decision import ImageDecision
-from iapas.outputs import render_overlay
-from iapas.types import Detections, SegmentationResult
+from iapas.product.decision import ImageDecision
+from iapas.engine.outputs import render_overlay
+from iapas.core.types import Detections, SegmentationResult
 from tests.test_cli_segment import read_results, segment_args
 
 GREY = 90
@@ -139,8 +139,8 @@ def test_segment_show_dropped_end_to_end(tmp_path: Path, tiny_models: dict[str, 
 def test_the_station_draws_dropped_boxes_only_with_show_dropped(show: bool) -> None:
     import io
 
-    from iapas.io import LoadedImage
-    from iapas.profile import Profile
+    from iapas.core.images import LoadedImage
+    from iapas.product.profile import Profile
     from iapas.serve.store import MemoryStore
 
     shape, box = (200, 300), [150, 60, 260, 160]

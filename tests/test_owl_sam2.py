@@ -15,8 +15,8 @@ from iapas.models.factory import load_detector, load_segmenter
 from iapas.models.loading import ModelLoadError
 from iapas.models.owlv2 import Owlv2Detector
 from iapas.models.sam2 import Sam2Segmenter
-from iapas.pipeline import Pipeline, PipelineConfig
-from iapas.profile import Profile
+from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+from iapas.product.profile import Profile
 from tests.test_more_models import Counter, profile_file, segment_real_mtd  # noqa: F401 - fixture
 
 runner = CliRunner()

@@ -143,7 +143,7 @@ class PlateauDetector:
     def detect(self, images, caption, *, box_threshold, text_threshold):
         import zlib
 
-        from iapas.types import Detections
+        from iapas.core.types import Detections
 
         out = []
         for im in images:
@@ -191,7 +191,7 @@ def test_evaluate_paper_equals_the_reference_chain_on_real_masks(tmp_path, datas
     from tests.conftest import shared_data
 
     from iapas.evaluation import EvalSettings, evaluate_dataset
-    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 
     out = tmp_path / "out"
     settings = EvalSettings(protocol="paper", mode="base", n_references=0, limit=16, image_norm=image_norm, save_full_maps=True)

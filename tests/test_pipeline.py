@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iapas.pipeline import Pipeline, PipelineConfig
-from iapas.profile import Profile
-from iapas.prompts.caption import BASE_CAPTION
-from iapas.types import Detections
+from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+from iapas.product.profile import Profile
+from iapas.core.caption import BASE_CAPTION
+from iapas.core.types import Detections
 
 
 class CannedDetector:
@@ -235,8 +235,8 @@ def test_rgba_arrays_are_composited_like_rgba_files(tmp_path: Path):
     """The Python API and the CLI must see the same pixels: alpha on black, not dropped."""
     from PIL import Image
 
-    from iapas.io import read_image
-    from iapas.pipeline import as_rgb
+    from iapas.core.images import read_image
+    from iapas.pipeline.stage2 import as_rgb
 
     rgba = np.zeros((16, 20, 4), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 100, 50

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from iapas.profile import Profile, ProfileError
-from iapas.prompts.caption import build_caption, caption_phrases, clean_nouns
+from iapas.product.profile import Profile, ProfileError
+from iapas.core.caption import build_caption, caption_phrases, clean_nouns
 
 
 def test_caption_format_and_order():

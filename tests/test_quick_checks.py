@@ -143,7 +143,7 @@ def test_report_has_no_machine_path_and_folds_many_categories(tmp_path: Path, mo
     """3 KSDD1 folders stand in for 50 (the limit is lowered): galleries folded, one picture per
     row, figures for the lowest-AP categories only; the dataset, output and profile folders
     (all under tmp_path) appear by name only."""
-    import iapas.report as report
+    import iapas.evaluation.report as report
     from tests.test_data_paper import ksdd1_metric_tree
 
     monkeypatch.setattr(report, "MANY_CATEGORIES", 2)

@@ -10,9 +10,9 @@ import pytest
 
 from iapas.evaluation.core import EvalSettings, category_signature, stage2_pipeline
 from iapas.models.detector import GroundingDinoDetector
-from iapas.pipeline import Pipeline, PipelineConfig
-from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
-from iapas.types import Detections
+from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+from iapas.core.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
+from iapas.core.types import Detections
 
 
 class RecordingDetector:
@@ -200,8 +200,8 @@ def test_bench_prompt_style_ablation_is_declared_like_the_others():
 
 
 def test_object_join_phrase_and_comma_captions():
-    from iapas.prompts.caption import build_caption, fit_caption
-    from iapas.profile import Profile
+    from iapas.core.caption import build_caption, fit_caption
+    from iapas.product.profile import Profile
 
     nouns = ["scratch", "crack"]
     assert build_caption(nouns, "bottle") == "scratch . crack . abnormal . defect . bottle ."
@@ -243,7 +243,7 @@ def test_bench_prompt_style_runs_stage1_with_each_style_on_the_tiny_llm(tmp_path
     )
     assert [v.name for v in bench.variants] == ["default", "prompt-inspector"] and not bench.errors
     assert set(bench.results["mvtec"]) == {"default", "prompt-inspector"}
-    from iapas.profile import Profile
+    from iapas.product.profile import Profile
 
     ref = Profile.load(out / "mvtec" / "profiles" / "alpha.yaml").stage1["llm"]
     insp = Profile.load(out / "mvtec" / "profiles-prompt-inspector" / "alpha.yaml").stage1["llm"]
@@ -259,7 +259,7 @@ def test_cli_prompt_style_and_object_join_options(tmp_path, monkeypatch):
     import iapas.evaluation.bench as bench_module
     from iapas.cli import app
     from iapas.data import DatasetError
-    from iapas.profile import Profile
+    from iapas.product.profile import Profile
 
     out = tmp_path / "b.yaml"
     made = CliRunner().invoke(app, ["profile", "-c", "b", "--object", "bottle", "--prompts", "dent", "--object-join", "comma", "--out", str(out)])

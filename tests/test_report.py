@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 from iapas.evaluation import EvalSettings, evaluate_dataset
-from iapas.report import _boxes_text, gallery_panels, pr_figure, render_report, select_gallery, write_report
+from iapas.evaluation.report import (
+    _boxes_text,
+    gallery_panels,
+    pr_figure,
+    render_report,
+    select_gallery,
+    write_report,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_evaluation import fake_pipeline, make_mvtec, write_profiles  # noqa: E402
@@ -137,7 +144,7 @@ def test_pr_figure_renders_a_curve(evaluated):
 def test_profiles_table_says_where_the_anomaly_nouns_came_from():
     from iapas.evaluation.core import CategoryResult, DatasetResult
     from iapas.evaluation.profiles import ProfileRecord
-    from iapas.report import _profiles_table
+    from iapas.evaluation.report import _profiles_table
 
     def category(name: str, models: dict, fallback: str | None) -> CategoryResult:
         record = ProfileRecord(None, "stage1", "tile", "crack . tile .", 0.5, 0.8, models, fallback)

@@ -13,8 +13,8 @@ import pytest
 
 from iapas.evaluation import EvalSettings, evaluate_dataset
 from iapas.evaluation.decisions import ThresholdEvidence
-from iapas.report import write_report
-from iapas.report_tool import histogram_figure, image_rows, roc_pr, verdict
+from iapas.evaluation.report import write_report
+from iapas.evaluation.report_tool import histogram_figure, image_rows, roc_pr, verdict
 from tests.browser import require_chromium
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,7 +79,7 @@ def report(tmp_path: Path):
 
 def test_report_has_threshold_figures_and_the_table_with_false_alarms_and_misses_first(report):
     result, out = report
-    from iapas.report import render_report
+    from iapas.evaluation.report import render_report
 
     text = render_report(result, gallery=0, thumb=32, full_images=5)
     for name in ("alpha", "beta"):

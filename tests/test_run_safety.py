@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 from iapas.cli import app
 from iapas.cli.progress import LogProgress
 from iapas.evaluation import EvalSettings, evaluate_dataset
-from iapas.lock import LOCK_FILE, OutputLockedError, output_lock
-from iapas.runner import ResultsLog, run_segmentation
-from iapas.storage import is_disk_full, resume_command
+from iapas.core.lock import LOCK_FILE, OutputLockedError, output_lock
+from iapas.engine.runner import ResultsLog, run_segmentation
+from iapas.core.storage import is_disk_full, resume_command
 from tests.test_evaluation import fake_pipeline, make_mvtec, widget_profile
 
 runner = CliRunner()
@@ -72,7 +72,7 @@ FAKE_CLI = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from iapas.pipeline import Pipeline
+    from iapas.pipeline.stage2 import Pipeline
     from tests.test_evaluation import fake_pipeline
 
     go, hold = Path(sys.argv[1]), int(sys.argv[2])
@@ -104,7 +104,7 @@ def hold_lock_in_child(folder: Path, command: str = "segment") -> subprocess.Pop
     code = textwrap.dedent(
         f"""
         import sys
-        from iapas.lock import output_lock
+        from iapas.core.lock import output_lock
         with output_lock({str(folder)!r}, {command!r}):
             print("locked", flush=True)
             sys.stdin.read()
@@ -141,7 +141,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_holder_named(tmp_
         assert result.exit_code == 2 and holder_text in result.output, result.output
         result = runner.invoke(app, ["bench", "--root-dir", str(tmp_path), "--out", str(out), "--mode", "base"])
         assert result.exit_code == 2 and holder_text in result.output, result.output
-        from iapas.profile import Profile
+        from iapas.product.profile import Profile
 
         profile = Profile.from_prompts("alpha", "tile", ["crack"]).save(tmp_path / "alpha.yaml")
         result = runner.invoke(app, ["calibrate", "--profile", str(profile), "--normal", str(images), "--out", str(out),
@@ -168,7 +168,7 @@ def dead_pid() -> int:
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     pid = dead_pid()
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "command": "segment"}))
-    with caplog.at_level(logging.WARNING, logger="iapas.lock"):
+    with caplog.at_level(logging.WARNING, logger="iapas.core.lock"):
         with output_lock(tmp_path, "evaluate") as path:
             assert json.loads(path.read_text())["pid"] == os.getpid()
     assert [r.getMessage() for r in caplog.records] == [
@@ -210,7 +210,7 @@ def test_a_failed_append_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("iapas.runner.os.fsync", no_space)
+    monkeypatch.setattr("iapas.engine.runner.os.fsync", no_space)
     with pytest.raises(OSError):
         log.append({"key": "b", "status": "ok"})
     assert log.path.read_bytes() == before
@@ -248,7 +248,7 @@ def test_segment_stops_on_enospc_without_orphans(tmp_path: Path, monkeypatch: py
         return real_run(images, profile)
 
     monkeypatch.setattr(pipeline, "run", counted)
-    enospc_after(monkeypatch, "iapas.runner.write_image_outputs", 3, partial=True)
+    enospc_after(monkeypatch, "iapas.engine.runner.write_image_outputs", 3, partial=True)
     out = tmp_path / "out"
     summary = run_segmentation(paths, pipeline, widget_profile("part"), out)
     assert summary.stopped == "no space left on device"
@@ -265,7 +265,7 @@ def test_segment_stops_on_enospc_without_orphans(tmp_path: Path, monkeypatch: py
 def test_evaluate_cli_stops_on_enospc_with_the_summary_and_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = make_mvtec(tmp_path / "data", categories=("alpha", "beta"), n_good=3, n_bad=3)
     out = tmp_path / "out"
-    monkeypatch.setattr("iapas.pipeline.Pipeline.from_config", classmethod(lambda cls, config: fake_pipeline()))
+    monkeypatch.setattr("iapas.pipeline.stage2.Pipeline.from_config", classmethod(lambda cls, config: fake_pipeline()))
     enospc_after(monkeypatch, "iapas.evaluation.core.save_map_file", 2, partial=True)
     argv = ["evaluate", "--dataset", "mvtec", "--root", str(data), "--out", str(out), "--mode", "base", "--protocol", "full",
             "--calibration-images", "0"]

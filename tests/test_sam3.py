@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from iapas.cli import app
 from iapas.models.loading import ModelLoadError
-from iapas.pipeline import NoSegmenter, Pipeline, PipelineConfig
-from iapas.profile import Profile
-from iapas.types import Detections
+from iapas.pipeline.stage2 import NoSegmenter, Pipeline, PipelineConfig
+from iapas.product.profile import Profile
+from iapas.core.types import Detections
 from tests.conftest import shared_data
 from tests.test_more_models import profile_file  # noqa: F401 - a fixture: 'tile', 'magnetic tile', crack/hole/fray
 
@@ -199,7 +199,7 @@ def test_pipeline_uses_the_detections_masks_with_the_same_nms_and_size_filter():
 
 
 def test_a_joint_detector_needs_no_segmenter_and_records_none():
-    from iapas.runner import run_signature
+    from iapas.engine.runner import run_signature
 
     class Joint(CannedJointDetector):
         returns_masks = True
@@ -225,7 +225,7 @@ def test_from_config_loads_no_segmenter_for_a_joint_detector(tiny_models: dict[s
         raise AssertionError("no segmenter may be loaded")
 
     monkeypatch.setattr(factory, "load_segmenter", refuse)
-    with caplog.at_level(logging.INFO, logger="iapas.pipeline"):
+    with caplog.at_level(logging.INFO, logger="iapas.pipeline.stage2"):
         pipe = Pipeline.from_config(PipelineConfig(detector=str(tiny_models["sam3"]), segmenter="sam-vit-b", device="cpu"))
     assert pipe.segmenter.name == "none"
     warned = [r for r in caplog.records if "returns its own masks" in r.getMessage()]

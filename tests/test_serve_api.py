@@ -21,10 +21,10 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from iapas.cli import app as cli_app  # noqa: E402
-from iapas.decision import Decision  # noqa: E402
-from iapas.io import ImageReadError, read_image  # noqa: E402
-from iapas.outputs import decode_map  # noqa: E402
-from iapas.profile import Profile  # noqa: E402
+from iapas.product.decision import Decision  # noqa: E402
+from iapas.core.images import ImageReadError, read_image  # noqa: E402
+from iapas.core.maps import decode_map  # noqa: E402
+from iapas.product.profile import Profile  # noqa: E402
 from iapas.serve import build_station  # noqa: E402
 from iapas.serve.app import ServeSettings  # noqa: E402
 from iapas.serve.server import BackgroundServer  # noqa: E402
@@ -36,7 +36,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_models: dict[str, Path]):
-    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 
     return Pipeline.from_config(PipelineConfig(detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam"]),
                                                device="cpu"))
@@ -154,7 +154,7 @@ def test_decompression_bomb_guard_applies_to_uploads(pipeline):
 def test_overlay_of_an_upload_over_the_default_pixel_limit_but_under_max_pixels(pipeline, monkeypatch):
     """A raised --max-pixels accepts a 128x96 image over the default limit (lowered here to
     5000); its overlay, decoded again from the upload, is served too, not a 500."""
-    from iapas import io as iapas_io
+    from iapas.core import images as iapas_io
 
     settings = ServeSettings(max_pixels=20_000)
     monkeypatch.setattr(iapas_io.read_image_bytes, "__defaults__", (5000,))
@@ -304,7 +304,7 @@ def test_memory_store_is_bounded(pipeline):
 def test_memory_store_encodes_nothing_until_asked_and_then_the_disk_stores_bytes(pipeline, tmp_path: Path):
     """The memory store keeps the uint16 map, the packed mask and the upload, encodes each PNG on
     its first request (the bytes a --store folder, i.e. segment, holds) and keeps it."""
-    from iapas.io import read_image_bytes
+    from iapas.core.images import read_image_bytes
     from iapas.serve.store import DiskStore, MemoryStore, stage2_profile
 
     profiles = make_profiles()
@@ -324,7 +324,7 @@ def test_memory_store_encodes_nothing_until_asked_and_then_the_disk_stores_bytes
 
 
 def test_memory_store_holds_at_most_max_bytes(pipeline):
-    from iapas.io import read_image_bytes
+    from iapas.core.images import read_image_bytes
     from iapas.serve.store import MemoryStore, stage2_profile
 
     profiles = make_profiles()
@@ -338,7 +338,7 @@ def test_memory_store_holds_at_most_max_bytes(pipeline):
 
 
 def test_store_folder_reads_like_a_segment_run_of_the_same_image(pipeline, tiny_models: dict[str, Path], tmp_path: Path):
-    from iapas.runner import ResultsLog
+    from iapas.engine.runner import ResultsLog
 
     image = tmp_path / "in" / "part.png"
     image.parent.mkdir()
@@ -396,7 +396,7 @@ def test_review_serves_a_segment_folder_read_only_sorted_by_score(pipeline, tmp_
 
 
 def test_cli_refuses_other_hosts_without_a_token_before_loading_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from iapas.pipeline import Pipeline
+    from iapas.pipeline.stage2 import Pipeline
 
     monkeypatch.delenv("IAPAS_TOKEN", raising=False)
     monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, *a, **k: pytest.fail("models loaded")))
@@ -417,7 +417,7 @@ def test_cli_binds_the_port_before_loading_models_and_closes_it_on_a_failed_load
     """A taken port fails at once (exit 2, no model loaded); a load failing after the bind exits
     2 and leaves the port free."""
     from iapas.models.loading import ModelLoadError
-    from iapas.pipeline import Pipeline
+    from iapas.pipeline.stage2 import Pipeline
     from iapas.serve.server import bind
 
     profile = make_profiles()["bottle"].save(tmp_path / "bottle.yaml")
@@ -484,7 +484,7 @@ def test_review_of_an_evaluate_folder_lists_every_image_by_score_with_verdicts(t
 
 
 def test_a_store_made_with_other_settings_is_refused(pipeline, tmp_path: Path):
-    from iapas.runner import RunConflictError
+    from iapas.engine.runner import RunConflictError
 
     store = tmp_path / "station"
     with station(pipeline, store_dir=store) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
@@ -505,7 +505,7 @@ class FakePipeline:
         self.hold, self.entered = hold, threading.Event()
 
     def run(self, images, profile=None):
-        from iapas.types import Detections, SegmentationResult
+        from iapas.core.types import Detections, SegmentationResult
 
         self.entered.set()
         if self.hold is not None:
@@ -517,7 +517,7 @@ class FakePipeline:
 
 
 def small_image(value: int):
-    from iapas.io import LoadedImage
+    from iapas.core.images import LoadedImage
 
     return LoadedImage(Path("x.png"), np.full((8, 8, 3), value, np.uint8), "RGB")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from iapas.decision import Decision
-from iapas.profile import Profile
+from iapas.product.decision import Decision
+from iapas.product.profile import Profile
 from tests.conftest import SHARED_DATA
 from tests.browser import require_chromium
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iapas.profile import Profile
+from iapas.product.profile import Profile
 from iapas.prompts.llm import LLMError, build_messages
 from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash, llm_error_fallback, select_references
-from iapas.types import Detections
+from iapas.core.types import Detections
 
 SIZES = [(100, 200), (200, 200), (100, 100)]  # (H, W) of the three reference images
 

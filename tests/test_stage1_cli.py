@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from iapas import __version__
 from iapas.cli import app
-from iapas.profile import Profile
-from iapas.prompts.caption import caption_phrases
+from iapas.product.profile import Profile
+from iapas.core.caption import caption_phrases
 from tests.conftest import shared_data
 
 runner = CliRunner()
@@ -228,7 +228,7 @@ def test_reference_masks_are_left_out_and_too_few_images_are_said(tmp_path: Path
 
 
 def test_reference_mode_honours_seed_and_count(tmp_path: Path, tiny_models: dict[str, Path]):
-    from iapas.io import find_images
+    from iapas.data.search import find_images
     from iapas.prompts.stage1 import select_references
 
     all_refs = find_images([str(good_bottles())])[0]

@@ -13,7 +13,7 @@ from iapas.prompts.object_tag import (
     top_box_size,
     vote_object_tag,
 )
-from iapas.types import Detections
+from iapas.core.types import Detections
 
 
 def dets(*rows: tuple[list[float], float, str]) -> Detections:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from iapas.prompts.caption import build_caption, estimate_token_count, fit_caption
+from iapas.core.caption import build_caption, estimate_token_count, fit_caption
 from iapas.prompts.knowledge import Knowledge
 from iapas.prompts.llm import LLMError, build_messages
 from iapas.prompts.parsing import parse_word_list

@@ -6,7 +6,7 @@ import pytest
 
 from iapas.data.registry import DATASETS
 from iapas.evaluation.profiles import FALLBACK_WRONG_TAGS, ProfileRecord, is_wrong_tag, wrong_object_tags
-from iapas.profile import Profile
+from iapas.product.profile import Profile
 
 
 def test_wrong_tag_is_never_the_category_or_its_true_tag():

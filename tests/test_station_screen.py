@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iapas.decision import Decision
-from iapas.profile import Profile
+from iapas.product.decision import Decision
+from iapas.product.profile import Profile
 from tests.browser import require_chromium
 from tests.test_serve_browser import start_serve
 

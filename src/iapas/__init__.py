@@ -1,6 +1,6 @@
 """iapas: zero-shot industrial anomaly segmentation with image-aware prompt generation (IAP-AS).
 
-The public entry points are :class:`iapas.pipeline.Pipeline` and :class:`iapas.profile.Profile`;
+The public entry points are :class:`iapas.pipeline.stage2.Pipeline` and :class:`iapas.product.profile.Profile`;
 they are imported lazily so that ``import iapas`` stays cheap (no torch import).
 """
 
@@ -13,16 +13,16 @@ __version__ = "0.1.0"
 __all__ = ["Pipeline", "PipelineConfig", "Profile", "SegmentationResult", "Detections", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
-    from iapas.types import Detections, SegmentationResult
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
+    from iapas.core.types import Detections, SegmentationResult
 
 _LAZY = {
-    "Pipeline": "iapas.pipeline",
-    "PipelineConfig": "iapas.pipeline",
-    "Profile": "iapas.profile",
-    "SegmentationResult": "iapas.types",
-    "Detections": "iapas.types",
+    "Pipeline": "iapas.pipeline.stage2",
+    "PipelineConfig": "iapas.pipeline.stage2",
+    "Profile": "iapas.product.profile",
+    "SegmentationResult": "iapas.core.types",
+    "Detections": "iapas.core.types",
 }
 
 

@@ -23,8 +23,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.lock import LOCK_FILE
-from iapas.profile import Profile
+from iapas.core.lock import LOCK_FILE
+from iapas.product.profile import Profile
 
 runner = CliRunner()
 ADVICE = "use another --out folder, or --restart to discard them"
@@ -301,8 +301,8 @@ class Named:
 
 
 def test_a_station_store_refuses_other_weights_under_the_same_name(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from iapas.pipeline import Pipeline
-    from iapas.runner import RunConflictError
+    from iapas.pipeline.stage2 import Pipeline
+    from iapas.engine.runner import RunConflictError
     from iapas.serve.store import DiskStore
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

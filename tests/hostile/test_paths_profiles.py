@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.profile import Profile, ProfileError
+from iapas.product.profile import Profile, ProfileError
 
 runner = CliRunner()
 RULE = "use 1 to 64 ASCII letters, digits, '_', '.' or '-', not starting with '.' or '-'"
@@ -64,7 +64,7 @@ def profile_yaml(category: str = "bottle", decision: dict | None = None, **field
 @pytest.fixture(autouse=True)
 def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every refusal here comes before a model is loaded."""
-    from iapas.pipeline import Pipeline
+    from iapas.pipeline.stage2 import Pipeline
 
     monkeypatch.setattr(Pipeline, "from_config", classmethod(lambda cls, *a, **k: pytest.fail("models loaded")))
 
@@ -75,7 +75,7 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("name", ["metal_nut", "01", "kos01", "pcb1", "pipe_fryum", "Class1", "Woven_001", "MTD",
                                   "bottle-2", "cap.v2", "_x", "a" * 64])
 def test_real_names_pass(name: str) -> None:
-    from iapas.names import check_name
+    from iapas.core.names import check_name
 
     assert check_name(name, "category") == name
     assert Profile.from_dict({**GOOD, "category": name}).category == name
@@ -415,7 +415,7 @@ def test_disk_store_refuses_a_category_folder_linked_outside(tmp_path: Path) -> 
 def test_calibrate_refuses_a_non_finite_score_naming_the_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                tiny_models: dict[str, Path], bad: float) -> None:
     """A model that gives NaN or infinity on one image (e.g. float16 overflow): no threshold written."""
-    from iapas.pipeline import Pipeline
+    from iapas.pipeline.stage2 import Pipeline
 
     monkeypatch.undo()  # the models load here
     real_run = Pipeline.run
@@ -463,7 +463,7 @@ def test_resume_never_deletes_a_file_outside_the_run_folder(tmp_path: Path) -> N
     """A results.jsonl whose stale record names ``../victim.png``: the record is dropped, the
     file outside the run folder is kept (today it was deleted with the record's outputs)."""
     from iapas.engine import ResultsLog
-    from iapas.runner import match_finished, source_stamp
+    from iapas.engine.runner import match_finished, source_stamp
 
     image = images(tmp_path / "img", 1) / "0.png"
     out = tmp_path / "out"
@@ -509,8 +509,8 @@ def test_the_api_refuses_a_category_that_is_not_a_name(tmp_path: Path, category:
 def test_calibrate_refuses_an_f1_threshold_below_zero() -> None:
     """Best F1 when every image is NG, one defective image scoring 0: the threshold would be just
     below 0, which a profile cannot hold (threshold >= 0)."""
-    from iapas.calibration import calibrate
-    from iapas.decision import DecisionError
+    from iapas.product.calibration import calibrate
+    from iapas.product.decision import DecisionError
 
     with pytest.raises(DecisionError) as info:
         calibrate([0.5], [0.0, 0.6], rule="f1")

@@ -30,7 +30,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 import iapas  # noqa: E402
-from iapas.profile import Profile  # noqa: E402
+from iapas.product.profile import Profile  # noqa: E402
 from iapas.serve import build_station  # noqa: E402
 from iapas.serve.app import ServeSettings  # noqa: E402
 from iapas.serve.server import BackgroundServer  # noqa: E402
@@ -46,7 +46,7 @@ CORS_ORIGIN = "http://ui.example:3000"
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_models: dict[str, Path]):
-    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 
     return Pipeline.from_config(PipelineConfig(detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam"]),
                                                device="cpu"))

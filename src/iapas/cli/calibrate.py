@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, hold_output_lock, print_error, setup_logging
-from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.registry import help_table
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -66,14 +66,21 @@ def calibrate_cmd(
     Example: iapas calibrate --profile tile.yaml --normal good/ --false-alarm-rate 0.05 --out cal/
     """
     setup_logging(verbose, quiet)
-    from iapas.calibration import calibrate, check_finite, check_reference_overlap, stored_scores
-    from iapas.decision import DecisionError, images_needed
-    from iapas.io import find_images_with_roots
+    from iapas.product.calibration import calibrate, check_finite, check_reference_overlap, stored_scores
+    from iapas.product.decision import DecisionError, images_needed
+    from iapas.data.search import find_images_with_roots
     from iapas.models.loading import ModelLoadError
-    from iapas.outputs import MAP_MAX
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile, ProfileError
-    from iapas.runner import RESULTS_FILE, ResultsLog, RunConflictError, assign_keys, run_segmentation, run_signature
+    from iapas.core.maps import MAP_MAX
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile, ProfileError
+    from iapas.engine.runner import (
+        RESULTS_FILE,
+        ResultsLog,
+        RunConflictError,
+        assign_keys,
+        run_segmentation,
+        run_signature,
+    )
 
     if rule not in ("conformal", "f1"):
         raise fail(f"--rule must be conformal or f1, got {rule!r}")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from iapas import __version__
+from iapas.core.version import __version__
 from iapas.models.loading import one_line
 
 console = Console(stderr=True)
@@ -74,9 +74,9 @@ def print_error(message: str) -> None:
 
 
 def hold_output_lock(ctx: typer.Context, folder: Path, command: str) -> None:
-    """Hold the exclusive lock of the output folder (:func:`iapas.lock.output_lock`) until the
+    """Hold the exclusive lock of the output folder (:func:`iapas.core.lock.output_lock`) until the
     command ``ctx`` ends; another run holding it exits here with a one-line message (code 2)."""
-    from iapas.lock import OutputLockedError, output_lock
+    from iapas.core.lock import OutputLockedError, output_lock
 
     try:
         ctx.with_resource(output_lock(folder, command))
@@ -88,7 +88,7 @@ def print_stopped(reason: str, left: str) -> None:
     """A run stopped early (the disk is full): why, what is left, and the command to resume."""
     import sys
 
-    from iapas.storage import resume_command
+    from iapas.core.storage import resume_command
 
     console.print(Text("stopped early: ", style="bold red") + Text(f"{reason}; {left}; finished images are saved"),
                   highlight=False, soft_wrap=True)
@@ -109,9 +109,9 @@ ShowDroppedOption = typer.Option(
 
 
 def category_names(values: list[str] | None, option: str) -> list[str]:
-    """The names of a comma-separated, repeatable option, each a plain name (:mod:`iapas.names`:
+    """The names of a comma-separated, repeatable option, each a plain name (:mod:`iapas.core.names`:
     it becomes folder and file names), else a one-line failure (exit 2)."""
-    from iapas.names import BadNameError, check_name
+    from iapas.core.names import BadNameError, check_name
 
     names = [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
     try:

@@ -123,9 +123,9 @@ def demo_cmd(
     from iapas.cli.common import fail
     from iapas.cli.segment import print_summary
     from iapas.models.loading import ModelLoadError
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile
-    from iapas.runner import run_segmentation
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
+    from iapas.engine.runner import run_segmentation
 
     with console.status("checking the Hugging Face hub"):
         chosen = choose_demo_models(detector, segmenter, tiny=tiny, full=full)

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from iapas.cli.common import console, fail, print_stopped
-from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 
@@ -102,7 +102,7 @@ def _split(values: list[str] | None) -> list[str]:
 def _stage1_options(mode: str, **values: Any) -> Any:
     """Stage1Options for mode iapas (None for base); a bad combination exits with a message."""
     from iapas.evaluation import Stage1Options
-    from iapas.prompts.caption import split_word_list
+    from iapas.core.caption import split_word_list
 
     if mode != "iapas":
         return None
@@ -130,7 +130,7 @@ def _pipeline(
     detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> Any:
     from iapas.models.loading import ModelLoadError
-    from iapas.pipeline import Pipeline, PipelineConfig
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 
     try:
         config = PipelineConfig(
@@ -205,7 +205,7 @@ def _run_guarded(fn: Any) -> Any:
     from iapas.engine import EngineError
     from iapas.evaluation import RunConflictError
     from iapas.models.loading import ModelLoadError
-    from iapas.profile import ProfileError
+    from iapas.product.profile import ProfileError
     from iapas.prompts.knowledge import KnowledgeError
     from iapas.prompts.llm import LLMError
     from iapas.prompts.tagging import TaggerError
@@ -220,7 +220,7 @@ def _run_guarded(fn: Any) -> Any:
     except ValueError as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
-        from iapas.storage import is_disk_full, stop_reason
+        from iapas.core.storage import is_disk_full, stop_reason
 
         if not is_disk_full(exc):
             raise fail(str(exc)) from None

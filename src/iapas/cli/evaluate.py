@@ -46,7 +46,7 @@ PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for eve
 
 def _calibration_count(n: int | None, rate: float) -> int:
     """--calibration-images, or by default the fewest images the conformal threshold needs."""
-    from iapas.decision import images_needed
+    from iapas.product.decision import images_needed
 
     return images_needed(rate) if n is None else n
 
@@ -59,7 +59,7 @@ def _model_names(
     model folder that does not exist raises ModelLoadError)."""
     from iapas.models.fingerprint import KINDS, named_identity
     from iapas.models.loading import resolve_device, resolve_dtype
-    from iapas.pipeline import PipelineConfig
+    from iapas.pipeline.stage2 import PipelineConfig
 
     resolved = resolve_device(device)
     identity = named_identity(detector, segmenter, strict=True)

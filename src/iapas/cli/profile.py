@@ -118,7 +118,7 @@ def profile_cmd(
     inputs need --force.
     """
     setup_logging(verbose, quiet)
-    from iapas.names import BadNameError, check_name
+    from iapas.core.names import BadNameError, check_name
 
     try:  # the category becomes file names (a --dataset's CATEGORY.yaml, a station's STORE/CATEGORY/)
         category = None if category is None else check_name(category, "--category")
@@ -136,7 +136,7 @@ def profile_cmd(
         raise fail("--tagger manual needs --tags 'tag, tag'")
     if llm not in LLMS:
         raise fail(f"unknown --llm {llm!r}; choose one of {', '.join(LLMS)}")
-    from iapas.prompts.caption import split_word_list
+    from iapas.core.caption import split_word_list
 
     try:
         opts = Stage1Options(
@@ -167,7 +167,7 @@ def profile_cmd(
             "give --reference DIR (normal images of the product) to run stage 1, or --object TAG and "
             "--prompts 'noun, noun' to write a profile by hand"
         )
-    from iapas.io import mask_rule, search_images
+    from iapas.data.search import mask_rule, search_images
     from iapas.prompts.stage1 import Stage1Error, select_references
 
     search = search_images(list(reference))  # leaves out the masks of folders (and says so)
@@ -250,8 +250,8 @@ def _models(opts: Stage1Options) -> Stage1Models:
 
 def _hand_mode(category: str, out: Path, opts: Stage1Options, run: _Run) -> None:
     """The profile from --object and --prompts alone: no model is loaded."""
-    from iapas import __version__
-    from iapas.profile import Profile, ProfileError
+    from iapas.core.version import __version__
+    from iapas.product.profile import Profile, ProfileError
     from iapas.prompts.stage1 import input_hash
 
     nouns = opts.nouns or []
@@ -294,7 +294,7 @@ def _keep_existing(out: Path, digest: str, force: bool, size_threshold: float) -
     inputs (kept, with any hand edits); 'conflict' when it holds something else and no --force."""
     if force or not out.exists():
         return "write"
-    from iapas.profile import Profile, ProfileError
+    from iapas.product.profile import Profile, ProfileError
     from iapas.prompts.stage1 import fallback_reason, llm_error_fallback
 
     try:
@@ -340,10 +340,10 @@ def _make_one(
     category: str, chosen: list[Path], out: Path, opts: Stage1Options, run: _Run, models: Stage1Models, extra: dict[str, Any] | None = None
 ) -> str:
     """Make (or keep) one category's profile; returns 'written', 'cached' or 'conflict'."""
-    from iapas.io import ImageReadError
+    from iapas.core.images import ImageReadError
     from iapas.models import ModelOutputError
     from iapas.models.loading import ModelLoadError
-    from iapas.profile import ProfileError
+    from iapas.product.profile import ProfileError
     from iapas.prompts.knowledge import KnowledgeError
     from iapas.prompts.llm import LLMError
     from iapas.prompts.stage1 import Stage1Error, build_profile
@@ -474,7 +474,7 @@ def _dataset_mode(name: str, root: Path | None, categories: list[str], out: Path
         statuses[cat] = _make_one(cat, list(category.references), out / f"{cat}.yaml", opts, run, models, extra)
     conflicts = [c for c, s in statuses.items() if s == "conflict"]
     written = [c for c, s in statuses.items() if s == "written"]
-    from iapas.profile import Profile, ProfileError
+    from iapas.product.profile import Profile, ProfileError
     from iapas.prompts.stage1 import fallback_reason
 
     fell_back: dict[str, str] = {}

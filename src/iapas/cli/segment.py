@@ -11,7 +11,7 @@ from iapas.cli.common import (
     QuietOption, ShowDroppedOption, VerboseOption, console, fail, hold_output_lock, print_error, print_stopped, setup_logging,
 )
 from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
-from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.registry import help_table
 from iapas.models.segmenter import DEFAULT_SEGMENTER
@@ -82,16 +82,17 @@ def segment_cmd(
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(verbose, quiet)
-    from iapas.io import mask_rule, search_images, show_path
+    from iapas.data.search import mask_rule, search_images
+    from iapas.core.images import show_path
     from iapas.models.loading import ModelLoadError
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile, ProfileError
-    from iapas.decision import Decision
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile, ProfileError
+    from iapas.product.decision import Decision
     from iapas.engine import EngineError
-    from iapas.runner import RunConflictError, check_models, run_segmentation, run_signature
+    from iapas.engine.runner import RunConflictError, check_models, run_segmentation, run_signature
 
     if threshold is not None:  # the rule a profile's threshold follows: finite and >= 0
-        from iapas.fields import FieldError, number
+        from iapas.core.fields import FieldError, number
 
         try:
             threshold = number(threshold, "--threshold", low=0.0)
@@ -221,7 +222,7 @@ def warn_if_other_settings(decision: "Decision", signature: dict) -> None:  # no
 
 def verdict_counts(out: Path, keys: list[str]) -> dict[str, int]:
     """OK and NG among this run's images, from OUT/results.jsonl."""
-    from iapas.runner import RESULTS_FILE, ResultsLog
+    from iapas.engine.runner import RESULTS_FILE, ResultsLog
 
     records = ResultsLog(out / RESULTS_FILE).read()
     counts = {"OK": 0, "NG": 0}

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from iapas.cli.common import QuietOption, ShowDroppedOption, VerboseOption, console, fail, hold_output_lock, setup_logging
-from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 
@@ -140,9 +140,9 @@ def _station(ctx, profile_paths, store, detector, segmenter, device, dtype, batc
     """Load the profiles and the models, as 'iapas segment' does, and build the station."""
     from iapas.models.detector import check_caption_length
     from iapas.models.loading import ModelLoadError
-    from iapas.pipeline import Pipeline, PipelineConfig
-    from iapas.profile import Profile, ProfileError
-    from iapas.runner import RunConflictError
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile, ProfileError
+    from iapas.engine.runner import RunConflictError
     from iapas.serve import build_station
 
     if not profile_paths:

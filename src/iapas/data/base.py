@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from iapas.io import IMAGE_SUFFIXES
-from iapas.names import BadNameError, check_name
+from iapas.core.images import IMAGE_SUFFIXES
+from iapas.core.names import BadNameError, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class DatasetBase:
         found = self._discover()
         named: list[str] = []
         refused = ""
-        for category in found:  # a category becomes folder and file names (iapas.names)
+        for category in found:  # a category becomes folder and file names (iapas.core.names)
             try:
                 named.append(check_name(category, f"{self.title} category"))
             except BadNameError as exc:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from iapas.data.base import DatasetBase, DatasetError, Sample, Scan, is_image, list_images
-from iapas.names import name_from
+from iapas.core.names import name_from
 
 
 class FolderDataset(DatasetBase):

@@ -10,7 +10,7 @@ the ``skipped`` callbacks, the executor that decodes, batches and runs stage 2 (
 threads on this machine; :mod:`.ray`: Ray Data), and the :class:`Sink`, the one writer that
 appends records to the results log, after each image's files are in place. Failures stay with
 their image (unreadable files, bad masks, model failures, a write error); a full disk stops the
-run (:mod:`iapas.storage`): no new image is started, the finished ones are kept and the
+run (:mod:`iapas.core.storage`): no new image is started, the finished ones are kept and the
 stopping image's partial files are removed; Ctrl-C keeps what is finished.
 """
 
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from iapas.engine.log import ResultsLog
-from iapas.io import LoadedImage, show_path
-from iapas.profile import Profile
-from iapas.storage import is_disk_full, stop_reason
-from iapas.types import SegmentationResult
+from iapas.core.images import LoadedImage, show_path
+from iapas.product.profile import Profile
+from iapas.core.storage import is_disk_full, stop_reason
+from iapas.core.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ItemError(Exception):
 class PlainJob:
     """A job base (a dataclass with a ``stage2_profile`` field) that pickles the fields named in
     ``plain_fields`` (objects with ``to_dict`` and a ``from_dict`` classmethod, such as
-    :class:`~iapas.profile.Profile`) as plain dicts, so they travel to Ray workers as data."""
+    :class:`~iapas.product.profile.Profile`) as plain dicts, so they travel to Ray workers as data."""
 
     plain_fields: ClassVar[tuple[str, ...]] = ("stage2_profile",)
     stage2_profile: Profile | None
@@ -107,7 +107,7 @@ class RunSummary:
     seconds: float = 0.0
     interrupted: bool = False
     scores: list[tuple[str, float]] = field(default_factory=list)
-    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.storage
+    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.core.storage
     not_run: int = 0  # images left for a resumed run after a stop
     stop_error: OSError | None = field(default=None, repr=False)  # the write error that stopped it
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from iapas.engine.base import ItemError, Job, Sink, WorkItem, model_failure
-from iapas.io import ImageReadError, LoadedImage, read_image
-from iapas.types import SegmentationResult
+from iapas.core.images import ImageReadError, LoadedImage, read_image
+from iapas.core.types import SegmentationResult
 
 
 def _ahead(things: Sequence[Any], load: Callable[[Any], Any], ahead: int) -> Iterator[tuple[Any, Any]]:

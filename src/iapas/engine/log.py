@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from iapas.io import atomic_write_text
+from iapas.core.files import atomic_write_text
 from iapas.models.fingerprint import signature_diff
 
 logger = logging.getLogger(__name__)

@@ -121,7 +121,7 @@ class Stage2Actor:
     """One worker: builds the pipeline once, then runs stage 2 on groups and writes their files."""
 
     def __init__(self, config: dict[str, Any], job: Job, expected: dict[str, str | None], fault: tuple[int, str] | None) -> None:
-        from iapas.pipeline import Pipeline, PipelineConfig
+        from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 
         self.pipeline = Pipeline.from_config(PipelineConfig(**config))
         self.job = job

@@ -14,7 +14,7 @@ files), :mod:`~iapas.evaluation.results` (what the tables and the report read),
 :mod:`~iapas.evaluation.tables` (CSV, JSON, Markdown), :mod:`~iapas.evaluation.bench`
 (every dataset under a folder, and the paper's ablations: its columns are
 :mod:`~iapas.evaluation.variants`, its table and files :mod:`~iapas.evaluation.bench_results`).
-The HTML report is :mod:`iapas.report`.
+The HTML report is :mod:`iapas.evaluation.report`.
 """
 
 from iapas.evaluation.core import (

@@ -64,9 +64,9 @@ from iapas.evaluation.variants import (  # noqa: F401  (re-exported: importable 
     ablation_variants,
     is_ablation,
 )
-from iapas.io import atomic_path
-from iapas.pipeline import Pipeline
-from iapas.storage import is_disk_full, stop_reason
+from iapas.core.files import atomic_path
+from iapas.pipeline.stage2 import Pipeline
+from iapas.core.storage import is_disk_full, stop_reason
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE
 
 logger = logging.getLogger(__name__)

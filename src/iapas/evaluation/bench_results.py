@@ -13,7 +13,7 @@ from typing import Any
 
 from iapas.evaluation.results import DatasetResult, json_safe
 from iapas.evaluation.variants import DEFAULT_VARIANT, Variant
-from iapas.io import atomic_write_text
+from iapas.core.files import atomic_write_text
 
 TRANSFER_DIR = "prompt-transfer"
 # the metrics of the bench table, per variant
@@ -39,7 +39,7 @@ class BenchResult:
     # prompt-transfer: dataset -> source category (whose profile) -> the run of the other categories
     transfer: dict[str, dict[str, DatasetResult]] = field(default_factory=dict)
     test_pool_references: int | None = None  # every column's test set is the one this many references leave
-    stopped: str | None = None  # why the bench stopped early (the disk is full), see iapas.storage
+    stopped: str | None = None  # why the bench stopped early (the disk is full), see iapas.core.storage
 
     @property
     def failed(self) -> bool:
@@ -130,7 +130,7 @@ def seconds_per_image(result: DatasetResult) -> float:
 def write_bench(bench: BenchResult) -> dict[str, Path]:
     """Write bench.md, bench.csv, bench.json and bench.html into the bench folder."""
     from iapas.evaluation.tables import bench_csv, bench_markdown, pct, transfer_markdown
-    from iapas.report import write_bench_report
+    from iapas.evaluation.report import write_bench_report
 
     out = bench.out_dir
     rows = bench.rows()

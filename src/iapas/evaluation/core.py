@@ -2,7 +2,7 @@
 
 This module describes an evaluation's work to the run engine (:mod:`iapas.engine`) and turns
 its records into metrics; the tables and the report read those (:mod:`.tables`,
-:mod:`iapas.report`), and :func:`iapas.evaluation.run.evaluate_dataset` runs it all. Settings
+:mod:`iapas.evaluation.report`), and :func:`iapas.evaluation.run.evaluate_dataset` runs it all. Settings
 live in :mod:`.settings`, result types in :mod:`.results`, per-image files in :mod:`.predictions`.
 
 Layout of an evaluation folder ``OUT``::
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas import __version__
+from iapas.core.version import __version__
 from iapas.data import Category, DatasetBase, MaskError, get_dataset, sample_mask
 from iapas.engine import Executor, ItemError, PlainJob, ResultsLog, RunConflictError, WorkItem, run_items
 from iapas.evaluation.decisions import raw_scores, threshold_evidence
@@ -81,13 +81,14 @@ from iapas.evaluation.settings import (  # noqa: F401  (re-exported)
     stage2_pipeline,
     stage2_profile,
 )
-from iapas.io import ImageReadError, LoadedImage, atomic_write_text, clean_stale_temp_files
+from iapas.core.images import ImageReadError, LoadedImage
+from iapas.core.files import atomic_write_text, clean_stale_temp_files
 from iapas.models import ModelOutputError
-from iapas.names import path_inside
-from iapas.pipeline import Pipeline
-from iapas.profile import Profile
-from iapas.storage import DiskFullError, is_disk_full, stop_reason
-from iapas.types import SegmentationResult
+from iapas.core.names import path_inside
+from iapas.pipeline.stage2 import Pipeline
+from iapas.product.profile import Profile
+from iapas.core.storage import DiskFullError, is_disk_full, stop_reason
+from iapas.core.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def evaluate_category(
     masks that do not fit their image are recorded as failed and left out of the metrics.
     ``on_image(key, status)`` is called per image with 'ok', 'failed' or 'skipped' (resumed).
     A KeyboardInterrupt propagates: finished images are on disk, run again to resume. So does a
-    full disk, as :class:`~iapas.storage.DiskFullError`, once no new image is started, the
+    full disk, as :class:`~iapas.core.storage.DiskFullError`, once no new image is started, the
     finished ones are saved and the failed one's partial map is removed. ``executor``: where the
     images run (:mod:`iapas.engine`; default: this machine's threads).
     """
@@ -297,13 +298,13 @@ def measure_dataset(
     :func:`~iapas.evaluation.profiles.get_profile`). Every profile is resolved and every
     signature checked before the first image is segmented, so a conflicting folder is refused
     at once. A category that cannot be evaluated (no references for stage 1, no test image) is
-    recorded with its error and the others go on. A full disk (:mod:`iapas.storage`) stops the
+    recorded with its error and the others go on. A full disk (:mod:`iapas.core.storage`) stops the
     run: the category being segmented and those after it are recorded as not evaluated, the
     tables are written when there is room for them, and ``stopped`` says why. ``executor``: where
     the images run (:mod:`iapas.engine`; default: this machine's threads).
     """
     from iapas.prompts.stage1 import Stage1Error
-    from iapas.profile import ProfileError
+    from iapas.product.profile import ProfileError
 
     settings = settings or EvalSettings()
     hooks = progress or ProgressHooks()

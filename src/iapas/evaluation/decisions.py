@@ -1,6 +1,6 @@
 """OK/NG evidence in an evaluation: a conformal threshold per category, and what it gives.
 
-Each category's threshold is calibrated (:func:`iapas.decision.conformal_threshold`) on the raw
+Each category's threshold is calibrated (:func:`iapas.product.decision.conformal_threshold`) on the raw
 image scores (the raw full-resolution map's maximum, ``map_max``; no minimum defect area) of
 normal images held out from both the references and the test set
 (:meth:`iapas.data.base.DatasetBase.held_out_normals`). At that threshold the normal test images
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from iapas.data import Category, DatasetBase, Sample
-from iapas.decision import DecisionError, conformal_threshold
+from iapas.product.decision import DecisionError, conformal_threshold
 
 CALIBRATION_SUFFIX = ".calibration"
 

@@ -13,11 +13,12 @@ import numpy as np
 from iapas.data import Category, Sample
 from iapas.evaluation.protocol import PR_POINTS, normalize_image, normalize_stack, pr_curve
 from iapas.evaluation.settings import IMAGE_SCORES
-from iapas.io import LoadedImage, atomic_path, file_stamp
+from iapas.core.images import LoadedImage
+from iapas.core.files import atomic_path, file_stamp
 from iapas.metrics import CategoryMetrics, category_metrics
-from iapas.names import path_inside
-from iapas.runner import assign_keys
-from iapas.types import SegmentationResult
+from iapas.core.names import path_inside
+from iapas.engine.runner import assign_keys
+from iapas.core.types import SegmentationResult
 
 PREDICTIONS_DIR = "predictions"
 MAPS_DIR = "maps"
@@ -32,7 +33,7 @@ def predictions_path(out_dir: Path, category: str) -> Path:
 
 
 def map_relpath(category: str, key: str) -> str:
-    """``maps/CATEGORY/KEY.npz``; write it through :func:`iapas.names.path_inside` (a key is a
+    """``maps/CATEGORY/KEY.npz``; write it through :func:`iapas.core.names.path_inside` (a key is a
     relative path: ``good/004``)."""
     return f"{MAPS_DIR}/{category}/{key}.npz"
 

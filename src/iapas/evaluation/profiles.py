@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from iapas.data import Category
-from iapas.names import path_inside
-from iapas.profile import Profile
+from iapas.core.names import path_inside
+from iapas.product.profile import Profile
 # Stage1Options and Stage1Models live in iapas.prompts.resources (iapas profile uses them too);
 # iapas.evaluation re-exports them from here.
 from iapas.prompts.resources import Stage1Models, Stage1Options
@@ -49,7 +49,7 @@ def get_profile(
     """The stage-1 profile of ``category`` for an evaluation.
 
     1. ``PROFILES/<category>.yaml`` exists: it is loaded and used as written (cached; a person
-       may have edited it). A broken file raises :class:`~iapas.profile.ProfileError`.
+       may have edited it). A broken file raises :class:`~iapas.product.profile.ProfileError`.
     2. Otherwise, mode ``iapas``: stage 1 builds it from ``category.references`` with
        ``options`` (models from ``models``, or loaded here with ``detector``; without either,
        the detector is ``options.detector``, loaded) and saves it there.

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas import __version__
+from iapas.core.version import __version__
 from iapas.evaluation.decisions import ThresholdEvidence
 from iapas.evaluation.profiles import ProfileRecord
 from iapas.evaluation.settings import EvalSettings
@@ -101,7 +101,7 @@ class DatasetResult:
     notes: list[str] = field(default_factory=list)
     iapas_version: str = __version__
     created: str = ""
-    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.storage
+    stopped: str | None = None  # why the run stopped early (the disk is full), see iapas.core.storage
 
     @property
     def failed(self) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 from iapas.evaluation.core import measure_dataset
 from iapas.evaluation.results import DatasetResult
 from iapas.evaluation.tables import write_tables
-from iapas.storage import is_disk_full, stop_reason
+from iapas.core.storage import is_disk_full, stop_reason
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def evaluate_dataset(*args: Any, report: bool = True, **kwargs: Any) -> DatasetR
     try:
         write_tables(ds_result, out)
         if report:
-            from iapas.report import write_report
+            from iapas.evaluation.report import write_report
 
             write_report(ds_result, out)
     except OSError as exc:

@@ -13,11 +13,11 @@ from iapas.data import DEFAULT_PROTOCOL
 from iapas.engine import precision_signature
 from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.protocol import EVAL_SIZE, resize_map, resize_mask
-from iapas.io import DEFAULT_MAX_PIXELS
+from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.fingerprint import pipeline_identity
-from iapas.pipeline import Pipeline
-from iapas.profile import Profile
-from iapas.prompts.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
+from iapas.pipeline.stage2 import Pipeline
+from iapas.product.profile import Profile
+from iapas.core.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
 
 MODES = ("iapas", "base")
 PROTOCOLS = ("paper", "full")

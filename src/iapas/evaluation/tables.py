@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iapas.io import atomic_write_text
-from iapas.prompts.caption import fixed_caption
+from iapas.core.files import atomic_write_text
+from iapas.core.caption import fixed_caption
 
 if TYPE_CHECKING:
     from iapas.evaluation.results import DatasetResult

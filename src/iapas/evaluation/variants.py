@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from iapas.evaluation.settings import EvalSettings
-from iapas.prompts.caption import fixed_caption
+from iapas.core.caption import fixed_caption
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 
 ABLATIONS: tuple[str, ...] = (

@@ -10,7 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from iapas.types import Detections
+from iapas.core.types import Detections
 
 
 class ModelOutputError(RuntimeError):

@@ -13,7 +13,7 @@ from iapas.models import registry
 from iapas.models.base import check_finite
 from iapas.models.caching import ForwardMemo, shared_forward
 from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
-from iapas.types import Detections
+from iapas.core.types import Detections
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iapas.io import atomic_write_text
+from iapas.core.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ CACHE_NAME = "fingerprints.json"
 CACHE_ENTRIES = 2000  # at most this many files remembered (the most recently hashed)
 _SKIPPED_SUFFIXES = (".md", ".rst", ".png", ".jpg", ".jpeg", ".gif", ".svg")
 _SKIPPED_PREFIXES = ("readme", "license", "licence", "notice")
-NO_SEGMENTER = "none"  # iapas.pipeline.NoSegmenter's name: a joint detector runs no segmenter
+NO_SEGMENTER = "none"  # iapas.pipeline.stage2.NoSegmenter's name: a joint detector runs no segmenter
 KINDS = ("detector", "segmenter")
 OLDER = "made by an older iapas without model fingerprints"
 

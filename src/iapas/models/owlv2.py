@@ -2,7 +2,7 @@
 
 OWLv2 scores every image patch against each text query on its own (a query's logits do not
 depend on the other queries), so the caption's phrases (``'crack . hole .'`` -> ``['crack',
-'hole']``, as :func:`iapas.prompts.caption.caption_phrases` splits them) are its queries; a box's
+'hole']``, as :func:`iapas.core.caption.caption_phrases` splits them) are its queries; a box's
 score is its best query's probability (the sigmoid of the logit, as the processor's
 ``post_process_object_detection`` does) and its phrase is that query. There is no per-token text
 threshold: ``text_threshold`` is accepted for the :class:`iapas.models.Detector` protocol and
@@ -20,8 +20,8 @@ import numpy as np
 from iapas.models import registry
 from iapas.models.base import check_finite
 from iapas.models.loading import load_checked_model, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
-from iapas.prompts.caption import caption_phrases
-from iapas.types import Detections
+from iapas.core.caption import caption_phrases
+from iapas.core.types import Detections
 
 logger = logging.getLogger(__name__)
 

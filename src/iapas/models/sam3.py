@@ -19,8 +19,8 @@ import numpy as np
 from iapas.models.base import check_finite
 from iapas.models import registry
 from iapas.models.loading import ModelLoadError, load_checked_model, load_pretrained, one_line, resolve_device, resolve_dtype
-from iapas.prompts.caption import caption_phrases
-from iapas.types import Detections
+from iapas.core.caption import caption_phrases
+from iapas.core.types import Detections
 
 logger = logging.getLogger(__name__)
 

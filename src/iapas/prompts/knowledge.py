@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from iapas.plaindata import PlainDataError, load_plain
-from iapas.prompts.caption import clean_nouns
+from iapas.core.plaindata import PlainDataError, load_plain
+from iapas.core.caption import clean_nouns
 
 DEFAULT_FAMILY = "default"
 

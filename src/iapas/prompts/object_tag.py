@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from iapas.ops import apply_nms, clip_boxes, normalized_areas, top_box
-from iapas.types import Detections
+from iapas.core.ops import apply_nms, clip_boxes, normalized_areas, top_box
+from iapas.core.types import Detections
 
 BOX_THRESHOLD = 0.1
 TEXT_THRESHOLD = 0.1
@@ -118,7 +118,7 @@ def _image_top(dets: Detections) -> int | None:
 
 def top_box_size(dets: Detections, width: int, height: int) -> float | None:
     """The normalised area ``(w/W)*(h/H)`` of the highest-scoring box, exactly as stage 2 takes
-    the object's size (:func:`iapas.ops.top_box`); None without a box or when it has no area."""
+    the object's size (:func:`iapas.core.ops.top_box`); None without a box or when it has no area."""
     found = top_box(dets, width, height)
     return None if found is None else found[1]
 

@@ -29,7 +29,7 @@ rest, line by line, with these rules:
 
 The result is lowercase, in reply order, with duplicates removed; it may be empty, which the
 caller treats as a failed reply. Fillers ('word', 'none', ...) are dropped later by
-:func:`iapas.prompts.caption.clean_nouns` together with the other caption rules.
+:func:`iapas.core.caption.clean_nouns` together with the other caption rules.
 """
 
 from __future__ import annotations

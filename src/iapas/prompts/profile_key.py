@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from iapas.prompts.errors import Stage1Error
 from iapas.prompts.llm import PROMPT_STYLES
 
 
@@ -19,8 +20,6 @@ def _file_digest(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     except OSError as exc:
-        from iapas.prompts.stage1 import Stage1Error
-
         raise Stage1Error(f"{path}: cannot read reference image: {exc.strerror or exc}") from None
     return h.hexdigest()
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from iapas.ops import apply_nms, normalized_areas
-from iapas.types import Detections
+from iapas.core.ops import apply_nms, normalized_areas
+from iapas.core.types import Detections
 
 TEXT_PROCESSINGS: tuple[str, ...] = ("iapas", "reference")
 DEFAULT_TEXT_PROCESSING = "iapas"

@@ -62,7 +62,7 @@ class Stage1Options:
     object_tag: str | None = None
     nouns: list[str] | None = None
     include_object_tag: bool = True
-    object_join: str = "phrase"  # iapas.prompts.caption.OBJECT_JOINS: 'comma' is the reference code's
+    object_join: str = "phrase"  # iapas.core.caption.OBJECT_JOINS: 'comma' is the reference code's
     prompt_style: str = "reference"  # iapas.prompts.llm.PROMPT_STYLES: the LLM's messages
     size_threshold: float = 0.8
     seed: int = 0
@@ -81,7 +81,7 @@ class Stage1Options:
             raise ValueError("the manual tagger needs tags (e.g. --tags 'leather, fabric')")
         if self.llm not in LLMS:
             raise ValueError(f"unknown LLM backend {self.llm!r}; choose one of {', '.join(LLMS)}")
-        from iapas.prompts.caption import check_object_join
+        from iapas.core.caption import check_object_join
         from iapas.prompts.llm import check_prompt_style
 
         from iapas.prompts.reference_text import check_text_processing

@@ -11,7 +11,7 @@
    LLM fails or replies nothing usable);
 5. the caption 'w1 . w2 . ... . abnormal . defect . <object tag> .', trimmed to the detector's
    text window by dropping tail nouns;
-6. a :class:`~iapas.profile.Profile` whose ``stage1`` mapping records all of it.
+6. a :class:`~iapas.product.profile.Profile` whose ``stage1`` mapping records all of it.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from iapas import __version__
-from iapas.io import read_image
-from iapas.profile import Profile
-from iapas.prompts.caption import (
+from iapas.core.version import __version__
+from iapas.core.images import read_image
+from iapas.product.profile import Profile
+from iapas.core.caption import (
     ALWAYS_ADDED,
     DEFAULT_OBJECT_JOIN,
     clean_nouns,
@@ -48,6 +48,7 @@ from iapas.prompts.object_tag import (
     measure_object_size,
     vote_object_tag,
 )
+from iapas.prompts.errors import Stage1Error  # noqa: F401 - callers import it from here
 from iapas.prompts.parsing import parse_word_list
 from iapas.prompts.profile_key import input_hash  # noqa: F401 - callers import it from here
 from iapas.prompts.reference_text import (
@@ -65,10 +66,6 @@ DEFAULT_REFERENCES = 10
 # progress(stage, done, total): stage is 'reading', 'tagging', 'detecting' (the tag vote) or
 # 'measuring' (the object size).
 ProgressCallback = Callable[[str, int, int], None]
-
-
-class Stage1Error(ValueError):
-    """Stage 1 cannot run with what it was given; the message says what is missing."""
 
 
 # --- step 1: reference images ----------------------------------------------------------------
@@ -261,13 +258,13 @@ def build_profile(
     llm_fallback: bool = True,
     text_processing: str = DEFAULT_TEXT_PROCESSING,
 ) -> Profile:
-    """Stage 1 for one category: reference images -> :class:`~iapas.profile.Profile`.
+    """Stage 1 for one category: reference images -> :class:`~iapas.product.profile.Profile`.
 
     ``references`` are the image files to use (pick them with :func:`select_references`).
     ``object_tag`` given: no tagging or vote. Either way the detector (if given) measures the
     object size on the references as stage 2 does (:func:`~iapas.prompts.object_tag.measure_object_size`). ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
     no ``nouns``: the ``knowledge`` vocabulary answers. ``prompt_style`` names the LLM's messages
-    and ``object_join`` how the object tag joins the caption (:func:`~iapas.prompts.caption.build_caption`). ``detector`` is any
+    and ``object_join`` how the object tag joins the caption (:func:`~iapas.core.caption.build_caption`). ``detector`` is any
     :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
     window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
     ``llm_fallback`` False: an LLM failure raises :class:`LLMError` instead of falling back to

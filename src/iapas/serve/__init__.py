@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iapas.profile import Profile
+from iapas.product.profile import Profile
 from iapas.serve.store import stage2_profile
 
 

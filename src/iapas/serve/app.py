@@ -21,9 +21,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from iapas.io import DEFAULT_MAX_PIXELS, UPLOAD_FORMATS, ImageReadError, read_image_bytes
-from iapas.names import BadNameError, check_name
-from iapas.profile import Profile
+from iapas.core.images import DEFAULT_MAX_PIXELS, UPLOAD_FORMATS, ImageReadError, read_image_bytes
+from iapas.core.names import BadNameError, check_name
+from iapas.product.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
 from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
@@ -186,7 +186,7 @@ def create_app(
     settings: ServeSettings | None = None,
 ) -> Any:
     """The station's ASGI app; ``worker`` None serves ``store`` read-only (a review)."""
-    from iapas import __version__
+    from iapas.core.version import __version__
 
     settings = settings or ServeSettings()
     static = resources.files("iapas.serve") / "static"

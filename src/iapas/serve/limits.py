@@ -65,7 +65,7 @@ def header_pixels(data: bytes, formats: tuple[str, ...], max_pixels: int) -> int
     unreadable here (and so never left out of the budget)."""
     from PIL import Image
 
-    from iapas.io import _pil_pixel_limit
+    from iapas.core.images import _pil_pixel_limit
 
     try:
         with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from iapas.outputs import decode_map
+from iapas.core.maps import decode_map
 
 OUTLINE = (0, 255, 255)
 GT_OUTLINE = (255, 0, 255)

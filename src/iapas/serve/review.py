@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from iapas.decision import verdict_at
+from iapas.product.decision import verdict_at
 from iapas.evaluation.decisions import CALIBRATION_SUFFIX
-from iapas.names import OutsideRootError, path_inside
-from iapas.outputs import binary_mask, encode_map
-from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog
+from iapas.core.names import OutsideRootError, path_inside
+from iapas.core.maps import binary_mask, encode_map
+from iapas.engine.runner import RESULTS_FILE, RUN_FILE, ResultsLog
 from iapas.serve.store import usable
 
 logger = logging.getLogger(__name__)
@@ -213,9 +213,9 @@ class ReviewStore:
             return png_bytes(np.where(on, 255, 0).astype(np.uint8))
         from PIL import Image
 
-        from iapas.io import read_image
-        from iapas.outputs import render_overlay
-        from iapas.types import Detections, SegmentationResult
+        from iapas.core.images import read_image
+        from iapas.engine.outputs import render_overlay
+        from iapas.core.types import Detections, SegmentationResult
 
         rgb = read_image(record["image"]).rgb
         rgb = np.asarray(Image.fromarray(rgb).resize((amap.shape[1], amap.shape[0]), Image.BILINEAR))

@@ -5,9 +5,9 @@ then 20 random ones, so ids sort by time) and checked with :data:`ID_PATTERN` wh
 in; an id is never taken as a path: files are found through the record the id names.
 
 ``DiskStore`` writes every inspection of category ``C`` into ``STORE/C/`` exactly as
-``iapas segment`` writes a run folder (:func:`iapas.runner.run_segmentation`): ``run.json``,
+``iapas segment`` writes a run folder (:func:`iapas.engine.runner.run_segmentation`): ``run.json``,
 ``maps/ID.png``, ``masks/ID.png``, ``overlays/ID.png`` and one line of ``results.jsonl``
-(:func:`iapas.runner.result_record`), with the key ``ID``. The uploaded bytes are kept as
+(:func:`iapas.engine.runner.result_record`), with the key ``ID``. The uploaded bytes are kept as
 ``uploads/ID.EXT``, the record's ``image``, so that the folder can be evaluated, reviewed or
 segmented again like any other.
 """
@@ -33,16 +33,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from iapas.decision import ImageDecision
-from iapas.io import LoadedImage, atomic_write_bytes, atomic_write_text, clean_stale_temp_files
-from iapas.names import check_name, path_inside
-from iapas.outputs import binary_mask, decode_map, encode_map, render_overlay, write_image_outputs
-from iapas.pipeline import Pipeline
-from iapas.profile import Profile
+from iapas.product.decision import ImageDecision
+from iapas.core.images import LoadedImage
+from iapas.core.files import atomic_write_bytes, atomic_write_text, clean_stale_temp_files
+from iapas.core.names import check_name, path_inside
+from iapas.core.maps import binary_mask, decode_map, encode_map
+from iapas.engine.outputs import render_overlay, write_image_outputs
+from iapas.pipeline.stage2 import Pipeline
+from iapas.product.profile import Profile
 from iapas.engine import check_signature
-from iapas.runner import RESULTS_FILE, RUN_FILE, ResultsLog, result_record, run_signature
-from iapas.runner import run_file_content as runner_run_file_content
-from iapas.types import SegmentationResult
+from iapas.engine.runner import RESULTS_FILE, RUN_FILE, ResultsLog, result_record, run_signature
+from iapas.engine.runner import run_file_content as runner_run_file_content
+from iapas.core.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ def valid_id(value: str) -> bool:
 
 
 def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
-    """``array`` as PNG bytes, encoded as :func:`iapas.io.save_png` writes files."""
+    """``array`` as PNG bytes, encoded as :func:`iapas.core.files.save_png` writes files."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -251,7 +253,7 @@ class MemoryStore:
             bits = np.unpackbits(held.packed_mask, count=shape[0] * shape[1]).reshape(shape)
             data = png_bytes(np.where(bits > 0, 255, 0).astype(np.uint8))
         else:
-            from iapas.io import read_image_bytes
+            from iapas.core.images import read_image_bytes
 
             upload, name = held.upload
             # read once already under the station's --max-pixels: allow exactly its own size
@@ -274,13 +276,13 @@ class MemoryStore:
 
 
 def category_folder(root: Path, category: str) -> Path:
-    """``root/category``: a plain name (:mod:`iapas.names`) whose folder resolves inside ``root``
+    """``root/category``: a plain name (:mod:`iapas.core.names`) whose folder resolves inside ``root``
     (a category folder that is a link to elsewhere is refused too); ValueError else."""
     return path_inside(root, check_name(category, "category"))
 
 
 def run_file_content(pipeline: Pipeline, profile: Profile) -> dict[str, Any]:
-    """``run.json`` of a category folder, as :func:`iapas.runner.run_segmentation` writes it."""
+    """``run.json`` of a category folder, as :func:`iapas.engine.runner.run_segmentation` writes it."""
     decision = profile.decision
     threshold = decision.threshold if decision is not None else MASK_THRESHOLD
     return runner_run_file_content(run_signature(pipeline, stage2_profile(profile)), threshold, decision, profile)

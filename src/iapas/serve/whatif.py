@@ -2,7 +2,7 @@
 at another threshold, with no model run.
 
 A stored verdict is ``NG`` when the record's ``decision_score`` is above the threshold
-(:meth:`iapas.decision.Decision.decide`), and the decision score does not depend on the
+(:meth:`iapas.product.decision.Decision.decide`), and the decision score does not depend on the
 threshold (the map's maximum, or with ``min_defect_area`` the highest level whose largest region
 is big enough), so judging the stored score again is what inspecting the part again would give.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi.responses import JSONResponse
 
-from iapas.decision import verdict_at
+from iapas.product.decision import verdict_at
 
 BINS = 24
 MAX_CHANGED = 200

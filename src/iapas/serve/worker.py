@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iapas.io import LoadedImage
-from iapas.pipeline import Pipeline
-from iapas.profile import Profile
-from iapas.types import SegmentationResult
+from iapas.core.images import LoadedImage
+from iapas.pipeline.stage2 import Pipeline
+from iapas.product.profile import Profile
+from iapas.core.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
 

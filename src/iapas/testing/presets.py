@@ -264,7 +264,7 @@ class Sam3ProcessorFiles:
 
 def stand_in_clip_tokenizer() -> Any:
     """A CLIP tokenizer of the real vocabulary size and start/end ids (see the module docstring)."""
-    from iapas.testing.tiny import char_clip_tokenizer
+    from iapas.testing.clip_tokens import char_clip_tokenizer
 
     return char_clip_tokenizer(CLIP_VOCAB_SIZE, model_max_length=16, words=TINY_WORDS)
 

@@ -142,7 +142,7 @@ MAP_TOLERANCE = 1e-5  # box scores agree to ~5e-6: a larger map difference is a 
 
 
 def golden_profile() -> Any:
-    from iapas.profile import Profile
+    from iapas.product.profile import Profile
 
     return Profile.from_prompts("tile", SETTINGS["object_tag"], SETTINGS["nouns"], size_threshold=SETTINGS["size_threshold"])
 
@@ -153,7 +153,7 @@ def run_pipeline(folders: Mapping[str, Path], items: Sequence[Mapping[str, Any]]
     clamped)."""
     import numpy as np
 
-    from iapas.pipeline import Pipeline, PipelineConfig, as_rgb
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig, as_rgb
 
     pipe = Pipeline.from_config(PipelineConfig(
         detector=str(folders["grounding-dino"]), segmenter=str(folders["sam"]), device="cpu", dtype="float32",

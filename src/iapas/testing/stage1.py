@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from iapas.testing.clip_tokens import char_clip_tokenizer
+
 logger = logging.getLogger(__name__)
 
 # Words the tiny LLM can say, besides its special tokens: list punctuation, anomaly nouns and
@@ -36,7 +38,6 @@ def make_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from iapas.testing.tiny import char_clip_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from iapas.testing.clip_tokens import char_clip_tokenizer
+from iapas.testing.stage1 import make_tiny_stage1_models
+
 logger = logging.getLogger(__name__)
 
 # Words the tiny tokenizers know as whole tokens; anything else is spelled with ##letters.
@@ -186,20 +189,6 @@ def sam3_processor_config(height: int, width: int) -> dict:
     }
 
 
-def char_clip_tokenizer(
-    vocab_size: int | None = None, model_max_length: int | None = None, words: Sequence[str] = ()
-) -> Any:
-    """A character-level ``CLIPTokenizer`` (no merges: letters, digits and ``-'.,``, each also
-    as a word end), plus whole-word tokens for ``words`` (:func:`clip_vocab_and_merges`).
-    ``vocab_size`` pads the vocabulary with unused tokens (CLIP's 49408 for a real-size model).
-    bos and eos take the two highest ids, as in CLIP (its text pooling reads the eos position)."""
-    from transformers import CLIPTokenizer
-
-    vocab, merges = clip_vocab_and_merges(words, vocab_size)
-    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
-    return CLIPTokenizer(vocab=vocab, merges=merges, **extra)
-
-
 def sam3_tokenizer(vocab_size: int | None = None) -> Any:
     """SAM 3's tokenizer class (CLIP's), character-level, with its 32-token text window."""
     return char_clip_tokenizer(vocab_size, model_max_length=32)
@@ -244,33 +233,6 @@ def make_tiny_sam3(out_dir: str | Path, seed: int = 0, image_size: int = 112) ->
     (out / "processor_config.json").write_text(json.dumps(sam3_processor_config(image_size, image_size), indent=2))
     logger.info("wrote tiny %s to %s", config.model_type, out)
     return out
-
-
-def clip_vocab_and_merges(
-    words: tuple[str, ...] = (), vocab_size: int | None = None
-) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A CLIP byte-pair vocabulary: letters, digits and punctuation (plain and word-final
-    ``</w>``), each of ``words`` as a whole token through a chain of merges, unused tokens up to
-    ``vocab_size`` when given, and start/end tokens last (the end token has the highest id: CLIP
-    pools the text at it)."""
-    chars = string.ascii_lowercase + string.digits + "-'.,"
-    vocab: dict[str, int] = {}
-    for c in [*chars, *(c + "</w>" for c in chars)]:
-        vocab.setdefault(c, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in words:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        left = parts[0]
-        for right in parts[1:]:
-            if (left, right) not in merges:
-                merges.append((left, right))
-            left += right
-            vocab.setdefault(left, len(vocab))
-    for i in range(len(vocab), (vocab_size or 0) - 2):
-        vocab[f"<|unused{i}|>"] = i
-    vocab.setdefault("<|startoftext|>", len(vocab))
-    vocab.setdefault("<|endoftext|>", len(vocab))
-    return vocab, merges
 
 
 def make_tiny_owlv2(out_dir: str | Path, seed: int = 0, image_size: int = 96) -> Path:
@@ -400,9 +362,5 @@ def make_tiny_models(out_dir: str | Path, seed: int = 0, detector_shortest_edge:
         "owlv2": make_tiny_owlv2(out / "owlv2", seed=seed),
         "sam2": make_tiny_sam2(out / "sam2", seed=seed),
     }
-    try:  # stage 1 models (CLIP tagger, Llama LLM) when that module is present
-        from iapas.testing import stage1
-    except ImportError:
-        return made
-    made.update(stage1.make_tiny_stage1_models(out, seed=seed))
+    made.update(make_tiny_stage1_models(out, seed=seed))  # the CLIP tagger and Llama LLM of stage 1
     return made

@@ -2,27 +2,27 @@
 
 Stage 2 reads ``object_tag``, ``caption``, ``size_threshold`` and ``object_size``; the rest is
 the record of how they were made. ``decision`` (written by ``iapas calibrate``) is the OK/NG
-threshold, see :mod:`iapas.decision`. The caption in the file is authoritative: edit it and stage 2
+threshold, see :mod:`iapas.product.decision`. The caption in the file is authoritative: edit it and stage 2
 uses the edited one.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from iapas import __version__
-from iapas import fields as checks
-from iapas.decision import Decision, DecisionError
-from iapas.fields import FieldError
-from iapas.io import atomic_write_text
-from iapas.names import BadNameError, check_name
-from iapas.plaindata import PlainDataError, load_plain
-from iapas.prompts.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
+from iapas.core.version import __version__
+from iapas.core import fields as checks
+from iapas.product.decision import Decision, DecisionError
+from iapas.core.fields import FieldError, check_fields
+from iapas.core.files import atomic_write_text
+from iapas.core.names import BadNameError, check_name
+from iapas.core.plaindata import PlainDataError, load_plain
+from iapas.core.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
 
 PROFILE_FORMAT = 1
 
@@ -59,7 +59,7 @@ class Profile:
         **extra: Any,
     ) -> Profile:
         """A profile from an object tag and anomaly nouns given by hand (``object_join``: see
-        :func:`~iapas.prompts.caption.caption_words`)."""
+        :func:`~iapas.core.caption.caption_words`)."""
         caption = build_caption(nouns, object_tag, include_object_tag, object_join)
         profile = cls(
             category=category,
@@ -75,7 +75,7 @@ class Profile:
 
     def validate(self, source: str = "profile") -> None:
         """Check every field (naming it) and take each in its type; :class:`ProfileError` else.
-        ``category`` becomes folder and file names: it must be a plain name (:mod:`iapas.names`)."""
+        ``category`` becomes folder and file names: it must be a plain name (:mod:`iapas.core.names`)."""
         try:
             self._check(source)
         except (FieldError, BadNameError) as exc:
@@ -128,7 +128,7 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "profile") -> Profile:
-        check_fields(cls, data, source, ("category", "object_tag", "caption"), "profile fields")
+        check_fields(cls, data, source, ("category", "object_tag", "caption"), "profile fields", ProfileError)
         data = {k: v for k, v in data.items() if not (v is None and k in ("models", "stage1", "anomaly_nouns"))}
         if data.get("decision") is not None:
             try:
@@ -156,24 +156,8 @@ class Profile:
         return cls.from_dict(data, str(path))
 
 
-def check_fields(
-    cls: type, data: Any, source: str, required: tuple[str, ...], what: str = "fields", error: type[Exception] = ProfileError
-) -> None:
-    """``data`` is a mapping of ``cls``'s dataclass fields with the ``required`` ones, else
-    ``error`` naming ``source``."""
-    if not isinstance(data, dict):
-        raise error(f"{source}: expected a mapping of {what}, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise error(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise error(f"{source}: missing field(s) {', '.join(missing)}")
-
-
 def base_profile(category: str = "base", object_tag: str = "object") -> Profile:
     """The paper's 'base' setting: fixed caption, no size filter (see PipelineConfig.mode)."""
-    from iapas.prompts.caption import BASE_CAPTION
+    from iapas.core.caption import BASE_CAPTION
 
     return Profile(category=category, object_tag=object_tag, caption=BASE_CAPTION, anomaly_nouns=[])

@@ -100,7 +100,7 @@ class SegmentationResult:
     object_size: float
     object_size_source: str  # "detected", "profile", or "default"
     timings: dict[str, float] = field(default_factory=dict)
-    # the OK/NG verdict (an iapas.decision.ImageDecision) when the profile has a decision section
+    # the OK/NG verdict (an iapas.product.decision.ImageDecision) when the profile has a decision section
     decision: Any = None
 
     @property

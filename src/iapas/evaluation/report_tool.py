@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iapas.decision import verdict_at
-from iapas.report import _boxes_text, _esc, _img, gallery_panels, image_score
+from iapas.product.decision import verdict_at
+from iapas.evaluation.report import _boxes_text, _esc, _img, gallery_panels, image_score
 
 if TYPE_CHECKING:
     from iapas.evaluation.core import CategoryResult

@@ -18,14 +18,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from iapas.io import high_bit_depth_to_uint8, read_image, to_rgb8
+from iapas.core.images import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
-from iapas.ops import apply_nms, clip_boxes, fuse_masks, size_filter, top_box
-from iapas.profile import Profile
-from iapas.prompts.caption import BASE_CAPTION, caption_phrases
-from iapas.types import Detections, SegmentationResult
+from iapas.core.ops import apply_nms, clip_boxes, fuse_masks, size_filter, top_box
+from iapas.product.profile import Profile
+from iapas.core.caption import BASE_CAPTION, caption_phrases
+from iapas.core.types import Detections, SegmentationResult
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Pipeline:
         """Segment a batch of images of one category; one detector forward per caption per batch.
 
         When the profile has a ``decision`` section (``iapas calibrate``), each result's
-        ``decision`` is the image's verdict (:class:`iapas.decision.ImageDecision`)."""
+        ``decision`` is the image's verdict (:class:`iapas.product.decision.ImageDecision`)."""
         cfg = self.config
         rgbs = [as_rgb(im) for im in images]
         if not rgbs:

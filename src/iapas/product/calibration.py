@@ -3,7 +3,7 @@
 :func:`check_reference_overlap` refuses calibration images that were stage 1 references (by
 content); :func:`stored_scores` reads the image scores under a minimum defect area from a run's
 stored maps (so changing the area needs no model run); :func:`calibrate` turns scores into a
-:class:`~iapas.decision.Decision` and a side-by-side report of the rules.
+:class:`~iapas.product.decision.Decision` and a side-by-side report of the rules.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.decision import (
+from iapas.product.decision import (
     Decision,
     DecisionError,
     conformal_threshold,
@@ -28,7 +28,7 @@ from iapas.decision import (
     min_area_score,
     today,
 )
-from iapas.profile import Profile
+from iapas.product.profile import Profile
 
 logger = logging.getLogger(__name__)
 

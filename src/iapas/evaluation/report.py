@@ -3,7 +3,7 @@
 ``write_report(result, out_dir)`` writes ``OUT/report.html`` with the protocol, mode, models,
 notes and iapas version at the top, the metrics table in the paper's layout, a precision-recall
 curve per category (matplotlib, Agg backend), per category the image-score histograms with the
-calibrated OK/NG threshold and the image ROC and PR curves (:mod:`iapas.report_tool`), the
+calibrated OK/NG threshold and the image ROC and PR curves (:mod:`iapas.evaluation.report_tool`), the
 profiles used, per category a gallery of
 the best and worst images by score alone: the highest-scoring anomalous images, the
 highest-scoring normal images and the lowest-scoring anomalous images,
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iapas.io import atomic_write_text
-from iapas.names import path_inside
+from iapas.core.files import atomic_write_text
+from iapas.core.names import path_inside
 
 if TYPE_CHECKING:
     from iapas.evaluation.results import CategoryResult, DatasetResult
@@ -117,7 +117,7 @@ def _placeholder(width: int, height: int) -> np.ndarray:
 
 
 def _scaled(records: Sequence[Mapping[str, Any]], sx: float, sy: float) -> Any:
-    from iapas.types import Detections
+    from iapas.core.types import Detections
 
     if not records:
         return Detections.empty()
@@ -136,9 +136,9 @@ def gallery_panels(
     from PIL import Image
 
     from iapas.evaluation.predictions import evaluated_map, load_map_file
-    from iapas.io import ImageReadError, read_image
-    from iapas.outputs import render_overlay
-    from iapas.types import SegmentationResult
+    from iapas.core.images import ImageReadError, read_image
+    from iapas.engine.outputs import render_overlay
+    from iapas.core.types import SegmentationResult
 
     width, height = int(record.get("width", 400)), int(record.get("height", 400))
     w, h = _fit(width, height, size)
@@ -292,10 +292,10 @@ def render_report(
     result: DatasetResult, *, gallery: int = GALLERY_SIZE, thumb: int = THUMB, full_images: int | None = None
 ) -> str:
     """The report's HTML text (``full_images``: rows of the image table that carry their
-    pictures besides the false alarms and misses; default :data:`iapas.report_tool.FULL_IMAGES`)."""
-    from iapas import report_tool
+    pictures besides the false alarms and misses; default :data:`iapas.evaluation.report_tool.FULL_IMAGES`)."""
+    import iapas.evaluation.report_tool as report_tool
     from iapas.evaluation.tables import F1_SENTENCE, all_notes, header_lines
-    from iapas.runner import ResultsLog
+    from iapas.engine.runner import ResultsLog
 
     out_dir = Path(result.out_dir)
     s = result.settings

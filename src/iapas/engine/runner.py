@@ -24,22 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from iapas.decision import Decision, ImageDecision
+from iapas.product.decision import Decision, ImageDecision
 from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, precision_signature, run_items
 from iapas.models.fingerprint import pipeline_identity
-from iapas.io import (
-    DEFAULT_MAX_PIXELS,
-    LoadedImage,
-    atomic_write_text,
-    clean_stale_temp_files,
-    file_stamp,
-)
-from iapas.names import OutsideRootError, path_inside
-from iapas.outputs import MAP_SCALE, output_names, write_image_outputs
-from iapas.pipeline import Pipeline
-from iapas.profile import Profile
-from iapas.storage import is_disk_full, stop_reason
-from iapas.types import SegmentationResult
+from iapas.core.images import DEFAULT_MAX_PIXELS, LoadedImage
+from iapas.core.files import atomic_write_text, clean_stale_temp_files, file_stamp
+from iapas.core.names import OutsideRootError, path_inside
+from iapas.core.maps import MAP_SCALE
+from iapas.engine.outputs import output_names, write_image_outputs
+from iapas.pipeline.stage2 import Pipeline
+from iapas.product.profile import Profile
+from iapas.core.storage import is_disk_full, stop_reason
+from iapas.core.types import SegmentationResult
 
 __all__ = [  # ResultsLog, RunConflictError, RunSummary, precision_signature: from iapas.engine, importable here as before
     "RESULTS_FILE", "RUN_FILE", "ResultsLog", "RunConflictError", "RunSummary", "SegmentJob", "assign_keys", "is_done",
@@ -56,7 +52,7 @@ RUN_FILE = "run.json"
 def assign_keys(paths: Sequence[Path], roots: Sequence[Path] | None = None) -> list[str]:
     """A unique output name per input, without suffix (``crack/000``), relative to its own root.
 
-    ``roots``: the folder each key is relative to (see :func:`iapas.io.search_images`: the folder
+    ``roots``: the folder each key is relative to (see :func:`iapas.data.search.search_images`: the folder
     given, its parent when several inputs found images, a named file's own folder); without, each
     path's own folder (the key is the file's name). A key depends on its own path and root, not on
     the other inputs, so it stays the same when an unrelated input is added, removed or missing.
@@ -183,7 +179,7 @@ def run_file_content(
     signature: dict[str, Any], threshold: float, decision: Decision | None, profile: Profile | None
 ) -> dict[str, Any]:
     """What ``run.json`` of a segment run folder holds (also written by ``iapas serve --store``)."""
-    from iapas import __version__
+    from iapas.core.version import __version__
 
     return {
         "iapas_version": __version__, "signature": signature, "threshold": threshold, "map_scale": MAP_SCALE,
@@ -212,7 +208,7 @@ def run_segmentation(
     """Segment ``paths`` into ``out_dir``; resumable (see the module docstring).
 
     ``on_image(key, status)`` is called after each image ('ok', 'failed' or 'skipped').
-    When a write fails for lack of space (see :mod:`iapas.storage`), no new image is started,
+    When a write fails for lack of space (see :mod:`iapas.core.storage`), no new image is started,
     the images finished so far stay (the failed one's partial outputs are removed), and the
     summary says why in ``stopped``, with ``not_run`` images left for a resumed run.
     ``roots``: the folder each path was found from, which output names are relative to (see
@@ -412,7 +408,7 @@ def result_record(
         "height": image.height,
         "mode": image.mode,
         **result.to_record(),
-        "max_score": result.image_score,  # unrounded: what calibration takes as the score (iapas.decision)
+        "max_score": result.image_score,  # unrounded: what calibration takes as the score (iapas.product.decision)
         **(verdict.to_record() if verdict is not None else undecided),
         "outputs": outputs,
     }

@@ -7,29 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from iapas.io import save_png
-from iapas.names import path_inside
-from iapas.types import SegmentationResult
-
-# A map pixel value v is stored as round(v * MAP_SCALE) in a 16-bit PNG (so 1.0 -> 10000).
-MAP_SCALE = 10000
-MAP_MAX = 65535 / MAP_SCALE
-
-
-def encode_map(anomaly_map: np.ndarray) -> np.ndarray:
-    """Float map -> uint16 for a 16-bit PNG; values above MAP_MAX (6.5535) saturate."""
-    return np.round(np.clip(anomaly_map, 0.0, MAP_MAX) * MAP_SCALE).astype(np.uint16)
-
-
-def decode_map(encoded: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`encode_map` (to 1e-4)."""
-    return np.asarray(encoded, dtype=np.float32) / MAP_SCALE
-
-
-def binary_mask(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
-    """``uint8`` mask, 255 where the map is >= threshold (and > 0), else 0."""
-    on = (anomaly_map >= threshold) & (anomaly_map > 0)
-    return np.where(on, 255, 0).astype(np.uint8)
+from iapas.core.files import save_png
+from iapas.core.maps import binary_mask, encode_map
+from iapas.core.names import path_inside
+from iapas.core.types import SegmentationResult
 
 
 LABEL_TEXT = (255, 255, 255)
@@ -98,7 +79,7 @@ def render_overlay(
     filter dropped in grey.
 
     The colour scale is the same for every image: 0 to ``vmax``, or, with a ``verdict``
-    (:class:`iapas.decision.ImageDecision`), the decision's normalised score (the threshold at
+    (:class:`iapas.product.decision.ImageDecision`), the decision's normalised score (the threshold at
     the middle of the scale); the verdict and its score are written in the top left corner
     (green OK, red NG). Labels are written in a font that scales with the image
     (:func:`label_font`), on a filled background, inside the image."""
@@ -160,7 +141,7 @@ def write_image_outputs(
 ) -> dict[str, str]:
     """Write ``maps/KEY.png``, ``masks/KEY.png`` and ``overlays/KEY.png`` atomically.
 
-    With a ``verdict`` (:class:`iapas.decision.ImageDecision`) the mask is the decision mask
+    With a ``verdict`` (:class:`iapas.product.decision.ImageDecision`) the mask is the decision mask
     (empty exactly when the verdict is OK) and the overlay shows the verdict; without, the mask
     is the map >= ``threshold``; ``show_dropped`` draws the dropped boxes on the overlay.
     Returns the written paths relative to ``out_dir``.

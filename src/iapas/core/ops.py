@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from iapas.types import Detections
+from iapas.core.types import Detections
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -9,6 +9,8 @@ one line naming the field, what it must be and what it is. A bool is never a num
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import math
 import numbers
 from typing import Any
@@ -99,3 +101,17 @@ def strings(value: Any, what: str) -> list[str]:
 
 
 __all__ = ["FieldError", "boolean", "choice", "count", "mapping", "number", "optional_number", "strings", "text"]
+
+
+def check_fields(cls: type, data: Any, source: str, required: tuple[str, ...], what: str, error: type[Exception]) -> None:
+    """``data`` is a mapping of ``cls``'s dataclass fields with the ``required`` ones, else
+    ``error`` naming ``source``."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping of {what}, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(f"{source}: missing field(s) {', '.join(missing)}")

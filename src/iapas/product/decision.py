@@ -7,7 +7,7 @@ which is the same statement as "the decision mask (the regions of ``{map > thres
 least ``A`` pixels) is not empty" (:func:`decision_mask`).
 
 With ``A <= 1`` the score is the float map's maximum, exactly (results.jsonl records it as
-``max_score``). With ``A >= 2`` it is taken on the map as stored (:func:`iapas.outputs.encode_map`:
+``max_score``). With ``A >= 2`` it is taken on the map as stored (:func:`iapas.core.maps.encode_map`:
 steps of 1e-4, saturating at 6.5535), so a score computed from a ``maps/`` file and one computed
 from the map in memory are the same number: calibration and decision apply the very same score
 function, which is what the conformal guarantee needs.
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from iapas import fields as checks
-from iapas.fields import FieldError
-from iapas.outputs import MAP_SCALE, encode_map
+from iapas.core import fields as checks
+from iapas.core.fields import FieldError
+from iapas.core.maps import MAP_SCALE, encode_map
 
 RULES = ("conformal", "f1", "manual")
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
@@ -174,7 +174,7 @@ def _min_area_units(units: np.ndarray, min_area: int) -> int:
 
 
 def stored_units(anomaly_map: np.ndarray) -> np.ndarray:
-    """The map as stored in ``maps/KEY.png``: integers of 1e-4 (see :func:`iapas.outputs.encode_map`)."""
+    """The map as stored in ``maps/KEY.png``: integers of 1e-4 (see :func:`iapas.core.maps.encode_map`)."""
     arr = np.asarray(anomaly_map)
     return arr if arr.dtype == np.uint16 else encode_map(arr)
 
@@ -278,9 +278,8 @@ class Decision:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "decision") -> Decision:
-        from iapas.profile import check_fields  # the profile module imports this one
 
-        check_fields(cls, data, source, ("threshold",), "decision fields", DecisionError)
+        checks.check_fields(cls, data, source, ("threshold",), "decision fields", DecisionError)
         decision = cls(threshold=0.0)  # the defaults, then the file's values
         for name, value in data.items():
             setattr(decision, name, value)
