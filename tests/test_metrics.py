@@ -14,6 +14,8 @@ import pytest
 from scipy import ndimage
 
 import iapas.metrics as metrics_mod
+import iapas.metrics.ranking as metrics_ranking
+import iapas.metrics.sorting as metrics_sorting
 from iapas.metrics import (
     CategoryMetrics,
     aupro,
@@ -290,7 +292,7 @@ def test_float64_scores_keep_their_precision() -> None:
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 1 << 20])
 def test_random_against_sklearn(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    monkeypatch.setattr(metrics_mod, "_SWEEP_CHUNK", chunk)
+    monkeypatch.setattr(metrics_ranking, "_SWEEP_CHUNK", chunk)
     rng = np.random.default_rng(chunk)
     checked = 0
     for _ in range(60):
@@ -308,7 +310,7 @@ def test_random_against_sklearn(monkeypatch: pytest.MonkeyPatch, chunk: int) -> 
 
 def test_large_stack_against_sklearn(monkeypatch: pytest.MonkeyPatch) -> None:
     # Several windows of realistic size, one value (0) with a huge tie straddling them.
-    monkeypatch.setattr(metrics_mod, "_SWEEP_CHUNK", 4096)
+    monkeypatch.setattr(metrics_ranking, "_SWEEP_CHUNK", 4096)
     rng = np.random.default_rng(11)
     maps = rng.random((20, 64, 64)).astype(np.float32) ** 3
     maps[maps < 0.2] = 0.0
@@ -337,7 +339,7 @@ def test_fixed_thresholds_random_against_loop() -> None:
 
 @pytest.mark.parametrize("chunk", [3, 1 << 20])
 def test_aupro_random_against_loop(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    monkeypatch.setattr(metrics_mod, "_SWEEP_CHUNK", chunk)
+    monkeypatch.setattr(metrics_ranking, "_SWEEP_CHUNK", chunk)
     rng = np.random.default_rng(chunk + 100)
     for _ in range(8):
         maps = np.round(rng.random((3, 9, 11)) * int(rng.choice([3, 50, 10**6]))).astype(
@@ -428,7 +430,7 @@ def test_category_metrics_constant_maps() -> None:
 
 
 def test_split_by_blocks_matches_boolean_indexing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics_mod, "_SELECT_BLOCK", 5)
+    monkeypatch.setattr(metrics_sorting, "_SELECT_BLOCK", 5)
     rng = np.random.default_rng(12)
     s = rng.random((4, 3, 7)).astype(np.float32)
     y = rng.random((4, 3, 7)) < 0.4
