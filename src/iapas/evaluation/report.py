@@ -15,9 +15,6 @@ PNG inside the file, the only script is the table's inline sorter; nothing is fe
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -26,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import iapas.evaluation.report_tool as report_tool
 from iapas.core.files import atomic_write_text
-from iapas.core.names import path_inside
+from iapas.evaluation.report_parts import THUMB, _boxes_text, _esc, _img, gallery_panels, image_score
 
 if TYPE_CHECKING:
     from iapas.evaluation.results import CategoryResult, DatasetResult
@@ -40,7 +38,6 @@ GALLERY_SIZE = 4  # images per gallery row
 # FIGURE_CATEGORIES with the lowest pixel AP only, one picture per gallery row, galleries collapsed.
 MANY_CATEGORIES = 12
 FIGURE_CATEGORIES = 12
-THUMB = 192  # longest side of gallery pictures, in pixels
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -52,23 +49,6 @@ ul.meta li{margin:2px 0}.note{color:#7a4b00}.err{color:#b00020}
 .item{border:1px solid #ddd;padding:6px;font-size:11px;max-width:620px}.item img{margin-right:3px;vertical-align:top}
 .item .cap{margin-top:4px;word-break:break-word}code{background:#f5f5f5;padding:0 3px}
 """
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def png_data_uri(array: np.ndarray) -> str:
-    """An ``(H, W)`` or ``(H, W, 3)`` uint8 array as a ``data:image/png;base64,...`` URI."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _img(array: np.ndarray, alt: str) -> str:
-    return f'<img src="{png_data_uri(array)}" alt="{_esc(alt)}" width="{array.shape[1]}" height="{array.shape[0]}">'
 
 
 # --- PR curves -----------------------------------------------------------------------------------
@@ -107,81 +87,6 @@ def pr_figure(category: CategoryResult) -> np.ndarray | None:
 # --- gallery -------------------------------------------------------------------------------------
 
 
-def _fit(width: int, height: int, size: int) -> tuple[int, int]:
-    scale = size / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _placeholder(width: int, height: int) -> np.ndarray:
-    return np.full((height, width, 3), 200, dtype=np.uint8)
-
-
-def _scaled(records: Sequence[Mapping[str, Any]], sx: float, sy: float) -> Any:
-    from iapas.core.types import Detections
-
-    if not records:
-        return Detections.empty()
-    boxes = np.array([r["box"] for r in records], dtype=np.float32) * np.array([sx, sy, sx, sy], dtype=np.float32)
-    return Detections(boxes, np.array([r["score"] for r in records], dtype=np.float32), tuple(str(r.get("phrase", "")) for r in records))
-
-
-def gallery_panels(
-    out_dir: Path, record: Mapping[str, Any], vmax: float, size: int = THUMB, *, image_norm: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image, ground truth, overlay) of one prediction, fitted into ``size`` pixels.
-
-    The overlay shows the map as the metrics saw it before the stack normalisation (per-image
-    normalised when ``image_norm``), coloured up to ``vmax``.
-    """
-    from PIL import Image
-
-    from iapas.evaluation.predictions import evaluated_map, load_map_file
-    from iapas.core.images import ImageReadError, read_image
-    from iapas.engine.outputs import render_overlay
-    from iapas.core.types import SegmentationResult
-
-    width, height = int(record.get("width", 400)), int(record.get("height", 400))
-    w, h = _fit(width, height, size)
-    try:
-        rgb = read_image(record["image"]).rgb
-        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
-    except (ImageReadError, OSError, KeyError) as exc:
-        logger.warning("report: %s", exc)
-        rgb = _placeholder(w, h)
-    try:
-        amap, mask = load_map_file(path_inside(out_dir, str(record["map"])))
-        amap = evaluated_map(amap, record, image_norm)
-    except (OSError, KeyError, ValueError) as exc:
-        logger.warning("report: %s: %s", record.get("map"), exc)
-        amap, mask = np.zeros((h, w), np.float32), np.zeros((h, w), bool)
-    amap_d = np.asarray(Image.fromarray(np.clip(amap, 0, None).astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR))
-    mask_d = np.asarray(Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).resize((w, h), Image.Resampling.NEAREST))
-    sx, sy = w / width, h / height
-    obj = record.get("object") or {}
-    box = obj.get("box")
-    result = SegmentationResult(
-        anomaly_map=amap_d.astype(np.float32),
-        kept=_scaled(record.get("kept", []), sx, sy),
-        dropped=_scaled(record.get("dropped", []), sx, sy),
-        masks=np.zeros((0, h, w), bool),
-        object_box=None if box is None else np.array(box, np.float32) * np.array([sx, sy, sx, sy], np.float32),
-        object_score=obj.get("score"),
-        object_size=float(obj.get("size", 1.0)),
-        object_size_source=str(obj.get("source", "")),
-    )
-    overlay = render_overlay(rgb, result, vmax=vmax if vmax > 0 else 1.0)
-    return rgb, mask_d, overlay
-
-
-def image_score(record: Mapping[str, Any]) -> float:
-    """The image-level score of a prediction, as the image metrics use it: the raw
-    full-resolution map's maximum (``map_max``; older records: ``image_score``, then ``score``)."""
-    for key in ("map_max", "image_score", "score"):
-        if record.get(key) is not None:
-            return float(record[key])
-    return 0.0
-
-
 def select_gallery(records: Sequence[Mapping[str, Any]], n: int = GALLERY_SIZE) -> dict[str, list[Mapping[str, Any]]]:
     """The ``n`` highest-scoring anomalous images, highest-scoring normal ones and lowest-scoring anomalous ones.
 
@@ -207,15 +112,6 @@ _GALLERY_HEADINGS = {
     "false alarms": "highest-scoring normal images",
     "misses": "lowest-scoring defective images",
 }
-
-
-def _boxes_text(records: Sequence[Mapping[str, Any]], limit: int = 8) -> str:
-    """'phrase score, ...' of at most ``limit`` boxes (highest scores first), HTML-escaped."""
-    if not records:
-        return "none"
-    ranked = sorted(records, key=lambda r: -float(r.get("score", 0.0)))
-    text = ", ".join(f"{_esc(r.get('phrase', ''))} {float(r.get('score', 0.0)):.2f}" for r in ranked[:limit])
-    return text + (f" and {len(ranked) - limit} more" if len(ranked) > limit else "")
 
 
 def _gallery_item(out_dir: Path, record: Mapping[str, Any], hi: float, size: int, image_norm: bool) -> str:
@@ -293,9 +189,7 @@ def render_report(
 ) -> str:
     """The report's HTML text (``full_images``: rows of the image table that carry their
     pictures besides the false alarms and misses; default :data:`iapas.evaluation.report_tool.FULL_IMAGES`)."""
-    import iapas.evaluation.report_tool as report_tool
     from iapas.evaluation.tables import F1_SENTENCE, all_notes, header_lines
-    from iapas.engine.runner import ResultsLog
 
     out_dir = Path(result.out_dir)
     s = result.settings
@@ -330,18 +224,12 @@ def render_report(
             "pixel AP (every number is in the tables, metrics.json and curves.json), and each category's gallery "
             "(one picture per row) is folded: click its name.</p>"
         )
-    figures = [(c, pr_figure(c)) for c in result.categories if c.name in drawn]
-    figures = [(c, f) for c, f in figures if f is not None]
-    if figures:
-        parts.append("<h2>Pixel precision-recall curves</h2><div class=\"curves\">")
-        parts += [_img(f, f"PR curve of {c.name}") for c, f in figures]
-        parts.append("</div>")
+    parts += _pr_curves(result, drawn)
     tabled = []  # (category, its table rows) of the categories with metrics
     for c in result.categories:
         if c.metrics is None:
             continue
-        records = ResultsLog(out_dir / c.predictions).read()
-        chosen = [records[k] for k in c.keys if k in records] if c.keys else list(records.values())
+        chosen = _records(out_dir, c)
         threshold = c.decision.threshold if c.decision is not None else None
         tabled.append((c, report_tool.image_rows(c.name, chosen, threshold)))
     if tabled:
@@ -351,35 +239,62 @@ def render_report(
     if failures:
         parts.append("<h2>Failed images</h2>" + failures)
     if gallery > 0:
-        parts.append(
-            "<h2>Gallery</h2><p>Each item: the image, its ground truth, and the anomaly map over the image with "
-            "the kept boxes (red, phrase and score), the dropped boxes (grey) and the object box (green). Images are "
-            "ranked by their image score (the raw map's maximum); the map is shown "
-            + ("normalised per image, " if s.image_norm else "")
-            + "coloured up to the category's maximum.</p>"
-        )
-        for c in result.categories:
-            if c.metrics is None or c.score_range is None:
-                continue
-            records = ResultsLog(out_dir / c.predictions).read()
-            chosen = [records[k] for k in c.keys if k in records] if c.keys else list(records.values())
-            _, hi = c.score_range
-            if many:
-                parts.append(f"<details><summary>{_esc(c.name)}</summary>")
-            for label, group in select_gallery(chosen, gallery).items():
-                if not group:
-                    continue
-                heading = _GALLERY_HEADINGS.get(label, label)
-                parts.append(f"<h3>{_esc(c.name)}: {heading}</h3><div class=\"gallery\">")
-                parts += [_gallery_item(out_dir, r, hi, thumb, s.image_norm) for r in group]
-                parts.append("</div>")
-            if many:
-                parts.append("</details>")
+        parts += _gallery_section(result, gallery, thumb, many)
     if tabled:
         cap = report_tool.FULL_IMAGES if full_images is None else full_images
         parts.append(report_tool.image_table(out_dir, tabled, s.image_norm, cap))
     parts.append("</body></html>")
     return _without_machine_paths("\n".join(parts) + "\n", result)
+
+
+def _records(out_dir: Path, category: CategoryResult) -> list[Mapping[str, Any]]:
+    """The prediction records of ``category`` (those of its keys, when it names them), in order."""
+    from iapas.engine.runner import ResultsLog
+
+    records = ResultsLog(out_dir / category.predictions).read()
+    return [records[k] for k in category.keys if k in records] if category.keys else list(records.values())
+
+
+def _pr_curves(result: DatasetResult, drawn: set[str]) -> list[str]:
+    """The pixel PR curves of the categories in ``drawn`` (none without a curve)."""
+    parts: list[str] = []
+    figures = [(c, pr_figure(c)) for c in result.categories if c.name in drawn]
+    figures = [(c, f) for c, f in figures if f is not None]
+    if figures:
+        parts.append("<h2>Pixel precision-recall curves</h2><div class=\"curves\">")
+        parts += [_img(f, f"PR curve of {c.name}") for c, f in figures]
+        parts.append("</div>")
+    return parts
+
+
+def _gallery_section(result: DatasetResult, gallery: int, thumb: int, many: bool) -> list[str]:
+    """The galleries: per category the ``gallery`` best and worst images by score (folded when ``many``)."""
+    out_dir = Path(result.out_dir)
+    s = result.settings
+    parts = [
+        "<h2>Gallery</h2><p>Each item: the image, its ground truth, and the anomaly map over the image with "
+        "the kept boxes (red, phrase and score), the dropped boxes (grey) and the object box (green). Images are "
+        "ranked by their image score (the raw map's maximum); the map is shown "
+        + ("normalised per image, " if s.image_norm else "")
+        + "coloured up to the category's maximum.</p>"
+    ]
+    for c in result.categories:
+        if c.metrics is None or c.score_range is None:
+            continue
+        chosen = _records(out_dir, c)
+        _, hi = c.score_range
+        if many:
+            parts.append(f"<details><summary>{_esc(c.name)}</summary>")
+        for label, group in select_gallery(chosen, gallery).items():
+            if not group:
+                continue
+            heading = _GALLERY_HEADINGS.get(label, label)
+            parts.append(f"<h3>{_esc(c.name)}: {heading}</h3><div class=\"gallery\">")
+            parts += [_gallery_item(out_dir, r, hi, thumb, s.image_norm) for r in group]
+            parts.append("</div>")
+        if many:
+            parts.append("</details>")
+    return parts
 
 
 def _figure_categories(result: DatasetResult) -> set[str]:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from iapas.product.decision import verdict_at
-from iapas.evaluation.report import _boxes_text, _esc, _img, gallery_panels, image_score
+from iapas.evaluation.report_parts import _boxes_text, _esc, _img, gallery_panels, image_score
 
 if TYPE_CHECKING:
-    from iapas.evaluation.core import CategoryResult
+    from iapas.evaluation.results import CategoryResult
 
 logger = logging.getLogger(__name__)
 
