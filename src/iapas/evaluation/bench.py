@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +239,21 @@ def _run_transfer(
     return runs, out_notes
 
 
+@dataclass(frozen=True)
+class _BenchRuns:
+    """What every run of one bench shares: the table being filled and how each run is made."""
+
+    bench: BenchResult
+    pipeline: Pipeline
+    pipelines: dict[str, Pipeline]  # the model variants' own pipelines
+    settings: EvalSettings
+    stage1: Stage1Options | None
+    models: Stage1Models | None
+    restart: bool
+    report: bool
+    progress: ProgressHooks | None
+
+
 def run_bench(
     root_dir: str | Path,
     out_dir: str | Path,
@@ -272,6 +287,32 @@ def run_bench(
         raise ValueError("the prompt-style ablation runs stage 1 with the other prompt style: it needs stage-1 options")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    found = _bench_folders(root_dir, datasets)
+    bench = BenchResult(out, variants, found)
+    pipelines = _variant_pipelines(variants, pipeline, load_model)
+    counts = {v.n_references if v.n_references is not None else settings.n_references for v in variants}
+    if len(counts) > 1:  # one test set for every column: the one the largest reference count leaves
+        bench.test_pool_references = max(counts)
+        settings = replace(settings, test_pool_references=max(counts))
+    models = Stage1Models(stage1, pipeline.detector) if stage1 is not None else None
+    runs = _BenchRuns(bench, pipeline, pipelines, settings, stage1, models, restart, report, progress)
+    for name, folder in found.items():
+        if bench.stopped is not None:
+            break
+        _bench_dataset(runs, name, folder, list((categories or {}).get(name, ())), on_run)
+    try:
+        write_bench(bench)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        logger.error("%s: cannot write the bench tables: %s", out, exc)
+        bench.stopped = bench.stopped or stop_reason(exc)
+    return bench
+
+
+def _bench_folders(root_dir: str | Path, datasets: Sequence[str] | None) -> dict[str, Path]:
+    """The dataset folders the bench runs: those found under ``root_dir``, or the named ``datasets``
+    (each must be a bench dataset and found); DatasetError when there is none."""
     found = find_datasets(root_dir)
     if datasets:
         unknown = [d for d in datasets if d not in DATASET_FOLDERS]
@@ -286,106 +327,108 @@ def run_bench(
             f"{root_dir}: no dataset folder found; expected sub-folders such as MVTecAD, MPDD, BTAD, KolektorSDD, "
             "Magnetic-tile-defect, DTD-Synthetic, DAGM2007"
         )
-    bench = BenchResult(out, variants, found)
-    pipelines = _variant_pipelines(variants, pipeline, load_model)
-    counts = {v.n_references if v.n_references is not None else settings.n_references for v in variants}
-    if len(counts) > 1:  # one test set for every column: the one the largest reference count leaves
-        bench.test_pool_references = max(counts)
-        settings = replace(settings, test_pool_references=max(counts))
-    models = Stage1Models(stage1, pipeline.detector) if stage1 is not None else None
-    for name, folder in found.items():
-        if bench.stopped is not None:
-            break
-        ds_out = out / name
-        try:
-            loader = get_dataset(name, folder)
-            available = loader.categories()
-        except DatasetError as exc:
-            logger.error("%s", exc)
-            bench.errors.setdefault(name, {})["*"] = str(exc)
-            continue
-        wanted = list((categories or {}).get(name, ()))
-        select_categories(loader, wanted, settings.protocol)  # an unknown name: one line listing the valid ones
-        chosen = wanted or None
-        ablation_chosen = chosen
-        if not wanted and len(variants) > 1 and name in ABLATION_CATEGORIES:
-            textures = [c for c in ABLATION_CATEGORIES[name] if c in available]
-            if textures and len(textures) < len(available):
-                ablation_chosen = textures
-                bench.ablation_categories[name] = textures
-            elif not textures:
-                bench.notes.append(
-                    f"{loader.title}: none of the paper's ablation categories ({', '.join(ABLATION_CATEGORIES[name])}) "
-                    f"is in {folder}; the ablations use every category found ({', '.join(available)})."
-                )
-        for variant in variants:
-            variant_chosen = chosen if variant is DEFAULT_VARIANT else ablation_chosen
-            if on_run:
-                on_run(name, variant)
-            v_settings = variant.settings(settings)
-            profiles_dir = ds_out / variant.profiles_dir_name()
-            notes = [] if variant is DEFAULT_VARIANT else [f"Bench variant '{variant.name}': {variant.label}."]
-            if bench.test_pool_references is not None:
-                notes.append(
-                    f"Bench: every column is scored on the same test images, those left after drawing "
-                    f"{bench.test_pool_references} references (where the references come from the normal test images)."
-                )
-            if variant.transfer:
-                transfer_chosen = transfer_categories(name, available, wanted)
-                try:
-                    runs, more = _run_transfer(
-                        loader, ds_out, transfer_chosen, pipeline, v_settings, restart=restart, report=report,
-                        progress=progress, notes=notes,
-                    )
-                except DatasetError as exc:
-                    logger.error("%s %s: %s", name, variant.name, exc)
-                    bench.errors.setdefault(name, {})[variant.name] = str(exc)
-                    continue
-                bench.transfer[name] = runs
-                bench.notes.extend(f"{loader.title} prompt-transfer: {n}." for n in more)
-                continue
-            try:
-                if variant.wrong_tag:
-                    assert stage1 is not None and models is not None
-                    wrong = _wrong_tag_profiles(
-                        loader, variant_chosen or available, settings, ds_out / DEFAULT_VARIANT.profiles_dir_name(), profiles_dir, stage1, models
-                    )
-                    notes.append("Wrong object tags used: " + ", ".join(f"{c} -> {t}" for c, t in wrong.items()) + ".")
-                v_stage1 = stage1
-                if variant.prompt_style is not None:
-                    assert stage1 is not None
-                    v_stage1 = replace(stage1, prompt_style=variant.prompt_style)
-                    if stage1.llm == "knowledge":
-                        notes.append("The knowledge vocabulary answers without messages: this column equals the default's.")
-                result = evaluate_dataset(
-                    loader,
-                    None,
-                    ds_out / variant.name,
-                    pipelines.get(variant.name, pipeline),
-                    v_settings,
-                    stage1=v_stage1,
-                    stage1_models=models,
-                    categories=variant_chosen,
-                    profiles_dir=profiles_dir,
-                    restart=restart,
-                    report=report,
-                    progress=progress,
-                    extra_notes=notes,
-                )
-            except DatasetError as exc:
-                logger.error("%s %s: %s", name, variant.name, exc)
-                bench.errors.setdefault(name, {})[variant.name] = str(exc)
-                continue
-            bench.results.setdefault(name, {})[variant.name] = result
-            if result.stopped is not None:  # the disk is full: no further run
-                bench.stopped = result.stopped
-                bench.notes.append(f"The bench stopped early ({result.stopped}) in {name} {variant.name}; run it again to finish.")
-                break
+    return found
+
+
+def _bench_dataset(
+    runs: _BenchRuns, name: str, folder: Path, wanted: list[str], on_run: Callable[[str, Variant], None] | None
+) -> None:
+    """Every variant of one dataset (the ``wanted`` categories, default all), into ``OUT/<name>/``;
+    a dataset that cannot be read is recorded as the bench's error."""
+    bench = runs.bench
     try:
-        write_bench(bench)
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        logger.error("%s: cannot write the bench tables: %s", out, exc)
-        bench.stopped = bench.stopped or stop_reason(exc)
-    return bench
+        loader = get_dataset(name, folder)
+        available = loader.categories()
+    except DatasetError as exc:
+        logger.error("%s", exc)
+        bench.errors.setdefault(name, {})["*"] = str(exc)
+        return
+    select_categories(loader, wanted, runs.settings.protocol)  # an unknown name: one line listing the valid ones
+    chosen = wanted or None
+    ablation_chosen = chosen
+    if not wanted and len(bench.variants) > 1 and name in ABLATION_CATEGORIES:
+        textures = [c for c in ABLATION_CATEGORIES[name] if c in available]
+        if textures and len(textures) < len(available):
+            ablation_chosen = textures
+            bench.ablation_categories[name] = textures
+        elif not textures:
+            bench.notes.append(
+                f"{loader.title}: none of the paper's ablation categories ({', '.join(ABLATION_CATEGORIES[name])}) "
+                f"is in {folder}; the ablations use every category found ({', '.join(available)})."
+            )
+    for variant in bench.variants:
+        if on_run:
+            on_run(name, variant)
+        variant_chosen = chosen if variant is DEFAULT_VARIANT else ablation_chosen
+        try:
+            result = _bench_variant(runs, name, loader, variant, variant_chosen, available, wanted)
+        except DatasetError as exc:
+            logger.error("%s %s: %s", name, variant.name, exc)
+            bench.errors.setdefault(name, {})[variant.name] = str(exc)
+            continue
+        if result is None:  # the prompt-transfer runs
+            continue
+        bench.results.setdefault(name, {})[variant.name] = result
+        if result.stopped is not None:  # the disk is full: no further run
+            bench.stopped = result.stopped
+            bench.notes.append(f"The bench stopped early ({result.stopped}) in {name} {variant.name}; run it again to finish.")
+            break
+
+
+def _bench_variant(
+    runs: _BenchRuns,
+    name: str,
+    loader: Any,
+    variant: Variant,
+    chosen: list[str] | None,
+    available: list[str],
+    wanted: list[str],
+) -> DatasetResult | None:
+    """One column of one dataset into ``OUT/<name>/<variant>/``: its evaluation, or None for the
+    prompt-transfer variant (whose runs go to the bench's transfer matrix)."""
+    bench, settings, stage1 = runs.bench, runs.settings, runs.stage1
+    ds_out = bench.out_dir / name
+    v_settings = variant.settings(settings)
+    profiles_dir = ds_out / variant.profiles_dir_name()
+    notes = [] if variant is DEFAULT_VARIANT else [f"Bench variant '{variant.name}': {variant.label}."]
+    if bench.test_pool_references is not None:
+        notes.append(
+            f"Bench: every column is scored on the same test images, those left after drawing "
+            f"{bench.test_pool_references} references (where the references come from the normal test images)."
+        )
+    if variant.transfer:
+        transfer_chosen = transfer_categories(name, available, wanted)
+        transfer, more = _run_transfer(
+            loader, ds_out, transfer_chosen, runs.pipeline, v_settings, restart=runs.restart, report=runs.report,
+            progress=runs.progress, notes=notes,
+        )
+        bench.transfer[name] = transfer
+        bench.notes.extend(f"{loader.title} prompt-transfer: {n}." for n in more)
+        return None
+    if variant.wrong_tag:
+        assert stage1 is not None and runs.models is not None
+        wrong = _wrong_tag_profiles(
+            loader, chosen or available, settings, ds_out / DEFAULT_VARIANT.profiles_dir_name(), profiles_dir, stage1, runs.models
+        )
+        notes.append("Wrong object tags used: " + ", ".join(f"{c} -> {t}" for c, t in wrong.items()) + ".")
+    v_stage1 = stage1
+    if variant.prompt_style is not None:
+        assert stage1 is not None
+        v_stage1 = replace(stage1, prompt_style=variant.prompt_style)
+        if stage1.llm == "knowledge":
+            notes.append("The knowledge vocabulary answers without messages: this column equals the default's.")
+    return evaluate_dataset(
+        loader,
+        None,
+        ds_out / variant.name,
+        runs.pipelines.get(variant.name, runs.pipeline),
+        v_settings,
+        stage1=v_stage1,
+        stage1_models=runs.models,
+        categories=chosen,
+        profiles_dir=profiles_dir,
+        restart=runs.restart,
+        report=runs.report,
+        progress=runs.progress,
+        extra_notes=notes,
+    )

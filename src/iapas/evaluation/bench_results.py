@@ -129,12 +129,44 @@ def seconds_per_image(result: DatasetResult) -> float:
 
 def write_bench(bench: BenchResult) -> dict[str, Path]:
     """Write bench.md, bench.csv, bench.json and bench.html into the bench folder."""
-    from iapas.evaluation.tables import bench_csv, bench_markdown, pct, transfer_markdown
+    from iapas.evaluation.tables import bench_csv, bench_markdown, transfer_markdown
     from iapas.evaluation.report import write_bench_report
 
     out = bench.out_dir
     rows = bench.rows()
     labels = bench.column_labels()
+    matrices = {name: m for name in bench.datasets if (m := bench.transfer_matrix(name)) is not None}
+    notes = _bench_notes(bench, matrices)
+    markdown = bench_markdown(rows, labels, "IAP-AS benchmark", notes)
+    for name, matrix in matrices.items():
+        title = next((r.title for r in bench.results.get(name, {}).values()), name)
+        markdown += "\n" + transfer_markdown(title, matrix)
+    paths = {"md": out / BENCH_MD, "csv": out / BENCH_CSV, "json": out / BENCH_JSON, "html": out / BENCH_HTML}
+    atomic_write_text(paths["md"], markdown)
+    atomic_write_text(paths["csv"], bench_csv(rows, labels))
+    data = {
+        "variants": [
+            {"name": v.name, "label": v.label, **{k: m for k in ("detector", "segmenter") if (m := getattr(v, k)) is not None}}
+            for v in bench.variants
+        ],
+        "datasets": {k: str(v) for k, v in bench.datasets.items()},
+        "rows": rows,
+        "errors": bench.errors,
+        "ablation_categories": bench.ablation_categories,
+        "test_pool_references": bench.test_pool_references,
+        "prompt_transfer": matrices,
+        "notes": notes,
+    }
+    atomic_write_text(paths["json"], json.dumps(json_safe(data), indent=2) + "\n")
+    write_bench_report(paths["html"], "IAP-AS benchmark", markdown, _report_links(bench))
+    return paths
+
+
+def _bench_notes(bench: BenchResult, matrices: dict[str, Any]) -> list[str]:
+    """The notes under the bench table: the protocol and models, the ablation categories, the
+    shared test set, the transfer matrices, and what was not evaluated or failed."""
+    from iapas.evaluation.tables import pct
+
     first = next((r for runs in bench.results.values() for r in runs.values()), None)
     notes = list(bench.notes)
     if first is not None:
@@ -161,7 +193,6 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
             f"references of the largest count ({bench.test_pool_references}) excluded, where the references come from "
             "the normal test images."
         )
-    matrices = {name: m for name in bench.datasets if (m := bench.transfer_matrix(name)) is not None}
     if matrices:
         notes.append(
             "The prompt-transfer column is the mean over the matrix's cells: each category segmented with another "
@@ -178,27 +209,12 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
         for source, r in by_source.items():
             if r.failed:
                 notes.append(f"{name} prompt-transfer from {source}: some images or categories failed (see its report).")
-    markdown = bench_markdown(rows, labels, "IAP-AS benchmark", notes)
-    for name, matrix in matrices.items():
-        title = next((r.title for r in bench.results.get(name, {}).values()), name)
-        markdown += "\n" + transfer_markdown(title, matrix)
-    paths = {"md": out / BENCH_MD, "csv": out / BENCH_CSV, "json": out / BENCH_JSON, "html": out / BENCH_HTML}
-    atomic_write_text(paths["md"], markdown)
-    atomic_write_text(paths["csv"], bench_csv(rows, labels))
-    data = {
-        "variants": [
-            {"name": v.name, "label": v.label, **{k: m for k in ("detector", "segmenter") if (m := getattr(v, k)) is not None}}
-            for v in bench.variants
-        ],
-        "datasets": {k: str(v) for k, v in bench.datasets.items()},
-        "rows": rows,
-        "errors": bench.errors,
-        "ablation_categories": bench.ablation_categories,
-        "test_pool_references": bench.test_pool_references,
-        "prompt_transfer": matrices,
-        "notes": notes,
-    }
-    atomic_write_text(paths["json"], json.dumps(json_safe(data), indent=2) + "\n")
+    return notes
+
+
+def _report_links(bench: BenchResult) -> dict[str, str]:
+    """``{caption: report path relative to the bench folder}`` of every run that wrote its report."""
+    out = bench.out_dir
     links = {
         f"{name} / {variant}": f"{name}/{variant}/report.html"
         for name, runs in bench.results.items()
@@ -213,5 +229,4 @@ def write_bench(bench: BenchResult) -> dict[str, Path]:
             if (out / name / TRANSFER_DIR / f"from-{source}" / "report.html").exists()
         }
     )
-    write_bench_report(paths["html"], "IAP-AS benchmark", markdown, links)
-    return paths
+    return links
