@@ -306,66 +306,10 @@ class DatasetBase:
         if category not in available:
             raise DatasetError(f"{self.root}: no {self.title} category {category!r}; found: {', '.join(available)}")
         scan = self._scan(category)
-        notes = list(scan.notes)
-        test = list(scan.test)
-        if scan.train_normals:
-            references = draw_references(scan.train_normals, n_references, seed, self.root)
-            if len(references) < n_references:
-                message = f"Only {len(references)} normal training images: all of them are the references (asked for {n_references})."
-                notes.append(message)
-                logger.warning("%s: %s", category, message)
-        else:
-            pool = [s.path for s in test if s.label == 0]
-            k = references_from_test_count(len(pool), n_references)
-            references = draw_references(pool, k, seed, self.root)
-            chosen = set(references)
-            test = [s for s in test if s.path not in chosen]
-            reason = scan.no_train or f"{self.title} has no normal training images"
-            if n_references > 0 and not pool:
-                message = f"{reason}, and there are no normal test images either: no reference images."
-                notes.append(message)
-                logger.warning("%s: %s", category, message)
-            elif n_references > 0:
-                message = (
-                    f"{reason}: the {k} normal reference images were drawn (seed {seed}) from the "
-                    f"{len(pool)} normal test images and excluded from the test set."
-                )
-                notes.append(message)
-                if scan.train_missing:
-                    logger.warning("%s: %s", category, message)
-                else:
-                    logger.info("%s: %s", category, message)
-                if k < n_references:
-                    short = (
-                        f"only {k} of the {n_references} requested references were drawn, so that "
-                        f"{len(pool) - k} normal images stay in the test set."
-                    )
-                    notes.append(short[0].upper() + short[1:])
-                    logger.warning("%s: %s", category, short)
-        paper = protocol == "paper"
-        if paper and scan.paper_extra:
-            chosen = set(references)
-            extra = [s for s in scan.paper_extra if s.path not in chosen and (s.label == 1 or self.paper_keeps_normals)]
-            test += extra
-            notes.append(
-                f"Paper protocol: {len(extra)} defective images of the train split are tested too, as the reference "
-                "code did (the references are never among them)."
-            )
-        if paper and not self.paper_keeps_normals:
-            dropped = sum(1 for s in test if s.label == 0)
-            test = [s for s in test if s.label == 1]
-            notes.append(f"Paper protocol: defective test images only ({dropped} normal test images left out).")
-        split = paper and self.paper_scores_parts
-        if split:
-            n_parts = len({s.part for s in test})
-            notes.append(
-                f"Paper protocol: each of the {n_parts} folders is scored as its own category and the metrics are "
-                f"averaged over the folders, as the reference code does; stage 1 ran once for {category}, from "
-                "references drawn over all folders and left out of every folder's test set (the reference code "
-                "drew references per folder and tested them too)."
-            )
-        if paper and self.paper_note:
-            notes.append(self.paper_note)
+        references, test, notes = self._references(category, scan, n_references, seed)
+        split = protocol == "paper" and self.paper_scores_parts
+        if protocol == "paper":
+            test = self._paper_test(category, scan, references, test, notes)
         return Category(
             name=category,
             references=references,
@@ -375,6 +319,79 @@ class DatasetBase:
             protocol=protocol,
             split_parts=split,
         )
+
+    def _references(
+        self, category: str, scan: Scan, n_references: int, seed: int
+    ) -> tuple[list[Path], list[Sample], list[str]]:
+        """The references of a scanned category, its test set without them and the notes so far:
+        drawn from the normal training split, or else from the normal test images (which then
+        leave the test set)."""
+        notes = list(scan.notes)
+        test = list(scan.test)
+        if scan.train_normals:
+            references = draw_references(scan.train_normals, n_references, seed, self.root)
+            if len(references) < n_references:
+                message = f"Only {len(references)} normal training images: all of them are the references (asked for {n_references})."
+                notes.append(message)
+                logger.warning("%s: %s", category, message)
+            return references, test, notes
+        pool = [s.path for s in test if s.label == 0]
+        k = references_from_test_count(len(pool), n_references)
+        references = draw_references(pool, k, seed, self.root)
+        chosen = set(references)
+        test = [s for s in test if s.path not in chosen]
+        reason = scan.no_train or f"{self.title} has no normal training images"
+        if n_references > 0 and not pool:
+            message = f"{reason}, and there are no normal test images either: no reference images."
+            notes.append(message)
+            logger.warning("%s: %s", category, message)
+        elif n_references > 0:
+            message = (
+                f"{reason}: the {k} normal reference images were drawn (seed {seed}) from the "
+                f"{len(pool)} normal test images and excluded from the test set."
+            )
+            notes.append(message)
+            if scan.train_missing:
+                logger.warning("%s: %s", category, message)
+            else:
+                logger.info("%s: %s", category, message)
+            if k < n_references:
+                short = (
+                    f"only {k} of the {n_references} requested references were drawn, so that "
+                    f"{len(pool) - k} normal images stay in the test set."
+                )
+                notes.append(short[0].upper() + short[1:])
+                logger.warning("%s: %s", category, short)
+        return references, test, notes
+
+    def _paper_test(
+        self, category: str, scan: Scan, references: list[Path], test: list[Sample], notes: list[str]
+    ) -> list[Sample]:
+        """The test set under the paper protocol (the train split's defective images added, the
+        normal ones dropped where the reference code did); its notes are appended to ``notes``."""
+        if scan.paper_extra:
+            chosen = set(references)
+            extra = [s for s in scan.paper_extra if s.path not in chosen and (s.label == 1 or self.paper_keeps_normals)]
+            test = test + extra
+            notes.append(
+                f"Paper protocol: {len(extra)} defective images of the train split are tested too, as the reference "
+                "code did (the references are never among them)."
+            )
+        if not self.paper_keeps_normals:
+            dropped = sum(1 for s in test if s.label == 0)
+            test = [s for s in test if s.label == 1]
+            notes.append(f"Paper protocol: defective test images only ({dropped} normal test images left out).")
+        if self.paper_scores_parts:
+            n_parts = len({s.part for s in test})
+            notes.append(
+                f"Paper protocol: each of the {n_parts} folders is scored as its own category and the metrics are "
+                f"averaged over the folders, as the reference code does; stage 1 ran once for {category}, from "
+                "references drawn over all folders and left out of every folder's test set (the reference code "
+                "drew references per folder and tested them too)."
+            )
+        if self.paper_note:
+            notes.append(self.paper_note)
+        return test
 
     def part_names(self, category: str) -> list[str]:
         """The names of the parts the paper protocol scores ``category`` by (KSDD1's folders); []
