@@ -229,7 +229,11 @@ class DatasetBase:
     protocol keeps the normal test images), ``paper_scores_parts`` (whether the paper protocol
     scores each :attr:`Sample.part` as its own category, see :meth:`Category.parts`) and
     ``paper_note`` (a sentence for the notes of a paper-protocol category: how it differs from
-    the reference code).
+    the reference code). ``mask_suffixes`` and ``mask_folders`` say how the layout names its
+    ground-truth masks (file stems ending ``_mask``; folders such as ``ground_truth`` that hold
+    only masks; lowercase, compared without case), :meth:`mask_beside` any other rule, so that an
+    image search of a folder leaves the masks out (:func:`iapas.data.search.mask_rule`).
+    ``download_folders``: the folder names ``iapas bench`` recognises the dataset by.
     """
 
     name: str = ""
@@ -240,6 +244,17 @@ class DatasetBase:
     paper_scores_parts: bool = False
     has_paper_protocol: bool = True  # False: 'paper' is the same as 'full' (a user's own folder dataset)
     paper_note: str = ""
+    mask_suffixes: tuple[str, ...] = ()
+    mask_folders: tuple[str, ...] = ()
+    # The names a download of one of the paper's datasets comes as (lowercase, letters and digits
+    # only), by which ``iapas bench`` finds it (iapas.evaluation.bench); empty: not a bench dataset.
+    download_folders: tuple[str, ...] = ()
+
+    @classmethod
+    def mask_beside(cls, path: Path) -> str | None:
+        """The rule (a few words) by which the file ``path``, in a folder of images, is this layout's
+        ground-truth mask beyond its suffixes and folders, or None (the default: no such rule)."""
+        return None
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()

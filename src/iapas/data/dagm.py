@@ -18,6 +18,7 @@ from pathlib import Path
 from iapas.data.base import DatasetBase, DatasetError, Sample, Scan, has_child_dir, list_images, subdirs
 
 LABEL_DIR = "Label"
+LABEL_SUFFIX = "_label"  # Label/<stem>_label.PNG
 LABELS_FILE = "Labels.txt"
 
 
@@ -43,6 +44,9 @@ class DAGM(DatasetBase):
     """DAGM 2007 (see the module docstring)."""
 
     name = "dagm"
+    mask_suffixes = (LABEL_SUFFIX,)
+    mask_folders = (LABEL_DIR.lower(),)
+    download_folders = ("dagm2007", "dagm")
     title = "DAGM 2007"
     layout = (
         "ROOT/ClassN/{Train,Test}/*.PNG with ClassN/{Train,Test}/Label/Labels.txt "
@@ -72,7 +76,7 @@ class DAGM(DatasetBase):
         missing_masks = 0
         for image in list_images(folder):
             entry = listed.get(image.name)
-            guess = f"{image.stem}_label{image.suffix}".lower()
+            guess = f"{image.stem}{LABEL_SUFFIX}{image.suffix}".lower()
             if entry is None:
                 mask = label_files.get(guess)
                 defective = mask is not None

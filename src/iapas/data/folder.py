@@ -23,6 +23,8 @@ class FolderDataset(DatasetBase):
     """Normal / anomalous / mask folders (see the module docstring)."""
 
     name = "folder"
+    mask_suffixes = ("_mask",)  # the defaults: ROOT/masks/{stem}_mask.png
+    mask_folders = ("masks",)
     title = "folder dataset"
     layout = (
         "ROOT/<normal>/ (normal images), ROOT/<anomalous>/ (anomalous images, subfolders = defect types), "

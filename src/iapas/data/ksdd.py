@@ -28,6 +28,8 @@ class KSDD1(DatasetBase):
     """KolektorSDD (see the module docstring)."""
 
     name = "ksdd1"
+    mask_suffixes = (LABEL_SUFFIX,)
+    download_folders = ("ksdd1", "ksdd", "kolektorsdd", "kolektorsdd1", "kolektor")
     title = "KSDD1 (KolektorSDD)"
     layout = "ROOT/kosNN/PartK.jpg with the mask ROOT/kosNN/PartK_label.bmp (defective = non-empty mask)"
     expected_categories = (CATEGORY,)

@@ -23,6 +23,7 @@ class KSDD2(DatasetBase):
     """KolektorSDD2 (see the module docstring)."""
 
     name = "ksdd2"
+    mask_suffixes = (GT_SUFFIX.lower(),)
     title = "KSDD2 (KolektorSDD2)"
     layout = "ROOT/{train,test}/N.png with the mask ROOT/{train,test}/N_GT.png (defective = non-empty mask)"
     expected_categories = (CATEGORY,)

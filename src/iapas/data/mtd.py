@@ -11,11 +11,14 @@ references). Normal samples carry no mask path (the MT_Free masks are all empty)
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from iapas.core.images import IMAGE_SUFFIXES
 from iapas.data.base import DatasetBase, Sample, Scan, is_image, subdirs
 
 NORMAL_CLASS = "Free"
+IMAGES_DIR = "Imgs"  # MT_<Class>/Imgs/: the images and their masks
 CATEGORY = "magnetic_tile"
 
 
@@ -23,13 +26,24 @@ class MTD(DatasetBase):
     """Magnetic Tile Defect (see the module docstring)."""
 
     name = "mtd"
+    download_folders = ("mtd", "magnetictiledefect", "magnetictile", "magnetictilesurfacedefects")
     title = "MTD"
     layout = "ROOT/MT_<Class>/Imgs/<name>.jpg with the mask <name>.png beside it; MT_Free = defect-free"
     expected_categories = (CATEGORY,)
     paper_keeps_normals = True
 
+    @classmethod
+    def mask_beside(cls, path: Path) -> str | None:
+        """An ``Imgs/<name>.png`` beside an image ``<name>.jpg`` (or another image suffix) is its mask."""
+        folder = Path(os.path.abspath(path)).parent
+        if folder.name.lower() == IMAGES_DIR.lower() and path.suffix.lower() == ".png":
+            others = [s for s in IMAGE_SUFFIXES if s != ".png"]
+            if any(path.with_suffix(s).is_file() for s in others + [s.upper() for s in others]):
+                return f"{folder.name}/<name>.png beside <name>.jpg"
+        return None
+
     def _class_dirs(self) -> list[Path]:
-        return [d for d in subdirs(self.root) if d.name.startswith("MT_") and (d / "Imgs").is_dir()]
+        return [d for d in subdirs(self.root) if d.name.startswith("MT_") and (d / IMAGES_DIR).is_dir()]
 
     def _discover(self) -> list[str]:
         return [CATEGORY] if self._class_dirs() else []
@@ -41,7 +55,7 @@ class MTD(DatasetBase):
             defect = class_dir.name[len("MT_") :]
             normal = defect.lower() == NORMAL_CLASS.lower()
             by_stem: dict[str, list[Path]] = {}
-            for p in (class_dir / "Imgs").iterdir():
+            for p in (class_dir / IMAGES_DIR).iterdir():
                 if is_image(p):
                     by_stem.setdefault(p.stem, []).append(p)
             for stem in sorted(by_stem):

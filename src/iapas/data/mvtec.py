@@ -38,6 +38,8 @@ class MVTecStyleDataset(DatasetBase):
 
     name = "mvtec"
     title = "MVTec AD"
+    mask_suffixes = ("_mask",)
+    mask_folders = ("ground_truth",)  # BTAD's masks there are named like their images
     normal_dirs: tuple[str, ...] = ("good",)
     layout = (
         "ROOT/<category>/test/<defect type>/*.png with normal images in test/good, normal training images in "
@@ -92,11 +94,14 @@ class MVTecStyleDataset(DatasetBase):
 class MVTecAD(MVTecStyleDataset):
     """MVTec AD (15 categories). Paper protocol = the whole test split (the same as full)."""
 
+    download_folders = ("mvtecad", "mvtec", "mvtecanomalydetection")
+
 
 class MPDD(MVTecStyleDataset):
     """MPDD (6 metal-part categories), MVTec layout. Paper protocol = defective test images only."""
 
     name = "mpdd"
+    download_folders = ("mpdd",)
     title = "MPDD"
     expected_categories = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
     paper_keeps_normals = False
@@ -106,6 +111,7 @@ class BTAD(MVTecStyleDataset):
     """BTAD (categories 01, 02, 03). Normal folders are ``ok``; paper protocol = ``test/ko`` only."""
 
     name = "btad"
+    download_folders = ("btad", "beantechanomalydetection", "btechdatasettransformed", "btechdataset")
     title = "BTAD"
     normal_dirs = ("ok",)
     layout = (
@@ -120,6 +126,7 @@ class DTDSynthetic(MVTecStyleDataset):
     """DTD-Synthetic (12 textures): ``test/{good,bad}``. Paper protocol = ``test/bad`` only."""
 
     name = "dtd"
+    download_folders = ("dtdsynthetic", "dtd")
     title = "DTD-Synthetic"
     layout = (
         "ROOT/<texture>/test/{good,bad}/*.png, normal training images in <texture>/train/good/ and masks in "

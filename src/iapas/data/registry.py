@@ -46,12 +46,53 @@ ALIASES: dict[str, str] = {
 }
 
 
+def dataset_names(*, folder: bool = True, bench: bool = False) -> list[str]:
+    """The registry's dataset names, in its order (the paper's), for help texts and messages:
+    ``folder``: with the user's own folder dataset; ``bench``: only the paper's datasets that
+    ``iapas bench`` finds by their download's folder name (:attr:`DatasetBase.download_folders`)."""
+    return [
+        name for name, cls in DATASETS.items()
+        if (folder or cls is not FolderDataset) and (not bench or cls.download_folders)
+    ]
+
+
+def aliases_text() -> str:
+    """The aliases of each dataset, for help texts: ``'mvtec_ad, mvtecad (= mvtec); ...'``."""
+    by_name: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        by_name.setdefault(name, []).append(alias)
+    return "; ".join(f"{', '.join(aliases)} (= {name})" for name, aliases in by_name.items())
+
+
+def loaders() -> list[type[DatasetBase]]:
+    """Each registered loader class once."""
+    return list(dict.fromkeys(DATASETS.values()))
+
+
+def mask_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ground-truth mask stem suffixes and mask folder names that the loaders declare
+    (:attr:`DatasetBase.mask_suffixes`, :attr:`DatasetBase.mask_folders`), lowercase, each once."""
+    suffixes = dict.fromkeys(s.lower() for cls in loaders() for s in cls.mask_suffixes)
+    folders = dict.fromkeys(f.lower() for cls in loaders() for f in cls.mask_folders)
+    return tuple(suffixes), tuple(folders)
+
+
+def mask_beside(path: Path) -> str | None:
+    """The rule of the first loader whose own naming (:meth:`DatasetBase.mask_beside`) makes ``path``
+    a ground-truth mask, or None."""
+    for cls in loaders():
+        rule = cls.mask_beside(path)
+        if rule:
+            return rule
+    return None
+
+
 def canonical_name(name: str) -> str:
     """The registry name for ``name`` or an alias ('MVTec-AD' -> 'mvtec'); ValueError if unknown."""
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     key = ALIASES.get(key, key)
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
     return key
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from iapas.core.images import IMAGE_SUFFIXES, broken_link, show_path
+from iapas.data.registry import mask_beside, mask_names
 
 logger = logging.getLogger(__name__)
 
@@ -18,19 +19,16 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-# Ground-truth masks, by the names the dataset loaders (iapas.data) give them. An image search of a
-# folder or a glob pattern never takes them as inspection images; a file named by itself is taken.
-MASK_NAME_SUFFIXES = ("_mask", "_label", "_gt")  # MVTec layout, folder datasets; KSDD1, DAGM; KSDD2 (_GT)
-MASK_FOLDERS = ("ground_truth", "label", "masks")  # MVTec layout; DAGM's Label/; VisA's Data/Masks/, folder datasets
-MTD_IMAGE_FOLDER = "imgs"  # MTD: MT_<Class>/Imgs/<name>.png is the mask of the <name>.jpg beside it
-
-
 def mask_rule(path: Path, root: Path | None = None) -> str | None:
     """The naming rule by which ``path`` is a dataset's ground-truth mask (``'*_label.*'``,
-    ``'ground_truth/'``, ...), or None. Folder names count from ``root`` (the folder searched,
-    itself included) down to the file; without ``root``, the file's own folder only."""
+    ``'ground_truth/'``, ...), or None: the rules the dataset loaders declare
+    (:func:`iapas.data.registry.mask_names`, :func:`~iapas.data.registry.mask_beside`). An image
+    search of a folder or a glob pattern never takes such files as inspection images; a file
+    named by itself is taken. Folder names count from ``root`` (the folder searched, itself
+    included) down to the file; without ``root``, the file's own folder only."""
+    suffixes, mask_folders = mask_names()
     stem = path.stem.lower()
-    for suffix in MASK_NAME_SUFFIXES:
+    for suffix in suffixes:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             return f"*{suffix}.*"
     folder = Path(os.path.abspath(path)).parent
@@ -40,15 +38,9 @@ def mask_rule(path: Path, root: Path | None = None) -> str | None:
         with contextlib.suppress(ValueError):
             folders = [base.name, *folder.relative_to(base).parts]
     for name in folders:
-        if name.lower() in MASK_FOLDERS:
+        if name.lower() in mask_folders:
             return f"{name}/"
-    if folder.name.lower() == MTD_IMAGE_FOLDER and path.suffix.lower() == ".png":
-        others = [s for s in IMAGE_SUFFIXES if s != ".png"]
-        if any(path.with_suffix(s).is_file() for s in others + [s.upper() for s in others]):
-            return f"{folder.name}/<name>.png beside <name>.jpg"
-    return None
-
-
+    return mask_beside(path)
 
 
 def _images_in(folder: Path, search: "ImageSearch", mask_root: Path | None = None) -> list[Path]:

@@ -24,6 +24,7 @@ class VisA(DatasetBase):
     """VisA (see the module docstring)."""
 
     name = "visa"
+    mask_folders = ("masks",)  # <category>/Data/Masks/
     title = "VisA"
     layout = (
         "ROOT/split_csv/1cls.csv (object, split, label, image, mask; paths relative to ROOT) with "
