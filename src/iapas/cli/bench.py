@@ -25,6 +25,7 @@ from iapas.cli.eval_common import (
     TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _split, _stage1_options,
     print_fallback,
 )
+from iapas.data.registry import dataset_names
 from iapas.models.registry import help_table
 from iapas.prompts.resources import LlmFallback
 
@@ -54,7 +55,7 @@ def bench_cmd(
     ctx: typer.Context,
     root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bench folder: DATASET/VARIANT/ runs and bench.md/csv/json/html."),
-    datasets: list[str] = typer.Option(None, "--datasets", help="Only these datasets (comma separated): mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm."),
+    datasets: list[str] = typer.Option(None, "--datasets", help=f"Only these datasets (comma separated): {', '.join(dataset_names(bench=True))}."),
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
     ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style, prompt-transfer, detector=NAME or segmenter=NAME (repeatable; NAME: a model name below, a hub id or a folder; a column with that stage-2 model, the default column's profiles)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),

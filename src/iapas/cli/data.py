@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
 from iapas.data.base import DEFAULT_PROTOCOL
-from iapas.data.registry import DATASETS
+from iapas.data.registry import DATASETS, aliases_text, dataset_names
 
 
 def _code_spans(text: str) -> str:
@@ -54,7 +54,7 @@ SUMMARY_HELP = (
     "image anywhere below it) or a category without test images make it exit 1; anomalous images whose mask is "
     "empty are named too, without failing.\n\n"
     "Expected layouts (ROOT = --root):\n\n" + _layouts_help() + "\n\n"
-    "Aliases: mvtec_ad, kolektor, kolektorsdd2, dagm2007, dtd_synthetic, woven_fabric, custom (= folder)."
+    "Aliases: " + aliases_text() + "."
 )
 
 
@@ -77,7 +77,7 @@ def folder_options(normal: str, anomalous: str, masks: str, mask_pattern: str, r
 
 
 def summary_cmd(
-    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(DATASETS)}."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(dataset_names())}."),
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
     categories: str = typer.Option(None, "--categories", "-c", help="Only these categories, comma separated."),

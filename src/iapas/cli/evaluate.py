@@ -28,6 +28,7 @@ from iapas.cli.eval_common import (
     TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _stage1_options,
     print_fallback,
 )
+from iapas.data.registry import dataset_names
 from iapas.models.registry import help_table
 from iapas.prompts.resources import LlmFallback
 
@@ -149,7 +150,7 @@ def print_summary(result: Any) -> None:
 
 def evaluate_cmd(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm, visa (or folder)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(dataset_names(folder=False))} (or folder)."),
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation folder (created; an existing one is resumed)."),
     categories: list[str] = typer.Option(None, "--categories", "-c", help="Only these categories (comma separated or repeated)."),

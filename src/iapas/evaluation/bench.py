@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from iapas.data import DatasetError, get_dataset
-from iapas.data.registry import guess_dataset
+from iapas.data.registry import DATASETS, dataset_names, guess_dataset
 from iapas.evaluation.bench_results import (  # noqa: F401  (re-exported: importable from here as before)
     BENCH_CSV,
     BENCH_HTML,
@@ -72,16 +72,8 @@ from iapas.prompts.llm import DEFAULT_PROMPT_STYLE
 logger = logging.getLogger(__name__)
 
 # The paper's seven datasets, in its order, with the folder names they are downloaded as
-# (compared lowercase, without punctuation).
-DATASET_FOLDERS: dict[str, tuple[str, ...]] = {
-    "mvtec": ("mvtecad", "mvtec", "mvtecanomalydetection"),
-    "mpdd": ("mpdd",),
-    "btad": ("btad", "beantechanomalydetection", "btechdatasettransformed", "btechdataset"),
-    "ksdd1": ("ksdd1", "ksdd", "kolektorsdd", "kolektorsdd1", "kolektor"),
-    "mtd": ("mtd", "magnetictiledefect", "magnetictile", "magnetictilesurfacedefects"),
-    "dtd": ("dtdsynthetic", "dtd"),
-    "dagm": ("dagm2007", "dagm"),
-}
+# (compared lowercase, without punctuation), as their loaders declare them.
+DATASET_FOLDERS: dict[str, tuple[str, ...]] = {name: DATASETS[name].download_folders for name in dataset_names(bench=True)}
 BENCH_DATASETS: tuple[str, ...] = tuple(DATASET_FOLDERS)
 ABLATION_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": ("carpet", "grid", "leather", "tile", "wood")}
 # prompt-transfer: textures and objects, so a texture's profile is tried on objects and back
