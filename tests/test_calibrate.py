@@ -166,12 +166,15 @@ def test_python_api_result_decision(tiny_models: dict[str, Path]):
     pipe = Pipeline.from_config(PipelineConfig(detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam"]), device="cpu"))
     profile = Profile.from_prompts("tile", "tile", ["crack"])
     image = np.random.default_rng(3).integers(0, 255, (40, 48, 3), dtype=np.uint8)
-    assert pipe(image, profile).decision is None
+    assert profile.judge(pipe(image, profile)) is None
     profile.decision = Decision(threshold=0.0, score_max=1.0)
     result = pipe(image, profile)
-    assert result.decision.verdict == ("NG" if result.image_score >= 1e-4 else "OK")
-    assert result.decision.mask.shape == result.anomaly_map.shape
-    assert result.decision.mask.any() == (result.decision.verdict == "NG")
+    verdict = profile.judge(result)
+    assert verdict.verdict == ("NG" if result.image_score >= 1e-4 else "OK")
+    assert verdict.mask.shape == result.anomaly_map.shape
+    assert verdict.mask.any() == (verdict.verdict == "NG")
+    with pytest.raises(AttributeError, match="profile.judge"):  # stage 2 gives no verdict: it says where it is
+        result.decision  # noqa: B018
 
 
 def test_anomalous_labels_from_masks(tmp_path: Path):

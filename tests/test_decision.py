@@ -164,6 +164,27 @@ def test_decide_one_map():
     assert verdict.to_record()["decision"] == "NG"
 
 
+def test_judge_mask_level_and_output_mask_are_the_one_verdict_of_a_result():
+    from iapas.core.types import Detections, SegmentationResult
+    from iapas.product.decision import NO_DECISION_MASK_LEVEL, judge, mask_level, ng_count, output_mask, verdict_at
+
+    amap = np.zeros((4, 4), np.float32)
+    amap[1:3, 1:3], amap[0, 0] = 0.3, 0.2
+    result = SegmentationResult(amap, Detections.empty(), Detections.empty(), np.zeros((0, 4, 4), bool), None, None, 1.0, "default")
+    decision = Decision(threshold=0.25, score_max=1.0)
+    assert judge(result, None) is None and mask_level(None) == NO_DECISION_MASK_LEVEL == 0.3
+    verdict = judge(result, decision)
+    assert verdict.to_record() == decision.decide(amap).to_record() and verdict.verdict == verdict_at(0.3, 0.25) == "NG"
+    profile = Profile.from_prompts("a", "a", ["x"])
+    assert profile.judge(result) is None
+    profile.decision = decision
+    assert profile.judge(result).to_record() == verdict.to_record() and mask_level(decision) == 0.25
+    assert int((output_mask(amap, verdict, 0.25) > 0).sum()) == 4  # the decision mask: map > 0.25
+    assert int((output_mask(amap, None, NO_DECISION_MASK_LEVEL) > 0).sum()) == 4  # no decision: map >= 0.3
+    assert int((output_mask(amap, None, 0.2) > 0).sum()) == 5
+    assert ng_count([0.1, 0.25, 0.3, 0.9], 0.25) == sum(verdict_at(s, 0.25) == "NG" for s in (0.1, 0.25, 0.3, 0.9)) == 2
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_profile_decision_section_round_trip(tmp_path: Path, suffix: str):
     profile = Profile.from_prompts("tile", "tile", ["crack"])

@@ -177,6 +177,33 @@ def test_batch_is_one_forward_per_caption():
     assert [r.anomaly_map.shape for r in results] == [(20, 30), (40, 10), (8, 8)]
 
 
+def test_any_prompt_runs_and_stage2_gives_no_verdict():
+    """Stage 2 reads a Prompt (caption, object tag, size threshold, object size): a plain object
+    gives the same result as the profile; a calibrated profile's verdict is profile.judge(result)."""
+    from dataclasses import dataclass, replace
+
+    from iapas.product.decision import Decision
+
+    @dataclass
+    class PlainPrompt:
+        caption: str
+        object_tag: str
+        size_threshold: float = 0.8
+        object_size: float | None = None
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    pipe, _, _ = make(Detections(np.array([[2, 2, 10, 10]], np.float32), np.array([0.5])), obj=Detections.empty())
+    plain = pipe(image, PlainPrompt(PROFILE.caption, PROFILE.object_tag))
+    calibrated = replace(PROFILE, decision=Decision(threshold=0.4, score_max=1.0))
+    result = pipe(image, calibrated)
+    np.testing.assert_array_equal(plain.anomaly_map, result.anomaly_map)
+    assert "decision" not in result.__dataclass_fields__
+    with pytest.raises(AttributeError, match=r"profile\.judge\(result\)"):
+        result.decision  # noqa: B018
+    verdict = calibrated.judge(result)
+    assert verdict.verdict == "NG" and verdict.score == pytest.approx(0.5) and PROFILE.judge(result) is None
+
+
 # --- the real transformers adapters, loaded from tiny model folders ---------------------------
 
 

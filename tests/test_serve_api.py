@@ -305,12 +305,12 @@ def test_memory_store_encodes_nothing_until_asked_and_then_the_disk_stores_bytes
     """The memory store keeps the uint16 map, the packed mask and the upload, encodes each PNG on
     its first request (the bytes a --store folder, i.e. segment, holds) and keeps it."""
     from iapas.core.images import read_image_bytes
-    from iapas.serve.store import DiskStore, MemoryStore, stage2_profile
+    from iapas.serve.store import DiskStore, MemoryStore
 
     profiles = make_profiles()
     image = read_image_bytes(png(60), "part.png")
-    result = pipeline.run([image.rgb], stage2_profile(profiles["bottle"]))[0]
-    verdict = profiles["bottle"].decision.decide(result.anomaly_map)
+    result = pipeline.run([image.rgb], profiles["bottle"])[0]
+    verdict = profiles["bottle"].judge(result)
     memory, disk = MemoryStore(profiles), DiskStore(tmp_path / "station", pipeline, profiles)
     held_id = memory.add("bottle", image, png(60), result, verdict, {})["key"]
     disk_id = disk.add("bottle", image, png(60), result, verdict, {})["key"]
@@ -325,11 +325,11 @@ def test_memory_store_encodes_nothing_until_asked_and_then_the_disk_stores_bytes
 
 def test_memory_store_holds_at_most_max_bytes(pipeline):
     from iapas.core.images import read_image_bytes
-    from iapas.serve.store import MemoryStore, stage2_profile
+    from iapas.serve.store import MemoryStore
 
     profiles = make_profiles()
     image = read_image_bytes(png(61), "part.png")
-    result = pipeline.run([image.rgb], stage2_profile(profiles["screw"]))[0]
+    result = pipeline.run([image.rgb], profiles["screw"])[0]
     one = 96 * 128 * 2 + 96 * 128 // 8 + len(png(61))  # uint16 map + packed mask + upload
     memory = MemoryStore(profiles, capacity=100, max_bytes=int(2.5 * one))
     ids = [memory.add("screw", image, png(61), result, None, {})["key"] for _ in range(4)]

@@ -15,6 +15,7 @@ from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.registry import help_table
 from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.product.decision import NO_DECISION_MASK_LEVEL
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +40,8 @@ def segment_cmd(
     mode: str = typer.Option("iapas", help="iapas: the profile's caption and the size filter; base: the paper's baseline ('defect . abnormal .', no size filter)."),
     threshold: float = typer.Option(
         None, min=0.0,
-        help="Manual OK/NG threshold instead of the profile's calibrated one: NG when the score is above it (recorded as rule 'manual'). Without a decision at all, masks/ is the map >= 0.3.",
+        help="Manual OK/NG threshold instead of the profile's calibrated one: NG when the score is above it (recorded as rule 'manual'). "
+        f"Without a decision at all, masks/ is the map >= {NO_DECISION_MASK_LEVEL:g}.",
     ),
     size_threshold: float = typer.Option(None, help="Override the profile's size threshold (drop boxes >= this fraction of the object's area)."),
     box_threshold: float = typer.Option(0.1, help="Detector box threshold (the paper's 0.1)."),
@@ -87,7 +89,7 @@ def segment_cmd(
     from iapas.models.loading import ModelLoadError
     from iapas.pipeline.stage2 import Pipeline, PipelineConfig
     from iapas.product.profile import Profile, ProfileError
-    from iapas.product.decision import Decision
+    from iapas.product.decision import Decision, mask_level
     from iapas.engine import EngineError
     from iapas.engine.runner import RunConflictError, check_models, run_segmentation, run_signature
 
@@ -188,7 +190,7 @@ def segment_cmd(
         try:
             summary = run_segmentation(
                 paths, pipeline, profile, out,
-                threshold=0.3 if decision is None else decision.threshold, decision=decision, batch_size=batch_size,
+                threshold=mask_level(decision), decision=decision, batch_size=batch_size,
                 overlay=overlay, show_dropped=show_dropped, max_pixels=max_pixels, restart=restart,
                 on_image=lambda key, status: progress.advance(task, status), roots=roots, executor=executor,
             )

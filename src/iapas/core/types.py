@@ -6,9 +6,20 @@ Everything here is numpy and dataclasses so that results never carry framework o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class Prompt(Protocol):
+    """What stage 2 reads of a category: the caption, the object tag, the size threshold and the
+    object size (the profile's median, the fallback when no object is found). A
+    :class:`iapas.product.profile.Profile` is one; so is any object with these attributes."""
+
+    caption: str
+    object_tag: str
+    size_threshold: float
+    object_size: float | None
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,14 @@ class SegmentationResult:
     object_size: float
     object_size_source: str  # "detected", "profile", or "default"
     timings: dict[str, float] = field(default_factory=dict)
-    # the OK/NG verdict (an iapas.product.decision.ImageDecision) when the profile has a decision section
-    decision: Any = None
+
+    @property
+    def decision(self) -> Any:
+        """Stage 2 gives maps and boxes, no verdict: say where the verdict is."""
+        raise AttributeError(
+            "a SegmentationResult has no decision: stage 2 gives maps and boxes; the OK/NG verdict is "
+            "profile.judge(result) (iapas.product.decision.judge(result, decision))"
+        )
 
     @property
     def image_score(self) -> float:

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from iapas.core.files import save_png
-from iapas.core.maps import binary_mask, encode_map
+from iapas.core.maps import encode_map
 from iapas.core.names import path_inside
 from iapas.core.types import SegmentationResult
+from iapas.product.decision import output_mask
 
 
 LABEL_TEXT = (255, 255, 255)
@@ -149,11 +150,7 @@ def write_image_outputs(
     written = output_names(key, overlay)
     paths = {kind: path_inside(out_dir, name) for kind, name in written.items()}  # a key is a relative path
     save_png(paths["map"], encode_map(result.anomaly_map))
-    if verdict is not None:
-        mask = np.where(verdict.mask, 255, 0).astype(np.uint8)
-    else:
-        mask = binary_mask(result.anomaly_map, threshold)
-    save_png(paths["mask"], mask)
+    save_png(paths["mask"], output_mask(result.anomaly_map, verdict, threshold))
     if overlay:
         # overlays are for looking at: fast compression (they are photographic, and the largest)
         save_png(paths["overlay"], render_overlay(rgb, result, verdict=verdict, show_dropped=show_dropped), compress_level=1)

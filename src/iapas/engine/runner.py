@@ -14,7 +14,6 @@ the file is rewritten (atomically) with one line per key.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from iapas.product.decision import Decision, ImageDecision
+from iapas.product.decision import NO_DECISION_MASK_LEVEL, Decision, ImageDecision, judge
 from iapas.engine import Executor, PlainJob, ResultsLog, RunConflictError, RunSummary, WorkItem, check_signature, precision_signature, run_items
 from iapas.models.fingerprint import pipeline_identity
 from iapas.core.images import DEFAULT_MAX_PIXELS, LoadedImage
@@ -161,7 +160,7 @@ class SegmentJob(PlainJob):
         return None
 
     def write(self, item: WorkItem, image: LoadedImage, result: SegmentationResult, prepared: Any) -> dict[str, Any]:
-        verdict = self.decision.decide(result.anomaly_map) if self.decision is not None else None
+        verdict = judge(result, self.decision)
         outputs = write_image_outputs(self.out_dir, item.key, image.rgb, result, self.threshold, overlay=self.overlay, verdict=verdict,
                                       show_dropped=self.show_dropped)
         return result_record(item.key, image, result, outputs, self.threshold, verdict)
@@ -194,7 +193,7 @@ def run_segmentation(
     profile: Profile | None,
     out_dir: Path,
     *,
-    threshold: float = 0.3,
+    threshold: float = NO_DECISION_MASK_LEVEL,
     batch_size: int = 1,
     overlay: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -222,10 +221,6 @@ def run_segmentation(
     """
     if decision is not None:
         threshold = decision.threshold
-    if profile is not None and profile.decision is not None:  # stage 2 proper; verdicts come from `decision`
-        record_profile, profile = profile, dataclasses.replace(profile, decision=None)
-    else:
-        record_profile = profile
     pipeline.check(profile)  # a caption the detector cannot read fails here, once, not per image
     out_dir.mkdir(parents=True, exist_ok=True)
     log = ResultsLog(out_dir / RESULTS_FILE)
@@ -236,7 +231,7 @@ def run_segmentation(
         log.path.unlink()
     check_signature(run_file, log, signature, out_dir)
     try:
-        atomic_write_text(run_file, json.dumps(run_file_content(signature, threshold, decision, record_profile), indent=2) + "\n")
+        atomic_write_text(run_file, json.dumps(run_file_content(signature, threshold, decision, profile), indent=2) + "\n")
     except OSError as exc:
         if not is_disk_full(exc):
             raise

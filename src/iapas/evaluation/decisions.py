@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from iapas.data import Category, DatasetBase, Sample
-from iapas.product.decision import DecisionError, conformal_threshold
+from iapas.product.decision import DecisionError, conformal_threshold, ng_count
 
 CALIBRATION_SUFFIX = ".calibration"
 
@@ -62,7 +62,7 @@ def threshold_evidence(
         return evidence
     normal = np.asarray(normal_scores, dtype=np.float64)
     anomalous = np.asarray(anomalous_scores, dtype=np.float64)
-    fp, tp = int((normal > threshold).sum()), int((anomalous > threshold).sum())
+    fp, tp = ng_count(normal, threshold), ng_count(anomalous, threshold)
     return replace(
         evidence,
         threshold=threshold,

@@ -23,14 +23,14 @@ from iapas.models.base import Detector, Segmenter
 from iapas.models.detector import DEFAULT_DETECTOR
 from iapas.models.segmenter import DEFAULT_SEGMENTER
 from iapas.core.ops import apply_nms, clip_boxes, fuse_masks, size_filter, top_box
-from iapas.product.profile import Profile
 from iapas.core.caption import BASE_CAPTION, caption_phrases
-from iapas.core.types import Detections, SegmentationResult
+from iapas.core.types import Detections, Prompt, SegmentationResult
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["iapas", "base"]
 ImageInput = Any  # path, PIL image or (H, W[, C]) numpy array
+ObjectInfo = tuple[np.ndarray | None, float | None, float, str]  # object box, its score, its size, the size's source
 
 
 @dataclass
@@ -119,12 +119,17 @@ def as_rgb(image: ImageInput) -> np.ndarray:
 
 
 class Pipeline:
-    """IAP-AS stage 2.
+    """IAP-AS stage 2: maps and boxes, no verdict (the OK/NG verdict is
+    ``profile.judge(result)``, see :func:`iapas.product.decision.judge`).
+
+    The ``profile`` it takes is any :class:`~iapas.core.types.Prompt` (caption, object tag, size
+    threshold, object size): an :class:`iapas.product.profile.Profile` is one.
 
     >>> pipe = Pipeline.from_config(PipelineConfig(detector="tiny-models/grounding-dino",
     ...                                            segmenter="tiny-models/sam", device="cpu"))
     >>> result = pipe("image.png", Profile.load("bottle.yaml"))  # doctest: +SKIP
     >>> result.anomaly_map.shape, result.image_score  # doctest: +SKIP
+    >>> profile.judge(result)  # doctest: +SKIP
     """
 
     def __init__(self, detector: Detector, segmenter: Segmenter | None, config: PipelineConfig | None = None) -> None:
@@ -163,14 +168,14 @@ class Pipeline:
                 segmenter.compile()
         return cls(detector, segmenter, config)
 
-    def caption_for(self, profile: Profile | None) -> str:
+    def caption_for(self, profile: Prompt | None) -> str:
         if self.config.mode == "base":
             return self.config.base_caption
         if profile is None:
             raise ValueError("mode 'iapas' needs a profile (object tag and caption); use mode 'base' without one")
         return profile.caption
 
-    def check(self, profile: Profile | None) -> None:
+    def check(self, profile: Prompt | None) -> None:
         """Fail early (ValueError) for a profile this pipeline cannot run: no profile in iapas mode,
         a caption longer than the detector's text window, or fusion the detector cannot do."""
         caption = self.caption_for(profile)
@@ -181,14 +186,14 @@ class Pipeline:
             if not hasattr(self.detector, "detect_with_object"):
                 raise ValueError(f"detector {getattr(self.detector, 'name', '?')} cannot fuse object detection")
 
-    def __call__(self, image: ImageInput, profile: Profile | None = None) -> SegmentationResult:
+    def __call__(self, image: ImageInput, profile: Prompt | None = None) -> SegmentationResult:
         return self.run([image], profile)[0]
 
-    def run(self, images: Sequence[ImageInput], profile: Profile | None = None) -> list[SegmentationResult]:
+    def run(self, images: Sequence[ImageInput], profile: Prompt | None = None) -> list[SegmentationResult]:
         """Segment a batch of images of one category; one detector forward per caption per batch.
 
-        When the profile has a ``decision`` section (``iapas calibrate``), each result's
-        ``decision`` is the image's verdict (:class:`iapas.product.decision.ImageDecision`)."""
+        Maps and boxes only: a profile's ``decision`` section is not read here (the verdict on a
+        result is ``profile.judge(result)``)."""
         cfg = self.config
         rgbs = [as_rgb(im) for im in images]
         if not rgbs:
@@ -202,7 +207,7 @@ class Pipeline:
         timings: dict[str, float] = {}
 
         # 1. object size (iapas mode only: the size filter is off in base mode), 2. anomaly boxes
-        object_info: list[tuple[np.ndarray | None, float | None, float, str]]
+        object_info: list[ObjectInfo]
         t0 = time.perf_counter()
         if cfg.mode == "iapas":
             assert profile is not None
@@ -227,7 +232,26 @@ class Pipeline:
         # class-agnostic NMS
         dets = [apply_nms(d, cfg.nms_iou) for d in raw]
 
-        # 3. size filter
+        # 3. size filter, then the boxes clamped to the image
+        kept, dropped, object_info = self._size_filtered(rgbs, dets, object_info, profile)
+
+        # 4. SAM masks, one encoder pass per image and one decoder call per image; a joint
+        # detector's detections brought theirs (its timing is in "detection")
+        if all(k.masks is not None for k in kept):
+            masks = [k.masks for k in kept]
+        else:
+            t0 = time.perf_counter()
+            masks = self.segmenter.segment(rgbs, [k.boxes for k in kept])
+            timings["segmentation"] = (time.perf_counter() - t0) / n
+
+        # 5. fusion
+        return self._fused(rgbs, kept, dropped, masks, object_info, timings)
+
+    def _size_filtered(
+        self, rgbs: list[np.ndarray], dets: list[Detections], object_info: list[ObjectInfo], profile: Prompt | None
+    ) -> tuple[list[Detections], list[Detections], list[ObjectInfo]]:
+        """The boxes kept and dropped by the size filter (iapas mode), then clamped to the image."""
+        cfg = self.config
         kept: list[Detections] = []
         dropped: list[Detections] = []
         ratio = cfg.size_threshold if cfg.size_threshold is not None else (profile.size_threshold if profile else 0.8)
@@ -248,17 +272,13 @@ class Pipeline:
             (None if obox is None else clip_boxes(obox, rgb.shape[1], rgb.shape[0])[0], oscore, osize, osource)
             for (obox, oscore, osize, osource), rgb in zip(object_info, rgbs)
         ]
+        return kept, dropped, object_info
 
-        # 4. SAM masks, one encoder pass per image and one decoder call per image; a joint
-        # detector's detections brought theirs (its timing is in "detection")
-        if all(k.masks is not None for k in kept):
-            masks = [k.masks for k in kept]
-        else:
-            t0 = time.perf_counter()
-            masks = self.segmenter.segment(rgbs, [k.boxes for k in kept])
-            timings["segmentation"] = (time.perf_counter() - t0) / n
-
-        # 5. fusion
+    def _fused(
+        self, rgbs: list[np.ndarray], kept: list[Detections], dropped: list[Detections], masks: list[np.ndarray],
+        object_info: list[ObjectInfo], timings: dict[str, float],
+    ) -> list[SegmentationResult]:
+        """Each image's anomaly map (its masks weighted by their boxes' scores) and result."""
         results = []
         for rgb, k, dr, m, (obox, oscore, osize, osource) in zip(rgbs, kept, dropped, masks, object_info):
             t0 = time.perf_counter()
@@ -275,7 +295,6 @@ class Pipeline:
                     object_size=osize,
                     object_size_source=osource,
                     timings=t,
-                    decision=profile.decision.decide(amap) if profile is not None and profile.decision is not None else None,
                 )
             )
         return results
@@ -294,8 +313,8 @@ class Pipeline:
 
     @staticmethod
     def _object_size(
-        rgb: np.ndarray, dets: Detections, profile: Profile
-    ) -> tuple[np.ndarray | None, float | None, float, str]:
+        rgb: np.ndarray, dets: Detections, profile: Prompt
+    ) -> ObjectInfo:
         """Top object box and its normalised area, else the profile's median, else 1.0."""
         found = top_box(dets, rgb.shape[1], rgb.shape[0])
         if found is not None:

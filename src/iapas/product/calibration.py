@@ -26,6 +26,7 @@ from iapas.product.decision import (
     false_alarm_rate,
     images_needed,
     min_area_score,
+    ng_count,
     today,
 )
 from iapas.product.profile import Profile
@@ -147,7 +148,7 @@ class RuleResult:
 
 
 def _rates(threshold: float, normal: np.ndarray, anomalous: np.ndarray) -> tuple[float, float | None]:
-    detection = float((anomalous > threshold).mean()) if len(anomalous) else None
+    detection = ng_count(anomalous, threshold) / len(anomalous) if len(anomalous) else None
     return false_alarm_rate(normal, threshold), detection
 
 

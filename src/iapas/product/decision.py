@@ -20,6 +20,11 @@ Rules (:class:`Decision` ``rule``):
 - ``f1``: the threshold of best image-level F1 on labelled normal and defective images
   (:func:`f1_threshold`, anomalib's adaptive threshold).
 - ``manual``: a threshold given by hand (``iapas segment --threshold``).
+
+Stage 2 gives maps and boxes only; the verdict on a result is made here, in one place:
+:func:`judge` (``profile.judge(result)``), which every caller (segment, the station, Python
+users) uses. Without a decision there is no verdict and the mask is the map cut at
+:data:`NO_DECISION_MASK_LEVEL` (:func:`mask_level`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import numpy as np
 
 from iapas.core import fields as checks
 from iapas.core.fields import FieldError
-from iapas.core.maps import MAP_SCALE, encode_map
+from iapas.core.maps import MAP_SCALE, binary_mask, encode_map
+from iapas.core.types import SegmentationResult
 
 RULES = ("conformal", "f1", "manual")
+NO_DECISION_MASK_LEVEL = 0.3  # without a decision, masks/ is the map >= this ('iapas segment', the station, a review)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
 
@@ -85,7 +92,7 @@ def conformal_threshold(scores: Any, rate: float) -> float:
 def false_alarm_rate(normal_scores: Any, threshold: float) -> float:
     """The fraction of ``normal_scores`` strictly above ``threshold``."""
     values = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
-    return float((values > threshold).mean()) if len(values) else 0.0
+    return ng_count(values, threshold) / len(values) if len(values) else 0.0
 
 
 def f1_threshold(normal_scores: Any, anomalous_scores: Any) -> tuple[float, float]:
@@ -122,6 +129,11 @@ def f1_threshold(normal_scores: Any, anomalous_scores: Any) -> tuple[float, floa
 def verdict_at(score: float, threshold: float) -> str:
     """'NG' when ``score`` is strictly above ``threshold``, else 'OK': the one rule of a verdict."""
     return "NG" if score > threshold else "OK"
+
+
+def ng_count(scores: Any, threshold: float) -> int:
+    """How many of ``scores`` are NG at ``threshold``: :func:`verdict_at` over an array."""
+    return int((np.asarray(scores, dtype=np.float64).reshape(-1) > threshold).sum())
 
 
 def normalized_score(score: float, threshold: float, score_min: float, score_max: float) -> float:
@@ -335,6 +347,26 @@ class ImageDecision:
             "decision_rule": self.rule,
             "min_defect_area": self.min_defect_area,
         }
+
+
+def judge(result: SegmentationResult, decision: Decision | None) -> ImageDecision | None:
+    """The OK/NG verdict on a stage-2 result under ``decision`` (None without one): the one place
+    a verdict is made (``iapas segment``, the station, ``Profile.judge``)."""
+    return None if decision is None else decision.decide(result.anomaly_map)
+
+
+def mask_level(decision: Decision | None) -> float:
+    """The level a run's masks and records are cut at: the decision's threshold, else
+    :data:`NO_DECISION_MASK_LEVEL`."""
+    return NO_DECISION_MASK_LEVEL if decision is None else decision.threshold
+
+
+def output_mask(anomaly_map: np.ndarray, verdict: ImageDecision | None, threshold: float) -> np.ndarray:
+    """The ``uint8`` mask a run writes (``masks/KEY.png``, the station's mask): 255 on the
+    verdict's decision mask (empty exactly when OK), else where the map is >= ``threshold``."""
+    if verdict is not None:
+        return np.where(verdict.mask, 255, 0).astype(np.uint8)
+    return binary_mask(anomaly_map, threshold)
 
 
 def today() -> str:

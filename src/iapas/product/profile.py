@@ -2,8 +2,8 @@
 
 Stage 2 reads ``object_tag``, ``caption``, ``size_threshold`` and ``object_size``; the rest is
 the record of how they were made. ``decision`` (written by ``iapas calibrate``) is the OK/NG
-threshold, see :mod:`iapas.product.decision`. The caption in the file is authoritative: edit it and stage 2
-uses the edited one.
+threshold, see :mod:`iapas.product.decision`; :meth:`Profile.judge` gives a stage-2 result's
+verdict under it. The caption in the file is authoritative: edit it and stage 2 uses the edited one.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import yaml
 
 from iapas.core.version import __version__
 from iapas.core import fields as checks
-from iapas.product.decision import Decision, DecisionError
+from iapas.product.decision import Decision, DecisionError, ImageDecision, judge
 from iapas.core.fields import FieldError, check_fields
 from iapas.core.files import atomic_write_text
 from iapas.core.names import BadNameError, check_name
 from iapas.core.plaindata import PlainDataError, load_plain
 from iapas.core.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
+from iapas.core.types import SegmentationResult
 
 PROFILE_FORMAT = 1
 
@@ -105,6 +106,11 @@ class Profile:
                 self.decision.validate(f"{source}: decision")
             except DecisionError as exc:
                 raise ProfileError(str(exc)) from None
+
+    def judge(self, result: SegmentationResult) -> ImageDecision | None:
+        """The OK/NG verdict on ``result`` (``pipe(image, profile)``) under this profile's
+        decision; None when the profile is not calibrated (:func:`iapas.product.decision.judge`)."""
+        return judge(result, self.decision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

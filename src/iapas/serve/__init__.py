@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from iapas.product.profile import Profile
-from iapas.serve.store import stage2_profile
 
 
 def build_station(
@@ -37,10 +36,10 @@ def build_station(
 
     for category, profile in profiles.items():  # a bad field refused now (ProfileError), not a 500 per request
         profile.validate(f"profile {category!r}")
-        pipeline.check(stage2_profile(profile))
+        pipeline.check(profile)
     store = (DiskStore(store_dir, pipeline, profiles, show_dropped=show_dropped) if store_dir is not None
              else MemoryStore(profiles, keep, show_dropped=show_dropped))
-    worker = ModelWorker(pipeline, {c: stage2_profile(p) for c, p in profiles.items()},
+    worker = ModelWorker(pipeline, dict(profiles),
                          batch_size=batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size)
     worker.start()
     return create_app(store, profiles, worker, settings), worker

@@ -290,11 +290,10 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - a model failure answers 500, the service goes on
             raise BadRequest(500, f"model failure: {exc}") from None
         t0 = time.perf_counter()
-        decision = profile.decision
         result = outcome.result
 
         def finish() -> dict[str, Any]:
-            verdict = decision.decide(result.anomaly_map) if decision is not None else None
+            verdict = profile.judge(result)
             timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
             extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size,
                      "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.product.decision import verdict_at
+from iapas.product.decision import NO_DECISION_MASK_LEVEL, decision_mask, verdict_at
 from iapas.evaluation.decisions import CALIBRATION_SUFFIX
 from iapas.core.names import OutsideRootError, path_inside
 from iapas.core.maps import binary_mask, encode_map
@@ -209,7 +209,8 @@ class ReviewStore:
         if kind == "map":
             return png_bytes(encode_map(amap))
         if kind == "mask":
-            on = amap > threshold if isinstance(threshold, (int, float)) else binary_mask(amap, 0.3) > 0
+            on = (decision_mask(amap, threshold) if isinstance(threshold, (int, float))
+                  else binary_mask(amap, NO_DECISION_MASK_LEVEL) > 0)
             return png_bytes(np.where(on, 255, 0).astype(np.uint8))
         from PIL import Image
 

@@ -33,11 +33,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from iapas.product.decision import ImageDecision
+from iapas.product.decision import ImageDecision, mask_level, output_mask
 from iapas.core.images import LoadedImage
 from iapas.core.files import atomic_write_bytes, atomic_write_text, clean_stale_temp_files
 from iapas.core.names import check_name, path_inside
-from iapas.core.maps import binary_mask, decode_map, encode_map
+from iapas.core.maps import decode_map, encode_map
 from iapas.engine.outputs import render_overlay, write_image_outputs
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 KINDS = ("map", "mask", "overlay")
 UPLOAD_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
-MASK_THRESHOLD = 0.3  # the mask threshold without a decision, as 'iapas segment'
 MIN_FREE_BYTES = 32 * 2**20  # a store with less free space takes no more inspections (507)
 STORED_BYTES_PER_PIXEL = 8  # at most: the 16-bit map, the mask and the RGB overlay PNGs
 PROBE_FILE = ".iapas-write-probe"
@@ -142,11 +141,6 @@ def upload_suffix(data: bytes) -> str:
         return ".img"
 
 
-def stage2_profile(profile: Profile) -> Profile:
-    """The profile as stage 2 runs it: verdicts are made from its decision afterwards (as segment)."""
-    return dataclasses.replace(profile, decision=None) if profile.decision is not None else profile
-
-
 class ResultStore(Protocol):
     readonly: bool
 
@@ -160,12 +154,6 @@ class ResultStore(Protocol):
     def records(self) -> list[dict[str, Any]]: ...
 
     def __len__(self) -> int: ...
-
-
-def _verdict_mask(result: SegmentationResult, verdict: ImageDecision | None, threshold: float) -> np.ndarray:
-    if verdict is not None:
-        return np.where(verdict.mask, 255, 0).astype(np.uint8)
-    return binary_mask(result.anomaly_map, threshold)
 
 
 @dataclass
@@ -209,8 +197,7 @@ class MemoryStore:
 
     def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
             verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
-        decision = self.profiles[category].decision
-        threshold = decision.threshold if decision is not None else MASK_THRESHOLD
+        threshold = mask_level(self.profiles[category].decision)
         result_id = new_id()
         record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
         record.update(image=str(image.path), category=category, **extra)
@@ -218,7 +205,7 @@ class MemoryStore:
         held = _Held(
             record=record,
             encoded_map=encode_map(result.anomaly_map),
-            packed_mask=np.packbits(_verdict_mask(result, verdict, threshold) > 0),
+            packed_mask=np.packbits(output_mask(result.anomaly_map, verdict, threshold) > 0),
             upload=(data, str(image.path)),
             light=dataclasses.replace(result, anomaly_map=np.zeros((0, 0), np.float32), masks=np.zeros((0, 0, 0), bool)),
             verdict=None if verdict is None else dataclasses.replace(verdict, mask=np.zeros((0, 0), bool)),
@@ -284,8 +271,7 @@ def category_folder(root: Path, category: str) -> Path:
 def run_file_content(pipeline: Pipeline, profile: Profile) -> dict[str, Any]:
     """``run.json`` of a category folder, as :func:`iapas.engine.runner.run_segmentation` writes it."""
     decision = profile.decision
-    threshold = decision.threshold if decision is not None else MASK_THRESHOLD
-    return runner_run_file_content(run_signature(pipeline, stage2_profile(profile)), threshold, decision, profile)
+    return runner_run_file_content(run_signature(pipeline, profile), mask_level(decision), decision, profile)
 
 
 class DiskStore:
@@ -358,8 +344,7 @@ class DiskStore:
 
     def add(self, category: str, image: LoadedImage, data: bytes, result: SegmentationResult,
             verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
-        decision = self.profiles[category].decision
-        threshold = decision.threshold if decision is not None else MASK_THRESHOLD
+        threshold = mask_level(self.profiles[category].decision)
         folder = category_folder(self.root, category)
         result_id = new_id()
         upload = folder / "uploads" / f"{result_id}{upload_suffix(data)}"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from fastapi.responses import JSONResponse
 
-from iapas.product.decision import verdict_at
+from iapas.product.decision import ng_count, verdict_at
 
 BINS = 24
 MAX_CHANGED = 200
@@ -44,7 +44,7 @@ def what_if(records: list[dict[str, Any]], category: str, threshold: float | Non
         hi = lo + 1.0
     counts, edges = np.histogram(scores, bins=BINS, range=(lo, hi))
     ng_now = sum(r["decision"] == "NG" for r in parts)
-    ng_then = int((scores > target).sum()) if target is not None else ng_now
+    ng_then = ng_count(scores, target) if target is not None else ng_now
     return {
         "category": category, "n": len(parts), "threshold": stored, "what_if": target,
         "stored": {"OK": len(parts) - ng_now, "NG": ng_now},
