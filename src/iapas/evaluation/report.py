@@ -295,7 +295,7 @@ def render_report(
     pictures besides the false alarms and misses; default :data:`iapas.evaluation.report_tool.FULL_IMAGES`)."""
     import iapas.evaluation.report_tool as report_tool
     from iapas.evaluation.tables import F1_SENTENCE, all_notes, header_lines
-    from iapas.engine.runner import ResultsLog
+    from iapas.engine.log import ResultsLog
 
     out_dir = Path(result.out_dir)
     s = result.settings
