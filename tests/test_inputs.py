@@ -256,7 +256,7 @@ def test_swapped_keys_move_each_images_files_to_its_new_name(tmp_path: Path):
 
 
 def test_a_rename_cut_short_never_gives_an_image_another_ones_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import iapas.engine.runner
+    import iapas.engine.runfolder
 
     a, b = photo(tmp_path / "in" / "a.png"), photo(tmp_path / "in" / "b.png", 1)
     out = tmp_path / "out"
@@ -265,7 +265,7 @@ def test_a_rename_cut_short_never_gives_an_image_another_ones_files(tmp_path: Pa
     def killed(path, text):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(iapas.engine.runner, "atomic_write_text", killed)
+    monkeypatch.setattr(iapas.engine.runfolder, "atomic_write_text", killed)
     with pytest.raises(KeyboardInterrupt):
         match_finished([a, b], ["y", "x"], log, out, 0.3, overlay=False)
     monkeypatch.undo()

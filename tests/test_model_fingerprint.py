@@ -158,8 +158,17 @@ def test_a_hub_id_is_the_revision_the_local_cache_resolves(tmp_path: Path, monke
     assert model_identity("org/gdino", "none")["detector"] == str(local)
 
 
+def _model_names(detector: str, segmenter: str, device: str, dtype: str, box: float, text: float, fuse: bool) -> dict:
+    """What evaluate checks before loading its models: the one signature's models part, named."""
+    from iapas.engine.signature import RunModels, models_signature
+    from iapas.pipeline.stage2 import PipelineConfig
+
+    config = PipelineConfig(detector=detector, segmenter=segmenter, device=device, dtype=dtype, box_threshold=box,
+                            text_threshold=text, fuse_object_detection=fuse)
+    return models_signature(config, RunModels.named(config), evaluation=True)
+
+
 def test_evaluate_names_its_models_before_loading_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from iapas.cli.evaluate import _model_names
     from iapas.models.loading import ModelLoadError
 
     det = model_folder(tmp_path / "det")
@@ -191,7 +200,6 @@ def test_a_folder_that_is_no_model_is_not_hashed_and_an_unreadable_file_is_no_tr
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """``evaluate --detector ~/Downloads`` must not read gigabytes before saying it is no model."""
-    from iapas.cli.evaluate import _model_names
     from iapas.models.loading import ModelLoadError
 
     downloads = tmp_path / "Downloads"
@@ -278,8 +286,6 @@ def test_evaluate_s_early_check_leaves_a_hub_id_not_in_the_cache_to_the_full_che
     """A hub id missing from the local cache (cleared, another HF_HUB_CACHE) is 'name:ID' before
     loading, where the run recorded 'hub:ID@COMMIT': the check before loading must not refuse the
     resume for that (runner.check_models skips such models too); a folder is still compared."""
-    from iapas.cli.evaluate import _model_names
-
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     sam = model_folder(tmp_path / "sam")
     names = _model_names("IDEA-Research/grounding-dino-tiny", str(sam), "cpu", "float32", 0.1, 0.1, False)

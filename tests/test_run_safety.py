@@ -210,7 +210,7 @@ def test_a_failed_append_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("iapas.engine.runner.os.fsync", no_space)
+    monkeypatch.setattr("iapas.engine.log.os.fsync", no_space)
     with pytest.raises(OSError):
         log.append({"key": "b", "status": "ok"})
     assert log.path.read_bytes() == before

@@ -52,32 +52,6 @@ def _calibration_count(n: int | None, rate: float) -> int:
     return images_needed(rate) if n is None else n
 
 
-def _model_names(
-    detector: str, segmenter: str, device: str, dtype: str, box_threshold: float, text_threshold: float, fuse: bool
-) -> dict[str, Any]:
-    """What :func:`iapas.evaluation.core.model_names` will say once the models are loaded: the
-    models' fingerprints are computed from their folders or hub ids, without loading them (a
-    model folder that does not exist raises ModelLoadError)."""
-    from iapas.models.fingerprint import KINDS, named_identity
-    from iapas.models.loading import resolve_device, resolve_dtype
-    from iapas.pipeline.stage2 import PipelineConfig
-
-    resolved = resolve_device(device)
-    identity = named_identity(detector, segmenter, strict=True)
-    for kind in KINDS:  # a hub id not in the local cache is known only once loaded (the full check then compares it)
-        if identity[f"{kind}_fingerprint"].startswith("name:"):
-            del identity[kind], identity[f"{kind}_fingerprint"]
-    return {
-        **identity,
-        "box_threshold": box_threshold,
-        "text_threshold": text_threshold,
-        "nms_iou": PipelineConfig().nms_iou,
-        "fuse_object_detection": fuse,
-        "dtype": str(resolve_dtype(dtype, resolved)),
-        "device": resolved,
-    }
-
-
 def print_decisions(result: Any) -> None:
     """OK/NG at each category's calibrated threshold: false alarms next to the target, detections, counts."""
     from rich.table import Table
@@ -268,8 +242,10 @@ def evaluate_cmd(
         prompt_style=prompt_style, text_processing=text_processing,
         size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
     )
+    from iapas.engine.signature import RunModels
     from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
     from iapas.models.loading import ModelLoadError
+    from iapas.pipeline.stage2 import PipelineConfig
 
     try:
         from iapas.data import DatasetError, canonical_name, get_dataset
@@ -281,7 +257,9 @@ def evaluate_cmd(
 
         select_categories(loader, categories, protocol)  # a wrong -c: one line, before any model loads
         if not restart:  # refuse a conflicting folder before spending time on loading models
-            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
+            config = PipelineConfig(detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
+                                    box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse_object_detection)
+            check_existing_run(out, run_signature(loader.name, settings, config, RunModels.named(config)))
         if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models
             from iapas.models.detector import check_caption_length
 

@@ -179,13 +179,6 @@ def model_failure(item: WorkItem, exc: BaseException) -> str:
     return f"{show_path(item.path)}: model failure: {exc}"
 
 
-def precision_signature(pipeline: Any) -> dict[str, str | None]:
-    """The detector's dtype and device as text: float16 and float32 give different scores, so a
-    resumed run must not mix them (part of every run signature; Ray workers must match it)."""
-    values = {key: getattr(pipeline.detector, key, None) for key in ("dtype", "device")}
-    return {key: None if value is None else str(value) for key, value in values.items()}
-
-
 class Executor(Protocol):
     """Runs the pending items: decode, ``job.prepare``, batches of ``pipeline.run``,
     ``job.write``, and every outcome to ``sink`` (from one thread). Checks ``sink.stopped``

@@ -1,5 +1,4 @@
-"""The append-only per-image results log of a run (``results.jsonl``, ``predictions/*.jsonl``)
-and the error a run folder made with other settings raises."""
+"""The append-only per-image results log of a run (``results.jsonl``, ``predictions/*.jsonl``)."""
 
 from __future__ import annotations
 
@@ -7,18 +6,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from iapas.core.files import atomic_write_text
-from iapas.models.fingerprint import signature_diff
 
 logger = logging.getLogger(__name__)
-
-
-class RunConflictError(RuntimeError):
-    """The output folder holds a run made with other settings."""
 
 
 class ResultsLog:
@@ -89,28 +83,3 @@ class ResultsLog:
         keys += [k for k in records if k not in seen]
         text = "".join(json.dumps(records[k], ensure_ascii=False) + "\n" for k in keys)
         atomic_write_text(self.path, text)
-
-
-
-def check_signature(
-    run_file: Path, log: ResultsLog, signature: Mapping[str, Any], out_dir: Path,
-    advice: str = "use another --out folder, or --restart to discard them",
-) -> None:
-    """Raise :class:`RunConflictError` when ``run_file`` records another signature for results
-    that are still in ``log``: other settings, other models by fingerprint (their paths are
-    informative only), no fingerprints at all (a run of an older iapas; see
-    :func:`iapas.models.fingerprint.signature_diff`), or no readable signature (run.json is
-    written before the first result, so results without one cannot be told apart)."""
-    if not (log.path.exists() and log.path.stat().st_size > 0):
-        return
-    try:
-        previous = json.loads(run_file.read_text(encoding="utf-8")).get("signature")
-    except FileNotFoundError:
-        raise RunConflictError(f"{out_dir} holds results but no {run_file.name} saying what made them; {advice}") from None
-    except (OSError, ValueError, AttributeError) as exc:
-        previous = exc
-    if not isinstance(previous, dict):
-        raise RunConflictError(f"{run_file}: unreadable, no signature of its results; {advice}")
-    diff = signature_diff(previous, signature)
-    if diff:
-        raise RunConflictError(f"{out_dir} holds results {diff.describe()}; {advice}")

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iapas.engine.base import EngineError, Job, Sink, WorkItem, model_failure, precision_signature
+from iapas.engine.base import EngineError, Job, Sink, WorkItem, model_failure
+from iapas.engine.signature import RunModels
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +96,9 @@ def _decode_group(row: dict[str, Any], job: Job, max_pixels: int) -> dict[str, A
 def worker_signature(pipeline: Any) -> dict[str, str | None]:
     """What a worker's models must share with the driver's: dtype, device and each model's
     fingerprint (a path on a worker's machine may hold other files than on the driver's)."""
-    from iapas.models.fingerprint import pipeline_identity
-
-    fingerprints = {k: v for k, v in pipeline_identity(pipeline).items() if k.endswith("_fingerprint")}
-    return {**precision_signature(pipeline), **fingerprints}
+    models = RunModels.loaded(pipeline)
+    fingerprints = {k: v for k, v in models.identity.items() if k.endswith("_fingerprint")}
+    return {**models.precision, **fingerprints}
 
 
 def check_worker_models(here: dict[str, str | None], expected: dict[str, str | None]) -> None:

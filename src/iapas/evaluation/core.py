@@ -32,7 +32,6 @@ those of the computed maps (float16 or 16-bit PNG quantisation would create ties
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,9 @@ import numpy as np
 from iapas.core.version import __version__
 from iapas.data import Category, DatasetBase, MaskError, get_dataset, sample_mask
 from iapas.engine import Executor, ItemError, PlainJob, ResultsLog, RunConflictError, WorkItem, run_items
+from iapas.engine.records import RUN_FILE
+from iapas.engine.runfolder import differences, read_run, write_run_file
+from iapas.engine.signature import RunModels, models_signature
 from iapas.evaluation.decisions import raw_scores, threshold_evidence
 from iapas.evaluation.plan import plan_category, restrict_to_pool, select_categories  # noqa: F401  (re-exported)
 from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importable from here as before)
@@ -63,13 +65,10 @@ from iapas.evaluation.predictions import (  # noqa: F401  (re-exported: importab
 )
 from iapas.evaluation.profiles import ProfileRecord, Stage1Models, Stage1Options, get_profile, profile_path
 from iapas.evaluation.protocol import limit_samples, normalize_full_map
-from iapas.evaluation.runfolder import (  # noqa: F401  (re-exported)
-    RUN_FILE,
-    _differences,
-    _has_predictions,
-    _read_run,
+from iapas.evaluation.runfolder import (  # noqa: F401  (check_existing_run, run_signature: re-exported)
     check_existing_run,
     discard_results,
+    has_predictions,
     run_signature,
 )
 from iapas.evaluation.results import METRIC_COLUMNS, CategoryResult, DatasetResult, ImageFailure, json_safe
@@ -77,17 +76,16 @@ from iapas.evaluation.settings import (  # noqa: F401  (re-exported)
     EvalSettings,
     ProgressHooks,
     category_signature,
-    model_names,
     stage2_pipeline,
     stage2_profile,
 )
 from iapas.core.images import ImageReadError, LoadedImage
-from iapas.core.files import atomic_write_text, clean_stale_temp_files
+from iapas.core.files import clean_stale_temp_files
 from iapas.models import ModelOutputError
 from iapas.core.names import path_inside
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
-from iapas.core.storage import DiskFullError, is_disk_full, stop_reason
+from iapas.core.storage import DiskFullError
 from iapas.core.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -319,37 +317,15 @@ def measure_dataset(
     if restart:
         discard_results(out)
 
-    models = model_names(pipeline)
-    signature = run_signature(loader.name, settings, models)
+    run_models = RunModels.loaded(pipeline)
+    models = models_signature(pipeline.config, run_models, evaluation=True)  # the report's models
+    signature = run_signature(loader.name, settings, pipeline.config, run_models)
     run_file = out / RUN_FILE
     check_existing_run(out, signature)
-    previous = _read_run(run_file) or {}
+    previous = read_run(run_file) or {}
     category_sigs: dict[str, Any] = dict(previous.get("categories", {})) if previous else {}
     created = previous.get("created") if previous else None
     created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-    def write_run() -> None:
-        atomic_write_text(
-            run_file,
-            json.dumps(
-                json_safe(
-                    {
-                        "iapas_version": __version__,
-                        "created": created,
-                        "dataset": loader.name,
-                        "root": str(loader.root),
-                        "signature": signature,
-                        "settings": settings.to_dict(),
-                        "stage1": asdict(stage1) if stage1 is not None else None,
-                        "profiles_dir": str(profiles),
-                        "categories": category_sigs,
-                    }
-                ),
-                indent=2,
-                default=str,
-            )
-            + "\n",
-        )
 
     if stage1 is not None and stage1_models is None:
         stage1_models = Stage1Models(stage1, pipeline.detector)
@@ -382,8 +358,8 @@ def measure_dataset(
             product_notes.extend(f"{name}: {note}" for note in category.notes)
         for part in [*category.parts(), *([calibration] if calibration is not None else [])]:
             old = category_sigs.get(part.name)
-            if old is not None and old != sig and _has_predictions(out, part.name):
-                changed = _differences(old, sig)
+            if old is not None and old != sig and has_predictions(out, part.name):
+                changed = differences(old, sig)
                 raise RunConflictError(
                     f"{out}: category {part.name} has results made with another profile or setting ({'; '.join(changed)}); "
                     "use another --out folder, or --restart to discard them"
@@ -391,14 +367,12 @@ def measure_dataset(
             category_sigs[part.name] = sig
             if part is not calibration:
                 prepared.append((part, profile, record, calibration))
-    stopped: str | None = None
-    try:
-        write_run()
-    except OSError as exc:
-        if not is_disk_full(exc):
-            raise
-        logger.error("%s: cannot write: %s", run_file, exc)
-        stopped = stop_reason(exc)
+    content = {
+        "iapas_version": __version__, "created": created, "dataset": loader.name, "root": str(loader.root), "signature": signature,
+        "settings": settings.to_dict(), "stage1": asdict(stage1) if stage1 is not None else None, "profiles_dir": str(profiles),
+        "categories": category_sigs,
+    }
+    stopped = write_run_file(run_file, json_safe(content), default=str)
 
     # pass 2: stage 2 and metrics
     results: list[CategoryResult] = []

@@ -17,7 +17,7 @@ from iapas.core.images import LoadedImage
 from iapas.core.files import atomic_path, file_stamp
 from iapas.metrics import CategoryMetrics, category_metrics
 from iapas.core.names import path_inside
-from iapas.engine.runner import assign_keys
+from iapas.engine.runfolder import assign_keys
 from iapas.core.types import SegmentationResult
 
 PREDICTIONS_DIR = "predictions"

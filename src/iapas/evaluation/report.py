@@ -249,7 +249,7 @@ def render_report(
 
 def _records(out_dir: Path, category: CategoryResult) -> list[Mapping[str, Any]]:
     """The prediction records of ``category`` (those of its keys, when it names them), in order."""
-    from iapas.engine.runner import ResultsLog
+    from iapas.engine.log import ResultsLog
 
     records = ResultsLog(out_dir / category.predictions).read()
     return [records[k] for k in category.keys if k in records] if category.keys else list(records.values())

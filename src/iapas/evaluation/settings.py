@@ -1,5 +1,6 @@
 """What an evaluation does besides the models (:class:`EvalSettings`), and the stage-2 pipeline,
-profile and signature those settings give."""
+profile and per-category signature those settings give (the run's signature:
+:func:`iapas.evaluation.runfolder.run_signature`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ from typing import Any
 import numpy as np
 
 from iapas.data import DEFAULT_PROTOCOL
-from iapas.engine import precision_signature
 from iapas.evaluation.cvresize import resize_map_cubic, resize_mask_nearest
 from iapas.evaluation.protocol import EVAL_SIZE, resize_map, resize_mask
 from iapas.core.images import DEFAULT_MAX_PIXELS
-from iapas.models.fingerprint import pipeline_identity
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
 from iapas.core.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
@@ -213,19 +212,6 @@ def effective_size_threshold(settings: EvalSettings, profile: Profile | None) ->
     if settings.size_threshold is not None:
         return settings.size_threshold
     return profile.size_threshold if profile is not None else 0.8
-
-
-def model_names(pipeline: Pipeline) -> dict[str, Any]:
-    """The models and detector settings of ``pipeline`` (part of the run signature)."""
-    cfg = pipeline.config
-    return {
-        **pipeline_identity(pipeline),  # names (informative) and fingerprints (compared), see iapas.models.fingerprint
-        "box_threshold": cfg.box_threshold,
-        "text_threshold": cfg.text_threshold,
-        "nms_iou": cfg.nms_iou,
-        "fuse_object_detection": bool(getattr(cfg, "fuse_object_detection", False)),
-        **precision_signature(pipeline),
-    }
 
 
 def category_signature(pipeline: Pipeline, profile: Profile | None, settings: EvalSettings) -> dict[str, Any]:

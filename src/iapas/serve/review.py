@@ -30,7 +30,8 @@ from iapas.product.decision import NO_DECISION_MASK_LEVEL, decision_mask, verdic
 from iapas.evaluation.decisions import CALIBRATION_SUFFIX
 from iapas.core.names import OutsideRootError, path_inside
 from iapas.core.maps import binary_mask, encode_map
-from iapas.engine.runner import RESULTS_FILE, RUN_FILE, ResultsLog
+from iapas.engine.log import ResultsLog
+from iapas.engine.records import RESULTS_FILE, RUN_FILE
 from iapas.serve.store import usable
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ in; an id is never taken as a path: files are found through the record the id na
 ``DiskStore`` writes every inspection of category ``C`` into ``STORE/C/`` exactly as
 ``iapas segment`` writes a run folder (:func:`iapas.engine.runner.run_segmentation`): ``run.json``,
 ``maps/ID.png``, ``masks/ID.png``, ``overlays/ID.png`` and one line of ``results.jsonl``
-(:func:`iapas.engine.runner.result_record`), with the key ``ID``. The uploaded bytes are kept as
+(:func:`iapas.engine.records.result_record`), with the key ``ID``. The uploaded bytes are kept as
 ``uploads/ID.EXT``, the record's ``image``, so that the folder can be evaluated, reviewed or
 segmented again like any other.
 """
@@ -41,9 +41,11 @@ from iapas.core.maps import decode_map, encode_map
 from iapas.engine.outputs import render_overlay, write_image_outputs
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
-from iapas.engine import check_signature
-from iapas.engine.runner import RESULTS_FILE, RUN_FILE, ResultsLog, result_record, run_signature
-from iapas.engine.runner import run_file_content as runner_run_file_content
+from iapas.engine.log import ResultsLog
+from iapas.engine.records import RESULTS_FILE, RUN_FILE, result_record
+from iapas.engine.records import run_file_content as segment_run_file_content
+from iapas.engine.runfolder import check_signature
+from iapas.engine.signature import run_signature
 from iapas.core.types import SegmentationResult
 
 logger = logging.getLogger(__name__)
@@ -271,7 +273,7 @@ def category_folder(root: Path, category: str) -> Path:
 def run_file_content(pipeline: Pipeline, profile: Profile) -> dict[str, Any]:
     """``run.json`` of a category folder, as :func:`iapas.engine.runner.run_segmentation` writes it."""
     decision = profile.decision
-    return runner_run_file_content(run_signature(pipeline, profile), mask_level(decision), decision, profile)
+    return segment_run_file_content(run_signature(pipeline, profile), mask_level(decision), decision, profile)
 
 
 class DiskStore:
