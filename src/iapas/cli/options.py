@@ -1,6 +1,6 @@
 """The shared option table (:mod:`iapas.workflows.options`) on typer commands.
 
-    @shared(*MODELS, "batch_size", *LOGGING, batch_size={"default": 8})
+    @shared(*STAGE2, "batch_size", *LOGGING, batch_size={"default": 8})
     def serve_cmd(..., settings: Settings = None) -> None:
         settings.device, settings.pipeline_config(), ...
 

@@ -10,14 +10,14 @@ from iapas.cli.common import console, fail, hold_output_lock, load_pipeline, pri
 from iapas.cli.engine_options import engine_executor
 from iapas.cli.options import shared
 from iapas.models.registry import help_table
-from iapas.workflows.options import ENGINE, LOGGING, MODELS, Settings
+from iapas.workflows.options import ENGINE, LOGGING, STAGE2, Settings
 
 
 def register(app: typer.Typer) -> None:
     app.command("segment", epilog=help_table())(segment_cmd)
 
 
-@shared(*MODELS, "box_threshold", "text_threshold", "size_threshold", "batch_size", "fuse_object_detection",
+@shared(*STAGE2, "box_threshold", "text_threshold", "size_threshold", "batch_size", "fuse_object_detection",
         "compile_models", "show_dropped", "max_pixels", "restart", *ENGINE, *LOGGING)
 def segment_cmd(
     ctx: typer.Context,

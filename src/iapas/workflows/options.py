@@ -3,8 +3,9 @@ stage-2 setting, the :class:`~iapas.pipeline.stage2.PipelineConfig` field it set
 
 The command line adds them to a command with ``iapas.cli.options.shared`` and gets them back as one
 :class:`Settings`; :meth:`Settings.pipeline_config` builds the stage-2 configuration from every
-row that names a ``config`` field. A new stage-2 knob is a new ``PipelineConfig`` field plus one
-row here (``config="field"``): every command that lists the row gets the option and passes it on.
+row that names a ``config`` field. A new stage-2 knob is a new ``PipelineConfig`` field plus, here,
+one row (``config="field"``) and its name in :data:`STAGE2`: every command that loads stage 2
+then has the option and passes it on (two files).
 """
 
 from __future__ import annotations
@@ -108,8 +109,9 @@ _ROWS = [
 #: Every shared option by name.
 OPTIONS: dict[str, Opt] = {row.name: row for row in _ROWS}
 
-#: The option groups commands take whole.
-MODELS = ("detector", "segmenter", "device", "dtype")
+#: The options every command that loads stage 2 takes (segment, calibrate, evaluate, bench, serve):
+#: a new stage-2 knob is a row with ``config=`` and its name here.
+STAGE2 = ("detector", "segmenter", "device", "dtype")
 ENGINE = ("engine", "ray_address", "workers", "gpus_per_worker", "cpus_per_worker")
 LOGGING = ("verbose", "quiet")
 
