@@ -10,6 +10,7 @@ then has the option and passes it on (two files).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,27 @@ class Settings:
         fields = {OPTIONS[name].config: value for name, value in self.values.items()
                   if name in OPTIONS and OPTIONS[name].config}
         return PipelineConfig(**{**fields, **given})
+
+    def executor(self, out: Path) -> Any:
+        """The executor the :data:`ENGINE` options ask for (None: the local one); a ``ValueError``
+        with one line when they cannot be met (Ray missing, a relative ``out`` for a cluster)."""
+        engine, address, workers, gpus, cpus = (self.values.get(name, OPTIONS[name].default) for name in ENGINE)
+        if engine == "local":
+            ignored = [name for name, used in (("--ray-address", address is not None), ("--workers", workers != 1),
+                                               ("--gpus-per-worker", gpus is not None),
+                                               ("--cpus-per-worker", cpus != 1.0)) if used]
+            if ignored:
+                logging.getLogger(__name__).warning("%s: for --engine ray only; ignored", ", ".join(ignored))
+            return None
+        if engine != "ray":
+            raise ValueError(f"--engine must be local or ray, got {engine!r}")
+        from iapas.engine.ray_executor import RayExecutor, RayMissingError, RayOptions, require_ray
+
+        try:
+            require_ray()
+        except RayMissingError as exc:
+            raise ValueError(str(exc)) from None
+        if address is not None and not out.is_absolute():
+            raise ValueError(f"--out {out} is relative: on a Ray cluster (--ray-address) give an absolute path on "
+                             "storage every node sees")
+        return RayExecutor(RayOptions(address=address, workers=workers, gpus_per_worker=gpus, cpus_per_worker=cpus))
