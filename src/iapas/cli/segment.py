@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -11,6 +12,10 @@ from iapas.cli.engine_options import engine_executor
 from iapas.cli.options import shared
 from iapas.models.registry import help_table
 from iapas.workflows.options import ENGINE, LOGGING, STAGE2, Settings
+
+if TYPE_CHECKING:
+    from iapas.engine.base import RunSummary
+    from iapas.product.decision import Decision
 
 
 def register(app: typer.Typer) -> None:
@@ -123,7 +128,7 @@ def warn_if_other_settings(diff: str | None) -> None:
         )
 
 
-def print_summary(summary: "RunSummary", out: Path, missing: int, decision: "Decision | None" = None) -> None:  # noqa: F821
+def print_summary(summary: RunSummary, out: Path, missing: int, decision: Decision | None = None) -> None:
     from rich.table import Table
 
     from iapas.workflows.segment import verdict_counts
