@@ -178,7 +178,7 @@ def test_python_api_result_decision(tiny_models: dict[str, Path]):
 
 
 def test_anomalous_labels_from_masks(tmp_path: Path):
-    from iapas.cli.calibrate import _mask_labels
+    from iapas.workflows.calibrate import mask_labels as _mask_labels
 
     images = write_images(tmp_path / "bad", 3)
     (tmp_path / "masks").mkdir()

@@ -340,7 +340,7 @@ def never_asked() -> bool:
 
 
 def test_demo_offline_or_tiny_runs_tiny_models_without_asking_the_hub():
-    from iapas.cli.demo import TINY, choose_demo_models
+    from iapas.workflows.demo import TINY, choose_demo_models
 
     offline = choose_demo_models(env={"HF_HUB_OFFLINE": "1"}, reachable=never_asked)
     assert (offline.detector, offline.segmenter, offline.reason, offline.noise) == (TINY, TINY, "HF_HUB_OFFLINE is set", True)
@@ -351,7 +351,7 @@ def test_demo_offline_or_tiny_runs_tiny_models_without_asking_the_hub():
 
 
 def test_demo_with_the_hub_runs_the_real_models():
-    from iapas.cli.demo import choose_demo_models
+    from iapas.workflows.demo import choose_demo_models
 
     default = choose_demo_models(env={}, reachable=lambda: True)
     assert (default.detector, default.segmenter, default.noise) == (

@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
-from iapas.cli.progress import LogProgress
+from iapas.workflows.progress import LogProgress
 from iapas.evaluation import EvalSettings, evaluate_dataset
 from iapas.core.lock import LOCK_FILE, OutputLockedError, output_lock
 from iapas.engine.runner import ResultsLog, run_segmentation

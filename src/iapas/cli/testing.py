@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, setup_logging
+from iapas.testing.presets import PRESETS
 
 app = typer.Typer(
     help="Offline checks: tiny random models of the real architectures.", no_args_is_help=True, rich_markup_mode=None
@@ -38,7 +39,7 @@ def make_tiny_models_cmd(
 def make_random_models_cmd(
     out_dir: Path = typer.Argument(..., help="Folder to write one DIR/PRESET folder per preset into."),
     preset: list[str] = typer.Option(
-        ..., "--preset", help="Preset to write (repeat for several): grounding-dino-tiny, grounding-dino-base, mm-grounding-dino-tiny, llmdet-tiny, sam-vit-base, sam-vit-large, sam-vit-huge, sam-hq-vit-huge, sam3, owlv2-base, owlv2-large, sam2.1-tiny, sam2.1-large."
+        ..., "--preset", help=f"Preset to write (repeat for several): {', '.join(PRESETS)}."
     ),
     seed: int = typer.Option(0, help="Seed for the random weights."),
     verbose: bool = VerboseOption,

@@ -179,6 +179,22 @@ async def parse_upload(request: Any, body: bytes, limit: int) -> tuple[bytes, st
             part_id if isinstance(part_id, str) else None)
 
 
+@dataclass
+class Station:
+    """What the routes of one app share."""
+
+    store: ResultStore
+    profiles: dict[str, Profile]
+    worker: ModelWorker | None
+    settings: ServeSettings
+    budgets: dict[str, Budget]
+    categories: list[str]
+    in_flight: dict[str, int] = field(default_factory=lambda: {"n": 0})  # inspections received or run now
+
+    def known(self) -> str:
+        return ", ".join(self.categories) or "none"
+
+
 def create_app(
     store: ResultStore,
     profiles: dict[str, Profile],
@@ -189,7 +205,6 @@ def create_app(
     from iapas.core.version import __version__
 
     settings = settings or ServeSettings()
-    static = resources.files("iapas.serve") / "static"
     app = FastAPI(
         title="iapas inspection station",
         version=__version__,
@@ -199,8 +214,20 @@ def create_app(
     app.state.worker, app.state.store, app.state.profiles = worker, store, profiles
     budgets = {"bytes": Budget(settings.max_inflight_bytes), "pixels": Budget(settings.pixel_budget)}
     app.state.budgets = budgets
-    in_flight = {"n": 0}  # inspections being received or run now (the page's INSPECTING); one event loop
+    station = Station(store, profiles, worker, settings, budgets, sorted(profiles) or list(getattr(store, "categories", [])))
+    _add_error_handlers(app)
+    _add_inspect_route(app, station)
+    _add_results_route(app, station)
+    add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
+    add_picture_routes(app, store, BadRequest, valid_id)  # heat.png, outline.png: the same
+    _add_png_route(app, store)
+    add_whatif_route(app, store, BadRequest)
+    _add_info_routes(app, station)
+    _add_page_and_guards(app, settings)
+    return app
 
+
+def _add_error_handlers(app: Any) -> None:
     @app.exception_handler(ClientGone)
     async def _gone(request: Request, exc: ClientGone) -> Response:
         logger.info("%s %s: the client disconnected mid-upload (%s)", request.method, request.url.path, exc)
@@ -225,11 +252,8 @@ def create_app(
         logger.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    categories = sorted(profiles) or list(getattr(store, "categories", []))
 
-    def known() -> str:
-        return ", ".join(categories) or "none"
-
+def _add_inspect_route(app: Any, station: Station) -> None:
     @app.post(
         "/v1/inspect",
         summary="Inspect one image",
@@ -245,68 +269,74 @@ def create_app(
         """One image as multipart (`file`, `category`, optional `part_id`) or as the raw body with
         `?category=` (`?part_id=`, `?filename=`).
         Answers the verdict, scores, boxes, per-stage milliseconds and the PNGs' URLs."""
-        if worker is None:
+        if station.worker is None:
             raise BadRequest(405, "this station is a read-only review: it inspects nothing")
-        held = Held(budgets)
-        in_flight["n"] += 1
+        held = Held(station.budgets)
+        station.in_flight["n"] += 1
         try:
-            return await inspect_held(request, category, held, part_id)
+            return await inspect_held(station, request, category, held, part_id)
         finally:
-            in_flight["n"] -= 1
+            station.in_flight["n"] -= 1
             held.release()
 
-    async def inspect_held(request: Request, category: str | None, held: Held, part_id: str | None) -> JSONResponse:
-        started = time.perf_counter()
-        body = await read_body(request, settings, held)
-        data, name, form_category, form_part_id = await parse_upload(request, body, settings.max_upload)
-        category, part_id, name = form_category or category, form_part_id or part_id, clean_filename(name)
-        if part_id is not None and (problem := part_id_problem(part_id)):
-            raise BadRequest(422, problem)
-        if not category:
-            raise BadRequest(400, f"no category: send the form field 'category' or ?category= (known: {known()})")
-        try:  # the rule of every name that becomes a path (the store's folders)
-            check_name(category, "category")
-        except BadNameError as exc:
-            raise BadRequest(400, f"{exc}; known: {known()}") from None
-        profile = profiles.get(category)
-        if profile is None:
-            raise BadRequest(404, f"unknown category {category!r}; known: {known()}")
-        await run_in_threadpool(reserve_pixels, data, settings, held)
-        refusal = getattr(store, "refusal", None)
-        if refusal is not None and (why := await run_in_threadpool(refusal, category, len(data), held.amounts.get("pixels", 0))):
-            raise BadRequest(why[0], f"{why[1]}; nothing was inspected: retry when the store can be written")
-        t0 = time.perf_counter()
-        try:
-            image = await run_in_threadpool(read_image_bytes, data, name, settings.max_pixels)
-        except ImageReadError as exc:
-            raise BadRequest(400, str(exc)) from None
-        decode_s = time.perf_counter() - t0
-        try:
-            future = worker.submit(category, image)
-        except QueueFullError as exc:
-            raise BadRequest(503, f"{exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)}) from None
-        try:
-            outcome = await asyncio.wrap_future(future)
-        except Exception as exc:  # noqa: BLE001 - a model failure answers 500, the service goes on
-            raise BadRequest(500, f"model failure: {exc}") from None
-        t0 = time.perf_counter()
-        result = outcome.result
 
-        def finish() -> dict[str, Any]:
-            verdict = profile.judge(result)
-            timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
-            extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size,
-                     "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
-            return store.add(category, image, data, result, verdict, extra)
+async def inspect_held(station: Station, request: Request, category: str | None, held: Held,
+                       part_id: str | None) -> JSONResponse:
+    """One inspection, its upload's bytes and pixels ``held`` against the station's budgets."""
+    started = time.perf_counter()
+    settings, store, known = station.settings, station.store, station.known
+    body = await read_body(request, settings, held)
+    data, name, form_category, form_part_id = await parse_upload(request, body, settings.max_upload)
+    category, part_id, name = form_category or category, form_part_id or part_id, clean_filename(name)
+    if part_id is not None and (problem := part_id_problem(part_id)):
+        raise BadRequest(422, problem)
+    if not category:
+        raise BadRequest(400, f"no category: send the form field 'category' or ?category= (known: {known()})")
+    try:  # the rule of every name that becomes a path (the store's folders)
+        check_name(category, "category")
+    except BadNameError as exc:
+        raise BadRequest(400, f"{exc}; known: {known()}") from None
+    profile = station.profiles.get(category)
+    if profile is None:
+        raise BadRequest(404, f"unknown category {category!r}; known: {known()}")
+    await run_in_threadpool(reserve_pixels, data, settings, held)
+    refusal = getattr(store, "refusal", None)
+    if refusal is not None and (why := await run_in_threadpool(refusal, category, len(data), held.amounts.get("pixels", 0))):
+        raise BadRequest(why[0], f"{why[1]}; nothing was inspected: retry when the store can be written")
+    t0 = time.perf_counter()
+    try:
+        image = await run_in_threadpool(read_image_bytes, data, name, settings.max_pixels)
+    except ImageReadError as exc:
+        raise BadRequest(400, str(exc)) from None
+    decode_s = time.perf_counter() - t0
+    try:
+        future = station.worker.submit(category, image)  # type: ignore[union-attr]
+    except QueueFullError as exc:
+        raise BadRequest(503, f"{exc}; retry later", {"Retry-After": str(RETRY_AFTER_S)}) from None
+    try:
+        outcome = await asyncio.wrap_future(future)
+    except Exception as exc:  # noqa: BLE001 - a model failure answers 500, the service goes on
+        raise BadRequest(500, f"model failure: {exc}") from None
+    t0 = time.perf_counter()
+    result = outcome.result
 
-        try:
-            record = await run_in_threadpool(finish)
-        except StoreError as exc:
-            raise BadRequest(exc.status, exc.detail) from None
-        record["timings_ms"]["outputs"] = round(1000 * (time.perf_counter() - t0), 2)
-        record["timings_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
-        return JSONResponse(summary(record))
+    def finish() -> dict[str, Any]:
+        verdict = profile.judge(result)
+        timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
+        extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size,
+                 "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
+        return store.add(category, image, data, result, verdict, extra)
 
+    try:
+        record = await run_in_threadpool(finish)
+    except StoreError as exc:
+        raise BadRequest(exc.status, exc.detail) from None
+    record["timings_ms"]["outputs"] = round(1000 * (time.perf_counter() - t0), 2)
+    record["timings_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
+    return JSONResponse(summary(record))
+
+
+def _add_results_route(app: Any, station: Station) -> None:
     @app.get("/v1/results", summary="Recent inspections")
     async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time",
                       part_id: str | None = None, after: str | None = None, before: str | None = None) -> JSONResponse:
@@ -323,7 +353,7 @@ def create_app(
         for name, value in (("after", after), ("before", before)):
             if value is not None and (problem := after_problem(value, name)):
                 raise BadRequest(422, problem)
-        records = select(store.records(), decision=decision, category=category, part_id=part_id, after=after, before=before)
+        records = select(station.store.records(), decision=decision, category=category, part_id=part_id, after=after, before=before)
         if after is not None:
             records.sort(key=lambda r: r.get("id") or r["key"])
         elif sort == "score":
@@ -331,11 +361,10 @@ def create_app(
         else:
             records.reverse()
         return JSONResponse({"total": len(records), "results": [summary(r) for r in records[:limit]],
-                             "in_flight": in_flight["n"]})
+                             "in_flight": station.in_flight["n"]})
 
-    add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
-    add_picture_routes(app, store, BadRequest, valid_id)  # heat.png, outline.png: the same
 
+def _add_png_route(app: Any, store: ResultStore) -> None:
     @app.get("/v1/results/{result_id}/{name}", summary="A result's map, mask or overlay PNG",
              responses={200: {"content": {"image/png": {}}}})
     async def result_png(result_id: str, name: str) -> Response:
@@ -345,18 +374,23 @@ def create_app(
             raise BadRequest(404, f"no such picture {name!r}: use map.png, mask.png or overlay.png")
         return await png_answer(result_id, lambda: store.png(result_id, kind), BadRequest, valid_id)
 
-    add_whatif_route(app, store, BadRequest)
 
+def _add_info_routes(app: Any, station: Station) -> None:
     @app.get("/v1/profiles", summary="The categories served")
     async def list_profiles() -> JSONResponse:
+        profiles, categories = station.profiles, station.categories
         if not profiles:  # a review: the folder's categories, no profiles loaded
-            thresholds = getattr(store, "thresholds", {})  # what the folder's records were judged against
+            thresholds = getattr(station.store, "thresholds", {})  # what the folder's records were judged against
             return JSONResponse({"profiles": [{"category": c, "decision": None if c not in thresholds else
                                                {"threshold": thresholds[c]}} for c in categories]})
         return JSONResponse({"profiles": [profile_info(p) for _, p in sorted(profiles.items())]})
 
     @app.get("/v1/health", summary="Models, device, queue depth, images served")
     async def health() -> JSONResponse:
+        from iapas.core.version import __version__
+
+        worker, store, settings, budgets, categories = (station.worker, station.store, station.settings, station.budgets,
+                                                        station.categories)
         pipeline = worker.pipeline if worker is not None else None
         probe = getattr(store, "refusal", None)
         if probe is not None and categories:  # space may have gone or returned since the last upload
@@ -390,6 +424,10 @@ def create_app(
             "categories": categories,
         })
 
+
+def _add_page_and_guards(app: Any, settings: ServeSettings) -> None:
+    static = resources.files("iapas.serve") / "static"
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(str(static / "index.html"), media_type="text/html")
@@ -403,4 +441,3 @@ def create_app(
     app.add_middleware(GuardMiddleware, token=settings.token, max_upload=settings.max_upload)
     app.add_middleware(RequestPolicyMiddleware, allowed_hosts=settings.allowed_hosts, bound_host=settings.bound_host,
                        cors=settings.cors)
-    return app

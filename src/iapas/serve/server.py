@@ -108,3 +108,67 @@ class BackgroundServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+# --- the station's set-up before it serves (``iapas serve``, or a Python program) ---------------------------
+
+
+class StationError(ValueError):
+    """A station that cannot start; the message is one line."""
+
+
+def missing_extras() -> list[str]:
+    """The packages of the 'serve' extra that are not installed."""
+    from importlib.util import find_spec
+
+    return [name for name, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
+                                       ("python-multipart", ["python_multipart", "multipart"]))
+            if not any(find_spec(m) for m in modules)]
+
+
+def check_hosts(allowed_hosts: list[str], cors: list[str]) -> None:
+    """Refuse an --allowed-host or --cors value that could never match a request."""
+    from iapas.serve.policy import origin_of, split_host
+
+    for name in allowed_hosts:
+        parsed = split_host(name if not (":" in name and not name.startswith("[")) else f"[{name}]")
+        if parsed is None or parsed[1] is not None:
+            raise StationError(f"--allowed-host {name!r}: give a host name or address, without a scheme or a port")
+    for origin in cors:
+        if origin_of(origin) is None:
+            raise StationError(f"--cors {origin!r}: give an origin such as http://host:port")
+
+
+def load_profiles(paths: list[Any], detector: str) -> dict[str, Any]:
+    """The profiles to serve by category: one each, each caption readable by ``detector``."""
+    from iapas.models.detector import check_caption_length
+    from iapas.product.profile import Profile, ProfileError
+
+    if not paths:
+        raise StationError("give at least one --profile (or --review RUN_DIR)")
+    profiles: dict[str, Any] = {}
+    for path in paths:
+        try:
+            profile = Profile.load(path)
+        except ProfileError as exc:
+            raise StationError(str(exc)) from None
+        if profile.category in profiles:
+            raise StationError(f"{path}: a second profile of category {profile.category!r}")
+        try:
+            check_caption_length(profile.caption, detector)
+        except ValueError as exc:
+            raise StationError(f"{path}: {exc}") from None
+        profiles[profile.category] = profile
+    return profiles
+
+
+def store_folders(store: Any, categories: list[str]) -> list[Any]:
+    """The run folder of each category under ``store`` (a folder, new or not)."""
+    from iapas.serve.store import category_folder
+
+    if store.exists() and not store.is_dir():
+        raise StationError(f"--store {store} is a file; it must be a folder")
+    try:
+        return [category_folder(store, category) for category in categories]
+    except ValueError as exc:
+        raise StationError(f"--store {store}: {exc}") from None
