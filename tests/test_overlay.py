@@ -162,3 +162,28 @@ def test_segment_and_serve_share_one_show_dropped_option() -> None:
         command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
         (param,) = [p for p in command.params if p.name == "show_dropped"]
         assert param.opts == ["--show-dropped"] and param.default is False and param.help == ShowDroppedOption.help
+
+
+def test_output_kinds_are_one_table_that_the_writer_follows(tmp_path, monkeypatch):
+    """A new kind is a row of OUTPUT_KINDS: the writer writes it, the names list it, --no-overlay
+    leaves out only the optional kinds."""
+    import numpy as np
+
+    from iapas.core.types import Detections, SegmentationResult
+    from iapas.engine import outputs
+
+    edges = outputs.OutputKind("edges", "edges", lambda o: (o.result.anomaly_map > 0.5).astype(np.uint8) * 255)
+    monkeypatch.setattr(outputs, "OUTPUT_KINDS", (*outputs.OUTPUT_KINDS, edges))
+    amap = np.zeros((8, 8), np.float32)
+    amap[2:4, 2:4] = 0.9
+    none = Detections.empty()
+    result = SegmentationResult(anomaly_map=amap, kept=none, dropped=none, masks=np.zeros((0, 8, 8), bool), object_box=None,
+                                object_score=None, object_size=1.0, object_size_source="default")
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    written = outputs.write_image_outputs(tmp_path, "a", rgb, result, 0.3)
+    assert written == {"map": "maps/a.png", "mask": "masks/a.png", "overlay": "overlays/a.png", "edges": "edges/a.png"}
+    assert all((tmp_path / name).is_file() for name in written.values())
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "edges/a.png")), np.where(amap > 0.5, 255, 0).astype(np.uint8))
+    assert outputs.output_names("b", overlay=False) == {"map": "maps/b.png", "mask": "masks/b.png", "edges": "edges/b.png"}

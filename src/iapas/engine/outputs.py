@@ -1,7 +1,13 @@
-"""Per-image output files: the 16-bit map, the binary mask and the colour overlay."""
+"""Per-image output files: the 16-bit map, the binary mask and the colour overlay.
+
+The kinds are one table, :data:`OUTPUT_KINDS`: a run's writer, its resume check and clean-up, and the
+station's store and picture routes all read it. A new kind is a row and its drawing function here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +128,47 @@ def render_overlay(
     return np.asarray(image)
 
 
+@dataclass(frozen=True)
+class OutputInputs:
+    """What an output kind is drawn from: the image, stage 2's result, the mask level, the verdict."""
+
+    rgb: np.ndarray
+    result: SegmentationResult
+    threshold: float
+    verdict: Any = None  # an iapas.product.decision.ImageDecision, or None without a decision
+    show_dropped: bool = False
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """One kind of per-image output: its name in records and URLs, its folder, how it is drawn."""
+
+    name: str
+    folder: str
+    draw: Callable[[OutputInputs], np.ndarray]
+    compress_level: int = 6
+    optional: bool = False  # left out by --no-overlay
+
+
+OUTPUT_KINDS: tuple[OutputKind, ...] = (
+    OutputKind("map", "maps", lambda o: encode_map(o.result.anomaly_map)),
+    # with a verdict the decision mask (empty exactly when the verdict is OK), else the map >= threshold
+    OutputKind("mask", "masks", lambda o: output_mask(o.result.anomaly_map, o.verdict, o.threshold)),
+    # overlays are for looking at: fast compression (they are photographic, and the largest)
+    OutputKind("overlay", "overlays", lambda o: render_overlay(o.rgb, o.result, verdict=o.verdict, show_dropped=o.show_dropped),
+               compress_level=1, optional=True),
+)
+KINDS: tuple[str, ...] = tuple(kind.name for kind in OUTPUT_KINDS)
+OUTPUT_FOLDERS: tuple[str, ...] = tuple(kind.folder for kind in OUTPUT_KINDS)
+
+
+def output_kind(name: str) -> OutputKind:
+    return next(kind for kind in OUTPUT_KINDS if kind.name == name)
+
+
 def output_names(key: str, overlay: bool = True) -> dict[str, str]:
     """The files of one image's outputs, relative to the output folder, by kind."""
-    names = {"map": f"maps/{key}.png", "mask": f"masks/{key}.png"}
-    if overlay:
-        names["overlay"] = f"overlays/{key}.png"
-    return names
+    return {kind.name: f"{kind.folder}/{key}.png" for kind in OUTPUT_KINDS if overlay or not kind.optional}
 
 
 def write_image_outputs(
@@ -140,7 +181,7 @@ def write_image_outputs(
     verdict: Any = None,
     show_dropped: bool = False,
 ) -> dict[str, str]:
-    """Write ``maps/KEY.png``, ``masks/KEY.png`` and ``overlays/KEY.png`` atomically.
+    """Write each kind of :data:`OUTPUT_KINDS` (``maps/KEY.png``, ``masks/KEY.png``, ``overlays/KEY.png``) atomically.
 
     With a ``verdict`` (:class:`iapas.product.decision.ImageDecision`) the mask is the decision mask
     (empty exactly when the verdict is OK) and the overlay shows the verdict; without, the mask
@@ -148,10 +189,8 @@ def write_image_outputs(
     Returns the written paths relative to ``out_dir``.
     """
     written = output_names(key, overlay)
-    paths = {kind: path_inside(out_dir, name) for kind, name in written.items()}  # a key is a relative path
-    save_png(paths["map"], encode_map(result.anomaly_map))
-    save_png(paths["mask"], output_mask(result.anomaly_map, verdict, threshold))
-    if overlay:
-        # overlays are for looking at: fast compression (they are photographic, and the largest)
-        save_png(paths["overlay"], render_overlay(rgb, result, verdict=verdict, show_dropped=show_dropped), compress_level=1)
+    inputs = OutputInputs(rgb, result, threshold, verdict, show_dropped)
+    for name, relative in written.items():  # a key is a relative path: each file must stay inside out_dir
+        kind = output_kind(name)
+        save_png(path_inside(out_dir, relative), kind.draw(inputs), compress_level=kind.compress_level)
     return written

@@ -269,7 +269,7 @@ def is_done(record: dict[str, Any], path: Path, out_dir: Path, threshold: float,
     if any(record.get(k) != v for k, v in stamp.items()):
         return False  # another file under the same key, or the file changed since
     outputs = record.get("outputs", {})
-    if overlay and "overlay" not in outputs:
+    if any(kind not in outputs for kind in output_names(record.get("key", ""), overlay)):
         return False
     files = output_paths(out_dir, record)
     return len(files) == len(outputs) and all(f.exists() for f in files)

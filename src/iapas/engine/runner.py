@@ -28,7 +28,7 @@ from iapas.core.types import SegmentationResult
 from iapas.engine.base import Executor, PlainJob, RunSummary, WorkItem
 from iapas.engine.core import run_items
 from iapas.engine.log import ResultsLog
-from iapas.engine.outputs import write_image_outputs
+from iapas.engine.outputs import OUTPUT_FOLDERS, write_image_outputs
 from iapas.engine.records import RESULTS_FILE, RUN_FILE, result_record, run_file_content, same_decision, source_stamp
 from iapas.engine.runfolder import (
     RunConflictError, assign_keys, check_models, check_signature, is_done, match_finished, write_run_file,
@@ -75,7 +75,7 @@ class SegmentJob(PlainJob):
         return {"key": item.key, **source_stamp(item.path), "status": "failed", "error": message}
 
     def cleanup(self, item: WorkItem) -> None:
-        for folder in ("maps", "masks", "overlays"):
+        for folder in OUTPUT_FOLDERS:
             with contextlib.suppress(OSError):
                 (self.out_dir / folder / f"{item.key}.png").unlink(missing_ok=True)
 

@@ -28,7 +28,8 @@ from iapas.serve.auth import GuardMiddleware, upload_too_large
 from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
-from iapas.serve.store import KINDS, ResultStore, StoreError, valid_id
+from iapas.engine.outputs import KINDS
+from iapas.serve.store import ResultStore, StoreError, valid_id
 from iapas.serve.pictures import add_picture_routes, png_answer
 from iapas.serve.thumbs import add_thumb_route
 from iapas.serve.whatif import add_whatif_route

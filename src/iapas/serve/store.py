@@ -38,7 +38,7 @@ from iapas.core.images import LoadedImage
 from iapas.core.files import atomic_write_bytes, atomic_write_text, clean_stale_temp_files
 from iapas.core.names import check_name, path_inside
 from iapas.core.maps import decode_map, encode_map
-from iapas.engine.outputs import render_overlay, write_image_outputs
+from iapas.engine.outputs import KINDS, OutputInputs, output_kind, output_names, write_image_outputs
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
 from iapas.engine.log import ResultsLog
@@ -51,7 +51,6 @@ from iapas.core.types import SegmentationResult
 logger = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-KINDS = ("map", "mask", "overlay")
 UPLOAD_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 MIN_FREE_BYTES = 32 * 2**20  # a store with less free space takes no more inspections (507)
 STORED_BYTES_PER_PIXEL = 8  # at most: the 16-bit map, the mask and the RGB overlay PNGs
@@ -201,7 +200,7 @@ class MemoryStore:
             verdict: ImageDecision | None, extra: dict[str, Any]) -> dict[str, Any]:
         threshold = mask_level(self.profiles[category].decision)
         result_id = new_id()
-        record = result_record(result_id, image, result, {k: f"{k}s/{result_id}.png" for k in KINDS}, threshold, verdict)
+        record = result_record(result_id, image, result, output_names(result_id), threshold, verdict)
         record.update(image=str(image.path), category=category, **extra)
         record.pop("size", None), record.pop("mtime_ns", None)  # no file behind it
         held = _Held(
@@ -241,14 +240,16 @@ class MemoryStore:
         elif kind == "mask":
             bits = np.unpackbits(held.packed_mask, count=shape[0] * shape[1]).reshape(shape)
             data = png_bytes(np.where(bits > 0, 255, 0).astype(np.uint8))
-        else:
+        else:  # drawn from the upload and the stored map, as the run's writer draws it
             from iapas.core.images import read_image_bytes
 
             upload, name = held.upload
             # read once already under the station's --max-pixels: allow exactly its own size
             rgb = read_image_bytes(upload, name, max_pixels=shape[0] * shape[1]).rgb
             light = dataclasses.replace(held.light, anomaly_map=decode_map(held.encoded_map))
-            data = png_bytes(render_overlay(rgb, light, verdict=held.verdict, show_dropped=self.show_dropped), compress_level=1)
+            threshold = held.record.get("threshold", 0.0)
+            drawn = output_kind(kind).draw(OutputInputs(rgb, light, threshold, held.verdict, self.show_dropped))
+            data = png_bytes(drawn, compress_level=output_kind(kind).compress_level)
         with self._lock:
             if result_id in self._items and kind not in held.pngs:
                 held.pngs[kind] = data
@@ -360,7 +361,7 @@ class DiskStore:
                 self._logs[category].append(record)
                 self._records[result_id] = {**record, "category": category, **extra}
         except OSError as exc:  # nothing half-stored is left: the record was not appended
-            for path in (upload, *(folder / f"{kind}s" / f"{result_id}.png" for kind in KINDS)):
+            for path in (upload, *(folder / name for name in output_names(result_id).values())):
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
             status, reason = self._degrade(write_error_status(exc), f"cannot write to the store: {write_reason(exc)}")
@@ -374,9 +375,9 @@ class DiskStore:
 
     def png(self, result_id: str, kind: str) -> bytes | None:
         record = self.get(result_id)
-        if record is None or kind not in record.get("outputs", {}):
+        if record is None or kind not in KINDS or kind not in record.get("outputs", {}):
             return None
-        path = self.root / record["category"] / f"{kind}s" / f"{result_id}.png"  # from the validated id only
+        path = self.root / record["category"] / output_names(result_id)[kind]  # from the validated id only
         try:
             return path.read_bytes()
         except OSError:
