@@ -471,3 +471,30 @@ def _vote_fields(vote: ObjectVote) -> dict[str, Any]:
     data = vote.to_dict()
     data.pop("object_tag", None)
     return data
+
+
+def load_stage1_models(models: Any, options: Any) -> tuple[Any, Any, Any, Any]:
+    """The LLM, knowledge vocabulary, detector and tagger (None with an object tag given) of
+    ``models``, loaded in this order: an LLM that cannot be loaded is known before any other
+    stage-1 work. Loaded models are kept: a second call returns them at once."""
+    llm = models.llm()
+    knowledge = models.knowledge()
+    detector = models.detector()
+    return llm, knowledge, detector, None if options.object_tag else models.tagger()
+
+
+def build_with_models(
+    category: str, references: list[Path], models: Any, options: Any, *, input_digest: str,
+    progress: ProgressCallback | None = None,
+) -> Profile:
+    """:func:`build_profile` with the models of ``models`` (a :class:`~iapas.prompts.resources.Stage1Models`)
+    and the settings of ``options`` (its Stage1Options): what ``iapas profile`` and an evaluation's
+    missing profile both run (models loaded by :func:`load_stage1_models`)."""
+    o = options
+    llm, knowledge, detector, tagger = load_stage1_models(models, o)
+    return build_profile(
+        category, references, tagger=tagger, detector=detector, llm=llm, knowledge=knowledge, seed=o.seed,
+        object_tag=o.object_tag, nouns=o.nouns, include_object_tag=o.include_object_tag, object_join=o.object_join,
+        text_processing=o.text_processing, prompt_style=o.prompt_style, size_threshold=o.size_threshold,
+        input_digest=input_digest, progress=progress, llm_fallback=o.llm_fallback != "never",
+    )
