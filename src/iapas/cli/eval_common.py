@@ -53,8 +53,6 @@ DtypeOpt = typer.Option(
     help="Detector and SAM precision: float32 (the default: the reference code's), float16, bfloat16 or auto "
     "(float16 on GPU). Stage 1's models use it too when given, else auto.",
 )
-#: The detector's and SAM's precision in evaluate and bench when --dtype is not given (the reference ran float32).
-EVAL_DTYPE = "float32"
 BatchOpt = typer.Option(1, "--batch-size", min=1, help="Images per model forward.")
 BoxThresholdOpt = typer.Option(0.1, "--box-threshold", help="Detector box threshold (the paper's 0.1).")
 TextThresholdOpt = typer.Option(0.1, "--text-threshold", help="Detector text threshold (the paper's 0.1).")
@@ -95,51 +93,28 @@ FuseOpt = typer.Option(
 MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images with more pixels (decompression-bomb guard).")
 
 
-def _split(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
-def _stage1_options(mode: str, **values: Any) -> Any:
-    """Stage1Options for mode iapas (None for base); a bad combination exits with a message."""
-    from iapas.evaluation import Stage1Options
-    from iapas.core.caption import split_word_list
-
-    if mode != "iapas":
-        return None
-    tags, prompts = values.pop("tags"), values.pop("prompts")
-    try:
-        return Stage1Options(
-            tags=split_word_list(tags) if tags else None,
-            nouns=split_word_list(prompts) if prompts is not None else None,
-            **values,
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
-def _settings(**values: Any) -> Any:
-    from iapas.evaluation import EvalSettings
-
-    try:
-        return EvalSettings(**values)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
 def _pipeline(
     detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> Any:
+    """The stage-2 pipeline behind a spinner, or a one-line failure (exit 2)."""
     from iapas.models.loading import ModelLoadError
-    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.workflows.evaluate import load_pipeline
 
     try:
-        config = PipelineConfig(
-            detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
-            box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse,
+        return load_pipeline(
+            detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse, lambda: console.status("loading models")
         )
-        with console.status("loading models"):
-            return Pipeline.from_config(config)
     except (ModelLoadError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _prepare(options: dict[str, Any]) -> Any:
+    """:func:`iapas.workflows.evaluate.prepare`, a bad value a one-line failure (exit 2)."""
+    from iapas.workflows.evaluate import prepare
+
+    try:
+        return prepare(options)
+    except ValueError as exc:
         raise fail(str(exc)) from None
 
 

@@ -18,16 +18,16 @@ from rich.markup import escape
 from iapas.cli.common import (
     QuietOption, VerboseOption, category_names, console, fail, hold_output_lock, print_stopped, setup_logging,
 )
-from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
+from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt
 from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
 from iapas.cli.eval_common import (
-    EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
+    BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
     ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
     LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
     ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
-    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _stage1_options,
-    print_fallback,
+    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
 )
+from iapas.data.registry import DATASETS
 from iapas.models.registry import help_table
 from iapas.prompts.resources import LlmFallback
 
@@ -42,13 +42,6 @@ def register(app: typer.Typer) -> None:
 
 ObjectOpt = typer.Option(None, "--object", help="Object tag by hand for every category (skips tagging and the detector vote).")
 PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
-
-
-def _calibration_count(n: int | None, rate: float) -> int:
-    """--calibration-images, or by default the fewest images the conformal threshold needs."""
-    from iapas.product.decision import images_needed
-
-    return images_needed(rate) if n is None else n
 
 
 def _model_names(
@@ -149,7 +142,7 @@ def print_summary(result: Any) -> None:
 
 def evaluate_cmd(
     ctx: typer.Context,
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset: mvtec, mpdd, btad, ksdd1, mtd, dtd, dagm, visa (or folder)."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(n for n in DATASETS if n != 'folder')} (or folder)."),
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation folder (created; an existing one is resumed)."),
     categories: list[str] = typer.Option(None, "--categories", "-c", help="Only these categories (comma separated or repeated)."),
@@ -245,55 +238,29 @@ def evaluate_cmd(
     iapas evaluate --dataset mtd --root data/MTD --out runs/mtd --detector tiny-models/grounding-dino
     --segmenter tiny-models/sam --tagger-model tiny-models/clip --llm knowledge
     """
+    options = dict(locals())  # every option by name, for the library's set-up
     setup_logging(verbose, quiet)
+    from iapas.data import DatasetError
     from iapas.evaluation import evaluate_dataset
-
-    categories = category_names(categories, "--categories")
-
-    executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
-    settings = _settings(
-        protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
-        n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
-        image_norm=image_norm, image_score=image_score, false_alarm_rate=false_alarm_rate,
-        calibration_images=_calibration_count(calibration_images, false_alarm_rate), save_full_maps=save_full_maps,
-        calibration_from_test=calibration_from_test,
-    )
-    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
-    stage1 = _stage1_options(
-        mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
-        knowledge_file=knowledge_file,
-        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
-        prompt_style=prompt_style, text_processing=text_processing,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
-    )
-    from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
+    from iapas.evaluation.core import RunConflictError
     from iapas.models.loading import ModelLoadError
+    from iapas.workflows.evaluate import open_dataset
 
+    options["categories"] = categories = category_names(categories, "--categories")
+    executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
+    setup = _prepare(options)
+    names = lambda: _model_names(detector, segmenter, device, setup.dtype, box_threshold, text_threshold, fuse_object_detection)  # noqa: E731
     try:
-        from iapas.data import DatasetError, canonical_name, get_dataset
-
-        name = canonical_name(dataset)
-        options = folder_options(normal, anomalous, masks, mask_pattern, reference_dir) if name == "folder" else {}
-        loader = get_dataset(name, root, **options)
-        from iapas.evaluation.plan import select_categories
-
-        select_categories(loader, categories, protocol)  # a wrong -c: one line, before any model loads
-        if not restart:  # refuse a conflicting folder before spending time on loading models
-            check_existing_run(out, run_signature(loader.name, settings, _model_names(detector, segmenter, device, dtype, box_threshold, text_threshold, fuse_object_detection)))
-        if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models
-            from iapas.models.detector import check_caption_length
-
-            check_caption_length(caption, detector)
+        loader = open_dataset(options, setup.settings, names)  # a wrong -c or a conflicting folder: before models load
     except (DatasetError, ValueError, RunConflictError, ModelLoadError) as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
-    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
+    pipeline = _pipeline(detector, segmenter, device, setup.dtype, mode, box_threshold, text_threshold, fuse_object_detection)
     bars = _Bars(quiet)
     with bars:
         result = _run_guarded(
             lambda: evaluate_dataset(
-                loader, None, out, pipeline, settings, stage1=stage1, categories=categories or None,
+                loader, None, out, pipeline, setup.settings, stage1=setup.stage1, categories=categories or None,
                 profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(), executor=executor,
             )
         )
