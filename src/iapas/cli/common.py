@@ -10,8 +10,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from iapas.cli.options import option
 from iapas.core.version import __version__
 from iapas.models.loading import one_line
+from iapas.workflows.options import OPTIONS
 
 console = Console(stderr=True)
 
@@ -101,11 +103,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-VerboseOption = typer.Option(False, "--verbose", "-v", help="Log debug details.")
-QuietOption = typer.Option(False, "--quiet", "-q", help="Only warnings and errors.")
-ShowDroppedOption = typer.Option(
-    False, "--show-dropped", help="Draw the boxes the size filter dropped (grey) on the overlays; off: only the kept boxes."
-)
+# the table's logging and overlay options, for commands that list their options by hand
+VerboseOption = option(OPTIONS["verbose"])
+QuietOption = option(OPTIONS["quiet"])
+ShowDroppedOption = option(OPTIONS["show_dropped"])
 
 
 def category_names(values: list[str] | None, option: str) -> list[str]:
@@ -117,4 +118,18 @@ def category_names(values: list[str] | None, option: str) -> list[str]:
     try:
         return [check_name(name, option) for name in names]
     except BadNameError as exc:
+        raise fail(str(exc)) from None
+
+
+def load_pipeline(config: "PipelineConfig", status: str | None = "loading models") -> "Pipeline":  # noqa: F821
+    """The stage-2 pipeline of ``config`` (a spinner on a terminal), or a one-line failure (exit 2)."""
+    from contextlib import nullcontext
+
+    from iapas.models.loading import ModelLoadError
+    from iapas.pipeline.stage2 import Pipeline
+
+    try:
+        with console.status(status) if status else nullcontext():
+            return Pipeline.from_config(config)
+    except (ModelLoadError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -6,26 +6,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from iapas.cli.common import fail
+from iapas.cli.options import option
+from iapas.workflows.options import ENGINE, OPTIONS, Settings
 
-EngineOpt = typer.Option(
-    "local", "--engine",
-    help="local: this machine (threads for reading, the models, writing); ray: a Ray Data pool of workers, "
-    "each loading the models once (needs iapas[ray]).",
-)
-RayAddressOpt = typer.Option(
-    None, "--ray-address",
-    help="With --engine ray: a running Ray cluster ('auto' or HOST:PORT); inputs, models and an absolute --out "
-    "must be on storage every node sees. Without: a local Ray on this machine.",
-)
-WorkersOpt = typer.Option(1, "--workers", min=1, help="With --engine ray: workers (actors), each with its own models.")
-GpusPerWorkerOpt = typer.Option(
-    None, "--gpus-per-worker", min=0.0, show_default=False,
-    help="With --engine ray: GPUs per worker (default: 1 when --device is cuda, else 0).",
-)
-CpusPerWorkerOpt = typer.Option(1.0, "--cpus-per-worker", min=0.0, help="With --engine ray: CPUs per worker.")
+# the table's rows (iapas.workflows.options), for commands that list their options by hand
+EngineOpt, RayAddressOpt, WorkersOpt, GpusPerWorkerOpt, CpusPerWorkerOpt = (option(OPTIONS[name]) for name in ENGINE)
+
+
+def engine_executor(settings: Settings, out: Path) -> Any:
+    """:func:`executor_for` of a command's shared :data:`~iapas.workflows.options.ENGINE` options."""
+    return executor_for(settings.engine, out, settings.ray_address, settings.workers, settings.gpus_per_worker,
+                        settings.cpus_per_worker)
 
 
 def executor_for(engine: str, out: Path, address: str | None, workers: int, gpus: float | None, cpus: float) -> Any:

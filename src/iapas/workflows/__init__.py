@@ -1,2 +1,2 @@
-"""Procedures shared by the CLI, the station and Python users (profile building and reuse,
-evaluation set-up, dataset summaries, ...): the CLI parses, calls one of them, prints."""
+"""Procedures shared by the command line, the station and Python users (calibrate, segment, demo),
+and the table of the options they share (:mod:`iapas.workflows.options`)."""
