@@ -14,24 +14,21 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import (
-    QuietOption, VerboseOption, console, fail, hold_output_lock, print_stopped, setup_logging,
-)
+from iapas.cli.common import console, fail, hold_output_lock, print_stopped, setup_logging
 from iapas.cli.eval_common import (
-    BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
-    ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
-    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
-    ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
-    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
+    CHANGES, SHARED, EvalSizeOpt, ImageNormOpt, ImageScoreOpt, LimitOpt, ModeOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    ReportOpt, TextProcessingOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
 )
+from iapas.cli.options import shared
 from iapas.models.registry import help_table
-from iapas.prompts.resources import LlmFallback
+from iapas.workflows.options import LOGGING, Settings
 
 
 def register(app: typer.Typer) -> None:
     app.command("bench", epilog=help_table())(bench_cmd)
 
 
+@shared(*SHARED, *LOGGING, **CHANGES)
 def bench_cmd(
     ctx: typer.Context,
     root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
@@ -42,41 +39,15 @@ def bench_cmd(
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
-    size_threshold: float = SizeThresholdOpt,
-    references: int = ReferencesOpt,
-    seed: int = SeedOpt,
+    settings: Settings = None,  # type: ignore[assignment]  (the shared options: SHARED)
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
     image_norm: bool | None = ImageNormOpt,
     image_score: str = ImageScoreOpt,
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    batch_size: int = BatchOpt,
-    box_threshold: float = BoxThresholdOpt,
-    text_threshold: float = TextThresholdOpt,
-    fuse_object_detection: bool = FuseOpt,
-    tagger: str = TaggerOpt,
-    tagger_model: str = TaggerModelOpt,
-    top_k: int = TopKOpt,
-    tags: str = TagsOpt,
-    llm: str = LlmOpt,
-    llm_model: str = LlmModelOpt,
-    llm_base_url: str = LlmBaseUrlOpt,
-    llm_timeout: float = LlmTimeoutOpt,
-    llm_retries: int = LlmRetriesOpt,
-    llm_fallback: LlmFallback = LlmFallbackOpt,
-    knowledge_file: Path = KnowledgeOpt,
-    object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
     text_processing: str = TextProcessingOpt,
-    restart: bool = RestartOpt,
     report: bool = ReportOpt,
-    max_pixels: int = MaxPixelsOpt,
-    verbose: bool = VerboseOption,
-    quiet: bool = QuietOption,
 ) -> None:
     """Run the benchmark on every dataset found under --root-dir, and the paper's ablations.
 
@@ -88,8 +59,8 @@ def bench_cmd(
 
     Example: iapas bench --root-dir datasets --out runs/bench --datasets mvtec --ablation size-filter --ablation prompt
     """
-    options = dict(locals())  # every option by name, for the library's set-up
-    setup_logging(verbose, quiet)
+    options = {**locals(), **settings.values}  # every option by name, for the library's set-up
+    setup_logging(settings.verbose, settings.quiet)
     from iapas.evaluation.bench import ABLATIONS, is_ablation, run_bench
     from iapas.workflows.evaluate import bench_categories, check_bench_categories, split_list
 
@@ -113,8 +84,9 @@ def bench_cmd(
     except ValueError as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "bench")  # the whole bench folder, with every evaluation in it
-    pipeline = _pipeline(detector, segmenter, device, setup.dtype, mode, box_threshold, text_threshold, fuse_object_detection)
-    bars = _Bars(quiet)
+    s = settings
+    pipeline = _pipeline(s.detector, s.segmenter, s.device, setup.dtype, mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
+    bars = _Bars(s.quiet)
 
     def on_run(name: str, variant: Any) -> None:
         bars.prefix = f"{name}/{variant.name}: "
@@ -123,7 +95,7 @@ def bench_cmd(
         bench = _run_guarded(
             lambda: run_bench(
                 root_dir, out, pipeline, setup.settings, stage1=setup.stage1, ablations=ablations, sizes=size_list,
-                datasets=wanted, categories=per_dataset, restart=restart, report=report, progress=bars.hooks(), on_run=on_run,
+                datasets=wanted, categories=per_dataset, restart=s.restart, report=report, progress=bars.hooks(), on_run=on_run,
             )
         )
     _print_bench(bench)

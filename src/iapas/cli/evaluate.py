@@ -15,21 +15,19 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import (
-    QuietOption, VerboseOption, category_names, console, fail, hold_output_lock, print_stopped, setup_logging,
-)
+from iapas.cli.common import category_names, console, fail, hold_output_lock, print_stopped, setup_logging
 from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt
-from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
+from iapas.cli.engine_options import engine_executor
 from iapas.cli.eval_common import (
-    BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
-    ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
-    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
-    ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
-    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
+    CHANGES, SHARED, EvalSizeOpt, ImageNormOpt, ImageScoreOpt, LimitOpt, ModeOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    ReportOpt, TextProcessingOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
 )
+from iapas.cli.options import shared
+from iapas.data import DatasetError
 from iapas.data.registry import DATASETS
+from iapas.models.loading import ModelLoadError
 from iapas.models.registry import help_table
-from iapas.prompts.resources import LlmFallback
+from iapas.workflows.options import ENGINE, LOGGING, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +138,33 @@ def print_summary(result: Any) -> None:
 # --- iapas evaluate ------------------------------------------------------------------------------------
 
 
+SizeFilterOpt = typer.Option(True, "--size-filter/--no-size-filter", help="Drop boxes larger than the object (ablation: off).")
+CaptionOpt = typer.Option(None, "--caption", help="A fixed caption for every category instead of the profiles' (mode iapas, e.g. 'defect . abnormal .').")
+ProfilesOpt = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles).")
+FalseAlarmRateOpt = typer.Option(
+    0.01, "--false-alarm-rate", min=0.0001, max=0.9999,
+    help="Target false-alarm rate of each category's calibrated OK/NG threshold.",
+)
+CalibrationImagesOpt = typer.Option(
+    None, "--calibration-images", min=0, show_default=False,
+    help="Normal images per category, held out from the references and the test set, to calibrate the "
+    "threshold on (default: the fewest the rate needs, 99 for 0.01; 0: no calibration). Without a normal "
+    "training split they are drawn from the normal test images (at most half), which they leave: under "
+    "--protocol full, or with --calibration-from-test (under paper: no threshold then). --limit bounds them too.",
+)
+CalibrationFromTestOpt = typer.Option(
+    False, "--calibration-from-test",
+    help="Under --protocol paper, where a dataset has no normal training images beyond the references, draw the "
+    "calibration images from the normal test images (which then leave the test set; the reference tests them).",
+)
+SaveFullMapsOpt = typer.Option(
+    False, "--save-full-maps",
+    help="Also keep each test image's full-resolution fused map (float64, as the metrics used it, before any "
+    "normalisation) as OUT/full_maps/CATEGORY/KEY.npz (array 'map'), to recompute the metrics with your own tools.",
+)
+
+
+@shared(*SHARED, *ENGINE, *LOGGING, **CHANGES)
 def evaluate_cmd(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(n for n in DATASETS if n != 'folder')} (or folder)."),
@@ -148,11 +173,9 @@ def evaluate_cmd(
     categories: list[str] = typer.Option(None, "--categories", "-c", help="Only these categories (comma separated or repeated)."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
-    size_threshold: float = SizeThresholdOpt,
-    size_filter: bool = typer.Option(True, "--size-filter/--no-size-filter", help="Drop boxes larger than the object (ablation: off)."),
-    caption: str = typer.Option(None, "--caption", help="A fixed caption for every category instead of the profiles' (mode iapas, e.g. 'defect . abnormal .')."),
-    references: int = ReferencesOpt,
-    seed: int = SeedOpt,
+    settings: Settings = None,  # type: ignore[assignment]  (the shared options: SHARED)
+    size_filter: bool = SizeFilterOpt,
+    caption: str = CaptionOpt,
     limit: int = LimitOpt,
     normal: str = NormalOpt,
     anomalous: str = AnomalousOpt,
@@ -162,63 +185,17 @@ def evaluate_cmd(
     eval_size: int = EvalSizeOpt,
     image_norm: bool | None = ImageNormOpt,
     image_score: str = ImageScoreOpt,
-    profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    batch_size: int = BatchOpt,
-    box_threshold: float = BoxThresholdOpt,
-    text_threshold: float = TextThresholdOpt,
-    fuse_object_detection: bool = FuseOpt,
-    tagger: str = TaggerOpt,
-    tagger_model: str = TaggerModelOpt,
-    top_k: int = TopKOpt,
-    tags: str = TagsOpt,
+    profiles: Path = ProfilesOpt,
     object_tag: str = ObjectOpt,
-    llm: str = LlmOpt,
-    llm_model: str = LlmModelOpt,
-    llm_base_url: str = LlmBaseUrlOpt,
-    llm_timeout: float = LlmTimeoutOpt,
-    llm_retries: int = LlmRetriesOpt,
-    llm_fallback: LlmFallback = LlmFallbackOpt,
-    knowledge_file: Path = KnowledgeOpt,
     prompts: str = PromptsOpt,
-    object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
     text_processing: str = TextProcessingOpt,
-    false_alarm_rate: float = typer.Option(
-        0.01, "--false-alarm-rate", min=0.0001, max=0.9999,
-        help="Target false-alarm rate of each category's calibrated OK/NG threshold.",
-    ),
-    calibration_images: int = typer.Option(
-        None, "--calibration-images", min=0, show_default=False,
-        help="Normal images per category, held out from the references and the test set, to calibrate the "
-        "threshold on (default: the fewest the rate needs, 99 for 0.01; 0: no calibration). Without a normal "
-        "training split they are drawn from the normal test images (at most half), which they leave: under "
-        "--protocol full, or with --calibration-from-test (under paper: no threshold then). --limit bounds them too.",
-    ),
-    calibration_from_test: bool = typer.Option(
-        False, "--calibration-from-test",
-        help="Under --protocol paper, where a dataset has no normal training images beyond the references, draw the "
-        "calibration images from the normal test images (which then leave the test set; the reference tests them).",
-    ),
-    save_full_maps: bool = typer.Option(
-        False, "--save-full-maps",
-        help="Also keep each test image's full-resolution fused map (float64, as the metrics used it, before any "
-        "normalisation) as OUT/full_maps/CATEGORY/KEY.npz (array 'map'), to recompute the metrics with your own tools.",
-    ),
-    restart: bool = RestartOpt,
+    false_alarm_rate: float = FalseAlarmRateOpt,
+    calibration_images: int = CalibrationImagesOpt,
+    calibration_from_test: bool = CalibrationFromTestOpt,
+    save_full_maps: bool = SaveFullMapsOpt,
     report: bool = ReportOpt,
-    max_pixels: int = MaxPixelsOpt,
-    engine: str = EngineOpt,
-    ray_address: str = RayAddressOpt,
-    workers: int = WorkersOpt,
-    gpus_per_worker: float = GpusPerWorkerOpt,
-    cpus_per_worker: float = CpusPerWorkerOpt,
-    verbose: bool = VerboseOption,
-    quiet: bool = QuietOption,
 ) -> None:
     """Evaluate IAP-AS on a benchmark dataset with the paper's protocol.
 
@@ -238,30 +215,29 @@ def evaluate_cmd(
     iapas evaluate --dataset mtd --root data/MTD --out runs/mtd --detector tiny-models/grounding-dino
     --segmenter tiny-models/sam --tagger-model tiny-models/clip --llm knowledge
     """
-    options = dict(locals())  # every option by name, for the library's set-up
-    setup_logging(verbose, quiet)
-    from iapas.data import DatasetError
+    options = {**locals(), **settings.values}  # every option by name, for the library's set-up
+    setup_logging(settings.verbose, settings.quiet)
     from iapas.evaluation import evaluate_dataset
     from iapas.evaluation.core import RunConflictError
-    from iapas.models.loading import ModelLoadError
     from iapas.workflows.evaluate import open_dataset
 
     options["categories"] = categories = category_names(categories, "--categories")
-    executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
+    executor = engine_executor(settings, out)
     setup = _prepare(options)
-    names = lambda: _model_names(detector, segmenter, device, setup.dtype, box_threshold, text_threshold, fuse_object_detection)  # noqa: E731
+    s = settings
+    names = lambda: _model_names(s.detector, s.segmenter, s.device, setup.dtype, s.box_threshold, s.text_threshold, s.fuse_object_detection)  # noqa: E731
     try:
         loader = open_dataset(options, setup.settings, names)  # a wrong -c or a conflicting folder: before models load
     except (DatasetError, ValueError, RunConflictError, ModelLoadError) as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
-    pipeline = _pipeline(detector, segmenter, device, setup.dtype, mode, box_threshold, text_threshold, fuse_object_detection)
-    bars = _Bars(quiet)
+    pipeline = _pipeline(s.detector, s.segmenter, s.device, setup.dtype, mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
+    bars = _Bars(s.quiet)
     with bars:
         result = _run_guarded(
             lambda: evaluate_dataset(
                 loader, None, out, pipeline, setup.settings, stage1=setup.stage1, categories=categories or None,
-                profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(), executor=executor,
+                profiles_dir=profiles, restart=s.restart, report=report, progress=bars.hooks(), executor=executor,
             )
         )
     print_summary(result)

@@ -20,84 +20,95 @@ def register(app: typer.Typer) -> None:
     app.command("profile", epilog=help_table("detector"))(profile_cmd)
 
 
+OutOpt = typer.Option(
+    ..., "--out", "-o", help="Profile file to write (.yaml, .yml or .json); with --dataset, a folder for CATEGORY.yaml files."
+)
+ReferenceOpt = typer.Option(
+    None, "--reference", "-r",
+    help="Normal images of the product: files, folders (searched recursively) or glob patterns. Repeat the option for several.",
+)
+CategoriesOpt = typer.Option(None, "--categories", help="With --dataset: only these categories (comma separated or repeated).")
+TaggerOpt = typer.Option(
+    None, "--tagger", help="Image tagger: clip (default), ram (needs recognize-anything and --tagger-model CHECKPOINT) or manual (--tags)."
+)
+TaggerModelOpt = typer.Option(
+    None, "--tagger-model", help="CLIP hub id or folder (default openai/clip-vit-large-patch14); for ram, the checkpoint file."
+)
+ObjectTagOpt = typer.Option(None, "--object", help="The object tag by hand, e.g. 'bottle': skips tagging and the detector vote.")
+DetectorOpt = typer.Option(
+    None, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
+)
+LlmOpt = typer.Option(
+    "transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible HTTP endpoint) or knowledge (offline vocabulary)."
+)
+LlmModelOpt = typer.Option(
+    None, "--llm-model", help="transformers: hub id or folder (default meta-llama/Meta-Llama-3-8B-Instruct); openai: model name (or IAPAS_LLM_MODEL)."
+)
+LlmBaseUrlOpt = typer.Option(
+    None, "--llm-base-url", help="openai: server URL, e.g. http://localhost:11434/v1 (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL)."
+)
+LlmFallbackOpt = typer.Option(
+    "auto", "--llm-fallback",
+    help="auto: when the LLM fails (to load, to reply, or with no usable noun) use the knowledge vocabulary; "
+    "never: fail instead (exit 1), for batch jobs that need the LLM's nouns.",
+)
+PromptsOpt = typer.Option(
+    None, "--prompts",
+    help="Anomaly nouns by hand, comma separated, e.g. 'scratch, crack, hole' (skips the LLM). 'abnormal' and 'defect' are always added.",
+)
+SizeThresholdOpt = typer.Option(
+    0.8, help="Keep a box only if its area is below this fraction of the object's area (the paper's 0.8)."
+)
+ObjectInCaptionOpt = typer.Option(
+    True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."
+)
+ObjectJoinOpt = typer.Option(
+    "phrase", "--object-join",
+    help="How the object tag joins the caption: phrase (its own phrase, 'defect . bottle .') or comma (the reference "
+    "code's: one phrase with the last word, 'defect, bottle .').",
+)
+PromptStyleOpt = typer.Option(
+    "reference", "--prompt-style",
+    help="The LLM's messages: reference (the paper's reference code's, word for word) or inspector (iapas's own wording).",
+)
+ForceOpt = typer.Option(
+    False, "--force",
+    help="Make the profile again and overwrite the file, whether it was made from other inputs or from the same "
+    "ones (hand edits to it are lost).",
+)
+
+
 def profile_cmd(
     category: str = typer.Option(None, "--category", "-c", help="Name of the product category, e.g. 'bottle'."),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Profile file to write (.yaml, .yml or .json); with --dataset, a folder for CATEGORY.yaml files."
-    ),
-    reference: list[str] = typer.Option(
-        None,
-        "--reference",
-        "-r",
-        help="Normal images of the product: files, folders (searched recursively) or glob patterns. Repeat the option for several.",
-    ),
+    out: Path = OutOpt,
+    reference: list[str] = ReferenceOpt,
     references: int = typer.Option(10, "--references", "-n", min=1, help="How many reference images to draw (with --seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing the references and for LLM sampling."),
     dataset: str = typer.Option(None, "--dataset", help="Make the profile of every category of a dataset (e.g. mvtec), with --root."),
     root: Path = typer.Option(None, "--root", help="The dataset's folder (with --dataset)."),
-    categories: list[str] = typer.Option(
-        None, "--categories", help="With --dataset: only these categories (comma separated or repeated)."
-    ),
-    tagger: str = typer.Option(
-        None, "--tagger", help="Image tagger: clip (default), ram (needs recognize-anything and --tagger-model CHECKPOINT) or manual (--tags)."
-    ),
-    tagger_model: str = typer.Option(
-        None, "--tagger-model", help="CLIP hub id or folder (default openai/clip-vit-large-patch14); for ram, the checkpoint file."
-    ),
+    categories: list[str] = CategoriesOpt,
+    tagger: str = TaggerOpt,
+    tagger_model: str = TaggerModelOpt,
     top_k: int = typer.Option(5, "--top-k", min=1, help="CLIP tagger: tags kept per reference image."),
     tags: str = typer.Option(None, "--tags", help="Tags by hand, comma separated, e.g. 'leather, fabric' (implies --tagger manual)."),
-    object_tag: str = typer.Option(
-        None, "--object", help="The object tag by hand, e.g. 'bottle': skips tagging and the detector vote."
-    ),
-    detector: str = typer.Option(
-        None, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
-    ),
-    llm: str = typer.Option(
-        "transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible HTTP endpoint) or knowledge (offline vocabulary)."
-    ),
-    llm_model: str = typer.Option(
-        None, "--llm-model", help="transformers: hub id or folder (default meta-llama/Meta-Llama-3-8B-Instruct); openai: model name (or IAPAS_LLM_MODEL)."
-    ),
-    llm_base_url: str = typer.Option(
-        None, "--llm-base-url", help="openai: server URL, e.g. http://localhost:11434/v1 (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL)."
-    ),
+    object_tag: str = ObjectTagOpt,
+    detector: str = DetectorOpt,
+    llm: str = LlmOpt,
+    llm_model: str = LlmModelOpt,
+    llm_base_url: str = LlmBaseUrlOpt,
     llm_timeout: float = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request."),
     llm_retries: int = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs."),
-    llm_fallback: LlmFallback = typer.Option(
-        "auto", "--llm-fallback",
-        help="auto: when the LLM fails (to load, to reply, or with no usable noun) use the knowledge vocabulary; "
-        "never: fail instead (exit 1), for batch jobs that need the LLM's nouns.",
-    ),
+    llm_fallback: LlmFallback = LlmFallbackOpt,
     knowledge_file: Path = typer.Option(None, "--knowledge", help="A knowledge YAML to use instead of the built-in vocabulary."),
-    prompts: str = typer.Option(
-        None,
-        "--prompts",
-        help="Anomaly nouns by hand, comma separated, e.g. 'scratch, crack, hole' (skips the LLM). 'abnormal' and 'defect' are always added.",
-    ),
+    prompts: str = PromptsOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16 or bfloat16 (auto: the LLM in bf16 on GPU)."),
-    size_threshold: float = typer.Option(
-        0.8, help="Keep a box only if its area is below this fraction of the object's area (the paper's 0.8)."
-    ),
-    object_in_caption: bool = typer.Option(
-        True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."
-    ),
-    object_join: str = typer.Option(
-        "phrase", "--object-join",
-        help="How the object tag joins the caption: phrase (its own phrase, 'defect . bottle .') or comma (the reference "
-        "code's: one phrase with the last word, 'defect, bottle .').",
-    ),
-    prompt_style: str = typer.Option(
-        "reference", "--prompt-style",
-        help="The LLM's messages: reference (the paper's reference code's, word for word) or inspector (iapas's own wording).",
-    ),
+    size_threshold: float = SizeThresholdOpt,
+    object_in_caption: bool = ObjectInCaptionOpt,
+    object_join: str = ObjectJoinOpt,
+    prompt_style: str = PromptStyleOpt,
     text_processing: str = TextProcessingOpt,
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Make the profile again and overwrite the file, whether it was made from other inputs or from the same "
-        "ones (hand edits to it are lost).",
-    ),
+    force: bool = ForceOpt,
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,
 ) -> None:
