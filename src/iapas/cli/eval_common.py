@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from iapas.cli.common import console, fail, print_stopped
+from iapas.cli.common import console, fail, load_pipeline, print_stopped
 from iapas.prompts.resources import LlmFallback
 from iapas.workflows.options import MODELS
 
@@ -83,16 +83,17 @@ ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (
 def _pipeline(
     detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> Any:
-    """The stage-2 pipeline behind a spinner, or a one-line failure (exit 2)."""
-    from iapas.models.loading import ModelLoadError
-    from iapas.workflows.evaluate import load_pipeline
+    """The stage-2 pipeline behind a spinner (:func:`iapas.cli.common.load_pipeline`), or a one-line failure (exit 2)."""
+    from iapas.pipeline.stage2 import PipelineConfig
 
     try:
-        return load_pipeline(
-            detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse, lambda: console.status("loading models")
+        config = PipelineConfig(
+            detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
+            box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse,
         )
-    except (ModelLoadError, ValueError) as exc:
+    except ValueError as exc:
         raise fail(str(exc)) from None
+    return load_pipeline(config)
 
 
 def _prepare(options: dict[str, Any]) -> Any:

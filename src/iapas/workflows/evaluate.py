@@ -1,6 +1,6 @@
 """Evaluation and bench set-up: the options of ``iapas evaluate`` / ``iapas bench`` (or of a Python
 caller, by the same names) -> :class:`~iapas.evaluation.EvalSettings`, the stage-1 options, the
-stage-2 precision, the dataset checked before any model loads, and the loaded pipeline.
+stage-2 precision and the dataset checked before any model loads.
 
 ``options`` is a mapping of the commands' parameter names (``mode``, ``dtype``, ``references``,
 ``tags``, ``object_in_caption``, ...); a name a command does not have takes its default. Bad
@@ -10,7 +10,6 @@ values raise ValueError (or the dataset's and run folder's own errors) with a on
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,21 +113,6 @@ def open_dataset(options: Mapping[str, Any], settings: Any, model_names: Callabl
 
         check_caption_length(o["caption"], o["detector"])
     return loader
-
-
-def load_pipeline(
-    detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float,
-    fuse: bool, loading: Callable[[], AbstractContextManager[Any]] = nullcontext,
-) -> Any:
-    """The stage-2 pipeline, loaded inside ``loading()`` (e.g. a spinner)."""
-    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
-
-    config = PipelineConfig(
-        detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
-        box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse,
-    )
-    with loading():
-        return Pipeline.from_config(config)
 
 
 def bench_categories(values: list[str] | None) -> dict[str, list[str]]:
