@@ -198,15 +198,17 @@ def test_evaluate_and_bench_default_to_float32_and_say_so(tmp_path: Path, monkey
     def fake_pipeline_loader(detector, segmenter, device, dtype, *rest):
         raise cli_evaluate.fail(f"stop dtype={dtype}")
 
-    real_stage1 = cli_evaluate._stage1_options
+    import iapas.workflows.evaluate as workflow
+
+    real_stage1 = workflow.stage1_options
 
     def spy_stage1(mode, **values):
         seen.append(("stage1", values.get("dtype")))
         return real_stage1(mode, **values)
 
-    for module in (cli_evaluate, cli_bench):  # each command looks them up in its own module
+    for module in (cli_evaluate, cli_bench):  # each command looks it up in its own module
         monkeypatch.setattr(module, "_pipeline", fake_pipeline_loader)
-        monkeypatch.setattr(module, "_stage1_options", spy_stage1)
+    monkeypatch.setattr(workflow, "stage1_options", spy_stage1)  # both commands' set-up (workflows.evaluate.prepare)
     root = make_mvtec(tmp_path / "data", ("alpha",), n_good=1, n_bad=1)
     common = ["--tagger", "manual", "--tags", "widget", "--llm", "knowledge", "--quiet"]
     evaluate = ["evaluate", "--dataset", "mvtec", "--root", str(root), "--out", str(tmp_path / "e"), *common]

@@ -14,43 +14,22 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import (
-    QuietOption, VerboseOption, category_names, console, fail, hold_output_lock, print_stopped, setup_logging,
-)
+from iapas.cli.common import console, fail, hold_output_lock, print_stopped, setup_logging
 from iapas.cli.eval_common import (
-    EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
-    ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
-    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
-    ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
-    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _split, _stage1_options,
-    print_fallback,
+    CHANGES, SHARED, EvalSizeOpt, ImageNormOpt, ImageScoreOpt, LimitOpt, ModeOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    ReportOpt, TextProcessingOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
 )
 from iapas.data.registry import dataset_names
+from iapas.cli.options import shared
 from iapas.models.registry import help_table
-from iapas.prompts.resources import LlmFallback
+from iapas.workflows.options import LOGGING, Settings
 
 
 def register(app: typer.Typer) -> None:
     app.command("bench", epilog=help_table())(bench_cmd)
 
 
-def _parse_categories(values: list[str] | None) -> dict[str, list[str]]:
-    """'mvtec:carpet,grid' (repeatable) -> {'mvtec': ['carpet', 'grid']}."""
-    from iapas.data import canonical_name
-
-    out: dict[str, list[str]] = {}
-    for item in values or []:
-        if ":" not in item:
-            raise fail(f"--categories takes DATASET:cat1,cat2 (e.g. mvtec:carpet,grid), got {item!r}")
-        name, cats = item.split(":", 1)
-        try:
-            key = canonical_name(name)
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-        out.setdefault(key, []).extend(category_names([cats], f"--categories {name}:"))
-    return out
-
-
+@shared(*SHARED, *LOGGING, **CHANGES)
 def bench_cmd(
     ctx: typer.Context,
     root_dir: Path = typer.Option(..., "--root-dir", help="Folder holding the datasets (MVTecAD, MPDD, BTAD, KolektorSDD, Magnetic-tile-defect, DTD-Synthetic, DAGM2007)."),
@@ -61,41 +40,15 @@ def bench_cmd(
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
-    size_threshold: float = SizeThresholdOpt,
-    references: int = ReferencesOpt,
-    seed: int = SeedOpt,
+    settings: Settings = None,  # type: ignore[assignment]  (the shared options: SHARED)
     limit: int = LimitOpt,
     eval_size: int = EvalSizeOpt,
     image_norm: bool | None = ImageNormOpt,
     image_score: str = ImageScoreOpt,
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    batch_size: int = BatchOpt,
-    box_threshold: float = BoxThresholdOpt,
-    text_threshold: float = TextThresholdOpt,
-    fuse_object_detection: bool = FuseOpt,
-    tagger: str = TaggerOpt,
-    tagger_model: str = TaggerModelOpt,
-    top_k: int = TopKOpt,
-    tags: str = TagsOpt,
-    llm: str = LlmOpt,
-    llm_model: str = LlmModelOpt,
-    llm_base_url: str = LlmBaseUrlOpt,
-    llm_timeout: float = LlmTimeoutOpt,
-    llm_retries: int = LlmRetriesOpt,
-    llm_fallback: LlmFallback = LlmFallbackOpt,
-    knowledge_file: Path = KnowledgeOpt,
-    object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
     text_processing: str = TextProcessingOpt,
-    restart: bool = RestartOpt,
     report: bool = ReportOpt,
-    max_pixels: int = MaxPixelsOpt,
-    verbose: bool = VerboseOption,
-    quiet: bool = QuietOption,
 ) -> None:
     """Run the benchmark on every dataset found under --root-dir, and the paper's ablations.
 
@@ -107,10 +60,12 @@ def bench_cmd(
 
     Example: iapas bench --root-dir datasets --out runs/bench --datasets mvtec --ablation size-filter --ablation prompt
     """
-    setup_logging(verbose, quiet)
+    options = {**locals(), **settings.values}  # every option by name, for the library's set-up
+    setup_logging(settings.verbose, settings.quiet)
     from iapas.evaluation.bench import ABLATIONS, is_ablation, run_bench
+    from iapas.workflows.evaluate import bench_categories, check_bench_categories, split_list
 
-    ablations = _split(ablation)
+    ablations = split_list(ablation)
     unknown = [a for a in ablations if not is_ablation(a)]
     if unknown:
         raise fail(
@@ -120,31 +75,19 @@ def bench_cmd(
         size_list = [float(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
         raise fail(f"--sizes must be comma-separated numbers, got {sizes!r}") from None
-    settings = _settings(
-        protocol=protocol, mode=mode, size_threshold=size_threshold, n_references=references, seed=seed,
-        eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels, image_norm=image_norm,
-        image_score=image_score,
-    )
-    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
-    stage1 = _stage1_options(
-        mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
-        knowledge_file=knowledge_file,
-        object_tag=None, prompts=None, include_object_tag=object_in_caption, object_join=object_join,
-        prompt_style=prompt_style, text_processing=text_processing,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
-    )
+    setup = _prepare(options)
     from iapas.data import canonical_name
 
     try:
-        wanted = [canonical_name(d) for d in _split(datasets)] or None
+        wanted = [canonical_name(d) for d in split_list(datasets)] or None
+        per_dataset = bench_categories(categories)
+        check_bench_categories(root_dir, per_dataset, protocol)  # a wrong --categories: one line, before any model loads
     except ValueError as exc:
         raise fail(str(exc)) from None
-    per_dataset = _parse_categories(categories)
-    _check_categories(root_dir, per_dataset, protocol)  # a wrong --categories: one line, before any model loads
     hold_output_lock(ctx, out, "bench")  # the whole bench folder, with every evaluation in it
-    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
-    bars = _Bars(quiet)
+    s = settings
+    pipeline = _pipeline(s.detector, s.segmenter, s.device, setup.dtype, mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
+    bars = _Bars(s.quiet)
 
     def on_run(name: str, variant: Any) -> None:
         bars.prefix = f"{name}/{variant.name}: "
@@ -152,31 +95,13 @@ def bench_cmd(
     with bars:
         bench = _run_guarded(
             lambda: run_bench(
-                root_dir, out, pipeline, settings, stage1=stage1, ablations=ablations, sizes=size_list, datasets=wanted,
-                categories=per_dataset, restart=restart, report=report, progress=bars.hooks(), on_run=on_run,
+                root_dir, out, pipeline, setup.settings, stage1=setup.stage1, ablations=ablations, sizes=size_list,
+                datasets=wanted, categories=per_dataset, restart=s.restart, report=report, progress=bars.hooks(), on_run=on_run,
             )
         )
     _print_bench(bench)
     if bench.failed:
         raise typer.Exit(1)
-
-
-def _check_categories(root_dir: Path, per_dataset: dict[str, list[str]], protocol: str) -> None:
-    """Refuse a category a dataset of ``root_dir`` does not have (its valid names in the message)."""
-    from iapas.data import DatasetError, canonical_name, get_dataset
-    from iapas.evaluation.bench import find_datasets
-    from iapas.evaluation.plan import select_categories
-
-    if not per_dataset:
-        return
-    try:
-        found = find_datasets(root_dir)
-        for dataset, names in per_dataset.items():
-            name = canonical_name(dataset)
-            if name in found and names:
-                select_categories(get_dataset(name, found[name]), names, protocol)
-    except (DatasetError, ValueError) as exc:
-        raise fail(str(exc)) from None
 
 
 def _print_bench(bench: Any) -> None:

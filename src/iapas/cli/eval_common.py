@@ -12,12 +12,33 @@ from typing import Any
 
 import typer
 
-from iapas.cli.common import console, fail, print_stopped
-from iapas.core.images import DEFAULT_MAX_PIXELS
-from iapas.models.detector import DEFAULT_DETECTOR
-from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.cli.common import console, fail, load_pipeline, print_stopped
+from iapas.prompts.resources import LlmFallback
+from iapas.workflows.options import STAGE2
 
-# --- options shared by both commands ----------------------------------------------------------------
+# --- options of both commands: the shared table's rows (iapas.workflows.options) as they word them, then their own
+
+#: The table's rows both commands take (evaluate adds the engine's).
+SHARED = (
+    "size_threshold", "references", "seed", *STAGE2, "batch_size", "box_threshold", "text_threshold", "fuse_object_detection",
+    "tagger", "tagger_model", "top_k", "tags", "llm", "llm_model", "llm_base_url", "llm_timeout", "llm_retries",
+    "llm_fallback", "knowledge_file", "object_in_caption", "restart", "max_pixels",
+)
+#: Where their wording or default differs from the table's.
+CHANGES: dict[str, dict[str, object]] = {
+    "size_threshold": {"help": "Keep boxes below this fraction of the object's area (default: each profile's, 0.8)."},
+    "device": {"help": "cpu, cuda, cuda:N, mps, or auto."},
+    "dtype": {
+        "default": None, "show_default": False,
+        "help": "Detector and SAM precision: float32 (the default: the reference code's), float16, bfloat16 or auto "
+        "(float16 on GPU). Stage 1's models use it too when given, else auto.",
+    },
+    "batch_size": {"help": "Images per model forward."},
+    "fuse_object_detection": {"help": "Take the object box from the caption's forward (one detector forward; not the paper's method)."},
+    "llm_fallback": {"type": LlmFallback},
+    "restart": {"help": "Discard the predictions already in the output folder (profiles are kept)."},
+    "max_pixels": {"help": "Refuse images with more pixels (decompression-bomb guard)."},
+}
 
 ProtocolOpt = typer.Option(
     "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
@@ -27,9 +48,6 @@ ModeOpt = typer.Option(
     help="iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
     "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'.",
 )
-SizeThresholdOpt = typer.Option(None, "--size-threshold", help="Keep boxes below this fraction of the object's area (default: each profile's, 0.8).")
-ReferencesOpt = typer.Option(10, "--references", "-n", min=0, help="Normal reference images per category for stage 1.")
-SeedOpt = typer.Option(0, "--seed", help="Seed for drawing the references (and --limit's subset, and LLM sampling).")
 LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
 EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
 ImageNormOpt = typer.Option(
@@ -45,34 +63,6 @@ ImageScoreOpt = typer.Option(
     "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
     "default under --protocol full). Applied when the metrics are computed.",
 )
-DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a local folder.")
-SegmenterOpt = typer.Option(DEFAULT_SEGMENTER, "--segmenter", help="SAM, SAM-HQ or SAM 2.1: a model name (table below), a hub id or a local folder (unused with --detector sam3).")
-DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps, or auto.")
-DtypeOpt = typer.Option(
-    None, "--dtype", show_default=False,
-    help="Detector and SAM precision: float32 (the default: the reference code's), float16, bfloat16 or auto "
-    "(float16 on GPU). Stage 1's models use it too when given, else auto.",
-)
-#: The detector's and SAM's precision in evaluate and bench when --dtype is not given (the reference ran float32).
-EVAL_DTYPE = "float32"
-BatchOpt = typer.Option(1, "--batch-size", min=1, help="Images per model forward.")
-BoxThresholdOpt = typer.Option(0.1, "--box-threshold", help="Detector box threshold (the paper's 0.1).")
-TextThresholdOpt = typer.Option(0.1, "--text-threshold", help="Detector text threshold (the paper's 0.1).")
-TaggerOpt = typer.Option("clip", "--tagger", help="Stage 1 tagger: clip, ram (--tagger-model CHECKPOINT) or manual (--tags).")
-TaggerModelOpt = typer.Option(None, "--tagger-model", help="CLIP hub id or folder; for ram, the checkpoint file.")
-TopKOpt = typer.Option(5, "--top-k", min=1, help="CLIP tagger: tags kept per reference image.")
-TagsOpt = typer.Option(None, "--tags", help="Tags by hand for every category, comma separated (implies --tagger manual).")
-LlmOpt = typer.Option("transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible endpoint) or knowledge (offline).")
-LlmModelOpt = typer.Option(None, "--llm-model", help="transformers: hub id or folder (default Meta-Llama-3-8B-Instruct); openai: model name.")
-LlmBaseUrlOpt = typer.Option(None, "--llm-base-url", help="openai: server URL (or IAPAS_LLM_BASE_URL / OPENAI_BASE_URL).")
-LlmTimeoutOpt = typer.Option(60.0, "--llm-timeout", min=0.001, help="openai: seconds per request.")
-LlmRetriesOpt = typer.Option(2, "--llm-retries", min=0, help="openai: retries after errors and time-outs.")
-LlmFallbackOpt = typer.Option(
-    "auto", "--llm-fallback",
-    help="auto: when the LLM fails, a profile's nouns come from the knowledge vocabulary; never: stop with an error.",
-)
-KnowledgeOpt = typer.Option(None, "--knowledge", help="A knowledge YAML instead of the built-in vocabulary.")
-ObjectInCaptionOpt = typer.Option(True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does).")
 ObjectJoinOpt = typer.Option(
     "phrase", "--object-join",
     help="Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
@@ -87,59 +77,36 @@ TextProcessingOpt = typer.Option(
     help="Stage 1: iapas (aggregated tags with a stoplist, mapped object tag, parsed base-form nouns) or reference "
     "(the reference code's: per-image tags, the raw detector phrase, its reply cleaning and exact caption string).",
 )
-RestartOpt = typer.Option(False, "--restart", help="Discard the predictions already in the output folder (profiles are kept).")
 ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
-FuseOpt = typer.Option(
-    False, "--fuse-object-detection", help="Take the object box from the caption's forward (one detector forward; not the paper's method)."
-)
-MaxPixelsOpt = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images with more pixels (decompression-bomb guard).")
 
 
-def _split(values: list[str] | None) -> list[str]:
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
-def _stage1_options(mode: str, **values: Any) -> Any:
-    """Stage1Options for mode iapas (None for base); a bad combination exits with a message."""
-    from iapas.evaluation import Stage1Options
-    from iapas.core.caption import split_word_list
-
-    if mode != "iapas":
-        return None
-    tags, prompts = values.pop("tags"), values.pop("prompts")
-    try:
-        return Stage1Options(
-            tags=split_word_list(tags) if tags else None,
-            nouns=split_word_list(prompts) if prompts is not None else None,
-            **values,
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
-def _settings(**values: Any) -> Any:
-    from iapas.evaluation import EvalSettings
-
-    try:
-        return EvalSettings(**values)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-
-
-def _pipeline(
+def _config(
     detector: str, segmenter: str, device: str, dtype: str, mode: str, box_threshold: float, text_threshold: float, fuse: bool
 ) -> Any:
-    from iapas.models.loading import ModelLoadError
-    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    """The stage-2 settings of an evaluation, or a one-line failure (exit 2)."""
+    from iapas.pipeline.stage2 import PipelineConfig
 
     try:
-        config = PipelineConfig(
+        return PipelineConfig(
             detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
             box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse,
         )
-        with console.status("loading models"):
-            return Pipeline.from_config(config)
-    except (ModelLoadError, ValueError) as exc:
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _pipeline(*args: Any) -> Any:
+    """The stage-2 pipeline of :func:`_config` behind a spinner (:func:`iapas.cli.common.load_pipeline`)."""
+    return load_pipeline(_config(*args))
+
+
+def _prepare(options: dict[str, Any]) -> Any:
+    """:func:`iapas.workflows.evaluate.prepare`, a bad value a one-line failure (exit 2)."""
+    from iapas.workflows.evaluate import prepare
+
+    try:
+        return prepare(options)
+    except ValueError as exc:
         raise fail(str(exc)) from None
 
 

@@ -15,22 +15,19 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from iapas.cli.common import (
-    QuietOption, VerboseOption, category_names, console, fail, hold_output_lock, print_stopped, setup_logging,
-)
-from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt, folder_options
-from iapas.cli.engine_options import CpusPerWorkerOpt, EngineOpt, GpusPerWorkerOpt, RayAddressOpt, WorkersOpt, executor_for
+from iapas.cli.common import category_names, console, fail, hold_output_lock, load_pipeline, print_stopped, setup_logging
+from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt
+from iapas.cli.engine_options import engine_executor
 from iapas.cli.eval_common import (
-    EVAL_DTYPE, BatchOpt, BoxThresholdOpt, DetectorOpt, DeviceOpt, DtypeOpt, EvalSizeOpt, FuseOpt, ImageNormOpt,
-    ImageScoreOpt, KnowledgeOpt, LimitOpt, LlmBaseUrlOpt, LlmFallbackOpt, LlmModelOpt, LlmOpt, LlmRetriesOpt,
-    LlmTimeoutOpt, MaxPixelsOpt, ModeOpt, ObjectInCaptionOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt, TextProcessingOpt,
-    ReferencesOpt, ReportOpt, RestartOpt, SeedOpt, SegmenterOpt, SizeThresholdOpt, TaggerModelOpt, TaggerOpt,
-    TagsOpt, TextThresholdOpt, TopKOpt, _Bars, _fmt, _pipeline, _run_guarded, _settings, _stage1_options,
-    print_fallback,
+    CHANGES, SHARED, EvalSizeOpt, ImageNormOpt, ImageScoreOpt, LimitOpt, ModeOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
+    ReportOpt, TextProcessingOpt, _Bars, _config, _fmt, _prepare, _run_guarded, print_fallback,
 )
+from iapas.cli.options import shared
+from iapas.data import DatasetError
 from iapas.data.registry import dataset_names
+from iapas.models.loading import ModelLoadError
 from iapas.models.registry import help_table
-from iapas.prompts.resources import LlmFallback
+from iapas.workflows.options import ENGINE, LOGGING, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +42,6 @@ ObjectOpt = typer.Option(None, "--object", help="Object tag by hand for every ca
 PromptsOpt = typer.Option(None, "--prompts", help="Anomaly nouns by hand for every category, comma separated (skips the LLM).")
 
 
-def _calibration_count(n: int | None, rate: float) -> int:
-    """--calibration-images, or by default the fewest images the conformal threshold needs."""
-    from iapas.product.decision import images_needed
-
-    return images_needed(rate) if n is None else n
 
 
 def print_decisions(result: Any) -> None:
@@ -122,6 +114,33 @@ def print_summary(result: Any) -> None:
 # --- iapas evaluate ------------------------------------------------------------------------------------
 
 
+SizeFilterOpt = typer.Option(True, "--size-filter/--no-size-filter", help="Drop boxes larger than the object (ablation: off).")
+CaptionOpt = typer.Option(None, "--caption", help="A fixed caption for every category instead of the profiles' (mode iapas, e.g. 'defect . abnormal .').")
+ProfilesOpt = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles).")
+FalseAlarmRateOpt = typer.Option(
+    0.01, "--false-alarm-rate", min=0.0001, max=0.9999,
+    help="Target false-alarm rate of each category's calibrated OK/NG threshold.",
+)
+CalibrationImagesOpt = typer.Option(
+    None, "--calibration-images", min=0, show_default=False,
+    help="Normal images per category, held out from the references and the test set, to calibrate the "
+    "threshold on (default: the fewest the rate needs, 99 for 0.01; 0: no calibration). Without a normal "
+    "training split they are drawn from the normal test images (at most half), which they leave: under "
+    "--protocol full, or with --calibration-from-test (under paper: no threshold then). --limit bounds them too.",
+)
+CalibrationFromTestOpt = typer.Option(
+    False, "--calibration-from-test",
+    help="Under --protocol paper, where a dataset has no normal training images beyond the references, draw the "
+    "calibration images from the normal test images (which then leave the test set; the reference tests them).",
+)
+SaveFullMapsOpt = typer.Option(
+    False, "--save-full-maps",
+    help="Also keep each test image's full-resolution fused map (float64, as the metrics used it, before any "
+    "normalisation) as OUT/full_maps/CATEGORY/KEY.npz (array 'map'), to recompute the metrics with your own tools.",
+)
+
+
+@shared(*SHARED, *ENGINE, *LOGGING, **CHANGES)
 def evaluate_cmd(
     ctx: typer.Context,
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {', '.join(dataset_names(folder=False))} (or folder)."),
@@ -130,11 +149,9 @@ def evaluate_cmd(
     categories: list[str] = typer.Option(None, "--categories", "-c", help="Only these categories (comma separated or repeated)."),
     protocol: str = ProtocolOpt,
     mode: str = ModeOpt,
-    size_threshold: float = SizeThresholdOpt,
-    size_filter: bool = typer.Option(True, "--size-filter/--no-size-filter", help="Drop boxes larger than the object (ablation: off)."),
-    caption: str = typer.Option(None, "--caption", help="A fixed caption for every category instead of the profiles' (mode iapas, e.g. 'defect . abnormal .')."),
-    references: int = ReferencesOpt,
-    seed: int = SeedOpt,
+    settings: Settings = None,  # type: ignore[assignment]  (the shared options: SHARED)
+    size_filter: bool = SizeFilterOpt,
+    caption: str = CaptionOpt,
     limit: int = LimitOpt,
     normal: str = NormalOpt,
     anomalous: str = AnomalousOpt,
@@ -144,63 +161,17 @@ def evaluate_cmd(
     eval_size: int = EvalSizeOpt,
     image_norm: bool | None = ImageNormOpt,
     image_score: str = ImageScoreOpt,
-    profiles: Path = typer.Option(None, "--profiles", help="Folder of CATEGORY.yaml profiles to use, and to write missing ones to (default OUT/profiles)."),
-    detector: str = DetectorOpt,
-    segmenter: str = SegmenterOpt,
-    device: str = DeviceOpt,
-    dtype: str = DtypeOpt,
-    batch_size: int = BatchOpt,
-    box_threshold: float = BoxThresholdOpt,
-    text_threshold: float = TextThresholdOpt,
-    fuse_object_detection: bool = FuseOpt,
-    tagger: str = TaggerOpt,
-    tagger_model: str = TaggerModelOpt,
-    top_k: int = TopKOpt,
-    tags: str = TagsOpt,
+    profiles: Path = ProfilesOpt,
     object_tag: str = ObjectOpt,
-    llm: str = LlmOpt,
-    llm_model: str = LlmModelOpt,
-    llm_base_url: str = LlmBaseUrlOpt,
-    llm_timeout: float = LlmTimeoutOpt,
-    llm_retries: int = LlmRetriesOpt,
-    llm_fallback: LlmFallback = LlmFallbackOpt,
-    knowledge_file: Path = KnowledgeOpt,
     prompts: str = PromptsOpt,
-    object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
     text_processing: str = TextProcessingOpt,
-    false_alarm_rate: float = typer.Option(
-        0.01, "--false-alarm-rate", min=0.0001, max=0.9999,
-        help="Target false-alarm rate of each category's calibrated OK/NG threshold.",
-    ),
-    calibration_images: int = typer.Option(
-        None, "--calibration-images", min=0, show_default=False,
-        help="Normal images per category, held out from the references and the test set, to calibrate the "
-        "threshold on (default: the fewest the rate needs, 99 for 0.01; 0: no calibration). Without a normal "
-        "training split they are drawn from the normal test images (at most half), which they leave: under "
-        "--protocol full, or with --calibration-from-test (under paper: no threshold then). --limit bounds them too.",
-    ),
-    calibration_from_test: bool = typer.Option(
-        False, "--calibration-from-test",
-        help="Under --protocol paper, where a dataset has no normal training images beyond the references, draw the "
-        "calibration images from the normal test images (which then leave the test set; the reference tests them).",
-    ),
-    save_full_maps: bool = typer.Option(
-        False, "--save-full-maps",
-        help="Also keep each test image's full-resolution fused map (float64, as the metrics used it, before any "
-        "normalisation) as OUT/full_maps/CATEGORY/KEY.npz (array 'map'), to recompute the metrics with your own tools.",
-    ),
-    restart: bool = RestartOpt,
+    false_alarm_rate: float = FalseAlarmRateOpt,
+    calibration_images: int = CalibrationImagesOpt,
+    calibration_from_test: bool = CalibrationFromTestOpt,
+    save_full_maps: bool = SaveFullMapsOpt,
     report: bool = ReportOpt,
-    max_pixels: int = MaxPixelsOpt,
-    engine: str = EngineOpt,
-    ray_address: str = RayAddressOpt,
-    workers: int = WorkersOpt,
-    gpus_per_worker: float = GpusPerWorkerOpt,
-    cpus_per_worker: float = CpusPerWorkerOpt,
-    verbose: bool = VerboseOption,
-    quiet: bool = QuietOption,
 ) -> None:
     """Evaluate IAP-AS on a benchmark dataset with the paper's protocol.
 
@@ -220,60 +191,29 @@ def evaluate_cmd(
     iapas evaluate --dataset mtd --root data/MTD --out runs/mtd --detector tiny-models/grounding-dino
     --segmenter tiny-models/sam --tagger-model tiny-models/clip --llm knowledge
     """
-    setup_logging(verbose, quiet)
+    options = {**locals(), **settings.values}  # every option by name, for the library's set-up
+    setup_logging(settings.verbose, settings.quiet)
     from iapas.evaluation import evaluate_dataset
+    from iapas.evaluation.core import RunConflictError
+    from iapas.workflows.evaluate import open_dataset
 
-    categories = category_names(categories, "--categories")
-
-    executor = executor_for(engine, out, ray_address, workers, gpus_per_worker, cpus_per_worker)
-    settings = _settings(
-        protocol=protocol, mode=mode, size_threshold=size_threshold, size_filter=size_filter, caption=caption,
-        n_references=references, seed=seed, eval_size=eval_size, limit=limit, batch_size=batch_size, max_pixels=max_pixels,
-        image_norm=image_norm, image_score=image_score, false_alarm_rate=false_alarm_rate,
-        calibration_images=_calibration_count(calibration_images, false_alarm_rate), save_full_maps=save_full_maps,
-        calibration_from_test=calibration_from_test,
-    )
-    stage1_dtype, dtype = dtype or "auto", dtype or EVAL_DTYPE
-    stage1 = _stage1_options(
-        mode, tagger=tagger, tagger_model=tagger_model, top_k=top_k, tags=tags, llm=llm, llm_model=llm_model,
-        llm_base_url=llm_base_url, llm_timeout=llm_timeout, llm_retries=llm_retries, llm_fallback=llm_fallback,
-        knowledge_file=knowledge_file,
-        object_tag=object_tag, prompts=prompts, include_object_tag=object_in_caption, object_join=object_join,
-        prompt_style=prompt_style, text_processing=text_processing,
-        size_threshold=size_threshold if size_threshold is not None else 0.8, seed=seed, device=device, dtype=stage1_dtype,
-    )
-    from iapas.engine.signature import RunModels
-    from iapas.evaluation.core import RunConflictError, check_existing_run, run_signature
-    from iapas.models.loading import ModelLoadError
-    from iapas.pipeline.stage2 import PipelineConfig
-
+    options["categories"] = categories = category_names(categories, "--categories")
+    executor = engine_executor(settings, out)
+    setup = _prepare(options)
+    s = settings
+    config = _config(s.detector, s.segmenter, s.device, setup.dtype, mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
     try:
-        from iapas.data import DatasetError, canonical_name, get_dataset
-
-        name = canonical_name(dataset)
-        options = folder_options(normal, anomalous, masks, mask_pattern, reference_dir) if name == "folder" else {}
-        loader = get_dataset(name, root, **options)
-        from iapas.evaluation.plan import select_categories
-
-        select_categories(loader, categories, protocol)  # a wrong -c: one line, before any model loads
-        if not restart:  # refuse a conflicting folder before spending time on loading models
-            config = PipelineConfig(detector=detector, segmenter=segmenter, device=device, dtype=dtype, mode=mode,  # type: ignore[arg-type]
-                                    box_threshold=box_threshold, text_threshold=text_threshold, fuse_object_detection=fuse_object_detection)
-            check_existing_run(out, run_signature(loader.name, settings, config, RunModels.named(config)))
-        if caption and mode == "iapas":  # a caption the detector cannot read: say so before loading the models
-            from iapas.models.detector import check_caption_length
-
-            check_caption_length(caption, detector)
+        loader = open_dataset(options, setup.settings, config)  # a wrong -c or a conflicting folder: before models load
     except (DatasetError, ValueError, RunConflictError, ModelLoadError) as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "evaluate")  # before loading the models: a second run is refused at once
-    pipeline = _pipeline(detector, segmenter, device, dtype, mode, box_threshold, text_threshold, fuse_object_detection)
-    bars = _Bars(quiet)
+    pipeline = load_pipeline(config)
+    bars = _Bars(s.quiet)
     with bars:
         result = _run_guarded(
             lambda: evaluate_dataset(
-                loader, None, out, pipeline, settings, stage1=stage1, categories=categories or None,
-                profiles_dir=profiles, restart=restart, report=report, progress=bars.hooks(), executor=executor,
+                loader, None, out, pipeline, setup.settings, stage1=setup.stage1, categories=categories or None,
+                profiles_dir=profiles, restart=s.restart, report=report, progress=bars.hooks(), executor=executor,
             )
         )
     print_summary(result)

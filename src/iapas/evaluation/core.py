@@ -93,17 +93,8 @@ logger = logging.getLogger(__name__)
 PROFILES_DIR = "profiles"
 
 __all__ = [
-    "METRIC_COLUMNS",
-    "CategoryResult",
-    "DatasetResult",
-    "EvalSettings",
-    "EvaluateJob",
-    "ImageFailure",
-    "ProgressHooks",
-    "RunConflictError",
-    "evaluate_category",
-    "measure_dataset",
-    "metrics_from_predictions",
+    "METRIC_COLUMNS", "CategoryResult", "DatasetResult", "EvalSettings", "EvaluateJob", "ImageFailure", "ProgressHooks",
+    "RunConflictError", "evaluate_category", "measure_dataset", "metrics_from_predictions",
 ]
 
 
@@ -223,8 +214,23 @@ def evaluate_category(
     if summary.interrupted:
         raise KeyboardInterrupt
     result.n_new = summary.done
+    ok = _collect(result, log, [keys[s.path] for s in samples])
+    result.seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    if ok and metrics:
+        scores, score_range, curve = metrics_from_predictions(
+            out, ok, image_norm=settings.image_norm, image_score=settings.image_score_method
+        )
+        result.metrics, result.score_range, result.pr = scores, score_range, curve
+    elif not ok:
+        result.error = "no test image could be evaluated"
+    result.metrics_seconds = time.perf_counter() - started
+    return result
 
-    order = [keys[s.path] for s in samples]
+
+def _collect(result: CategoryResult, log: ResultsLog, order: list[str]) -> list[dict[str, Any]]:
+    """Put the log in the test images' order and record its keys, failures and count of finished
+    images in ``result``; the records of the finished ones."""
     result.keys = order
     log.compact(order=order)
     records = log.read()
@@ -238,17 +244,7 @@ def evaluate_category(
     if missing:  # cannot happen unless the log was edited while running
         raise RuntimeError(f"{log.path}: no result for {len(missing)} image(s), e.g. {missing[0]}")
     result.n_done = len(ok)
-    result.seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    if ok and metrics:
-        scores, score_range, curve = metrics_from_predictions(
-            out, ok, image_norm=settings.image_norm, image_score=settings.image_score_method
-        )
-        result.metrics, result.score_range, result.pr = scores, score_range, curve
-    elif not ok:
-        result.error = "no test image could be evaluated"
-    result.metrics_seconds = time.perf_counter() - started
-    return result
+    return ok
 
 
 
@@ -273,20 +269,10 @@ def _calibrate(
 
 
 def measure_dataset(
-    dataset: str | DatasetBase,
-    root: str | Path | None,
-    out_dir: str | Path,
-    pipeline: Pipeline,
-    settings: EvalSettings | None = None,
-    *,
-    stage1: Stage1Options | None = None,
-    stage1_models: Stage1Models | None = None,
-    categories: Sequence[str] | None = None,
-    profiles_dir: str | Path | None = None,
-    restart: bool = False,
-    progress: ProgressHooks | None = None,
-    extra_notes: Sequence[str] = (),
-    executor: Executor | None = None,
+    dataset: str | DatasetBase, root: str | Path | None, out_dir: str | Path, pipeline: Pipeline,
+    settings: EvalSettings | None = None, *, stage1: Stage1Options | None = None, stage1_models: Stage1Models | None = None,
+    categories: Sequence[str] | None = None, profiles_dir: str | Path | None = None, restart: bool = False,
+    progress: ProgressHooks | None = None, extra_notes: Sequence[str] = (), executor: Executor | None = None,
 ) -> DatasetResult:
     """Evaluate ``pipeline`` on the categories of a dataset: predictions and metrics (the tables
     and the report are :func:`iapas.evaluation.run.evaluate_dataset`'s).
@@ -297,25 +283,17 @@ def measure_dataset(
     signature checked before the first image is segmented, so a conflicting folder is refused
     at once. A category that cannot be evaluated (no references for stage 1, no test image) is
     recorded with its error and the others go on. A full disk (:mod:`iapas.core.storage`) stops the
-    run: the category being segmented and those after it are recorded as not evaluated, the
-    tables are written when there is room for them, and ``stopped`` says why. ``executor``: where
-    the images run (:mod:`iapas.engine`; default: this machine's threads).
+    run: the category being segmented and those after it are recorded as not evaluated, the tables
+    are written when there is room for them, and ``stopped`` says why. ``executor``: where the
+    images run (:mod:`iapas.engine`; default: this machine's threads).
     """
-    from iapas.prompts.stage1 import Stage1Error
-    from iapas.product.profile import ProfileError
-
+    from iapas.evaluation.plan import run_notes
     settings = settings or EvalSettings()
     hooks = progress or ProgressHooks()
     loader = get_dataset(dataset, root) if isinstance(dataset, str) else dataset
     selection = select_categories(loader, categories, settings.protocol)  # refuses an unknown name in one line
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    removed = clean_stale_temp_files(out)  # what a killed run was writing
-    if removed:
-        logger.info("removed %d half-written temporary file(s) of an interrupted run in %s", removed, out)
+    out = _open_folder(Path(out_dir), restart)
     profiles = Path(profiles_dir) if profiles_dir is not None else out / PROFILES_DIR
-    if restart:
-        discard_results(out)
 
     run_models = RunModels.loaded(pipeline)
     models = models_signature(pipeline.config, run_models, evaluation=True)  # the report's models
@@ -327,32 +305,57 @@ def measure_dataset(
     created = previous.get("created") if previous else None
     created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
 
+    # pass 1: categories, profiles, signatures
+    prepared, product_notes = _prepare_categories(
+        loader, selection, pipeline, out, profiles, settings, stage1, stage1_models, hooks, category_sigs
+    )
+    content = {
+        "iapas_version": __version__, "created": created, "dataset": loader.name, "root": str(loader.root), "signature": signature,
+        "settings": settings.to_dict(), "stage1": asdict(stage1) if stage1 is not None else None, "profiles_dir": str(profiles),
+        "categories": category_sigs,
+    }
+    stopped = write_run_file(run_file, json_safe(content), default=str)
+
+    # pass 2: stage 2 and metrics
+    results, stopped = _segment_categories(prepared, pipeline, out, settings, hooks, executor, stopped)
+    notes = run_notes(settings, [*extra_notes, *product_notes], stopped)
+    return DatasetResult(
+        dataset=loader.name, title=loader.title, root=str(loader.root), out_dir=out, settings=settings, categories=results,
+        models={**models, "stage1": (stage1.settings(models["detector"]) if stage1 is not None else None)},
+        notes=notes, created=created, stopped=stopped,
+    )
+
+
+def _open_folder(out: Path, restart: bool) -> Path:
+    """The evaluation folder, made; a killed run's temporary files removed, and with ``restart``
+    the results too."""
+    out.mkdir(parents=True, exist_ok=True)
+    removed = clean_stale_temp_files(out)  # what a killed run was writing
+    if removed:
+        logger.info("removed %d half-written temporary file(s) of an interrupted run in %s", removed, out)
+    if restart:
+        discard_results(out)
+    return out
+
+
+def _prepare_categories(
+    loader: DatasetBase, selection: dict[str, Any], pipeline: Pipeline, out: Path, profiles: Path, settings: EvalSettings,
+    stage1: Stage1Options | None, stage1_models: Stage1Models | None, hooks: ProgressHooks, category_sigs: dict[str, Any],
+) -> tuple[list[Any], list[str]]:
+    """Pass 1 of :func:`measure_dataset`: each category's plan and profile, its signature checked
+    against ``category_sigs`` (updated) and the results on disk: what pass 2 segments (or the
+    categories' results with their errors), and the notes of categories scored per part."""
     if stage1 is not None and stage1_models is None:
         stage1_models = Stage1Models(stage1, pipeline.detector)
-
-    # pass 1: categories, profiles, signatures
     prepared: list[tuple[Category, Profile | None, ProfileRecord, Category | None] | CategoryResult] = []
     product_notes: list[str] = []  # notes of categories scored per part: said once
     for name, parts in selection.items():
         category, calibration = plan_category(loader, name, settings, parts)
-        path = profile_path(profiles, name)
-        existed = path.exists()
-        on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
-        try:
-            profile = get_profile(category, profiles, stage1, mode=settings.mode, models=stage1_models, progress=on_stage1)
-        except (Stage1Error, ProfileError, ImageReadError, FileNotFoundError, ModelOutputError) as exc:
-            logger.error("%s: %s", name, exc)
-            prepared.append(CategoryResult(name=name, error=f"profile: {exc}", notes=list(category.notes), n_references=len(category.references)))
+        found = _category_profile(pipeline, category, profiles, settings, stage1, stage1_models, hooks)
+        if isinstance(found, CategoryResult):
+            prepared.append(found)
             continue
-        record = ProfileRecord.of(profile, path if profile is not None else None, "none" if profile is None else ("file" if existed else "stage1"))
-        check = getattr(stage2_pipeline(pipeline, settings), "check", None)
-        try:
-            if check is not None:
-                check(stage2_profile(profile, settings))
-        except ValueError as exc:
-            logger.error("%s: %s", name, exc)
-            prepared.append(CategoryResult(name=name, error=str(exc), profile=record, notes=list(category.notes), n_references=len(category.references)))
-            continue
+        profile, record = found
         sig = category_signature(pipeline, profile, settings)
         if category.split_parts:  # e.g. KSDD1's folders under the paper protocol: one profile, scored per part
             product_notes.extend(f"{name}: {note}" for note in category.notes)
@@ -367,14 +370,44 @@ def measure_dataset(
             category_sigs[part.name] = sig
             if part is not calibration:
                 prepared.append((part, profile, record, calibration))
-    content = {
-        "iapas_version": __version__, "created": created, "dataset": loader.name, "root": str(loader.root), "signature": signature,
-        "settings": settings.to_dict(), "stage1": asdict(stage1) if stage1 is not None else None, "profiles_dir": str(profiles),
-        "categories": category_sigs,
-    }
-    stopped = write_run_file(run_file, json_safe(content), default=str)
+    return prepared, product_notes
 
-    # pass 2: stage 2 and metrics
+
+def _category_profile(
+    pipeline: Pipeline, category: Category, profiles: Path, settings: EvalSettings, stage1: Stage1Options | None,
+    stage1_models: Stage1Models | None, hooks: ProgressHooks,
+) -> tuple[Profile | None, ProfileRecord] | CategoryResult:
+    """The category's profile (:func:`get_profile`) and its record, or the category's result with
+    the error when it has none or stage 2 cannot read its caption."""
+    from iapas.prompts.stage1 import Stage1Error
+    from iapas.product.profile import ProfileError
+
+    name = category.name
+    path = profile_path(profiles, name)
+    existed = path.exists()
+    on_stage1 = (lambda step, done, total, _n=name: hooks.on_stage1(_n, step, done, total)) if hooks.on_stage1 else None
+    try:
+        profile = get_profile(category, profiles, stage1, mode=settings.mode, models=stage1_models, progress=on_stage1)
+    except (Stage1Error, ProfileError, ImageReadError, FileNotFoundError, ModelOutputError) as exc:
+        logger.error("%s: %s", name, exc)
+        return CategoryResult(name=name, error=f"profile: {exc}", notes=list(category.notes), n_references=len(category.references))
+    record = ProfileRecord.of(profile, path if profile is not None else None, "none" if profile is None else ("file" if existed else "stage1"))
+    check = getattr(stage2_pipeline(pipeline, settings), "check", None)
+    try:
+        if check is not None:
+            check(stage2_profile(profile, settings))
+    except ValueError as exc:
+        logger.error("%s: %s", name, exc)
+        return CategoryResult(name=name, error=str(exc), profile=record, notes=list(category.notes), n_references=len(category.references))
+    return profile, record
+
+
+def _segment_categories(
+    prepared: list[Any], pipeline: Pipeline, out: Path, settings: EvalSettings, hooks: ProgressHooks,
+    executor: Executor | None, stopped: str | None,
+) -> tuple[list[CategoryResult], str | None]:
+    """Stage 2 and the metrics of every prepared category (each product's calibration images
+    first, once): the results, and why the run stopped early (a full disk) or None."""
     results: list[CategoryResult] = []
     calibrated: dict[str, list[float]] = {}  # calibration category -> its raw image scores
     for item in prepared:
@@ -387,54 +420,39 @@ def measure_dataset(
             results.append(CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
                                           profile=record, notes=list(category.notes), n_references=len(category.references)))
             continue
-        on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
-        calibration_failures: list[ImageFailure] = []
         try:
-            if calibration is not None and calibration.name not in calibrated:  # once per product
-                calibrated[calibration.name], calibration_failures = _calibrate(
-                    pipeline, calibration, profile, out, settings, hooks, executor
-                )
-            if hooks.on_category:  # after the calibration: the step's rate and ETA count from its own start
-                hooks.on_category(category.name, n)
-            result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image, executor=executor)
-            if calibration is not None and result.keys:
-                records = ResultsLog(predictions_path(out, category.name)).read()
-                result.decision = threshold_evidence(
-                    calibrated[calibration.name], raw_scores(records, result.keys, 0), raw_scores(records, result.keys, 1),
-                    settings.false_alarm_rate,
-                )
-                result.decision.calibration_set = calibration.name
-            result.failures += calibration_failures
+            result = _segment_category(category, profile, calibration, calibrated, pipeline, out, settings, hooks, executor)
         except DiskFullError as exc:
             stopped = exc.strerror or str(exc)
             result = CategoryResult(name=category.name, n_test=n, error="not evaluated: the run stopped early",
                                     notes=list(category.notes), n_references=len(category.references))
         result.profile = record
         results.append(result)
+    return results, stopped
 
-    notes = list(extra_notes) + product_notes
-    if settings.limit is not None:
-        calibration = (
-            f" and at most {settings.limit} calibration images per product (asked for {settings.calibration_images})"
-            if settings.calibration_images > settings.limit else ""
+
+def _segment_category(
+    category: Category, profile: Profile | None, calibration: Category | None, calibrated: dict[str, list[float]],
+    pipeline: Pipeline, out: Path, settings: EvalSettings, hooks: ProgressHooks, executor: Executor | None,
+) -> CategoryResult:
+    """One category's result, with the OK/NG threshold calibrated on its product's calibration
+    images (segmented here the first time, their scores kept in ``calibrated``)."""
+    n = len(limit_samples(category.test, settings.limit, settings.seed))
+    on_image = (lambda key, status, _n=category.name: hooks.on_image(_n, key, status)) if hooks.on_image else None
+    calibration_failures: list[ImageFailure] = []
+    if calibration is not None and calibration.name not in calibrated:  # once per product
+        calibrated[calibration.name], calibration_failures = _calibrate(
+            pipeline, calibration, profile, out, settings, hooks, executor
         )
-        notes.append(
-            f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}, "
-            f"anomalous and normal alternately while both last){calibration}; "
-            "these are not full-benchmark numbers."
+    if hooks.on_category:  # after the calibration: the step's rate and ETA count from its own start
+        hooks.on_category(category.name, n)
+    result = evaluate_category(pipeline, category, profile, out, settings, on_image=on_image, executor=executor)
+    if calibration is not None and result.keys:
+        records = ResultsLog(predictions_path(out, category.name)).read()
+        result.decision = threshold_evidence(
+            calibrated[calibration.name], raw_scores(records, result.keys, 0), raw_scores(records, result.keys, 1),
+            settings.false_alarm_rate,
         )
-    if stopped is not None:
-        notes.append(f"The run stopped early ({stopped}); run the same command again, with room on the disk, to finish it.")
-    ds_result = DatasetResult(
-        dataset=loader.name,
-        title=loader.title,
-        root=str(loader.root),
-        out_dir=out,
-        settings=settings,
-        categories=results,
-        models={**models, "stage1": (stage1.settings(models["detector"]) if stage1 is not None else None)},
-        notes=notes,
-        created=created,
-        stopped=stopped,
-    )
-    return ds_result
+        result.decision.calibration_set = calibration.name
+    result.failures += calibration_failures
+    return result

@@ -84,3 +84,20 @@ def restrict_to_pool(loader: DatasetBase, category: Category, settings: EvalSett
         f"{settings.seed}), so that every reference count is scored on the same images."
     )
     return replace(category, test=test, notes=[*category.notes, note])
+
+
+def run_notes(settings: EvalSettings, notes: list[str], stopped: str | None) -> list[str]:
+    """An evaluation's notes, with what a quick check (--limit) and an early stop mean."""
+    if settings.limit is not None:
+        calibration = (
+            f" and at most {settings.limit} calibration images per product (asked for {settings.calibration_images})"
+            if settings.calibration_images > settings.limit else ""
+        )
+        notes.append(
+            f"Quick check: at most {settings.limit} test images per category (drawn with seed {settings.seed}, "
+            f"anomalous and normal alternately while both last){calibration}; "
+            "these are not full-benchmark numbers."
+        )
+    if stopped is not None:
+        notes.append(f"The run stopped early ({stopped}); run the same command again, with room on the disk, to finish it.")
+    return notes

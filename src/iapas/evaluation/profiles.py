@@ -68,7 +68,7 @@ def get_profile(
         return profile
     if options is None:
         raise FileNotFoundError(f"{path}: no profile, and no stage-1 options to make one")
-    from iapas.prompts.stage1 import Stage1Error, build_profile
+    from iapas.prompts.stage1 import Stage1Error, build_with_models
 
     if models is None:
         models = Stage1Models(options, detector)
@@ -81,26 +81,7 @@ def get_profile(
     references = list(category.references)
     o = options
     digest = models.input_hash(category.name, references, o)  # the same key as iapas profile's
-    llm = models.llm()  # first: an LLM that cannot be loaded is known before any other stage-1 work
-    profile = build_profile(
-        category.name,
-        references,
-        tagger=None if o.object_tag else models.tagger(),
-        detector=models.detector(),
-        llm=llm,
-        knowledge=models.knowledge(),
-        seed=o.seed,
-        object_tag=o.object_tag,
-        nouns=o.nouns,
-        include_object_tag=o.include_object_tag,
-        object_join=o.object_join,
-        text_processing=o.text_processing,
-        prompt_style=o.prompt_style,
-        size_threshold=o.size_threshold,
-        input_digest=digest,
-        progress=progress,
-        llm_fallback=o.llm_fallback != "never",
-    )
+    profile = build_with_models(category.name, references, models, o, input_digest=digest, progress=progress)
     profile.stage1["dataset"] = {
         "name": category.dataset,
         "category": category.name,

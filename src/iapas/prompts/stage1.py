@@ -29,36 +29,16 @@ import numpy as np
 from iapas.core.version import __version__
 from iapas.core.images import read_image
 from iapas.product.profile import Profile
-from iapas.core.caption import (
-    ALWAYS_ADDED,
-    DEFAULT_OBJECT_JOIN,
-    clean_nouns,
-    fit_caption,
-    fit_tag_caption,
-    text_budget,
-)
+from iapas.core.caption import ALWAYS_ADDED, DEFAULT_OBJECT_JOIN, clean_nouns, text_budget
 from iapas.prompts.knowledge import Knowledge
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, LLM, LLMError, Message, build_messages
-from iapas.prompts.object_tag import (
-    BOX_THRESHOLD,
-    NMS_IOU,
-    TEXT_THRESHOLD,
-    ObjectVote,
-    detect_references,
-    measure_object_size,
-    vote_object_tag,
-)
+from iapas.prompts.object_tag import BOX_THRESHOLD, NMS_IOU, TEXT_THRESHOLD
 from iapas.prompts.errors import Stage1Error  # noqa: F401 - callers import it from here
 from iapas.prompts.parsing import parse_word_list
 from iapas.prompts.profile_key import input_hash  # noqa: F401 - callers import it from here
-from iapas.prompts.reference_text import (
-    DEFAULT_TEXT_PROCESSING,
-    check_text_processing,
-    fit_reference_caption,
-    reference_reply_phrases,
-    reference_tags_and_object,
-)
-from iapas.prompts.tagging import ScoredTags, Tagger, aggregate_tags, drop_stop_tags, load_stoplist, normalize_tag
+from iapas.prompts.reference_text import DEFAULT_TEXT_PROCESSING, check_text_processing
+from iapas.prompts.tagging import Tagger, load_stoplist, normalize_tag
+from iapas.prompts import stage1_steps as steps_
 
 logger = logging.getLogger(__name__)
 
@@ -280,194 +260,80 @@ def build_profile(
     knowledge = knowledge or Knowledge.load()
     stoplist = load_stoplist() if stoplist is None else stoplist
     paths = [Path(p) for p in references]
-    names = _unique_names(paths)
     given_object = normalize_tag(object_tag) if object_tag else None
     if given_object is None and (tagger is None or detector is None):
         raise Stage1Error("finding the object tag needs a tagger and a detector; or give the object tag (--object)")
     if given_object is None and not paths:
         raise Stage1Error("finding the object tag needs reference images")
-    count_tokens, max_tokens, counter = text_budget(detector)
-    timings: dict[str, float] = {}
-    record: dict[str, Any] = {
-        "source": "stage1",
-        "seed": seed,
-        "input_hash": input_digest,
-        "iapas_version": __version__,
-        "references": [str(p) for p in paths],
-        "reference_names": names,
-    }
-
-    images: list[np.ndarray] = []
-    if paths and (given_object is None or detector is not None):
-        t = time.perf_counter()
-        images = _read_references(paths, progress)
-        timings["read_s"] = time.perf_counter() - t
-    image_sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-
-    def tick(stage: str) -> Callable[[int], None]:
-        return lambda i: progress(stage, i + 1, len(images)) if progress is not None else None
-
-    # steps 2 and 3: tags and the object tag
-    aggregated: list[str] = []
-    if given_object is None:
-        assert tagger is not None and detector is not None
-        t = time.perf_counter()
-        per_image: list[ScoredTags] = []
-        for i, rgb in enumerate(images):
-            per_image.append(tagger.tag([rgb])[0])
-            tick("tagging")(i)
-        timings["tagging_s"] = time.perf_counter() - t
-        record["tagger"] = {"backend": tagger.name, "model": tagger.model_id, **_tagger_settings(tagger)}
-    if given_object is None and reference:
-        t = time.perf_counter()
-        record["tags"], object_record, found = reference_tags_and_object(
-            detector, images, per_image, names, count_tokens=count_tokens, max_tokens=max_tokens,
-            box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou, on_image=tick("detecting"),
-        )
-        timings["detection_s"] = time.perf_counter() - t
-        first = next((normalize_tag(t) for tags in per_image for t, _ in tags if normalize_tag(t)), None)
-        if found is None and first is None:
-            raise Stage1Error("no detector phrase or tag on the reference images; give the object tag with --object")
-        chosen = found or str(first)
-        if found is None:
-            object_record.update(source="top tag (the detector found no box on any reference image)", tag=chosen)
-    elif given_object is None:
-        ranked, stopped = drop_stop_tags(aggregate_tags(per_image), stoplist)
-        ranked = ranked[:max_tags] if max_tags is not None else ranked
-        tag_caption, tags_cut = fit_tag_caption(ranked, count_tokens, max_tokens)
-        aggregated = [t for t in ranked if t not in tags_cut]
-        record["tags"] = {
-            "per_image": [
-                {"image": name, "tags": [normalize_tag(t) for t, _ in tags], "scores": [round(float(s), 5) for _, s in tags]}
-                for name, tags in zip(names, per_image)
-            ],
-            "aggregated": aggregated,
-            "dropped_non_object": stopped,
-            "dropped_for_length": tags_cut,
-            "caption": tag_caption,
-        }
-        if not aggregated:
-            raise Stage1Error(
-                "the tagger found no object tag on the reference images (all tags were empty or non-object "
-                f"words: {', '.join(stopped) or 'none'}); give the object tag with --object or tags with --tags"
-            )
-        t = time.perf_counter()
-        detections = detect_references(
-            detector, images, tag_caption, box_threshold=box_threshold, text_threshold=text_threshold,
-            nms_iou=nms_iou, on_image=tick("detecting"),
-        )
-        timings["detection_s"] = time.perf_counter() - t
-        vote = vote_object_tag(detections, image_sizes, aggregated, names)
-        if vote.object_tag is None:
-            chosen, source = aggregated[0], "top tag (the detector found no box on any reference image)"
-            logger.warning("no detection on the reference images; using the top tag %r as the object tag", chosen)
-        else:
-            chosen, source = vote.object_tag, "detector vote"
-        object_record: dict[str, Any] = {"source": source, "tag": chosen, **_vote_fields(vote)}
-    else:
-        chosen = given_object
-        object_record = {"source": "given", "tag": chosen}
-    object_size = None
-    if detector is not None and images:
-        t = time.perf_counter()
-        measured = measure_object_size(
-            detector, images, chosen, box_threshold=box_threshold, text_threshold=text_threshold, nms_iou=nms_iou,
-            on_image=tick("measuring"),
-        )
-        timings["object_size_s"] = time.perf_counter() - t
-        object_size = measured.object_size
-        object_record.update({
-            "object_size": object_size,
-            "sizes": measured.sizes,
-            "size_per_image": [{"image": n, "size": s} for n, s in zip(names, measured.per_image)],
-            "size_method": f"detector with the object tag alone ({measured.caption!r}), top box, median (as stage 2)",
-        })
-    record["object"] = object_record
+    steps = _start(paths, given_object, detector, seed, input_digest, progress, box_threshold, text_threshold, nms_iou)
+    chosen, object_record, aggregated = steps_.object_tag(steps, tagger, given_object, reference, stoplist, max_tags)
+    object_size = steps_.object_size(steps, chosen, object_record)
+    steps.record["object"] = object_record
 
     # step 4: anomaly nouns
     t = time.perf_counter()
     noun_result = generate_nouns(
-        chosen, llm, seed=seed, knowledge=knowledge, other_tags=aggregated, manual=list(nouns) if nouns is not None else None,
-        prompt_style=prompt_style,
-        fallback=llm_fallback,
+        chosen, llm, seed=seed, knowledge=knowledge, other_tags=aggregated,
+        manual=list(nouns) if nouns is not None else None, prompt_style=prompt_style, fallback=llm_fallback,
     )
-    timings["nouns_s"] = time.perf_counter() - t
-    record["llm"] = noun_result.to_dict()
-    record["fallback_used"] = noun_result.fallback_used
-    record["fallback_reason"] = noun_result.fallback_reason
-
-    # step 5: the caption, within the detector's text window
-    try:
-        if reference:
-            words = noun_result.parsed if noun_result.backend == "manual" else noun_result.nouns
-            phrases = reference_reply_phrases(noun_result.raw_text, words, noun_result.fallback_used)
-            caption, kept_phrases, dropped = fit_reference_caption(
-                phrases, chosen, include_object_tag, count_tokens, max_tokens
-            )
-            kept = [p.strip() for p in kept_phrases if p.strip() and p.strip() not in ALWAYS_ADDED]
-        else:
-            caption, dropped = fit_caption(
-                noun_result.nouns, chosen, include_object_tag, count_tokens=count_tokens, max_tokens=max_tokens,
-                object_join=object_join,
-            )
-            kept = [w for w in noun_result.nouns if w not in dropped]
-    except ValueError as exc:
-        raise Stage1Error(str(exc)) from None
-    if dropped:
-        logger.warning("caption over %d text tokens: dropped %d tail noun(s): %s", max_tokens, len(dropped), ", ".join(dropped))
-    record["caption"] = {
-        "text": caption,
-        "nouns": kept,
-        "dropped_nouns": dropped,
-        "token_count": count_tokens(caption),
-        "max_tokens": max_tokens,
-        "token_counter": counter,
-        "include_object_tag": include_object_tag,
-        "object_join": "comma" if reference else object_join,
-        "text_processing": text_processing,
-    }
-    timings["total_s"] = time.perf_counter() - t_start
-    record["timings"] = {k: round(v, 3) for k, v in timings.items()}
-
-    all_models: dict[str, Any] = {}
-    if given_object is None and tagger is not None:
-        all_models["tagger"] = tagger.model_id or tagger.name
-    if detector is not None:
-        all_models["detector"] = getattr(detector, "name", type(detector).__name__)
-    if noun_result.backend == "knowledge":
-        all_models["llm"] = "knowledge"
-    elif noun_result.fallback_used:  # the reason is in stage1.fallback_reason
-        all_models["llm"] = f"knowledge (fallback from {noun_result.model})"
-    elif noun_result.backend != "manual":
-        all_models["llm"] = noun_result.model
-    all_models.update(models or {})
-
+    steps.timings["nouns_s"] = time.perf_counter() - t
+    steps.record.update(llm=noun_result.to_dict(), fallback_used=noun_result.fallback_used, fallback_reason=noun_result.fallback_reason)
+    caption, kept = steps_.caption(steps, noun_result, chosen, include_object_tag, object_join, text_processing)
+    steps.timings["total_s"] = time.perf_counter() - t_start
+    steps.record["timings"] = {k: round(v, 3) for k, v in steps.timings.items()}
     profile = Profile(
-        category=category,
-        object_tag=chosen,
-        caption=caption,
-        anomaly_nouns=kept,
-        include_object_tag=include_object_tag,
-        size_threshold=size_threshold,
-        object_size=object_size,
-        models=all_models,
-        stage1=record,
+        category=category, object_tag=chosen, caption=caption, anomaly_nouns=kept, include_object_tag=include_object_tag,
+        size_threshold=size_threshold, object_size=object_size,
+        models=steps_.models_used(tagger if given_object is None else None, detector, noun_result, models), stage1=steps.record,
     )
     profile.validate(f"profile of {category!r}")
     return profile
 
 
-def _tagger_settings(tagger: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for attr in ("top_k", "template"):
-        if hasattr(tagger, attr):
-            out[attr] = getattr(tagger, attr)
-    if hasattr(tagger, "vocabulary"):
-        out["vocabulary_size"] = len(tagger.vocabulary)
-    return out
+def _start(
+    paths: list[Path], given_object: str | None, detector: Any, seed: int, input_digest: str | None,
+    progress: ProgressCallback | None, box_threshold: float, text_threshold: float, nms_iou: float,
+) -> steps_.Steps:
+    """The stage-1 record begun and the references read (when a step needs them: without a
+    given object tag, or with a detector to measure the object size)."""
+    names = _unique_names(paths)
+    record: dict[str, Any] = {
+        "source": "stage1", "seed": seed, "input_hash": input_digest, "iapas_version": __version__,
+        "references": [str(p) for p in paths], "reference_names": names,
+    }
+    count_tokens, max_tokens, counter = text_budget(detector)
+    steps = steps_.Steps(
+        detector, [], names, count_tokens, max_tokens, counter, box_threshold, text_threshold, nms_iou, progress, record
+    )
+    if paths and (given_object is None or detector is not None):
+        t = time.perf_counter()
+        steps.images = _read_references(paths, progress)
+        steps.timings["read_s"] = time.perf_counter() - t
+    return steps
 
 
-def _vote_fields(vote: ObjectVote) -> dict[str, Any]:
-    data = vote.to_dict()
-    data.pop("object_tag", None)
-    return data
+def load_stage1_models(models: Any, options: Any) -> tuple[Any, Any, Any, Any]:
+    """The LLM, knowledge vocabulary, detector and tagger (None with an object tag given) of
+    ``models``, loaded in this order: an LLM that cannot be loaded is known before any other
+    stage-1 work. Loaded models are kept: a second call returns them at once."""
+    llm = models.llm()
+    knowledge = models.knowledge()
+    detector = models.detector()
+    return llm, knowledge, detector, None if options.object_tag else models.tagger()
+
+
+def build_with_models(
+    category: str, references: list[Path], models: Any, options: Any, *, input_digest: str,
+    progress: ProgressCallback | None = None,
+) -> Profile:
+    """:func:`build_profile` with the models of ``models`` (a :class:`~iapas.prompts.resources.Stage1Models`)
+    and the settings of ``options`` (its Stage1Options): what ``iapas profile`` and an evaluation's
+    missing profile both run (models loaded by :func:`load_stage1_models`)."""
+    o = options
+    llm, knowledge, detector, tagger = load_stage1_models(models, o)
+    return build_profile(
+        category, references, tagger=tagger, detector=detector, llm=llm, knowledge=knowledge, seed=o.seed,
+        object_tag=o.object_tag, nouns=o.nouns, include_object_tag=o.include_object_tag, object_join=o.object_join,
+        text_processing=o.text_processing, prompt_style=o.prompt_style, size_threshold=o.size_threshold,
+        input_digest=input_digest, progress=progress, llm_fallback=o.llm_fallback != "never",
+    )
