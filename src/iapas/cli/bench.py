@@ -16,8 +16,7 @@ from rich.markup import escape
 
 from iapas.cli.common import console, fail, hold_output_lock, print_stopped, setup_logging
 from iapas.cli.eval_common import (
-    CHANGES, SHARED, EvalSizeOpt, ImageNormOpt, ImageScoreOpt, LimitOpt, ModeOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
-    ReportOpt, TextProcessingOpt, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
+    CHANGES, SHARED, _Bars, _fmt, _pipeline, _prepare, _run_guarded, print_fallback,
 )
 from iapas.data.registry import dataset_names
 from iapas.cli.options import shared
@@ -38,17 +37,7 @@ def bench_cmd(
     categories: list[str] = typer.Option(None, "--categories", help="DATASET:cat1,cat2 (repeatable). Default: all; the ablation columns on mvtec: carpet, grid, leather, tile, wood (the default column: all)."),
     ablation: list[str] = typer.Option(None, "--ablation", help="references, prompt, size-filter, size-sweep, wrong-tag, prompt-style, prompt-transfer, detector=NAME or segmenter=NAME (repeatable; NAME: a model name below, a hub id or a folder; a column with that stage-2 model, the default column's profiles)."),
     sizes: str = typer.Option("0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5", "--sizes", help="Size thresholds of --ablation size-sweep."),
-    protocol: str = ProtocolOpt,
-    mode: str = ModeOpt,
     settings: Settings = None,  # type: ignore[assignment]  (the shared options: SHARED)
-    limit: int = LimitOpt,
-    eval_size: int = EvalSizeOpt,
-    image_norm: bool | None = ImageNormOpt,
-    image_score: str = ImageScoreOpt,
-    object_join: str = ObjectJoinOpt,
-    prompt_style: str = PromptStyleOpt,
-    text_processing: str = TextProcessingOpt,
-    report: bool = ReportOpt,
 ) -> None:
     """Run the benchmark on every dataset found under --root-dir, and the paper's ablations.
 
@@ -81,12 +70,12 @@ def bench_cmd(
     try:
         wanted = [canonical_name(d) for d in split_list(datasets)] or None
         per_dataset = bench_categories(categories)
-        check_bench_categories(root_dir, per_dataset, protocol)  # a wrong --categories: one line, before any model loads
+        check_bench_categories(root_dir, per_dataset, settings.protocol)  # a wrong --categories: one line, before any model loads
     except ValueError as exc:
         raise fail(str(exc)) from None
     hold_output_lock(ctx, out, "bench")  # the whole bench folder, with every evaluation in it
     s = settings
-    pipeline = _pipeline(s.detector, s.segmenter, s.device, setup.dtype, mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
+    pipeline = _pipeline(s.detector, s.segmenter, s.device, setup.dtype, s.mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
     bars = _Bars(s.quiet)
 
     def on_run(name: str, variant: Any) -> None:
@@ -96,7 +85,7 @@ def bench_cmd(
         bench = _run_guarded(
             lambda: run_bench(
                 root_dir, out, pipeline, setup.settings, stage1=setup.stage1, ablations=ablations, sizes=size_list,
-                datasets=wanted, categories=per_dataset, restart=s.restart, report=report, progress=bars.hooks(), on_run=on_run,
+                datasets=wanted, categories=per_dataset, restart=s.restart, report=s.report, progress=bars.hooks(), on_run=on_run,
             )
         )
     _print_bench(bench)

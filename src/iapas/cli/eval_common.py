@@ -14,7 +14,7 @@ import typer
 
 from iapas.cli.common import console, fail, load_pipeline, print_stopped
 from iapas.prompts.resources import LlmFallback
-from iapas.workflows.options import STAGE2
+from iapas.workflows.options import PROTOCOL, STAGE2
 
 # --- options of both commands: the shared table's rows (iapas.workflows.options) as they word them, then their own
 
@@ -22,7 +22,7 @@ from iapas.workflows.options import STAGE2
 SHARED = (
     "size_threshold", "references", "seed", *STAGE2, "batch_size", "box_threshold", "text_threshold", "fuse_object_detection",
     "tagger", "tagger_model", "top_k", "tags", "llm", "llm_model", "llm_base_url", "llm_timeout", "llm_retries",
-    "llm_fallback", "knowledge_file", "object_in_caption", "restart", "max_pixels",
+    "llm_fallback", "knowledge_file", "object_in_caption", "restart", "max_pixels", *PROTOCOL,
 )
 #: Where their wording or default differs from the table's.
 CHANGES: dict[str, dict[str, object]] = {
@@ -40,44 +40,6 @@ CHANGES: dict[str, dict[str, object]] = {
     "max_pixels": {"help": "Refuse images with more pixels (decompression-bomb guard)."},
 }
 
-ProtocolOpt = typer.Option(
-    "paper", "--protocol", help="paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."
-)
-ModeOpt = typer.Option(
-    "iapas", "--mode",
-    help="iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
-    "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'.",
-)
-LimitOpt = typer.Option(None, "--limit", min=1, help="Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so both classes appear; reported as such).")
-EvalSizeOpt = typer.Option(400, "--eval-size", min=8, help="Side of the square evaluation maps (the paper's 400).")
-ImageNormOpt = typer.Option(
-    None, "--image-norm/--no-image-norm",
-    help="Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
-    "reference code does (default: on, except --mode base --protocol paper, where the reference skips it). "
-    "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
-    show_default=False,
-)
-ImageScoreOpt = typer.Option(
-    None, "--image-score", show_default=False,
-    help="Image score of the image metrics: paper (each image's maximum of the normalised 400x400 stack, the "
-    "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
-    "default under --protocol full). Applied when the metrics are computed.",
-)
-ObjectJoinOpt = typer.Option(
-    "phrase", "--object-join",
-    help="Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
-    "with a comma to the last word (comma).",
-)
-PromptStyleOpt = typer.Option(
-    "reference", "--prompt-style",
-    help="Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording).",
-)
-TextProcessingOpt = typer.Option(
-    "iapas", "--text-processing",
-    help="Stage 1: iapas (aggregated tags with a stoplist, mapped object tag, parsed base-form nouns) or reference "
-    "(the reference code's: per-image tags, the raw detector phrase, its reply cleaning and exact caption string).",
-)
-ReportOpt = typer.Option(True, "--report/--no-report", help="Write report.html (images inlined).")
 
 
 def _config(

@@ -19,8 +19,7 @@ from iapas.cli.common import category_names, console, fail, hold_output_lock, lo
 from iapas.cli.data import AnomalousOpt, MaskPatternOpt, MasksOpt, NormalOpt, ReferenceDirOpt
 from iapas.cli.engine_options import engine_executor
 from iapas.cli.eval_common import (
-    CHANGES, SHARED, EvalSizeOpt, ImageNormOpt, ImageScoreOpt, LimitOpt, ModeOpt, ObjectJoinOpt, PromptStyleOpt, ProtocolOpt,
-    ReportOpt, TextProcessingOpt, _Bars, _config, _fmt, _prepare, _run_guarded, print_fallback,
+    CHANGES, SHARED, _Bars, _config, _fmt, _prepare, _run_guarded, print_fallback,
 )
 from iapas.cli.options import shared
 from iapas.data import DatasetError
@@ -147,31 +146,21 @@ def evaluate_cmd(
     root: Path = typer.Option(..., "--root", "-r", help="The dataset's folder, as downloaded."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation folder (created; an existing one is resumed)."),
     categories: list[str] = typer.Option(None, "--categories", "-c", help="Only these categories (comma separated or repeated)."),
-    protocol: str = ProtocolOpt,
-    mode: str = ModeOpt,
     settings: Settings = None,  # type: ignore[assignment]  (the shared options: SHARED)
     size_filter: bool = SizeFilterOpt,
     caption: str = CaptionOpt,
-    limit: int = LimitOpt,
     normal: str = NormalOpt,
     anomalous: str = AnomalousOpt,
     masks: str = MasksOpt,
     mask_pattern: str = MaskPatternOpt,
     reference_dir: str = ReferenceDirOpt,
-    eval_size: int = EvalSizeOpt,
-    image_norm: bool | None = ImageNormOpt,
-    image_score: str = ImageScoreOpt,
     profiles: Path = ProfilesOpt,
     object_tag: str = ObjectOpt,
     prompts: str = PromptsOpt,
-    object_join: str = ObjectJoinOpt,
-    prompt_style: str = PromptStyleOpt,
-    text_processing: str = TextProcessingOpt,
     false_alarm_rate: float = FalseAlarmRateOpt,
     calibration_images: int = CalibrationImagesOpt,
     calibration_from_test: bool = CalibrationFromTestOpt,
     save_full_maps: bool = SaveFullMapsOpt,
-    report: bool = ReportOpt,
 ) -> None:
     """Evaluate IAP-AS on a benchmark dataset with the paper's protocol.
 
@@ -201,7 +190,7 @@ def evaluate_cmd(
     executor = engine_executor(settings, out)
     setup = _prepare(options)
     s = settings
-    config = _config(s.detector, s.segmenter, s.device, setup.dtype, mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
+    config = _config(s.detector, s.segmenter, s.device, setup.dtype, s.mode, s.box_threshold, s.text_threshold, s.fuse_object_detection)
     try:
         loader = open_dataset(options, setup.settings, config)  # a wrong -c or a conflicting folder: before models load
     except (DatasetError, ValueError, RunConflictError, ModelLoadError) as exc:
@@ -213,7 +202,7 @@ def evaluate_cmd(
         result = _run_guarded(
             lambda: evaluate_dataset(
                 loader, None, out, pipeline, setup.settings, stage1=setup.stage1, categories=categories or None,
-                profiles_dir=profiles, restart=s.restart, report=report, progress=bars.hooks(), executor=executor,
+                profiles_dir=profiles, restart=s.restart, report=s.report, progress=bars.hooks(), executor=executor,
             )
         )
     print_summary(result)

@@ -9,7 +9,8 @@ from typing import Any
 import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, category_names, console, fail, print_error, setup_logging
-from iapas.cli.eval_common import TextProcessingOpt
+from iapas.cli.options import option
+from iapas.workflows.options import OPTIONS
 from iapas.models.registry import help_table
 from iapas.prompts.resources import LlmFallback
 
@@ -107,7 +108,7 @@ def profile_cmd(
     object_in_caption: bool = ObjectInCaptionOpt,
     object_join: str = ObjectJoinOpt,
     prompt_style: str = PromptStyleOpt,
-    text_processing: str = TextProcessingOpt,
+    text_processing: str = option(OPTIONS["text_processing"]),
     force: bool = ForceOpt,
     verbose: bool = VerboseOption,
     quiet: bool = QuietOption,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.models.detector import DEFAULT_DETECTOR
@@ -103,6 +103,34 @@ _ROWS = [
     Opt("knowledge_file", ("--knowledge",), Path, None, "A knowledge YAML instead of the built-in vocabulary."),
     Opt("object_in_caption", ("--object-in-caption/--no-object-in-caption",), bool, True,
         "Append the object tag to the caption (as the reference code does)."),
+    # the benchmark protocol (evaluate, bench)
+    Opt("protocol", ("--protocol",), str, "paper",
+        "paper: the test images the paper's reference code used; full: the whole test split (normal and defective)."),
+    Opt("mode", ("--mode",), str, "iapas",
+        "iapas: profile caption + size filter; base: the paper's baseline, no size filter, caption 'defect, abnormal.' "
+        "and no per-image normalisation under --protocol paper (as the reference code), else 'defect . abnormal .'."),
+    Opt("limit", ("--limit",), int, None,
+        "Quick check: at most N test images per category (seeded draw, anomalous and normal images taken in turn so "
+        "both classes appear; reported as such).", min=1),
+    Opt("eval_size", ("--eval-size",), int, 400, "Side of the square evaluation maps (the paper's 400).", min=8),
+    Opt("image_norm", ("--image-norm/--no-image-norm",), Optional[bool], None,
+        "Min-max normalise each image's map (by its raw range) before the stack normalisation, as the paper's "
+        "reference code does (default: on, except --mode base --protocol paper, where the reference skips it). "
+        "Applied when the metrics are computed: switching it on a finished folder re-computes the metrics only.",
+        show_default=False),
+    Opt("image_score", ("--image-score",), str, None,
+        "Image score of the image metrics: paper (each image's maximum of the normalised 400x400 stack, the "
+        "reference code's; the default under --protocol paper) or raw (the raw full-resolution map's maximum; the "
+        "default under --protocol full). Applied when the metrics are computed.", show_default=False),
+    Opt("object_join", ("--object-join",), str, "phrase",
+        "Stage 1: the object tag joins the caption as its own phrase (phrase) or, as in the reference code, "
+        "with a comma to the last word (comma)."),
+    Opt("prompt_style", ("--prompt-style",), str, "reference",
+        "Stage 1: the LLM's messages, reference (the paper's reference code's) or inspector (iapas's own wording)."),
+    Opt("text_processing", ("--text-processing",), str, "iapas",
+        "Stage 1: iapas (aggregated tags with a stoplist, mapped object tag, parsed base-form nouns) or reference "
+        "(the reference code's: per-image tags, the raw detector phrase, its reply cleaning and exact caption string)."),
+    Opt("report", ("--report/--no-report",), bool, True, "Write report.html (images inlined)."),
     # logging (every command)
     Opt("verbose", ("--verbose", "-v"), bool, False, "Log debug details."),
     Opt("quiet", ("--quiet", "-q"), bool, False, "Only warnings and errors."),
@@ -115,6 +143,9 @@ OPTIONS: dict[str, Opt] = {row.name: row for row in _ROWS}
 STAGE2 = ("detector", "segmenter", "device", "dtype")
 ENGINE = ("engine", "ray_address", "workers", "gpus_per_worker", "cpus_per_worker")
 LOGGING = ("verbose", "quiet")
+#: The benchmark protocol's options (evaluate, bench).
+PROTOCOL = ("protocol", "mode", "limit", "eval_size", "image_norm", "image_score", "object_join", "prompt_style",
+            "text_processing", "report")
 
 
 @dataclass
