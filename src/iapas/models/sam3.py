@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.models.base import check_finite
+from iapas.models.base import Detector, check_finite
 from iapas.models import registry
 from iapas.models.loading import ModelLoadError, load_checked_model, load_pretrained, one_line, resolve_device, resolve_dtype
 from iapas.core.caption import caption_phrases
@@ -25,7 +25,7 @@ from iapas.core.types import Detections
 logger = logging.getLogger(__name__)
 
 # config.json model type this adapter runs, and its transformers class
-SAM3_MODEL_TYPES = {"sam3": "Sam3Model"}
+SAM3_MODEL_TYPES = registry.model_classes("SAM 3")
 
 # The processor's text window: Sam3Processor pads and truncates every prompt to 32 tokens.
 SAM3_TEXT_TOKENS = 32
@@ -86,7 +86,7 @@ def read_image_settings(name_or_path: str, what: str) -> ImageSettings:
     raise ModelLoadError(f"{what}: {name_or_path} has no processor_config.json or preprocessor_config.json")
 
 
-class Sam3Detector:
+class Sam3Detector(Detector):
     """Adapter for ``Sam3Model`` behind :class:`iapas.models.Detector`, returning masks too.
 
     Per batch of images: one vision encoder pass (all images are resized to the same square),
@@ -102,6 +102,7 @@ class Sam3Detector:
     """
 
     returns_masks = True
+    fuses_object = True
     mask_threshold = 0.5
 
     def __init__(self, model: Any, tokenizer: Any, settings: ImageSettings, device: str, dtype: Any, name: str) -> None:
@@ -276,12 +277,6 @@ class Sam3Detector:
         return out
 
     # --- the Detector interface ---------------------------------------------------------------
-
-    def detect(
-        self, images: Sequence[np.ndarray], caption: str, *, box_threshold: float = 0.1, text_threshold: float = 0.1
-    ) -> list[Detections]:
-        """Detections with masks per image, all the caption's phrases as prompts."""
-        return self.detect_many(images, [caption], box_threshold=box_threshold, text_threshold=text_threshold)[0]
 
     def detect_many(
         self,

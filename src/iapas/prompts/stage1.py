@@ -34,8 +34,8 @@ from iapas.core.caption import (
     DEFAULT_OBJECT_JOIN,
     clean_nouns,
     fit_caption,
+    estimated_text_budget,
     fit_tag_caption,
-    text_budget,
 )
 from iapas.prompts.knowledge import Knowledge
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, LLM, LLMError, Message, build_messages
@@ -265,8 +265,8 @@ def build_profile(
     object size on the references as stage 2 does (:func:`~iapas.prompts.object_tag.measure_object_size`). ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
     no ``nouns``: the ``knowledge`` vocabulary answers. ``prompt_style`` names the LLM's messages
     and ``object_join`` how the object tag joins the caption (:func:`~iapas.core.caption.build_caption`). ``detector`` is any
-    :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
-    window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
+    :class:`~iapas.models.base.Detector`; it says how its captions are counted
+    (``caption_budget``: exact for Grounding DINO). ``input_digest`` is stored as ``stage1.input_hash``.
     ``llm_fallback`` False: an LLM failure raises :class:`LLMError` instead of falling back to
     the knowledge vocabulary (:func:`generate_nouns`). ``text_processing`` 'reference' does
     steps 2-5 as the reference code (:mod:`~iapas.prompts.reference_text`; ``object_join`` and
@@ -286,7 +286,7 @@ def build_profile(
         raise Stage1Error("finding the object tag needs a tagger and a detector; or give the object tag (--object)")
     if given_object is None and not paths:
         raise Stage1Error("finding the object tag needs reference images")
-    count_tokens, max_tokens, counter = text_budget(detector)
+    count_tokens, max_tokens, counter = detector.caption_budget() if detector is not None else estimated_text_budget()
     timings: dict[str, float] = {}
     record: dict[str, Any] = {
         "source": "stage1",
@@ -433,7 +433,7 @@ def build_profile(
     if given_object is None and tagger is not None:
         all_models["tagger"] = tagger.model_id or tagger.name
     if detector is not None:
-        all_models["detector"] = getattr(detector, "name", type(detector).__name__)
+        all_models["detector"] = detector.name
     if noun_result.backend == "knowledge":
         all_models["llm"] = "knowledge"
     elif noun_result.fallback_used:  # the reason is in stage1.fallback_reason
