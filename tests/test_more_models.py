@@ -283,23 +283,13 @@ def test_the_model_table_gives_the_adapters_the_presets_and_the_help_lists():
 
 def test_the_detector_base_states_the_contract_with_defaults():
     from iapas.core.caption import GROUNDING_DINO_MAX_TEXT_LEN, estimate_token_count
-    from iapas.core.types import Detections
     from iapas.models.base import Detector
+    from tests.test_pipeline import CannedDetector
 
-    class OneCaption(Detector):
-        name = "one"
-
-        def __init__(self) -> None:
-            self.calls: list[str] = []
-
-        def detect(self, images, caption, *, box_threshold, text_threshold):
-            self.calls.append(caption)
-            return [Detections.empty() for _ in images]
-
-    det = OneCaption()
+    det = CannedDetector({})
     image = np.zeros((4, 4, 3), np.uint8)
     assert len(det.detect_many([image], ["a", "b"], box_threshold=0.1, text_threshold=0.1)) == 2
-    assert det.calls == ["a", "b"]  # the default detect_many: one detect per caption, in order
+    assert det.calls == [(1, "a"), (1, "b")]  # the default detect_many: one detect per caption, in order
     assert not det.returns_masks and not det.fuses_object and det.device is None
     assert det.caption_budget() == (estimate_token_count, GROUNDING_DINO_MAX_TEXT_LEN, "estimate")
     det.check_caption("anything")  # the default checks nothing

@@ -57,12 +57,7 @@ class Detector:
     compiled: bool = False
 
     def detect(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], caption: str, *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[Detections]:
         """Detections per image, boxes in that image's pixels (not clipped to it).
 
@@ -75,12 +70,7 @@ class Detector:
         return self.detect_many(images, [caption], box_threshold=box_threshold, text_threshold=text_threshold)[0]
 
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions on the same images, one list per caption (the
         default: one :meth:`detect` per caption, in order; adapters share the image work)."""
@@ -90,13 +80,7 @@ class Detector:
         ]
 
     def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float,
-        text_threshold: float,
+        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float, text_threshold: float
     ) -> tuple[list[Detections], list[Detections]]:
         """The caption's detections and the object phrase's (a phrase of the caption) from one
         pass (``--fuse-object-detection``); only where :attr:`fuses_object`."""
