@@ -44,7 +44,7 @@ class Detector:
     defaults (nothing is probed with ``hasattr``).
 
     Class attributes: ``returns_masks`` (a joint model such as SAM 3: each detection brings its
-    mask and no segmenter runs), ``fuses_object`` (:meth:`detect_with_object` is implemented).
+    mask and no segmenter runs), ``fuses_object`` (it can answer :meth:`detect_with_object`, ``--fuse-object-detection``).
     ``name`` is the model's hub id or folder; ``device`` and ``dtype`` where it runs (None for
     detectors that are not torch models).
     """
@@ -80,11 +80,19 @@ class Detector:
         ]
 
     def detect_with_object(
-        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float, text_threshold: float
+        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float = 0.1,
+        text_threshold: float = 0.1,
     ) -> tuple[list[Detections], list[Detections]]:
         """The caption's detections and the object phrase's (a phrase of the caption) from one
-        pass (``--fuse-object-detection``); only where :attr:`fuses_object`."""
-        raise ValueError(f"detector {self.name} cannot fuse object detection")
+        pass (``--fuse-object-detection``); only where :attr:`fuses_object`. The default, for
+        detectors whose phrases do not interact (OWLv2, SAM 3): :meth:`detect_many` of both,
+        which gives exactly what a separate object detection gives."""
+        if not self.fuses_object:
+            raise ValueError(f"detector {self.name} cannot fuse object detection")
+        objects, anomalies = self.detect_many(
+            images, [object_phrase, caption], box_threshold=box_threshold, text_threshold=text_threshold
+        )
+        return anomalies, objects
 
     def caption_budget(self) -> TextBudget:
         """How stage 1 counts a caption's tokens and how many the detector reads (the default:

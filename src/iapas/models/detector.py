@@ -13,7 +13,7 @@ from iapas.core.caption import GROUNDING_DINO_MAX_TEXT_LEN, TextBudget
 from iapas.models import registry
 from iapas.models.base import Detector, check_finite, tokenizer_text_budget
 from iapas.models.caching import ForwardMemo, shared_forward
-from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
+from iapas.models.loading import load_checked_model, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 from iapas.core.types import Detections
 
 logger = logging.getLogger(__name__)
@@ -137,21 +137,10 @@ class GroundingDinoDetector(Detector):
         processor = load_pretrained(
             pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=types
         )
-        model = load_pretrained(
-            AutoModelForZeroShotObjectDetection.from_pretrained,
-            name_or_path,
-            what=what,
-            expected_model_types=types,
-            dtype=torch_dtype,
+        model = load_checked_model(
+            AutoModelForZeroShotObjectDetection.from_pretrained, name_or_path, what=what,
+            model_classes=DETECTOR_MODEL_TYPES, device=dev, dtype=torch_dtype,
         )
-        model_type = getattr(model.config, "model_type", None)
-        if DETECTOR_MODEL_TYPES.get(model_type) != type(model).__name__:  # a hub id of another kind
-            raise ModelLoadError(
-                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); "
-                f"expected {' or '.join(types)}"
-            )
-        model = model.to(dev).eval()
-        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
         return cls(model, processor, dev, torch_dtype, name_or_path)
 
     @staticmethod
@@ -340,12 +329,7 @@ class GroundingDinoDetector(Detector):
         return out  # type: ignore[return-value]
 
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions on the same images: the images are preprocessed
         once, then one forward per caption. Returns one list of Detections per caption."""
@@ -376,12 +360,7 @@ class GroundingDinoDetector(Detector):
         return np.zeros((0,), dtype=np.int64)
 
     def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float = 0.1,
         text_threshold: float = 0.1,
     ) -> tuple[list[Detections], list[Detections]]:
         """One forward for both: the caption's detections, and the object's detections scored by

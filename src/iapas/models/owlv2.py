@@ -205,12 +205,7 @@ class Owlv2Detector(Detector):
     # --- the Detector protocol -------------------------------------------------------------------
 
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions: one vision pass and one class-head call for the
         phrases of all captions, each caption's boxes scored by its own phrases only (the same
@@ -231,12 +226,7 @@ class Owlv2Detector(Detector):
         return results
 
     def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float = 0.1,
         text_threshold: float = 0.1,
     ) -> tuple[list[Detections], list[Detections]]:
         """The caption's detections and the object's (``--fuse-object-detection``): the object
@@ -246,7 +236,4 @@ class Owlv2Detector(Detector):
         phrase = object_phrase.strip().lower()
         if phrase not in self.phrases(caption):
             raise ValueError(f"object tag {object_phrase!r} is not in the caption {caption!r}; cannot fuse object detection")
-        objects, anomalies = self.detect_many(
-            images, [phrase, caption], box_threshold=box_threshold, text_threshold=text_threshold
-        )
-        return anomalies, objects
+        return super().detect_with_object(images, caption, phrase, box_threshold=box_threshold, text_threshold=text_threshold)

@@ -102,6 +102,8 @@ class Sam3Detector(Detector):
     """
 
     returns_masks = True
+    # detect_with_object is the base's: each phrase is its own prompt, so the object's
+    # instances are the same as a separate object detection's, for the work of detect_many
     fuses_object = True
     mask_threshold = 0.5
 
@@ -279,12 +281,7 @@ class Sam3Detector(Detector):
     # --- the Detector interface ---------------------------------------------------------------
 
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions: one vision pass for the batch, and each phrase
         prompted once per image even when several captions have it."""
@@ -299,19 +296,3 @@ class Sam3Detector(Detector):
             for c, phrases in enumerate(per_caption):
                 results[c].append(Detections.concat([found[p] for p in phrases], image.shape[:2]))
         return results
-
-    def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
-    ) -> tuple[list[Detections], list[Detections]]:
-        """The caption's detections and the object phrase's: the same work as :meth:`detect_many`
-        (each phrase is its own prompt, so the object's instances are the same either way)."""
-        objects, anomalies = self.detect_many(
-            images, [object_phrase, caption], box_threshold=box_threshold, text_threshold=text_threshold
-        )
-        return anomalies, objects
