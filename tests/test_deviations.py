@@ -18,6 +18,7 @@ from PIL import Image
 
 from iapas.evaluation.settings import EvalSettings
 from iapas.evaluation.variants import ablation_variants
+from iapas.models import base
 from iapas.models.detector import GroundingDinoDetector
 from iapas.product.profile import Profile
 from iapas.core.caption import build_caption
@@ -165,7 +166,7 @@ class Tagger:
         return [self.TAGS[index_of(im)] for im in images]
 
 
-class Detector:
+class Detector(base.Detector):
     """Image 0: a phrase spanning two tags ('bottle glass', iapas maps it to a tag); image 1:
     'glass', and a 'white' box below it."""
 

@@ -36,6 +36,7 @@ from iapas.evaluation import (
 )
 from iapas.evaluation.core import RunConflictError, load_map_file, metrics_from_predictions
 from iapas.metrics import category_metrics
+from iapas.models.base import Detector
 from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 from iapas.product.profile import Profile
 from iapas.core.types import Detections
@@ -46,7 +47,7 @@ OBJECT = "widget"
 # --- fakes ---------------------------------------------------------------------------------------
 
 
-class BlobDetector:
+class BlobDetector(Detector):
     """The object tag: a box 2 px inside the image borders (score 0.9). Any other caption: the
     bounding box of the pixels brighter than 120 (score = brightest / 255, phrase 'defect')."""
 

@@ -259,3 +259,45 @@ def test_segment_with_sam_hq_on_real_mtd(tmp_path: Path, tiny_models: dict[str, 
     picks = {"MT_Fray": 1, "MT_Uneven": 1}
     out = segment_real_mtd(tmp_path, profile_file, tiny_models["grounding-dino"], tiny_models["sam-hq"], picks)
     assert str(tiny_models["sam-hq"]) in (out / "run.json").read_text()
+
+
+# --- the one model table and the detector contract (issue 21) ------------------------------------
+
+
+def test_the_model_table_gives_the_adapters_the_presets_and_the_help_lists():
+    from iapas.models import registry
+    from iapas.models.factory import _adapters
+    from iapas.testing.presets import PRESETS, preset_names
+
+    assert _adapters("detector")["mm-grounding-dino"] == "iapas.models.detector:GroundingDinoDetector"
+    assert _adapters("segmenter")["sam2_video"] == _adapters("segmenter")["sam2"] == "iapas.models.sam2:Sam2Segmenter"
+    assert registry.family_list("detector") == "Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3"
+    assert registry.family_list("segmenter") == "SAM, SAM-HQ or SAM 2.1"
+    assert registry.detector_names()[0] == "gdino-tiny" and "sam3" in registry.detector_names()
+    assert "sam-vit-h" in registry.segmenter_names() and "sam3" not in registry.segmenter_names()
+    assert set(preset_names()) == {m.preset for m in registry.MODELS if m.preset}
+    for model in registry.MODELS:  # each preset copies its row's hub id and model type
+        if model.preset:
+            assert (PRESETS[model.preset].hub_id, PRESETS[model.preset].kind) == (model.hub_id, model.model_type)
+
+
+def test_the_detector_base_states_the_contract_with_defaults():
+    from iapas.core.caption import GROUNDING_DINO_MAX_TEXT_LEN, estimate_token_count
+    from iapas.models.base import Detector
+    from tests.test_pipeline import CannedDetector
+
+    det = CannedDetector({})
+    image = np.zeros((4, 4, 3), np.uint8)
+    assert len(det.detect_many([image], ["a", "b"], box_threshold=0.1, text_threshold=0.1)) == 2
+    assert det.calls == [(1, "a"), (1, "b")]  # the default detect_many: one detect per caption, in order
+    assert not det.returns_masks and not det.fuses_object and det.device is None
+    assert det.caption_budget() == (estimate_token_count, GROUNDING_DINO_MAX_TEXT_LEN, "estimate")
+    det.check_caption("anything")  # the default checks nothing
+    with pytest.raises(ValueError, match="cannot fuse object detection"):
+        Pipeline(det, object(), PipelineConfig(fuse_object_detection=True)).check(  # type: ignore[arg-type]
+            Profile.from_prompts("tile", "tile", ["crack"])
+        )
+    with pytest.raises(NotImplementedError, match="overrides neither"):
+        Detector().detect([image], "a")
+    with pytest.raises(TypeError, match="must be an iapas.models.Detector"):
+        Pipeline(object(), object())  # type: ignore[arg-type]

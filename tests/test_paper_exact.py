@@ -12,6 +12,7 @@ import pytest
 
 from iapas.evaluation.cvresize import resize_map_cubic
 from iapas.metrics import average_precision, f1_max_at_thresholds
+from iapas.models.base import Detector
 
 cv2 = pytest.importorskip("cv2")
 sk = pytest.importorskip("sklearn.metrics")
@@ -135,7 +136,7 @@ def reference_metrics(out, image_norm: bool, category: str = "magnetic_tile") ->
     }
 
 
-class PlateauDetector:
+class PlateauDetector(Detector):
     """0 to 4 boxes per image with float32 scores, drawn from the image's bytes (deterministic)."""
 
     name = "plateau"

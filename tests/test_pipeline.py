@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from iapas.models.base import Detector
 from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 from iapas.product.profile import Profile
 from iapas.core.caption import BASE_CAPTION
 from iapas.core.types import Detections
 
 
-class CannedDetector:
+class CannedDetector(Detector):
     """Returns fixed detections per caption; records the calls (logic tests only)."""
 
     name = "canned"

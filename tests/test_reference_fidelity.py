@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from iapas.evaluation.core import EvalSettings, category_signature, stage2_pipeline
+from iapas.models.base import Detector
 from iapas.models.detector import GroundingDinoDetector
 from iapas.pipeline.stage2 import Pipeline, PipelineConfig
 from iapas.core.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
 from iapas.core.types import Detections
 
 
-class RecordingDetector:
+class RecordingDetector(Detector):
     name = "recording"
 
     def __init__(self) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iapas.cli import app
+from iapas.models.base import Detector
 from iapas.models.loading import ModelLoadError
 from iapas.pipeline.stage2 import NoSegmenter, Pipeline, PipelineConfig
 from iapas.product.profile import Profile
@@ -149,7 +150,7 @@ def box_mask(box: tuple[int, int, int, int], shape: tuple[int, int] = (10, 10)) 
     return m
 
 
-class CannedJointDetector:
+class CannedJointDetector(Detector):
     """Canned instances with masks on a 10x10 image: the object box covers half the image."""
 
     name = "canned-joint"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from iapas.models.base import Detector, tokenizer_text_budget
 from iapas.product.profile import Profile
 from iapas.prompts.llm import LLMError, build_messages
 from iapas.prompts.stage1 import Stage1Error, build_profile, input_hash, llm_error_fallback, select_references
@@ -37,7 +38,7 @@ def d(*rows):
     return Detections(np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32), tuple(r[2] for r in rows))
 
 
-class FakeDetector:
+class FakeDetector(Detector):
     name = "fake-detector"
     # with the tag caption 'bottle . glass .' (the vote); the sizes of the 'bottle' boxes here
     # (0.25, 0.36, 0.2: median 0.25) are NOT the object size
@@ -73,10 +74,8 @@ class WordTokenizer:
 class WindowDetector(FakeDetector):
     """A fake Grounding DINO adapter with a 12-token text window."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.processor = type("P", (), {"tokenizer": WordTokenizer()})()
-        self.model = type("M", (), {"config": type("C", (), {"max_text_len": 12})()})()
+    def caption_budget(self):
+        return tokenizer_text_budget(WordTokenizer(), 12)
 
 
 class FakeLLM:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import NamedTuple
 
 # Words an LLM puts in a word list that name nothing on the object.
 FILLER_WORDS: frozenset[str] = frozenset(
@@ -140,19 +140,20 @@ def fit_caption(
         dropped.append(keep.pop(droppable[-1]))
 
 
-def text_budget(detector: Any | None) -> tuple[Callable[[str], int], int, str]:
-    """``(count_tokens, max_tokens, how)`` for captions of ``detector``.
+class TextBudget(NamedTuple):
+    """How a detector's captions are counted: ``count_tokens(caption)`` against ``max_tokens``;
+    ``how`` says which count it is ('detector tokenizer' or 'estimate'). A detector answers its
+    own (``Detector.caption_budget``)."""
 
-    With a Grounding DINO adapter (``processor.tokenizer`` and ``model.config.max_text_len``) the
-    count is exact; otherwise :func:`estimate_token_count` against the released models' 256.
-    """
-    tokenizer = getattr(getattr(detector, "processor", None), "tokenizer", None)
-    config = getattr(getattr(detector, "model", None), "config", None)
-    max_len = getattr(config, "max_text_len", None)
-    max_tokens = int(max_len) if isinstance(max_len, int) and max_len > 0 else GROUNDING_DINO_MAX_TEXT_LEN
-    if tokenizer is not None:
-        return (lambda caption: len(tokenizer(caption)["input_ids"])), max_tokens, "detector tokenizer"
-    return estimate_token_count, max_tokens, "estimate"
+    count_tokens: Callable[[str], int]
+    max_tokens: int
+    how: str
+
+
+def estimated_text_budget() -> TextBudget:
+    """:func:`estimate_token_count` against the released Grounding DINO models' 256 tokens: the
+    budget without a detector, or of a detector without a tokenizer at hand."""
+    return TextBudget(estimate_token_count, GROUNDING_DINO_MAX_TEXT_LEN, "estimate")
 
 
 def fit_tag_caption(tags: Sequence[str], count_tokens: Callable[[str], int], max_tokens: int) -> tuple[str, list[str]]:

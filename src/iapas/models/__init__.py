@@ -1,4 +1,5 @@
-"""Model adapters. The pipeline depends on :mod:`iapas.models.base` only."""
+"""Model adapters. The pipeline depends on :mod:`iapas.models.base` (the contract) and
+:mod:`iapas.models.registry` (the model table) only."""
 
 from iapas.models.base import Detector, ModelOutputError, Segmenter
 

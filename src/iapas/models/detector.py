@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from iapas.core.caption import GROUNDING_DINO_MAX_TEXT_LEN, TextBudget
 from iapas.models import registry
-from iapas.models.base import check_finite
+from iapas.models.base import Detector, check_finite, tokenizer_text_budget
 from iapas.models.caching import ForwardMemo, shared_forward
-from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
+from iapas.models.loading import load_checked_model, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 from iapas.core.types import Detections
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
+DEFAULT_DETECTOR = registry.DEFAULT_DETECTOR
 DETECTOR_CHOICES = registry.names("detector")  # name -> hub id (see iapas.models.registry)
 
 
@@ -38,7 +39,7 @@ def check_caption_length(caption: str, name_or_path: str) -> None:
     tokenizer and config alone (small files; a hub id is looked up in the local cache first).
     When they cannot be had, nothing is checked here: loading the model reports that, and
     :meth:`GroundingDinoDetector.check_caption` checks the caption once it is loaded."""
-    name = DETECTOR_CHOICES.get(name_or_path, name_or_path)
+    name = registry.resolve("detector", name_or_path)
 
     def cached_first(load: Any) -> Any:
         try:
@@ -56,7 +57,7 @@ def check_caption_length(caption: str, name_or_path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - the model load that follows says what is wrong
         logger.debug("caption not checked before loading %s: %s", name, exc)
         return
-    max_tokens = int(getattr(config, "max_text_len", 256))
+    max_tokens = int(getattr(config, "max_text_len", GROUNDING_DINO_MAX_TEXT_LEN))
     tokens = len(tokenizer(GroundingDinoDetector.normalize_caption(caption))["input_ids"])
     if tokens > max_tokens:
         raise ValueError(caption_too_long(caption, tokens, name, max_tokens))
@@ -81,13 +82,10 @@ def original_resized_shape(height: int, width: int, size: int, max_size: int) ->
 
 # config.json model types this adapter runs, and their transformers classes (same processor,
 # same outputs): Grounding DINO, and MM-Grounding-DINO (LLMDet checkpoints load as the latter).
-DETECTOR_MODEL_TYPES = {
-    "grounding-dino": "GroundingDinoForObjectDetection",
-    "mm-grounding-dino": "MMGroundingDinoForObjectDetection",
-}
+DETECTOR_MODEL_TYPES = registry.model_classes("Grounding DINO", "MM-Grounding-DINO")
 
 
-class GroundingDinoDetector:
+class GroundingDinoDetector(Detector):
     """Adapter for ``GroundingDinoForObjectDetection`` and ``MMGroundingDinoForObjectDetection``
     (see :data:`DETECTOR_MODEL_TYPES`) behind :class:`iapas.models.Detector`.
 
@@ -102,6 +100,8 @@ class GroundingDinoDetector:
     runs the image backbone once for all captions of one image batch (it never sees the text);
     ``cache_text_features`` reuses BERT's output for the same caption tokens across batches.
     """
+
+    fuses_object = True
 
     def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str) -> None:
         self.model = model
@@ -129,7 +129,7 @@ class GroundingDinoDetector:
     def from_pretrained(cls, name_or_path: str = DEFAULT_DETECTOR, device: str = "auto", dtype: str = "auto") -> GroundingDinoDetector:
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        name_or_path = DETECTOR_CHOICES.get(name_or_path, name_or_path)
+        name_or_path = registry.resolve("detector", name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "Grounding DINO detector"
@@ -137,21 +137,10 @@ class GroundingDinoDetector:
         processor = load_pretrained(
             pil_processor_loader(AutoProcessor), name_or_path, what=what, expected_model_types=types
         )
-        model = load_pretrained(
-            AutoModelForZeroShotObjectDetection.from_pretrained,
-            name_or_path,
-            what=what,
-            expected_model_types=types,
-            dtype=torch_dtype,
+        model = load_checked_model(
+            AutoModelForZeroShotObjectDetection.from_pretrained, name_or_path, what=what,
+            model_classes=DETECTOR_MODEL_TYPES, device=dev, dtype=torch_dtype,
         )
-        model_type = getattr(model.config, "model_type", None)
-        if DETECTOR_MODEL_TYPES.get(model_type) != type(model).__name__:  # a hub id of another kind
-            raise ModelLoadError(
-                f"{what}: {name_or_path!r} is a {model_type!r} model ({type(model).__name__}); "
-                f"expected {' or '.join(types)}"
-            )
-        model = model.to(dev).eval()
-        logger.info("loaded %s from %s on %s (%s)", what, name_or_path, dev, torch_dtype)
         return cls(model, processor, dev, torch_dtype, name_or_path)
 
     @staticmethod
@@ -165,7 +154,12 @@ class GroundingDinoDetector:
     @property
     def max_text_tokens(self) -> int:
         """How many text tokens (with [CLS] and [SEP]) the model reads: 256 for the hub models."""
-        return int(getattr(self.model.config, "max_text_len", 256))
+        max_len = getattr(self.model.config, "max_text_len", None)
+        return int(max_len) if isinstance(max_len, int) and max_len > 0 else GROUNDING_DINO_MAX_TEXT_LEN
+
+    def caption_budget(self) -> TextBudget:
+        """Exact: the model's tokenizer against its text window (stage 1 fits the caption to it)."""
+        return tokenizer_text_budget(self.processor.tokenizer, self.max_text_tokens)
 
     def check_caption(self, caption: str) -> None:
         """Raise ValueError if the caption does not fit the model's text window."""
@@ -334,25 +328,8 @@ class GroundingDinoDetector:
                     out[k][i] = det
         return out  # type: ignore[return-value]
 
-    def detect(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
-    ) -> list[Detections]:
-        """Detections per image: one forward per group of same-sized images (see
-        :meth:`_shape_groups`)."""
-        return self.detect_many(images, [caption], box_threshold=box_threshold, text_threshold=text_threshold)[0]
-
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions on the same images: the images are preprocessed
         once, then one forward per caption. Returns one list of Detections per caption."""
@@ -383,12 +360,7 @@ class GroundingDinoDetector:
         return np.zeros((0,), dtype=np.int64)
 
     def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float = 0.1,
         text_threshold: float = 0.1,
     ) -> tuple[list[Detections], list[Detections]]:
         """One forward for both: the caption's detections, and the object's detections scored by

@@ -1,9 +1,10 @@
 """Which adapter loads a model: chosen by the ``model_type`` of its ``config.json``.
 
-A new detector or segmenter family is one adapter class (with a ``from_pretrained`` that takes
-``name_or_path, device, dtype``) plus one row in :data:`DETECTOR_ADAPTERS` or
-:data:`SEGMENTER_ADAPTERS`. Every command loads its models through :func:`load_detector` and
-:func:`load_segmenter`, so a name, hub id or folder works the same everywhere.
+A new detector or segmenter family is one adapter class (a :class:`iapas.models.base.Detector`
+or :class:`~iapas.models.base.Segmenter` with a ``from_pretrained`` that takes ``name_or_path,
+device, dtype``) plus its rows in the model table (:mod:`iapas.models.registry`). Every command
+loads its models through :func:`load_detector` and :func:`load_segmenter`, so a name, hub id or
+folder works the same everywhere.
 """
 
 from __future__ import annotations
@@ -16,23 +17,10 @@ from typing import Any
 from iapas.models import registry
 from iapas.models.loading import ModelLoadError, load_pretrained
 
-# model_type -> "module:Class" of the adapter (imported only when used)
-DETECTOR_ADAPTERS: dict[str, str] = {
-    "grounding-dino": "iapas.models.detector:GroundingDinoDetector",
-    "mm-grounding-dino": "iapas.models.detector:GroundingDinoDetector",
-    "sam3": "iapas.models.sam3:Sam3Detector",  # joint: its detections bring their masks
-    "owlv2": "iapas.models.owlv2:Owlv2Detector",
-}
-SEGMENTER_ADAPTERS: dict[str, str] = {
-    "sam": "iapas.models.segmenter:SamSegmenter",
-    "sam_hq": "iapas.models.segmenter:SamSegmenter",
-    "sam2": "iapas.models.sam2:Sam2Segmenter",
-    "sam2_video": "iapas.models.sam2:Sam2Segmenter",  # the hub's SAM 2.1 checkpoints; load as Sam2Model
-}
-
 
 def _adapters(kind: str) -> dict[str, str]:
-    return DETECTOR_ADAPTERS if kind == "detector" else SEGMENTER_ADAPTERS
+    """``model_type -> "module:Class"`` (imported only when used), from the model table."""
+    return registry.adapters(kind)
 
 
 def model_type_of(kind: str, name_or_path: str) -> str:
@@ -81,4 +69,4 @@ def returns_masks(name_or_path: str) -> bool:
     """Whether the detector ``name_or_path`` is a joint model whose detections bring their masks
     (SAM 3: no segmenter is loaded and runs record the segmenter as ``none``), from its config
     alone (a command line can ask before loading the model)."""
-    return bool(getattr(adapter_class("detector", name_or_path), "returns_masks", False))
+    return bool(adapter_class("detector", name_or_path).returns_masks)

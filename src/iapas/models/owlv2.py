@@ -18,20 +18,20 @@ from typing import Any
 import numpy as np
 
 from iapas.models import registry
-from iapas.models.base import check_finite
+from iapas.models.base import Detector, check_finite, tokenizer_text_budget
 from iapas.models.loading import load_checked_model, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
-from iapas.core.caption import caption_phrases
+from iapas.core.caption import GROUNDING_DINO_MAX_TEXT_LEN, TextBudget, caption_phrases
 from iapas.core.types import Detections
 
 logger = logging.getLogger(__name__)
 
 # config.json model type this adapter runs, and its transformers class.
-OWLV2_MODEL_TYPES = {"owlv2": "Owlv2ForObjectDetection"}
+OWLV2_MODEL_TYPES = registry.model_classes("OWLv2")
 # Phrases whose text embeddings are kept (a profile's caption has tens).
 _TEXT_CACHE_SIZE = 1024
 
 
-class Owlv2Detector:
+class Owlv2Detector(Detector):
     """Adapter for ``Owlv2ForObjectDetection`` behind :class:`iapas.models.Detector`.
 
     Work per batch of images, whatever the number of captions (:meth:`detect_many`): one
@@ -44,6 +44,8 @@ class Owlv2Detector:
     with ``target_sizes``); they are not clipped (the pipeline clamps them as SAM prompts, as for
     Grounding DINO).
     """
+
+    fuses_object = True
 
     def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str) -> None:
         self.model = model
@@ -100,6 +102,11 @@ class Owlv2Detector:
                     f"{self.max_query_tokens} per query: shorten it in the profile's caption"
                 )
         return None
+
+    def caption_budget(self) -> TextBudget:
+        """Stage 1's caption budget: OWLv2's tokenizer over the whole caption against Grounding
+        DINO's 256 (each phrase's own window is :meth:`check_caption`'s)."""
+        return tokenizer_text_budget(self.processor.tokenizer, GROUNDING_DINO_MAX_TEXT_LEN)
 
     def check_caption(self, caption: str) -> None:
         """Raise ValueError if a phrase of the caption does not fit OWLv2's query window."""
@@ -197,24 +204,8 @@ class Owlv2Detector:
 
     # --- the Detector protocol -------------------------------------------------------------------
 
-    def detect(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
-    ) -> list[Detections]:
-        """Detections per image for the caption's phrases (``text_threshold`` is ignored)."""
-        return self.detect_many(images, [caption], box_threshold=box_threshold, text_threshold=text_threshold)[0]
-
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions: one vision pass and one class-head call for the
         phrases of all captions, each caption's boxes scored by its own phrases only (the same
@@ -235,12 +226,7 @@ class Owlv2Detector:
         return results
 
     def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], caption: str, object_phrase: str, *, box_threshold: float = 0.1,
         text_threshold: float = 0.1,
     ) -> tuple[list[Detections], list[Detections]]:
         """The caption's detections and the object's (``--fuse-object-detection``): the object
@@ -250,7 +236,4 @@ class Owlv2Detector:
         phrase = object_phrase.strip().lower()
         if phrase not in self.phrases(caption):
             raise ValueError(f"object tag {object_phrase!r} is not in the caption {caption!r}; cannot fuse object detection")
-        objects, anomalies = self.detect_many(
-            images, [phrase, caption], box_threshold=box_threshold, text_threshold=text_threshold
-        )
-        return anomalies, objects
+        return super().detect_with_object(images, caption, phrase, box_threshold=box_threshold, text_threshold=text_threshold)

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 from iapas.models import registry
-from iapas.models.base import check_finite
+from iapas.models.base import Segmenter, check_finite
 from iapas.models.segmenter import split_boxless
 from iapas.models.loading import ModelLoadError, load_checked_model, load_pretrained, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 # config.json model types this adapter runs, and the transformers class each loads as.
-SAM2_MODEL_TYPES = {"sam2": "Sam2Model", "sam2_video": "Sam2Model"}
+SAM2_MODEL_TYPES = registry.model_classes("SAM 2.1")
 
 # Sam2ImageProcessor's defaults (transformers 5.x), for keys a preprocessor_config.json leaves out.
 _DEFAULT_PREPROCESSING: dict[str, Any] = {
@@ -63,7 +63,7 @@ def load_preprocessing(name_or_path: str) -> dict[str, Any]:
     return settings
 
 
-class Sam2Segmenter:
+class Sam2Segmenter(Segmenter):
     """Adapter for ``Sam2Model`` behind :class:`iapas.models.Segmenter`.
 
     Per call: one image-encoder pass for all images that have boxes (they are resized to one

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from iapas.models.base import check_finite
+from iapas.models.base import Detector, check_finite
 from iapas.models import registry
 from iapas.models.loading import ModelLoadError, load_checked_model, load_pretrained, one_line, resolve_device, resolve_dtype
 from iapas.core.caption import caption_phrases
@@ -25,7 +25,7 @@ from iapas.core.types import Detections
 logger = logging.getLogger(__name__)
 
 # config.json model type this adapter runs, and its transformers class
-SAM3_MODEL_TYPES = {"sam3": "Sam3Model"}
+SAM3_MODEL_TYPES = registry.model_classes("SAM 3")
 
 # The processor's text window: Sam3Processor pads and truncates every prompt to 32 tokens.
 SAM3_TEXT_TOKENS = 32
@@ -86,7 +86,7 @@ def read_image_settings(name_or_path: str, what: str) -> ImageSettings:
     raise ModelLoadError(f"{what}: {name_or_path} has no processor_config.json or preprocessor_config.json")
 
 
-class Sam3Detector:
+class Sam3Detector(Detector):
     """Adapter for ``Sam3Model`` behind :class:`iapas.models.Detector`, returning masks too.
 
     Per batch of images: one vision encoder pass (all images are resized to the same square),
@@ -102,6 +102,9 @@ class Sam3Detector:
     """
 
     returns_masks = True
+    # detect_with_object is the base's: each phrase is its own prompt, so the object's
+    # instances are the same as a separate object detection's, for the work of detect_many
+    fuses_object = True
     mask_threshold = 0.5
 
     def __init__(self, model: Any, tokenizer: Any, settings: ImageSettings, device: str, dtype: Any, name: str) -> None:
@@ -277,19 +280,8 @@ class Sam3Detector:
 
     # --- the Detector interface ---------------------------------------------------------------
 
-    def detect(
-        self, images: Sequence[np.ndarray], caption: str, *, box_threshold: float = 0.1, text_threshold: float = 0.1
-    ) -> list[Detections]:
-        """Detections with masks per image, all the caption's phrases as prompts."""
-        return self.detect_many(images, [caption], box_threshold=box_threshold, text_threshold=text_threshold)[0]
-
     def detect_many(
-        self,
-        images: Sequence[np.ndarray],
-        captions: Sequence[str],
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
+        self, images: Sequence[np.ndarray], captions: Sequence[str], *, box_threshold: float = 0.1, text_threshold: float = 0.1
     ) -> list[list[Detections]]:
         """:meth:`detect` for several captions: one vision pass for the batch, and each phrase
         prompted once per image even when several captions have it."""
@@ -304,19 +296,3 @@ class Sam3Detector:
             for c, phrases in enumerate(per_caption):
                 results[c].append(Detections.concat([found[p] for p in phrases], image.shape[:2]))
         return results
-
-    def detect_with_object(
-        self,
-        images: Sequence[np.ndarray],
-        caption: str,
-        object_phrase: str,
-        *,
-        box_threshold: float = 0.1,
-        text_threshold: float = 0.1,
-    ) -> tuple[list[Detections], list[Detections]]:
-        """The caption's detections and the object phrase's: the same work as :meth:`detect_many`
-        (each phrase is its own prompt, so the object's instances are the same either way)."""
-        objects, anomalies = self.detect_many(
-            images, [object_phrase, caption], box_threshold=box_threshold, text_threshold=text_threshold
-        )
-        return anomalies, objects

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 
 from iapas.models import registry
-from iapas.models.base import check_finite
+from iapas.models.base import Segmenter, check_finite
 from iapas.models.loading import ModelLoadError, load_pretrained, pil_processor_loader, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEGMENTER = "facebook/sam-vit-huge"
+DEFAULT_SEGMENTER = registry.DEFAULT_SEGMENTER
 SEGMENTER_CHOICES = registry.names("segmenter")  # name -> hub id (see iapas.models.registry)
 
 # config.json model types the adapters run, and their transformers classes.
-SEGMENTER_MODEL_TYPES = {"sam": "SamModel", "sam_hq": "SamHQModel"}
+SEGMENTER_MODEL_TYPES = registry.model_classes("SAM", "SAM-HQ")
 
 # Boxes decoded per mask post-processing step on the unbatched path: bounds the float masks
 # upsampled at once.
@@ -46,7 +46,7 @@ def split_boxless(
     return out, todo
 
 
-class SamSegmenter:
+class SamSegmenter(Segmenter):
     """Adapter for ``SamModel`` behind :class:`iapas.models.Segmenter`.
 
     Per image: one image-encoder pass (images are encoded together in one batch), then one
@@ -156,7 +156,7 @@ class SamSegmenter:
         :class:`SamHQSegmenter` for ``sam_hq``), any other model type is refused."""
         from transformers import AutoModel, AutoProcessor
 
-        name_or_path = SEGMENTER_CHOICES.get(name_or_path, name_or_path)
+        name_or_path = registry.resolve("segmenter", name_or_path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "SAM segmenter"

@@ -20,8 +20,7 @@ import numpy as np
 
 from iapas.core.images import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
-from iapas.models.detector import DEFAULT_DETECTOR
-from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.models.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from iapas.core.ops import apply_nms, clip_boxes, fuse_masks, size_filter, top_box
 from iapas.core.caption import BASE_CAPTION, caption_phrases
 from iapas.core.types import Detections, Prompt, SegmentationResult
@@ -74,7 +73,7 @@ def _clipped(dets: Detections, rgb: np.ndarray, keep_masks: bool = True) -> Dete
     return Detections(clip_boxes(dets.boxes, rgb.shape[1], rgb.shape[0]), dets.scores, dets.phrases, masks=masks)
 
 
-class NoSegmenter:
+class NoSegmenter(Segmenter):
     """The segmenter of a pipeline whose detector brings its own masks (SAM 3): never called,
     named ``none`` in run signatures and reports."""
 
@@ -82,14 +81,6 @@ class NoSegmenter:
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
         raise RuntimeError("NoSegmenter.segment called: the detector was expected to return masks")
-
-    def compile(self) -> None:
-        pass
-
-
-def returns_masks(detector: Any) -> bool:
-    """Whether ``detector`` is a joint model whose detections carry their masks."""
-    return bool(getattr(detector, "returns_masks", False))
 
 
 def as_rgb(image: ImageInput) -> np.ndarray:
@@ -133,16 +124,15 @@ class Pipeline:
     """
 
     def __init__(self, detector: Detector, segmenter: Segmenter | None, config: PipelineConfig | None = None) -> None:
+        if not isinstance(detector, Detector):
+            raise TypeError(f"the detector must be an iapas.models.Detector, got {type(detector).__name__}")
         self.detector = detector
-        if returns_masks(detector):  # a joint model: a segmenter given (bench's default column's) is unused
+        if detector.returns_masks:  # a joint model: a segmenter given (bench's default column's) is unused
             if segmenter is not None and not isinstance(segmenter, NoSegmenter):
-                logger.info(
-                    "detector %s returns its own masks: segmenter %s unused",
-                    getattr(detector, "name", "?"), getattr(segmenter, "name", type(segmenter).__name__),
-                )
+                logger.info("detector %s returns its own masks: segmenter %s unused", detector.name, segmenter.name)
             segmenter = NoSegmenter()
         elif segmenter is None:
-            raise ValueError(f"detector {getattr(detector, 'name', '?')} returns no masks: a segmenter is needed")
+            raise ValueError(f"detector {detector.name} returns no masks: a segmenter is needed")
         self.segmenter = segmenter
         self.config = config or PipelineConfig()
         self._warned_unfused = False
@@ -157,7 +147,7 @@ class Pipeline:
         config = config or PipelineConfig(**overrides)
         detector = load_detector(config.detector, device=config.device, dtype=config.dtype)
         segmenter: Segmenter | None = None
-        if returns_masks(detector):  # SAM 3: detector and segmenter in one, no SAM loaded
+        if detector.returns_masks:  # SAM 3: detector and segmenter in one, no SAM loaded
             say = logger.info if config.segmenter == DEFAULT_SEGMENTER else logger.warning
             say("detector %s returns its own masks: no segmenter loaded (segmenter %s unused)", detector.name, config.segmenter)
         else:
@@ -178,13 +168,9 @@ class Pipeline:
     def check(self, profile: Prompt | None) -> None:
         """Fail early (ValueError) for a profile this pipeline cannot run: no profile in iapas mode,
         a caption longer than the detector's text window, or fusion the detector cannot do."""
-        caption = self.caption_for(profile)
-        check = getattr(self.detector, "check_caption", None)
-        if check is not None:
-            check(caption)
-        if self.config.mode == "iapas" and self.config.fuse_object_detection:
-            if not hasattr(self.detector, "detect_with_object"):
-                raise ValueError(f"detector {getattr(self.detector, 'name', '?')} cannot fuse object detection")
+        self.detector.check_caption(self.caption_for(profile))
+        if self.config.mode == "iapas" and self.config.fuse_object_detection and not self.detector.fuses_object:
+            raise ValueError(f"detector {self.detector.name} cannot fuse object detection")
 
     def __call__(self, image: ImageInput, profile: Prompt | None = None) -> SegmentationResult:
         return self.run([image], profile)[0]
@@ -212,18 +198,13 @@ class Pipeline:
         if cfg.mode == "iapas":
             assert profile is not None
             if self._can_fuse(caption, profile.object_tag):
-                raw, object_dets = self.detector.detect_with_object(  # type: ignore[attr-defined]
+                raw, object_dets = self.detector.detect_with_object(
                     rgbs, caption, profile.object_tag, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
                 )
-            elif hasattr(self.detector, "detect_many"):  # one preprocessing for both captions
+            else:  # one preprocessing for both captions where the detector can share it
                 object_dets, raw = self.detector.detect_many(
                     rgbs, [profile.object_tag, caption], box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
                 )
-            else:
-                object_dets = self.detector.detect(
-                    rgbs, profile.object_tag, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold
-                )
-                raw = self.detector.detect(rgbs, caption, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
             object_info = [self._object_size(rgb, dets, profile) for rgb, dets in zip(rgbs, object_dets)]
         else:
             raw = self.detector.detect(rgbs, caption, box_threshold=cfg.box_threshold, text_threshold=cfg.text_threshold)
@@ -300,7 +281,7 @@ class Pipeline:
         return results
 
     def _can_fuse(self, caption: str, object_tag: str) -> bool:
-        if not self.config.fuse_object_detection or not hasattr(self.detector, "detect_with_object"):
+        if not self.config.fuse_object_detection or not self.detector.fuses_object:
             return False
         if object_tag.strip().lower() not in caption_phrases(caption):
             if not self._warned_unfused:

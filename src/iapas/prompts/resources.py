@@ -148,11 +148,10 @@ class Stage1Models:
     def detector_id(self) -> str | None:
         """The given detector's ``name``, or the hub id or folder :meth:`detector` will load."""
         if self._given_detector is not None:
-            return getattr(self._given_detector, "name", None)
-        from iapas.models.detector import DEFAULT_DETECTOR, DETECTOR_CHOICES
+            return self._given_detector.name
+        from iapas.models.registry import DEFAULT_DETECTOR, resolve
 
-        name = self.options.detector or DEFAULT_DETECTOR
-        return DETECTOR_CHOICES.get(name, name)
+        return resolve("detector", self.options.detector or DEFAULT_DETECTOR)
 
     def llm_id(self, options: Stage1Options | None = None) -> str:
         """The transformers chat model (default filled in)."""

@@ -29,7 +29,7 @@ import numpy as np
 from iapas.core.version import __version__
 from iapas.core.images import read_image
 from iapas.product.profile import Profile
-from iapas.core.caption import ALWAYS_ADDED, DEFAULT_OBJECT_JOIN, clean_nouns, text_budget
+from iapas.core.caption import ALWAYS_ADDED, DEFAULT_OBJECT_JOIN, clean_nouns, estimated_text_budget
 from iapas.prompts.knowledge import Knowledge
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, LLM, LLMError, Message, build_messages
 from iapas.prompts.object_tag import BOX_THRESHOLD, NMS_IOU, TEXT_THRESHOLD
@@ -245,8 +245,8 @@ def build_profile(
     object size on the references as stage 2 does (:func:`~iapas.prompts.object_tag.measure_object_size`). ``nouns`` given: no LLM (hand-made anomaly nouns). ``llm`` None and
     no ``nouns``: the ``knowledge`` vocabulary answers. ``prompt_style`` names the LLM's messages
     and ``object_join`` how the object tag joins the caption (:func:`~iapas.core.caption.build_caption`). ``detector`` is any
-    :class:`~iapas.models.base.Detector`; a Grounding DINO adapter also gives the exact text
-    window (:func:`text_budget`). ``input_digest`` is stored as ``stage1.input_hash``.
+    :class:`~iapas.models.base.Detector`; it says how its captions are counted
+    (``caption_budget``: exact for Grounding DINO). ``input_digest`` is stored as ``stage1.input_hash``.
     ``llm_fallback`` False: an LLM failure raises :class:`LLMError` instead of falling back to
     the knowledge vocabulary (:func:`generate_nouns`). ``text_processing`` 'reference' does
     steps 2-5 as the reference code (:mod:`~iapas.prompts.reference_text`; ``object_join`` and
@@ -301,7 +301,7 @@ def _start(
         "source": "stage1", "seed": seed, "input_hash": input_digest, "iapas_version": __version__,
         "references": [str(p) for p in paths], "reference_names": names,
     }
-    count_tokens, max_tokens, counter = text_budget(detector)
+    count_tokens, max_tokens, counter = detector.caption_budget() if detector is not None else estimated_text_budget()
     steps = steps_.Steps(
         detector, [], names, count_tokens, max_tokens, counter, box_threshold, text_threshold, nms_iou, progress, record
     )

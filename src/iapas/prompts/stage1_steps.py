@@ -177,7 +177,7 @@ def models_used(tagger: Tagger | None, detector: Any, noun_result: Any, models: 
     if tagger is not None:
         out["tagger"] = tagger.model_id or tagger.name
     if detector is not None:
-        out["detector"] = getattr(detector, "name", type(detector).__name__)
+        out["detector"] = detector.name
     if noun_result.backend == "knowledge":
         out["llm"] = "knowledge"
     elif noun_result.fallback_used:  # the reason is in stage1.fallback_reason

@@ -1,10 +1,8 @@
 """Real-size random models: the hub models' configurations with random weights (see :mod:`iapas.testing`).
 
-Each preset is the configuration of a hub checkpoint (``IDEA-Research/grounding-dino-tiny`` and
-``-base``, ``facebook/sam-vit-base``/``-large``/``-huge``, ``facebook/sam3``,
-``google/owlv2-base-patch16-ensemble`` and ``-large-patch14-ensemble``, ``facebook/sam2.1-hiera-tiny``
-and ``-large``, MM-Grounding-DINO tiny and LLMDet tiny, which share one architecture, and
-``syscv-community/sam-hq-vit-huge``), written out from transformers' defaults and the hub ``config.json`` values, with
+Each preset is the configuration of a hub checkpoint of the model table (the rows of
+:data:`iapas.models.registry.MODELS` with a ``preset``; MM-Grounding-DINO tiny and LLMDet tiny
+share one architecture), written out from transformers' defaults and the hub ``config.json`` values, with
 the hub processor's settings (Grounding DINO: shortest edge 800, longest 1333; SAM: longest edge
 1024, padded to 1024x1024; SAM 3: 1008x1008; OWLv2: padded to a square, resized to 960 or 1008;
 SAM 2.1: resized to 1024x1024). The weights are
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iapas.models import registry
 from iapas.testing.tiny import TINY_WORDS, bert_base_shaped_vocab
 
 logger = logging.getLogger(__name__)
@@ -39,8 +38,10 @@ SAM_HQ_HUGE_PARAMETERS = 642_686_256  # idem
 
 @dataclass(frozen=True)
 class Preset:
-    """One hub model's architecture: its kind (``grounding-dino``, ``sam``, ``owlv2`` or ``sam2``),
-    the hub id it copies, the published parameter count, and a builder of its config."""
+    """One hub model's architecture: its name, the hub id it copies and that model's type
+    (``kind``: ``grounding-dino``, ``sam``, ``sam3``, ``owlv2``, ``sam2_video``, ...), both from
+    the model table (:data:`iapas.models.registry.MODELS`), the published parameter count, and a
+    builder of its config."""
 
     name: str
     kind: str
@@ -163,55 +164,55 @@ def _sam2(embed_dim: int, heads: int, blocks: list[int], global_blocks: list[int
 # Published sizes of the new presets: owlv2-base 155 M (model card); owlv2-large 438 M is
 # transformers' count (the hub lists 0.4 B); SAM 2.1 tiny 38.9 M and large 224.4 M (the SAM 2
 # release) include the video memory modules, which Sam2Model (31.4 M, 216.9 M) leaves out.
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("grounding-dino-tiny", "grounding-dino", "IDEA-Research/grounding-dino-tiny", 172_000_000, _grounding_dino_tiny),
-        Preset("grounding-dino-base", "grounding-dino", "IDEA-Research/grounding-dino-base", 233_000_000, _grounding_dino_base),
-        Preset("sam-vit-base", "sam", "facebook/sam-vit-base", 94_000_000, _sam(768, 12, 12, [2, 5, 8, 11])),
-        Preset("sam-vit-large", "sam", "facebook/sam-vit-large", 312_000_000, _sam(1024, 24, 16, [5, 11, 17, 23])),
-        Preset("sam-vit-huge", "sam", "facebook/sam-vit-huge", 641_000_000, _sam(1280, 32, 16, [7, 15, 23, 31])),
-        Preset("sam3", "sam3", "facebook/sam3", 840_000_000, _sam3),
-        # MM-Grounding-DINO tiny and SAM-HQ ViT-H: the counts are transformers' own for these configs,
-        # not checked against a published figure (SAM-HQ's paper: SAM-H plus about 0.5%)
-        Preset(
-            "mm-grounding-dino-tiny", "mm-grounding-dino", "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
-            MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
+# MM-Grounding-DINO tiny and SAM-HQ ViT-H: the counts are transformers' own for these configs,
+# not checked against a published figure (SAM-HQ's paper: SAM-H plus about 0.5%). LLMDet tiny:
+# MM-Grounding-DINO tiny's architecture (Swin-T, BERT base, the same detector dimensions, 4
+# feature levels), other weights, as a published sweep of the hub config.json files lists it
+# (not checked against the hub: no network here).
+# preset name (a ``preset`` of the model table) -> (published parameters, config builder)
+_BUILDERS: dict[str, tuple[int, Callable[[], Any]]] = {
+    "grounding-dino-tiny": (172_000_000, _grounding_dino_tiny),
+    "grounding-dino-base": (233_000_000, _grounding_dino_base),
+    "sam-vit-base": (94_000_000, _sam(768, 12, 12, [2, 5, 8, 11])),
+    "sam-vit-large": (312_000_000, _sam(1024, 24, 16, [5, 11, 17, 23])),
+    "sam-vit-huge": (641_000_000, _sam(1280, 32, 16, [7, 15, 23, 31])),
+    "sam3": (840_000_000, _sam3),
+    "mm-grounding-dino-tiny": (MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True)),
+    "llmdet-tiny": (MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True)),
+    "sam-hq-vit-huge": (SAM_HQ_HUGE_PARAMETERS, _sam(1280, 32, 16, [7, 15, 23, 31], hq=True)),
+    "owlv2-base": (155_000_000, _owlv2({"image_size": 960, "patch_size": 16}, {}, 512)),
+    "owlv2-large": (
+        438_000_000,
+        _owlv2(
+            {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+             "image_size": 1008, "patch_size": 14},
+            {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+            768,
         ),
-        # LLMDet tiny: MM-Grounding-DINO tiny's architecture (Swin-T, BERT base, the same detector
-        # dimensions, 4 feature levels), other weights, as a published sweep of the hub
-        # config.json files lists it (not checked against the hub: no network here)
-        Preset(
-            "llmdet-tiny", "mm-grounding-dino", "iSEE-Laboratory/llmdet_tiny",
-            MM_GDINO_TINY_PARAMETERS, lambda: _grounding_dino_tiny(mm=True),
-        ),
-        Preset(
-            "sam-hq-vit-huge", "sam_hq", "syscv-community/sam-hq-vit-huge", SAM_HQ_HUGE_PARAMETERS,
-            _sam(1280, 32, 16, [7, 15, 23, 31], hq=True),
-        ),
-        Preset(
-            "owlv2-base", "owlv2", "google/owlv2-base-patch16-ensemble", 155_000_000,
-            _owlv2({"image_size": 960, "patch_size": 16}, {}, 512),
-        ),
-        Preset(
-            "owlv2-large", "owlv2", "google/owlv2-large-patch14-ensemble", 438_000_000,
-            _owlv2(
-                {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
-                 "image_size": 1008, "patch_size": 14},
-                {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
-                768,
-            ),
-        ),
-        Preset(
-            "sam2.1-tiny", "sam2", "facebook/sam2.1-hiera-tiny", 38_900_000,
-            _sam2(96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7]),
-        ),
-        Preset(
-            "sam2.1-large", "sam2", "facebook/sam2.1-hiera-large", 224_400_000,
-            _sam2(144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8]),
-        ),
-    )
+    ),
+    "sam2.1-tiny": (38_900_000, _sam2(96, 1, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7])),
+    "sam2.1-large": (224_400_000, _sam2(144, 2, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8])),
 }
+
+
+def _presets() -> dict[str, Preset]:
+    """Every preset of the model table, with the hub id and model type of its row."""
+    rows = {m.preset: m for m in registry.MODELS if m.preset}
+    missing = set(rows) ^ set(_BUILDERS)
+    if missing:  # a table row without a builder, or a builder without a row
+        raise RuntimeError(f"presets and the model table disagree on {', '.join(sorted(missing))}")
+    return {
+        name: Preset(name, rows[name].model_type, rows[name].hub_id, published, config)
+        for name, (published, config) in _BUILDERS.items()
+    }
+
+
+PRESETS: dict[str, Preset] = _presets()
+
+
+def preset_names() -> tuple[str, ...]:
+    """The preset names (for help texts)."""
+    return tuple(PRESETS)
 
 
 def get_preset(name: str) -> Preset:
@@ -222,15 +223,10 @@ def get_preset(name: str) -> Preset:
 
 
 def _model_class(kind: str) -> Any:
-    from transformers import GroundingDinoForObjectDetection, Owlv2ForObjectDetection, Sam2Model, Sam3Model, SamModel
+    """The transformers class a model type loads as (the model table's)."""
+    import transformers
 
-    from transformers import MMGroundingDinoForObjectDetection, SamHQModel
-
-    classes = {
-        "grounding-dino": GroundingDinoForObjectDetection, "sam3": Sam3Model, "owlv2": Owlv2ForObjectDetection,
-        "sam2": Sam2Model, "mm-grounding-dino": MMGroundingDinoForObjectDetection, "sam_hq": SamHQModel, "sam": SamModel,
-    }
-    return classes[kind]
+    return getattr(transformers, registry.model_class(kind))
 
 
 def count_parameters(name: str) -> int:
@@ -307,7 +303,7 @@ def make_random_model(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     config = preset.config()
     model = _model_class(preset.kind)(config).eval()
     model.save_pretrained(out)
-    if preset.kind == "sam2":
+    if registry.model_class(preset.kind) == "Sam2Model":
         from iapas.testing.tiny import write_sam2_preprocessing
 
         write_sam2_preprocessing(out, image_size=1024)
