@@ -11,7 +11,7 @@ import typer
 from iapas.cli.common import QuietOption, VerboseOption, category_names, console, fail, print_error, setup_logging
 from iapas.cli.options import option
 from iapas.workflows.options import OPTIONS
-from iapas.models.registry import help_table
+from iapas.models.registry import DEFAULT_DETECTOR, family_list, help_table
 from iapas.prompts.resources import LlmFallback
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ TaggerModelOpt = typer.Option(
 )
 ObjectTagOpt = typer.Option(None, "--object", help="The object tag by hand, e.g. 'bottle': skips tagging and the detector vote.")
 DetectorOpt = typer.Option(
-    None, "--detector", help="Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): a model name (table below), a hub id or a folder (default IDEA-Research/grounding-dino-tiny)."
+    None, "--detector", help=f"{family_list('detector')} (which segments too): a model name (table below), a hub id or a folder (default {DEFAULT_DETECTOR})."
 )
 LlmOpt = typer.Option(
     "transformers", "--llm", help="Anomaly nouns from: transformers (local chat model), openai (compatible HTTP endpoint) or knowledge (offline vocabulary)."

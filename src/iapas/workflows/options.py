@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from iapas.core.images import DEFAULT_MAX_PIXELS
-from iapas.models.detector import DEFAULT_DETECTOR
-from iapas.models.segmenter import DEFAULT_SEGMENTER
+from iapas.models.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, family_list
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,9 @@ class Opt:
 MODEL_HELP = "a model name (table below), a hub id or a local folder"
 _ROWS = [
     Opt("detector", ("--detector",), str, DEFAULT_DETECTOR,
-        f"Grounding DINO, MM-Grounding-DINO, OWLv2 or SAM 3 (which segments too): {MODEL_HELP}.", config="detector"),
+        f"{family_list('detector')} (which segments too): {MODEL_HELP}.", config="detector"),
     Opt("segmenter", ("--segmenter",), str, DEFAULT_SEGMENTER,
-        f"SAM, SAM-HQ or SAM 2.1: {MODEL_HELP} (unused with --detector sam3).", config="segmenter"),
+        f"{family_list('segmenter')}: {MODEL_HELP} (unused with --detector sam3).", config="segmenter"),
     Opt("device", ("--device",), str, "auto", "cpu, cuda, cuda:N, mps, or auto (GPU when there is one).",
         config="device"),
     Opt("dtype", ("--dtype",), str, "auto", "float32, float16, bfloat16, or auto (float16 on GPU, float32 on CPU).",
