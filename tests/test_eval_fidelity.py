@@ -206,8 +206,9 @@ def test_evaluate_and_bench_default_to_float32_and_say_so(tmp_path: Path, monkey
         seen.append(("stage1", values.get("dtype")))
         return real_stage1(mode, **values)
 
-    for module in (cli_evaluate, cli_bench):  # each command looks it up in its own module
-        monkeypatch.setattr(module, "_pipeline", fake_pipeline_loader)
+    # evaluate builds its stage-2 settings first (the early resume check needs them), bench loads at once
+    monkeypatch.setattr(cli_evaluate, "_config", fake_pipeline_loader)
+    monkeypatch.setattr(cli_bench, "_pipeline", fake_pipeline_loader)
     monkeypatch.setattr(workflow, "stage1_options", spy_stage1)  # both commands' set-up (workflows.evaluate.prepare)
     root = make_mvtec(tmp_path / "data", ("alpha",), n_good=1, n_bad=1)
     common = ["--tagger", "manual", "--tags", "widget", "--llm", "knowledge", "--quiet"]
