@@ -246,7 +246,12 @@ def test_queued_results_do_not_keep_the_per_box_masks(tmp_path: Path, monkeypatc
         return real(out_dir, key, rgb, result, threshold, overlay=overlay, **kwargs)
 
     monkeypatch.setattr(runner_module, "write_image_outputs", spy)
-    summary = run_segmentation(sorted(tmp_path.glob("*.png")), StubPipeline(object(), object(), PipelineConfig(mode="base")),
+    from iapas.models.base import Detector, Segmenter
+
+    class Unused(Detector, Segmenter):  # the stub's run never calls its models
+        name = "unused"
+
+    summary = run_segmentation(sorted(tmp_path.glob("*.png")), StubPipeline(Unused(), Unused(), PipelineConfig(mode="base")),
                                None, tmp_path / "out", batch_size=2)
     assert summary.done == 3 and seen == [0, 0, 0]
     assert read_results(tmp_path / "out")[0]["image_score"] == 3.0

@@ -309,9 +309,9 @@ def test_wfdd_loader_counts_and_the_paper_protocol_skips_test_good(tmp_path: Pat
 
 
 def test_summary_knows_the_new_loaders_and_uses_evaluates_default_protocol(tmp_path: Path) -> None:
-    from iapas.cli.evaluate import ProtocolOpt
+    from iapas.workflows.options import OPTIONS  # evaluate's --protocol is the option table's row
 
-    assert DEFAULT_PROTOCOL == "paper" and ProtocolOpt.default == DEFAULT_PROTOCOL == EvalSettings().protocol
+    assert DEFAULT_PROTOCOL == "paper" and OPTIONS["protocol"].default == DEFAULT_PROTOCOL == EvalSettings().protocol
     wfdd = json.loads(run_summary("-d", "wfdd", "-r", str(wfdd_tree(tmp_path / "WFDD")), "-n", "2", "--json").stdout)
     assert wfdd["protocol"] == "paper"
     assert wfdd["categories"]["pink_flower"] == {

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from iapas.cli import app
 from iapas.core.lock import LOCK_FILE
 from iapas.product.profile import Profile
+from iapas.models.base import Detector, Segmenter
 
 runner = CliRunner()
 ADVICE = "use another --out folder, or --restart to discard them"
@@ -291,7 +292,7 @@ def test_evaluate_and_bench_refuse_other_weights_under_the_same_name(lab: Lab, t
     assert json.loads(metrics.read_text())["categories"]["alpha"]["n_new"] == 0
 
 
-class Named:
+class Named(Detector, Segmenter):
     """A model stand-in known by the folder it would be loaded from (a store never runs it here)."""
 
     dtype, device = "torch.float32", "cpu"
