@@ -13,6 +13,7 @@ from iapas.cli.options import option
 from iapas.workflows.options import OPTIONS
 from iapas.models.registry import DEFAULT_DETECTOR, family_list, help_table
 from iapas.prompts.resources import LlmFallback
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ PromptsOpt = typer.Option(
     help="Anomaly nouns by hand, comma separated, e.g. 'scratch, crack, hole' (skips the LLM). 'abnormal' and 'defect' are always added.",
 )
 SizeThresholdOpt = typer.Option(
-    0.8, help="Keep a box only if its area is below this fraction of the object's area (the paper's 0.8)."
+    DEFAULT_SIZE_THRESHOLD, help="Keep a box only if its area is below this fraction of the object's area (the paper's 0.8)."
 )
 ObjectInCaptionOpt = typer.Option(
     True, "--object-in-caption/--no-object-in-caption", help="Append the object tag to the caption (as the reference code does)."

@@ -10,6 +10,10 @@ import numpy as np
 from iapas.core.types import Detections
 
 
+# The paper's size threshold: a kept box is smaller than this fraction of the object's area.
+DEFAULT_SIZE_THRESHOLD = 0.8
+
+
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """Clamp ``(N, 4)`` xyxy boxes to the image ``[0, width] x [0, height]``."""
     out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
@@ -77,7 +81,7 @@ def apply_nms(dets: Detections, iou_threshold: float = 0.5) -> Detections:
 
 
 def size_filter(
-    dets: Detections, width: int, height: int, object_size: float, ratio: float = 0.8
+    dets: Detections, width: int, height: int, object_size: float, ratio: float = DEFAULT_SIZE_THRESHOLD
 ) -> tuple[Detections, Detections]:
     """Split detections into (kept, dropped) by METHOD.md stage 2 step 3.
 

@@ -17,6 +17,7 @@ from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
 from iapas.core.caption import BASE_CAPTION, REFERENCE_BASE_CAPTION
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 MODES = ("iapas", "base")
 PROTOCOLS = ("paper", "full")
@@ -211,7 +212,7 @@ def effective_size_threshold(settings: EvalSettings, profile: Profile | None) ->
         return None
     if settings.size_threshold is not None:
         return settings.size_threshold
-    return profile.size_threshold if profile is not None else 0.8
+    return profile.size_threshold if profile is not None else DEFAULT_SIZE_THRESHOLD
 
 
 def category_signature(pipeline: Pipeline, profile: Profile | None, settings: EvalSettings) -> dict[str, Any]:

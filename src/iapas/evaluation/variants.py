@@ -42,6 +42,7 @@ from pathlib import Path
 from iapas.evaluation.settings import EvalSettings
 from iapas.core.caption import fixed_caption
 from iapas.prompts.llm import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 ABLATIONS: tuple[str, ...] = (
     "references", "prompt", "size-filter", "size-sweep", "wrong-tag", "prompt-style", "prompt-transfer"
@@ -49,7 +50,6 @@ ABLATIONS: tuple[str, ...] = (
 # ``--ablation detector=NAME`` / ``segmenter=NAME``: a column per model, the rest as the default's
 MODEL_ABLATIONS: tuple[str, ...] = ("detector", "segmenter")
 SIZE_SWEEP: tuple[float, ...] = tuple(round(0.5 + 0.1 * i, 1) for i in range(11))  # 0.5, 0.6, ..., 1.5
-DEFAULT_SIZE_THRESHOLD = 0.8
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 from iapas.core.images import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
 from iapas.models.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
-from iapas.core.ops import apply_nms, clip_boxes, fuse_masks, size_filter, top_box
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD, apply_nms, clip_boxes, fuse_masks, size_filter, top_box
 from iapas.core.caption import BASE_CAPTION, caption_phrases
 from iapas.core.types import Detections, Prompt, SegmentationResult
 
@@ -235,7 +235,7 @@ class Pipeline:
         cfg = self.config
         kept: list[Detections] = []
         dropped: list[Detections] = []
-        ratio = cfg.size_threshold if cfg.size_threshold is not None else (profile.size_threshold if profile else 0.8)
+        ratio = cfg.size_threshold if cfg.size_threshold is not None else (profile.size_threshold if profile else DEFAULT_SIZE_THRESHOLD)
         for rgb, d, (_, _, obj_size, _) in zip(rgbs, dets, object_info):
             if cfg.mode == "iapas" and cfg.size_filter:
                 k, dr = size_filter(d, rgb.shape[1], rgb.shape[0], obj_size, ratio)

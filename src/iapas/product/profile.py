@@ -24,6 +24,7 @@ from iapas.core.names import BadNameError, check_name
 from iapas.core.plaindata import PlainDataError, load_plain
 from iapas.core.caption import DEFAULT_OBJECT_JOIN, build_caption, caption_phrases, caption_words
 from iapas.core.types import SegmentationResult
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 PROFILE_FORMAT = 1
 
@@ -39,7 +40,7 @@ class Profile:
     caption: str
     anomaly_nouns: list[str] = field(default_factory=list)
     include_object_tag: bool = True
-    size_threshold: float = 0.8
+    size_threshold: float = DEFAULT_SIZE_THRESHOLD
     object_size: float | None = None  # median normalised object area over the references
     models: dict[str, Any] = field(default_factory=dict)
     stage1: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +56,7 @@ class Profile:
         nouns: list[str],
         *,
         include_object_tag: bool = True,
-        size_threshold: float = 0.8,
+        size_threshold: float = DEFAULT_SIZE_THRESHOLD,
         object_join: str = DEFAULT_OBJECT_JOIN,
         **extra: Any,
     ) -> Profile:

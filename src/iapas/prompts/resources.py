@@ -13,6 +13,7 @@ Nothing heavy is imported here: each model's module is imported when that model 
 """
 
 from __future__ import annotations
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 import logging
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class Stage1Options:
     include_object_tag: bool = True
     object_join: str = "phrase"  # iapas.core.caption.OBJECT_JOINS: 'comma' is the reference code's
     prompt_style: str = "reference"  # iapas.prompts.llm.PROMPT_STYLES: the LLM's messages
-    size_threshold: float = 0.8
+    size_threshold: float = DEFAULT_SIZE_THRESHOLD
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"

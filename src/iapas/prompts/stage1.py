@@ -39,6 +39,7 @@ from iapas.prompts.profile_key import input_hash  # noqa: F401 - callers import 
 from iapas.prompts.reference_text import DEFAULT_TEXT_PROCESSING, check_text_processing
 from iapas.prompts.tagging import Tagger, load_stoplist, normalize_tag
 from iapas.prompts import stage1_steps as steps_
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def build_profile(
     include_object_tag: bool = True,
     object_join: str = DEFAULT_OBJECT_JOIN,
     prompt_style: str = DEFAULT_PROMPT_STYLE,
-    size_threshold: float = 0.8,
+    size_threshold: float = DEFAULT_SIZE_THRESHOLD,
     stoplist: frozenset[str] | None = None,
     max_tags: int | None = None,
     box_threshold: float = BOX_THRESHOLD,

@@ -8,6 +8,7 @@ values raise ValueError (or the dataset's and run folder's own errors) with a on
 """
 
 from __future__ import annotations
+from iapas.core.ops import DEFAULT_SIZE_THRESHOLD
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def prepare(options: Mapping[str, Any]) -> Setup:
     size = o["size_threshold"]
     stage1 = stage1_options(
         o["mode"], tags=o["tags"], prompts=o.get("prompts"), object_tag=o.get("object_tag"),
-        include_object_tag=o["object_in_caption"], size_threshold=size if size is not None else 0.8,
+        include_object_tag=o["object_in_caption"], size_threshold=size if size is not None else DEFAULT_SIZE_THRESHOLD,
         dtype=o["dtype"] or "auto", **{k: o[k] for k in STAGE1_FIELDS},
     )
     return Setup(settings, stage1, o["dtype"] or EVAL_DTYPE)
