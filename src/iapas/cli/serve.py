@@ -136,6 +136,6 @@ def _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep,
                                     show_dropped=settings.show_dropped)
     except (RunConflictError, OSError, ValueError) as exc:
         raise fail(str(exc)) from None
-    serve.device = str(getattr(pipeline.detector, "device", settings.device))
+    serve.device = str(pipeline.detector.device or settings.device)
     serve.dtype = str(getattr(pipeline.detector, "dtype", settings.dtype))
     return app, worker

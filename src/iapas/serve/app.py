@@ -403,8 +403,8 @@ def _add_info_routes(app: Any, station: Station) -> None:
             "version": __version__,
             "review": worker is None,
             "models": None if pipeline is None else {
-                "detector": getattr(pipeline.detector, "name", type(pipeline.detector).__name__),
-                "segmenter": getattr(pipeline.segmenter, "name", type(pipeline.segmenter).__name__),
+                "detector": pipeline.detector.name,
+                "segmenter": pipeline.segmenter.name,
             },
             "device": None if pipeline is None else settings.device,
             "dtype": None if pipeline is None else settings.dtype,
