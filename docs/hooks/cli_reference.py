@@ -14,7 +14,7 @@ MARKER = "<!-- cli-reference -->"
 
 def _sections(command, path: list[str], parent=None) -> list[str]:
     # typer may carry its own copy of click: use the command's own classes, never ``import click``
-    ctx = command.context_class(command, parent=parent, info_name=path[-1], terminal_width=100, max_content_width=100)
+    ctx = command.context_class(command, parent=parent, info_name=path[-1], terminal_width=80, max_content_width=80)
     help_text = command.get_help(ctx).replace("python -m iapas", "iapas")
     level = "#" * min(len(path) + 1, 4)
     out = [f"{level} `{' '.join(path)}`", "", "```text", help_text, "```", ""]
@@ -26,7 +26,7 @@ def _sections(command, path: list[str], parent=None) -> list[str]:
 
 def cli_reference() -> str:
     """Markdown for every command of the ``iapas`` typer app."""
-    os.environ.setdefault("COLUMNS", "100")
+    os.environ.setdefault("COLUMNS", "80")
     import typer
 
     from iapas.cli import app
