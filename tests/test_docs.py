@@ -190,3 +190,11 @@ def test_a_wrong_option_or_command_is_caught():
     with pytest.raises(AssertionError, match="is a group"):
         check_iapas_command(["testing"])
     check_iapas_command(["testing", "make-tiny-models", "tiny-models", "--seed", "1"])
+
+
+def test_the_readme_and_contributing_links_resolve():
+    """mkdocs --strict checks the site's links; the two pages outside it are checked here."""
+    for page in (ROOT / "README.md", ROOT / "CONTRIBUTING.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not re.match(r"[a-z]+:", target):
+                assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
