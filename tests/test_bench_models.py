@@ -125,11 +125,11 @@ def test_bench_help_names_the_model_ablations_at_80_columns():
     assert "mm-gdino-tiny" in text  # the model names it refers to
 
 
-def test_readme_model_table_parameter_counts_are_the_presets_meta_device_counts():
+def test_model_table_parameter_counts_are_the_presets_meta_device_counts():
     from iapas.models.registry import MODEL_NAMES
     from iapas.testing.presets import PRESETS, count_parameters
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "reference" / "models.md").read_text(encoding="utf-8")
     rows, header = {}, None
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
