@@ -190,6 +190,9 @@ def test_ctrl_c_keeps_finished_images(tmp_path: Path, tiny_models: dict[str, Pat
         cli("segment", str(folder), "--out", str(out), "--profile", str(profile), "--detector", str(tiny_models["grounding-dino"]),
             "--segmenter", str(tiny_models["sam"]), "--device", "cpu"),
         env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # as from a terminal: a suite started in the background ('pytest &', as a CI script may) has
+        # SIGINT ignored, and a child that inherits that never sees the Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
