@@ -156,12 +156,12 @@ def test_the_station_draws_dropped_boxes_only_with_show_dropped(show: bool) -> N
 def test_segment_and_serve_share_one_show_dropped_option() -> None:
     import typer.main
 
-    from iapas.cli.common import ShowDroppedOption
+    from iapas.workflows.options import OPTIONS  # the one --show-dropped, the option table's row
 
     for name in ("segment", "serve"):
         command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
         (param,) = [p for p in command.params if p.name == "show_dropped"]
-        assert param.opts == ["--show-dropped"] and param.default is False and param.help == ShowDroppedOption.help
+        assert param.opts == ["--show-dropped"] and param.default is False and param.help == OPTIONS["show_dropped"].help
 
 
 def test_output_kinds_are_one_table_that_the_writer_follows(tmp_path, monkeypatch):

@@ -106,7 +106,6 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 # the table's logging and overlay options, for commands that list their options by hand
 VerboseOption = option(OPTIONS["verbose"])
 QuietOption = option(OPTIONS["quiet"])
-ShowDroppedOption = option(OPTIONS["show_dropped"])
 
 
 def category_names(values: list[str] | None, option: str) -> list[str]:

@@ -248,8 +248,9 @@ class MemoryStore:
             rgb = read_image_bytes(upload, name, max_pixels=shape[0] * shape[1]).rgb
             light = dataclasses.replace(held.light, anomaly_map=decode_map(held.encoded_map))
             threshold = held.record.get("threshold", 0.0)
-            drawn = output_kind(kind).draw(OutputInputs(rgb, light, threshold, held.verdict, self.show_dropped))
-            data = png_bytes(drawn, compress_level=output_kind(kind).compress_level)
+            row = output_kind(kind)
+            data = png_bytes(row.draw(OutputInputs(rgb, light, threshold, held.verdict, self.show_dropped)),
+                             compress_level=row.compress_level)
         with self._lock:
             if result_id in self._items and kind not in held.pngs:
                 held.pngs[kind] = data
