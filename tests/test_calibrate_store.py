@@ -5,7 +5,6 @@ values computed by hand, and its refusals."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
