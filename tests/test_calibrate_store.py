@@ -121,7 +121,7 @@ def test_threshold_from_the_audit_sample(pipeline, tmp_path: Path, monkeypatch: 
     assert (p["false_calls_not_audited"], p["audits_open"], p["audit_rate"]) == (3, 1, 0.2)
     assert "used 12 normal part(s) of the audit sample: 10 audited confirmed OK + 2 audited false call(s)" in result.output
     assert "left out 3 false call(s) the audit did not draw" in result.output
-    assert "threshold 0.55: the 11-th smallest of 12" in result.output
+    assert "threshold 0.55: the k = 11-th smallest of n = 12 score(s)" in result.output
     # the profile still judges with it, and its file keeps every other field
     assert Profile.load(path).caption == profile.caption
     # --since keeps parts 9 .. 20: sample = 9, 10, 11 (n = 3) < 4 needed for 0.2: refused, profile unchanged

@@ -57,7 +57,7 @@ class StoreCalibration:
                  f"+ {p['false_calls']} audited false call(s)"]
         lines += [f"left out {n} {why}" for why, n in self.left_out.items() if n]
         rank = conformal_rank(d.n_calibration, d.target_rate or 0.01)
-        lines.append(f"threshold {d.threshold:.6g}: the {rank}-th smallest of {d.n_calibration} score(s) (conformal, "
+        lines.append(f"threshold {d.threshold:.6g}: the k = {rank}-th smallest of n = {d.n_calibration} score(s) (conformal, "
                      f"target false-alarm rate {d.target_rate:g}); NG in the sample "
                      f"{100 * (d.observed_false_alarm_rate or 0):.1f}%")
         return lines
