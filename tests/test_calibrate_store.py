@@ -170,7 +170,13 @@ def test_refusals(pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert "--since: 'last week' is not an ISO-8601 date" in refused(profile, "--from-store", str(store), "--since", "last week")
     # a store served without --audit-rate
     no_audit = make_store(tmp_path / "plain", pipeline, profile, parts=PARTS[:12], audit_rate=None, monkeypatch=monkeypatch)
-    assert "no part has an audit draw" in refused(profile, "--from-store", str(no_audit))
+    assert ("no part with an audit draw scored like the profile (12 part(s) served without an audit draw (before "
+            "--audit-rate))") in refused(profile, "--from-store", str(no_audit))
+    # a profile whose minimum defect area is not the one the station scored with
+    wider = _profile(pipeline)
+    wider.decision.min_defect_area = 5
+    assert ("(12 part(s) scored with another --min-defect-area than the profile's 5)"
+            in refused(wider, "--from-store", str(store)))
     # without --from-store, --normal and --out are still needed
     assert "give the normal images and a results folder" in refused(profile)
 

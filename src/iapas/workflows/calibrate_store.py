@@ -121,8 +121,9 @@ def calibrate_from_store(profile: Profile, store: Path, *, since: str | None = N
             raise CalibrationError(str(exc)) from None
     cases, left_out, audit_rates = store_cases(folder, profile.decision.min_defect_area)
     if not cases:
-        raise CalibrationError(f"{folder}: no part has an audit draw: serve with 'iapas serve --audit-rate R' "
-                               "and give the audited parts dispositions first")
+        why = "; ".join(f"{n} {reason}" for reason, n in left_out.items() if n) or "no parts"
+        raise CalibrationError(f"{folder}: no part with an audit draw scored like the profile ({why}): serve with "
+                               "'iapas serve --audit-rate R' and give the audited parts dispositions first")
     sample = recalibration_sample(cases, since=since)
     needed = images_needed(rate)
     if len(sample) < needed:
