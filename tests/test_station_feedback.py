@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,8 @@ def test_false_call_and_audit_on_the_page(tiny_models: dict[str, Path], tmp_path
                                        ".startsWith('2/2 = 100% (95% CI 16%–100%) · target 10%')")
                 page.wait_for_selector("#drift", state="visible")
                 assert "screw: drift: observed false-alarm rate 2/2" in page.inner_text("#drift")
+                if os.environ.get("IAPAS_SCREENSHOT_DIR"):  # to look at it
+                    page.screenshot(path=str(Path(os.environ["IAPAS_SCREENSHOT_DIR"]) / "station-feedback.png"))
                 # an audited OK part: marked to audit, in the queue; key A shows it, key C confirms it
                 audited = post(url, "bottle", "A1", 3)
                 assert audited["audit"] is True and audited["decision"] == "OK"
