@@ -22,7 +22,11 @@ from iapas.product.feedback import (
 
 def _tail_at_least(k: int, n: int, p: float) -> float:
     """P(X >= k), X ~ Binomial(n, p), summed by hand (the oracle: no scipy)."""
-    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+    def term(i: int) -> float:  # comb(n, i) p^i (1-p)^(n-i), in logs (n may be 1000s)
+        log = math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+        return math.exp(log + i * math.log(p) + (n - i) * math.log1p(-p))
+
+    return sum(term(i) for i in range(k, n + 1))
 
 
 @pytest.mark.parametrize("k,n", [(1, 4), (2, 4), (3, 10), (7, 20), (1, 200), (5, 37)])
@@ -104,6 +108,11 @@ def test_observed_rates_count_only_the_sample():
     assert (rates.ng_open, rates.audits_open) == (1, 1)  # u4; a5
     assert (rates.parts, rates.ng, rates.audited) == (13, 5, 7)
     assert (rates.false_calls, rates.missed_defects) == (2, 2)
+    # the census: false calls a6 u3 among the 9 parts not known defective (all but a4 a7 u5 u6);
+    # the floor solves P(X >= 2 | 9, p) = 2.5% (0.028145 by hand)
+    assert (rates.false_calls_ng, rates.possible_normals) == (2, 9)
+    assert _tail_at_least(2, 9, rates.false_alarm_floor) == pytest.approx(0.025, abs=1e-9)
+    assert rates.false_alarm_floor == pytest.approx(0.028145, abs=1e-6)
     data = rates.to_dict()
     assert data["false_alarm"]["k"] == 1 and data["escape"]["n"] == 4 and data["ng_open"] == 1
 
@@ -139,6 +148,28 @@ def test_drift_alarm_needs_the_whole_interval_above():
         "drift: audits found escapes at 3/20 = 15% (95% CI 3.2%-38%), above the limit 2%"]
     assert drift_alarm(esc, 0.1, max_escape_rate=0.05) == []
     assert drift_alarm(observed_rates([]), 0.01, 0.01) == []  # no evidence, no alarm
+
+
+def test_drift_alarm_from_the_census_of_false_calls():
+    """2 of 22 audited normals were NG (low end 1.1%: no alarm from the audit), but every NG is
+    reviewed: 152 false calls among at most 1022 parts not known defective -> at least 12.7%."""
+    history = [_case(f"a{i}", "NG" if i < 2 else "OK", True, "false_call" if i < 2 else "confirmed_ok") for i in range(22)]
+    history += [_case(f"f{i}", "NG", False, "false_call") for i in range(150)]
+    history += [_case(f"o{i}", "OK", False, None) for i in range(850)]
+    history += [_case(f"d{i}", "NG", False, "confirmed_ng") for i in range(40)]  # known defective: not counted
+    rates = observed_rates(history)
+    assert rates.false_alarm.low == pytest.approx(0.011206, abs=1e-6)
+    assert (rates.false_calls_ng, rates.possible_normals) == (152, 1022)
+    assert rates.false_alarm_floor == pytest.approx(0.127460, abs=1e-6)
+    assert drift_alarm(rates, 0.1) == [
+        "drift: false-alarm rate above the calibrated target 10%: 152 false call(s) of at most 1022 normal parts: "
+        "at least 13% (every NG reviewed; audit sample 2/22 = 9.1% (95% CI 1.1%-29%))"]
+    assert drift_alarm(rates, 0.13) == []
+    # open NGs count as possible normals but as no false call: 100 open lower the floor below 10%
+    opened = observed_rates(history + [_case(f"n{i}", "NG", False, None) for i in range(100)])
+    assert (opened.possible_normals, opened.ng_open) == (1122, 100)
+    assert _tail_at_least(152, 1122, opened.false_alarm_floor) == pytest.approx(0.025, abs=1e-9)
+    assert drift_alarm(opened, 0.13) == []
 
 
 def _bias_history() -> list[Case]:

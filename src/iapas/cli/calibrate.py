@@ -23,12 +23,14 @@ def calibrate_cmd(
     ctx: typer.Context,
     profile_path: Path = typer.Option(..., "--profile", "-p", help="The profile to calibrate; its 'decision' section is (re)written."),
     normal: list[str] = typer.Option(
-        ..., "--normal", help="Normal images (files, folders, globs), not the stage-1 references. Repeatable."
+        None, "--normal", help="Normal images (files, folders, globs), not the stage-1 references. Repeatable."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the stage 2 results of the calibration images (like 'iapas segment')."),
-    false_alarm_rate: float = typer.Option(
-        0.01, "--false-alarm-rate", help="Target rate of NG on normal parts (needs ceil((1-r)/r) images: 99 for 0.01)."
-    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for the stage 2 results of the calibration images (like 'iapas segment')."),
+    false_alarm_rate: float = typer.Option(None, "--false-alarm-rate", "--rate", help="Target rate of NG on normal parts "
+                                           "(needs ceil((1-r)/r) images: 99 for 0.01); default 0.01, from a store the profile's."),
+    from_store: Path = typer.Option(None, "--from-store", help="Instead of --normal: the folder of 'iapas serve --store'; "
+                                    "the threshold from its audited normal parts' stored scores, no model run."),
+    since: str = typer.Option(None, "--since", help="With --from-store: only parts inspected from this ISO date/time (UTC)."),
     min_defect_area: int = typer.Option(
         0, "--min-defect-area", min=0, help="Pixels a region above the threshold needs to count as a defect."
     ),
@@ -50,14 +52,19 @@ def calibrate_cmd(
     image is the highest level at which a region above it has --min-defect-area pixels. Stage-1
     reference images are refused (compared by content).
 
+    With --from-store the threshold is recomputed from a station's stored scores: see the
+    how-to 'feedback loop'.
+
     Example: iapas calibrate --profile tile.yaml --normal good/ --false-alarm-rate 0.05 --out cal/
     """
     setup_logging(settings.verbose, settings.quiet)
     from iapas.core.maps import MAP_MAX
     from iapas.workflows import calibrate as flow
 
+    if from_store is not None:
+        return _from_store(profile_path, from_store, since, false_alarm_rate, [normal, out, anomalous, masks])
     try:
-        flow.check_options(rule, false_alarm_rate, anomalous, masks)
+        false_alarm_rate = flow.check_options(rule, false_alarm_rate, anomalous, masks, normal, out)
         profile = flow.load_profile(profile_path)
         found = flow.normal_inputs(profile, profile_path, normal, out, false_alarm_rate, rule, on_problem=print_error)
         console.print(f"reference overlap: none ({found.overlap.describe()})", soft_wrap=True, highlight=False)
@@ -86,6 +93,17 @@ def calibrate_cmd(
     if failed:
         console.print(f"[bold red]{failed} input(s) failed[/]; they are not part of the calibration (see above)")
         raise typer.Exit(1)
+
+
+def _from_store(profile_path: Path, store: Path, since: str | None, rate: float | None, others: list) -> None:
+    from iapas.workflows.calibrate import CalibrationError
+    from iapas.workflows.calibrate_store import recalibrate_profile
+
+    try:
+        lines = recalibrate_profile(profile_path, store, since=since, rate=rate, others=others)
+    except CalibrationError as exc:
+        raise fail(str(exc)) from None
+    console.print("\n".join(lines), soft_wrap=True, highlight=False)
 
 
 def _print_results(decision, results, profile_path: Path, n_anomalous: int) -> None:  # noqa: ANN001

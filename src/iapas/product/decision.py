@@ -244,6 +244,8 @@ class Decision:
     detection_rate: float | None = None  # defective images NG at this threshold
     signature: dict[str, Any] = field(default_factory=dict)  # models and settings of the calibration
     date: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)  # where the scores came from, when not --normal images
+
 
     def __post_init__(self) -> None:
         self.validate()
@@ -274,6 +276,7 @@ class Decision:
             raise DecisionError(f"{source}: 'score_min' ({self.score_min:g}) must be <= 'score_max' ({self.score_max:g})")
         self.signature = checks.mapping(self.signature, what("signature"))
         self.date = checks.text(self.date, what("date"))
+        self.provenance = checks.mapping(self.provenance, what("provenance"))
 
     @classmethod
     def manual(cls, threshold: float, calibrated: Decision | None = None) -> Decision:
@@ -286,7 +289,11 @@ class Decision:
         return decision
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; ``provenance`` only when it says something (files written before it existed stay as they were)."""
+        data = asdict(self)
+        if not self.provenance:
+            del data["provenance"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "decision") -> Decision:

@@ -127,6 +127,9 @@ class FeedbackRates:
     audited: int  # drawn for audit
     false_calls: int  # every false call, audited or not (the complete count)
     missed_defects: int  # every missed defect, audited or not (found outside the audit too)
+    false_alarm_floor: float = 0.0  # census lower bound of the false-alarm rate (see observed_rates)
+    false_calls_ng: int = 0  # its numerator: NGs whose disposition says normal
+    possible_normals: int = 0  # its denominator: every part not known to be defective
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -142,11 +145,22 @@ def observed_rates(cases: Iterable[Case], since: str | None = None, last: int | 
     (``k`` = ``missed_defect``). Unaudited OKs count only in ``parts``; unaudited false calls
     and missed defects only in the complete counts ``false_calls`` and ``missed_defects``.
 
+    Every NG is reviewed, so the false calls are also counted completely: ``false_alarm_floor``
+    is the exact one-sided lower bound (at ``1 - (1 - confidence) / 2``) of ``false_calls`` among
+    ``possible_normals``, every part not known to be defective (false calls, open NGs, every OK
+    without a ``missed_defect``). That is at least the number of normal parts whatever the
+    unaudited OKs are (nothing is assumed about an OK: it is counted where it lowers the bound),
+    and an open NG counts as no false call, so the floor stays a valid lower bound of
+    ``P(NG | normal)``; it is far tighter than the audit interval's low end, since it uses every
+    part instead of the audited few.
+
     ``since`` (ISO date or date-time, UTC when no zone is given) keeps the cases inspected then
     or later; ``last`` then keeps the ``last`` most recent (a window, for the drift alarm)."""
     chosen = window(cases, since, last)
     normal = [c for c in chosen if c.audit and c.normal]
     audited_ok = [c for c in chosen if c.audit and c.decision == "OK" and c.disposition is not None]
+    false_calls = sum(c.decision == "NG" and c.normal for c in chosen)
+    possible = sum(not c.defective for c in chosen)  # every part not known to be defective
     return FeedbackRates(
         false_alarm=binomial_interval(sum(c.decision == "NG" for c in normal), len(normal), confidence),
         escape=binomial_interval(sum(c.defective for c in audited_ok), len(audited_ok), confidence),
@@ -157,20 +171,31 @@ def observed_rates(cases: Iterable[Case], since: str | None = None, last: int | 
         audited=sum(c.audit for c in chosen),
         false_calls=sum(c.disposition == "false_call" for c in chosen),
         missed_defects=sum(c.disposition == "missed_defect" for c in chosen),
+        false_alarm_floor=binomial_interval(false_calls, possible, confidence).low,
+        false_calls_ng=false_calls,
+        possible_normals=possible,
     )
 
 
 def drift_alarm(rates: FeedbackRates, target_rate: float | None, max_escape_rate: float | None = None) -> list[str]:
-    """One line per alarm, [] when none: the false-alarm rate's interval lies wholly above
-    ``target_rate`` (its LOW end is above it), or the escape rate's low end is above
-    ``max_escape_rate``. Either limit may be None (not checked). A rate whose interval merely
-    contains values above the limit is not an alarm: it is noise until the evidence excludes
-    the limit at the interval's confidence."""
+    """One line per alarm, [] when none. The false-alarm alarm fires when the evidence excludes
+    ``target_rate``: the audit interval's LOW end is above it, or the false calls' census floor
+    is (``false_alarm_floor``, see :func:`observed_rates`; each a one-sided 97.5% bound at the
+    default confidence, so with no drift either fires on one check with probability at most
+    5%). The escape alarm fires when the escape interval's low end is above ``max_escape_rate``.
+    Either limit may be None (not checked). A rate whose interval merely contains values above
+    the limit is no alarm: noise, until the evidence excludes the limit."""
     alarms = []
     far = rates.false_alarm
+    floor = (f"{rates.false_calls_ng} false call(s) of at most {rates.possible_normals} normal parts: "
+             f"at least {_percent(rates.false_alarm_floor)}")
     if target_rate is not None and far.rate is not None and far.low > target_rate:
+        extra = f"; {floor}" if rates.false_alarm_floor > far.low else ""
         alarms.append(f"drift: observed false-alarm rate {far.text()} is above the calibrated target "
-                      f"{_percent(target_rate)}")
+                      f"{_percent(target_rate)}{extra}")
+    elif target_rate is not None and rates.false_alarm_floor > target_rate:
+        alarms.append(f"drift: false-alarm rate above the calibrated target {_percent(target_rate)}: {floor} "
+                      f"(every NG reviewed; audit sample {far.text()})")
     esc = rates.escape
     if max_escape_rate is not None and esc.rate is not None and esc.low > max_escape_rate:
         alarms.append(f"drift: audits found escapes at {esc.text()}, above the limit {_percent(max_escape_rate)}")

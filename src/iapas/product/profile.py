@@ -114,7 +114,10 @@ class Profile:
         return judge(result, self.decision)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.decision is not None:
+            data["decision"] = self.decision.to_dict()
+        return data
 
     def save(self, path: str | Path) -> Path:
         """Write the profile as YAML (``.yaml``/``.yml``) or JSON (``.json``), atomically."""

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 #: The sub-folder of the calibration's output folder for the defective images' stage 2 results.
 ANOMALOUS_DIR = "anomalous"
 RULES = ("conformal", "f1")
+DEFAULT_RATE = 0.01  # the false-alarm rate asked for when none is given
 Found = list[tuple[Path, Path]]  # (image, the input it was found under)
 
 
@@ -68,7 +69,12 @@ class CalibrationOutcome:
         return self.decision is not None and self.decision.min_defect_area > 1 and self.decision.threshold >= MAP_MAX
 
 
-def check_options(rule: str, rate: float, anomalous: Sequence[str] | None, masks: Path | None) -> None:
+def check_options(rule: str, rate: float | None, anomalous: Sequence[str] | None, masks: Path | None,
+                  normal: Sequence[str] | None, out: Path | None) -> float:
+    """The options of a calibration on images, checked; returns the rate (default 0.01)."""
+    rate = DEFAULT_RATE if rate is None else rate
+    if not normal or out is None:
+        raise CalibrationError("give the normal images and a results folder (--normal DIR --out DIR), or --from-store STORE")
     if rule not in RULES:
         raise CalibrationError(f"--rule must be conformal or f1, got {rule!r}")
     if not 0 < rate < 1:
@@ -77,6 +83,7 @@ def check_options(rule: str, rate: float, anomalous: Sequence[str] | None, masks
         raise CalibrationError("--rule f1 needs labelled defective images: give --anomalous DIR")
     if masks is not None and not anomalous:
         raise CalibrationError("--masks goes with --anomalous")
+    return rate
 
 
 def load_profile(profile_path: Path) -> Profile:
