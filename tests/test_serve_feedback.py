@@ -94,6 +94,14 @@ def test_dispositions_rates_filters_and_one_alarm_log_line_each(pipeline, caplog
         assert (far["k"], far["n"], far["rate"], far["method"]) == (2, 2, 1.0, "clopper-pearson")
         assert far["low"] == pytest.approx(0.025 ** 0.5) and far["high"] == 1.0  # 2/2: low = (a/2)^(1/n)
         assert (screw["ng_open"], screw["audits_open"], screw["escape"]["n"]) == (1, 0, 0)
+        # the census floor: 2 false calls among the 3 parts not known defective (the open NG counts);
+        # the Beta(2, 2) quantile at 2.5%: 3x^2 - 2x^3 = 0.025, solved by bisection
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if 3 * mid**2 - 2 * mid**3 < 0.025 else (lo, mid)
+        assert (screw["false_calls_ng"], screw["possible_normals"]) == (2, 3)
+        assert screw["false_alarm_floor"] == pytest.approx(lo, abs=1e-9)
         # bottle: audited OKs with a disposition: 1 missed defect in 2 -> [1 - sqrt(.975), sqrt(.975)]
         esc = bottle["escape"]
         assert (esc["k"], esc["n"], esc["rate"]) == (1, 2, 0.5)

@@ -79,6 +79,8 @@ def test_false_call_and_audit_on_the_page(tiny_models: dict[str, Path], tmp_path
                 page.wait_for_function("document.getElementById('rate-far').textContent"
                                        ".startsWith('2/2 = 100% (95% CI 16%–100%) · target 10%')")
                 page.wait_for_selector("#drift", state="visible")
+                assert page.inner_text("#rate-far").endswith(  # 2 false calls of 2: (0.025)^(1/2) = 15.8%
+                    "· every NG reviewed: at least 16% (2 false call(s) of 2 parts)")
                 assert "screw: drift: observed false-alarm rate 2/2" in page.inner_text("#drift")
                 if os.environ.get("IAPAS_SCREENSHOT_DIR"):  # to look at it
                     page.screenshot(path=str(Path(os.environ["IAPAS_SCREENSHOT_DIR"]) / "station-feedback.png"))

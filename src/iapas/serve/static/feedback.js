@@ -90,7 +90,9 @@ function renderRates(health) {
   const product = (state.current && state.current.category) || $("category").value;
   const f = (health.feedback || {})[product];
   $("rates-product").textContent = product || "–";
-  $("rate-far").textContent = f ? estimate(f.false_alarm) + (f.target_rate !== null ? " · target " + pct(f.target_rate) : "") : "–";
+  $("rate-far").textContent = f ? estimate(f.false_alarm) + (f.target_rate !== null ? " · target " + pct(f.target_rate) : "") +
+    (f.false_calls_ng ? " · every NG reviewed: at least " + pct(f.false_alarm_floor) + " (" + f.false_calls_ng + " false call(s) of " +
+     f.possible_normals + " parts)" : "") : "–";
   $("rate-escape").textContent = f ? estimate(f.escape) + (f.max_escape_rate !== null ? " · limit " + pct(f.max_escape_rate) : "") : "–";
   $("rate-open").textContent = f ? f.ng_open + " NG, " + f.audits_open + " audit(s)" : "–";
   const drift = health.drift || [];
