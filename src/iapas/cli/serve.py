@@ -45,6 +45,9 @@ def serve_cmd(
         64.0, min=0.001, help="Megapixels of images in flight together; beyond: 503 (one image over it: 413)."
     ),
     review: Path = typer.Option(None, help="Serve a finished segment or evaluate folder read-only."),
+    audit_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of parts drawn at random to audit (0: off)."),
+    audit_seed: int = typer.Option(None, help="Seed of the audit draws (default: fresh each start)."),
+    max_escape_rate: float = typer.Option(0.01, min=0.0, max=1.0, help="Escape rate found by audits that raises a drift alarm."),
     settings: Settings = None,  # type: ignore[assignment]
 ) -> None:
     """Serve the inspection station: a REST API and a web page.
@@ -75,7 +78,8 @@ def serve_cmd(
                           cors=list(cors or []), device=settings.device, dtype=settings.dtype,
                           allowed_hosts=list(allowed_host or []), bound_host=host, body_timeout=body_timeout,
                           max_inflight_bytes=max(int(max_inflight_mb * 2**20), int(max_upload_mb * 2**20)),
-                          pixel_budget=int(pixel_budget_mpx * 1e6))
+                          pixel_budget=int(pixel_budget_mpx * 1e6), audit_rate=audit_rate, audit_seed=audit_seed,
+                          max_escape_rate=max_escape_rate)
     if review is not None and (profile_paths or store is not None):
         raise fail("--review serves a finished folder as it is: leave out --profile and --store")
     try:  # before the models load (minutes): a taken port fails at once

@@ -105,3 +105,26 @@ def read_dispositions(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
 def current_disposition(history: list[dict[str, Any]] | None) -> str | None:
     """The disposition in force: the last of ``history``; None when there is none."""
     return history[-1]["disposition"] if history else None
+
+
+FOR_VERDICT = {"NG": ("confirmed_ng", "false_call"), "OK": ("confirmed_ok", "missed_defect")}
+"""The dispositions that can be given to a verdict: an NG is confirmed or a false call, an OK is
+confirmed or a missed defect."""
+
+
+def verdict_problem(decision: Any, disposition: str) -> str | None:
+    """Why ``disposition`` cannot be given to a result judged ``decision`` (one line), else None."""
+    allowed = FOR_VERDICT.get(decision)
+    if allowed is None:
+        return "the result has no verdict (its product is not calibrated): there is nothing to confirm or overrule"
+    if disposition not in allowed:
+        return f"{disposition} is not a disposition of an {decision} verdict: use {' or '.join(allowed)}"
+    return None
+
+
+def attach_history(record: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Put ``history`` (oldest first) on a station's in-memory ``record``: ``dispositions`` (the
+    history) and ``disposition`` (the current one). The results log itself is never rewritten."""
+    record["dispositions"] = list(history)
+    record["disposition"] = current_disposition(history)
+    return record

@@ -4,8 +4,8 @@ Needs the optional extra ``iapas[serve]`` (fastapi, uvicorn, python-multipart). 
 ``worker`` (one model thread, bounded queue, micro-batches), ``store`` (results in memory or as
 ``segment`` run folders), ``review`` (a finished run folder, read-only), ``auth`` (tokens, the
 401/413 guard), ``policy`` (the Host, Origin and upload-type policy: 400/403/415), ``limits``
-(upload bytes and image pixels in flight), ``app`` (the FastAPI app), ``server`` (uvicorn),
-``static/`` (the page).
+(upload bytes and image pixels in flight), ``feedback`` (dispositions, the audit draw, observed
+rates and drift alarms), ``app`` (the FastAPI app), ``server`` (uvicorn), ``static/`` (the page).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from iapas.core.images import DEFAULT_MAX_PIXELS, UPLOAD_FORMATS, ImageReadError
 from iapas.core.names import BadNameError, check_name
 from iapas.product.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
+from iapas.serve.feedback import AuditDraw, FeedbackMonitor, add_feedback_routes, check_filter
 from iapas.serve.limits import Budget, Held, header_pixels
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
@@ -54,6 +55,9 @@ class ServeSettings:
     body_timeout: float = 30.0  # seconds without upload data before the client is dropped (408)
     max_inflight_bytes: int = 256 * 2**20  # upload bytes held by all requests in flight
     pixel_budget: int = 64_000_000  # image pixels held by all requests in flight
+    audit_rate: float = 0.0  # the share of inspections drawn for audit (serve --audit-rate)
+    audit_seed: int | None = None  # the audit generator's seed (None: the OS's entropy)
+    max_escape_rate: float | None = 0.01  # the escape rate that audits may find before a drift alarm
 
 
 class ClientGone(Exception):
@@ -89,6 +93,8 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "timings_ms": record.get("timings_ms")
         or {k: round(1000 * v, 2) for k, v in (record.get("timings") or {}).items()},
         "batch_size": record.get("batch_size"),
+        "disposition": record.get("disposition"),
+        "audit": record.get("audit") is True,
         "urls": {kind: f"/v1/results/{result_id}/{kind}.png"
                  for kind in (*KINDS, "thumb", "heat", "outline", *(("gt",) if "label" in record else ()))},
     }
@@ -191,6 +197,8 @@ class Station:
     budgets: dict[str, Budget]
     categories: list[str]
     in_flight: dict[str, int] = field(default_factory=lambda: {"n": 0})  # inspections received or run now
+    audit: AuditDraw = field(default_factory=AuditDraw)
+    feedback: Any = None  # the FeedbackMonitor
 
     def known(self) -> str:
         return ", ".join(self.categories) or "none"
@@ -215,12 +223,15 @@ def create_app(
     app.state.worker, app.state.store, app.state.profiles = worker, store, profiles
     budgets = {"bytes": Budget(settings.max_inflight_bytes), "pixels": Budget(settings.pixel_budget)}
     app.state.budgets = budgets
-    station = Station(store, profiles, worker, settings, budgets, sorted(profiles) or list(getattr(store, "categories", [])))
+    station = Station(store, profiles, worker, settings, budgets, sorted(profiles) or list(getattr(store, "categories", [])),
+                      audit=AuditDraw(settings.audit_rate, settings.audit_seed))
+    station.feedback = FeedbackMonitor(store, profiles, station.categories, settings.max_escape_rate)
     _add_error_handlers(app)
     _add_inspect_route(app, station)
     _add_results_route(app, station)
     add_thumb_route(app, store, BadRequest, valid_id)  # before the route below, which would take thumb.png
     add_picture_routes(app, store, BadRequest, valid_id)  # heat.png, outline.png: the same
+    add_feedback_routes(app, station, summary, BadRequest, valid_id)
     _add_png_route(app, store)
     add_whatif_route(app, store, BadRequest)
     _add_info_routes(app, station)
@@ -310,6 +321,7 @@ async def inspect_held(station: Station, request: Request, category: str | None,
     except ImageReadError as exc:
         raise BadRequest(400, str(exc)) from None
     decode_s = time.perf_counter() - t0
+    audit = station.audit.draw()  # before, and independent of, the part's score
     try:
         future = station.worker.submit(category, image)  # type: ignore[union-attr]
     except QueueFullError as exc:
@@ -324,7 +336,7 @@ async def inspect_held(station: Station, request: Request, category: str | None,
     def finish() -> dict[str, Any]:
         verdict = profile.judge(result)
         timings = {k: round(1000 * v, 2) for k, v in result.timings.items()}
-        extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size,
+        extra = {"filename": name, "part_id": part_id, "batch_size": outcome.batch_size, **audit,
                  "timings_ms": {"decode": round(1000 * decode_s, 2), "queue": round(1000 * outcome.queue_seconds, 2), **timings}}
         return store.add(category, image, data, result, verdict, extra)
 
@@ -340,11 +352,13 @@ async def inspect_held(station: Station, request: Request, category: str | None,
 def _add_results_route(app: Any, station: Station) -> None:
     @app.get("/v1/results", summary="Recent inspections")
     async def results(decision: str | None = None, category: str | None = None, limit: int = 50, sort: str = "time",
-                      part_id: str | None = None, after: str | None = None, before: str | None = None) -> JSONResponse:
+                      part_id: str | None = None, after: str | None = None, before: str | None = None,
+                      disposition: str | None = None, audit: bool | None = None) -> JSONResponse:
         """Newest first (`sort=time`) or highest image score first (`sort=score`); `decision=NG`
         or `OK`, `category=` and `part_id=` filter. `after=ID` (a result id or its first hex
         digits): the results stored after it, oldest first, for a page that polls; `before=ID`: the
-        ones stored before it (a page of older ones). `in_flight`: inspections under way now."""
+        ones stored before it (a page of older ones). `disposition=` (`none`: not yet given) and
+        `audit=true` filter too. `in_flight`: inspections under way now."""
         if decision is not None and decision not in ("OK", "NG"):
             raise BadRequest(422, "decision must be OK or NG")
         if sort not in ("time", "score"):
@@ -354,7 +368,10 @@ def _add_results_route(app: Any, station: Station) -> None:
         for name, value in (("after", after), ("before", before)):
             if value is not None and (problem := after_problem(value, name)):
                 raise BadRequest(422, problem)
-        records = select(station.store.records(), decision=decision, category=category, part_id=part_id, after=after, before=before)
+        if disposition is not None and (problem := check_filter(disposition)):
+            raise BadRequest(422, problem)
+        records = select(station.store.records(), decision=decision, category=category, part_id=part_id, after=after,
+                         before=before, disposition=disposition, audit=audit)
         if after is not None:
             records.sort(key=lambda r: r.get("id") or r["key"])
         elif sort == "score":
@@ -397,6 +414,7 @@ def _add_info_routes(app: Any, station: Station) -> None:
         if probe is not None and categories:  # space may have gone or returned since the last upload
             await run_in_threadpool(probe, categories[0], 0)
         degraded = getattr(store, "degraded", None)
+        feedback, drift = await run_in_threadpool(station.feedback.report)
         return JSONResponse({
             "status": "degraded" if degraded else "ok",
             "degraded": degraded,
@@ -423,6 +441,8 @@ def _add_info_routes(app: Any, station: Station) -> None:
                 "pixels_in_flight": budgets["pixels"].used,
             },
             "categories": categories,
+            "feedback": feedback,
+            "drift": drift,
         })
 
 

@@ -37,13 +37,17 @@ def after_problem(value: str, name: str = "after") -> str | None:
 
 
 def select(records: list[dict[str, Any]], *, decision: str | None = None, category: str | None = None,
-           part_id: str | None = None, after: str | None = None, before: str | None = None) -> list[dict[str, Any]]:
+           part_id: str | None = None, after: str | None = None, before: str | None = None,
+           disposition: str | None = None, audit: bool | None = None) -> list[dict[str, Any]]:
     """The records that pass every filter given, in the order given. ``after`` / ``before``: ids
     that sort after / before it (ids start with their time in milliseconds, so a prefix of 12 hex
-    digits is a time); ``before`` pages back through the history."""
+    digits is a time); ``before`` pages back through the history. ``disposition``: the current
+    one (``"none"``: not yet given); ``audit``: drawn for audit or not."""
     def keep(r: dict[str, Any]) -> bool:
         rid = r.get("id") or r.get("key") or ""
-        return ((decision is None or r.get("decision") == decision)
+        return ((disposition is None or r.get("disposition") == (None if disposition == "none" else disposition))
+                and (audit is None or (r.get("audit") is True) == audit)
+                and (decision is None or r.get("decision") == decision)
                 and (category is None or r.get("category") == category)
                 and (part_id is None or r.get("part_id") == part_id)
                 and (after is None or rid > after)

@@ -30,6 +30,8 @@ from iapas.serve.auth import answer_json
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UPLOAD_TYPES = frozenset({"multipart/form-data", "application/octet-stream", "image/png", "image/jpeg",
                           "image/bmp", "image/tiff", "image/webp"})
+JSON_TYPE = "application/json"  # the body of the routes that take JSON (a disposition), never of an upload
+UPLOAD_PATH = "/v1/inspect"
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
@@ -103,14 +105,15 @@ class RequestPolicyMiddleware:
         headers: dict[str, str] = {}
         for key, value in scope.get("headers", []):
             headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        refusal = self.refusal(scope["method"], headers)
+        refusal = self.refusal(scope["method"], headers, scope.get("path", ""))
         if refusal is not None:
             await answer_json(send, *refusal)
             return
         await self.app(scope, receive, send)
 
-    def refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
-        """``(status, message)`` of a refused request, None when it may pass."""
+    def refusal(self, method: str, headers: dict[str, str], path: str = UPLOAD_PATH) -> tuple[int, str] | None:
+        """``(status, message)`` of a refused request, None when it may pass. JSON passes to
+        the routes other than the upload's (a browser sends it cross-site only after a preflight)."""
         raw_host = headers.get("host", "")
         host = split_host(raw_host)
         if host is None or not (is_loopback(host[0]) or host[0] in self.hosts):
@@ -128,7 +131,7 @@ class RequestPolicyMiddleware:
         content_type = headers.get("content-type")
         if content_type is not None:
             kind = content_type.split(";", 1)[0].strip().lower()
-            if kind not in UPLOAD_TYPES:
+            if kind not in UPLOAD_TYPES and not (kind == JSON_TYPE and path != UPLOAD_PATH):
                 return 415, (f"unsupported Content-Type {kind!r}: send multipart/form-data (fields 'file', "
                              "'category') or the raw image as application/octet-stream or image/png, "
                              "image/jpeg, image/bmp, image/tiff, image/webp")

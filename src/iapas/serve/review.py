@@ -30,6 +30,7 @@ from iapas.product.decision import NO_DECISION_MASK_LEVEL, decision_mask, verdic
 from iapas.evaluation.decisions import CALIBRATION_SUFFIX
 from iapas.core.names import OutsideRootError, path_inside
 from iapas.core.maps import binary_mask, encode_map
+from iapas.engine.dispositions import attach_history, read_dispositions
 from iapas.engine.log import ResultsLog
 from iapas.engine.records import RESULTS_FILE, RUN_FILE
 from iapas.serve.store import usable
@@ -93,9 +94,12 @@ class ReviewStore:
     def _id(self, category: str, key: str) -> str:
         return hashlib.sha256(f"{self.folder}\0{category}\0{key}".encode()).hexdigest()[:32]
 
-    def _add(self, kind: str, base: Path, category: str, record: dict[str, Any]) -> None:
+    def _add(self, kind: str, base: Path, category: str, record: dict[str, Any],
+             history: list[dict[str, Any]] | None = None) -> None:
         result_id = self._id(category, str(record["key"]))
         self._records[result_id] = {**record, "id": result_id, "category": category}
+        if history:  # a station's store folder: the dispositions given while it served
+            attach_history(self._records[result_id], history)
         self._where[result_id] = (kind, base)
         if category not in self.categories:
             self.categories.append(category)
@@ -107,9 +111,10 @@ class ReviewStore:
         decision = content.get("decision")
         if isinstance(decision, dict) and _number(decision.get("threshold")):
             self.thresholds[category] = float(decision["threshold"])
+        histories = read_dispositions(run)
         for record in ResultsLog(run / RESULTS_FILE).read().values():
             if record.get("status") == "ok" and self._usable(record, run / RESULTS_FILE):
-                self._add("segment", run, category, record)
+                self._add("segment", run, category, record, histories.get(str(record["key"])))
 
     def _add_evaluate(self, out: Path) -> None:
         thresholds: dict[str, float] = {}

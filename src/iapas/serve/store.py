@@ -41,6 +41,7 @@ from iapas.core.maps import decode_map, encode_map
 from iapas.engine.outputs import KINDS, OutputInputs, output_kind, output_names, write_image_outputs
 from iapas.pipeline.stage2 import Pipeline
 from iapas.product.profile import Profile
+from iapas.engine.dispositions import append_disposition, attach_history, read_dispositions
 from iapas.engine.log import ResultsLog
 from iapas.engine.records import RESULTS_FILE, RUN_FILE, result_record
 from iapas.engine.records import run_file_content as segment_run_file_content
@@ -55,7 +56,7 @@ UPLOAD_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif",
 MIN_FREE_BYTES = 32 * 2**20  # a store with less free space takes no more inspections (507)
 STORED_BYTES_PER_PIXEL = 8  # at most: the 16-bit map, the mask and the RGB overlay PNGs
 PROBE_FILE = ".iapas-write-probe"
-STATION_FIELDS = ("filename", "part_id", "timings_ms", "batch_size")  # kept in results.jsonl too
+STATION_FIELDS = ("filename", "part_id", "timings_ms", "batch_size", "audit", "audit_rate")  # kept in results.jsonl too
 NUMBER_FIELDS = ("image_score", "decision_score", "normalized_score", "threshold", "map_max")
 
 
@@ -153,6 +154,8 @@ class ResultStore(Protocol):
     def png(self, result_id: str, kind: str) -> bytes | None: ...
 
     def records(self) -> list[dict[str, Any]]: ...
+
+    def dispose(self, result_id: str, entry: dict[str, Any]) -> dict[str, Any] | None: ...
 
     def __len__(self) -> int: ...
 
@@ -262,6 +265,13 @@ class MemoryStore:
         with self._lock:
             return [held.record for held in self._items.values()]
 
+    def dispose(self, result_id: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """Add a checked disposition ``entry`` to the result's history (in memory only); None
+        when the result is not (or no longer) kept."""
+        with self._lock:
+            held = self._items.get(result_id)
+            return None if held is None else attach_history(held.record, [*held.record.get("dispositions", []), entry])
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -309,6 +319,9 @@ class DiskStore:
                         self._records[key] = {**record, "category": category}
                     else:
                         self.skipped += 1
+            for key, history in read_dispositions(folder).items():  # what people said about them
+                if key in self._records:
+                    attach_history(self._records[key], history)
         self._records = OrderedDict(sorted(self._records.items()))  # ids sort by time
 
     @staticmethod
@@ -387,6 +400,21 @@ class DiskStore:
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._records.values())
+
+    def dispose(self, result_id: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """Append a checked disposition ``entry`` to the category's ``dispositions.jsonl``, then
+        to the result's history; None for an unknown result, StoreError when it cannot be written."""
+        record = self.get(result_id)
+        if record is None:
+            return None
+        try:
+            append_disposition(category_folder(self.root, record["category"]), entry)
+        except OSError as exc:
+            status, reason = self._degrade(write_error_status(exc), f"cannot write to the store: {write_reason(exc)}")
+            raise StoreError(status, f"{reason}; the disposition was not kept") from None
+        self.degraded = None
+        with self._lock:
+            return attach_history(record, [*record.get("dispositions", []), entry])
 
     def __len__(self) -> int:
         return len(self._records)
