@@ -213,3 +213,10 @@ def test_cases_from_records():
     assert cases[0] == Case(rid, "2024-12-08T09:56:16.468+00:00", 0.7, "NG", True, "false_call")
     assert (cases[1].audit, cases[1].disposition, cases[1].at) == (False, None, "2026-12-07T10:00:00Z")
     assert case_from_record({"key": "y", "decision": "OK", "decision_score": True, "at": "2026-01-01"}) is None
+
+
+def test_a_rate_of_one_reads_100_percent_in_alarm_lines():
+    """2/2 false calls: the line says 100%, not 1e+02% (two significant digits elsewhere)."""
+    from iapas.product.feedback import binomial_interval
+
+    assert binomial_interval(2, 2).text().startswith("2/2 = 100% (95% CI 16%-100%)")

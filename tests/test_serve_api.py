@@ -409,7 +409,7 @@ def test_cli_refuses_other_hosts_without_a_token_before_loading_models(tmp_path:
     empty.write_text("")
     result = runner.invoke(cli_app, ["serve", "--profile", str(profile), "--host", "0.0.0.0", "--token-file", str(empty)])
     assert result.exit_code == 2 and "the token file is empty" in result.output
-    result = runner.invoke(cli_app, ["serve", "--review", str(tmp_path)])
+    result = runner.invoke(cli_app, ["serve", "--review", str(tmp_path), "--port", "0"])
     assert result.exit_code == 2 and "not a segment or evaluate folder" in result.output
 
 

@@ -90,7 +90,9 @@ class Estimate:
 
 
 def _percent(value: float) -> str:
-    return f"{value * 100:.2g}%"
+    """Two significant digits, but never ``1e+02%``: 99.5% and more keep three."""
+    percent = value * 100
+    return f"{percent:.3g}%" if percent >= 99.5 else f"{percent:.2g}%"
 
 
 def binomial_interval(k: int, n: int, confidence: float = CONFIDENCE) -> Estimate:
