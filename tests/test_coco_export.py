@@ -98,6 +98,10 @@ def test_rle_strings_equal_pycocotools_and_decode_back():
     masks = [np.zeros((3, 5), bool), np.ones((4, 2), bool), np.eye(7, dtype=bool), np.ones((1, 1), bool),
              np.zeros((1, 1), bool), np.zeros((1000, 1400), bool)]
     masks[-1][100:900, 3:1300] = True  # long runs: multi-group counts
+    for columns in (slice(0, 1), slice(4, 5), slice(2, 4), slice(0, 5)):  # the scan skips empty columns on both sides
+        edge = np.zeros((3, 5), bool)
+        edge[1:, columns] = True
+        masks += [edge, ~edge]
     for _ in range(200):
         h, w = rng.integers(1, 60, 2)
         masks.append(rng.random((h, w)) < rng.random())

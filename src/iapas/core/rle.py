@@ -17,14 +17,31 @@ import numpy as np
 
 
 def mask_runs(mask: np.ndarray) -> list[int]:
-    """The uncompressed COCO counts of a 2-D mask (anything non-zero is 1)."""
-    flat = np.asarray(mask).astype(bool, copy=False).ravel(order="F")
-    if flat.size == 0:
+    """The uncompressed COCO counts of a 2-D mask (anything non-zero is 1).
+
+    Only the columns from the first to the last that hold a 1 are scanned (the columns around
+    them add to the first and last runs of 0s): a defect's mask on a large image is cheap."""
+    arr = np.asarray(mask).astype(bool, copy=False)
+    if arr.size == 0:
         return []
+    height = arr.shape[0]
+    columns = np.flatnonzero(arr.any(axis=0))
+    if columns.size == 0:
+        return [arr.size]
+    first, last = int(columns[0]), int(columns[-1])
+    flat = arr[:, first:last + 1].ravel(order="F")
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate(([0], changes, [flat.size]))
-    runs = np.diff(edges).tolist()
-    return [0, *runs] if flat[0] else runs
+    runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
+    if flat[0]:
+        runs.insert(0, 0)
+    runs[0] += first * height
+    after = (arr.shape[1] - 1 - last) * height
+    if after:
+        if flat[-1]:
+            runs.append(after)
+        else:
+            runs[-1] += after
+    return runs
 
 
 def runs_to_string(counts: list[int]) -> str:
