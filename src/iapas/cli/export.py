@@ -23,7 +23,8 @@ def coco_cmd(
 
     One image per segmented image (its verdict and scores as attributes), one
     annotation per kept box: its SAM mask as COCO RLE, its box, its phrase as
-    the category, its score. CVAT and Label Studio import it as COCO 1.0.
+    the category, its score. CVAT reads it as COCO 1.0 (see the docs' how-to
+    "Export masks to CVAT").
     """
     setup_logging(verbose, quiet)
     from iapas.evaluation.coco import KIND_WORDS, ExportError, export_coco
