@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from iapas.cli import calibrate, demo, profile, segment, testing
+from iapas.cli import calibrate, demo, export, profile, segment, testing
 from iapas.cli.common import version_callback
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ profile.register(app)
 segment.register(app)
 calibrate.register(app)
 demo.register(app)
+export.register(app)
 app.add_typer(testing.app, name="testing")
 
 # Optional command groups added by other modules (data, evaluation) register themselves here.

@@ -5,10 +5,12 @@ Everything here is numpy and dataclasses so that results never carry framework o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+
+from iapas.core.rle import encode_mask
 
 
 class Prompt(Protocol):
@@ -111,6 +113,20 @@ class SegmentationResult:
     object_size: float
     object_size_source: str  # "detected", "profile", or "default"
     timings: dict[str, float] = field(default_factory=dict)
+    # the kept masks as COCO RLE, once :meth:`without_masks` has let the masks go (else None)
+    mask_rles: list[dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+
+    def instance_rles(self) -> list[dict[str, Any]]:
+        """Each kept box's mask (``masks``, the very masks the map sums) as COCO RLE
+        (:func:`iapas.core.rle.encode_mask`), in the order of ``kept``."""
+        if self.mask_rles is not None:
+            return self.mask_rles
+        return [encode_mask(mask) for mask in self.masks]
+
+    def without_masks(self) -> SegmentationResult:
+        """This result with its ``(N, H, W)`` masks freed and kept as RLE (a writer needs the
+        map, the boxes and :meth:`instance_rles`, not the masks themselves)."""
+        return replace(self, masks=np.zeros((0, *self.anomaly_map.shape), dtype=bool), mask_rles=self.instance_rles())
 
     @property
     def decision(self) -> Any:
@@ -127,7 +143,8 @@ class SegmentationResult:
 
     def to_record(self) -> dict[str, Any]:
         """The JSON-ready summary written per image: image score, object, boxes kept and
-        dropped, timings (maps and masks go to files, not here)."""
+        dropped, each kept box's mask as COCO RLE (``kept_masks``, in the order of ``kept``:
+        :func:`iapas.core.rle.encode_mask`), timings (the map goes to a file, not here)."""
         return {
             "image_score": round(self.image_score, 6),
             "object": {
@@ -138,5 +155,6 @@ class SegmentationResult:
             },
             "kept": self.kept.to_records(),
             "dropped": self.dropped.to_records(),
+            "kept_masks": self.instance_rles(),
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
         }

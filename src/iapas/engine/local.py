@@ -4,12 +4,10 @@ order, while the models work on the next batch."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 
 from iapas.engine.base import ItemError, Job, Sink, WorkItem, model_failure
 from iapas.core.images import ImageReadError, LoadedImage, read_image
@@ -77,8 +75,8 @@ class LocalExecutor:
                     submit(lambda item=item, exc=exc: sink.failed(item, model_failure(item, exc)))
                 return
             for (item, image, prepared), result in zip(chunk, results):
-                # the writer needs the map and the boxes, not the per-box masks (N x H x W): free them now
-                result = dataclasses.replace(result, masks=np.zeros((0, *result.anomaly_map.shape), dtype=bool))
+                # the writer needs the map, the boxes and the masks as RLE, not the masks (N x H x W): free them now
+                result = result.without_masks()
                 submit(lambda item=item, image=image, result=result, prepared=prepared: write(item, image, result, prepared))
 
         try:

@@ -14,7 +14,8 @@ files), :mod:`~iapas.evaluation.results` (what the tables and the report read),
 :mod:`~iapas.evaluation.tables` (CSV, JSON, Markdown), :mod:`~iapas.evaluation.bench`
 (every dataset under a folder, and the paper's ablations: its columns are
 :mod:`~iapas.evaluation.variants`, its table and files :mod:`~iapas.evaluation.bench_results`).
-The HTML report is :mod:`iapas.evaluation.report`.
+The HTML report is :mod:`iapas.evaluation.report`; :mod:`~iapas.evaluation.coco` exports a run's
+kept instances (segment, evaluate or station folders) as a COCO instances file.
 """
 
 from iapas.evaluation.core import (

@@ -8,7 +8,6 @@ keep their place in the queue. Callers get a :class:`concurrent.futures.Future` 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -16,7 +15,6 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from iapas.core.images import LoadedImage
 from iapas.pipeline.stage2 import Pipeline
@@ -165,7 +163,7 @@ class ModelWorker:
         self.batches += 1
         self.images_served += len(batch)
         for job, result in zip(batch, results):
-            # the caller needs the map and the boxes, not the per-box masks (N x H x W)
-            result = dataclasses.replace(result, masks=np.zeros((0, *result.anomaly_map.shape), dtype=bool))
+            # the caller needs the map, the boxes and the masks as RLE, not the masks (N x H x W)
+            result = result.without_masks()
             job.future.set_result(Outcome(result, len(batch), started - job.queued_at))
 
