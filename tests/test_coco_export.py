@@ -22,6 +22,9 @@ pycocotools = pytest.importorskip("pycocotools")
 from pycocotools import mask as mask_utils  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
+# pycocotools (the oracle) decodes through a numpy-1 style __array__: its DeprecationWarning is not ours
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 runner = CliRunner()
 
 
