@@ -164,6 +164,7 @@ class MqttSink(Sink):
 
     def close(self) -> None:
         if self.client is not None:
+            self._connected.clear()  # a disconnection asked for: no warning
             self.client.disconnect()
             self.client.loop_stop()
 
