@@ -66,7 +66,8 @@ def serve_cmd(
         raise fail(f"iapas serve needs the 'serve' extra ({', '.join(missing)} missing): pip install 'iapas[serve]'")
     from iapas.serve.app import ServeSettings
     from iapas.serve.auth import TokenError, load_token
-    from iapas.serve.sink_targets import SinkError, open_sinks
+    from iapas.serve.sink_targets import open_sinks
+    from iapas.serve.sinks import SinkError
 
     try:
         check_hosts(allowed_host or [], cors or [])

@@ -5,7 +5,8 @@
   ``Content-Type: application/json`` and ``X-Iapas-Signature: sha256=<hex>``, the HMAC-SHA256 of
   the exact body under the key from ``--webhook-secret-file`` (:func:`sign`). A 2xx answer is a
   delivery; a 5xx, 408, 429, a time-out or a refused connection is retried; another 4xx or a
-  redirect is not (repeating it cannot help). Standard library only.
+  redirect is not (repeating it cannot help). Standard library only (``http.client``, one
+  kept-alive connection; no proxy).
 - MQTT (the ``mqtt`` extra, paho-mqtt): the same JSON, QoS 1, to ``TOPIC/<category>``; paho's
   network thread reconnects on its own (1 s to 30 s apart) and a verdict sent while it is
   disconnected is retried by the sink's queue. ``mqtts://`` connects with TLS (system CAs).
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import logging
 import secrets
+import ssl
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,9 @@ def webhook_url(url: str) -> str:
     return url
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # a 3xx is an answer, not followed
-        return None
-
-
 class WebhookSink(Sink):
+    """POSTs on one kept-alive connection (reopened when the receiver closes it)."""
+
     kind = "webhook"
 
     def __init__(self, url: str, secret: bytes, timeout: float = ATTEMPT_TIMEOUT_S) -> None:
@@ -67,27 +65,52 @@ class WebhookSink(Sink):
 
         parts = urlsplit(url)
         self.url, self.secret, self.timeout = url, secret, timeout
-        self.label = f"webhook:{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        self.https, self.host = parts.scheme == "https", str(parts.hostname)
+        self.port = parts.port or (443 if self.https else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.label = f"webhook:{self.host}:{self.port}"
         self.agent = f"iapas/{__version__}"
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def send(self, body: bytes, payload: dict[str, Any]) -> None:
-        request = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": self.agent, SIGNATURE_HEADER: sign(self.secret, body),
-            "X-Iapas-Delivery": str(payload.get("id"))})
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+        headers = {"Content-Type": "application/json", "User-Agent": self.agent, SIGNATURE_HEADER: sign(self.secret, body),
+                   "X-Iapas-Delivery": str(payload.get("id"))}
+        while True:
+            reused = self._connection is not None
+            connection = self._connection or self._connect()
+            self._connection = connection
+            try:
+                connection.request("POST", self.target, body=body, headers=headers)
+                response = connection.getresponse()
                 response.read()
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            code = exc.code
-            raise SendError(f"HTTP {code} {exc.reason}", retry=code >= 500 or code in (408, 429)) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            raise SendError(f"no answer within {self.timeout:g} s" if isinstance(reason, TimeoutError)
-                            else f"cannot reach it: {reason}") from None
-        except TimeoutError:
-            raise SendError(f"no answer within {self.timeout:g} s") from None
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as exc:
+                self.close()
+                if reused:  # the receiver closed the kept-alive connection: once more on a new one
+                    continue
+                raise SendError(f"the connection closed without an answer ({type(exc).__name__})") from None
+            except TimeoutError:
+                self.close()
+                raise SendError(f"no answer within {self.timeout:g} s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise SendError(f"cannot reach it: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}") from None
+            if response.will_close:
+                self.close()
+            if 200 <= response.status < 300:
+                return
+            status = response.status  # a 3xx is an answer too: redirects are not followed
+            raise SendError(f"HTTP {status} {response.reason}", retry=status >= 500 or status in (408, 429))
 
 
 @dataclass(frozen=True)
