@@ -83,34 +83,28 @@ def test_a_4xx_is_not_retried_and_the_failure_is_counted_and_logged(caplog: pyte
 
 def test_a_hanging_receiver_does_not_slow_inspections_and_its_failures_are_counted(
         pipeline, caplog: pytest.LogCaptureFixture):  # noqa: F811
-    timeout = 2.0
+    timeout = 30.0  # far longer than the inspections below take, even on a loaded machine
     with WebhookReceiver(hang=True) as hook, caplog.at_level(logging.WARNING, "iapas.serve.sinks"):
         sinks = Sinks([WebhookSink(hook.url, SECRET, timeout=timeout)], Policy(retries=0)).start()
         label = next(iter(sinks.stats()))
         with station(pipeline, sinks=sinks) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
             assert inspect(client, png(0)).status_code == 200
             hook.wait_for(1)  # the sink is stuck in its first attempt now
-            times = []
             for i in range(3):
-                started = time.perf_counter()
                 assert inspect(client, png(i + 1)).status_code == 200
-                times.append(time.perf_counter() - started)
             # answered while the sink still waits for the receiver's answer to the first verdict
-            assert (hook.hanging, len(hook.received), sinks.stats()[label].failed) == (1, 1, 0)
-            assert sinks.stats()[label].queued == 3
-            deadline = time.monotonic() + 30
-            while sinks.stats()[label].failed < 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            stats = sinks.stats()[label]
+            assert (hook.hanging, len(hook.received), stats.failed, stats.queued) == (1, 1, 0, 3)
             hook.release()  # the receiver now closes every connection without an answer
+            deadline = time.monotonic() + 30
             while sinks.stats()[label].failed < 4 and time.monotonic() < deadline:
                 time.sleep(0.02)
         sinks.stop(timeout=0)
-    assert max(times) < timeout, times  # none waited for the stuck attempt
     stats = sinks.stats()[label]
     assert (stats.failed, stats.delivered, stats.retries, len(hook.received)) == (4, 0, 0, 4)
     lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
-    assert len(lines) == 4 and lines[0].endswith(f"not delivered after 1 attempt: no answer within {timeout:g} s")
-    assert all(line.startswith(f"sink {label}: verdict ") for line in lines)
+    assert len(lines) == 4 and all(line.startswith(f"sink {label}: verdict ") for line in lines)
+    assert lines[0].endswith("not delivered after 1 attempt: the connection closed without an answer (RemoteDisconnected)")
 
 
 def test_a_full_queue_drops_at_once_and_counts(caplog: pytest.LogCaptureFixture):
@@ -124,8 +118,8 @@ def test_a_full_queue_drops_at_once_and_counts(caplog: pytest.LogCaptureFixture)
     assert any("queue full (2 verdicts waiting): verdict v2 dropped (1 dropped so far)" in r.getMessage() for r in caplog.records)
 
 
-def test_stop_sends_what_is_queued_then_counts_the_rest_at_the_deadline():
-    with WebhookReceiver(hang=True) as hook:
+def test_stop_sends_what_is_queued_then_counts_the_rest_at_the_deadline(caplog: pytest.LogCaptureFixture):
+    with WebhookReceiver(hang=True) as hook, caplog.at_level(logging.WARNING, "iapas.serve.sinks"):
         sinks = Sinks([WebhookSink(hook.url, SECRET, timeout=1.0)], Policy(retries=0)).start()
         for i in range(3):
             sinks.publish({"id": f"q{i}", "category": "bottle"})
@@ -135,6 +129,9 @@ def test_stop_sends_what_is_queued_then_counts_the_rest_at_the_deadline():
         took = time.perf_counter() - started
     stats = next(iter(sinks.stats().values()))
     assert took < 3.0 and (stats.failed, stats.delivered, stats.queued) == (3, 0, 0)
+    lines = [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.levelno == logging.WARNING]
+    assert sorted(lines) == ["2 verdicts not delivered: the station stopped with them queued",
+                             "verdict q0 not delivered after 1 attempt: no answer within 1 s"]
 
 
 def test_payload_time_is_utc_and_the_urls_are_gone():

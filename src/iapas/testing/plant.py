@@ -55,6 +55,8 @@ class WebhookReceiver:
                     self.send_response(status)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                else:  # released from hanging: close the connection without an answer
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
