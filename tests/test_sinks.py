@@ -252,3 +252,37 @@ def test_mqtt_reconnects_after_the_broker_restarts():
     assert [m["id"] for _, m in got] == ["after"]
     stats = next(iter(sinks.stats().values()))
     assert (stats.delivered, stats.failed) == (2, 0)
+
+
+def test_iapas_serve_sends_verdicts_to_its_webhook_and_stops_cleanly(tiny_models: dict[str, Path], tmp_path: Path):
+    """The command as a user runs it: ``iapas serve --webhook URL --webhook-secret-file FILE`` in a
+    process of its own, one inspection, the signed verdict received, SIGTERM ends it (exit 0)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_serve_api import make_profiles
+
+    profile = make_profiles()["bottle"].save(tmp_path / "bottle.yaml")
+    (tmp_path / "key").write_text(SECRET.decode() + "\n")
+    with WebhookReceiver() as hook:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iapas", "serve", "-p", str(profile), "--port", "0", "--device", "cpu",
+             "--detector", str(tiny_models["grounding-dino"]), "--segmenter", str(tiny_models["sam"]),
+             "--webhook", hook.url, "--webhook-secret-file", str(tmp_path / "key")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, COLUMNS="200"))
+        try:
+            lines = iter(proc.stdout.readline, "")  # type: ignore[union-attr]
+            line = next((line for line in lines if line.startswith("iapas serve: ")), "")
+            assert line.startswith("iapas serve: http://127.0.0.1:"), line
+            url = line.split()[2].rstrip("/")
+            answer = httpx.post(f"{url}/v1/inspect", files={"file": ("p.png", png(1))},
+                                data={"category": "bottle", "part_id": "SN-9"}, timeout=60).json()
+            delivery = hook.wait_for(1)[0]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+    assert delivery.headers["x-iapas-signature"] == expected_signature(delivery.body)
+    message = json.loads(delivery.body)
+    assert (message["id"], message["part_id"], message["product"]) == (answer["id"], "SN-9", "bottle")
