@@ -18,8 +18,14 @@ burst, and the served images/s over ``Pipeline.run`` images/s on the same images
 same process and batch size (target >= 0.9). The clients are closed-loop (each waits for its
 answer), so batches fill only with more clients than the batch size: the default is twice.
 
+With ``--sinks``, instead: the steady load on two stations side by side, one without verdict
+sinks and one with a webhook (a receiver in a process of its own) and an MQTT broker (Debian's
+mosquitto, started here) attached, in alternating rounds; reports the served images/s of each
+and their ratio (target: within 5%), and what each sink delivered.
+
     .venv/bin/python benchmarks/serve_load.py            # tiny models, ~1 minute on 2 cores
     .venv/bin/python benchmarks/serve_load.py --clients 8 --requests 50
+    .venv/bin/python benchmarks/serve_load.py --sinks --rounds 3
 """
 
 from __future__ import annotations
@@ -210,6 +216,8 @@ def main() -> int:
     parser.add_argument("--body-timeout", type=float, default=10.0, help="the station's --body-timeout in seconds")
     parser.add_argument("--store", action="store_true",
                         help="a --store station (segment run folders in a temporary folder) instead of the memory store")
+    parser.add_argument("--sinks", action="store_true",
+                        help="compare the served rate without and with a webhook and an MQTT sink (rounds alternate)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="iapas-serve-load-"))
@@ -262,6 +270,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
         thread.join()
         return rate[0]
 
+    if args.sinks:
+        return compare_sinks(args, tmp, pipeline, profile)
     settings = ServeSettings(max_inflight_bytes=int(args.max_inflight_mb * 2**20), body_timeout=args.body_timeout)
     app, worker = build_station(pipeline, {"tile": profile}, batch_size=args.batch_size,
                                 max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
@@ -338,6 +348,72 @@ def measure(args: argparse.Namespace, tmp: Path) -> int:
           f"max wait {args.max_wait_ms:g} ms, {'--store' if args.store else 'memory'} store, cpu, {os.cpu_count()} cores")
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def run_receiver(urls, stop) -> None:  # type: ignore[no-untyped-def]
+    """A webhook receiver in a process of its own (a MES is another program): its URL to
+    ``urls``, then, once ``stop`` is set, how many POSTs it got."""
+    from iapas.testing.plant import WebhookReceiver
+
+    with WebhookReceiver() as hook:
+        urls.put(hook.url)
+        stop.wait()
+        urls.put(len(hook.received))
+
+
+def compare_sinks(args: argparse.Namespace, tmp: Path, pipeline, profile) -> int:  # type: ignore[no-untyped-def]
+    """The steady load on a station without sinks and one with a webhook and an MQTT sink, in
+    alternating rounds (a shared machine's speed drifts: each pair of rounds is compared)."""
+    from iapas.serve import build_station
+    from iapas.serve.server import BackgroundServer
+    from iapas.serve.sink_targets import open_sinks
+    from iapas.testing.plant import Mosquitto
+
+    context = multiprocessing.get_context("spawn")
+    urls, stop = context.Queue(), context.Event()
+    receiver = context.Process(target=run_receiver, args=(urls, stop), daemon=True)
+    receiver.start()
+    (tmp / "secret").write_text("benchmark-key\n")
+    stations, rates = {}, {"without sinks": [], "webhook + MQTT": []}
+    with Mosquitto() as broker:
+        sinks = open_sinks([urls.get(timeout=60)], tmp / "secret", [f"mqtt://127.0.0.1:{broker.port}/iapas"]).start()
+        try:
+            for name, attached in zip(rates, (None, sinks)):
+                stations[name] = build_station(pipeline, {"tile": profile}, batch_size=args.batch_size,
+                                               max_wait_ms=args.max_wait_ms, queue_size=args.queue_size, sinks=attached)
+            with BackgroundServer(stations["without sinks"][0]) as plain, \
+                    BackgroundServer(stations["webhook + MQTT"][0]) as sinked, \
+                    ProcessPoolExecutor(1, mp_context=context) as clients:
+                for url in (plain, sinked):
+                    clients.submit(client_phase, url, "warm", 1, 4, args.size, args.seed).result()
+                for k in range(args.rounds):
+                    for name, url in (zip(rates, (plain, sinked)) if k % 2 == 0 else zip(reversed(rates), (sinked, plain))):
+                        worker = stations[name][1]
+                        served = worker.images_served
+                        _, seconds = clients.submit(client_phase, url, "steady", args.clients, args.requests,
+                                                    args.size, args.seed).result()
+                        rates[name].append((worker.images_served - served) / seconds)
+        finally:
+            for _, worker in stations.values():
+                worker.stop()
+            sinks.stop(timeout=30)
+            stop.set()
+    received = urls.get(timeout=30)
+    receiver.join(10)
+    print(f"iapas serve with verdict sinks: tiny models, {args.size}x{args.size} PNGs, batch {args.batch_size}, "
+          f"{args.clients} clients x {args.requests} requests per round, {args.rounds} rounds each (alternating), "
+          f"cpu, {os.cpu_count()} cores")
+    for name, values in rates.items():
+        print(f"{name:<15}  images/s served {np.mean(values):.2f} (rounds: {', '.join(f'{v:.2f}' for v in values)})")
+    ratio = np.mean(rates["webhook + MQTT"]) / np.mean(rates["without sinks"])
+    pairs = np.asarray(rates["webhook + MQTT"]) / np.asarray(rates["without sinks"])
+    print(f"{'ratio':<15}  {ratio:.3f} of the means, {np.median(pairs):.3f} the median of the {len(pairs)} pairs' "
+          f"(with / without; target within 5%: >= 0.95)")
+    for label, stats in sinks.stats().items():
+        print(f"{label:<15}  delivered {stats.delivered}, failed {stats.failed}, dropped {stats.dropped}, "
+              f"retries {stats.retries}")
+    print(f"{'receiver':<15}  {received} POSTs received")
     return 0
 
 

@@ -11,7 +11,7 @@ import typer
 from iapas.cli.common import console, fail, hold_output_lock, load_pipeline, setup_logging
 from iapas.cli.options import shared
 from iapas.models.registry import help_table
-from iapas.workflows.options import LOGGING, STAGE2, Settings
+from iapas.workflows.options import LOGGING, SINKS, STAGE2, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     app.command("serve", epilog=help_table())(serve_cmd)
 
 
-@shared(*STAGE2, "batch_size", "max_pixels", "show_dropped", *LOGGING,
+@shared(*STAGE2, "batch_size", "max_pixels", "show_dropped", *SINKS, *LOGGING,
         batch_size={"default": 8, "help": "Most images per model batch."})
 def serve_cmd(
     ctx: typer.Context,
@@ -55,9 +55,10 @@ def serve_cmd(
     POST /v1/inspect (multipart 'file' + 'category', or the raw image with
     ?category=) answers OK/NG, scores, boxes, per-stage ms and PNG URLs. Also:
     GET /v1/results, /v1/results/ID/{map,mask,overlay}.png, /v1/profiles,
-    /v1/health, the page at / and the API docs at /docs. The models load once;
-    one worker runs requests of the same product in micro-batches. Without
-    --store the last --keep results stay in memory.
+    /v1/health, /metrics (Prometheus), the page at / and the API docs at /docs.
+    The models load once; one worker runs requests of the same product in
+    micro-batches. Without --store the last --keep results stay in memory.
+    --webhook and --mqtt send each verdict on, from a queue of their own.
 
     Example: iapas serve -p bottle.yaml -p screw.yaml --store station/
     """
@@ -68,11 +69,14 @@ def serve_cmd(
         raise fail(f"iapas serve needs the 'serve' extra ({', '.join(missing)} missing): pip install 'iapas[serve]'")
     from iapas.serve.app import ServeSettings
     from iapas.serve.auth import TokenError, load_token
+    from iapas.serve.sink_targets import open_sinks
+    from iapas.serve.sinks import SinkError
 
     try:
         check_hosts(allowed_host or [], cors or [])
         token = load_token(token_file, host)
-    except (StationError, TokenError) as exc:
+        sinks = open_sinks(settings.webhook, settings.webhook_secret_file, settings.mqtt)
+    except (StationError, TokenError, SinkError) as exc:
         raise fail(str(exc)) from None
     serve = ServeSettings(max_upload=int(max_upload_mb * 2**20), max_pixels=settings.max_pixels, token=token,
                           cors=list(cors or []), device=settings.device, dtype=settings.dtype,
@@ -91,11 +95,14 @@ def serve_cmd(
         if review is not None:
             app = _review(review, serve)
         else:
-            app, worker = _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep, serve)
+            app, worker = _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep, serve,
+                                   sinks and sinks.start())
         _run(app, sock, settings.verbose)
     finally:  # every way out, a failed load included, closes the socket
         if worker is not None:
             worker.stop()
+        if sinks is not None:  # what is still queued is sent, for a few seconds at most
+            sinks.stop()
         sock.close()
 
 
@@ -120,7 +127,7 @@ def _review(folder: Path, serve):  # type: ignore[no-untyped-def]
         raise fail(str(exc)) from None
 
 
-def _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep, serve):  # type: ignore[no-untyped-def]
+def _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep, serve, sinks):  # type: ignore[no-untyped-def]
     """Load the profiles and the models, as 'iapas segment' does, and build the station."""
     from iapas.engine.runner import RunConflictError
     from iapas.serve import build_station
@@ -137,7 +144,7 @@ def _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep,
     try:
         app, worker = build_station(pipeline, profiles, store_dir=store, batch_size=settings.batch_size,
                                     max_wait_ms=max_wait_ms, queue_size=queue_size, keep=keep, settings=serve,
-                                    show_dropped=settings.show_dropped)
+                                    show_dropped=settings.show_dropped, sinks=sinks)
     except (RunConflictError, OSError, ValueError) as exc:
         raise fail(str(exc)) from None
     serve.device = str(pipeline.detector.device or settings.device)

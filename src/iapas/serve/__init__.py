@@ -5,7 +5,9 @@ Needs the optional extra ``iapas[serve]`` (fastapi, uvicorn, python-multipart). 
 ``segment`` run folders), ``review`` (a finished run folder, read-only), ``auth`` (tokens, the
 401/413 guard), ``policy`` (the Host, Origin and upload-type policy: 400/403/415), ``limits``
 (upload bytes and image pixels in flight), ``feedback`` (dispositions, the audit draw, observed
-rates and drift alarms), ``app`` (the FastAPI app), ``server`` (uvicorn), ``static/`` (the page).
+rates and drift alarms), ``app`` (the FastAPI app), ``server`` (uvicorn), ``metrics``
+(``GET /metrics``, Prometheus), ``sinks`` (verdicts queued to the plant's systems) and
+``sink_targets`` (the webhook and MQTT sinks), ``static/`` (the page).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ def build_station(
     keep: int = 256,
     settings: Any = None,
     show_dropped: bool = False,
+    sinks: Any = None,
 ) -> tuple[Any, Any]:
     """``(app, worker)`` serving ``profiles`` (category -> profile) with ``pipeline``; the
     worker is started; stop it with ``worker.stop()``. ``show_dropped``: draw the dropped boxes
-    on the overlays."""
+    on the overlays. ``sinks`` (:class:`iapas.serve.sinks.Sinks`): where each verdict is sent;
+    start them first (``sinks.start()``) and stop them after the worker (``sinks.stop()``)."""
     from iapas.serve.app import create_app
     from iapas.serve.store import DiskStore, MemoryStore
     from iapas.serve.worker import ModelWorker
@@ -42,7 +46,7 @@ def build_station(
     worker = ModelWorker(pipeline, dict(profiles),
                          batch_size=batch_size, max_wait_ms=max_wait_ms, queue_size=queue_size)
     worker.start()
-    return create_app(store, profiles, worker, settings), worker
+    return create_app(store, profiles, worker, settings, sinks), worker
 
 
 __all__ = ["build_station"]

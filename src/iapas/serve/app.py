@@ -27,6 +27,7 @@ from iapas.product.profile import Profile
 from iapas.serve.auth import GuardMiddleware, upload_too_large
 from iapas.serve.feedback import AuditDraw, FeedbackMonitor, add_feedback_routes, check_filter
 from iapas.serve.limits import Budget, Held, header_pixels
+from iapas.serve.metrics import add_metrics_routes
 from iapas.serve.parts import after_problem, clean_filename, part_id_problem, select
 from iapas.serve.policy import RequestPolicyMiddleware
 from iapas.engine.outputs import KINDS
@@ -199,9 +200,17 @@ class Station:
     in_flight: dict[str, int] = field(default_factory=lambda: {"n": 0})  # inspections received or run now
     audit: AuditDraw = field(default_factory=AuditDraw)
     feedback: Any = None  # the FeedbackMonitor
+    observers: list[Any] = field(default_factory=list)  # called with each inspection's answer: metrics, sinks
 
     def known(self) -> str:
         return ", ".join(self.categories) or "none"
+
+    def inspected(self, answer: dict[str, Any]) -> None:
+        for observe in self.observers:  # none of them may fail the inspection
+            try:
+                observe(answer)
+            except Exception as exc:  # noqa: BLE001
+                logger.error("after inspection %s: %s: %s", answer.get("id"), type(exc).__name__, exc)
 
 
 def create_app(
@@ -209,8 +218,10 @@ def create_app(
     profiles: dict[str, Profile],
     worker: ModelWorker | None,
     settings: ServeSettings | None = None,
+    sinks: Any = None,
 ) -> Any:
-    """The station's ASGI app; ``worker`` None serves ``store`` read-only (a review)."""
+    """The station's ASGI app; ``worker`` None serves ``store`` read-only (a review); ``sinks``
+    (:class:`iapas.serve.sinks.Sinks`, started) get every verdict."""
     from iapas.core.version import __version__
 
     settings = settings or ServeSettings()
@@ -236,6 +247,8 @@ def create_app(
     add_whatif_route(app, store, BadRequest)
     _add_info_routes(app, station)
     _add_page_and_guards(app, settings)
+    station.observers += [sinks.publish] if sinks is not None else []
+    add_metrics_routes(app, station, sinks)  # its middleware outermost: the guards' answers count too
     return app
 
 
@@ -346,7 +359,9 @@ async def inspect_held(station: Station, request: Request, category: str | None,
         raise BadRequest(exc.status, exc.detail) from None
     record["timings_ms"]["outputs"] = round(1000 * (time.perf_counter() - t0), 2)
     record["timings_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
-    return JSONResponse(summary(record))
+    answer = summary(record)
+    station.inspected(answer)
+    return JSONResponse(answer)
 
 
 def _add_results_route(app: Any, station: Station) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+GUARDED = ("/v1/", "/metrics")  # the paths behind the token
 TOKEN_ENV = "IAPAS_TOKEN"
 
 
@@ -46,7 +47,7 @@ def token_matches(header: str | None, token: str) -> bool:
 
 
 class GuardMiddleware:
-    """ASGI middleware for the API (``/v1/``): a wrong or missing token -> 401, a declared body
+    """ASGI middleware for the API (``/v1/``, ``/metrics``): a wrong or missing token -> 401, a declared body
     over the upload limit -> 413, both answered before the body is read or a route runs. CORS
     preflights (OPTIONS, which carry no token) pass to the CORS middleware."""
 
@@ -56,7 +57,7 @@ class GuardMiddleware:
         self.max_upload = max_upload
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or not scope["path"].startswith(GUARDED) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}

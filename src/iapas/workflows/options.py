@@ -131,6 +131,14 @@ _ROWS = [
         "(the reference code's: per-image tags, the raw detector phrase, its reply cleaning and exact caption string)."),
     Opt("report", ("--report/--no-report",), bool, True, "Write report.html (images inlined)."),
     # logging (every command)
+    # where the station sends each verdict (serve)
+    Opt("webhook", ("--webhook",), list[str], None,
+        "POST each verdict as JSON to this http(s) URL, signed (header X-Iapas-Signature: sha256=HMAC of the "
+        "body); repeatable. Needs --webhook-secret-file."),
+    Opt("webhook_secret_file", ("--webhook-secret-file",), Path, None, "File whose first line is the webhooks' HMAC key."),
+    Opt("mqtt", ("--mqtt",), list[str], None,
+        "Publish each verdict (JSON, QoS 1) to mqtt://HOST:PORT/TOPIC, on TOPIC/<category>; repeatable. "
+        "Needs iapas[mqtt]."),
     Opt("verbose", ("--verbose", "-v"), bool, False, "Log debug details."),
     Opt("quiet", ("--quiet", "-q"), bool, False, "Only warnings and errors."),
 ]
@@ -142,6 +150,7 @@ OPTIONS: dict[str, Opt] = {row.name: row for row in _ROWS}
 STAGE2 = ("detector", "segmenter", "device", "dtype")
 ENGINE = ("engine", "ray_address", "workers", "gpus_per_worker", "cpus_per_worker")
 LOGGING = ("verbose", "quiet")
+SINKS = ("webhook", "webhook_secret_file", "mqtt")
 #: The benchmark protocol's options (evaluate, bench).
 PROTOCOL = ("protocol", "mode", "limit", "eval_size", "image_norm", "image_score", "object_join", "prompt_style",
             "text_processing", "report")
