@@ -63,11 +63,10 @@ def serve_cmd(
     Example: iapas serve -p bottle.yaml -p screw.yaml --store station/
     """
     setup_logging(settings.verbose, settings.quiet)
-    from iapas.serve.server import StationError, bind, check_hosts, missing_extras
+    from iapas.serve.server import StationError, bind, check_hosts, missing_extras, serve_settings
 
     if missing := missing_extras():
         raise fail(f"iapas serve needs the 'serve' extra ({', '.join(missing)} missing): pip install 'iapas[serve]'")
-    from iapas.serve.app import ServeSettings
     from iapas.serve.auth import TokenError, load_token
     from iapas.serve.sink_targets import open_sinks
     from iapas.serve.sinks import SinkError
@@ -78,12 +77,9 @@ def serve_cmd(
         sinks = open_sinks(settings.webhook, settings.webhook_secret_file, settings.mqtt)
     except (StationError, TokenError, SinkError) as exc:
         raise fail(str(exc)) from None
-    serve = ServeSettings(max_upload=int(max_upload_mb * 2**20), max_pixels=settings.max_pixels, token=token,
-                          cors=list(cors or []), device=settings.device, dtype=settings.dtype,
-                          allowed_hosts=list(allowed_host or []), bound_host=host, body_timeout=body_timeout,
-                          max_inflight_bytes=max(int(max_inflight_mb * 2**20), int(max_upload_mb * 2**20)),
-                          pixel_budget=int(pixel_budget_mpx * 1e6), audit_rate=audit_rate, audit_seed=audit_seed,
-                          max_escape_rate=max_escape_rate)
+    serve = serve_settings(token, host, settings, cors=cors, allowed_host=allowed_host, max_upload_mb=max_upload_mb,
+                           body_timeout=body_timeout, max_inflight_mb=max_inflight_mb, pixel_budget_mpx=pixel_budget_mpx,
+                           audit_rate=audit_rate, audit_seed=audit_seed, max_escape_rate=max_escape_rate)
     if review is not None and (profile_paths or store is not None):
         raise fail("--review serves a finished folder as it is: leave out --profile and --store")
     try:  # before the models load (minutes): a taken port fails at once

@@ -172,3 +172,18 @@ def store_folders(store: Any, categories: list[str]) -> list[Any]:
         return [category_folder(store, category) for category in categories]
     except ValueError as exc:
         raise StationError(f"--store {store}: {exc}") from None
+
+
+def serve_settings(token: str | None, host: str, settings: Any, *, cors: list[str] | None,
+                   allowed_host: list[str] | None, max_upload_mb: float, max_inflight_mb: float,
+                   pixel_budget_mpx: float, **rest: Any) -> Any:
+    """The station's :class:`~iapas.serve.app.ServeSettings` from ``iapas serve``'s options (sizes
+    in MB and megapixels there, bytes and pixels here); ``rest``: fields taken as they are
+    (body_timeout, audit_rate, audit_seed, max_escape_rate)."""
+    from iapas.serve.app import ServeSettings
+
+    return ServeSettings(max_upload=int(max_upload_mb * 2**20), max_pixels=settings.max_pixels, token=token,
+                         cors=list(cors or []), device=settings.device, dtype=settings.dtype,
+                         allowed_hosts=list(allowed_host or []), bound_host=host,
+                         max_inflight_bytes=max(int(max_inflight_mb * 2**20), int(max_upload_mb * 2**20)),
+                         pixel_budget=int(pixel_budget_mpx * 1e6), **rest)
