@@ -183,7 +183,7 @@ def evaluate_cmd(
     options = {**locals(), **settings.values}  # every option by name, for the library's set-up
     setup_logging(settings.verbose, settings.quiet)
     from iapas.evaluation import evaluate_dataset
-    from iapas.evaluation.core import RunConflictError
+    from iapas.engine.runfolder import RunConflictError
     from iapas.workflows.evaluate import open_dataset
 
     options["categories"] = categories = category_names(categories, "--categories")

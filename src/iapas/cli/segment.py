@@ -10,6 +10,9 @@ import typer
 from iapas.cli.common import console, fail, hold_output_lock, load_pipeline, print_error, print_stopped, setup_logging
 from iapas.cli.engine_options import engine_executor
 from iapas.cli.options import shared
+from iapas.engine.runfolder import RunConflictError
+from iapas.engine.runner import run_segmentation
+from iapas.engine.signature import run_signature
 from iapas.models.registry import help_table
 from iapas.product.decision import NO_DECISION_MASK_LEVEL, mask_level
 from iapas.workflows.options import ENGINE, LOGGING, STAGE2, Settings
@@ -57,7 +60,6 @@ def segment_cmd(
     """
     setup_logging(settings.verbose, settings.quiet)
     from iapas.engine import EngineError
-    from iapas.engine.runner import RunConflictError, run_segmentation, run_signature
     from iapas.workflows import segment as flow
 
     try:

@@ -125,7 +125,7 @@ def _review(folder: Path, serve):  # type: ignore[no-untyped-def]
 
 def _station(ctx, profile_paths, store, settings, max_wait_ms, queue_size, keep, serve, sinks):  # type: ignore[no-untyped-def]
     """Load the profiles and the models, as 'iapas segment' does, and build the station."""
-    from iapas.engine.runner import RunConflictError
+    from iapas.engine.runfolder import RunConflictError
     from iapas.serve import build_station
     from iapas.serve.server import StationError, load_profiles, store_folders
 

@@ -50,7 +50,8 @@ from iapas.evaluation.bench_results import (  # noqa: F401  (re-exported: import
     seconds_per_image,
     write_bench,
 )
-from iapas.evaluation.core import DatasetResult, EvalSettings, ProgressHooks
+from iapas.evaluation.results import DatasetResult
+from iapas.evaluation.settings import EvalSettings, ProgressHooks
 from iapas.evaluation.plan import select_categories
 from iapas.evaluation.run import evaluate_dataset
 from iapas.evaluation.profiles import Stage1Models, Stage1Options, get_profile, profile_path, wrong_object_tags

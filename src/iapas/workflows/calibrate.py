@@ -21,7 +21,11 @@ from typing import Any
 
 from iapas.core.images import DEFAULT_MAX_PIXELS
 from iapas.data.search import find_images_with_roots
-from iapas.engine.runner import RESULTS_FILE, ResultsLog, RunConflictError, assign_keys, run_segmentation, run_signature
+from iapas.engine.log import ResultsLog
+from iapas.engine.records import RESULTS_FILE
+from iapas.engine.runfolder import RunConflictError, assign_keys
+from iapas.engine.runner import run_segmentation
+from iapas.engine.signature import run_signature
 from iapas.product.calibration import OverlapCheck, calibrate, check_finite, check_reference_overlap, stored_scores
 from iapas.product.decision import Decision, DecisionError, images_needed
 from iapas.product.profile import Profile, ProfileError

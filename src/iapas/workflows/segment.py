@@ -9,7 +9,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iapas.engine.runner import RESULTS_FILE, ResultsLog, RunConflictError, check_models
+from iapas.engine.log import ResultsLog
+from iapas.engine.records import RESULTS_FILE
+from iapas.engine.runfolder import RunConflictError, check_models
 from iapas.product.decision import Decision
 from iapas.product.profile import Profile, ProfileError
 
