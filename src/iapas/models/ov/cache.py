@@ -143,7 +143,7 @@ def _write_entry(folder: Path, key: dict[str, Any], model: Any, ov: Any) -> None
     """Save ``model`` with its key into a temporary folder, then rename it to ``folder``."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        ov.save_model(model, str(tmp / MODEL_FILE))
+        ov.save_model(model, str(tmp / MODEL_FILE), compress_to_fp16=False)  # the default halves the weights
         (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True, indent=1) + "\n", encoding="utf-8")
         if folder.exists():  # a stale entry: move it aside first (a rename over a folder fails)
             old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
