@@ -150,3 +150,173 @@ def test_missing_openvino_is_one_line_naming_the_extra(monkeypatch: pytest.Monke
 def test_compile_sets_the_thread_count() -> None:
     compiled = cache.compile(_tiny_model(), threads=1)
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+# --- Grounding DINO through OpenVINO, with the tiny model (iapas.models.ov.gdino) -------------------
+# Bound: kept scores within 1e-5 of eager's (measured: ~1e-6 with the tiny model; the IR keeps float32
+# weights), boxes within 1e-3 px, the same (phrase, box) sets; maps within 1e-5 where masks agree.
+SCORE_TOL = 1e-5
+BOX_TOL = 1e-3
+
+
+def _images(seed: int, n: int, shape: tuple[int, int] = (200, 200)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (*shape, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ov_detectors(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """(eager, openvino) tiny Grounding DINO; the openvino one converted ONCE, on other images
+    than the ones compared (a graph that baked its example's pixels in would show)."""
+    from iapas.models.factory import load_detector
+
+    folder = str(tiny_models["grounding-dino"])
+    cache_dir = tmp_path_factory.mktemp("ov-cache")
+    eager = load_detector(folder, device="cpu")
+    ovd = load_detector(folder, runtime="openvino", ov_cache=cache_dir)
+    started = time.process_time()  # CPU seconds, all threads: the wall time depends on the machine's load
+    ovd.detect(_images(99, 1), "crack .")  # converts the 320x320 graph
+    ovd.conversion_seconds = time.process_time() - started
+    assert ovd.ov.conversions == 1
+    return eager, ovd, cache_dir
+
+
+def _same_sets(a, b) -> None:
+    """The kept (phrase, box, score) of two Detections match as SETS: each of ``a``'s has one of
+    ``b``'s with the same phrase within the tolerances (ties may come out in another order)."""
+    assert len(a.boxes) == len(b.boxes)
+    free = list(range(len(b.boxes)))
+    for box, score, phrase in zip(a.boxes, a.scores, a.phrases):
+        match = [j for j in free if b.phrases[j] == phrase and abs(b.scores[j] - score) <= SCORE_TOL
+                 and np.abs(b.boxes[j] - box).max() <= BOX_TOL]
+        assert match, f"no match for {phrase!r} {box} {score}"
+        free.remove(match[0])
+
+
+def test_openvino_detections_are_the_same_sets_as_eager(ov_detectors) -> None:
+    eager, ovd, _ = ov_detectors
+    images = _images(1, 3)
+    captions = ["scratch . dent .", "a long hole . stain . crack ."]  # two caption lengths, one graph
+    got = ovd.detect_many(images, captions, box_threshold=0.1, text_threshold=0.1)
+    want = eager.detect_many(images, captions, box_threshold=0.1, text_threshold=0.1)
+    assert ovd.ov.conversions == 1  # the same image shape: no new graph, whatever the caption
+    assert sum(len(d.boxes) for per in want for d in per) > 20  # the tiny model keeps boxes at 0.1
+    for per_got, per_want in zip(got, want):
+        for g, w in zip(per_got, per_want):
+            _same_sets(w, g)
+    anomalies, objects = ovd.detect_with_object(images[:1], "scratch . widget .", "widget")
+    anomalies_e, objects_e = eager.detect_with_object(images[:1], "scratch . widget .", "widget")
+    _same_sets(anomalies_e[0], anomalies[0])
+    _same_sets(objects_e[0], objects[0])
+
+
+def test_the_pipeline_maps_differ_by_float_rounding_only(ov_detectors, tiny_models: dict[str, Path]) -> None:
+    from iapas.models.factory import load_segmenter
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+    from iapas.product.profile import Profile
+
+    eager, ovd, _ = ov_detectors
+    sam = load_segmenter(str(tiny_models["sam"]), device="cpu")
+    profile = Profile.from_prompts("widget", "widget", ["scratch", "crack"])
+    profile.size_threshold = 1000.0  # keep every box: SAM sees them all
+    images = _images(2, 2)
+    got = Pipeline(ovd, sam, PipelineConfig(device="cpu")).run(images, profile)
+    want = Pipeline(eager, sam, PipelineConfig(device="cpu")).run(images, profile)
+    for g, w in zip(got, want):
+        _same_sets(w.kept, g.kept)
+        order = [int(np.argmin([np.abs(gb - wb).max() + (gp != wp) for gb, gp in zip(g.kept.boxes, g.kept.phrases)]))
+                 for wb, wp in zip(w.kept.boxes, w.kept.phrases)]
+        agree = (g.masks[order] == w.masks).all(axis=0)
+        assert agree.mean() > 0.999  # a box moved by float rounding flips at most a few edge pixels
+        assert np.abs(g.anomaly_map - w.anomaly_map)[agree].max() <= SCORE_TOL * len(w.kept)
+
+
+def test_openvino_conversion_of_the_tiny_detector_is_cached_on_disk(ov_detectors, tiny_models) -> None:
+    from iapas.models.factory import load_detector
+
+    _, ovd, cache_dir = ov_detectors
+    again = load_detector(str(tiny_models["grounding-dino"]), runtime="openvino", ov_cache=cache_dir)
+    again.detect(_images(3, 1), "crack .")
+    assert again.ov.conversions == 0  # read from the cache the fixture filled
+    assert ovd.conversion_seconds < 60, ovd.conversion_seconds  # CPU seconds, not minutes, for the tiny model
+
+
+# --- the runtime's refusals and the command line ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,model", [("detector", "owlv2"), ("detector", "sam3"), ("segmenter", "sam2")])
+def test_adapters_without_openvino_refuse_the_runtime_in_one_line(tiny_models, kind: str, model: str) -> None:
+    from iapas.models.factory import load_detector, load_segmenter
+
+    load = load_detector if kind == "detector" else load_segmenter
+    with pytest.raises(ValueError) as info:
+        load(str(tiny_models[model]), runtime="openvino")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("--runtime openvino supports Grounding DINO / MM-Grounding-DINO")
+    assert f"{kind} {tiny_models[model]}" in message and message.endswith("runs on torch only")
+
+
+def test_openvino_runs_on_the_cpu_only(tiny_models) -> None:
+    from iapas.models.factory import load_detector
+
+    with pytest.raises(ValueError, match=r"^--runtime openvino runs on the CPU; got --device cuda"):
+        load_detector(str(tiny_models["grounding-dino"]), device="cuda", runtime="openvino")
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from iapas.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_segment_and_serve_take_the_runtime_and_say_one_line_when_it_cannot_run(tiny_models, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(_images(5, 1)[0]).save(tmp_path / "in" / "a.png")
+    from iapas.product.profile import Profile
+
+    profile = Profile.from_prompts("widget", "widget", ["scratch"]).save(tmp_path / "widget.yaml")
+    owl = str(tiny_models["owlv2"])
+    for command in (["segment", str(tmp_path / "in"), "--mode", "base", "--out", str(tmp_path / "out")],
+                    ["serve", "--profile", str(profile), "--port", "0"]):
+        result = _cli(*command, "--runtime", "openvino", "--detector", owl, "--device", "cpu")
+        assert result.exit_code == 2, result.output
+        assert "runs on torch only" in result.output and "Traceback" not in result.output
+        bad = _cli(*command, "--runtime", "onnx")
+        assert bad.exit_code == 2 and "'onnx' is not one of torch, openvino" in bad.output
+        int8 = _cli(*command, "--ov-int8", "--detector", str(tiny_models["grounding-dino"]), "--device", "cpu")
+        assert int8.exit_code == 2 and "--ov-int8 needs --runtime openvino" in int8.output
+
+
+def test_export_openvino_fills_the_cache_a_run_then_reads(ov_detectors, tiny_models, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from iapas.cli.export_openvino import register
+
+    export_app = typer.Typer()  # the lead's `iapas export` group, stood in for
+    register(export_app)
+    export_app.command("noop")(lambda: None)  # two commands: typer keeps the sub-command name
+    _, _, cache_dir = ov_detectors
+    args = ["openvino", "--detector", str(tiny_models["grounding-dino"]), "--segmenter", "none",
+            "--out", str(cache_dir), "--image-size", "210x190"]  # resizes to 320x320: the fixture's graph
+    result = CliRunner().invoke(export_app, args)
+    assert result.exit_code == 0, result.output
+    assert "IR entries in" in result.output and f"IAPAS_OPENVINO_CACHE={cache_dir}" in result.output.replace("\n", "")
+    entries = [p.name for p in cache_dir.iterdir() if p.is_dir()]
+    assert any("-gdino-320x320-" in name for name in entries)
+    bad = CliRunner().invoke(export_app, [*args[:-1], "big"])
+    assert bad.exit_code == 2 and "--image-size 'big': expected HEIGHTxWIDTH" in bad.output
+    owl = CliRunner().invoke(export_app, ["openvino", "--detector", str(tiny_models["owlv2"]), "--out", str(tmp_path)])
+    assert owl.exit_code == 2 and "runs on torch only" in owl.output
+
+
+def test_the_runtime_enters_the_run_signature_only_when_not_torch() -> None:
+    from iapas.engine.signature import other_settings
+    from iapas.pipeline.stage2 import PipelineConfig
+
+    assert "runtime" not in other_settings(PipelineConfig(), ())
+    assert other_settings(PipelineConfig(runtime="openvino"), ())["runtime"] == "openvino"
+    assert other_settings(PipelineConfig(runtime="openvino", ov_int8=True), ())["ov_int8"] is True

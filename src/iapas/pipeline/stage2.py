@@ -64,8 +64,6 @@ class PipelineConfig:
             raise ValueError(f"mode must be 'iapas' or 'base', got {self.mode!r}")
         if self.runtime not in ("torch", "openvino"):
             raise ValueError(f"runtime must be 'torch' or 'openvino', got {self.runtime!r}")
-        if self.ov_int8 and self.runtime != "openvino":
-            raise ValueError("ov_int8 (--ov-int8) needs runtime 'openvino' (--runtime openvino)")
         for name in ("box_threshold", "text_threshold", "nms_iou"):
             value = getattr(self, name)
             if not 0 <= value <= 1:

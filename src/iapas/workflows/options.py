@@ -32,6 +32,7 @@ class Opt:
     max: float | None = None
     show_default: bool = True
     config: str | None = None  # the PipelineConfig field it sets, if any
+    choices: tuple[str, ...] | None = None  # the values it takes, when a fixed few
 
     def but(self, **changes: Any) -> "Opt":
         """This option with another default or help (a command whose meaning differs)."""
@@ -68,7 +69,7 @@ _ROWS = [
         "torch, or openvino: the detector's and SAM's forwards as OpenVINO IR on the CPU (needs iapas[openvino]; "
         "Grounding DINO / MM-Grounding-DINO / LLMDet and SAM / SAM-HQ only), converted once per model and image "
         "shape into $IAPAS_OPENVINO_CACHE (default ~/.cache/iapas/openvino). Outputs equal torch's to float "
-        "rounding; a run is not resumed across runtimes.", config="runtime"),
+        "rounding; a run is not resumed across runtimes.", config="runtime", choices=("torch", "openvino")),
     Opt("ov_int8", ("--ov-int8",), bool, False,
         "With --runtime openvino: compress the detector's weights to int8 (NNCF). Faster and smaller, but boxes "
         "and scores change: measure it first (benchmarks/openvino_cpu.py --int8).", config="ov_int8"),

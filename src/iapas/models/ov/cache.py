@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from iapas.models.loading import ModelLoadError
+
 try:  # not on Windows: there, two conversions of one entry may both run (the rename still wins once)
     import fcntl
 except ImportError:  # pragma: no cover
@@ -43,8 +45,8 @@ KEY_FILE = "key.json"
 INSTALL_HINT = "pip install 'iapas[openvino]'"
 
 
-class OpenVinoMissingError(RuntimeError):
-    """``--runtime openvino`` without the ``openvino`` package."""
+class OpenVinoMissingError(ModelLoadError):
+    """``--runtime openvino`` without the ``openvino`` package (a model that cannot be loaded)."""
 
 
 def require_openvino() -> Any:

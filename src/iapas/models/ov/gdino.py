@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,7 +109,9 @@ def convert(model: Any, example: dict[str, Any], int8: bool = False) -> Any:
 
     ov = require_openvino()
     graph = _graph_module(model)
-    with torch.no_grad(), _convertible():
+    with torch.no_grad(), _convertible(), warnings.catch_warnings():
+        # the tracer's warnings name the very constants (image-shape branches) that make a graph per shape
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = ov.convert_model(graph, example_input={k: example[k] for k in INPUTS})
     if int8:
         converted = compress_int8(converted)
