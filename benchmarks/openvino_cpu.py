@@ -59,8 +59,9 @@ def load_now() -> str:
         return "n/a"
 
 
-def pick_images(n: int) -> list[Path]:
-    """Half MVTec bottle (900x900: one resized shape), half MTD blowholes of one size (another)."""
+def pick_images(n: int, source: str = "both") -> list[Path]:
+    """Half MVTec bottle (900x900: one resized shape), half MTD blowholes of one size (another);
+    ``source`` mvtec or mtd: only those (one shape: one conversion)."""
     mvtec = sorted(glob.glob(str(DATA / "MVTecAD" / "bottle" / "test" / "*" / "*.png")))
     mtd = sorted(glob.glob(str(DATA / "MTD" / "MT_Blowhole" / "Imgs" / "*.jpg")))
     if not mvtec and not mtd:
@@ -71,7 +72,7 @@ def pick_images(n: int) -> list[Path]:
     for path in mtd:
         by_size.setdefault(Image.open(path).size, []).append(path)
     mtd_same = max(by_size.values(), key=len) if by_size else []
-    half = n // 2
+    half = {"both": n // 2, "mvtec": 0, "mtd": n}[source]
     return [Path(p) for p in mvtec[: n - half] + mtd_same[:half]]
 
 
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--segmenter", default="sam-vit-base", help="a preset name or a model folder")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--source", choices=("both", "mvtec", "mtd"), default="both",
+                        help="the images: MVTec bottle, MTD blowholes of one size, or half each (two shapes)")
     parser.add_argument("--int8", action="store_true", help="also run --ov-int8 and print its effect")
     parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "iapas-presets",
                         help="where the random presets are written (reused)")
@@ -175,7 +178,7 @@ def main() -> None:
             folders.append(str(folder))
         else:
             folders.append(name)
-    paths = pick_images(args.images)
+    paths = pick_images(args.images, args.source)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     profile = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "hole"])
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -320,3 +320,30 @@ def test_the_runtime_enters_the_run_signature_only_when_not_torch() -> None:
     assert "runtime" not in other_settings(PipelineConfig(), ())
     assert other_settings(PipelineConfig(runtime="openvino"), ())["runtime"] == "openvino"
     assert other_settings(PipelineConfig(runtime="openvino", ov_int8=True), ())["ov_int8"] is True
+
+
+def test_a_ray_worker_builds_its_pipeline_on_the_drivers_runtime(ov_detectors, tiny_models, monkeypatch) -> None:
+    """The config a Ray actor gets (the driver's PipelineConfig as a plain dict) carries the
+    runtime, and the actor's detector runs on OpenVINO (read from the driver's IR cache)."""
+    import dataclasses
+
+    from iapas.engine.ray_executor import Stage2Actor
+    from iapas.models import factory
+    from iapas.pipeline.stage2 import PipelineConfig
+
+    _, _, cache_dir = ov_detectors
+    monkeypatch.setenv("IAPAS_OPENVINO_CACHE", str(cache_dir))
+    torch_sam = factory.load_segmenter
+    asked = {}
+
+    def segmenter(name, device="auto", dtype="auto", **runtime):  # SAM's conversion is tested beside it
+        asked.update(runtime)
+        return torch_sam(name, device=device, dtype=dtype)
+
+    monkeypatch.setattr(factory, "load_segmenter", segmenter)
+    config = PipelineConfig(detector=str(tiny_models["grounding-dino"]), segmenter=str(tiny_models["sam"]),
+                            device="cpu", runtime="openvino")
+    actor = Stage2Actor(dataclasses.asdict(config), job=None, expected={}, fault=None)
+    assert actor.pipeline.config.runtime == "openvino" and asked == {"runtime": "openvino"}
+    actor.pipeline.detector.detect(_images(7, 1), "crack .")
+    assert actor.pipeline.detector.ov is not None and actor.pipeline.detector.ov.conversions == 0
