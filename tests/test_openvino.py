@@ -181,14 +181,14 @@ def ov_detectors(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     return eager, ovd, cache_dir
 
 
-def _same_sets(a, b) -> None:
+def _same_sets(a, b, score_tol: float = SCORE_TOL, box_tol: float = BOX_TOL) -> None:
     """The kept (phrase, box, score) of two Detections match as SETS: each of ``a``'s has one of
     ``b``'s with the same phrase within the tolerances (ties may come out in another order)."""
     assert len(a.boxes) == len(b.boxes)
     free = list(range(len(b.boxes)))
     for box, score, phrase in zip(a.boxes, a.scores, a.phrases):
-        match = [j for j in free if b.phrases[j] == phrase and abs(b.scores[j] - score) <= SCORE_TOL
-                 and np.abs(b.boxes[j] - box).max() <= BOX_TOL]
+        match = [j for j in free if b.phrases[j] == phrase and abs(b.scores[j] - score) <= score_tol
+                 and np.abs(b.boxes[j] - box).max() <= box_tol]
         assert match, f"no match for {phrase!r} {box} {score}"
         free.remove(match[0])
 
@@ -301,7 +301,7 @@ def test_export_openvino_fills_the_cache_a_run_then_reads(ov_detectors, tiny_mod
     export_app.command("noop")(lambda: None)  # two commands: typer keeps the sub-command name
     _, _, cache_dir = ov_detectors
     args = ["openvino", "--detector", str(tiny_models["grounding-dino"]), "--segmenter", "none",
-            "--out", str(cache_dir), "--image-size", "210x190"]  # resizes to 320x320: the fixture's graph
+            "--out", str(cache_dir), "--image-size", "200x200"]  # resizes to 320x320: the fixture's graph, read, not converted
     result = CliRunner().invoke(export_app, args)
     assert result.exit_code == 0, result.output
     assert "IR entries in" in result.output and f"IAPAS_OPENVINO_CACHE={cache_dir}" in result.output.replace("\n", "")
@@ -347,3 +347,47 @@ def test_a_ray_worker_builds_its_pipeline_on_the_drivers_runtime(ov_detectors, t
     assert actor.pipeline.config.runtime == "openvino" and asked == {"runtime": "openvino"}
     actor.pipeline.detector.detect(_images(7, 1), "crack .")
     assert actor.pipeline.detector.ov is not None and actor.pipeline.detector.ov.conversions == 0
+
+
+def test_segment_on_openvino_end_to_end_and_no_resume_across_runtimes(ov_detectors, tiny_models, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """`iapas segment --runtime openvino` with the tiny models (the detector's graph from the
+    fixture's cache, SAM converted here): the same kept (phrase, box) sets as a torch run of the
+    same images; the folder then refuses a resume on torch."""
+    import json
+
+    from PIL import Image
+
+    from iapas.product.profile import Profile
+
+    _, _, cache_dir = ov_detectors
+    monkeypatch.setenv("IAPAS_OPENVINO_CACHE", str(cache_dir))
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(_images(11, 2)):
+        Image.fromarray(image).save(tmp_path / "in" / f"{i}.png")
+    profile = Profile.from_prompts("widget", "widget", ["scratch"])
+    profile.size_threshold = 1000.0  # keep every box
+    path = profile.save(tmp_path / "widget.yaml")
+    common = [str(tmp_path / "in"), "--profile", str(path), "--detector", str(tiny_models["grounding-dino"]),
+              "--segmenter", str(tiny_models["sam"]), "--device", "cpu"]
+    runs = {}
+    for runtime in ("openvino", "torch"):
+        out = tmp_path / runtime
+        result = _cli("segment", *common, "--out", str(out), "--runtime", runtime)
+        assert result.exit_code == 0, result.output
+        runs[runtime] = sorted((json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()),
+                               key=lambda r: r["image"])
+    assert json.loads((tmp_path / "openvino" / "run.json").read_text())["signature"]["runtime"] == "openvino"
+    from iapas.core.types import Detections
+
+    def kept(record) -> Detections:
+        boxes = record["kept"]
+        return Detections(np.array([b["box"] for b in boxes], np.float32).reshape(-1, 4),
+                          np.array([b["score"] for b in boxes], np.float32), tuple(b["phrase"] for b in boxes))
+
+    for ov_record, torch_record in zip(runs["openvino"], runs["torch"]):
+        assert len(torch_record["kept"]) > 0
+        # results.jsonl rounds scores to 5 decimals and boxes to 2: one rounding step more than the bounds
+        _same_sets(kept(torch_record), kept(ov_record), score_tol=SCORE_TOL + 1e-5, box_tol=BOX_TOL + 0.01)
+    again = _cli("segment", *common, "--out", str(tmp_path / "openvino"), "--runtime", "torch")
+    assert again.exit_code != 0 and "runtime" in again.output and "Traceback" not in again.output
