@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from iapas.cli import calibrate, demo, export, profile, segment, testing
+from iapas.cli import calibrate, demo, export, export_openvino, profile, segment, testing
 from iapas.cli.common import version_callback
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ segment.register(app)
 calibrate.register(app)
 demo.register(app)
 export.register(app)
+export_openvino.register(export.export_app)
 app.add_typer(testing.app, name="testing")
 
 # Optional command groups added by other modules (data, evaluation) register themselves here.

@@ -8,7 +8,7 @@ import typer
 
 from iapas.cli.common import QuietOption, VerboseOption, console, fail, setup_logging
 
-export_app = typer.Typer(help="Export a run's results for other tools.", no_args_is_help=True, rich_markup_mode=None)
+export_app = typer.Typer(help="Export a run's masks (coco) or the models (openvino) for other tools.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @export_app.command("coco")

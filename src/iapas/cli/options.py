@@ -22,7 +22,18 @@ from iapas.workflows.options import OPTIONS, Opt, Settings
 
 def option(row: Opt) -> Any:
     """The typer option of one row of the table."""
-    return typer.Option(row.default, *row.flags, help=row.help, min=row.min, max=row.max, show_default=row.show_default)
+    choice = {"callback": _one_of(row.choices)} if row.choices else {}
+    return typer.Option(row.default, *row.flags, help=row.help, min=row.min, max=row.max, show_default=row.show_default,
+                        **choice)
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
 
 
 def shared(*names: str, **changes: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

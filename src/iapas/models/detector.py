@@ -103,8 +103,9 @@ class GroundingDinoDetector(Detector):
 
     fuses_object = True
 
-    def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str) -> None:
+    def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str, ov: Any = None) -> None:
         self.model = model
+        self.ov = ov  # an iapas.models.ov.gdino.OvGroundingDino: --runtime openvino runs the forward
         self.processor = processor
         self.device = device
         self.dtype = dtype
@@ -119,19 +120,27 @@ class GroundingDinoDetector(Detector):
     def compile(self) -> None:
         """``torch.compile`` the heavy sub-modules in place (Swin, deformable encoder, decoder);
         the first forward at each new input size pays the compilation. Outputs change within
-        float rounding (fused kernels), not bitwise."""
+        float rounding (fused kernels), not bitwise. Nothing to do on the openvino runtime."""
+        if self.ov is not None:
+            logger.info("detector %s runs on OpenVINO: torch.compile skipped", self.name)
+            return
         inner = self.model.model
         for module in (inner.backbone.conv_encoder, inner.encoder, inner.decoder):
             module.compile()
         self.compiled = True
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_DETECTOR, device: str = "auto", dtype: str = "auto") -> GroundingDinoDetector:
+    def from_pretrained(
+        cls, name_or_path: str = DEFAULT_DETECTOR, device: str = "auto", dtype: str = "auto", *,
+        runtime: str = "torch", ov_cache: Any = None, ov_int8: bool = False,
+    ) -> GroundingDinoDetector:
+        """``runtime="openvino"``: the forward runs as OpenVINO IR on the CPU (converted on first
+        use per image shape, cached in ``ov_cache``; ``ov_int8``: int8 weights), the rest as on torch."""
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         name_or_path = registry.resolve("detector", name_or_path)
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
+        dev = "cpu" if runtime == "openvino" else resolve_device(device)
+        torch_dtype = resolve_dtype("float32" if runtime == "openvino" else dtype, dev)
         what = "Grounding DINO detector"
         types = tuple(DETECTOR_MODEL_TYPES)
         processor = load_pretrained(
@@ -141,7 +150,13 @@ class GroundingDinoDetector(Detector):
             AutoModelForZeroShotObjectDetection.from_pretrained, name_or_path, what=what,
             model_classes=DETECTOR_MODEL_TYPES, device=dev, dtype=torch_dtype,
         )
-        return cls(model, processor, dev, torch_dtype, name_or_path)
+        ov = None
+        if runtime == "openvino":
+            from iapas.models.fingerprint import model_fingerprint
+            from iapas.models.ov.gdino import OvGroundingDino
+
+            ov = OvGroundingDino(model, name_or_path, model_fingerprint(name_or_path), ov_cache, int8=ov_int8)
+        return cls(model, processor, dev, torch_dtype, name_or_path, ov)
 
     @staticmethod
     def normalize_caption(caption: str) -> str:
@@ -262,10 +277,13 @@ class GroundingDinoDetector(Detector):
         inputs = dict(pixels)
         for key, value in text.items():
             inputs[key] = value.expand(batch, -1)
-        with torch.inference_mode(), ExitStack() as stack:
-            if self.cache_text_features:
-                stack.enter_context(self.text_memo.active(self.model.model.text_backbone))
-            outputs = self.model(**inputs)
+        if self.ov is not None:  # the whole forward is one OpenVINO graph (converted outside inference mode)
+            outputs = self.ov(**inputs)
+        else:
+            with torch.inference_mode(), ExitStack() as stack:
+                if self.cache_text_features:
+                    stack.enter_context(self.text_memo.active(self.model.model.text_backbone))
+                outputs = self.model(**inputs)
         self.forward_count += 1
         probs = outputs.logits.float().sigmoid().cpu().numpy()
         boxes = outputs.pred_boxes.float().cpu().numpy()
@@ -340,7 +358,9 @@ class GroundingDinoDetector(Detector):
             pixels = self._pixels(group)
             out = []
             with ExitStack() as stack:
-                if self.share_backbone and len(captions) > 1:  # keyed on these very pixel tensors
+                # keyed on these very pixel tensors; never around an OpenVINO conversion (a replayed
+                # output would be traced as a constant)
+                if self.share_backbone and len(captions) > 1 and self.ov is None:
                     stack.enter_context(shared_forward(self.model.model.backbone))
                 for caption in captions:
                     probs, boxes, ids = self._forward(pixels, caption)

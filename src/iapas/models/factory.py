@@ -16,6 +16,7 @@ from typing import Any
 
 from iapas.models import registry
 from iapas.models.loading import ModelLoadError, load_pretrained
+from iapas.models.ov.cache import DEFAULT_RUNTIME, check_runtime
 
 
 def _adapters(kind: str) -> dict[str, str]:
@@ -53,16 +54,49 @@ def adapter_class(kind: str, name_or_path: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
-def load_detector(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Any:
-    """The detector adapter for ``name_or_path``, loaded on ``device`` in ``dtype``."""
+def runtime_options(
+    kind: str, name_or_path: str, runtime: str, device: str, ov_cache: Path | None = None
+) -> dict[str, Any]:
+    """The keyword arguments that select ``runtime`` for the adapter of ``name_or_path`` (none for
+    torch); a ``ValueError`` with one line when the adapter cannot run it (the model table's
+    ``openvino`` flag says which can) or the device is not the CPU."""
+    if runtime == DEFAULT_RUNTIME:
+        return {}
+    check_runtime(runtime)
+    model_type = model_type_of(kind, registry.resolve(kind, name_or_path))
+    if not registry.runs_openvino(model_type):
+        families = " / ".join(registry.openvino_families())
+        raise ValueError(f"--runtime openvino supports {families}; {kind} {name_or_path} ({model_type}) runs on "
+                         "torch only")
+    if device not in ("auto", "cpu"):
+        raise ValueError(f"--runtime openvino runs on the CPU; got --device {device} (use --device cpu or auto)")
+    return {"runtime": runtime, "ov_cache": ov_cache}
+
+
+def load_detector(
+    name_or_path: str, device: str = "auto", dtype: str = "auto", *, runtime: str = DEFAULT_RUNTIME,
+    ov_cache: Path | None = None, ov_int8: bool = False,
+) -> Any:
+    """The detector adapter for ``name_or_path``, loaded on ``device`` in ``dtype``; ``runtime``
+    ``openvino``: its forward runs as OpenVINO IR (cached in ``ov_cache``; ``ov_int8``: int8 weights)."""
     name_or_path = registry.resolve("detector", name_or_path)
-    return adapter_class("detector", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype)
+    extra = runtime_options("detector", name_or_path, runtime, device, ov_cache)
+    if ov_int8:
+        if not extra:
+            raise ValueError("--ov-int8 needs --runtime openvino")
+        extra["ov_int8"] = True
+    return adapter_class("detector", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype, **extra)
 
 
-def load_segmenter(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Any:
-    """The segmenter adapter for ``name_or_path``, loaded on ``device`` in ``dtype``."""
+def load_segmenter(
+    name_or_path: str, device: str = "auto", dtype: str = "auto", *, runtime: str = DEFAULT_RUNTIME,
+    ov_cache: Path | None = None,
+) -> Any:
+    """The segmenter adapter for ``name_or_path``, loaded on ``device`` in ``dtype`` (``runtime``:
+    as :func:`load_detector`'s)."""
     name_or_path = registry.resolve("segmenter", name_or_path)
-    return adapter_class("segmenter", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype)
+    extra = runtime_options("segmenter", name_or_path, runtime, device, ov_cache)
+    return adapter_class("segmenter", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype, **extra)
 
 
 def returns_masks(name_or_path: str) -> bool:

@@ -25,26 +25,28 @@ KINDS: tuple[str, ...] = ("detector", "segmenter")
 @dataclass(frozen=True)
 class Family:
     """One model family: ``model_classes`` maps each ``model_type`` it covers to its transformers
-    class; ``adapter`` is the ``"module:Class"`` that runs it (imported only when used)."""
+    class; ``adapter`` is the ``"module:Class"`` that runs it (imported only when used);
+    ``openvino``: its adapter runs ``--runtime openvino`` (see :mod:`iapas.models.ov`)."""
 
     name: str
     kind: str
     adapter: str
     model_classes: dict[str, str] = field(hash=False)
+    openvino: bool = False
 
 
 # In the order the help texts name them (``family_list``).
 FAMILIES: tuple[Family, ...] = (
     Family("Grounding DINO", "detector", "iapas.models.detector:GroundingDinoDetector",
-           {"grounding-dino": "GroundingDinoForObjectDetection"}),
+           {"grounding-dino": "GroundingDinoForObjectDetection"}, openvino=True),
     # LLMDet checkpoints load as MM-Grounding-DINO; same processor and outputs as Grounding DINO
     Family("MM-Grounding-DINO", "detector", "iapas.models.detector:GroundingDinoDetector",
-           {"mm-grounding-dino": "MMGroundingDinoForObjectDetection"}),
+           {"mm-grounding-dino": "MMGroundingDinoForObjectDetection"}, openvino=True),
     Family("OWLv2", "detector", "iapas.models.owlv2:Owlv2Detector", {"owlv2": "Owlv2ForObjectDetection"}),
     # joint: its detections bring their masks (see iapas.models.sam3)
     Family("SAM 3", "detector", "iapas.models.sam3:Sam3Detector", {"sam3": "Sam3Model"}),
-    Family("SAM", "segmenter", "iapas.models.segmenter:SamSegmenter", {"sam": "SamModel"}),
-    Family("SAM-HQ", "segmenter", "iapas.models.segmenter:SamSegmenter", {"sam_hq": "SamHQModel"}),
+    Family("SAM", "segmenter", "iapas.models.segmenter:SamSegmenter", {"sam": "SamModel"}, openvino=True),
+    Family("SAM-HQ", "segmenter", "iapas.models.segmenter:SamSegmenter", {"sam_hq": "SamHQModel"}, openvino=True),
     # the hub's SAM 2.1 checkpoints are sam2_video models; they load as the image model Sam2Model
     Family("SAM 2.1", "segmenter", "iapas.models.sam2:Sam2Segmenter", {"sam2": "Sam2Model", "sam2_video": "Sam2Model"}),
 )
@@ -158,6 +160,16 @@ def adapters(kind: str) -> dict[str, str]:
     """``model_type -> "module:Class"`` of the adapters of ``kind``."""
     _check_kind(kind)
     return {t: f.adapter for f in FAMILIES if f.kind == kind for t in f.model_classes}
+
+
+def openvino_families() -> tuple[str, ...]:
+    """The families that run ``--runtime openvino``, in the table's order."""
+    return tuple(f.name for f in FAMILIES if f.openvino)
+
+
+def runs_openvino(model_type: str) -> bool:
+    """Whether the adapter of ``model_type`` runs ``--runtime openvino``."""
+    return any(model_type in f.model_classes and f.openvino for f in FAMILIES)
 
 
 def model_classes(*families: str) -> dict[str, str]:

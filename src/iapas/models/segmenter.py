@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,10 @@ class SamSegmenter(Segmenter):
     thresholded in one call (bitwise the chunked result). Switch them off to measure them.
     """
 
-    def __init__(self, model: Any, processor: Any, device: str, dtype: Any, name: str) -> None:
+    def __init__(
+        self, model: Any, processor: Any, device: str, dtype: Any, name: str,
+        runtime: str = "torch", ov_cache: Path | None = None, ov_threads: int | None = None,
+    ) -> None:
         self.model = model
         self.image_processor = getattr(processor, "image_processor", processor)
         self.device = device
@@ -69,10 +73,29 @@ class SamSegmenter(Segmenter):
         self.fast_preprocessing = True
         self.batched_postprocess = True
         self.compiled = False
+        self.runtime = runtime
+        self.ov = None  # the OpenVINO encoder and decoder (iapas.models.ov.sam.OvSam) when runtime is openvino
+        if runtime == "openvino":
+            if str(device) != "cpu":
+                raise ValueError(f"segmenter {name}: the openvino runtime runs on the CPU; got device {device} (use --device cpu)")
+            from iapas.models.ov.sam import load_ov_sam
+
+            self.ov = load_ov_sam(
+                model, name, hq=self.hq_model, hq_token_only=self.hq_token_only, cache_dir=ov_cache, threads=ov_threads
+            )
+        elif runtime != "torch":
+            raise ValueError(f"segmenter {name}: unknown runtime {runtime!r}; expected torch or openvino")
+
+    hq_model = False  # SamHQSegmenter: True
+    hq_token_only = False
 
     def compile(self) -> None:
         """``torch.compile`` the image encoder and the mask decoder in place; the first call at
-        each new shape pays the compilation. Outputs change within float rounding, not bitwise."""
+        each new shape pays the compilation. Outputs change within float rounding, not bitwise.
+        Nothing to do on the openvino runtime (its graphs are compiled when loaded)."""
+        if self.ov is not None:
+            logger.info("segmenter %s runs on OpenVINO: torch.compile skipped", self.name)
+            return
         for module in (self.model.vision_encoder, self.model.mask_decoder):
             module.compile()
         self.compiled = True
@@ -151,13 +174,18 @@ class SamSegmenter(Segmenter):
         return np.concatenate([p.cpu().numpy() for p in parts], axis=0)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_SEGMENTER, device: str = "auto", dtype: str = "auto") -> SamSegmenter:
+    def from_pretrained(
+        cls, name_or_path: str = DEFAULT_SEGMENTER, device: str = "auto", dtype: str = "auto",
+        runtime: str = "torch", ov_cache: Path | None = None,
+    ) -> SamSegmenter:
         """Load SAM or SAM-HQ: the adapter is chosen by the loaded model's type (a
-        :class:`SamHQSegmenter` for ``sam_hq``), any other model type is refused."""
+        :class:`SamHQSegmenter` for ``sam_hq``), any other model type is refused. ``runtime``
+        ``openvino``: the forwards run as OpenVINO IR (cached in ``ov_cache``), on the CPU
+        (``device`` ``auto`` means the CPU then)."""
         from transformers import AutoModel, AutoProcessor
 
         name_or_path = registry.resolve("segmenter", name_or_path)
-        dev = resolve_device(device)
+        dev = resolve_device("cpu" if runtime == "openvino" and device == "auto" else device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "SAM segmenter"
         types = tuple(SEGMENTER_MODEL_TYPES)
@@ -176,14 +204,19 @@ class SamSegmenter(Segmenter):
             )
         model = model.to(dev).eval()
         logger.info("loaded %s (%s) from %s on %s (%s)", what, model_type, name_or_path, dev, torch_dtype)
-        return adapter(model, processor, dev, torch_dtype, name_or_path)
+        return adapter(model, processor, dev, torch_dtype, name_or_path, runtime=runtime, ov_cache=ov_cache)
 
     def _embed(self, pixel_values: Any) -> Any:
-        """One image-encoder pass for the batch: what :meth:`_decode_boxes` needs per image."""
+        """One image-encoder pass for the batch: what :meth:`_decode_boxes` needs per image
+        (SAM-HQ: the embeddings and the list of intermediate embeddings)."""
+        if self.ov is not None:
+            return self.ov.embed(pixel_values)
         return self.model.get_image_embeddings(pixel_values)
 
     def _decode_boxes(self, embedded: Any, j: int, input_boxes: Any) -> Any:
         """One mask-decoder call with all boxes ``(1, n, 4)`` of image ``j`` of the batch."""
+        if self.ov is not None:
+            return self.ov.decode(embedded, j, input_boxes)
         return self.model(image_embeddings=embedded[j : j + 1], input_boxes=input_boxes, multimask_output=False)
 
     def segment(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -216,12 +249,12 @@ class SamHQSegmenter(SamSegmenter):
     token's output added to SAM's, ``hq_token_only=False`` as in the reference predictor).
     Same work per image as SAM: one encoder pass per batch, one decoder call per image."""
 
+    hq_model = True
     hq_token_only = False
 
-    def _embed(self, pixel_values: Any) -> Any:
-        return self.model.get_image_embeddings(pixel_values)  # (embeddings, intermediate list)
-
     def _decode_boxes(self, embedded: Any, j: int, input_boxes: Any) -> Any:
+        if self.ov is not None:
+            return self.ov.decode(embedded, j, input_boxes)
         embeddings, intermediate = embedded
         return self.model(
             image_embeddings=embeddings[j : j + 1],

@@ -55,10 +55,15 @@ class PipelineConfig:
     compile: bool = False
     # the fused map's precision: float64 is the reference code's fusion (evaluate --protocol paper)
     map_float64: bool = False
+    # torch or openvino (the detector's and SAM's forwards as OpenVINO IR on the CPU, iapas.models.ov)
+    runtime: str = "torch"
+    ov_int8: bool = False  # with openvino: the detector's weights compressed to int8 (NNCF); outputs change
 
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
             raise ValueError(f"mode must be 'iapas' or 'base', got {self.mode!r}")
+        if self.runtime not in ("torch", "openvino"):
+            raise ValueError(f"runtime must be 'torch' or 'openvino', got {self.runtime!r}")
         for name in ("box_threshold", "text_threshold", "nms_iou"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -145,13 +150,15 @@ class Pipeline:
         from iapas.models.factory import load_detector, load_segmenter
 
         config = config or PipelineConfig(**overrides)
-        detector = load_detector(config.detector, device=config.device, dtype=config.dtype)
+        runtime = {"runtime": config.runtime} if config.runtime != "torch" else {}
+        detector = load_detector(config.detector, device=config.device, dtype=config.dtype, **runtime,
+                                 **({"ov_int8": True} if config.ov_int8 else {}))
         segmenter: Segmenter | None = None
         if detector.returns_masks:  # SAM 3: detector and segmenter in one, no SAM loaded
             say = logger.info if config.segmenter == DEFAULT_SEGMENTER else logger.warning
             say("detector %s returns its own masks: no segmenter loaded (segmenter %s unused)", detector.name, config.segmenter)
         else:
-            segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype)
+            segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype, **runtime)
         if config.compile:
             detector.compile()
             if segmenter is not None:

@@ -32,6 +32,7 @@ class Opt:
     max: float | None = None
     show_default: bool = True
     config: str | None = None  # the PipelineConfig field it sets, if any
+    choices: tuple[str, ...] | None = None  # the values it takes, when a fixed few
 
     def but(self, **changes: Any) -> "Opt":
         """This option with another default or help (a command whose meaning differs)."""
@@ -64,6 +65,14 @@ _ROWS = [
         "torch.compile both models: each new image size first pays a compilation (tens of seconds to minutes), "
         "then forwards run faster, mostly on a GPU. Outputs equal the uncompiled ones to float rounding, not "
         "bitwise.", config="compile"),
+    Opt("runtime", ("--runtime",), str, "torch",
+        "torch, or openvino: the detector's and SAM's forwards as OpenVINO IR on the CPU (needs iapas[openvino]; "
+        "Grounding DINO / MM-Grounding-DINO / LLMDet and SAM / SAM-HQ only), converted once per model and image "
+        "shape into $IAPAS_OPENVINO_CACHE (default ~/.cache/iapas/openvino). Outputs equal torch's to float "
+        "rounding; a run is not resumed across runtimes.", config="runtime", choices=("torch", "openvino")),
+    Opt("ov_int8", ("--ov-int8",), bool, False,
+        "With --runtime openvino: compress the detector's weights to int8 (NNCF). Faster and smaller, but boxes "
+        "and scores change: measure it first (benchmarks/openvino_cpu.py --int8).", config="ov_int8"),
     Opt("max_pixels", ("--max-pixels",), int, DEFAULT_MAX_PIXELS,
         "Refuse images with more pixels than this (decompression-bomb guard).", min=1),
     Opt("show_dropped", ("--show-dropped",), bool, False,
@@ -147,7 +156,7 @@ OPTIONS: dict[str, Opt] = {row.name: row for row in _ROWS}
 
 #: The options every command that loads stage 2 takes (segment, calibrate, evaluate, bench, serve):
 #: a new stage-2 knob is a row with ``config=`` and its name here.
-STAGE2 = ("detector", "segmenter", "device", "dtype")
+STAGE2 = ("detector", "segmenter", "device", "dtype", "runtime", "ov_int8")
 ENGINE = ("engine", "ray_address", "workers", "gpus_per_worker", "cpus_per_worker")
 LOGGING = ("verbose", "quiet")
 SINKS = ("webhook", "webhook_secret_file", "mqtt")

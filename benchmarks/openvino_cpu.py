@@ -1,0 +1,215 @@
+"""``segment`` on the CPU: PyTorch eager against ``--runtime openvino``, on the same images, in one run.
+
+Both pipelines are the one ``iapas segment`` builds (:meth:`iapas.pipeline.stage2.Pipeline.from_config`)
+with the same real-size random presets (:mod:`iapas.testing.presets`; default grounding-dino-tiny +
+sam-vit-base), at ``--threads`` threads (torch's and OpenVINO's), on a few real MTD / MVTec images from
+``../shared/data``. It prints and writes as JSON: the date, the load (``uptime``), the CPU model, the
+conversion time (first use of each image shape: convert + save + compile), images/s of each runtime
+after that warm-up (openvino only; each image through each pipeline in turn, so that a changing load on a shared
+machine hits both alike; the process CPU seconds too), and the exactness: whether each image's kept (phrase, box) set equals
+eager's, the largest score and box differences, and the largest map difference.
+
+    python benchmarks/openvino_cpu.py                              # 4 images, 2 threads
+    python benchmarks/openvino_cpu.py --segmenter sam-vit-huge --int8 --out /tmp/ov.json
+
+``--int8`` adds a third pipeline with ``--ov-int8`` (NNCF int8 weights for the detector) and prints
+its effect on boxes and maps. If the SAM adapter of this checkout cannot run OpenVINO, the openvino
+pipeline runs SAM on torch and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SCORE_TOL, BOX_TOL = 1e-4, 1e-2  # "same set": phrase equal, score and box (px) within these
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_now() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "n/a"
+
+
+def pick_images(n: int, source: str = "both") -> list[Path]:
+    """Half MVTec bottle (900x900: one resized shape), half MTD blowholes of one size (another);
+    ``source`` mvtec or mtd: only those (one shape: one conversion)."""
+    mvtec = sorted(glob.glob(str(DATA / "MVTecAD" / "bottle" / "test" / "*" / "*.png")))
+    mtd = sorted(glob.glob(str(DATA / "MTD" / "MT_Blowhole" / "Imgs" / "*.jpg")))
+    if not mvtec and not mtd:
+        sys.exit(f"no images under {DATA}")
+    from PIL import Image
+
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for path in mtd:
+        by_size.setdefault(Image.open(path).size, []).append(path)
+    mtd_same = max(by_size.values(), key=len) if by_size else []
+    half = {"both": n // 2, "mvtec": 0, "mtd": n}[source]
+    return [Path(p) for p in mvtec[: n - half] + mtd_same[:half]]
+
+
+def same_set(a, b) -> tuple[bool, float, float]:
+    """Whether two Detections hold the same (phrase, box) set, and the largest score / box differences
+    of the matched pairs (greedy, within the tolerances)."""
+    if len(a.boxes) != len(b.boxes):
+        return False, float("nan"), float("nan")
+    free, ds, db = list(range(len(b.boxes))), 0.0, 0.0
+    for box, score, phrase in zip(a.boxes, a.scores, a.phrases):
+        match = [j for j in free if b.phrases[j] == phrase and abs(float(b.scores[j] - score)) <= SCORE_TOL
+                 and float(np.abs(b.boxes[j] - box).max()) <= BOX_TOL]
+        if not match:
+            return False, float("nan"), float("nan")
+        j = min(match, key=lambda j: float(np.abs(b.boxes[j] - box).max()))
+        free.remove(j)
+        ds, db = max(ds, abs(float(b.scores[j] - score))), max(db, float(np.abs(b.boxes[j] - box).max()))
+    return True, ds, db
+
+
+def build(detector: str, segmenter: str, runtime: str, int8: bool = False):
+    from iapas.models.factory import adapter_class, load_detector, load_segmenter
+    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
+
+    if runtime == "torch":
+        return Pipeline.from_config(PipelineConfig(detector=detector, segmenter=segmenter, device="cpu")), "torch"
+    sam_ov = "runtime" in inspect.signature(adapter_class("segmenter", segmenter).from_pretrained).parameters
+    if sam_ov:
+        config = PipelineConfig(detector=detector, segmenter=segmenter, device="cpu", runtime="openvino", ov_int8=int8)
+        return Pipeline.from_config(config), "openvino"
+    det = load_detector(detector, device="cpu", runtime="openvino", ov_int8=int8)
+    seg = load_segmenter(segmenter, device="cpu")
+    return Pipeline(det, seg, PipelineConfig(detector=detector, segmenter=segmenter, device="cpu")), "torch (no OV SAM here)"
+
+
+def warm_up(pipe, images, profile) -> float:
+    """Seconds to run one image of each shape (on openvino: the conversion of each shape's graph)."""
+    started, seen = time.perf_counter(), set()
+    for image in images:
+        if image.shape[:2] not in seen:
+            seen.add(image.shape[:2])
+            pipe.run([image], profile)
+    return time.perf_counter() - started
+
+
+def interleaved(pipes: dict, images, profile) -> tuple[dict, dict, dict]:
+    """Each image through each pipeline in turn (so a changing machine load hits all alike):
+    results, wall seconds and process CPU seconds per pipeline."""
+    results = {k: [] for k in pipes}
+    wall = dict.fromkeys(pipes, 0.0)
+    cpu = dict.fromkeys(pipes, 0.0)
+    for image in images:
+        for label, pipe in pipes.items():
+            w, c = time.perf_counter(), time.process_time()
+            results[label].append(pipe.run([image], profile)[0])
+            wall[label] += time.perf_counter() - w
+            cpu[label] += time.process_time() - c
+    return results, wall, cpu
+
+
+def compare(want, got) -> dict:
+    sets, ds, db, dmap = True, 0.0, 0.0, 0.0
+    for w, g in zip(want, got):
+        ok, s, b = same_set(w.kept, g.kept)
+        sets = sets and ok
+        if ok:
+            ds, db = max(ds, s), max(db, b)
+        dmap = max(dmap, float(np.abs(w.anomaly_map.astype(np.float64) - g.anomaly_map).max()))
+    return {"same_sets": sets, "max_score_diff": ds, "max_box_diff_px": db, "max_map_diff": dmap,
+            "kept_boxes": [len(r.kept.boxes) for r in got]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detector", default="grounding-dino-tiny", help="a preset name or a model folder")
+    parser.add_argument("--segmenter", default="sam-vit-base", help="a preset name or a model folder")
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--source", choices=("both", "mvtec", "mtd"), default="both",
+                        help="the images: MVTec bottle, MTD blowholes of one size, or half each (two shapes)")
+    parser.add_argument("--int8", action="store_true", help="also run --ov-int8 and print its effect")
+    parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "iapas-presets",
+                        help="where the random presets are written (reused)")
+    parser.add_argument("--cache", type=Path, default=None, help="the OpenVINO IR cache (default: a fresh folder)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    import torch
+    from PIL import Image
+
+    from iapas.models.ov.cache import ENV_CACHE
+    from iapas.product.profile import Profile
+    from iapas.testing.presets import make_random_model, preset_names
+
+    torch.set_num_threads(args.threads)
+    os.environ[ENV_CACHE] = str(args.cache or tempfile.mkdtemp(prefix="iapas-ov-bench-"))
+    folders = []
+    for name in (args.detector, args.segmenter):
+        if name in preset_names():
+            folder = args.models / name
+            if not (folder / "config.json").is_file():
+                make_random_model(name, folder)
+            folders.append(str(folder))
+        else:
+            folders.append(name)
+    paths = pick_images(args.images, args.source)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    profile = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "hole"])
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "load_before": load_now(), "cpu": cpu_model(), "threads": args.threads,
+              "detector": args.detector, "segmenter": args.segmenter,
+              "images": [str(p.relative_to(DATA)) for p in paths]}
+    pipes, warm = {}, {}
+    for label, runtime, int8 in [("torch", "torch", False), ("openvino", "openvino", False)] + (
+            [("openvino-int8", "openvino", True)] if args.int8 else []):
+        pipes[label], sam_runtime = build(folders[0], folders[1], runtime, int8)
+        # eager has nothing to convert or compile: no warm-up (it would cost minutes per image here)
+        warm[label] = warm_up(pipes[label], images, profile) if runtime == "openvino" else 0.0
+        report[label] = {"sam_runtime": sam_runtime, "first_use_s": round(warm[label], 1)}
+        print(f"{label}: first use of each image shape {warm[label]:.1f} s", flush=True)
+    runs, wall, cpu = interleaved(pipes, images, profile)
+    for label in pipes:
+        n = len(images)
+        report[label].update({"s_per_image": round(wall[label] / n, 2), "images_per_s": round(n / wall[label], 4),
+                              "cpu_s_per_image": round(cpu[label] / n, 2)})
+        print(f"{label}: {wall[label] / n:.2f} s/image wall, {cpu[label] / n:.2f} CPU s/image", flush=True)
+    report["speedup_wall"] = round(wall["torch"] / wall["openvino"], 2)
+    report["speedup_cpu"] = round(cpu["torch"] / cpu["openvino"], 2)
+    report["exactness"] = compare(runs["torch"], runs["openvino"])
+    if args.int8:
+        report["int8_effect"] = compare(runs["torch"], runs["openvino-int8"])
+    report["load_after"] = load_now()
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

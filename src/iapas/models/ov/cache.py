@@ -1,0 +1,196 @@
+"""Converted models cached as OpenVINO IR, once per source model and openvino version.
+
+:func:`load_or_convert` keeps each converted model in its own folder
+``<cache_dir>/<name>-<key>/`` (``model.xml``, ``model.bin`` and ``key.json``), where ``key`` is
+a hash of the source model's fingerprint (:mod:`iapas.models.fingerprint`), the openvino
+version and :data:`CONVERTER_VERSION` (raised whenever the way iapas converts a model changes).
+A folder whose ``key.json`` does not say the same, or whose IR cannot be read, is stale and
+is rebuilt, never used. An entry appears atomically: it is saved into a temporary folder
+that is renamed into place; a lock file (``<name>-<key>.lock``) makes a second process that
+needs the same entry wait for the first one's conversion and then read it.
+
+:func:`default_cache_dir` is ``$IAPAS_OPENVINO_CACHE`` when set, else
+``$XDG_CACHE_HOME/iapas/openvino`` (``~/.cache/iapas/openvino`` by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from iapas.models.loading import ModelLoadError
+
+try:  # not on Windows: there, two conversions of one entry may both run (the rename still wins once)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES: tuple[str, ...] = ("torch", "openvino")
+DEFAULT_RUNTIME = "torch"
+CONVERTER_VERSION = 1  # raise when a conversion changes what it writes: old entries are rebuilt
+ENV_CACHE = "IAPAS_OPENVINO_CACHE"
+MODEL_FILE = "model.xml"
+KEY_FILE = "key.json"
+INSTALL_HINT = "pip install 'iapas[openvino]'"
+
+
+class OpenVinoMissingError(ModelLoadError):
+    """``--runtime openvino`` without the ``openvino`` package (a model that cannot be loaded)."""
+
+
+def require_openvino() -> Any:
+    """The ``openvino`` module; a one-line error naming the extra to install when it is missing."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise OpenVinoMissingError(
+            f"--runtime openvino needs the openvino package: {INSTALL_HINT} ({exc})"
+        ) from None
+    return openvino
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` when it is one of :data:`RUNTIMES`; a one-line ``ValueError`` otherwise."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; expected {' or '.join(RUNTIMES)}")
+    return runtime
+
+
+def default_cache_dir() -> Path:
+    """``$IAPAS_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/iapas/openvino`` (``~/.cache/...``)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "iapas" / "openvino"
+
+
+def cache_key(source_fingerprint: str, openvino_version: str | None = None) -> dict[str, Any]:
+    """What an entry was made from: the source's fingerprint, the openvino version, the converter's."""
+    if openvino_version is None:
+        openvino_version = str(require_openvino().get_version())
+    return {
+        "source": source_fingerprint,
+        "openvino": openvino_version,
+        "converter": CONVERTER_VERSION,
+    }
+
+
+def entry_dir(name: str, key: dict[str, Any], cache_dir: Path) -> Path:
+    """The folder of ``name``'s entry for ``key``: ``<cache_dir>/<name>-<16 hex of the key>``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return cache_dir / f"{safe}-{digest}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (waiting for another process's), for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        if fcntl is not None:
+            if not _try_lock(fh.fileno()):
+                logger.info("waiting for another process converting into %s", path.with_suffix(""))
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _read_entry(folder: Path, key: dict[str, Any], core: Any, warn: bool = True) -> Any | None:
+    """The entry's model, or None when it is missing, made from another key or unreadable
+    (said in a warning when ``warn``)."""
+    if not folder.is_dir():
+        return None
+    try:
+        stored = json.loads((folder / KEY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if stored != key:
+        if warn:
+            logger.warning(
+                "OpenVINO cache entry %s is stale (its key differs); rebuilding it", folder)
+        return None
+    try:
+        return core.read_model(str(folder / MODEL_FILE))
+    except Exception as exc:  # openvino raises its own RuntimeError subclasses for a bad IR
+        if warn:
+            lines = [ln for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            first = lines[0].strip() if lines else type(exc).__name__
+            logger.warning("OpenVINO cache entry %s is unreadable (%s); rebuilding it", folder, first)
+        return None
+
+
+def _write_entry(folder: Path, key: dict[str, Any], model: Any, ov: Any) -> None:
+    """Save ``model`` with its key into a temporary folder, then rename it to ``folder``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        ov.save_model(model, str(tmp / MODEL_FILE), compress_to_fp16=False)  # the default halves the weights
+        (tmp / KEY_FILE).write_text(json.dumps(key, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        if folder.exists():  # a stale entry: move it aside first (a rename over a folder fails)
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            os.replace(folder, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_or_convert(
+    name: str,
+    source_fingerprint: str,
+    convert: Callable[[], Any],
+    cache_dir: Path | None = None,
+) -> Any:
+    """The ``openvino.Model`` of ``name``: read from its cache entry, or made by ``convert()``
+    (once, under the entry's lock) and saved there. See the module's docstring for the key."""
+    ov = require_openvino()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = cache_key(source_fingerprint, str(ov.get_version()))
+    folder = entry_dir(name, key, cache_dir)
+    core = ov.Core()
+    model = _read_entry(folder, key, core, warn=False)  # the common case needs no lock: an entry is complete
+    if model is not None:
+        return model
+    with _locked(folder.with_name(folder.name + ".lock")):
+        model = _read_entry(folder, key, core)  # another process may have made it meanwhile
+        if model is not None:
+            return model
+        logger.info("converting %s to OpenVINO IR (once, ~minutes for a real-size model) into %s", name, folder)
+        started = time.perf_counter()
+        converted = convert()
+        _write_entry(folder, key, converted, ov)
+        logger.info("converted %s in %.1f s", name, time.perf_counter() - started)
+    return core.read_model(str(folder / MODEL_FILE))
+
+
+def compile(model: Any, threads: int | None = None, core: Any = None) -> Any:  # noqa: A001 - the contract's name
+    """``model`` compiled for the CPU (``threads`` inference threads; all cores when None).
+    ``core``: an ``openvino.Core`` to reuse (a new one per call otherwise; no global state)."""
+    ov = require_openvino()
+    core = core if core is not None else ov.Core()
+    config: dict[str, Any] = {}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(model, "CPU", config)

@@ -1,0 +1,229 @@
+"""SAM and SAM-HQ forwards through OpenVINO (``--runtime openvino``).
+
+Two graphs are converted from the loaded transformers model (``SamModel`` or ``SamHQModel``)
+and cached as IR by :func:`iapas.models.ov.cache.load_or_convert`:
+
+- the **image encoder**: ``pixel_values (B, 3, S, S) -> image_embeddings (B, C, S/16, S/16)``
+  (SAM-HQ: also the first global-attention block's hidden states ``(B, S/16, S/16, D)``, the
+  only intermediate embedding the HQ decoder reads), with a dynamic batch ``B``;
+- the **prompt encoder + mask decoder** for one image and ``N`` boxes:
+  ``image_embeddings (1, C, h, w), input_boxes (1, N, 4) [, intermediate (1, h, w, D)] ->
+  low-resolution mask logits (1, N, 1, 4h, 4w)``, single-mask output, with a dynamic ``N``
+  (one call per image, as the eager adapter makes: measured faster than one call per box, see
+  ``benchmarks/openvino_sam.py``). SAM-HQ's mask is its default (SAM's mask plus the HQ
+  token's, ``hq_token_only=False``), fixed in the graph.
+
+Everything around the two forwards (the processor's resize, normalise and pad, box scaling,
+upsampling and thresholding of the masks) stays the shared code of
+:class:`iapas.models.segmenter.SamSegmenter`. The cache key is the model's fingerprint
+(:func:`iapas.models.fingerprint.model_fingerprint`) with the transformers version and
+:data:`GRAPH_VERSION` (raised when the graphs below change), plus the openvino version the
+cache adds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from iapas.models.fingerprint import model_fingerprint
+from iapas.models.ov.cache import compile as compile_model
+from iapas.models.ov.cache import load_or_convert, require_openvino
+
+logger = logging.getLogger(__name__)
+
+GRAPH_VERSION = 1  # raise when the converted graphs change: old cache entries are then rebuilt
+_EXAMPLE_BOXES = 3  # boxes in the tracing example (not 1: a size-1 axis may be traced as a constant)
+
+
+def _encoder_module(model: Any, hq: bool) -> Any:
+    """The image encoder as a module with tensor outputs only."""
+    import torch
+
+    class ImageEncoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sam = model
+
+        def forward(self, pixel_values: torch.Tensor) -> Any:
+            out = self.sam.vision_encoder(pixel_values)
+            if hq:  # the HQ decoder reads the first global block's hidden states only
+                return out[0], out[1][0]
+            return out[0]
+
+    return ImageEncoder().eval()
+
+
+def _decoder_module(model: Any, hq: bool, hq_token_only: bool) -> Any:
+    """Prompt encoder + mask decoder for one image's boxes, as ``SamModel.forward`` runs them
+    with ``image_embeddings`` and ``input_boxes`` (``multimask_output=False``)."""
+    import torch
+
+    class MaskDecoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sam = model
+
+        def forward(self, image_embeddings: torch.Tensor, input_boxes: torch.Tensor, *intermediate: torch.Tensor) -> torch.Tensor:
+            positional = self.sam.get_image_wide_positional_embeddings()
+            sparse, dense = self.sam.prompt_encoder(
+                input_points=None, input_labels=None, input_boxes=input_boxes, input_masks=None
+            )
+            extra = {"hq_token_only": hq_token_only, "intermediate_embeddings": list(intermediate)} if hq else {}
+            masks, _ = self.sam.mask_decoder(
+                image_embeddings=image_embeddings,
+                image_positional_embeddings=positional,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+                **extra,
+            )
+            return masks
+
+    return MaskDecoder().eval()
+
+
+def _shapes(model: Any) -> tuple[int, int, int, int]:
+    """``(S, C, h, D)``: input size, embedding channels, embedding side, ViT width."""
+    vision = model.config.vision_config
+    side = int(model.config.prompt_encoder_config.image_embedding_size)
+    return int(vision.image_size), int(vision.output_channels), side, int(vision.hidden_size)
+
+
+def convert_encoder(model: Any, hq: bool) -> Any:
+    """The image encoder as an ``openvino.Model`` with a dynamic batch."""
+    import torch
+
+    ov = require_openvino()
+    size = _shapes(model)[0]
+    example = torch.zeros((1, 3, size, size), dtype=torch.float32)
+    with torch.no_grad():
+        return ov.convert_model(
+            _encoder_module(model, hq), example_input=(example,), input=[ov.PartialShape([-1, 3, size, size])]
+        )
+
+
+def convert_decoder(model: Any, hq: bool, hq_token_only: bool = False) -> Any:
+    """Prompt encoder + mask decoder as an ``openvino.Model`` with a dynamic number of boxes."""
+    import torch
+
+    ov = require_openvino()
+    _, channels, side, width = _shapes(model)
+    size = _shapes(model)[0]
+    example = [
+        torch.zeros((1, channels, side, side)),
+        torch.tensor([[[0.1, 0.2, 0.6, 0.7]]]).repeat(1, _EXAMPLE_BOXES, 1) * size,
+    ]
+    shapes = [ov.PartialShape([1, channels, side, side]), ov.PartialShape([1, -1, 4])]
+    if hq:
+        example.append(torch.zeros((1, side, side, width)))
+        shapes.append(ov.PartialShape([1, side, side, width]))
+    with torch.no_grad():
+        return ov.convert_model(_decoder_module(model, hq, hq_token_only), example_input=tuple(example), input=shapes)
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes and bytes), for a model known by name
+    only (a fingerprint ``name:...``: built in memory, or a hub id not in the local cache)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(f"{key}\t{tensor.dtype}\t{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def source_fingerprint(name: str, model: Any) -> str:
+    """What a converted graph is made from: the model's fingerprint (a name-only one completed
+    with :func:`weights_digest`, so other weights under one name never reuse an entry), the
+    transformers version (its modelling code is what is traced) and :data:`GRAPH_VERSION`."""
+    import transformers
+
+    fingerprint = model_fingerprint(name)
+    if fingerprint.startswith("name:"):
+        fingerprint += f";weights=sha256:{weights_digest(model)}"
+    return f"{fingerprint};transformers={transformers.__version__};sam-graph={GRAPH_VERSION}"
+
+
+def _entry_name(name: str, part: str) -> str:
+    """A readable cache entry name: the model folder's or hub id's last part and the graph."""
+    return f"{Path(str(name).rstrip('/')).name or 'sam'}-{part}"
+
+
+@dataclass
+class OvSam:
+    """The compiled encoder and decoder of one SAM (``hq``: SAM-HQ) with the adapter's two
+    calls, :meth:`embed` and :meth:`decode`, in the eager model's types."""
+
+    encoder: Any
+    decoder: Any
+    hq: bool
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()  # one infer request per graph: calls take turns
+        self._encode_request = self.encoder.create_infer_request()
+        self._decode_request = self.decoder.create_infer_request()
+
+    def embed(self, pixel_values: Any) -> Any:
+        """``get_image_embeddings``'s result: the embeddings tensor (SAM-HQ: with the list of
+        intermediate embeddings the HQ decoder reads)."""
+        import torch
+
+        values = np.ascontiguousarray(pixel_values.detach().cpu().numpy(), dtype=np.float32)
+        with self._lock:
+            result = self._encode_request.infer([values])
+        outputs = [torch.from_numpy(np.array(result[out])) for out in self.encoder.outputs]
+        return (outputs[0], outputs[1:]) if self.hq else outputs[0]
+
+    def decode(self, embedded: Any, j: int, input_boxes: Any) -> Any:
+        """The decoder's ``(1, N, 1, h, w)`` mask logits for image ``j``'s boxes ``(1, N, 4)``
+        (scaled to the resized image), as ``pred_masks`` of an output object."""
+        import torch
+
+        if self.hq:
+            embeddings, intermediate = embedded
+            inputs = [embeddings[j : j + 1], input_boxes, intermediate[0][j : j + 1]]
+        else:
+            inputs = [embedded[j : j + 1], input_boxes]
+        arrays = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
+        with self._lock:
+            result = self._decode_request.infer(arrays)
+        return SimpleNamespace(pred_masks=torch.from_numpy(np.array(result[self.decoder.outputs[0]])))
+
+
+def load_ov_sam(
+    model: Any,
+    name: str,
+    *,
+    hq: bool = False,
+    hq_token_only: bool = False,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+) -> OvSam:
+    """The OpenVINO encoder and decoder of the loaded ``model`` (named ``name``: its folder or
+    hub id, fingerprinted for the cache), read from the IR cache or converted once into it,
+    compiled for the CPU with ``threads`` inference threads (all cores when None)."""
+    import torch
+
+    if model.dtype != torch.float32:
+        raise ValueError(f"segmenter {name}: the openvino runtime converts float32 models; got {model.dtype} (use --dtype float32)")
+    fingerprint = source_fingerprint(name, model)
+    started = time.perf_counter()
+    kind = "sam-hq" if hq else "sam"
+    encoder = load_or_convert(_entry_name(name, f"{kind}-image-encoder"), fingerprint, lambda: convert_encoder(model, hq), cache_dir)
+    decoder_part = f"{kind}-mask-decoder" + ("-hq-only" if hq and hq_token_only else "")
+    decoder = load_or_convert(
+        _entry_name(name, decoder_part), fingerprint, lambda: convert_decoder(model, hq, hq_token_only), cache_dir
+    )
+    runtime = OvSam(compile_model(encoder, threads), compile_model(decoder, threads), hq)
+    logger.info("OpenVINO SAM for %s ready in %.1f s", name, time.perf_counter() - started)
+    return runtime
