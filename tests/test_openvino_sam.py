@@ -98,6 +98,11 @@ def test_openvino_masks_equal_eager(folders: dict[str, Path], cache: Path, kind:
         logits_ov = ov._decode_boxes(ref, 2, input_boxes).pred_masks
     assert logits_ov.shape == logits_ref.shape == (1, 5, 1, 64, 64)
     assert (logits_ref - logits_ov).abs().max() <= LOGIT_RTOL * logits_ref.abs().max()
+    ov.ov.decode_chunk = 2  # many boxes go to the decoder in chunks (2 + 2 + 1 here): same masks, in order
+    with torch.inference_mode():
+        chunked = ov._decode_boxes(ref, 2, input_boxes).pred_masks
+    assert chunked.shape == logits_ref.shape and (logits_ref - chunked).abs().max() <= LOGIT_RTOL * logits_ref.abs().max()
+    assert np.array_equal(ov.segment(images[2:], boxes[2:])[0], expected[2])  # 7 boxes: 4 calls
 
 
 @pytest.fixture(scope="module")

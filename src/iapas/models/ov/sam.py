@@ -41,6 +41,7 @@ from iapas.models.ov.cache import load_or_convert, require_openvino
 logger = logging.getLogger(__name__)
 
 GRAPH_VERSION = 1  # raise when the converted graphs change: old cache entries are then rebuilt
+DECODE_CHUNK = 32  # boxes per decoder call: the decoder's buffers grow with the boxes (265 at once ran a 24 GB machine out of memory)
 _EXAMPLE_BOXES = 3  # boxes in the tracing example (not 1: a size-1 axis may be traced as a constant)
 
 
@@ -167,6 +168,7 @@ class OvSam:
     encoder: Any
     decoder: Any
     hq: bool
+    decode_chunk: int = DECODE_CHUNK
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # one infer request per graph: calls take turns
@@ -195,9 +197,12 @@ class OvSam:
         else:
             inputs = [embedded[j : j + 1], input_boxes]
         arrays = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in inputs]
-        with self._lock:
-            result = self._decode_request.infer(arrays)
-        return SimpleNamespace(pred_masks=torch.from_numpy(np.array(result[self.decoder.outputs[0]])))
+        boxes, chunks = arrays[1], []
+        for start in range(0, max(boxes.shape[1], 1), self.decode_chunk):  # each box's mask is its own
+            arrays[1] = boxes[:, start : start + self.decode_chunk]
+            with self._lock:
+                chunks.append(np.array(self._decode_request.infer(arrays)[self.decoder.outputs[0]]))
+        return SimpleNamespace(pred_masks=torch.from_numpy(np.concatenate(chunks, axis=1)))
 
 
 def load_ov_sam(
