@@ -36,8 +36,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
+from openvino_cpu import DATA, cpu_model  # noqa: E402  (the sibling script: benchmarks/ is on sys.path)
 
-MTD = Path(os.environ.get("IAPAS_SHARED_DATA", "/work/shared/data")) / "MTD"
+MTD = Path(os.environ.get("IAPAS_SHARED_DATA", DATA)) / "MTD"  # ../shared/data beside the checkout
 
 
 def load() -> str:
@@ -164,14 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
