@@ -97,7 +97,8 @@ function renderRates(health) {
   $("rate-open").textContent = f ? f.ng_open + " NG, " + f.audits_open + " audit(s)" : "–";
   const drift = health.drift || [];
   $("drift").hidden = !drift.length;
-  $("drift").textContent = drift.length ? "DRIFT ALARM · " + drift.join(" · ") : "";
+  // "screw: drift: observed ..." reads "DRIFT ALARM · screw: observed ..." under the banner's own title
+  $("drift").textContent = drift.length ? "DRIFT ALARM · " + drift.map((d) => d.replace(": drift: ", ": ")).join(" · ") : "";
 }
 
 async function refreshQueue() {
