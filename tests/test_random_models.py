@@ -83,3 +83,49 @@ def test_mm_grounding_dino_and_sam_hq_presets_are_their_classes_and_load_in_thei
     llmdet = PRESETS["llmdet-tiny"]
     assert llmdet.kind == mm.kind and llmdet.hub_id == "iSEE-Laboratory/llmdet_tiny"
     assert llmdet.config().to_dict() == mm.config().to_dict()
+
+
+def _tiny_detector_outputs(tmp_path: Path, score: tuple[float, float] | None):
+    """A tiny Grounding DINO given seed_weights(score) and its outputs on one random image."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    from iapas.testing import make_tiny_grounding_dino
+    from iapas.testing.presets import seed_weights
+
+    folder = make_tiny_grounding_dino(tmp_path / "gd")
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder).eval()
+    seed_weights(model, 0, score)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 260, 3), dtype=np.uint8))
+    inputs = AutoProcessor.from_pretrained(folder)(images=image, text="scratch . dent .", return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs)
+
+
+def test_a_tamed_detectors_class_logits_are_scale_times_the_dot_product_plus_shift(tmp_path: Path):
+    import torch
+
+    out = _tiny_detector_outputs(tmp_path, (0.0, -1.5))  # scale 0: the shift alone, to the bit
+    real = torch.isfinite(out.logits)
+    assert real.any() and bool((out.logits[real] == -1.5).all())
+    assert bool((out.logits[~real] == float("-inf")).all())  # padding tokens stay out
+
+
+def test_a_tamed_detector_has_no_tied_proposals_but_the_out_of_image_ones_at_zero(tmp_path: Path):
+    import torch
+
+    def shared(out) -> list[float]:
+        """The encoder logits that 100 or more proposals share (a few pairs tie by chance)."""
+        values, counts = torch.unique(out.enc_outputs_class[0].max(-1).values, return_counts=True)
+        return values[counts >= 100].tolist()
+
+    # seeded alone: the proposals outside the image share one logit (their memory is zeroed)
+    assert shared(_tiny_detector_outputs(tmp_path / "a", None)) not in ([], [0.0])
+    tamed = _tiny_detector_outputs(tmp_path / "b", (0.35, -4.5))
+    assert shared(tamed) == [0.0]
+    top = torch.topk(tamed.enc_outputs_class[0].max(-1).values, 2 * tamed.logits.shape[1]).values
+    assert len(torch.unique(top)) == len(top) and float(top[-1]) > 0  # the selected queries: no ties
+    wh = tamed.pred_boxes[0, :, 2:]
+    assert bool(((wh > 1e-3) & (wh < 0.99)).all())  # refined proposals, not 0 or the whole image

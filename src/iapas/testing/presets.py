@@ -7,7 +7,9 @@ the hub processor's settings (Grounding DINO: shortest edge 800, longest 1333; S
 1024, padded to 1024x1024; SAM 3: 1008x1008; OWLv2: padded to a square, resized to 960 or 1008;
 SAM 2.1: resized to 1024x1024). The weights are
 random, so the outputs are noise: these folders are for measuring speed and memory at the real
-cost without a download, never for judging quality.
+cost without a download, never for judging quality. :func:`seed_weights` (``make_random_model(...,
+seeded=True)``) gives them unit-scale seeded weights instead, for comparing two runtimes'
+arithmetic at real size (see ``benchmarks/openvino_exact.py``).
 
 The Grounding DINO tokenizer is a stand-in for ``bert-base-uncased`` (which cannot be built
 offline): the real vocabulary size (30522) and ids of the special tokens and of the phrase
@@ -292,8 +294,51 @@ def make_processor(kind: str, image_size: int = 960) -> Any:
     )
 
 
-def make_random_model(name: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write preset ``name`` with random weights and its processor to ``out_dir`` (save_pretrained)."""
+def seed_weights(model: Any, seed: int, score: tuple[float, float] | None = None) -> None:
+    """Give ``model`` every floating-point tensor from
+    :func:`iapas.testing.reference_weights.seeded_tensor`, for activations of unit scale. A fresh
+    transformers init gives SAM's layers 0.02-scale weights, and Grounding DINO scores that
+    saturate (315 of grounding-dino-tiny's 900 queries at exactly 1.0 on an MVTec image), so which
+    boxes are kept hangs on tie order; measured in ``benchmarks/openvino_exact.py``.
+
+    ``score = (scale, shift)`` (Grounding DINO family) also makes the detector behave like a
+    trained one where ties would otherwise decide: see :func:`_tame_detector`."""
+    from iapas.testing.reference_weights import seeded_tensor
+
+    state = {key: seeded_tensor(key, value.shape, seed) if value.is_floating_point() else value
+             for key, value in model.state_dict().items()}
+    if score is not None:
+        _tame_detector(state, model.config.encoder_layers, *score)
+    model.load_state_dict(state)
+
+
+def _tame_detector(state: dict[str, Any], encoder_layers: int, scale: float, shift: float) -> None:
+    """Class logits ``scale * (random dot product) + shift`` (as
+    :func:`~iapas.testing.reference_weights.apply_score_shift` does for the original layout:
+    coordinate 0 of the last text-enhancer norm is the constant 1 and of the decoder's output norm
+    the constant ``shift``); the two-stage proposals outside the image (whose memory is zeroed)
+    score 0 instead of one shared, often top, logit (zero ``enc_output`` and norm biases); box
+    heads' last layers x0.1, so boxes refine their proposals instead of saturating to 0 or the
+    whole image."""
+    import torch
+
+    text, decoder = f"model.encoder.layers.{encoder_layers - 1}.text_enhancer_layer.layer_norm_after", "model.decoder.layer_norm"
+    state[f"{text}.weight"][0], state[f"{text}.bias"][0] = 0.0, 1.0
+    state[f"{decoder}.weight"][0] = 0.0
+    state[f"{decoder}.weight"][1:] *= torch.tensor(scale, dtype=torch.float32)
+    state[f"{decoder}.bias"][1:] *= torch.tensor(scale, dtype=torch.float32)
+    state[f"{decoder}.bias"][0] = torch.tensor(shift, dtype=torch.float32)
+    state["model.enc_output.bias"].zero_()
+    state["model.enc_output_norm.bias"].zero_()
+    for key, value in state.items():
+        if "bbox_embed" in key and ".layers.2." in key:
+            value.mul_(0.1)
+
+
+def make_random_model(name: str, out_dir: str | Path, seed: int = 0, seeded: bool = False,
+                      score: tuple[float, float] | None = None) -> Path:
+    """Write preset ``name`` with random weights and its processor to ``out_dir`` (save_pretrained):
+    transformers' init, or with ``seeded`` (and ``score``) :func:`seed_weights`'s."""
     import torch
 
     preset = get_preset(name)
@@ -302,6 +347,8 @@ def make_random_model(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = preset.config()
     model = _model_class(preset.kind)(config).eval()
+    if seeded:
+        seed_weights(model, seed, score)
     model.save_pretrained(out)
     if registry.model_class(preset.kind) == "Sam2Model":
         from iapas.testing.tiny import write_sam2_preprocessing
