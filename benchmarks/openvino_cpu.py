@@ -93,6 +93,22 @@ def same_set(a, b) -> tuple[bool, float, float]:
     return True, ds, db
 
 
+def model_folder(name: str, models: Path, seeded: bool, score: tuple[float, float]) -> str:
+    """``name`` itself, or for a preset its folder under ``models`` (written once): transformers'
+    init, or with ``seeded`` :func:`iapas.testing.presets.seed_weights`' (``score``: the detector's)."""
+    from iapas.testing.presets import get_preset, make_random_model, preset_names
+
+    
+    if name not in preset_names():
+        return name
+    detector = get_preset(name).kind in ("grounding-dino", "mm-grounding-dino")
+    folder = models / (f"{name}-seeded-{score[0]:g}_{score[1]:g}" if seeded and detector else
+                       f"{name}-seeded" if seeded else name)
+    if not (folder / "config.json").is_file():
+        make_random_model(name, folder, seeded=seeded, score=score if detector else None)
+    return str(folder)
+
+
 def build(detector: str, segmenter: str, runtime: str, int8: bool = False):
     from iapas.models.factory import adapter_class, load_detector, load_segmenter
     from iapas.pipeline.stage2 import Pipeline, PipelineConfig
@@ -127,9 +143,11 @@ def interleaved(pipes: dict, images, profile) -> tuple[dict, dict, dict]:
     for image in images:
         for label, pipe in pipes.items():
             w, c = time.perf_counter(), time.process_time()
-            results[label].append(pipe.run([image], profile)[0])
+            result = pipe.run([image], profile)[0]
             wall[label] += time.perf_counter() - w
             cpu[label] += time.process_time() - c
+            results[label].append(result.without_masks())  # the (N, H, W) masks as RLE: memory
+            print(f"  {label}: {len(result.kept.boxes)} boxes kept", flush=True)
     return results, wall, cpu
 
 
@@ -154,6 +172,12 @@ def main() -> None:
     parser.add_argument("--source", choices=("both", "mvtec", "mtd"), default="both",
                         help="the images: MVTec bottle, MTD blowholes of one size, or half each (two shapes)")
     parser.add_argument("--int8", action="store_true", help="also run --ov-int8 and print its effect")
+    parser.add_argument("--seeded", action="store_true",
+                        help="presets with seed_weights' unit-scale weights and tamed detector scores (the exactness check)")
+    parser.add_argument("--score", type=float, nargs=2, default=(0.35, -4.0), metavar=("SCALE", "SHIFT"),
+                        help="with --seeded: the detector's class logits SCALE * dot + SHIFT")
+    parser.add_argument("--size-threshold", type=float, default=None,
+                        help="the profile's size_threshold (default: the profile default)")
     parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "iapas-presets",
                         help="where the random presets are written (reused)")
     parser.add_argument("--cache", type=Path, default=None, help="the OpenVINO IR cache (default: a fresh folder)")
@@ -165,25 +189,20 @@ def main() -> None:
 
     from iapas.models.ov.cache import ENV_CACHE
     from iapas.product.profile import Profile
-    from iapas.testing.presets import make_random_model, preset_names
-
+    
     torch.set_num_threads(args.threads)
     os.environ[ENV_CACHE] = str(args.cache or tempfile.mkdtemp(prefix="iapas-ov-bench-"))
-    folders = []
-    for name in (args.detector, args.segmenter):
-        if name in preset_names():
-            folder = args.models / name
-            if not (folder / "config.json").is_file():
-                make_random_model(name, folder)
-            folders.append(str(folder))
-        else:
-            folders.append(name)
+    folders = [model_folder(name, args.models, args.seeded, tuple(args.score)) for name in (args.detector, args.segmenter)]
     paths = pick_images(args.images, args.source)
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     profile = Profile.from_prompts("bottle", "bottle", ["scratch", "crack", "hole"])
+    if args.size_threshold is not None:
+        profile.size_threshold = args.size_threshold
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "load_before": load_now(), "cpu": cpu_model(), "threads": args.threads,
               "detector": args.detector, "segmenter": args.segmenter,
+              "weights": f"seeded, detector score {tuple(args.score)}" if args.seeded else "transformers init",
+              "size_threshold": profile.size_threshold,
               "images": [str(p.relative_to(DATA)) for p in paths]}
     pipes, warm = {}, {}
     for label, runtime, int8 in [("torch", "torch", False), ("openvino", "openvino", False)] + (
@@ -196,8 +215,10 @@ def main() -> None:
     runs, wall, cpu = interleaved(pipes, images, profile)
     for label in pipes:
         n = len(images)
+        stages = {stage: round(sum(r.timings.get(stage, 0.0) for r in runs[label]) / n, 2)
+                  for stage in ("detection", "segmentation")}
         report[label].update({"s_per_image": round(wall[label] / n, 2), "images_per_s": round(n / wall[label], 4),
-                              "cpu_s_per_image": round(cpu[label] / n, 2)})
+                              "cpu_s_per_image": round(cpu[label] / n, 2), "stage_s_per_image": stages})
         print(f"{label}: {wall[label] / n:.2f} s/image wall, {cpu[label] / n:.2f} CPU s/image", flush=True)
     report["speedup_wall"] = round(wall["torch"] / wall["openvino"], 2)
     report["speedup_cpu"] = round(cpu["torch"] / cpu["openvino"], 2)
