@@ -152,6 +152,14 @@ def test_compile_sets_the_thread_count() -> None:
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
 
 
+def test_compile_without_a_thread_count_takes_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # not the machine's core count, whatever it is
+    compiled = cache.compile(_tiny_model())
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
 # --- Grounding DINO through OpenVINO, with the tiny model (iapas.models.ov.gdino) -------------------
 # Bound: kept scores within 1e-5 of eager's (measured: ~1e-6 with the tiny model; the IR keeps float32
 # weights), boxes within 1e-3 px, the same (phrase, box) sets; maps within 1e-5 where masks agree.

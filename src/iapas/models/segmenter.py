@@ -83,8 +83,13 @@ class SamSegmenter(Segmenter):
             self.ov = load_ov_sam(
                 model, name, hq=self.hq_model, hq_token_only=self.hq_token_only, cache_dir=ov_cache, threads=ov_threads
             )
-        elif runtime != "torch":
-            raise ValueError(f"segmenter {name}: unknown runtime {runtime!r}; expected torch or openvino")
+        else:
+            from iapas.models.ov.cache import check_runtime
+
+            try:
+                check_runtime(runtime)
+            except ValueError as exc:
+                raise ValueError(f"segmenter {name}: {exc}") from None
 
     hq_model = False  # SamHQSegmenter: True
     hq_token_only = False

@@ -86,6 +86,12 @@ def cache_key(source_fingerprint: str, openvino_version: str | None = None) -> d
     }
 
 
+def entry_name(model_name: str, graph: str) -> str:
+    """A readable entry name for one graph of a model: the model folder's or hub id's last part
+    and the graph (the key, not the name, is what tells two models apart)."""
+    return f"{Path(str(model_name).rstrip('/')).name or 'model'}-{graph}"
+
+
 def entry_dir(name: str, key: dict[str, Any], cache_dir: Path) -> Path:
     """The folder of ``name``'s entry for ``key``: ``<cache_dir>/<name>-<16 hex of the key>``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -186,11 +192,13 @@ def load_or_convert(
 
 
 def compile(model: Any, threads: int | None = None, core: Any = None) -> Any:  # noqa: A001 - the contract's name
-    """``model`` compiled for the CPU (``threads`` inference threads; all cores when None).
+    """``model`` compiled for the CPU with ``threads`` inference threads (torch's count,
+    ``torch.get_num_threads()``, when None: OpenVINO uses as many threads as torch).
     ``core``: an ``openvino.Core`` to reuse (a new one per call otherwise; no global state)."""
     ov = require_openvino()
     core = core if core is not None else ov.Core()
-    config: dict[str, Any] = {}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(model, "CPU", config)
+    if not threads:
+        import torch
+
+        threads = torch.get_num_threads()
+    return core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(threads)})

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from iapas.models.ov.cache import compile as compile_ir
-from iapas.models.ov.cache import load_or_convert, require_openvino
+from iapas.models.ov.cache import entry_name, load_or_convert, require_openvino
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +146,9 @@ class OvGroundingDino:
         self.compiled: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.conversions = 0  # for tests: graphs converted by this object (not read from the cache)
 
-    def entry_name(self, height: int, width: int) -> str:
+    def _entry(self, height: int, width: int) -> str:
         """The cache entry's name of one image shape."""
-        tail = "-int8" if self.int8 else ""
-        return f"{self.name.strip('/').replace('/', '--')}-gdino-{height}x{width}{tail}"
+        return entry_name(self.name, f"gdino-{height}x{width}" + ("-int8" if self.int8 else ""))
 
     def _compiled_for(self, inputs: dict[str, Any]) -> Any:
         height, width = (int(s) for s in inputs["pixel_values"].shape[-2:])
@@ -162,18 +161,11 @@ class OvGroundingDino:
             self.conversions += 1
             return convert(self.model, inputs, self.int8)
 
-        ir = load_or_convert(self.entry_name(height, width), self.fingerprint, make, self.cache_dir)
-        self.compiled[key] = compile_ir(ir, self._threads(), self.core)
+        ir = load_or_convert(self._entry(height, width), self.fingerprint, make, self.cache_dir)
+        self.compiled[key] = compile_ir(ir, self.threads, self.core)
         while len(self.compiled) > MAX_SHAPES:
             self.compiled.popitem(last=False)
         return self.compiled[key]
-
-    def _threads(self) -> int:
-        if self.threads:
-            return self.threads
-        import torch
-
-        return torch.get_num_threads()
 
     def __call__(self, **inputs: Any) -> OvOutputs:
         import torch

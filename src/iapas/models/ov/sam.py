@@ -36,7 +36,7 @@ import numpy as np
 
 from iapas.models.fingerprint import model_fingerprint
 from iapas.models.ov.cache import compile as compile_model
-from iapas.models.ov.cache import load_or_convert, require_openvino
+from iapas.models.ov.cache import entry_name, load_or_convert, require_openvino
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +155,6 @@ def source_fingerprint(name: str, model: Any) -> str:
     return f"{fingerprint};transformers={transformers.__version__};sam-graph={GRAPH_VERSION}"
 
 
-def _entry_name(name: str, part: str) -> str:
-    """A readable cache entry name: the model folder's or hub id's last part and the graph."""
-    return f"{Path(str(name).rstrip('/')).name or 'sam'}-{part}"
-
-
 @dataclass
 class OvSam:
     """The compiled encoder and decoder of one SAM (``hq``: SAM-HQ) with the adapter's two
@@ -216,7 +211,7 @@ def load_ov_sam(
 ) -> OvSam:
     """The OpenVINO encoder and decoder of the loaded ``model`` (named ``name``: its folder or
     hub id, fingerprinted for the cache), read from the IR cache or converted once into it,
-    compiled for the CPU with ``threads`` inference threads (all cores when None)."""
+    compiled for the CPU with ``threads`` inference threads (torch's count when None)."""
     import torch
 
     if model.dtype != torch.float32:
@@ -224,10 +219,10 @@ def load_ov_sam(
     fingerprint = source_fingerprint(name, model)
     started = time.perf_counter()
     kind = "sam-hq" if hq else "sam"
-    encoder = load_or_convert(_entry_name(name, f"{kind}-image-encoder"), fingerprint, lambda: convert_encoder(model, hq), cache_dir)
+    encoder = load_or_convert(entry_name(name, f"{kind}-image-encoder"), fingerprint, lambda: convert_encoder(model, hq), cache_dir)
     decoder_part = f"{kind}-mask-decoder" + ("-hq-only" if hq and hq_token_only else "")
     decoder = load_or_convert(
-        _entry_name(name, decoder_part), fingerprint, lambda: convert_decoder(model, hq, hq_token_only), cache_dir
+        entry_name(name, decoder_part), fingerprint, lambda: convert_decoder(model, hq, hq_token_only), cache_dir
     )
     runtime = OvSam(compile_model(encoder, threads), compile_model(decoder, threads), hq)
     logger.info("OpenVINO SAM for %s ready in %.1f s", name, time.perf_counter() - started)
