@@ -33,9 +33,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
-from openvino_cpu import DATA, cpu_model, load_now, model_folder, pick_images  # noqa: E402  (the sibling script)
-
-MATCH_SCORE, MATCH_BOX = 0.01, 0.5  # pairing the same box across runs (far looser than any difference found)
+from openvino_cpu import (  # noqa: E402  (the sibling script)
+    DATA,
+    build,
+    cpu_model,
+    load_now,
+    model_folder,
+    pair_differences,
+    pairs,
+    pick_images,
+)
 
 
 def run(label: str, detector: str, segmenter: str, images: list[np.ndarray], profile: Any) -> list[Any]:
@@ -43,12 +50,8 @@ def run(label: str, detector: str, segmenter: str, images: list[np.ndarray], pro
     results without masks."""
     import torch
 
-    from iapas.pipeline.stage2 import Pipeline, PipelineConfig
-
-    runtime = "openvino" if label.startswith("openvino") else "torch"
-    config = PipelineConfig(detector=detector, segmenter=segmenter, device="cpu", runtime=runtime,
-                            ov_int8=label == "openvino-int8")
-    pipe = Pipeline.from_config(config)
+    pipe = build(detector, segmenter, "openvino" if label.startswith("openvino") else "torch",
+                 int8=label == "openvino-int8")
     if label == "float64":
         for adapter in (pipe.detector, pipe.segmenter):
             adapter.model.double()
@@ -63,30 +66,12 @@ def run(label: str, detector: str, segmenter: str, images: list[np.ndarray], pro
     return out
 
 
-def pairs(a: Any, b: Any) -> tuple[list[tuple[int, int]], int, int]:
-    """Greedy pairs of the same (phrase, box) in two Detections, nearest box first; the unpaired counts."""
-    candidates = sorted(
-        (float(np.abs(b.boxes[j] - a.boxes[i]).max()), i, j)
-        for i in range(len(a.boxes)) for j in range(len(b.boxes))
-        if a.phrases[i] == b.phrases[j] and abs(float(a.scores[i] - b.scores[j])) <= MATCH_SCORE
-        and float(np.abs(b.boxes[j] - a.boxes[i]).max()) <= MATCH_BOX
-    )
-    used_a, used_b, out = set(), set(), []
-    for _, i, j in candidates:
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-            out.append((i, j))
-    return out, len(a.boxes) - len(out), len(b.boxes) - len(out)
-
-
 def compare(want: list[Any], got: list[Any]) -> dict[str, Any]:
     """``got`` against ``want``, image by image and in all."""
     rows = []
     for w, g in zip(want, got):
         matched, only_w, only_g = pairs(w.kept, g.kept)
-        ds = max((abs(float(w.kept.scores[i] - g.kept.scores[j])) for i, j in matched), default=0.0)
-        db = max((float(np.abs(w.kept.boxes[i] - g.kept.boxes[j]).max()) for i, j in matched), default=0.0)
+        ds, db = pair_differences(w.kept, g.kept, matched)
         diff = np.abs(w.anomaly_map.astype(np.float64) - g.anomaly_map)
         rows.append({"kept": len(w.kept.boxes), "only_reference": only_w, "only_this": only_g,
                      "max_score_diff": ds, "max_box_diff_px": db, "max_map_diff": float(diff.max()),
