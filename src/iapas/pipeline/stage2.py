@@ -20,6 +20,7 @@ import numpy as np
 
 from iapas.core.images import high_bit_depth_to_uint8, read_image, to_rgb8
 from iapas.models.base import Detector, Segmenter
+from iapas.models.ov.cache import RUNTIMES
 from iapas.models.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 from iapas.core.ops import DEFAULT_SIZE_THRESHOLD, apply_nms, clip_boxes, fuse_masks, size_filter, top_box
 from iapas.core.caption import BASE_CAPTION, caption_phrases
@@ -62,8 +63,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("iapas", "base"):
             raise ValueError(f"mode must be 'iapas' or 'base', got {self.mode!r}")
-        if self.runtime not in ("torch", "openvino"):
-            raise ValueError(f"runtime must be 'torch' or 'openvino', got {self.runtime!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be {' or '.join(map(repr, RUNTIMES))}, got {self.runtime!r}")
         for name in ("box_threshold", "text_threshold", "nms_iou"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -150,15 +151,14 @@ class Pipeline:
         from iapas.models.factory import load_detector, load_segmenter
 
         config = config or PipelineConfig(**overrides)
-        runtime = {"runtime": config.runtime} if config.runtime != "torch" else {}
-        detector = load_detector(config.detector, device=config.device, dtype=config.dtype, **runtime,
-                                 **({"ov_int8": True} if config.ov_int8 else {}))
+        detector = load_detector(config.detector, device=config.device, dtype=config.dtype, runtime=config.runtime,
+                                 ov_int8=config.ov_int8)
         segmenter: Segmenter | None = None
         if detector.returns_masks:  # SAM 3: detector and segmenter in one, no SAM loaded
             say = logger.info if config.segmenter == DEFAULT_SEGMENTER else logger.warning
             say("detector %s returns its own masks: no segmenter loaded (segmenter %s unused)", detector.name, config.segmenter)
         else:
-            segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype, **runtime)
+            segmenter = load_segmenter(config.segmenter, device=config.device, dtype=config.dtype, runtime=config.runtime)
         if config.compile:
             detector.compile()
             if segmenter is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from iapas.core.images import DEFAULT_MAX_PIXELS
+from iapas.models.ov.cache import RUNTIMES
 from iapas.models.registry import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, family_list
 
 
@@ -69,7 +70,7 @@ _ROWS = [
         "torch, or openvino: the detector's and SAM's forwards as OpenVINO IR on the CPU (needs iapas[openvino]; "
         "Grounding DINO / MM-Grounding-DINO / LLMDet and SAM / SAM-HQ only), converted once per model and image "
         "shape into $IAPAS_OPENVINO_CACHE (default ~/.cache/iapas/openvino). Outputs equal torch's to float "
-        "rounding; a run is not resumed across runtimes.", config="runtime", choices=("torch", "openvino")),
+        "rounding; a run is not resumed across runtimes.", config="runtime", choices=RUNTIMES),
     Opt("ov_int8", ("--ov-int8",), bool, False,
         "With --runtime openvino: compress the detector's weights to int8 (NNCF). Faster and smaller, but boxes "
         "and scores change: measure it first (benchmarks/openvino_cpu.py --int8).", config="ov_int8"),
