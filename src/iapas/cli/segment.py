@@ -10,9 +10,6 @@ import typer
 from iapas.cli.common import console, fail, hold_output_lock, load_pipeline, print_error, print_stopped, setup_logging
 from iapas.cli.engine_options import engine_executor
 from iapas.cli.options import shared
-from iapas.engine.runfolder import RunConflictError
-from iapas.engine.runner import run_segmentation
-from iapas.engine.signature import run_signature
 from iapas.models.registry import help_table
 from iapas.product.decision import NO_DECISION_MASK_LEVEL, mask_level
 from iapas.workflows.options import ENGINE, LOGGING, STAGE2, Settings
@@ -59,7 +56,7 @@ def segment_cmd(
     Example: iapas segment parts/ --profile bottle.yaml --out results/
     """
     setup_logging(settings.verbose, settings.quiet)
-    from iapas.engine import EngineError
+    from iapas.engine import EngineError, runfolder, runner, signature  # here, not at import: `iapas --help` stays light
     from iapas.workflows import segment as flow
 
     try:
@@ -87,18 +84,18 @@ def segment_cmd(
     decision = flow.decision_for(profile, threshold)
     hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
     pipeline = load_pipeline(settings.pipeline_config(mode=mode, size_threshold=size_threshold, fuse_object_detection=fuse))
-    warn_if_other_settings(flow.other_settings(decision, run_signature(pipeline, profile)))
+    warn_if_other_settings(flow.other_settings(decision, signature.run_signature(pipeline, profile)))
     progress, task = _progress(settings.quiet, len(inputs.paths))
     with progress:
         try:
-            summary = run_segmentation(
+            summary = runner.run_segmentation(
                 inputs.paths, pipeline, profile, out,
                 threshold=mask_level(decision), decision=decision,
                 batch_size=settings.batch_size, overlay=overlay, show_dropped=settings.show_dropped,
                 max_pixels=settings.max_pixels, restart=settings.restart, roots=inputs.roots, executor=executor,
                 on_image=lambda key, status: progress.advance(task, status),
             )
-        except (RunConflictError, EngineError, OSError, ValueError) as exc:
+        except (runfolder.RunConflictError, EngineError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
     print_summary(summary, out, len(inputs.problems), decision)
     if summary.interrupted:
