@@ -294,6 +294,11 @@ def make_processor(kind: str, image_size: int = 960) -> Any:
     )
 
 
+# transformers' names of the two layer norms apply_score_shift sets (the original layout's are its defaults)
+HF_TEXT_NORM = "model.encoder.layers.{last}.text_enhancer_layer.layer_norm_after"
+HF_DECODER_NORM = "model.decoder.layer_norm"
+
+
 def seed_weights(model: Any, seed: int, score: tuple[float, float] | None = None) -> None:
     """Give ``model`` every floating-point tensor from
     :func:`iapas.testing.reference_weights.seeded_tensor`, for activations of unit scale. A fresh
@@ -313,21 +318,16 @@ def seed_weights(model: Any, seed: int, score: tuple[float, float] | None = None
 
 
 def _tame_detector(state: dict[str, Any], encoder_layers: int, scale: float, shift: float) -> None:
-    """Class logits ``scale * (random dot product) + shift`` (as
-    :func:`~iapas.testing.reference_weights.apply_score_shift` does for the original layout:
-    coordinate 0 of the last text-enhancer norm is the constant 1 and of the decoder's output norm
-    the constant ``shift``); the two-stage proposals outside the image (whose memory is zeroed)
+    """Class logits ``scale * (random dot product) + shift``
+    (:func:`~iapas.testing.reference_weights.apply_score_shift` on transformers' names: coordinate
+    0 of the last text-enhancer norm is the constant 1 and of the decoder's output norm the constant
+    ``shift``); the two-stage proposals outside the image (whose memory is zeroed)
     score 0 instead of one shared, often top, logit (zero ``enc_output`` and norm biases); box
     heads' last layers x0.1, so boxes refine their proposals instead of saturating to 0 or the
     whole image."""
-    import torch
+    from iapas.testing.reference_weights import apply_score_shift
 
-    text, decoder = f"model.encoder.layers.{encoder_layers - 1}.text_enhancer_layer.layer_norm_after", "model.decoder.layer_norm"
-    state[f"{text}.weight"][0], state[f"{text}.bias"][0] = 0.0, 1.0
-    state[f"{decoder}.weight"][0] = 0.0
-    state[f"{decoder}.weight"][1:] *= torch.tensor(scale, dtype=torch.float32)
-    state[f"{decoder}.bias"][1:] *= torch.tensor(scale, dtype=torch.float32)
-    state[f"{decoder}.bias"][0] = torch.tensor(shift, dtype=torch.float32)
+    apply_score_shift(state, encoder_layers, scale, shift, text_norm=HF_TEXT_NORM, decoder_norm=HF_DECODER_NORM)
     state["model.enc_output.bias"].zero_()
     state["model.enc_output_norm.bias"].zero_()
     for key, value in state.items():

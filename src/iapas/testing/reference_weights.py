@@ -43,14 +43,16 @@ def seeded_state(spec: Sequence[Sequence[Any]], seed: int) -> dict[str, torch.Te
     return {entry[0]: seeded_tensor(entry[-1] if len(entry) > 2 else entry[0], entry[1], seed) for entry in spec}
 
 
-def apply_score_shift(state: dict[str, torch.Tensor], enc_layers: int, scale: float, shift: float) -> None:
+def apply_score_shift(state: dict[str, torch.Tensor], enc_layers: int, scale: float, shift: float,
+                      text_norm: str = TEXT_NORM, decoder_norm: str = DECODER_NORM) -> None:
     """Make the detector's logits ``scale * (random dot product) + shift``: coordinate 0 of the
     encoder's last text norm is the constant 1 and of the decoder's output norm the constant
     ``shift`` (weight 0), the decoder norm's other coordinates are scaled by ``scale``. With
-    ``scale`` 1 and ``shift`` 0 the unshifted logits are measured."""
-    text = TEXT_NORM.format(last=enc_layers - 1)
+    ``scale`` 1 and ``shift`` 0 the unshifted logits are measured. The norms' names are the
+    original layout's unless given (``text_norm`` with ``{last}`` for the last encoder layer)."""
+    text = text_norm.format(last=enc_layers - 1)
     state[f"{text}.weight"][0], state[f"{text}.bias"][0] = 0.0, 1.0
-    weight, bias = state[f"{DECODER_NORM}.weight"], state[f"{DECODER_NORM}.bias"]
+    weight, bias = state[f"{decoder_norm}.weight"], state[f"{decoder_norm}.bias"]
     weight[0] = 0.0
     weight[1:] *= torch.tensor(scale, dtype=torch.float32)
     bias[1:] *= torch.tensor(scale, dtype=torch.float32)
