@@ -264,11 +264,23 @@ def test_adapters_without_openvino_refuse_the_runtime_in_one_line(tiny_models, k
     assert f"{kind} {tiny_models[model]}" in message and message.endswith("runs on torch only")
 
 
-def test_openvino_runs_on_the_cpu_only(tiny_models) -> None:
-    from iapas.models.factory import load_detector
+def test_openvino_runs_float32_on_the_cpu_only(tiny_models) -> None:
+    """A GPU or a half-precision dtype with the runtime: the same one line for both models,
+    before either loads (the detector once took float32 silently where SAM refused)."""
+    from iapas.models.detector import GroundingDinoDetector
+    from iapas.models.factory import load_detector, load_segmenter
 
-    with pytest.raises(ValueError, match=r"^--runtime openvino runs on the CPU; got --device cuda"):
-        load_detector(str(tiny_models["grounding-dino"]), device="cuda", runtime="openvino")
+    for load, kind in ((load_detector, "grounding-dino"), (load_segmenter, "sam")):
+        with pytest.raises(ValueError, match=r"^--runtime openvino runs on the CPU; got --device cuda \(use --device cpu or auto\)$"):
+            load(str(tiny_models[kind]), device="cuda", runtime="openvino")
+        for dtype in ("float16", "bfloat16"):
+            with pytest.raises(ValueError, match=rf"^--runtime openvino runs float32 models; got --dtype {dtype} \(use --dtype float32 or auto\)$"):
+                load(str(tiny_models[kind]), dtype=dtype, runtime="openvino")
+    folder = str(tiny_models["grounding-dino"])
+    with pytest.raises(ValueError, match=r"^detector .*: the openvino runtime converts float32 models; got float16 \(use --dtype float32\)$"):
+        GroundingDinoDetector.from_pretrained(folder, dtype="float16", runtime="openvino")
+    with pytest.raises(ValueError, match=r"^detector .*: the openvino runtime runs on the CPU; got device cuda \(use --device cpu\)$"):
+        GroundingDinoDetector.from_pretrained(folder, device="cuda", runtime="openvino")
 
 
 def _cli(*args: str):

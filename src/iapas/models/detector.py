@@ -139,8 +139,13 @@ class GroundingDinoDetector(Detector):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         name_or_path = registry.resolve("detector", name_or_path)
+        if runtime == "openvino":  # the same refusals as SamSegmenter's, before anything loads
+            if device not in ("auto", "cpu"):
+                raise ValueError(f"detector {name_or_path}: the openvino runtime runs on the CPU; got device {device} (use --device cpu)")
+            if dtype not in ("auto", "float32"):
+                raise ValueError(f"detector {name_or_path}: the openvino runtime converts float32 models; got {dtype} (use --dtype float32)")
         dev = "cpu" if runtime == "openvino" else resolve_device(device)
-        torch_dtype = resolve_dtype("float32" if runtime == "openvino" else dtype, dev)
+        torch_dtype = resolve_dtype(dtype, dev)
         what = "Grounding DINO detector"
         types = tuple(DETECTOR_MODEL_TYPES)
         processor = load_pretrained(

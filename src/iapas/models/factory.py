@@ -55,11 +55,11 @@ def adapter_class(kind: str, name_or_path: str) -> Any:
 
 
 def runtime_options(
-    kind: str, name_or_path: str, runtime: str, device: str, ov_cache: Path | None = None
+    kind: str, name_or_path: str, runtime: str, device: str, dtype: str = "auto", ov_cache: Path | None = None
 ) -> dict[str, Any]:
     """The keyword arguments that select ``runtime`` for the adapter of ``name_or_path`` (none for
     torch); a ``ValueError`` with one line when the adapter cannot run it (the model table's
-    ``openvino`` flag says which can) or the device is not the CPU."""
+    ``openvino`` flag says which can), the device is not the CPU or the dtype not float32."""
     if runtime == DEFAULT_RUNTIME:
         return {}
     check_runtime(runtime)
@@ -70,6 +70,8 @@ def runtime_options(
                          "torch only")
     if device not in ("auto", "cpu"):
         raise ValueError(f"--runtime openvino runs on the CPU; got --device {device} (use --device cpu or auto)")
+    if dtype not in ("auto", "float32"):
+        raise ValueError(f"--runtime openvino runs float32 models; got --dtype {dtype} (use --dtype float32 or auto)")
     return {"runtime": runtime, "ov_cache": ov_cache}
 
 
@@ -80,7 +82,7 @@ def load_detector(
     """The detector adapter for ``name_or_path``, loaded on ``device`` in ``dtype``; ``runtime``
     ``openvino``: its forward runs as OpenVINO IR (cached in ``ov_cache``; ``ov_int8``: int8 weights)."""
     name_or_path = registry.resolve("detector", name_or_path)
-    extra = runtime_options("detector", name_or_path, runtime, device, ov_cache)
+    extra = runtime_options("detector", name_or_path, runtime, device, dtype, ov_cache)
     if ov_int8:
         if not extra:
             raise ValueError("--ov-int8 needs --runtime openvino")
@@ -95,7 +97,7 @@ def load_segmenter(
     """The segmenter adapter for ``name_or_path``, loaded on ``device`` in ``dtype`` (``runtime``:
     as :func:`load_detector`'s)."""
     name_or_path = registry.resolve("segmenter", name_or_path)
-    extra = runtime_options("segmenter", name_or_path, runtime, device, ov_cache)
+    extra = runtime_options("segmenter", name_or_path, runtime, device, dtype, ov_cache)
     return adapter_class("segmenter", name_or_path).from_pretrained(name_or_path, device=device, dtype=dtype, **extra)
 
 
