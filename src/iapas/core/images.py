@@ -117,6 +117,27 @@ def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
                 Image.MAX_IMAGE_PIXELS = _pil_saved_limit[0]
 
 
+@contextlib.contextmanager
+def open_own_png(source: bytes | str | Path) -> Iterator[Any]:
+    """A PNG that iapas wrote (bytes or a file), opened with PIL and allowed its own size, read
+    from its header: maps and pictures of images taken under a ``--max-pixels`` above PIL's
+    decompression-bomb limit are that large, and PIL would refuse to open them."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(source, bytes):
+        head = source[:24]
+    else:
+        with open(source, "rb") as file:
+            head = file.read(24)
+    is_png = head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    pixels = int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big") if is_png else 0
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
+    with _pil_pixel_limit(pixels), Image.open(opened, formats=("PNG",)) as im:
+        yield im
+
+
 def _apply_pil_limit(image_module: Any) -> None:
     saved = _pil_saved_limit[0]
     image_module.MAX_IMAGE_PIXELS = None if saved is None else max(saved, *_pil_limits)

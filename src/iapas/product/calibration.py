@@ -107,7 +107,7 @@ def stored_scores(out_dir: Path, records: dict[str, dict[str, Any]], keys: Seque
     """The image score under ``min_area`` of each key with a finished record: the record's exact
     ``max_score`` for ``min_area`` 0 or 1, else from its stored map (``maps/KEY.png``, the same
     1e-4 steps that :meth:`Decision.decide` scores)."""
-    from PIL import Image
+    from iapas.core.images import open_own_png
 
     scores: dict[str, float] = {}
     for key in keys:
@@ -118,7 +118,7 @@ def stored_scores(out_dir: Path, records: dict[str, dict[str, Any]], keys: Seque
             scores[key] = float(rec["max_score"])
             continue
         map_file = out_dir / rec["outputs"]["map"]
-        with Image.open(map_file) as im:
+        with open_own_png(map_file) as im:
             encoded = np.asarray(im, dtype=np.uint16)
         scores[key] = min_area_score(encoded, min_area)
     return scores

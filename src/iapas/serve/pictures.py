@@ -5,17 +5,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import struct
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from iapas.core.images import _pil_pixel_limit
+from iapas.core.images import open_own_png
 from iapas.core.maps import decode_map
 
 OUTLINE = (0, 255, 255)
@@ -39,26 +36,13 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@contextlib.contextmanager
-def _stored_png(data: bytes) -> Iterator[Any]:
-    """One of the station's own PNGs, opened as PIL opens it but allowed its own size (read from
-    its header): a station whose --max-pixels is raised past PIL's decompression-bomb limit stores
-    pictures that PIL would otherwise refuse to open."""
-    from PIL import Image
-
-    is_png = data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24]) if is_png else (0, 0)
-    with _pil_pixel_limit(width * height), Image.open(io.BytesIO(data), formats=("PNG",)) as im:
-        yield im
-
-
 def heat(map_png: bytes, threshold: float | None) -> bytes:
     """The map in the jet colours over 0 .. ``vmax`` (twice the threshold, or the map's maximum
     when larger), a colour bar on the right with 0, the threshold and ``vmax`` written on it."""
     import matplotlib
     from PIL import Image, ImageDraw
 
-    with _stored_png(map_png) as im:
+    with open_own_png(map_png) as im:
         scores = decode_map(np.asarray(im))
     h, w = scores.shape
     t = threshold if threshold is not None and threshold > 0 else None
@@ -81,9 +65,9 @@ def heat(map_png: bytes, threshold: float | None) -> bytes:
 
 def outline(overlay_png: bytes, mask_png: bytes, colour: tuple[int, int, int] = OUTLINE) -> bytes:
     """The overlay with the mask's outline drawn over it in ``colour`` (thicker on larger images)."""
-    with _stored_png(overlay_png) as im:
+    with open_own_png(overlay_png) as im:
         rgb = np.asarray(im.convert("RGB")).copy()
-    with _stored_png(mask_png) as im:
+    with open_own_png(mask_png) as im:
         mask = np.asarray(im) > 0
     if mask.shape != rgb.shape[:2]:
         return overlay_png

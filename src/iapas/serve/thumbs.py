@@ -21,7 +21,9 @@ def thumbnail(png: bytes, size: int = THUMB_SIZE) -> bytes:
     """``png`` scaled (never up) to fit ``size`` x ``size``, aspect kept, as PNG bytes."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(png), formats=("PNG",)) as im:
+    from iapas.core.images import open_own_png
+
+    with open_own_png(png) as im:
         im = im.convert("RGB")
         im.thumbnail((size, size), Image.BILINEAR)
         buffer = io.BytesIO()
