@@ -23,13 +23,15 @@ LOGIT_RTOL = 1e-4  # the same for the decoder's low-resolution mask logits (meas
 
 def _seeded_sam(out: Path, hq: bool, seed: int = 7) -> Path:
     """A tiny SAM (SAM-HQ) folder with unit-scale seeded weights."""
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     from iapas.testing.reference_weights import seeded_tensor
     from iapas.testing.tiny import make_tiny_sam
 
     folder = make_tiny_sam(out, image_size=256, hq=hq)
-    model = AutoModel.from_pretrained(folder).eval()
+    config = AutoConfig.from_pretrained(folder)
+    config.vision_config.window_size = 6  # 16 tokens a side padded to 18, as real SAM pads 64 to 70
+    model = AutoModel.from_config(config).eval()
     model.load_state_dict({k: seeded_tensor(k, v.shape, seed) for k, v in model.state_dict().items()})
     model.save_pretrained(folder)
     return folder
@@ -116,6 +118,36 @@ def converted(folders: dict[str, Path], cache: Path) -> Path:
 
 def _conversions(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("converted ")]
+
+
+@pytest.mark.parametrize("kind", ["sam", "sam-hq"])
+def test_the_lighter_encoder_traced_for_openvino_is_eagers_bit_for_bit(folders: dict[str, Path], kind: str) -> None:
+    """The rewritten vision blocks (activation between reshapes; a windowed block's qkv before
+    the padding, proj after the crop) compute eager's very numbers with torch, on a batch of two
+    with padded windows, and leave the model as it was."""
+    import torch
+    from transformers import AutoModel
+
+    from iapas.models.ov.sam import _lighter_encoder
+
+    model = AutoModel.from_pretrained(folders[kind]).eval()
+    layers = model.vision_encoder.layers
+    assert [layer.window_size for layer in layers] == [6, 0]  # one windowed block (padded), one global
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 3, 256, 256)).astype(np.float32))
+
+    def encode() -> list:
+        with torch.no_grad():
+            out = model.vision_encoder(x)
+        return [out[0], *out[1]] if kind == "sam-hq" else [out[0]]
+
+    eager = encode()
+    with _lighter_encoder(model):
+        assert all("forward" in layer.mlp.__dict__ for layer in layers)
+        assert ["forward" in layer.__dict__ for layer in layers] == [True, False]
+        lighter = encode()
+    assert all(torch.equal(a, b) for a, b in zip(lighter, eager, strict=True))
+    assert not any("forward" in m.__dict__ for layer in layers for m in (layer, layer.mlp))
+    assert all(torch.equal(a, b) for a, b in zip(encode(), eager, strict=True))
 
 
 def test_cache_reused_then_rebuilt_when_the_model_changes(
