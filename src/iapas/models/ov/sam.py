@@ -95,19 +95,25 @@ def _windowed_forward(self: Any, hidden_states: Any) -> Any:
 def _lighter_encoder(model: Any) -> Iterator[None]:
     """Within the block, the vision blocks of ``model`` (SAM or SAM-HQ) run :func:`_mlp_forward`
     and, where windowed with SDPA attention and relative positions, :func:`_windowed_forward`
-    (for tracing only: the instances' own forwards, removed after)."""
-    patched = []
+    (for tracing only: set on the instances, and what they had before is back after)."""
+    patched: list[tuple[Any, Any]] = []  # (module, the instance's own forward it had, if any)
+
+    def patch(module: Any, forward: Any) -> None:
+        patched.append((module, module.__dict__.get("forward")))
+        module.forward = MethodType(forward, module)
+
     for layer in model.vision_encoder.layers:
-        patched.append(layer.mlp)
-        layer.mlp.forward = MethodType(_mlp_forward, layer.mlp)
+        patch(layer.mlp, _mlp_forward)
         if layer.window_size > 0 and type(layer.attn).__name__.endswith("VisionSdpaAttention") and layer.attn.use_rel_pos:
-            patched.append(layer)
-            layer.forward = MethodType(_windowed_forward, layer)
+            patch(layer, _windowed_forward)
     try:
         yield
     finally:
-        for module in patched:
-            del module.forward
+        for module, own in patched:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
 
 
 def _encoder_module(model: Any, hq: bool) -> Any:
