@@ -140,10 +140,9 @@ class GroundingDinoDetector(Detector):
 
         name_or_path = registry.resolve("detector", name_or_path)
         if runtime == "openvino":  # the same refusals as SamSegmenter's, before anything loads
-            if device not in ("auto", "cpu"):
-                raise ValueError(f"detector {name_or_path}: the openvino runtime runs on the CPU; got device {device} (use --device cpu)")
-            if dtype not in ("auto", "float32"):
-                raise ValueError(f"detector {name_or_path}: the openvino runtime converts float32 models; got {dtype} (use --dtype float32)")
+            from iapas.models.ov.cache import check_cpu_float32
+
+            check_cpu_float32(f"detector {name_or_path}", device, dtype)
         dev = "cpu" if runtime == "openvino" else resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         what = "Grounding DINO detector"

@@ -76,9 +76,10 @@ class SamSegmenter(Segmenter):
         self.runtime = runtime
         self.ov = None  # the OpenVINO encoder and decoder (iapas.models.ov.sam.OvSam) when runtime is openvino
         if runtime == "openvino":
-            if str(device) != "cpu":
-                raise ValueError(f"segmenter {name}: the openvino runtime runs on the CPU; got device {device} (use --device cpu)")
+            from iapas.models.ov.cache import check_cpu_float32
             from iapas.models.ov.sam import load_ov_sam
+
+            check_cpu_float32(f"segmenter {name}", device=device)
 
             self.ov = load_ov_sam(
                 model, name, hq=self.hq_model, hq_token_only=self.hq_token_only, cache_dir=ov_cache, threads=ov_threads

@@ -67,6 +67,16 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
+def check_cpu_float32(what: str, device: Any = "cpu", dtype: Any = "float32") -> None:
+    """The adapters' one-line ``ValueError``, naming ``what`` (``"detector NAME"``), when the
+    openvino runtime is asked for another device than the CPU or another dtype than float32
+    (``auto`` means both; a torch dtype is named as torch prints it)."""
+    if str(device) not in ("auto", "cpu"):
+        raise ValueError(f"{what}: the openvino runtime runs on the CPU; got device {device} (use --device cpu)")
+    if str(dtype) not in ("auto", "float32", "torch.float32"):
+        raise ValueError(f"{what}: the openvino runtime converts float32 models; got {dtype} (use --dtype float32)")
+
+
 def default_cache_dir() -> Path:
     """``$IAPAS_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/iapas/openvino`` (``~/.cache/...``)."""
     if os.environ.get(ENV_CACHE):

@@ -47,7 +47,7 @@ import numpy as np
 
 from iapas.models.fingerprint import model_fingerprint
 from iapas.models.ov.cache import compile as compile_model
-from iapas.models.ov.cache import entry_name, load_or_convert, require_openvino
+from iapas.models.ov.cache import check_cpu_float32, entry_name, load_or_convert, require_openvino
 
 logger = logging.getLogger(__name__)
 
@@ -283,10 +283,7 @@ def load_ov_sam(
     """The OpenVINO encoder and decoder of the loaded ``model`` (named ``name``: its folder or
     hub id, fingerprinted for the cache), read from the IR cache or converted once into it,
     compiled for the CPU with ``threads`` inference threads (torch's count when None)."""
-    import torch
-
-    if model.dtype != torch.float32:
-        raise ValueError(f"segmenter {name}: the openvino runtime converts float32 models; got {model.dtype} (use --dtype float32)")
+    check_cpu_float32(f"segmenter {name}", dtype=model.dtype)
     fingerprint = source_fingerprint(name, model)
     started = time.perf_counter()
     kind = "sam-hq" if hq else "sam"
