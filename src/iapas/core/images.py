@@ -127,13 +127,12 @@ def open_own_png(source: bytes | str | Path) -> Iterator[Any]:
     from PIL import Image
 
     if isinstance(source, bytes):
-        head = source[:24]
+        head, opened = source[:24], io.BytesIO(source)
     else:
         with open(source, "rb") as file:
-            head = file.read(24)
+            head, opened = file.read(24), source
     is_png = head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
     pixels = int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big") if is_png else 0
-    opened = io.BytesIO(source) if isinstance(source, bytes) else source
     with _pil_pixel_limit(pixels), Image.open(opened, formats=("PNG",)) as im:
         yield im
 
