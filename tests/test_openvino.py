@@ -104,6 +104,76 @@ def test_a_damaged_or_foreign_entry_is_rebuilt_never_used(
     assert again.calls == 0
 
 
+def test_a_cache_folder_that_cannot_be_written_costs_time_not_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("a file where the cache's parent folder should be")
+    root = tmp_path / "file" / "cache"  # cannot be made, even by root (a read-only disk could not be tested as root)
+    convert = Counter()
+    model = cache.load_or_convert("tiny", "sha256:aa", convert, root)
+    np.testing.assert_array_equal(_run(model), [[0.0, 1.0, 4.0, 0.0]])  # the converted model, used unsaved
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == [f"cannot save OpenVINO IR into {root}: Not a directory; using the model unsaved, so every "
+                       "start converts it again (free space there, or set IAPAS_OPENVINO_CACHE to a writable folder)"]
+    cache.load_or_convert("tiny", "sha256:aa", convert, root)
+    assert convert.calls == 2  # nothing was saved: the next start converts again
+    with cache.saving_required(), pytest.raises(cache.IrCacheError) as raised:  # export: fail before converting
+        cache.load_or_convert("tiny", "sha256:aa", convert, root)
+    assert convert.calls == 2
+    assert str(raised.value) == f"cannot save OpenVINO IR into {root}: Not a directory (free space there, or choose another folder)"
+    cache.load_or_convert("tiny", "sha256:aa", convert, root)  # outside the block: unsaved again, no error
+    assert convert.calls == 3
+
+
+def _save_beyond_the_file_size_limit(root: str, queue: "multiprocessing.Queue") -> None:
+    """In a child process whose files cannot grow past 64 KiB (RLIMIT_FSIZE: the kernel refuses the
+    write as it would on a full disk): model.xml is written, the 200 KB model.bin is not."""
+    import logging
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(cache.__name__).addHandler(handler)
+
+    def convert() -> "ov.Model":
+        import openvino.opset13 as ops
+
+        x = ops.parameter([-1, 4], np.float32, name="x")
+        big = ops.constant(np.full((50_000, 4), 2.0, np.float32))  # 200 KB of weights
+        return ov.Model([ops.multiply(ops.relu(x), big)], [x], "big")
+
+    model = cache.load_or_convert("big", "sha256:bb", convert, Path(root))
+    first_row = cache.compile(model, threads=1)([np.array([[-1.0, 0.5, 2.0, -3.0]], np.float32)])[0][0]
+    try:
+        with cache.saving_required():
+            cache.load_or_convert("big", "sha256:bb", convert, Path(root))
+        raised = ""
+    except cache.IrCacheError as exc:
+        raised = str(exc)
+    queue.put((first_row.tolist(), messages, raised))
+
+
+def test_a_write_refused_while_saving_leaves_no_half_entry(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_save_beyond_the_file_size_limit, args=(str(tmp_path), queue))
+    proc.start()
+    first_row, messages, raised = queue.get(timeout=120)
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert first_row == [0.0, 1.0, 4.0, 0.0]  # the model was used, unsaved
+    unsaved = [m for m in messages if m.startswith("cannot save OpenVINO IR into")]
+    assert len(unsaved) == 1 and "using the model unsaved" in unsaved[0] and "MiB free there" in unsaved[0]
+    assert raised.startswith(f"cannot save OpenVINO IR into {tmp_path}: ") and raised.endswith("(free space there, or choose another folder)")
+    assert "\n" not in raised
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["big-" + cache.entry_dir("big", cache.cache_key("sha256:bb"), tmp_path).name.split("-")[-1] + ".lock"]
+
+
 def _convert_in_process(root: str, log: str) -> None:
     def convert() -> "ov.Model":
         with open(log, "a") as fh:
@@ -327,6 +397,34 @@ def test_export_openvino_fills_the_cache_a_run_then_reads(ov_detectors, tiny_mod
     assert bad.exit_code == 2 and "--image-size 'big': expected HEIGHTxWIDTH" in bad.output
     owl = CliRunner().invoke(app, ["export", "openvino", "--detector", str(tiny_models["owlv2"]), "--out", str(tmp_path)])
     assert owl.exit_code == 2 and "runs on torch only" in owl.output
+    (tmp_path / "file").write_text("a file where the folder's parent should be")
+    nowhere = CliRunner().invoke(app, [*args[:7], str(tmp_path / "file" / "ir")])
+    assert nowhere.exit_code == 2
+    assert " ".join(nowhere.output.split()) == f"error: cannot make the IR cache folder {tmp_path / 'file' / 'ir'}: Not a directory"
+
+
+def _limit_file_size() -> None:
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_export_fails_in_one_line_when_the_ir_cannot_be_saved(tiny_models, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "ir"
+    cmd = [sys.executable, "-m", "iapas", "export", "openvino", "--detector", str(tiny_models["grounding-dino"]),
+           "--segmenter", "none", "--out", str(out), "--image-size", "200x200"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size)
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith(f"error: cannot save OpenVINO IR into {out}: "), done.stderr
+    assert error[0].endswith("(free space there, or choose another folder)")
+    assert "Traceback" not in done.stderr and "TracerWarning" not in done.stderr
+    assert [p.name for p in out.iterdir() if not p.name.endswith(".lock")] == []  # no half-written entry
 
 
 def test_the_runtime_enters_the_run_signature_only_when_not_torch() -> None:

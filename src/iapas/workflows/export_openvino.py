@@ -40,16 +40,23 @@ class ExportReport:
 def export_openvino(detector: str, segmenter: str | None, out: Path,
                     image_sizes: list[tuple[int, int]], int8: bool = False) -> ExportReport:
     """Convert ``detector`` (one graph per resized shape of ``image_sizes``) and ``segmenter``
-    (None: skip it) into the IR cache folder ``out``; entries already there are kept."""
+    (None: skip it) into the IR cache folder ``out``; entries already there are kept. An entry
+    that cannot be saved there is an :class:`~iapas.models.ov.cache.IrCacheError` (a run would
+    use it unsaved; here the saved entries are the point)."""
     from iapas.models.factory import load_detector, load_segmenter
+    from iapas.models.ov.cache import IrCacheError, saving_required
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IrCacheError(f"cannot make the IR cache folder {out}: {exc.strerror or exc}") from None
     started = time.perf_counter()
-    det = load_detector(detector, device="cpu", runtime="openvino", ov_cache=out, ov_int8=int8)
-    for height, width in image_sizes:
-        det.detect([np.zeros((height, width, 3), np.uint8)], "defect .")  # converts this shape's graph
-    if segmenter is not None:
-        load_segmenter(segmenter, device="cpu", runtime="openvino", ov_cache=out)  # SAM converts when loaded
+    with saving_required():
+        det = load_detector(detector, device="cpu", runtime="openvino", ov_cache=out, ov_int8=int8)
+        for height, width in image_sizes:
+            det.detect([np.zeros((height, width, 3), np.uint8)], "defect .")  # converts this shape's graph
+        if segmenter is not None:
+            load_segmenter(segmenter, device="cpu", runtime="openvino", ov_cache=out)  # SAM converts when loaded
     entries = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     return ExportReport(out, entries, time.perf_counter() - started)

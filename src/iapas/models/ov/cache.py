@@ -7,7 +7,11 @@ version and :data:`CONVERTER_VERSION` (raised whenever the way iapas converts a 
 A folder whose ``key.json`` does not say the same, or whose IR cannot be read, is stale and
 is rebuilt, never used. An entry appears atomically: it is saved into a temporary folder
 that is renamed into place; a lock file (``<name>-<key>.lock``) makes a second process that
-needs the same entry wait for the first one's conversion and then read it.
+needs the same entry wait for the first one's conversion and then read it. A cache folder that
+cannot be written (read-only, full, not a folder) costs time, not the run: the converted model
+is used unsaved, with a warning, and converted again at the next start; within
+:func:`saving_required` (``iapas export openvino``, whose whole point is the saved entries) it
+is an :class:`IrCacheError` instead.
 
 :func:`default_cache_dir` is ``$IAPAS_OPENVINO_CACHE`` when set, else
 ``$XDG_CACHE_HOME/iapas/openvino`` (``~/.cache/iapas/openvino`` by default).
@@ -16,6 +20,7 @@ needs the same entry wait for the first one's conversion and then read it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -23,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,24 @@ INSTALL_HINT = "pip install 'iapas[openvino]'"
 
 class OpenVinoMissingError(ModelLoadError):
     """``--runtime openvino`` without the ``openvino`` package (a model that cannot be loaded)."""
+
+
+class IrCacheError(ModelLoadError):
+    """An entry that cannot be saved into the IR cache, within :func:`saving_required`."""
+
+
+_MUST_SAVE: contextvars.ContextVar[bool] = contextvars.ContextVar("iapas_openvino_must_save", default=False)
+
+
+@contextlib.contextmanager
+def saving_required() -> Iterator[None]:
+    """Within the block, an entry that cannot be saved raises :class:`IrCacheError` (before
+    converting, when the folder cannot even be locked) instead of being used unsaved."""
+    token = _MUST_SAVE.set(True)
+    try:
+        yield
+    finally:
+        _MUST_SAVE.reset(token)
 
 
 def require_openvino() -> Any:
@@ -189,16 +213,55 @@ def load_or_convert(
     model = _read_entry(folder, key, core, warn=False)  # the common case needs no lock: an entry is complete
     if model is not None:
         return model
-    with _locked(folder.with_name(folder.name + ".lock")):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_locked(folder.with_name(folder.name + ".lock")))
+        except OSError as exc:  # the folder cannot be made or written: convert, unsaved
+            _unsaved(cache_dir, exc)
+            return _convert(name, convert, None)
         model = _read_entry(folder, key, core)  # another process may have made it meanwhile
         if model is not None:
             return model
-        logger.info("converting %s to OpenVINO IR (once, ~minutes for a real-size model) into %s", name, folder)
-        started = time.perf_counter()
-        converted = convert()
-        _write_entry(folder, key, converted, ov)
-        logger.info("converted %s in %.1f s", name, time.perf_counter() - started)
+        converted = _convert(name, convert, folder)
+        try:
+            _write_entry(folder, key, converted, ov)
+        except (OSError, RuntimeError) as exc:  # openvino's writer raises RuntimeError (e.g. a full disk)
+            _unsaved(cache_dir, exc)
+            return converted
     return core.read_model(str(folder / MODEL_FILE))
+
+
+def _convert(name: str, convert: Callable[[], Any], folder: Path | None) -> Any:
+    """``convert()``, logged, without the tracer's warnings: they warn that a traced branch is
+    fixed, which nobody running iapas can act on (the OpenVINO-vs-eager tests check the graphs)."""
+    logger.info("converting %s to OpenVINO IR (once, ~minutes for a real-size model)%s",
+                name, f" into {folder}" if folder else "")
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        with contextlib.suppress(ImportError):
+            from torch.jit import TracerWarning
+
+            warnings.simplefilter("ignore", TracerWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        converted = convert()
+    logger.info("converted %s in %.1f s", name, time.perf_counter() - started)
+    return converted
+
+
+def _unsaved(cache_dir: Path, exc: BaseException) -> None:
+    """Say why an entry cannot be saved into ``cache_dir``: an :class:`IrCacheError` within
+    :func:`saving_required`, a warning otherwise (the caller then uses the model unsaved)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:  # openvino's own message says little ("basic_ios::clear: iostream error"): add the free space
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        with contextlib.suppress(OSError):
+            reason += f"; {shutil.disk_usage(cache_dir).free / 2**20:.0f} MiB free there"
+    message = f"cannot save OpenVINO IR into {cache_dir}: {reason}"
+    if _MUST_SAVE.get():
+        raise IrCacheError(f"{message} (free space there, or choose another folder)") from None
+    logger.warning("%s; using the model unsaved, so every start converts it again "
+                   "(free space there, or set %s to a writable folder)", message, ENV_CACHE)
 
 
 def compile(model: Any, threads: int | None = None, core: Any = None) -> Any:  # noqa: A001 - the contract's name
