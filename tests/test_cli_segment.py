@@ -131,6 +131,11 @@ def test_segment_refuses_mixing_runs_and_bad_profiles(tmp_path: Path, tiny_model
                               "--detector", str(tmp_path / "no-such-model"), "--device", "cpu"])
     assert res.exit_code == 2 and "does not exist" in res.output
 
+    base = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "in" / "gray8.png"), "--mode", "base", "--out", str(tmp_path / "o4")))
+    assert base.exit_code == 0, base.output
+    assert "no OK/NG decision: --mode base has no profile to calibrate; give --threshold" in " ".join(base.output.split())
+    assert "iapas calibrate" not in base.output  # there is no profile to calibrate
+
 
 def test_resume_only_reuses_the_same_file_and_settings(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
     rng = np.random.default_rng(7)

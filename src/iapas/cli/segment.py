@@ -97,7 +97,7 @@ def segment_cmd(
             )
         except (runfolder.RunConflictError, EngineError, OSError, ValueError) as exc:
             raise fail(str(exc)) from None
-    print_summary(summary, out, len(inputs.problems), decision)
+    print_summary(summary, out, len(inputs.problems), decision, profile_given=profile is not None)
     if summary.interrupted:
         raise typer.Exit(130)
     if summary.failed or inputs.problems or summary.stopped:
@@ -129,7 +129,8 @@ def warn_if_other_settings(diff: str | None) -> None:
         )
 
 
-def print_summary(summary: RunSummary, out: Path, missing: int, decision: Decision | None = None) -> None:
+def print_summary(summary: RunSummary, out: Path, missing: int, decision: Decision | None = None,
+                  profile_given: bool = True) -> None:
     from rich.table import Table
 
     from iapas.workflows.segment import verdict_counts
@@ -155,7 +156,8 @@ def print_summary(summary: RunSummary, out: Path, missing: int, decision: Decisi
     if decision is None:
         console.print(
             "no OK/NG decision: the profile has no calibrated threshold; make one with "
-            "'iapas calibrate --profile P --normal NORMAL_IMAGES --out DIR' (or give --threshold)",
+            "'iapas calibrate --profile P --normal NORMAL_IMAGES --out DIR' (or give --threshold)"
+            if profile_given else "no OK/NG decision: --mode base has no profile to calibrate; give --threshold",
             soft_wrap=True, highlight=False,
         )
     if summary.failed or missing:
