@@ -319,6 +319,32 @@ def test_openvino_conversion_of_the_tiny_detector_is_cached_on_disk(ov_detectors
     assert ovd.conversion_seconds < 60, ovd.conversion_seconds  # CPU seconds, not minutes, for the tiny model
 
 
+def test_the_detectors_ir_is_not_reused_across_transformers_versions(
+    ov_detectors, tiny_models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers' modelling code is what is traced: another version converts again (as SAM's
+    graphs do), beside the entry the fixture made, which the installed version still reads."""
+    import transformers
+
+    from iapas.models.factory import load_detector
+
+    _, ovd, cache_dir = ov_detectors
+    version = transformers.__version__
+    assert ovd.ov.fingerprint.startswith("sha256:")  # the folder's content, not its path
+    assert ovd.ov.fingerprint.endswith(f";transformers={version};gdino-graph=1")
+    before = sorted(p.name for p in cache_dir.iterdir() if p.is_dir())
+    monkeypatch.setattr(transformers, "__version__", version + ".post-other")
+    other = load_detector(str(tiny_models["grounding-dino"]), runtime="openvino", ov_cache=cache_dir)
+    other.detect(_images(3, 1), "crack .")
+    assert other.ov.conversions == 1
+    after = sorted(p.name for p in cache_dir.iterdir() if p.is_dir())
+    assert set(before) < set(after) and len(after) == len(before) + 1
+    monkeypatch.setattr(transformers, "__version__", version)
+    again = load_detector(str(tiny_models["grounding-dino"]), runtime="openvino", ov_cache=cache_dir)
+    again.detect(_images(3, 1), "crack .")
+    assert again.ov.conversions == 0
+
+
 # --- the runtime's refusals and the command line ---------------------------------------------------
 
 

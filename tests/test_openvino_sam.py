@@ -161,7 +161,7 @@ def test_cache_reused_then_rebuilt_when_the_model_changes(
     entries, never reuse them, and give eager's masks."""
     import shutil
 
-    from iapas.models.ov.sam import source_fingerprint
+    from iapas.models.ov.source import source_fingerprint
     from iapas.models.segmenter import SamSegmenter
 
     def entries() -> list[str]:
@@ -183,7 +183,7 @@ def test_cache_reused_then_rebuilt_when_the_model_changes(
     eager = SamSegmenter.from_pretrained(str(folder), device="cpu")
     first = SamSegmenter.from_pretrained(str(folders["sam"]), device="cpu")
     # a model known by name only (built in memory): its weights complete the key
-    keys = {source_fingerprint("stand-in", m.model) for m in (eager, first, eager)}
+    keys = {source_fingerprint("stand-in", m.model, "sam-graph=2") for m in (eager, first, eager)}
     assert len(keys) == 2 and all(k.startswith("name:stand-in;weights=sha256:") for k in keys)
     image = _images()[1]
     boxes = [_boxes(image, 4, 5)]

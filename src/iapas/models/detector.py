@@ -156,10 +156,9 @@ class GroundingDinoDetector(Detector):
         )
         ov = None
         if runtime == "openvino":
-            from iapas.models.fingerprint import model_fingerprint
             from iapas.models.ov.gdino import OvGroundingDino
 
-            ov = OvGroundingDino(model, name_or_path, model_fingerprint(name_or_path), ov_cache, int8=ov_int8)
+            ov = OvGroundingDino(model, name_or_path, ov_cache, int8=ov_int8)
         return cls(model, processor, dev, torch_dtype, name_or_path, ov)
 
     @staticmethod

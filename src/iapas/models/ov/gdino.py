@@ -13,7 +13,8 @@ window padding and the deformable attention's level shapes are traced as constan
 graph serves one resized image shape. :class:`OvGroundingDino` therefore keeps one IR per shape
 in the cache (:mod:`iapas.models.ov.cache`, converted on first use) and the last
 :data:`MAX_SHAPES` compiled shapes in memory. A camera's images share one shape; MVTec's all
-resize to 800x800.
+resize to 800x800. The cache key is :func:`iapas.models.ov.source.source_fingerprint` (the
+model's fingerprint, the transformers version) with :data:`GRAPH_VERSION`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from typing import Any
 
 from iapas.models.ov.cache import compile as compile_ir
 from iapas.models.ov.cache import entry_name, load_or_convert, require_openvino
+from iapas.models.ov.source import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
+GRAPH_VERSION = 1  # raise when the converted graph changes: old cache entries are then rebuilt
 MAX_SHAPES = 4  # compiled image shapes kept in memory (each holds its own copy of the weights)
 INPUTS = ("pixel_values", "pixel_mask", "input_ids", "token_type_ids", "attention_mask",
           "text_self_attention_masks", "position_ids")
@@ -130,15 +133,15 @@ def compress_int8(model: Any) -> Any:
 class OvGroundingDino:
     """Called as the detector's transformers model is (``self(**inputs)`` with pixel values,
     pixel mask and the caption's token tensors), runs the converted graph of the input's image
-    shape and returns :class:`OvOutputs`. ``fingerprint`` identifies the source weights
-    (:func:`iapas.models.fingerprint.model_fingerprint`); ``cache_dir``: the IR cache (its
-    default when None); ``threads``: OpenVINO's inference threads (torch's count when None)."""
+    shape and returns :class:`OvOutputs`. ``name``: the model's folder or hub id (fingerprinted
+    for the cache); ``cache_dir``: the IR cache (its default when None); ``threads``:
+    OpenVINO's inference threads (torch's count when None)."""
 
-    def __init__(self, model: Any, name: str, fingerprint: str, cache_dir: Path | None = None,
+    def __init__(self, model: Any, name: str, cache_dir: Path | None = None,
                  threads: int | None = None, int8: bool = False) -> None:
         self.model = model
         self.name = name
-        self.fingerprint = fingerprint
+        self.fingerprint = source_fingerprint(name, model, f"gdino-graph={GRAPH_VERSION}")
         self.cache_dir = cache_dir
         self.threads = threads
         self.int8 = int8

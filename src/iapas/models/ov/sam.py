@@ -24,15 +24,14 @@ sam-vit-huge: 7.5% less time per image, see ``benchmarks/README.md``.
 
 Everything around the two forwards (the processor's resize, normalise and pad, box scaling,
 upsampling and thresholding of the masks) stays the shared code of
-:class:`iapas.models.segmenter.SamSegmenter`. The cache key is the model's fingerprint
-(:func:`iapas.models.fingerprint.model_fingerprint`) with the transformers version and
-:data:`GRAPH_VERSION` (raised when the graphs below change), plus the openvino version the
-cache adds.
+:class:`iapas.models.segmenter.SamSegmenter`. The cache key is
+:func:`iapas.models.ov.source.source_fingerprint` (the model's fingerprint, the transformers
+version) with :data:`GRAPH_VERSION` (raised when the graphs below change), plus the openvino
+version the cache adds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -45,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from iapas.models.fingerprint import model_fingerprint
 from iapas.models.ov.cache import compile as compile_model
 from iapas.models.ov.cache import check_cpu_float32, entry_name, load_or_convert, require_openvino
+from iapas.models.ov.source import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -202,30 +201,6 @@ def convert_decoder(model: Any, hq: bool, hq_token_only: bool = False) -> Any:
         return ov.convert_model(_decoder_module(model, hq, hq_token_only), example_input=tuple(example), input=shapes)
 
 
-def weights_digest(model: Any) -> str:
-    """SHA-256 of a model's state (names, dtypes, shapes and bytes), for a model known by name
-    only (a fingerprint ``name:...``: built in memory, or a hub id not in the local cache)."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in model.state_dict().items():
-        digest.update(f"{key}\t{tensor.dtype}\t{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def source_fingerprint(name: str, model: Any) -> str:
-    """What a converted graph is made from: the model's fingerprint (a name-only one completed
-    with :func:`weights_digest`, so other weights under one name never reuse an entry), the
-    transformers version (its modelling code is what is traced) and :data:`GRAPH_VERSION`."""
-    import transformers
-
-    fingerprint = model_fingerprint(name)
-    if fingerprint.startswith("name:"):
-        fingerprint += f";weights=sha256:{weights_digest(model)}"
-    return f"{fingerprint};transformers={transformers.__version__};sam-graph={GRAPH_VERSION}"
-
-
 @dataclass
 class OvSam:
     """The compiled encoder and decoder of one SAM (``hq``: SAM-HQ) with the adapter's two
@@ -284,7 +259,7 @@ def load_ov_sam(
     hub id, fingerprinted for the cache), read from the IR cache or converted once into it,
     compiled for the CPU with ``threads`` inference threads (torch's count when None)."""
     check_cpu_float32(f"segmenter {name}", dtype=model.dtype)
-    fingerprint = source_fingerprint(name, model)
+    fingerprint = source_fingerprint(name, model, f"sam-graph={GRAPH_VERSION}")
     started = time.perf_counter()
     kind = "sam-hq" if hq else "sam"
     encoder = load_or_convert(entry_name(name, f"{kind}-image-encoder"), fingerprint, lambda: convert_encoder(model, hq), cache_dir)
