@@ -14,6 +14,7 @@ from PIL import Image  # noqa: E402
 from iapas.core.maps import encode_map  # noqa: E402
 from iapas.product.calibration import stored_scores  # noqa: E402
 from iapas.serve.pictures import heat, outline  # noqa: E402
+from iapas.serve.store import upload_suffix  # noqa: E402
 from iapas.serve.thumbs import thumbnail  # noqa: E402
 
 
@@ -50,3 +51,16 @@ def test_pictures_larger_than_pils_limit_are_drawn_and_the_limit_comes_back(monk
         Image.open(io.BytesIO(map_png))
     assert made() == want  # the station's pictures and thumbnails, calibrate's stored map
     assert Image.MAX_IMAGE_PIXELS == 500  # PIL's own limit is back: nothing else may open larger
+
+
+def test_an_upload_larger_than_pils_limit_is_stored_under_its_own_suffix(monkeypatch) -> None:
+    """A station's upload over PIL's limit (allowed by a raised --max-pixels) was stored as
+    uploads/ID.img, which no folder run, calibration or evaluation finds (they take image
+    suffixes); PIL's limit lowered to 500 pixels, a 40x30 picture stands for one of 180+ Mpx."""
+    picture = np.zeros((30, 40, 3), dtype=np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(picture).save(jpeg, format="JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    assert upload_suffix(_png(picture), 40 * 30) == ".png"
+    assert upload_suffix(jpeg.getvalue(), 40 * 30) == ".jpg"
+    assert Image.MAX_IMAGE_PIXELS == 500

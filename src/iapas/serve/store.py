@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from iapas.product.decision import ImageDecision, mask_level, output_mask
-from iapas.core.images import LoadedImage
+from iapas.core.images import LoadedImage, _pil_pixel_limit
 from iapas.core.files import atomic_write_bytes, atomic_write_text, clean_stale_temp_files
 from iapas.core.names import check_name, path_inside
 from iapas.core.maps import decode_map, encode_map
@@ -132,12 +132,13 @@ def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def upload_suffix(data: bytes) -> str:
-    """The file suffix of an upload's format, read from its content."""
+def upload_suffix(data: bytes, pixels: int) -> str:
+    """The file suffix of an upload's format, read from its content; ``pixels``: its size, already
+    checked against the station's --max-pixels (PIL's own limit would refuse a larger one)."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=tuple(UPLOAD_SUFFIXES)) as im:
+        with _pil_pixel_limit(pixels), Image.open(io.BytesIO(data), formats=tuple(UPLOAD_SUFFIXES)) as im:
             return UPLOAD_SUFFIXES.get(str(im.format), ".img")
     except Exception:  # already decoded once: this cannot fail for a served image
         return ".img"
@@ -364,7 +365,7 @@ class DiskStore:
         threshold = mask_level(self.profiles[category].decision)
         folder = category_folder(self.root, category)
         result_id = new_id()
-        upload = folder / "uploads" / f"{result_id}{upload_suffix(data)}"
+        upload = folder / "uploads" / f"{result_id}{upload_suffix(data, image.height * image.width)}"
         try:
             atomic_write_bytes(upload, data)
             stored = LoadedImage(path=Path(os.path.abspath(upload)), rgb=image.rgb, mode=image.mode)
