@@ -174,6 +174,18 @@ def test_a_write_refused_while_saving_leaves_no_half_entry(tmp_path: Path) -> No
     assert left == ["big-" + cache.entry_dir("big", cache.cache_key("sha256:bb"), tmp_path).name.split("-")[-1] + ".lock"]
 
 
+def test_what_a_process_killed_while_saving_left_is_removed_when_the_entry_is_made(tmp_path: Path) -> None:
+    entry = cache.entry_dir("tiny", cache.cache_key("sha256:aa"), tmp_path)
+    other = cache.entry_dir("other", cache.cache_key("sha256:aa"), tmp_path)
+    leftovers = [tmp_path / f".{entry.name}.x1y2.tmp", tmp_path / f".{entry.name}.4242.old", tmp_path / f".{other.name}.zz.tmp"]
+    for folder in leftovers:
+        folder.mkdir()
+        (folder / "model.bin").write_bytes(b"half written")
+    cache.load_or_convert("tiny", "sha256:aa", Counter(), tmp_path)
+    assert [f.exists() for f in leftovers] == [False, False, True]  # another entry's: its own lock's business
+    assert entry.is_dir()
+
+
 def _convert_in_process(root: str, log: str) -> None:
     def convert() -> "ov.Model":
         with open(log, "a") as fh:
@@ -319,6 +331,50 @@ def test_openvino_conversion_of_the_tiny_detector_is_cached_on_disk(ov_detectors
     assert ovd.conversion_seconds < 60, ovd.conversion_seconds  # CPU seconds, not minutes, for the tiny model
 
 
+def test_the_openvino_detector_called_from_several_threads_gives_each_call_its_own_results(ov_detectors) -> None:
+    """One compiled model has one infer request: threads took it from each other ('Infer Request
+    is busy', or another call's boxes). Each call now gets what it gets alone."""
+    import threading
+
+    _, ovd, _ = ov_detectors
+    images = _images(7, 4)
+    captions = ["crack .", "a long hole . stain . crack . dent ."]
+    alone = {(i, c): ovd.detect([images[i]], c)[0] for i in range(len(images)) for c in captions}
+    problems: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(12):
+            i, c = int(rng.integers(len(images))), captions[int(rng.integers(2))]
+            try:
+                got = ovd.detect([images[i]], c)[0]
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                problems.append(repr(exc))
+                continue
+            want = alone[i, c]
+            if not (np.array_equal(got.boxes, want.boxes) and np.array_equal(got.scores, want.scores) and got.phrases == want.phrases):
+                problems.append(f"image {i}, {c!r}: another call's results")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert problems == []
+
+
+def test_ov_int8_without_nncf_is_refused_when_loading_not_after_each_conversion(tiny_models, monkeypatch) -> None:
+    import sys
+
+    from iapas.models.factory import load_detector
+    from iapas.models.ov.cache import OpenVinoMissingError
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # what 'import nncf' meets when it is not installed
+    with pytest.raises(OpenVinoMissingError) as raised:
+        load_detector(str(tiny_models["grounding-dino"]), runtime="openvino", ov_int8=True)
+    assert str(raised.value) == "--ov-int8 needs nncf: pip install 'iapas[openvino]'"
+
+
 def test_the_detectors_ir_is_not_reused_across_transformers_versions(
     ov_detectors, tiny_models, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -460,6 +516,17 @@ def test_the_runtime_enters_the_run_signature_only_when_not_torch() -> None:
     assert "runtime" not in other_settings(PipelineConfig(), ())
     assert other_settings(PipelineConfig(runtime="openvino"), ())["runtime"] == "openvino"
     assert other_settings(PipelineConfig(runtime="openvino", ov_int8=True), ())["ov_int8"] is True
+
+
+def test_ray_workers_on_the_openvino_runtime_reserve_no_gpu(monkeypatch) -> None:
+    """On a GPU machine, --device auto gave each Ray worker a GPU even with --runtime openvino,
+    which runs on the CPU: GPUs held idle, and workers beyond the GPU count never placed."""
+    from iapas.engine.ray_executor import default_gpus
+    from iapas.models import loading
+
+    monkeypatch.setattr(loading, "resolve_device", lambda device="auto": "cuda")  # a machine with a GPU
+    assert default_gpus("auto") == 1.0 and default_gpus("auto", "torch") == 1.0
+    assert default_gpus("auto", "openvino") == 0.0 and default_gpus("cpu", "openvino") == 0.0
 
 
 def test_a_ray_worker_builds_its_pipeline_on_the_drivers_runtime(ov_detectors, tiny_models, monkeypatch) -> None:

@@ -77,7 +77,12 @@ class RayOptions:
         return max(2, math.ceil(self.workers * self.cpus_per_worker + 1))
 
 
-def default_gpus(device: str) -> float:
+def default_gpus(device: str, runtime: str = "torch") -> float:
+    """GPUs per worker unless --gpus-per-worker says: one for a CUDA device (``auto`` resolved on
+    this machine), none for the CPU or the openvino runtime (which runs on the CPU, whatever
+    ``auto`` finds)."""
+    if runtime == "openvino":
+        return 0.0
     if device == "auto":
         from iapas.models.loading import resolve_device
 
@@ -179,7 +184,7 @@ class RayExecutor:
         ray = require_ray()
         opts = self.options
         config = dataclasses.asdict(pipeline.config)
-        gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else default_gpus(config["device"])
+        gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else default_gpus(config["device"], config["runtime"])
         if not ray.is_initialized():  # once per process: evaluate runs one dataset per category
             if opts.address:
                 ray.init(address=opts.address, log_to_driver=False)

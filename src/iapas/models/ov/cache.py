@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
+import gc
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -218,17 +222,42 @@ def load_or_convert(
             stack.enter_context(_locked(folder.with_name(folder.name + ".lock")))
         except OSError as exc:  # the folder cannot be made or written: convert, unsaved
             _unsaved(cache_dir, exc)
-            return _convert(name, convert, None)
+            converted = _convert(name, convert, None)
+            _give_back_freed_memory()
+            return converted
         model = _read_entry(folder, key, core)  # another process may have made it meanwhile
         if model is not None:
             return model
+        _remove_leftovers(folder)
         converted = _convert(name, convert, folder)
         try:
             _write_entry(folder, key, converted, ov)
         except (OSError, RuntimeError) as exc:  # openvino's writer raises RuntimeError (e.g. a full disk)
             _unsaved(cache_dir, exc)
+            _give_back_freed_memory()
             return converted
-    return core.read_model(str(folder / MODEL_FILE))
+        del converted
+        model = core.read_model(str(folder / MODEL_FILE))
+    _give_back_freed_memory()
+    return model
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """The temporary and set-aside folders of ``folder``'s entry that a process killed while
+    saving it left behind (under the entry's lock: no live process is writing them)."""
+    for leftover in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        if leftover.is_dir() and leftover.name.endswith((".tmp", ".old")):
+            logger.info("removing %s, left by an interrupted conversion", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap that tracing and converting freed to the system (glibc keeps it: a
+    process that converted SAM ViT-B at start held about 3 GB more for its whole life)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _convert(name: str, convert: Callable[[], Any], folder: Path | None) -> Any:

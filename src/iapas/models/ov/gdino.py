@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -29,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from iapas.models.ov.cache import compile as compile_ir
-from iapas.models.ov.cache import entry_name, load_or_convert, require_openvino
+from iapas.models.ov.cache import INSTALL_HINT, OpenVinoMissingError, entry_name, load_or_convert, require_openvino
 from iapas.models.ov.source import source_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -121,13 +124,18 @@ def convert(model: Any, example: dict[str, Any], int8: bool = False) -> Any:
     return converted
 
 
-def compress_int8(model: Any) -> Any:
-    """NNCF's int8 weight compression of an ``openvino.Model`` (the ``openvino`` extra's nncf)."""
+def require_nncf() -> Any:
+    """The ``nncf`` module (``--ov-int8``); a one-line error naming the extra when it is missing."""
     try:
         import nncf
     except ImportError:
-        raise RuntimeError("--ov-int8 needs nncf: pip install 'iapas[openvino]'") from None
-    return nncf.compress_weights(model)
+        raise OpenVinoMissingError(f"--ov-int8 needs nncf: {INSTALL_HINT}") from None
+    return nncf
+
+
+def compress_int8(model: Any) -> Any:
+    """NNCF's int8 weight compression of an ``openvino.Model`` (the ``openvino`` extra's nncf)."""
+    return require_nncf().compress_weights(model)
 
 
 class OvGroundingDino:
@@ -135,13 +143,18 @@ class OvGroundingDino:
     pixel mask and the caption's token tensors), runs the converted graph of the input's image
     shape and returns :class:`OvOutputs`. ``name``: the model's folder or hub id (fingerprinted
     for the cache); ``cache_dir``: the IR cache (its default when None); ``threads``:
-    OpenVINO's inference threads (torch's count when None)."""
+    OpenVINO's inference threads (torch's count when None); ``int8``: nncf's int8 weights
+    (nncf's version joins the key). Calls from several threads take turns."""
 
     def __init__(self, model: Any, name: str, cache_dir: Path | None = None,
                  threads: int | None = None, int8: bool = False) -> None:
+        graph = f"gdino-graph={GRAPH_VERSION}"
+        if int8:  # refused now, not after each conversion
+            graph += f";nncf={require_nncf().__version__}"
         self.model = model
         self.name = name
-        self.fingerprint = source_fingerprint(name, model, f"gdino-graph={GRAPH_VERSION}")
+        self.fingerprint = source_fingerprint(name, model, graph)
+        self._lock = threading.Lock()  # one compiled model's infer request per call, the shape cache
         self.cache_dir = cache_dir
         self.threads = threads
         self.int8 = int8
@@ -175,6 +188,8 @@ class OvGroundingDino:
 
         masks, position_ids = text_structure(self.model, inputs["input_ids"])
         full = {**inputs, "text_self_attention_masks": masks, "position_ids": position_ids}
-        compiled = self._compiled_for(full)
-        result = compiled([full[k].numpy() for k in INPUTS])
-        return OvOutputs(torch.from_numpy(result[0]), torch.from_numpy(result[1]))
+        with self._lock:  # CompiledModel.__call__ reuses one infer request: two threads would share it
+            compiled = self._compiled_for(full)
+            result = compiled([full[k].numpy() for k in INPUTS])
+            logits, boxes = np.array(result[0]), np.array(result[1])
+        return OvOutputs(torch.from_numpy(logits), torch.from_numpy(boxes))
