@@ -137,6 +137,24 @@ def test_segment_refuses_mixing_runs_and_bad_profiles(tmp_path: Path, tiny_model
     assert "iapas calibrate" not in base.output  # there is no profile to calibrate
 
 
+@pytest.mark.parametrize("option,message", [
+    (["--box-threshold", "1.5"], "box_threshold must be in [0, 1], got 1.5"),
+    (["--text-threshold", "nan"], "text_threshold must be in [0, 1], got nan"),
+    (["--size-threshold", "0"], "size_threshold must be > 0, got 0.0"),
+    (["--mode", "BASE"], "mode must be 'iapas' or 'base', got 'BASE'"),
+])
+def test_a_bad_pipeline_value_is_one_line_and_takes_no_output_folder(tmp_path: Path, tiny_models: dict[str, Path],
+                                                                     profile_file: Path, option: list[str], message: str):
+    """These were tracebacks (exit 1) after the output folder had been taken."""
+    write_kinds(tmp_path / "in")
+    out = tmp_path / "out"
+    res = runner.invoke(app, segment_args(tiny_models, str(tmp_path / "in" / "gray8.png"), "--profile", str(profile_file),
+                                          "--out", str(out), *option))
+    assert res.exit_code == 2, res.output
+    assert " ".join(res.output.split()) == f"error: {message}"
+    assert not out.exists()
+
+
 def test_resume_only_reuses_the_same_file_and_settings(tmp_path: Path, tiny_models: dict[str, Path], profile_file: Path):
     rng = np.random.default_rng(7)
     for run in ("A", "B"):

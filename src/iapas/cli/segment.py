@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -64,12 +64,7 @@ def segment_cmd(
         profile = flow.load_profile(profile_path, mode)
     except flow.SegmentError as exc:
         raise fail(str(exc)) from None
-    size_threshold, fuse = settings.size_threshold, settings.fuse_object_detection
-    if mode == "base":
-        ignored = flow.base_mode_ignores(profile_path, size_threshold, fuse)
-        if ignored:
-            console.print(f"note: --mode base uses the fixed caption and no size filter; ignoring {', '.join(ignored)}")
-        profile, size_threshold, fuse = None, None, False
+    profile, config = _stage2(settings, mode, profile_path, profile)
     executor = engine_executor(settings, out)
     try:
         flow.check_out_folder(out)
@@ -83,7 +78,7 @@ def segment_cmd(
         raise fail(str(exc)) from None
     decision = flow.decision_for(profile, threshold)
     hold_output_lock(ctx, out, "segment")  # before loading the models: a second run is refused at once
-    pipeline = load_pipeline(settings.pipeline_config(mode=mode, size_threshold=size_threshold, fuse_object_detection=fuse))
+    pipeline = load_pipeline(config)
     warn_if_other_settings(flow.other_settings(decision, signature.run_signature(pipeline, profile)))
     progress, task = _progress(settings.quiet, len(inputs.paths))
     with progress:
@@ -102,6 +97,23 @@ def segment_cmd(
         raise typer.Exit(130)
     if summary.failed or inputs.problems or summary.stopped:
         raise typer.Exit(1)
+
+
+def _stage2(settings: Any, mode: str, profile_path: Path | None, profile: Any) -> tuple[Any, Any]:
+    """The run's profile (none in base mode, which says what it ignores) and stage-2 configuration,
+    checked before the output folder is taken: a bad value is one line and leaves nothing behind."""
+    size_threshold, fuse = settings.size_threshold, settings.fuse_object_detection
+    if mode == "base":
+        from iapas.workflows.segment import base_mode_ignores
+
+        ignored = base_mode_ignores(profile_path, size_threshold, fuse)
+        if ignored:
+            console.print(f"note: --mode base uses the fixed caption and no size filter; ignoring {', '.join(ignored)}")
+        profile, size_threshold, fuse = None, None, False
+    try:
+        return profile, settings.pipeline_config(mode=mode, size_threshold=size_threshold, fuse_object_detection=fuse)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
 
 def _progress(quiet: bool, total: int) -> tuple:
