@@ -159,6 +159,28 @@ def test_segment_on_a_kolektor_folder_skips_the_labels(tmp_path: Path, tiny_mode
     assert "taking 1 file(s) named like ground-truth masks" in " ".join(named.output.split())
 
 
+def test_an_earlier_run_folder_inside_the_input_folder_is_no_parts(tmp_path: Path, tiny_models: dict[str, Path]):
+    """segment line3 --out line3/monday, then segment line3 --out elsewhere: the second run took
+    monday's maps and overlays (boxes drawn on them) as parts, and gave them verdicts; calibrate
+    --normal line3 would have put them in the normal scores."""
+    line = tmp_path / "line3"
+    line.mkdir()
+    for name, value in (("a", 40), ("b", 200)):
+        Image.fromarray(np.full((24, 32, 3), value, np.uint8)).save(line / f"{name}.png")
+    first = segment(tiny_models, line / "monday", line)
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in (line / "monday" / "maps").iterdir()) == ["a.png", "b.png"]
+    second = segment(tiny_models, tmp_path / "tuesday", line)
+    assert second.exit_code == 0, second.output
+    assert sorted(r["key"] for r in results(tmp_path / "tuesday")) == ["a", "b"]
+    said = " ".join(second.output.split())
+    assert "left out 6 image(s) under" in said and "monday: it holds an iapas run (run.json, results.jsonl)" in said
+    # a pattern that matches the run folder leaves it out too; the run folder named itself is searched
+    assert sorted(p.name for p in find_images([str(line / "*")])[0]) == ["a.png", "b.png"]
+    maps = find_images([str(line / "monday" / "maps")])[0]
+    assert sorted(p.name for p in maps) == ["a.png", "b.png"]
+
+
 # 2. keys and resume -------------------------------------------------------------------------------
 
 

@@ -13,6 +13,16 @@ from pathlib import Path
 import numpy as np
 
 
+RESULTS_FILE = "results.jsonl"  # a segment run folder's records (iapas.engine.records writes both)
+RUN_FILE = "run.json"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an iapas run (a segment run, an evaluation's predictions, a
+    station store's category): its ``run.json`` and ``results.jsonl``."""
+    return (folder / RUN_FILE).is_file() and (folder / RESULTS_FILE).is_file()
+
+
 def file_stamp(path: str | Path) -> dict[str, int] | None:
     """Size and modification time of a file, to notice a changed input (None if unreadable)."""
     try:

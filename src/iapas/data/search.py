@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from iapas.core.files import RESULTS_FILE, RUN_FILE, is_run_folder
 from iapas.core.images import IMAGE_SUFFIXES, broken_link, show_path
 from iapas.data.registry import mask_beside, mask_names
 
@@ -50,6 +51,7 @@ def _images_in(folder: Path, search: "ImageSearch", mask_root: Path | None = Non
     images that cannot be followed are kept (reading them fails with the reason), other such
     links are logged, one line each."""
     images: list[Path] = []
+    runs = _RunFolders(folder, search)
     for q in sorted(folder.rglob("*")):
         if _is_hidden(q, folder):
             continue
@@ -57,6 +59,8 @@ def _images_in(folder: Path, search: "ImageSearch", mask_root: Path | None = Non
         if q.suffix.lower() not in IMAGE_SUFFIXES:
             if reason:
                 logger.warning("%s: %s; not searched", q, reason)
+            continue
+        if runs.holds(q):
             continue
         if not (reason or q.is_file()):
             continue
@@ -66,6 +70,33 @@ def _images_in(folder: Path, search: "ImageSearch", mask_root: Path | None = Non
         else:
             images.append(q)
     return images
+
+
+class _RunFolders:
+    """The iapas run folders below a searched folder (not the folder itself: a run folder named
+    as an input is searched): their maps, masks, overlays and uploads are a run's outputs, not
+    parts to inspect; what is left out is counted in ``search.runs``."""
+
+    def __init__(self, top: Path, search: "ImageSearch") -> None:
+        self.top = top
+        self.search = search
+        self.known: dict[Path, bool] = {}
+
+    def holds(self, path: Path) -> bool:
+        """Whether ``path`` (a file, or a folder a pattern matched) is, or is in, a run folder."""
+        for folder in (path, *path.parents):
+            if folder == self.top or self.top not in folder.parents:
+                return False
+            if folder not in self.known:
+                self.known[folder] = is_run_folder(folder)
+            if self.known[folder]:
+                if folder == path:  # a run folder matched whole: count its images
+                    found = sum(1 for q in path.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+                else:
+                    found = int(path.suffix.lower() in IMAGE_SUFFIXES)
+                self.search.runs[folder] = self.search.runs.get(folder, 0) + found
+                return True
+        return False
 
 
 def glob_root(pattern: str) -> Path:
@@ -90,6 +121,7 @@ class ImageSearch:
     problems: list[str] = field(default_factory=list)
     masks: list[tuple[Path, str]] = field(default_factory=list)
     excluded_inputs: list[str] = field(default_factory=list)
+    runs: dict[Path, int] = field(default_factory=dict)  # run folders found below a searched one: images left out
 
     @property
     def paths(self) -> list[Path]:
@@ -132,8 +164,11 @@ def search_images(inputs: list[str], exclude: Path | None = None, *, keep_missin
         elif any(ch in item for ch in "*?["):
             root = glob_root(item)
             found = []
+            runs = _RunFolders(root, search)
             for match in sorted(glob.glob(os.path.expanduser(item), recursive=True)):
                 q = Path(match)
+                if runs.holds(q):
+                    continue
                 if q.is_dir():
                     found.extend(_images_in(q, search, root))
                 elif q.is_file() or broken_link(q):
@@ -169,6 +204,9 @@ def search_images(inputs: list[str], exclude: Path | None = None, *, keep_missin
         _item, root, searched, _found = per_input[index]
         search.found.append((q, Path(os.path.abspath(root)).parent if searched and several else root))
     _log_masks(search)
+    for folder, count in search.runs.items():
+        logger.warning("left out %d image(s) under %s: it holds an iapas run (%s, %s), whose outputs are no parts; "
+                       "name it as an input to take them", count, show_path(folder), RUN_FILE, RESULTS_FILE)
     return search
 
 

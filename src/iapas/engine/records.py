@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from iapas.core import files
 from iapas.core.files import file_stamp
 from iapas.core.images import LoadedImage
 from iapas.core.maps import MAP_SCALE
@@ -16,8 +17,8 @@ from iapas.core.types import SegmentationResult
 from iapas.product.decision import Decision, ImageDecision
 from iapas.product.profile import Profile
 
-RESULTS_FILE = "results.jsonl"
-RUN_FILE = "run.json"
+RESULTS_FILE = files.RESULTS_FILE  # the run folder's two files, named once in iapas.core.files
+RUN_FILE = files.RUN_FILE
 
 
 def run_file_content(
