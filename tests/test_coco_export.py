@@ -147,6 +147,14 @@ def test_a_segment_folder_exports_the_pipelines_masks_bit_for_bit(tiny_models, p
     document = json.loads((tmp_path / "out" / "coco.json").read_text())
     assert document["info"]["image_root"] == str((tmp_path / "images").resolve())
     assert [c["id"] for c in document["categories"]] == list(range(1, len(document["categories"]) + 1))
+    # one slip of the tab key wrote the COCO file over the run's own files: refused, nothing touched
+    own = {name: (tmp_path / "run" / name).read_bytes() for name in ("run.json", "results.jsonl")}
+    for name in own:
+        one_error_line(export(tmp_path / "run", tmp_path / "run" / name), str(tmp_path / "run" / name), "one of the run's own files")
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in own} == own
+    for _ in range(2):  # a new file in the run folder, then the same export again
+        assert export(tmp_path / "run", tmp_path / "run" / "coco.json").exit_code == 0
+    assert json.loads((tmp_path / "run" / "coco.json").read_text())["images"] == document["images"]
 
 
 def test_an_evaluate_folder_exports_its_test_images(tiny_models, pipeline, tmp_path: Path):

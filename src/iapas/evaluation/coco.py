@@ -233,13 +233,26 @@ def coco_document(run_dir: Path, boxes_only: bool = False) -> tuple[dict[str, An
 
 def export_coco(run_dir: Path, out: Path, boxes_only: bool = False) -> ExportSummary:
     """Write the COCO instances file of ``run_dir`` to ``out`` atomically (its folder is made)."""
-    document, summary = coco_document(run_dir, boxes_only)
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"{out}: is a folder; give the JSON file to write")
+    if Path(run_dir).resolve() in out.resolve().parents and out.exists() and not _is_coco_file(out):
+        raise ExportError(f"{out}: is one of the run's own files; give a new file name (e.g. {Path(run_dir) / 'coco.json'})")
+    document, summary = coco_document(run_dir, boxes_only)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(document, separators=(",", ":")) + "\n")
     except OSError as exc:
         raise ExportError(f"{out}: cannot write it ({exc.strerror or exc})") from None
     return summary
+
+
+def _is_coco_file(path: Path) -> bool:
+    """Whether ``path`` holds a COCO document this exporter wrote (one may be written again)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    info = content.get("info") if isinstance(content, dict) else None
+    return isinstance(info, dict) and str(info.get("description", "")).startswith("iapas ")
