@@ -141,6 +141,25 @@ def test_calibrate_then_segment_on_real_mtd_normals(tmp_path: Path, tiny_models:
     assert json.loads((out / "run.json").read_text())["decision"]["threshold"] == decision.threshold
 
 
+def test_images_given_both_as_normal_and_as_defective_are_refused(tmp_path: Path, tiny_models: dict[str, Path]):
+    """--normal test --anomalous test/broken put the defective parts among the normal scores,
+    which raised the threshold so that real defects passed as OK, without a word."""
+    write_images(tmp_path / "test" / "good", 6)
+    write_images(tmp_path / "test" / "broken", 2, seed=1)
+    profile_path = Profile.from_prompts("tile", "tile", ["crack"]).save(tmp_path / "tile.yaml")
+    before = profile_path.read_bytes()
+    args = ["calibrate", "--profile", str(profile_path), "--false-alarm-rate", "0.2", "--out", str(tmp_path / "cal"),
+            *models(tiny_models)]
+    result = runner.invoke(app, [*args, "--normal", str(tmp_path / "test"), "--anomalous", str(tmp_path / "test" / "broken")])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "error: 2 image(s) given both as normal and as defective, e.g. " in said
+    assert str((tmp_path / "test" / "broken").resolve()) in said
+    assert profile_path.read_bytes() == before and not (tmp_path / "cal").exists()
+    apart = runner.invoke(app, [*args, "--normal", str(tmp_path / "test" / "good"), "--anomalous", str(tmp_path / "test" / "broken")])
+    assert apart.exit_code == 0, apart.output
+
+
 def test_segment_without_calibration_and_manual_threshold(tmp_path: Path, tiny_models: dict[str, Path]):
     images = write_images(tmp_path / "img", 2)
     profile_path = Profile.from_prompts("tile", "tile", ["crack"]).save(tmp_path / "tile.yaml")

@@ -70,7 +70,7 @@ def calibrate_cmd(
         console.print(f"reference overlap: none ({found.overlap.describe()})", soft_wrap=True, highlight=False)
         for path, ref in found.overlap.same_name:
             console.print(f"[yellow]warning[/]: {path} has the name of the reference {ref}, which is no longer there to compare")
-        defects = flow.defect_inputs(anomalous, masks, out, on_problem=print_error)
+        defects = flow.defect_inputs(anomalous, masks, out, on_problem=print_error, normal=found.found)
         hold_output_lock(ctx, out, "calibrate")  # before loading the models: a second run is refused at once
         pipeline = load_pipeline(settings.pipeline_config())
         outcome = flow.calibrate_runs(

@@ -14,6 +14,7 @@ are reported one line each to ``on_problem`` (default: logged) and left out.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,9 @@ def normal_inputs(profile: Profile, profile_path: Path, normal: Sequence[str], o
 
 
 def defect_inputs(anomalous: Sequence[str] | None, masks: Path | None, out: Path,
-                  on_problem: Callable[[str], None] = logger.error) -> DefectInputs:
-    """The defective images and, with ``masks``, whether each is defective after all."""
+                  on_problem: Callable[[str], None] = logger.error, normal: Sequence[tuple[Path, Path]] = ()) -> DefectInputs:
+    """The defective images and, with ``masks``, whether each is defective after all; refused
+    when one is also among the ``normal`` images."""
     inputs = DefectInputs()
     if anomalous:
         inputs.found, inputs.problems = find_images_with_roots(list(anomalous), exclude=out)
@@ -127,6 +129,11 @@ def defect_inputs(anomalous: Sequence[str] | None, masks: Path | None, out: Path
             on_problem(problem)
         if not inputs.found:
             raise CalibrationError("no --anomalous images found")
+        both = sorted({os.path.realpath(p) for p, _ in normal} & {os.path.realpath(p) for p, _ in inputs.found})
+        if both:
+            raise CalibrationError(
+                f"{len(both)} image(s) given both as normal and as defective, e.g. {both[0]}: a defective part among "
+                "the normal scores raises the threshold; give disjoint folders (--normal test/good --anomalous test/broken)")
     if masks is not None:
         inputs.labels, mask_problems = mask_labels([p for p, _ in inputs.found], masks)
         for problem in mask_problems:
