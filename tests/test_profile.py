@@ -53,6 +53,8 @@ def test_hand_edited_caption_is_used_as_written(tmp_path: Path):
         ("category: x\nobject_tag: y\ncaption: a .\nsize_threshold: big\n", "'size_threshold' must be a number"),
         ("category: x\nobject_tag: y\ncaption: a .\nobject_size: 3\n", "'object_size' must be in (0, 1]"),
         ("category: x\nobject_tag: y\ncaption: a .\ncolour: red\n", "unknown field(s) colour"),
+        ("category: x\nobject_tag: y\ncaption: a .\nformat: 2\niapas_version: '9.0'\n",
+         "'format' is 2, written by a newer iapas (this one reads format 1): upgrade iapas (9.0 wrote it)"),
     ],
 )
 def test_malformed_profiles_name_the_file(tmp_path: Path, content: str, message: str):

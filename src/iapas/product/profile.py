@@ -100,6 +100,9 @@ class Profile:
         self.stage1 = checks.mapping(self.stage1, what("stage1"))
         self.iapas_version = checks.text(self.iapas_version, what("iapas_version"))
         self.format = checks.count(self.format, what("format"))
+        if self.format > PROFILE_FORMAT:
+            raise ProfileError(f"{source}: 'format' is {self.format}, written by a newer iapas (this one reads "
+                               f"format {PROFILE_FORMAT}): upgrade iapas ({self.iapas_version or 'version unknown'} wrote it)")
         if self.decision is not None:
             if not isinstance(self.decision, Decision):
                 raise ProfileError(f"{source}: 'decision' must be a Decision")
