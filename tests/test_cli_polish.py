@@ -374,6 +374,20 @@ def test_demo_with_local_model_folders_runs_those(tmp_path: Path, tiny_models: d
     assert last_line(result) == f"models: detector {gd}, segmenter {sam} (the models given)"
     assert "NOISE" not in result.output and not (out / "models").exists()
     assert (out / "results" / "results.jsonl").read_text().count("\n") == 4
+    again = runner.invoke(app, ["demo", "--out", str(out), "--detector", gd, "--segmenter", sam, "--device", "cpu", "--quiet"])
+    assert again.exit_code == 0, again.output  # an earlier demo's folder is the demo's to redo
+
+    # a folder of the user's own (a calibrated tile.yaml, a results/ run) is never written over
+    mine = tmp_path / "work"
+    (mine / "results").mkdir(parents=True)
+    (mine / "tile.yaml").write_text("category: tile\nobject_tag: tile\ncaption: chip .  # tuned by Anna\n")
+    (mine / "results" / "results.jsonl").write_text("{}\n")
+    before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    refused = runner.invoke(app, ["demo", "--out", str(mine), "--detector", gd, "--segmenter", sam, "--device", "cpu"])
+    assert refused.exit_code == 2, refused.output
+    assert " ".join(refused.output.split()) == (f"error: --out {mine}: holds files of its own, not an earlier demo's; give the "
+                                               "demo a new or empty folder (it writes tile.yaml, images/ and results/ there)")
+    assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
 
 
 def test_demo_offline_says_its_maps_are_noise(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from iapas.cli.common import console, load_pipeline, setup_logging
+from iapas.cli.common import console, fail, load_pipeline, setup_logging
 from iapas.cli.options import shared
 from iapas.workflows.options import LOGGING, Settings
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 @shared("device", *LOGGING)
 def demo_cmd(
-    out: Path = typer.Option(Path("iapas-demo"), "--out", "-o", help="Folder for the example images, models and results."),
+    out: Path = typer.Option(Path("iapas-demo"), "--out", "-o", help="Folder for the example images, models and results: new, empty, or an earlier demo's (redone)."),
     detector: str = typer.Option(None, help="Use this Grounding DINO (hub id or folder)."),
     segmenter: str = typer.Option(None, help="Use this SAM (hub id or folder)."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random models (no download; the maps are noise)."),
@@ -37,8 +37,12 @@ def demo_cmd(
     from iapas.cli.segment import print_summary
     from iapas.engine.runner import run_segmentation
     from iapas.pipeline.stage2 import PipelineConfig
-    from iapas.workflows.demo import TINY, choose_demo_models, demo_models_line, demo_profile, make_example_images
+    from iapas.workflows.demo import TINY, check_demo_out, choose_demo_models, demo_models_line, demo_profile, make_example_images
 
+    try:
+        check_demo_out(out)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     with console.status("checking the Hugging Face hub"):
         chosen = choose_demo_models(detector, segmenter, tiny=tiny, full=full)
     paths = make_example_images(out / "images")

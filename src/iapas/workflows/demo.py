@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iapas.product.profile import Profile
+from iapas.product.profile import Profile, ProfileError
 
 DEMO_DETECTOR = "IDEA-Research/grounding-dino-tiny"
 DEMO_SEGMENTER = "facebook/sam-vit-base"  # a small download (375 MB); --full: the paper's ViT-H
@@ -107,6 +107,25 @@ def demo_models_line(chosen: DemoModels, detector: str, segmenter: str) -> str:
             "With a network, run 'iapas demo' without --tiny and HF_HUB_OFFLINE for the real models"
         )
     return line
+
+
+def check_demo_out(out: Path) -> None:
+    """A ``ValueError`` (one line) unless ``out`` is missing, empty or an earlier demo's folder
+    (its ``tile.yaml`` is the demo's): the demo writes tile.yaml, images/ and results/ (redone
+    from scratch) there, over whatever they were."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give the demo a new or empty folder")
+    if not any(out.iterdir()):
+        return
+    try:
+        mine = Profile.load(out / "tile.yaml").stage1.get("source") == "demo"
+    except ProfileError:
+        mine = False
+    if not mine:
+        raise ValueError(f"--out {out}: holds files of its own, not an earlier demo's; give the demo a new or empty "
+                         "folder (it writes tile.yaml, images/ and results/ there)")
 
 
 def demo_profile(out: Path) -> Profile:
