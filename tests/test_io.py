@@ -149,6 +149,18 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path):
     assert path.read_text() == "two" and [p.name for p in path.parent.iterdir()] == ["f.txt"]
 
 
+def test_a_write_that_fails_names_the_file_asked_for_not_the_temporary_one(tmp_path: Path):
+    if Path("/proc/self").is_dir():  # a folder no file can be made in, even by root
+        with pytest.raises(FileNotFoundError) as raised:
+            atomic_write_text("/proc/iapas-profile.yaml", "x")
+        assert str(raised.value) == "[Errno 2] No such file or directory: '/proc/iapas-profile.yaml'"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError) as raised:  # the rename over a folder fails
+        atomic_write_text(tmp_path / "folder", "x")
+    assert raised.value.filename == str(tmp_path / "folder") and ".tmp" not in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]  # no temporary file left
+
+
 def test_pil_own_limit_does_not_refuse_what_max_pixels_allows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     Image.new("L", (100, 100)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses > 2000 pixels on its own

@@ -90,7 +90,10 @@ def atomic_path(path: str | Path, *, sync_folder: bool = False) -> Iterator[Path
     ``sync_folder`` also syncs the folder, so that the rename itself survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -101,6 +104,10 @@ def atomic_path(path: str | Path, *, sync_folder: bool = False) -> Iterator[Path
         if sync_folder:
             with contextlib.suppress(OSError):  # not every system can sync a folder
                 _fsync_path(path.parent)
+    except OSError as exc:
+        if exc.filename != str(tmp_path):
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
