@@ -181,6 +181,33 @@ def test_an_earlier_run_folder_inside_the_input_folder_is_no_parts(tmp_path: Pat
     assert sorted(p.name for p in maps) == ["a.png", "b.png"]
 
 
+def test_a_resumed_run_redoes_overlays_drawn_otherwise_and_says_what_it_redoes(tmp_path: Path, tiny_models: dict[str, Path]):
+    """--show-dropped on a resumed run was ignored for the finished images (their overlays did not
+    draw the dropped boxes; after an interruption the overlays were mixed), and a changed
+    --threshold redid every image without a word."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for name, value in (("a", 40), ("b", 200)):
+        Image.fromarray(np.full((24, 32, 3), value, np.uint8)).save(folder / f"{name}.png")
+    out = tmp_path / "out"
+
+    def run(*extra: str) -> tuple[str, list[dict]]:
+        res = segment(tiny_models, out, folder, extra=extra)
+        assert res.exit_code == 0, res.output
+        return " ".join(res.output.split()), results(out)
+
+    said, _ = run()
+    assert "segmenting" not in said.replace("info: segmenting:", "")
+    said, records = run("--show-dropped")
+    assert "segmenting 2 finished image(s) again: their masks, verdicts or overlays were made with other settings" in said
+    assert [r.get("overlay_shows_dropped") for r in records] == [True, True]
+    said, records = run("--show-dropped")
+    assert "already done (resumed) │ 2" in said and "finished image(s) again" not in said
+    said, records = run("--show-dropped", "--threshold", "0.5")
+    assert "segmenting 2 finished image(s) again" in said and "(made at threshold 0.3; this run's is 0.5)" in said
+    assert [r["threshold"] for r in records] == [0.5, 0.5]
+
+
 # 2. keys and resume -------------------------------------------------------------------------------
 
 

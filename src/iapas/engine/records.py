@@ -19,6 +19,7 @@ from iapas.product.profile import Profile
 
 RESULTS_FILE = files.RESULTS_FILE  # the run folder's two files, named once in iapas.core.files
 RUN_FILE = files.RUN_FILE
+DROPPED_DRAWN = "overlay_shows_dropped"  # a record's key, true when its overlay draws the dropped boxes (--show-dropped)
 
 
 def run_file_content(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from iapas.engine.base import Executor, PlainJob, RunSummary, WorkItem
 from iapas.engine.core import run_items
 from iapas.engine.log import ResultsLog
 from iapas.engine.outputs import OUTPUT_FOLDERS, write_image_outputs
-from iapas.engine.records import RESULTS_FILE, RUN_FILE, result_record, run_file_content, same_decision, source_stamp
+from iapas.engine.records import DROPPED_DRAWN, RESULTS_FILE, RUN_FILE, result_record, run_file_content, same_decision, source_stamp
 from iapas.engine.runfolder import (
     RunConflictError, assign_keys, check_models, check_signature, is_done, match_finished, write_run_file,
 )
@@ -69,7 +70,10 @@ class SegmentJob(PlainJob):
         verdict = judge(result, self.decision)
         outputs = write_image_outputs(self.out_dir, item.key, image.rgb, result, self.threshold, overlay=self.overlay, verdict=verdict,
                                       show_dropped=self.show_dropped)
-        return result_record(item.key, image, result, outputs, self.threshold, verdict)
+        record = result_record(item.key, image, result, outputs, self.threshold, verdict)
+        if self.overlay and self.show_dropped:
+            record[DROPPED_DRAWN] = True
+        return record
 
     def failure_record(self, item: WorkItem, message: str) -> dict[str, Any]:
         return {"key": item.key, **source_stamp(item.path), "status": "failed", "error": message}
@@ -127,10 +131,13 @@ def run_segmentation(
     if stopped is not None:
         return RunSummary(total=len(paths), stopped=stopped, not_run=len(paths))
     keys = assign_keys(paths, roots)
+    previous = log.read()
     finished = {
         k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay).items()
         if same_decision(r, decision)  # a record decided otherwise is segmented again
+        and r.get(DROPPED_DRAWN, False) == (overlay and show_dropped)  # and so is an overlay drawn otherwise
     }
+    _say_redone(previous, paths, finished, threshold)
     if finished:
         logger.info("resuming: %d of %d image(s) already done in %s", len(finished), len(paths), out_dir)
     job = SegmentJob(out_dir, threshold, overlay, profile, decision, show_dropped)
@@ -141,3 +148,18 @@ def run_segmentation(
     if summary.stopped is None and not summary.interrupted:
         log.compact(order=keys)  # (a full disk could not take the rewrite)
     return summary
+
+
+def _say_redone(previous: dict[str, dict[str, Any]], paths: Sequence[Path], finished: dict[str, dict[str, Any]],
+                threshold: float) -> None:
+    """One warning when finished images of this run are segmented again because their outputs were
+    made with other output settings (the models run on them again: minutes on a large run)."""
+    done_before = {r.get("image"): r for r in previous.values() if r.get("status") == "ok" and r.get("image")}
+    kept = {r.get("image") for r in finished.values()}
+    redone = [done_before[a] for a in map(os.path.abspath, paths) if a in done_before and a not in kept
+              and all(done_before[a].get(k) == v for k, v in source_stamp(a).items())]
+    if redone:
+        thresholds = sorted({r.get("threshold") for r in redone if r.get("threshold") != threshold}, key=str)
+        was = f" (made at threshold {', '.join(map(str, thresholds))}; this run's is {threshold:g})" if thresholds else ""
+        logger.warning("segmenting %d finished image(s) again: their masks, verdicts or overlays were made with other "
+                       "settings%s", len(redone), was)
