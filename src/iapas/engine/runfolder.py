@@ -174,9 +174,11 @@ def _key_at(path: str, base: str, level: int) -> str | None:
 
 
 def match_finished(
-    paths: Sequence[Path], keys: Sequence[str], log: ResultsLog, out_dir: Path, threshold: float, overlay: bool
+    paths: Sequence[Path], keys: Sequence[str], log: ResultsLog, out_dir: Path, threshold: float, overlay: bool,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The finished records that stand for this run's images, by this run's key.
+    """The finished records that stand for this run's images, by this run's key (``records``:
+    the log's, when the caller has read them already; they are not changed).
 
     An image is matched by its source first (absolute path, size, modification time; see
     :func:`is_done`), then by its key: a finished record of the same file under another key (the
@@ -185,7 +187,7 @@ def match_finished(
     under other keys (older duplicates, failures) are dropped with their files, and so are failed
     records of files that no longer exist and are not in this run (a mistyped path).
     """
-    records = log.read()
+    records = log.read() if records is None else records
     by_image: dict[str, list[str]] = {}
     for key, record in records.items():
         if isinstance(record.get("image"), str):

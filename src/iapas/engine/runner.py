@@ -133,7 +133,7 @@ def run_segmentation(
     keys = assign_keys(paths, roots)
     previous = log.read()
     finished = {
-        k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay).items()
+        k: r for k, r in match_finished(paths, keys, log, out_dir, threshold, overlay, previous).items()
         if same_decision(r, decision)  # a record decided otherwise is segmented again
         and r.get(DROPPED_DRAWN, False) == (overlay and show_dropped)  # and so is an overlay drawn otherwise
     }

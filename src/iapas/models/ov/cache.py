@@ -222,22 +222,19 @@ def load_or_convert(
             stack.enter_context(_locked(folder.with_name(folder.name + ".lock")))
         except OSError as exc:  # the folder cannot be made or written: convert, unsaved
             _unsaved(cache_dir, exc)
-            converted = _convert(name, convert, None)
-            _give_back_freed_memory()
-            return converted
-        model = _read_entry(folder, key, core)  # another process may have made it meanwhile
-        if model is not None:
-            return model
-        _remove_leftovers(folder)
-        converted = _convert(name, convert, folder)
-        try:
-            _write_entry(folder, key, converted, ov)
-        except (OSError, RuntimeError) as exc:  # openvino's writer raises RuntimeError (e.g. a full disk)
-            _unsaved(cache_dir, exc)
-            _give_back_freed_memory()
-            return converted
-        del converted
-        model = core.read_model(str(folder / MODEL_FILE))
+            model = _convert(name, convert, None)
+        else:
+            model = _read_entry(folder, key, core)  # another process may have made it meanwhile
+            if model is not None:
+                return model
+            _remove_leftovers(folder)
+            model = _convert(name, convert, folder)
+            try:
+                _write_entry(folder, key, model, ov)
+            except (OSError, RuntimeError) as exc:  # openvino's writer raises RuntimeError (e.g. a full disk)
+                _unsaved(cache_dir, exc)
+            else:
+                model = core.read_model(str(folder / MODEL_FILE))  # the saved entry; the converted copy is freed
     _give_back_freed_memory()
     return model
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from iapas.models.ov.cache import compile as compile_ir
 from iapas.models.ov.cache import INSTALL_HINT, OpenVinoMissingError, entry_name, load_or_convert, require_openvino
 from iapas.models.ov.source import source_fingerprint
@@ -190,6 +188,5 @@ class OvGroundingDino:
         full = {**inputs, "text_self_attention_masks": masks, "position_ids": position_ids}
         with self._lock:  # CompiledModel.__call__ reuses one infer request: two threads would share it
             compiled = self._compiled_for(full)
-            result = compiled([full[k].numpy() for k in INPUTS])
-            logits, boxes = np.array(result[0]), np.array(result[1])
-        return OvOutputs(torch.from_numpy(logits), torch.from_numpy(boxes))
+            result = compiled([full[k].numpy() for k in INPUTS])  # outputs copied out (share_outputs=False)
+        return OvOutputs(torch.from_numpy(result[0]), torch.from_numpy(result[1]))

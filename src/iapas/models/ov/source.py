@@ -27,11 +27,11 @@ def weights_digest(model: Any) -> str:
 
 
 def source_fingerprint(name: str, model: Any, graph: str) -> str:
-    """What a converted graph is made from, for :func:`~iapas.models.ov.cache.load_or_convert`: the model's fingerprint
-    (:func:`iapas.models.fingerprint.model_fingerprint`; a name-only one completed with
-    :func:`weights_digest`, so other weights under one name never reuse an entry), the
-    transformers version (its modelling code is what is traced) and ``graph``, the version of the
-    adapter's own conversion (e.g. ``sam-graph=2``: raised when that graph changes)."""
+    """What a converted graph is made from, for :func:`~iapas.models.ov.cache.load_or_convert`:
+    the model's fingerprint (:func:`iapas.models.fingerprint.model_fingerprint`; a name-only one
+    completed with :func:`weights_digest`, so other weights under one name never reuse an entry),
+    the transformers version (its modelling code is what is traced) and ``graph``, the version of
+    the adapter's own conversion (e.g. ``sam-graph=2``: raised when that graph changes)."""
     import transformers
 
     fingerprint = model_fingerprint(name)
